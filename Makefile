@@ -1,0 +1,26 @@
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: demo test bench lint clean
+
+$(VENV)/.installed-%: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e ".[$*]"
+	touch $@
+
+demo: $(VENV)/.installed-all
+	$(PY) scripts/make_demo_corpus.py demo/corpus
+	$(VENV)/bin/beamvec run --input 'demo/corpus/*.jsonl' --output demo/out --config runner_configs/local.yaml
+
+test: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed-test
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) demo/corpus demo/out build dist *.egg-info src/*.egg-info
