@@ -48,6 +48,17 @@ class BackendError(Exception):
         self.status = status
         self.retry_after = retry_after
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only fields: rebuild through a helper so it survives pickling
+        # (Beam ships worker errors back to the driver pickled).
+        return (_rebuild_backend_error, (str(self), self.retryable, self.status, self.retry_after))
+
+
+def _rebuild_backend_error(
+    message: str, retryable: bool, status: int | None, retry_after: float | None
+) -> BackendError:
+    return BackendError(message, retryable=retryable, status=status, retry_after=retry_after)
+
 
 class SystemicError(Exception):
     """A fault no retry or dead letter can fix: bad credentials, unknown model,

@@ -1,0 +1,537 @@
+"""Gemini Developer API and Vertex AI embeddings through google-genai.
+
+``--backend gemini`` uses an API key; ``--backend vertex`` uses a project,
+a location and Application Default Credentials. Both go through
+``client.models.embed_content``. What the SDK (3.4) does, and how we use it:
+
+* Gemini API: always ``POST /{version}/models/{model}:batchEmbedContents``.
+  Vertex: ``:predict`` for ``text-*`` models; for model ids containing
+  ``gemini`` (gemini-embedding-001 too) ``:batchEmbedContents``, or
+  ``:embedContent`` when there is one content.
+* For multimodal models (``gemini-embedding-2…``) the SDK merges a list of
+  plain strings into ONE content and returns ONE embedding, so every text is
+  sent as its own ``Content``.
+* ``config.title`` applies to a whole call, so a batch whose titles differ is
+  sent as one call per distinct title, and the rows are put back in order.
+  Titles are only sent with ``RETRIEVAL_DOCUMENT``, the one task that uses them.
+* The SDK does not retry by default and ignores Retry-After / RetryInfo; errors
+  become ``BackendError`` with the server's hint, and ``beamvec.retry`` decides.
+* Smaller ``output_dimensionality`` vectors are not normalized by the API; we
+  L2-normalize them. Vertex calls send ``auto_truncate=False`` so the server
+  never embeds less than the text we hashed; too-long texts come back as 400.
+
+Vertex authentication (``vertex_auth``): ``"adc"`` (default) uses
+Application Default Credentials; ``"api_key"`` is Vertex express mode (the key
+read like the Gemini key, no project in the path); ``"anonymous"`` sends a
+static bearer token and is only allowed with ``api_base_url`` (emulators).
+
+The API key is read in ``load()``, on the worker, from ``api_key_file`` or the
+first set variable of ``api_key_env``. It is never an attribute before
+``load()``, never pickled, and scrubbed from every error message.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from beamvec.backends.base import Backend, BackendError, Limits, SystemicError, l2_normalize
+
+#: Task types the embedding APIs accept.
+TASK_TYPES = frozenset(
+    {
+        "SEMANTIC_SIMILARITY",
+        "CLASSIFICATION",
+        "CLUSTERING",
+        "RETRIEVAL_DOCUMENT",
+        "RETRIEVAL_QUERY",
+        "QUESTION_ANSWERING",
+        "FACT_VERIFICATION",
+        "CODE_RETRIEVAL_QUERY",
+    }
+)
+
+#: Native output size per model id; a key also covers ids that extend it with
+#: ``-…`` (``gemini-embedding-2`` covers ``gemini-embedding-2-preview``).
+NATIVE_DIMENSIONS: dict[str, int] = {
+    "gemini-embedding-001": 3072,
+    "gemini-embedding-2": 3072,
+    "text-embedding-004": 768,
+    "text-embedding-005": 768,
+    "text-multilingual-embedding-002": 768,
+}
+
+DEFAULT_MODEL = "gemini-embedding-001"
+DEFAULT_KEY_ENV = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+DEFAULT_LOCATION = "us-central1"
+GEMINI_MAX_ITEMS = 100
+VERTEX_MAX_ITEMS = 250
+VERTEX_MAX_REQUEST_TOKENS = 20_000
+MAX_TEXT_TOKENS = 2048
+VERTEX_AUTH_MODES = ("adc", "api_key", "anonymous")
+
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: ErrorInfo reasons Google sends with HTTP 400 when the API key is bad.
+_BAD_KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_NOT_FOUND"})
+_KEY_IN_URL = re.compile(r"([?&]key=)[^&\s'\"]+")
+_MAX_MESSAGE = 400
+
+
+def model_id(model: str) -> str:
+    """The bare id of ``models/x`` or ``publishers/google/models/x``."""
+    return model.rsplit("/", 1)[-1]
+
+
+def native_dimension(model: str) -> int | None:
+    """The model's native vector size, or None when it is not in the table."""
+    mid = model_id(model)
+    for name, dim in NATIVE_DIMENSIONS.items():
+        if mid == name or mid.startswith(name + "-"):
+            return dim
+    return None
+
+
+def is_multimodal(model: str) -> bool:
+    """The SDK's own rule: these models merge a list of strings into one input."""
+    mid = model_id(model)
+    return "gemini" in mid and not mid.startswith(("gemini-embedding-001", "gemini-embedding-exp"))
+
+
+class GenaiBackend(Backend):
+    """``client.models.embed_content`` with limits, checks and error mapping."""
+
+    _unpicklable = ("_client", "_secret")
+
+    def __init__(
+        self,
+        mode: str = "gemini",
+        model: str = DEFAULT_MODEL,
+        task_type: str | None = None,
+        output_dimensionality: int | None = None,
+        api_key_file: str | None = None,
+        api_key_env: Sequence[str] = DEFAULT_KEY_ENV,
+        project: str | None = None,
+        location: str | None = None,
+        api_base_url: str | None = None,
+        api_version: str | None = None,
+        timeout_s: float = 60.0,
+        vertex_auth: str = "adc",
+    ) -> None:
+        if mode not in ("gemini", "vertex"):
+            raise ValueError(f"mode must be 'gemini' or 'vertex', not {mode!r}")
+        if task_type is not None:
+            task_type = task_type.upper()
+            if task_type not in TASK_TYPES:
+                raise ValueError(
+                    f"unknown task type {task_type!r}; choose one of {', '.join(sorted(TASK_TYPES))}"
+                )
+        native = native_dimension(model)
+        if output_dimensionality is not None:
+            output_dimensionality = int(output_dimensionality)
+            if output_dimensionality < 1:
+                raise ValueError("output_dimensionality must be positive")
+            if native is not None and output_dimensionality > native:
+                raise ValueError(
+                    f"{model} returns at most {native} dimensions, not {output_dimensionality}"
+                )
+        elif native is None:
+            raise ValueError(
+                f"the native dimension of {model!r} is unknown; pass output_dimensionality"
+            )
+        if vertex_auth not in VERTEX_AUTH_MODES:
+            raise ValueError(f"vertex_auth must be one of {', '.join(VERTEX_AUTH_MODES)}")
+        if mode == "vertex" and vertex_auth == "anonymous" and not api_base_url:
+            raise ValueError("vertex_auth='anonymous' is only for emulators: set api_base_url")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        self.mode = mode
+        self._model = model
+        self._task_type = task_type
+        self.output_dimensionality = output_dimensionality
+        self.native_dimension = native
+        self.api_key_file = api_key_file
+        self.api_key_env = tuple(api_key_env)
+        self.project = project
+        self.location = location
+        self.api_base_url = api_base_url
+        self.api_version = api_version
+        self.timeout_s = float(timeout_s)
+        self.vertex_auth = vertex_auth
+        self.name = mode
+        self._client: Any = None
+        self._secret: str | None = None
+
+    # -- description ---------------------------------------------------------
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    @property
+    def task_type(self) -> str | None:
+        return self._task_type
+
+    @property
+    def dimension(self) -> int:
+        return int(self.output_dimensionality or self.native_dimension)  # type: ignore[arg-type]
+
+    @property
+    def renormalized(self) -> bool:
+        """Whether we L2-normalize (the API only normalizes native-size vectors)."""
+        return self.dimension != self.native_dimension
+
+    @property
+    def limits(self) -> Limits:
+        if self.mode == "gemini":
+            return Limits(
+                max_items=GEMINI_MAX_ITEMS,
+                max_request_tokens=GEMINI_MAX_ITEMS * MAX_TEXT_TOKENS,
+                max_text_tokens=MAX_TEXT_TOKENS,
+                dimension=self.dimension,
+            )
+        return Limits(
+            max_items=VERTEX_MAX_ITEMS,
+            max_request_tokens=VERTEX_MAX_REQUEST_TOKENS,
+            max_text_tokens=MAX_TEXT_TOKENS,
+            dimension=self.dimension,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["output_dimensionality"] = self.output_dimensionality
+        info["normalization"] = "l2" if self.renormalized else "native"
+        return info
+
+    # -- credentials and client ----------------------------------------------
+
+    def _key_hint(self) -> str:
+        names = " or ".join(self.api_key_env) or "an API key variable"
+        return f"set {names} or pass --api-key-file"
+
+    def _read_key(self) -> str:
+        if self.api_key_file:
+            try:
+                with open(self.api_key_file, encoding="utf-8") as fh:
+                    key = fh.read().strip()
+            except OSError as exc:
+                raise SystemicError(
+                    f"{self.mode}: cannot read the API key file {self.api_key_file}: "
+                    f"{exc.strerror or exc}"
+                ) from None
+            if not key:
+                raise SystemicError(f"{self.mode}: the API key file {self.api_key_file} is empty")
+            return key
+        for name in self.api_key_env:
+            key = os.environ.get(name, "").strip()
+            if key:
+                return key
+        raise SystemicError(f"{self.mode}: no API key found; {self._key_hint()}")
+
+    def _http_options(self, api_version: str | None) -> Any:
+        from google.genai import types
+
+        return types.HttpOptions(
+            base_url=self.api_base_url,
+            api_version=api_version,
+            timeout=max(1, int(self.timeout_s * 1000)),  # milliseconds
+        )
+
+    def load(self) -> None:
+        if self._client is not None:
+            return
+        try:
+            from google import genai
+        except ImportError as exc:
+            raise SystemicError(
+                f"{self.mode} backend: google-genai is not installed; "
+                "install it with `pip install 'beamvec[genai]'`"
+            ) from exc
+        if self.mode == "gemini":
+            key = self._read_key()
+            client = genai.Client(
+                vertexai=False, api_key=key, http_options=self._http_options(self.api_version)
+            )
+            self._secret = key
+        else:
+            client = self._vertex_client(genai)
+        self._client = client
+
+    def _vertex_client(self, genai: Any) -> Any:
+        version = self.api_version or "v1beta1"
+        if self.vertex_auth == "api_key":  # express mode: key, no project in the path
+            key = self._read_key()
+            self._secret = key
+            return genai.Client(
+                vertexai=True, api_key=key, http_options=self._http_options(version)
+            )
+        location = self.location or os.environ.get("GOOGLE_CLOUD_LOCATION") or DEFAULT_LOCATION
+        project = self.project or os.environ.get("GOOGLE_CLOUD_PROJECT")
+        credentials = None
+        if self.vertex_auth == "anonymous":
+            import google.oauth2.credentials
+
+            # A static token that never expires, so the SDK never tries to refresh it.
+            credentials = google.oauth2.credentials.Credentials(token="anonymous")
+            project = project or "emulator"
+        elif project is None:
+            project = self._adc_project()
+        return genai.Client(
+            vertexai=True,
+            project=project,
+            location=location,
+            credentials=credentials,
+            http_options=self._http_options(version),
+        )
+
+    def _adc_project(self) -> str:
+        try:
+            import google.auth
+
+            _, project = google.auth.default()
+        except Exception as exc:  # DefaultCredentialsError and friends
+            raise SystemicError(
+                "vertex: no Application Default Credentials "
+                f"({type(exc).__name__}); run `gcloud auth application-default login` "
+                "or set GOOGLE_APPLICATION_CREDENTIALS"
+            ) from None
+        if not project:
+            raise SystemicError("vertex: no project; pass --project or set GOOGLE_CLOUD_PROJECT")
+        return str(project)
+
+    def close(self) -> None:
+        """Close the HTTP client (optional; workers may simply exit)."""
+        client, self._client = self._client, None
+        closer = getattr(client, "close", None)
+        if callable(closer):
+            closer()
+
+    # -- embedding -----------------------------------------------------------
+
+    def embed(self, texts: Sequence[str], titles: Sequence[str | None] | None = None) -> np.ndarray:
+        self.load()
+        n = len(texts)
+        if n == 0:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        if titles is not None and len(titles) != n:
+            raise ValueError(f"{len(titles)} titles for {n} texts")
+        if any(not t for t in texts):
+            # Vertex :predict drops empty parts, which would misalign the rows.
+            raise BackendError(f"{self.mode}: empty text", retryable=False, status=400)
+        out = np.empty((n, self.dimension), dtype=np.float32)
+        for title, rows in self._title_groups(n, titles).items():
+            out[rows] = self._checked(self._call([texts[i] for i in rows], title), len(rows))
+        return l2_normalize(out) if self.renormalized else out
+
+    def _title_groups(
+        self, n: int, titles: Sequence[str | None] | None
+    ) -> dict[str | None, list[int]]:
+        """Rows per distinct title, in first-seen order (one API call each)."""
+        if titles is None or self._task_type != "RETRIEVAL_DOCUMENT":
+            return {None: list(range(n))}
+        groups: dict[str | None, list[int]] = {}
+        for i, title in enumerate(titles):
+            groups.setdefault(title or None, []).append(i)
+        return groups
+
+    def _call(self, texts: list[str], title: str | None) -> list[Any]:
+        """One embed_content call; returns the response's embeddings or raises
+        BackendError."""
+        from google.genai import types
+
+        config = types.EmbedContentConfig(
+            task_type=self._task_type,
+            title=title,
+            output_dimensionality=self.output_dimensionality,
+            auto_truncate=False if self.mode == "vertex" else None,
+        )
+        contents = [types.Content(role="user", parts=[types.Part(text=t)]) for t in texts]
+        try:
+            response = self._client.models.embed_content(
+                model=self._model, contents=contents, config=config
+            )
+        except Exception as exc:
+            mapped = self._map_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from None
+        return list(response.embeddings or [])
+
+    def _checked(self, embeddings: list[Any], expected: int) -> np.ndarray:
+        """The rows of a response, or BackendError if it cannot be trusted."""
+        if len(embeddings) != expected:
+            raise self._malformed(f"{len(embeddings)} embeddings for {expected} texts")
+        dim = self.dimension
+        rows = []
+        for i, emb in enumerate(embeddings):
+            values = getattr(emb, "values", None)
+            if values is None or len(values) != dim:
+                got = "no values" if values is None else f"{len(values)} values"
+                raise self._malformed(f"embedding {i} has {got}, expected {dim}")
+            rows.append(values)
+        try:
+            arr = np.asarray(rows, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise self._malformed("non-numeric values") from None
+        if not np.isfinite(arr).all():
+            raise self._malformed("non-finite values")
+        if (np.abs(arr).max(axis=1) == 0).any():
+            raise self._malformed("an all-zero vector")
+        return arr
+
+    def _malformed(self, what: str) -> BackendError:
+        return BackendError(f"{self.mode}: malformed response: {what}", retryable=True, status=None)
+
+    # -- errors --------------------------------------------------------------
+
+    def _scrub(self, message: str) -> str:
+        """The message without the key, whatever path it took to get there."""
+        if self._secret:
+            message = message.replace(self._secret, "***")
+        message = _KEY_IN_URL.sub(r"\1***", message)
+        if len(message) > _MAX_MESSAGE:
+            message = message[: _MAX_MESSAGE - 1] + "…"
+        return message
+
+    def _map_error(self, exc: BaseException) -> BackendError | None:
+        """A BackendError for what the SDK or the network raised; None for
+        anything we do not recognise (a bug should stay loud)."""
+        import httpx
+        import pydantic
+        from google.genai import errors
+
+        if isinstance(exc, errors.APIError):
+            return self._map_api_error(exc)
+        if isinstance(exc, httpx.TimeoutException):
+            return BackendError(
+                f"{self.mode}: request timed out after {self.timeout_s:g}s ({type(exc).__name__})",
+                retryable=True,
+            )
+        if isinstance(exc, httpx.UnsupportedProtocol):
+            return BackendError(self._scrub(f"{self.mode}: bad API URL: {exc}"), retryable=False)
+        if isinstance(exc, (httpx.TransportError, ConnectionError)):
+            return BackendError(
+                self._scrub(f"{self.mode}: connection failed ({type(exc).__name__}: {exc})"),
+                retryable=True,
+            )
+        if isinstance(exc, (json.JSONDecodeError, pydantic.ValidationError)):
+            # A 200 whose body does not parse into embeddings is a broken response.
+            return self._malformed(self._scrub(f"{type(exc).__name__}: {exc}")[:200])
+        try:
+            from google.auth import exceptions as auth_exceptions
+        except ImportError:  # pragma: no cover - google-auth comes with google-genai
+            return None
+        if isinstance(exc, auth_exceptions.GoogleAuthError):
+            return BackendError(
+                self._scrub(f"{self.mode}: credentials failed ({type(exc).__name__}: {exc})"),
+                retryable=False,
+                status=401,
+            )
+        return None
+
+    def _map_api_error(self, exc: Any) -> BackendError:
+        from beamvec.retry import parse_retry_after, parse_retry_info
+
+        code = int(exc.code or 0)
+        status_name = exc.status or ""
+        message = str(exc.message or "")
+        headers = getattr(getattr(exc, "response", None), "headers", None)
+        retry_after = parse_retry_after(headers.get("retry-after") if headers else None)
+        if retry_after is None:
+            retry_after = parse_retry_info(exc.details)
+        status = code or None
+        if code == 400 and _error_reasons(exc.details) & _BAD_KEY_REASONS:
+            # Google answers a bad key with 400 INVALID_ARGUMENT; it is an
+            # authentication failure, never a bad text to bisect.
+            status = 401
+        text = f"{self.mode}: HTTP {code} {status_name}: {message}".rstrip(": ")
+        return BackendError(
+            self._scrub(text),
+            retryable=code in RETRYABLE_STATUSES,
+            status=status,
+            retry_after=retry_after,
+        )
+
+    # -- preflight -----------------------------------------------------------
+
+    PREFLIGHT_ATTEMPTS = 3
+    PREFLIGHT_MAX_WAIT_S = 10.0
+
+    def preflight(self) -> None:
+        """One tiny call: credentials, model and dimension, before any quota is spent."""
+        self.load()
+        last: BackendError | None = None
+        for attempt in range(self.PREFLIGHT_ATTEMPTS):
+            try:
+                embeddings = self._call(["beamvec preflight"], None)
+            except BackendError as exc:
+                if not exc.retryable:
+                    raise self._systemic(exc) from None
+                last = exc
+                wait = exc.retry_after if exc.retry_after is not None else 2.0**attempt
+                if attempt + 1 < self.PREFLIGHT_ATTEMPTS:
+                    time.sleep(min(wait, self.PREFLIGHT_MAX_WAIT_S))
+                continue
+            self._check_preflight(embeddings)
+            return
+        raise SystemicError(
+            f"{self.mode}: the API did not answer the preflight call after "
+            f"{self.PREFLIGHT_ATTEMPTS} attempts: {last}"
+        )
+
+    def _check_preflight(self, embeddings: list[Any]) -> None:
+        values = getattr(embeddings[0], "values", None) if len(embeddings) == 1 else None
+        got = None if values is None else len(values)
+        if got != self.dimension:
+            raise SystemicError(
+                f"{self.mode}: model {self._model} returned "
+                f"{'no vector' if got is None else f'{got}-dim vectors'}, expected "
+                f"{self.dimension} (output_dimensionality={self.output_dimensionality})"
+            )
+        arr = np.asarray(values, dtype=np.float32)
+        if not np.isfinite(arr).all() or not math.isfinite(float(np.linalg.norm(arr))):
+            raise SystemicError(f"{self.mode}: model {self._model} returned non-finite values")
+
+    def _systemic(self, exc: BackendError) -> SystemicError:
+        code = exc.status
+        if code in (401, 403):
+            if self.mode == "vertex" and self.vertex_auth != "api_key":
+                hint = (
+                    "check Application Default Credentials, the project "
+                    f"({self.project or 'from the environment'}) and that the Vertex AI API is enabled"
+                )
+                return SystemicError(
+                    f"vertex: the credentials were rejected (HTTP {code}) — {hint}"
+                )
+            return SystemicError(
+                f"{self.mode}: the API key was rejected (HTTP {code}) — check "
+                f"{' / '.join(self.api_key_env)} or --api-key-file"
+            )
+        if code == 404:
+            return SystemicError(
+                f"{self.mode}: model {self._model!r} was not found (HTTP 404) — check --model"
+            )
+        return SystemicError(f"{self.mode}: the preflight call failed: {exc}")
+
+
+def _error_reasons(details: Any) -> set[str]:
+    """ErrorInfo reasons in a Google error body."""
+    if isinstance(details, list):
+        details = details[0] if details else None
+    if not isinstance(details, dict):
+        return set()
+    error = details.get("error", details)
+    items = error.get("details") if isinstance(error, dict) else None
+    if not isinstance(items, list):
+        return set()
+    return {
+        str(d.get("reason"))
+        for d in items
+        if isinstance(d, dict) and str(d.get("@type", "")).endswith("google.rpc.ErrorInfo")
+    }

@@ -1,0 +1,149 @@
+"""Embed one batch: quota, retry, bisection of bad requests, and the counts.
+
+One ``Embedder`` per worker process serves every shard that process works on,
+through a thread pool of ``max_in_flight`` requests, so that latency does not
+cap throughput whether shards are large or tiny. Counts are kept here, thread
+safe, and handed to Beam's metrics by the DoFn (Beam counters only count on
+the thread that runs the DoFn).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from beamvec import records as r
+from beamvec.backends.base import Backend, BackendError, SystemicError
+from beamvec.quota import AdaptiveLimiter
+from beamvec.records import DeadLetter, Embedded, Record
+from beamvec.retry import RetriesExhausted, RetryPolicy, embed_with_bisection
+
+SYSTEMIC_STATUSES = (401, 403, 404)
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    max_in_flight: int = 4
+    retry: RetryPolicy = RetryPolicy()
+    fail_on_exhausted: bool = False
+
+
+class Stats:
+    """Thread-safe counters, read as deltas by whoever reports them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    def add(self, key: str, amount: float = 1) -> None:
+        with self._lock:
+            self._counts[key] += amount
+
+    def snapshot(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._counts)
+
+
+class Embedder:
+    def __init__(
+        self,
+        backend: Backend,
+        settings: EmbedSettings,
+        limiter: AdaptiveLimiter | None = None,
+    ) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.limiter = limiter
+        self.stats = Stats()
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, settings.max_in_flight), thread_name_prefix="beamvec-embed"
+        )
+
+    def submit(self, batch: list[Record]) -> Future[tuple[list[Embedded], list[DeadLetter]]]:
+        return self._pool.submit(self.embed_batch, batch)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- one request -------------------------------------------------------
+
+    def _request(self, items: Sequence[Record]) -> np.ndarray:
+        if self.limiter is not None:
+            waited = self.limiter.acquire(sum(item.tokens for item in items))
+            if waited:
+                self.stats.add("throttled_ms", waited * 1000.0)
+        self.stats.add("requests")
+        try:
+            titles = [item.title for item in items]
+            vectors = self.backend.embed(
+                [item.text for item in items], titles if any(titles) else None
+            )
+        except BackendError as exc:
+            self.stats.add(f"status_{exc.status or 'error'}")
+            if exc.status == 429:
+                self.stats.add("throttled_429")
+                if self.limiter is not None:
+                    self.limiter.on_throttled(exc.retry_after)
+            raise
+        if self.limiter is not None:
+            self.limiter.on_success()
+        self.stats.add("texts", len(items))
+        self.stats.add("tokens", sum(item.tokens for item in items))
+        return vectors
+
+    def _on_retry(self, exc: BaseException, attempt: int, wait: float) -> None:
+        status = getattr(exc, "status", None)
+        self.stats.add(f"retries_{status or type(exc).__name__}")
+        self.stats.add("retries")
+
+    def _call(self, items: list[Record]) -> np.ndarray:
+        return self.settings.retry.call(self._request, items, on_retry=self._on_retry)
+
+    # -- one batch ---------------------------------------------------------
+
+    def embed_batch(self, batch: list[Record]) -> tuple[list[Embedded], list[DeadLetter]]:
+        """Vectors for the batch's records, or dead letters with the reason.
+
+        A 400 is bisected so that only the offending texts are dead-lettered;
+        401/403/404 are systemic and stop the run; exhausted retries dead-letter
+        the batch (or stop the run with ``fail_on_exhausted``)."""
+        try:
+            done, failed = embed_with_bisection(batch, self._call, _is_bad_request)
+        except RetriesExhausted as exc:
+            if self.settings.fail_on_exhausted:
+                raise SystemicError(f"retries exhausted: {exc}") from exc
+            letters = [
+                DeadLetter(
+                    rec.id, rec.position, r.EMBED_FAILED, f"retries exhausted: {exc.last_exception}",
+                    attempts=exc.attempts, status=exc.status if isinstance(exc.status, int) else None,
+                )
+                for rec in batch
+            ]
+            self.stats.add("dead_letters", len(letters))
+            return [], letters
+        except BackendError as exc:
+            if exc.status in SYSTEMIC_STATUSES:
+                raise SystemicError(f"{self.backend.name}: {exc}") from exc
+            raise
+        embedded = [
+            Embedded(rec, vec) for items, vectors in done for rec, vec in zip(items, vectors, strict=True)
+        ]
+        letters = [
+            DeadLetter(
+                rec.id, rec.position, r.BAD_REQUEST, f"rejected by the API: {exc}", rec.text[:200],
+                attempts=1, status=getattr(exc, "status", None),
+            )
+            for rec, exc in failed
+        ]
+        if letters:
+            self.stats.add("dead_letters", len(letters))
+        return embedded, letters
+
+
+def _is_bad_request(exc: BaseException) -> bool:
+    return isinstance(exc, BackendError) and exc.status == 400

@@ -1,0 +1,302 @@
+"""One embedding job, from flags to a summary: the driver side of `beamvec run`.
+
+Checks what can be checked before any worker starts (inputs exist, backend
+loads or answers, output is consistent), builds the pipeline, runs it, and
+summarizes from the manifest the pipeline wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    GoogleCloudOptions,
+    PipelineOptions,
+    StandardOptions,
+)
+
+from beamvec import __version__
+from beamvec.backends import Backend, make_backend
+from beamvec.embedder import EmbedSettings
+from beamvec.options import BeamvecOptions, expand_config, parse_storage_options
+from beamvec.prepare import PrepareConfig
+from beamvec.records import Shard
+from beamvec.retry import RetryPolicy
+from beamvec.shard_job import ShardJobConfig
+from beamvec.sink import MANIFEST, SUCCESS, Output, read_footer
+from beamvec.sources import ReaderConfig, list_shards
+from beamvec.transforms import EmbedCorpus, QuotaSettings
+
+LOG = logging.getLogger("beamvec")
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: one line, and what to do next."""
+
+
+@dataclass
+class JobPlan:
+    """Everything decided on the driver before the pipeline is built."""
+
+    options: PipelineOptions
+    bv: BeamvecOptions
+    backend: Backend
+    shards: list[Shard]
+    todo: list[Shard]
+    output: Output
+    storage_options: dict[str, Any]
+    reader: ReaderConfig
+    prepare: PrepareConfig
+    manifest_config: dict[str, Any]
+    description: dict[str, Any]
+    skipped: list[str] = field(default_factory=list)
+
+
+def parse_options(argv: Sequence[str]) -> PipelineOptions:
+    options = PipelineOptions(expand_config(argv))
+    bv = options.view_as(BeamvecOptions)
+    if not bv.input:
+        raise UsageError("no --input given: pass a glob such as --input 'corpus/*.jsonl'")
+    if not bv.output:
+        raise UsageError("no --output given: pass a directory or bucket prefix")
+    return options
+
+
+def build_backend(options: PipelineOptions) -> Backend:
+    bv = options.view_as(BeamvecOptions)
+    if bv.backend == "local":
+        if bv.model or bv.task_type or bv.output_dimensionality:
+            raise UsageError(
+                "--model, --task-type and --output-dimensionality apply to the gemini and "
+                "vertex backends; the local backend takes --local-model-dir"
+            )
+        return make_backend("local", model_dir=bv.local_model_dir, threads=bv.local_threads)
+    config: dict[str, Any] = {
+        "model": bv.model or "gemini-embedding-001",
+        "task_type": bv.task_type,
+        "output_dimensionality": bv.output_dimensionality,
+        "api_key_file": bv.api_key_file,
+        "api_base_url": bv.api_base_url,
+        "api_version": bv.api_version,
+        "timeout_s": bv.request_timeout,
+    }
+    if bv.backend == "vertex":
+        project = options.view_as(GoogleCloudOptions).project
+        if not project:
+            raise UsageError("--backend vertex needs --project (and --location)")
+        config.update(project=project, location=bv.location)
+    return make_backend(bv.backend, **config)
+
+
+def config_fingerprint(description: dict[str, Any], reader: ReaderConfig, prepare: PrepareConfig) -> str:
+    """What makes two outputs' vectors comparable: model, task, dimension,
+    and the rules that decide which text and id a record gets."""
+    keyed = {
+        "backend": description.get("backend"),
+        "model": description.get("model"),
+        "task_type": description.get("task_type"),
+        "dimension": description.get("dimension"),
+        "reader": {
+            "format": reader.format,
+            "id_field": reader.id_field,
+            "text_field": reader.text_field,
+            "title_field": reader.title_field,
+        },
+        "prepare": {"normalization": prepare.normalization, "on_long_text": prepare.on_long_text},
+    }
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plan_job(options: PipelineOptions) -> JobPlan:
+    bv = options.view_as(BeamvecOptions)
+    storage_options = parse_storage_options(bv.storage_option)
+    backend = build_backend(options)
+    backend.preflight()
+    shards = list_shards(bv.input, storage_options)
+    reader = ReaderConfig(
+        format=bv.format, id_field=bv.id_field, text_field=bv.text_field, title_field=bv.title_field
+    )
+    prepare = PrepareConfig(
+        normalization=bv.normalization,
+        on_long_text=bv.on_long_text,
+        max_text_tokens=backend.limits.max_text_tokens,
+    )
+    description = backend.describe()
+    description["beamvec_version"] = __version__
+    description["config_fingerprint"] = config_fingerprint(description, reader, prepare)
+    manifest_config = {
+        "inputs": list(bv.input),
+        "format": bv.format,
+        "id_field": bv.id_field,
+        "text_field": bv.text_field,
+        "title_field": bv.title_field,
+        "normalization": bv.normalization,
+        "on_long_text": bv.on_long_text,
+        "storage_option_keys": sorted(storage_options),  # values may be secrets
+        "quota_rpm": bv.quota_rpm,
+        "quota_tpm": bv.quota_tpm,
+        "max_in_flight": bv.max_in_flight,
+        "runner": options.view_as(StandardOptions).runner,
+    }
+    output = Output(bv.output, storage_options)
+    plan = JobPlan(
+        options, bv, backend, shards, list(shards), output, storage_options, reader, prepare,
+        manifest_config, description,
+    )
+    _guard_and_skip(plan)
+    return plan
+
+
+def _guard_and_skip(plan: JobPlan) -> None:
+    """Refuse to mix vectors of different configs; skip shards already committed."""
+    manifest = plan.output.read_json(plan.output.path(MANIFEST))
+    if manifest:
+        theirs = manifest.get("config_fingerprint")
+        ours = plan.description["config_fingerprint"]
+        if theirs and theirs != ours and not plan.bv.force:
+            raise UsageError(
+                f"{plan.output.url} holds vectors made with another configuration "
+                f"(backend {manifest.get('backend')}, model {manifest.get('model')}, "
+                f"dimension {manifest.get('dimension')}, task {manifest.get('task_type')}); "
+                "write to a new --output, or pass --force to replace them"
+            )
+    if plan.bv.force:
+        return
+    committed = committed_shards(plan.output, manifest)
+    ours = plan.description["config_fingerprint"]
+    todo = []
+    for shard in plan.shards:
+        done = committed.get(shard.name)
+        if (
+            done
+            and done.get("input_fingerprint") == shard.fingerprint
+            and done.get("config_fingerprint", ours) == ours
+        ):
+            plan.skipped.append(shard.name)
+        else:
+            todo.append(shard)
+    plan.todo = todo
+
+
+def committed_shards(output: Output, manifest: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Shards whose vector file exists, with their commit records.
+
+    The manifest answers for most; a shard committed by a run that crashed
+    before writing its manifest is found by listing vectors/ and reading
+    only those footers."""
+    known = dict((manifest or {}).get("shards", {}))
+    fingerprint = (manifest or {}).get("config_fingerprint")
+    try:
+        files = output.fs.find(output.path("vectors"))
+    except FileNotFoundError:
+        files = []
+    present = {}
+    for path in files:
+        name = path.rsplit("/", 1)[-1]
+        if not name.endswith(".parquet"):
+            continue
+        name = name[: -len(".parquet")]
+        if name in known:
+            present[name] = {**known[name], "config_fingerprint": fingerprint}
+        else:
+            footer = read_footer(output.fs, path)
+            if footer.get("shard"):
+                present[name] = {**footer["shard"], "config_fingerprint": footer.get("config_fingerprint")}
+    return present
+
+
+def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
+    """Plan, run and summarize; returns the summary. Raises UsageError or SystemicError."""
+    import sys
+
+    out = out or sys.stdout
+    started = time.time()
+    options = parse_options(argv)
+    plan = plan_job(options)
+    bv = plan.bv
+    max_in_flight = bv.max_in_flight or (1 if plan.backend.name == "local" else 8)
+    if not plan.todo:
+        print(f"beamvec: all {len(plan.shards)} shards are already committed in {plan.output.url}; "
+              "nothing to do (pass --force to redo them)", file=out)
+        plan.output.write_bytes(plan.output.path(SUCCESS), b"")
+        return summarize(plan, started, out)
+    direct = options.view_as(DirectOptions)
+    workers = max(1, bv.quota_workers)
+    if direct.direct_running_mode == "multi_processing":
+        workers = max(workers, direct.direct_num_workers or 1)
+    job_config = ShardJobConfig(
+        output=bv.output,
+        reader=plan.reader,
+        prepare=plan.prepare,
+        storage_options=plan.storage_options,
+        output_storage_options=plan.storage_options,
+        config_fingerprint=plan.description["config_fingerprint"],
+    )
+    settings = EmbedSettings(
+        max_in_flight=max_in_flight,
+        retry=RetryPolicy(max_attempts=bv.max_attempts, deadline=bv.batch_deadline),
+        fail_on_exhausted=bv.fail_on_exhausted,
+    )
+    quota = QuotaSettings(bv.quota_rpm, bv.quota_tpm, share=1.0 / workers)
+    plan.output.clean_staging()
+    with beam.Pipeline(options=options) as pipeline:
+        _ = pipeline | "EmbedCorpus" >> EmbedCorpus(
+            plan.todo, plan.backend, job_config, settings, quota, plan.manifest_config,
+            plan.description, [s.name for s in plan.shards], bv.concurrent_shards,
+        )
+    return summarize(plan, started, out)
+
+
+def summarize(plan: JobPlan, started: float, out: Any) -> dict[str, Any]:
+    """The end-of-run summary, read back from the manifest the pipeline wrote."""
+    manifest = plan.output.read_json(plan.output.path(MANIFEST)) or {}
+    names = {s.name for s in plan.todo}
+    done = [v for k, v in manifest.get("shards", {}).items() if k in names]
+    reasons: dict[str, int] = {}
+    for shard in done:
+        for reason, count in shard.get("dead_letters_by_reason", {}).items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    wall = time.time() - started
+    summary = {
+        "output": plan.output.url,
+        "shards": len(plan.shards),
+        "shards_run": len(done),
+        "shards_skipped": len(plan.skipped),
+        "read": sum(s["read"] for s in done),
+        "embedded": sum(s["embedded"] for s in done),
+        "dead_lettered": sum(s["dead_lettered"] for s in done),
+        "dead_letters_by_reason": reasons,
+        "tokens": sum(s.get("tokens", 0) for s in done),
+        "wall_seconds": round(wall, 2),
+        "records_per_second": round(sum(s["read"] for s in done) / wall, 1) if wall else 0.0,
+        "complete": plan.output.fs.exists(plan.output.path(SUCCESS)),
+        "model": plan.description.get("model"),
+        "dimension": plan.description.get("dimension"),
+    }
+    print(format_summary(summary), file=out)
+    return summary
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [
+        "beamvec run summary",
+        f"  shards         {s['shards']} ({s['shards_run']} run, {s['shards_skipped']} skipped as committed)",
+        f"  records read   {s['read']:,}",
+        f"  embedded       {s['embedded']:,}  ({s['model']}, {s['dimension']} dims, {s['tokens']:,} tokens)",
+        f"  dead-lettered  {s['dead_lettered']:,}",
+    ]
+    for reason, count in sorted(s["dead_letters_by_reason"].items()):
+        lines.append(f"    {reason:<14} {count:,}")
+    lines += [
+        f"  wall time      {s['wall_seconds']:.1f} s  ({s['records_per_second']:,.1f} records/s)",
+        f"  output         {s['output']}  ({'complete: _SUCCESS written' if s['complete'] else 'INCOMPLETE'})",
+    ]
+    return "\n".join(lines)

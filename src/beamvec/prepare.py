@@ -1,0 +1,101 @@
+"""Prepare: turn what a reader found into a record ready to embed, or a dead letter.
+
+Validation, light normalization, truncation, the content hash of the exact
+text that is sent, and its token count. Pure functions; no Beam.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from beamvec import records as r
+from beamvec.records import DeadLetter, RawRecord, Record
+
+NORMALIZATIONS = ("none", "strip", "nfc", "collapse")
+LONG_TEXT_POLICIES = ("truncate", "dead-letter")
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    normalization: str = "nfc"
+    on_long_text: str = "truncate"
+    max_text_tokens: int = 2048
+
+
+def normalize(text: str, mode: str) -> str:
+    """none: as read; strip: trim ends; nfc: Unicode NFC and trim (default);
+    collapse: nfc and every run of whitespace becomes one space."""
+    if mode == "none":
+        return text
+    if mode == "strip":
+        return text.strip()
+    text = unicodedata.normalize("NFC", text).strip()
+    if mode == "collapse":
+        text = _WHITESPACE.sub(" ", text)
+    return text
+
+
+def _excerpt(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def prepare(
+    raw: RawRecord,
+    config: PrepareConfig,
+    count_tokens: Callable[[str], int],
+    truncate: Callable[[str, int], str],
+) -> Record | DeadLetter:
+    """One raw record in, one record or one dead letter out."""
+    if raw.error:
+        return DeadLetter(raw.id, raw.position, raw.error, raw.detail or raw.error, raw.raw)
+    text = raw.text
+    if text is None:
+        return DeadLetter(raw.id, raw.position, r.MISSING_TEXT, "no text field", raw.raw)
+    if not isinstance(text, str):
+        return DeadLetter(
+            raw.id, raw.position, r.NON_STRING_TEXT,
+            f"text is {type(text).__name__}, not a string", _excerpt(repr(text)),
+        )
+    text = normalize(text, config.normalization)
+    if not text.strip():
+        return DeadLetter(raw.id, raw.position, r.EMPTY_TEXT, "text is empty or whitespace", "")
+    if _has_surrogates(text):
+        return DeadLetter(
+            raw.id, raw.position, r.INVALID_UTF8, "text holds unpaired surrogates",
+            _excerpt(repr(text)),
+        )
+    tokens = count_tokens(text)
+    truncated = False
+    if tokens > config.max_text_tokens:
+        if config.on_long_text == "dead-letter":
+            return DeadLetter(
+                raw.id, raw.position, r.TEXT_TOO_LONG,
+                f"{tokens} tokens, over the backend's {config.max_text_tokens}",
+                _excerpt(text),
+            )
+        text = truncate(text, config.max_text_tokens)
+        tokens = min(count_tokens(text), config.max_text_tokens)
+        truncated = True
+    return Record(
+        id=str(raw.id),
+        text=text,
+        content_hash=r.content_hash(text),
+        tokens=tokens,
+        truncated=truncated,
+        position=raw.position,
+        metadata=raw.metadata,
+        title=raw.title,
+    )
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False

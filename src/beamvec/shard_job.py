@@ -1,0 +1,166 @@
+"""What a worker does with one shard: read, prepare, batch, embed, write, commit.
+
+Streaming from end to end: records are read lazily, batches go to the
+process-wide ``Embedder`` with at most ``max_in_flight`` of this shard's
+batches outstanding, and finished batches are written as Parquet row groups
+in input order. Memory is bounded by the batches in flight, not by shard size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from beamvec import __version__
+from beamvec import records as r
+from beamvec.backends.base import Backend
+from beamvec.batching import batches
+from beamvec.embedder import Embedder
+from beamvec.prepare import PrepareConfig, prepare
+from beamvec.records import DeadLetter, Embedded, Record, Shard
+from beamvec.sink import (
+    DEAD_LETTER_SCHEMA,
+    Output,
+    ParquetShardWriter,
+    dead_letter_table,
+    vector_schema,
+    vector_table,
+)
+from beamvec.sources import ReaderConfig, read_shard
+
+FLUSH_ROWS = 2048
+
+
+@dataclass(frozen=True)
+class ShardJobConfig:
+    """Everything a worker needs besides the backend; picklable, no secrets."""
+
+    output: str
+    reader: ReaderConfig
+    prepare: PrepareConfig
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    output_storage_options: dict[str, Any] = field(default_factory=dict)
+    config_fingerprint: str = ""
+
+
+class _Sink:
+    """Buffers of vectors and dead letters for one shard, flushed as row groups."""
+
+    def __init__(self, output: Output, shard: Shard, dimension: int) -> None:
+        self.shard = shard
+        self.dimension = dimension
+        self.vectors = ParquetShardWriter(output, output.vectors(shard.name), vector_schema(dimension))
+        self.letters = ParquetShardWriter(output, output.dead_letters(shard.name), DEAD_LETTER_SCHEMA)
+        self.rows: list[Embedded] = []
+        self.dead: list[DeadLetter] = []
+        self.reasons: Counter[str] = Counter()
+        self.tokens = 0
+        self.truncated = 0
+
+    def add(self, embedded: list[Embedded], letters: list[DeadLetter]) -> None:
+        self.rows.extend(embedded)
+        for row in embedded:
+            self.tokens += row.record.tokens
+            self.truncated += row.record.truncated
+        for letter in letters:
+            self.dead_letter(letter)
+        if len(self.rows) >= FLUSH_ROWS:
+            self.flush()
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        self.dead.append(letter)
+        self.reasons[letter.reason] += 1
+        if len(self.dead) >= FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.vectors.write(vector_table(self.rows, self.shard.path, self.dimension))
+            self.rows = []
+        if self.dead:
+            self.letters.write(dead_letter_table(self.dead, self.shard.path))
+            self.dead = []
+
+    def abort(self) -> None:
+        self.vectors.abort()
+        self.letters.abort()
+
+
+def process_shard(
+    shard: Shard,
+    backend: Backend,
+    embedder: Embedder,
+    config: ShardJobConfig,
+    max_in_flight: int,
+) -> dict[str, Any]:
+    """Embed one shard and commit it; returns its small commit record."""
+    started = time.time()
+    output = Output(config.output, config.output_storage_options)
+    limits = backend.limits
+    sink = _Sink(output, shard, limits.dimension)
+    read = 0
+
+    def prepared() -> Iterator[Record]:
+        nonlocal read
+        seen: set[str] = set()
+        for raw in read_shard(shard, config.reader, config.storage_options):
+            read += 1
+            item = prepare(raw, config.prepare, backend.count_tokens, backend.truncate)
+            if isinstance(item, DeadLetter):
+                sink.dead_letter(item)
+            elif item.id in seen:
+                sink.dead_letter(
+                    DeadLetter(item.id, item.position, r.DUPLICATE_ID,
+                               "id already seen earlier in this shard", item.text[:200])
+                )
+            else:
+                seen.add(item.id)
+                yield item
+
+    pending: deque[Future[tuple[list[Embedded], list[DeadLetter]]]] = deque()
+    try:
+        for batch in batches(prepared(), limits.max_items, limits.max_request_tokens):
+            pending.append(embedder.submit(batch))
+            while len(pending) >= max_in_flight or (pending and pending[0].done()):
+                sink.add(*pending.popleft().result())
+        while pending:
+            sink.add(*pending.popleft().result())
+        embedded = sink.vectors.rows + len(sink.rows)
+        dead = sum(sink.reasons.values())
+        sink.flush()
+        result = {
+            "name": shard.name,
+            "input": shard.path,
+            "input_fingerprint": shard.fingerprint,
+            "input_size": shard.size,
+            "input_version": shard.version,
+            "status": "committed",
+            "read": read,
+            "embedded": embedded,
+            "dead_lettered": dead,
+            "dead_letters_by_reason": dict(sorted(sink.reasons.items())),
+            "tokens": sink.tokens,
+            "truncated": sink.truncated,
+            "seconds": round(time.time() - started, 3),
+        }
+        if dead:
+            sink.letters.commit({"shard": result, "beamvec_version": __version__})
+        else:
+            output.remove(output.dead_letters(shard.name))
+        footer = {
+            **backend.describe(),
+            "beamvec_version": __version__,
+            "config_fingerprint": config.config_fingerprint,
+            "shard": result,
+        }
+        sink.vectors.commit(footer)
+        return result
+    except BaseException:
+        for future in pending:
+            future.cancel()
+        sink.abort()
+        raise
