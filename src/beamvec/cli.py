@@ -64,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_run_help())
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_quiet_beam_import_noise)
     from beamvec.backends.base import SystemicError
     from beamvec.job import UsageError
     from beamvec.sources import NoInputError
@@ -82,6 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"beamvec {command}: {systemic}", file=sys.stderr)
         return 1
+
+
+def _quiet_beam_import_noise(record: logging.LogRecord) -> bool:
+    """Beam warns about optional GCP clients we never use; drop just that line."""
+    return not str(record.msg).startswith("apitools not found")
 
 
 def _find_systemic(exc: BaseException) -> str | None:
