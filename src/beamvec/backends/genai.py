@@ -16,6 +16,8 @@ a location and Application Default Credentials. Both go through
   Titles are only sent with ``RETRIEVAL_DOCUMENT``, the one task that uses them.
 * The SDK does not retry by default and ignores Retry-After / RetryInfo; errors
   become ``BackendError`` with the server's hint, and ``beamvec.retry`` decides.
+  Its transport is httpx2 by default (httpx with ``GOOGLE_GENAI_HTTP_CLIENT=httpx``);
+  timeouts and broken connections of either become retryable BackendErrors.
 * Smaller ``output_dimensionality`` vectors are not normalized by the API; we
   L2-normalize them. Vertex calls send ``auto_truncate=False`` so the server
   never embeds less than the text we hashed; too-long texts come back as 400.
@@ -32,6 +34,8 @@ first set variable of ``api_key_env``. It is never an attribute before
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import math
 import os
@@ -96,12 +100,6 @@ def native_dimension(model: str) -> int | None:
         if mid == name or mid.startswith(name + "-"):
             return dim
     return None
-
-
-def is_multimodal(model: str) -> bool:
-    """The SDK's own rule: these models merge a list of strings into one input."""
-    mid = model_id(model)
-    return "gemini" in mid and not mid.startswith(("gemini-embedding-001", "gemini-embedding-exp"))
 
 
 class GenaiBackend(Backend):
@@ -402,20 +400,20 @@ class GenaiBackend(Backend):
     def _map_error(self, exc: BaseException) -> BackendError | None:
         """A BackendError for what the SDK or the network raised; None for
         anything we do not recognise (a bug should stay loud)."""
-        import httpx
         import pydantic
         from google.genai import errors
 
+        timeouts, transport, unsupported = _http_exception_types()
         if isinstance(exc, errors.APIError):
             return self._map_api_error(exc)
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, (*timeouts, TimeoutError)):
             return BackendError(
                 f"{self.mode}: request timed out after {self.timeout_s:g}s ({type(exc).__name__})",
                 retryable=True,
             )
-        if isinstance(exc, httpx.UnsupportedProtocol):
+        if isinstance(exc, unsupported):
             return BackendError(self._scrub(f"{self.mode}: bad API URL: {exc}"), retryable=False)
-        if isinstance(exc, (httpx.TransportError, ConnectionError)):
+        if isinstance(exc, (*transport, ConnectionError)):
             return BackendError(
                 self._scrub(f"{self.mode}: connection failed ({type(exc).__name__}: {exc})"),
                 retryable=True,
@@ -466,20 +464,25 @@ class GenaiBackend(Backend):
     def preflight(self) -> None:
         """One tiny call: credentials, model and dimension, before any quota is spent."""
         self.load()
-        last: BackendError | None = None
+        last: BackendError | SystemicError | None = None
         for attempt in range(self.PREFLIGHT_ATTEMPTS):
             try:
                 embeddings = self._call(["beamvec preflight"], None)
+                self._check_preflight(embeddings)
+                return
             except BackendError as exc:
                 if not exc.retryable:
                     raise self._systemic(exc) from None
                 last = exc
                 wait = exc.retry_after if exc.retry_after is not None else 2.0**attempt
-                if attempt + 1 < self.PREFLIGHT_ATTEMPTS:
-                    time.sleep(min(wait, self.PREFLIGHT_MAX_WAIT_S))
-                continue
-            self._check_preflight(embeddings)
-            return
+            except SystemicError as exc:
+                # One odd answer may be a malformed response; the same answer
+                # every time is the model's real dimension.
+                last, wait = exc, 0.5
+            if attempt + 1 < self.PREFLIGHT_ATTEMPTS:
+                time.sleep(min(wait, self.PREFLIGHT_MAX_WAIT_S))
+        if isinstance(last, SystemicError):
+            raise last
         raise SystemicError(
             f"{self.mode}: the API did not answer the preflight call after "
             f"{self.PREFLIGHT_ATTEMPTS} attempts: {last}"
@@ -500,24 +503,42 @@ class GenaiBackend(Backend):
 
     def _systemic(self, exc: BackendError) -> SystemicError:
         code = exc.status
+        detail = str(exc).removeprefix(f"{self.mode}: ")
         if code in (401, 403):
             if self.mode == "vertex" and self.vertex_auth != "api_key":
                 hint = (
-                    "check Application Default Credentials, the project "
-                    f"({self.project or 'from the environment'}) and that the Vertex AI API is enabled"
+                    "check Application Default Credentials (gcloud auth application-default "
+                    f"login), the project ({self.project or 'from the environment'}) and that "
+                    "the Vertex AI API is enabled"
                 )
-                return SystemicError(
-                    f"vertex: the credentials were rejected (HTTP {code}) — {hint}"
-                )
+                return SystemicError(f"vertex: the credentials were rejected ({detail}) — {hint}")
             return SystemicError(
-                f"{self.mode}: the API key was rejected (HTTP {code}) — check "
+                f"{self.mode}: the API key was rejected ({detail}) — check "
                 f"{' / '.join(self.api_key_env)} or --api-key-file"
             )
         if code == 404:
             return SystemicError(
-                f"{self.mode}: model {self._model!r} was not found (HTTP 404) — check --model"
+                f"{self.mode}: model {self._model!r} was not found ({detail}) — check --model"
             )
-        return SystemicError(f"{self.mode}: the preflight call failed: {exc}")
+        return SystemicError(f"{self.mode}: the preflight call failed: {detail}")
+
+
+@functools.lru_cache(maxsize=1)
+def _http_exception_types() -> tuple[tuple[type[BaseException], ...], ...]:
+    """(timeouts, transport errors, bad URL) of httpx2 (google-genai's default
+    transport since 3.x) and of httpx (``GOOGLE_GENAI_HTTP_CLIENT=httpx``)."""
+    timeouts: list[type[BaseException]] = []
+    transport: list[type[BaseException]] = []
+    unsupported: list[type[BaseException]] = []
+    for name in ("httpx2", "httpx"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        timeouts.append(module.TimeoutException)
+        transport.append(module.TransportError)
+        unsupported.append(module.UnsupportedProtocol)
+    return tuple(timeouts), tuple(transport), tuple(unsupported)
 
 
 def _error_reasons(details: Any) -> set[str]:

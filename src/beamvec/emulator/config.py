@@ -1,0 +1,62 @@
+"""What the emulator does: limits, quota, latency and faults, in one dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+MALFORMED_KINDS = ("missing", "dimension", "nan")
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """Emulator settings. Rates are probabilities per accepted request.
+
+    ``rpm`` and ``tpm`` are requests and tokens per ``window_s`` (60 s by
+    default, hence the names); None means unlimited. ``api_key`` None accepts
+    any key or none. ``hang_s`` is how long a hung request holds the
+    connection before closing it without an answer.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    api_key: str | None = None
+    bearer_token: str | None = None  # Vertex: None accepts any bearer token
+    rpm: int | None = None
+    tpm: int | None = None
+    window_s: float = 60.0
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    fail_500: float = 0.0
+    fail_503: float = 0.0
+    hang: float = 0.0
+    reset: float = 0.0
+    malformed: float = 0.0
+    malformed_kinds: tuple[str, ...] = MALFORMED_KINDS
+    hang_s: float = 30.0
+    seed: int = 0
+    vectors: str = "hash"  # "hash" | "local"
+    gemini_max_items: int = 100
+    vertex_max_items: int = 250
+    vertex_max_request_tokens: int = 20_000
+    max_text_tokens: int = 2048
+    chars_per_token: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("fail_500", "fail_503", "hang", "reset", "malformed"):
+            rate = getattr(self, name)
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be a rate in [0, 1], not {rate}")
+        total = self.fail_500 + self.fail_503 + self.hang + self.reset + self.malformed
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"fault rates add up to {total:g} > 1")
+        if self.window_s <= 0:
+            raise ValueError("window_s must be positive")
+        unknown = set(self.malformed_kinds) - set(MALFORMED_KINDS)
+        if unknown or not self.malformed_kinds:
+            raise ValueError(f"malformed_kinds must be a non-empty subset of {MALFORMED_KINDS}")
+        if self.vectors not in ("hash", "local"):
+            raise ValueError("vectors must be 'hash' or 'local'")
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))

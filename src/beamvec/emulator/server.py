@@ -1,0 +1,474 @@
+"""A local HTTP server that speaks the Gemini API and Vertex AI embedding REST
+protocol, with real limits, quotas, latency and injected faults.
+
+Point google-genai at it with ``http_options=HttpOptions(base_url=emu.url)``.
+Per request, in order: route (404) -> auth (Gemini: 403 missing key, 400
+API_KEY_INVALID wrong key; Vertex: 401 without credentials) -> model (404) ->
+body and limits (400) -> quota (429 with RetryInfo and Retry-After) -> latency
+-> an injected fault, or the vectors. ``GET /stats`` and ``POST /stats/reset``
+report and reset what it saw.
+
+The stdlib ThreadingHTTPServer (one daemon thread per connection, HTTP/1.1
+keep-alive) is enough: the work per request is small and tests need no extra
+dependency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import re
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from beamvec.emulator import protocol
+from beamvec.emulator.config import EmulatorConfig
+from beamvec.emulator.faults import FaultInjector
+from beamvec.emulator.stats import Stats
+from beamvec.emulator.vectors import Item, make_vectors
+from beamvec.emulator.window import SlidingWindowQuota
+from beamvec.records import content_hash
+
+MAX_BODY_BYTES = 64 << 20
+
+
+class _State:
+    """Everything the handlers share; the lock guards quota and stats."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.config = config
+        self.faults = FaultInjector(config.seed)
+        self.vectors = make_vectors(config.vectors)
+        self.connections: set[socket.socket] = set()
+        self._fresh_windows()
+
+    def _fresh_windows(self) -> None:
+        c = self.config
+        self.quota = SlidingWindowQuota(c.window_s, c.rpm, c.tpm)
+        self.stats = Stats(c.window_s)
+
+    def reset(self) -> None:
+        with self.lock:
+            self._fresh_windows()
+        self.faults.reseed(self.config.seed)
+
+    def update(self, **changes: Any) -> None:
+        with self.lock:
+            old = self.config
+            self.config = dataclasses.replace(old, **changes)
+            if (old.window_s, old.rpm, old.tpm) != (
+                self.config.window_s,
+                self.config.rpm,
+                self.config.tpm,
+            ):
+                self.quota = SlidingWindowQuota(
+                    self.config.window_s, self.config.rpm, self.config.tpm
+                )
+            if old.window_s != self.config.window_s:
+                self.stats = Stats(self.config.window_s)
+            if old.vectors != self.config.vectors:
+                self.vectors = make_vectors(self.config.vectors)
+        if "seed" in changes:
+            self.faults.reseed(self.config.seed)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 512
+
+    def __init__(self, address: tuple[str, int], state: _State) -> None:
+        self.state = state
+        super().__init__(address, _Handler)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        with self.state.lock:
+            self.state.connections.add(request)
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.state.lock:
+                self.state.connections.discard(request)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as two writes
+    server_version = "beamvec-emulator"
+    timeout = 120  # idle keep-alive connections end after this
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+        pass
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _send_json(
+        self,
+        code: int,
+        body: Any,
+        headers: dict[str, str] | None = None,
+        vectors: list[list[float]] | None = None,
+    ) -> None:
+        text = json.dumps(body, allow_nan=True, separators=(",", ":"))
+        if vectors is not None:
+            text = _fill_vectors(text, vectors)
+        data = text.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_error(self, error: protocol.ApiError) -> None:
+        self._send_json(error.code, error.body(), error.headers)
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            raise protocol.ApiError(
+                413, "INVALID_ARGUMENT", "Request payload size exceeds the limit."
+            )
+        return self.rfile.read(length) if length else b""
+
+    def _reset_connection(self) -> None:
+        """Close with RST and no answer, as a dropped connection looks."""
+        self.close_connection = True
+        sock = self.connection
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            fd = sock.detach()  # the server's own shutdown() would send a FIN first
+            socket.close(fd)
+        except OSError:
+            pass
+
+    # -- routes --------------------------------------------------------------
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        url = urlsplit(self.path)
+        state = self.server.state
+        if url.path == "/stats":
+            with_texts = parse_qs(url.query).get("texts", ["1"])[0].lower() not in (
+                "0",
+                "false",
+                "no",
+            )
+            with state.lock:
+                snap = state.stats.snapshot(with_texts)
+            self._send_json(200, snap)
+        elif url.path in ("/", "/healthz"):
+            self._send_json(200, {"ok": True})
+        else:
+            self._send_error(
+                protocol.ApiError(
+                    404, "NOT_FOUND", f"The requested URL {url.path} was not found on this server."
+                )
+            )
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+        url = urlsplit(self.path)
+        state = self.server.state
+        if url.path == "/stats/reset":
+            self._read_body()
+            state.reset()
+            self._send_json(200, {"ok": True})
+            return
+        try:
+            body = self._read_body()
+        except protocol.ApiError as exc:
+            self.close_connection = True
+            self._send_error(exc)
+            return
+        outcome = self._embed(url.path, url.query, body)
+        if outcome is None:
+            return
+        code, payload, headers, vectors = outcome
+        with state.lock:
+            state.stats.answered(code)
+        self._send_json(code, payload, headers, vectors)
+
+    def _embed(self, path: str, query: str, raw: bytes) -> _Outcome | None:
+        """The answer to an embedding call, or None when a fault ate it."""
+        state = self.server.state
+        config = state.config
+        try:
+            route = protocol.parse_route(path)
+        except protocol.ApiError as exc:
+            with state.lock:
+                state.stats.arrived(time.monotonic(), "unknown")
+            return exc.code, exc.body(), exc.headers, None
+        with state.lock:
+            state.stats.arrived(time.monotonic(), route.name)
+        try:
+            self._authorize(route, query, config)
+            native = protocol.check_model(route)
+            try:
+                body = json.loads(raw or b"null")
+            except ValueError:
+                raise protocol.invalid("Invalid JSON payload received.") from None
+            req, auto_truncate = protocol.parse_body(route, body, native)
+            protocol.apply_limits(req, auto_truncate, config)
+            now = time.monotonic()
+            with state.lock:
+                ok, wait, limit = state.quota.try_acquire(now, req.tokens)
+                if ok:
+                    state.stats.accepted(now)
+            if not ok:
+                raise protocol.quota_exceeded(route.api, limit, wait, config)
+        except protocol.ApiError as exc:
+            return exc.code, exc.body(), exc.headers, None
+        fault, latency, kind = state.faults.draw(config)
+        if latency and state.stopping.wait(latency):
+            return None
+        if fault in ("fail_500", "fail_503"):
+            with state.lock:
+                state.stats.fault(fault)
+            error = protocol.server_error(500 if fault == "fail_500" else 503)
+            return error.code, error.body(), error.headers, None
+        if fault == "hang":
+            with state.lock:
+                state.stats.fault("hang")
+                state.stats.answered("hang")
+            state.stopping.wait(config.hang_s)
+            self.close_connection = True
+            return None
+        if fault == "reset":
+            with state.lock:
+                state.stats.fault("reset")
+                state.stats.answered("reset")
+            self._reset_connection()
+            return None
+        vectors = self._vectors(req, native)
+        if fault == "malformed":
+            vectors = _corrupt(vectors, kind or "missing")
+            with state.lock:
+                state.stats.fault(f"malformed_{kind}")
+        else:
+            hashes = [content_hash(i.text) for i in req.items]
+            with state.lock:
+                state.stats.embedded(time.monotonic(), route.model, hashes, req.tokens)
+        placeholders = [f"__beamvec_vector_{i}__" for i in range(len(vectors))]
+        return 200, protocol.render(req, placeholders), {}, vectors
+
+    def _authorize(self, route: protocol.Route, query: str, config: EmulatorConfig) -> None:
+        key = self.headers.get("x-goog-api-key") or parse_qs(query).get("key", [None])[0]
+        bearer = self.headers.get("Authorization", "")
+        token = bearer[7:].strip() if bearer.lower().startswith("bearer ") else ""
+        if route.api == "vertex" and route.project is not None and not key:
+            # Project paths take OAuth tokens (ADC); we cannot verify real ones.
+            if not token:
+                raise protocol.missing_key("vertex")
+            if config.bearer_token is not None and token != config.bearer_token:
+                raise protocol.bad_token()
+            return
+        if config.api_key is None:
+            return
+        if not key:
+            raise protocol.missing_key(route.api)
+        if key != config.api_key:
+            raise protocol.bad_key(route.api)
+
+    def _vectors(self, req: protocol.EmbedRequest, native: int) -> list[list[float]]:
+        items = [Item(i.text, i.task_type, i.title) for i in req.items]
+        full = self.server.state.vectors.native(req.route.model, items)
+        return [
+            full[row, : (item.dimension or native)].tolist() for row, item in enumerate(req.items)
+        ]
+
+
+_Outcome = tuple[int, Any, dict[str, str], "list[list[float]] | None"]
+# render() bodies hold no texts, only numbers, so this marker cannot collide.
+_PLACEHOLDER = re.compile(r'"__beamvec_vector_(\d+)__"')
+
+
+def _numbers(values: list[float]) -> str:
+    """A JSON array with 9 significant digits: exact for float32, as the real API
+    sends them, and about twice as fast to write and to parse as ``repr``."""
+    text = ",".join(["%.9g" % x for x in values])  # noqa: UP031 - fastest formatter here
+    if "n" in text:  # nan or inf from a malformed answer: JSON's spellings
+        text = text.replace("-inf", "-Infinity").replace("inf", "Infinity").replace("nan", "NaN")
+    return "[" + text + "]"
+
+
+def _fill_vectors(text: str, vectors: list[list[float]]) -> str:
+    """Put the value arrays where render() left placeholders, in one pass."""
+    return _PLACEHOLDER.sub(lambda m: _numbers(vectors[int(m.group(1))]), text)
+
+
+def _corrupt(vectors: list[list[float]], kind: str) -> list[list[float]]:
+    """A 200 body a careless client would trust."""
+    if kind == "missing" or not vectors:
+        return vectors[:-1]
+    if kind == "dimension":
+        return [vectors[0][:-1], *vectors[1:]]
+    first = list(vectors[0])
+    first[len(first) // 2] = math.nan
+    return [first, *vectors[1:]]
+
+
+class Emulator:
+    """The emulator in this process, for tests: ``with Emulator(cfg) as emu: emu.url``."""
+
+    def __init__(self, config: EmulatorConfig | None = None, **overrides: Any) -> None:
+        config = config or EmulatorConfig()
+        if overrides:
+            config = dataclasses.replace(config, **overrides)
+        self._state = _State(config)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def config(self) -> EmulatorConfig:
+        return self._state.config
+
+    def start(self) -> Emulator:
+        if self._server is not None:
+            return self
+        c = self._state.config
+        self._server = _Server((c.host, c.port), self._state)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="beamvec-emulator",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the emulator is not running; call start()")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """Base URL for ``HttpOptions(base_url=...)``."""
+        return f"http://{self._state.config.host}:{self.port}"
+
+    def stats(self, with_texts: bool = True) -> dict[str, Any]:
+        with self._state.lock:
+            return self._state.stats.snapshot(with_texts)
+
+    def reset(self) -> None:
+        """Forget stats and quota windows, and reseed the fault draws."""
+        self._state.reset()
+
+    def update(self, **changes: Any) -> None:
+        """Change settings while running (quota, latency, fault rates, ...)."""
+        self._state.update(**changes)
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._state.stopping.set()  # wake hung and sleeping requests
+        server.shutdown()
+        server.server_close()
+        with self._state.lock:
+            open_connections = list(self._state.connections)
+        for sock in open_connections:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._state.stopping = threading.Event()
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# -- command line --------------------------------------------------------------
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("a rate must be between 0 and 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="beamvec emulator",
+        description="Serve the Gemini API and Vertex AI embedding REST protocol on this machine.",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    p.add_argument("--api-key", default=None, help="the key callers must send (default: any)")
+    p.add_argument("--rpm", type=int, default=None, help="requests per window (default: no limit)")
+    p.add_argument("--tpm", type=int, default=None, help="tokens per window (default: no limit)")
+    p.add_argument("--window-s", type=float, default=60.0, help="quota window in seconds")
+    p.add_argument("--latency-ms", type=float, default=0.0)
+    p.add_argument("--jitter-ms", type=float, default=0.0)
+    p.add_argument("--fail-500", type=_rate, default=0.0, help="rate of 500 INTERNAL answers")
+    p.add_argument("--fail-503", type=_rate, default=0.0, help="rate of 503 UNAVAILABLE answers")
+    p.add_argument("--hang", type=_rate, default=0.0, help="rate of requests never answered")
+    p.add_argument("--hang-s", type=float, default=30.0, help="how long a hung request is held")
+    p.add_argument("--reset", type=_rate, default=0.0, help="rate of connections reset")
+    p.add_argument("--malformed", type=_rate, default=0.0, help="rate of malformed 200 answers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vectors", choices=("hash", "local"), default="hash")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(None if argv is None else list(argv))
+    try:
+        config = EmulatorConfig(
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key,
+            rpm=args.rpm,
+            tpm=args.tpm,
+            window_s=args.window_s,
+            latency_ms=args.latency_ms,
+            jitter_ms=args.jitter_ms,
+            fail_500=args.fail_500,
+            fail_503=args.fail_503,
+            hang=args.hang,
+            hang_s=args.hang_s,
+            reset=args.reset,
+            malformed=args.malformed,
+            seed=args.seed,
+            vectors=args.vectors,
+        )
+    except ValueError as exc:
+        print(f"beamvec emulator: {exc}", file=sys.stderr)
+        return 2
+    emulator = Emulator(config)
+    try:
+        emulator.start()
+    except OSError as exc:
+        print(f"beamvec emulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"beamvec emulator on {emulator.url}  (Gemini API: --api-base-url {emulator.url}; "
+        f"stats: GET {emulator.url}/stats)",
+        flush=True,
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emulator.stop()
+    return 0

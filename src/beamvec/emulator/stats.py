@@ -1,0 +1,79 @@
+"""What the emulator saw: requests by outcome, texts embedded, window peaks.
+
+Tests use it to prove quota compliance (peak requests per window), that no
+text was embedded twice, and what faults were injected. Texts and tokens count
+only well-formed 200 answers (what a real API would bill); malformed 200s are
+counted as faults.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from beamvec.emulator.window import WindowPeak
+
+
+class Stats:
+    """Counters; the server calls every method under its lock."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self.by_status: Counter[str] = Counter()
+        self.faults: Counter[str] = Counter()
+        self.by_route: Counter[str] = Counter()
+        self.texts = 0
+        self.tokens = 0
+        self.text_counts: Counter[str] = Counter()
+        self.models: Counter[str] = Counter()
+        self.peak_all = WindowPeak(window_s)
+        self.peak_accepted = WindowPeak(window_s)
+        self.peak_ok = WindowPeak(window_s)
+
+    def arrived(self, now: float, route: str) -> None:
+        self.peak_all.add(now)
+        self.by_route[route] += 1
+
+    def accepted(self, now: float) -> None:
+        self.peak_accepted.add(now)
+
+    def answered(self, status: int | str) -> None:
+        self.by_status[str(status)] += 1
+
+    def fault(self, kind: str) -> None:
+        self.faults[kind] += 1
+
+    def embedded(self, now: float, model: str, hashes: list[str], tokens: int) -> None:
+        self.peak_ok.add(now, tokens)
+        self.texts += len(hashes)
+        self.tokens += tokens
+        self.models[model] += len(hashes)
+        self.text_counts.update(hashes)
+
+    def snapshot(self, with_texts: bool = True) -> dict[str, Any]:
+        counts = self.text_counts
+        repeated = sum(1 for c in counts.values() if c > 1)
+        out: dict[str, Any] = {
+            "requests": sum(self.by_status.values()),
+            "by_status": dict(self.by_status),
+            "faults": dict(self.faults),
+            "by_route": dict(self.by_route),
+            "texts_embedded": self.texts,
+            "tokens": self.tokens,
+            "models": dict(self.models),
+            "texts": {
+                "distinct": len(counts),
+                "max_count": max(counts.values(), default=0),
+                "embedded_more_than_once": repeated,
+            },
+            "window_s": self.window_s,
+            "peak_window_requests": {
+                "all": self.peak_all.peak_count,
+                "accepted": self.peak_accepted.peak_count,
+                "ok": self.peak_ok.peak_count,
+            },
+            "peak_window_tokens": self.peak_ok.peak_weight,
+        }
+        if with_texts:
+            out["text_counts"] = dict(counts)
+        return out

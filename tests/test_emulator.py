@@ -1,0 +1,436 @@
+"""The emulator speaks the Gemini API and Vertex AI protocol: shapes, limits,
+keys, quota (429 + RetryInfo + Retry-After), faults and stats. Plain httpx."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+try:  # google-genai >= 3 ships httpx2, a drop-in fork of httpx
+    import httpx
+except ImportError:  # pragma: no cover - depends on the installed extras
+    import httpx2 as httpx
+
+from beamvec.emulator import Emulator, EmulatorConfig, expected_vector
+from beamvec.emulator.window import SlidingWindowQuota, WindowPeak
+from beamvec.records import content_hash
+
+# Loopback only: never through a proxy, whatever the host says.
+os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1,localhost"]))
+
+KEY = "emu-test-key"
+GEMINI = "/v1beta/models/gemini-embedding-001"
+VERTEX = "/v1beta1/projects/p/locations/us-central1/publishers/google/models"
+
+
+@pytest.fixture
+def emu():
+    with Emulator(api_key=KEY) as e:
+        yield e
+
+
+@pytest.fixture
+def client(emu):
+    with httpx.Client(base_url=emu.url, headers={"x-goog-api-key": KEY}, timeout=5) as c:
+        yield c
+
+
+def gemini_body(texts, model="gemini-embedding-001", **extra):
+    return {
+        "requests": [
+            {"model": f"models/{model}", "content": {"parts": [{"text": t}]}, **extra}
+            for t in texts
+        ]
+    }
+
+
+def bearer(token="tok"):
+    return {"Authorization": f"Bearer {token}", "x-goog-api-key": ""}
+
+
+# -- shapes -------------------------------------------------------------------
+
+
+def test_gemini_batch_returns_expected_vectors(client):
+    texts = ["alpha", "beta", "gamma"]
+    r = client.post(f"{GEMINI}:batchEmbedContents", json=gemini_body(texts, taskType="CLUSTERING"))
+    assert r.status_code == 200, r.text
+    rows = [e["values"] for e in r.json()["embeddings"]]
+    assert [len(v) for v in rows] == [3072] * 3
+    for text, values in zip(texts, rows, strict=True):
+        np.testing.assert_array_equal(
+            np.float32(values), expected_vector("gemini-embedding-001", "CLUSTERING", 3072, text)
+        )
+        assert math.isclose(np.linalg.norm(values), 1.0, rel_tol=1e-5)
+
+
+def test_smaller_output_is_an_unnormalized_prefix(client):
+    r = client.post(
+        f"{GEMINI}:batchEmbedContents", json=gemini_body(["x"], outputDimensionality=768)
+    )
+    values = np.float32(r.json()["embeddings"][0]["values"])
+    full = expected_vector("gemini-embedding-001", None, 3072, "x")
+    np.testing.assert_array_equal(values, full[:768])
+    assert np.linalg.norm(values) < 0.9
+
+
+def test_gemini_embed_content_single(client):
+    body = {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "one"}]}}
+    r = client.post(f"{GEMINI}:embedContent", json=body)
+    assert r.status_code == 200
+    assert len(r.json()["embedding"]["values"]) == 3072
+
+
+def test_vertex_predict_shape_with_statistics(client):
+    body = {
+        "instances": [{"content": "a b c", "task_type": "RETRIEVAL_QUERY"}, {"content": "d"}],
+        "parameters": {"outputDimensionality": 256},
+    }
+    r = client.post(f"{VERTEX}/text-embedding-005:predict", json=body, headers=bearer())
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert len(preds) == 2
+    emb = preds[0]["embeddings"]
+    assert len(emb["values"]) == 256
+    assert emb["statistics"] == {"token_count": 2, "truncated": False}
+    np.testing.assert_array_equal(
+        np.float32(emb["values"]),
+        expected_vector("text-embedding-005", "RETRIEVAL_QUERY", 256, "a b c"),
+    )
+
+
+def test_vertex_embed_content_routes(client):
+    content = {"parts": [{"text": "hello"}]}
+    cfg = {"outputDimensionality": 128, "title": "T", "taskType": "RETRIEVAL_DOCUMENT"}
+    r = client.post(
+        f"{VERTEX}/gemini-embedding-001:batchEmbedContents",
+        json={"requests": [{"content": content, "embedContentConfig": cfg}] * 2},
+        headers=bearer(),
+    )
+    assert r.status_code == 200, r.text
+    assert [len(e["values"]) for e in r.json()["embeddings"]] == [128, 128]
+    np.testing.assert_array_equal(
+        np.float32(r.json()["embeddings"][0]["values"]),
+        expected_vector("gemini-embedding-001", "RETRIEVAL_DOCUMENT", 128, "hello", title="T"),
+    )
+    r = client.post(
+        f"{VERTEX}/gemini-embedding-001:embedContent",
+        json={"content": content, "embedContentConfig": cfg},
+        headers=bearer(),
+    )
+    assert r.status_code == 200
+    assert len(r.json()["embedding"]["values"]) == 128
+    assert r.json()["usageMetadata"]["promptTokenCount"] == 2
+
+
+def test_vertex_express_mode_path_takes_the_api_key(client):
+    r = client.post(
+        "/v1beta1/publishers/google/models/text-embedding-005:predict",
+        json={"instances": [{"content": "hi"}]},
+    )
+    assert r.status_code == 200
+    assert len(r.json()["predictions"][0]["embeddings"]["values"]) == 768
+
+
+# -- limits -------------------------------------------------------------------
+
+
+def test_gemini_batch_holds_at_most_100(client):
+    assert client.post(
+        f"{GEMINI}:batchEmbedContents", json=gemini_body([f"t{i}" for i in range(100)])
+    ).is_success
+    r = client.post(f"{GEMINI}:batchEmbedContents", json=gemini_body([f"t{i}" for i in range(101)]))
+    assert r.status_code == 400
+    assert r.json()["error"]["status"] == "INVALID_ARGUMENT"
+    assert "at most 100" in r.json()["error"]["message"]
+
+
+def test_vertex_predict_items_and_tokens(client):
+    url = f"{VERTEX}/text-embedding-005:predict"
+    r = client.post(url, json={"instances": [{"content": "x"}] * 251}, headers=bearer())
+    assert r.status_code == 400
+    assert client.post(
+        url, json={"instances": [{"content": "x"}] * 250}, headers=bearer()
+    ).is_success
+    long = "y" * (2048 * 4)  # 2048 tokens at 4 chars a token
+    r = client.post(url, json={"instances": [{"content": long}] * 10}, headers=bearer())
+    assert r.status_code == 400 and "20000" in r.json()["error"]["message"]
+    assert client.post(
+        url, json={"instances": [{"content": long}] * 9}, headers=bearer()
+    ).is_success
+
+
+def test_text_over_2048_tokens(client):
+    long = "z" * (2048 * 4 + 1)
+    r = client.post(f"{GEMINI}:batchEmbedContents", json=gemini_body([long]))
+    assert r.status_code == 400
+    url = f"{VERTEX}/text-embedding-005:predict"
+    r = client.post(
+        url,
+        json={"instances": [{"content": long}], "parameters": {"autoTruncate": False}},
+        headers=bearer(),
+    )
+    assert r.status_code == 400
+    r = client.post(url, json={"instances": [{"content": long}]}, headers=bearer())
+    stats = r.json()["predictions"][0]["embeddings"]["statistics"]
+    assert stats == {"token_count": 2048, "truncated": True}  # Vertex truncates by default
+
+
+def test_empty_text_and_bad_task_are_400(client):
+    assert client.post(f"{GEMINI}:batchEmbedContents", json=gemini_body([""])).status_code == 400
+    r = client.post(f"{GEMINI}:batchEmbedContents", json=gemini_body(["a"], taskType="NOPE"))
+    assert r.status_code == 400
+    r = client.post(f"{GEMINI}:batchEmbedContents", content=b"{not json")
+    assert r.status_code == 400
+
+
+# -- keys, models, routes -----------------------------------------------------
+
+
+def test_gemini_key_missing_wrong_and_in_query(emu):
+    url = f"{emu.url}{GEMINI}:batchEmbedContents"
+    body = gemini_body(["a"])
+    r = httpx.post(url, json=body)
+    assert r.status_code == 403
+    assert r.json()["error"]["status"] == "PERMISSION_DENIED"
+    r = httpx.post(url, json=body, headers={"x-goog-api-key": "wrong"})
+    assert r.status_code == 400  # what Google answers to a wrong key
+    err = r.json()["error"]
+    assert err["status"] == "INVALID_ARGUMENT"
+    assert err["details"][0]["reason"] == "API_KEY_INVALID"
+    assert httpx.post(url, json=body, params={"key": KEY}).is_success
+
+
+def test_vertex_requires_credentials(emu):
+    url = f"{emu.url}{VERTEX}/text-embedding-005:predict"
+    r = httpx.post(url, json={"instances": [{"content": "a"}]})
+    assert r.status_code == 401
+    assert r.json()["error"]["status"] == "UNAUTHENTICATED"
+    assert httpx.post(url, json={"instances": [{"content": "a"}]}, headers=bearer()).is_success
+
+
+def test_unknown_model_and_route_are_404(client):
+    r = client.post(
+        "/v1beta/models/no-such-model:batchEmbedContents", json=gemini_body(["a"], "no-such-model")
+    )
+    assert r.status_code == 404
+    assert r.json()["error"]["status"] == "NOT_FOUND"
+    assert "no-such-model" in r.json()["error"]["message"]
+    assert client.post("/v1beta/elsewhere", json={}).status_code == 404
+
+
+# -- quota --------------------------------------------------------------------
+
+
+def test_rpm_quota_429_with_retry_info_and_retry_after():
+    with (
+        Emulator(rpm=3, window_s=1.0) as emu,
+        httpx.Client(base_url=emu.url, headers={"x-goog-api-key": "any"}) as c,
+    ):
+        url = f"{GEMINI}:batchEmbedContents"
+        assert all(c.post(url, json=gemini_body([f"q{i}"])).is_success for i in range(3))
+        r = c.post(url, json=gemini_body(["q3"]))
+        assert r.status_code == 429
+        err = r.json()["error"]
+        assert err["status"] == "RESOURCE_EXHAUSTED"
+        delay = next(d for d in err["details"] if d["@type"].endswith("RetryInfo"))["retryDelay"]
+        seconds = float(delay.rstrip("s"))
+        assert 0 < seconds <= 1.0
+        assert r.headers["Retry-After"] == str(math.ceil(seconds))
+        time.sleep(seconds + 0.02)
+        assert c.post(url, json=gemini_body(["q3"])).is_success
+        stats = emu.stats()
+        assert stats["by_status"] == {"200": 4, "429": 1}
+        assert stats["peak_window_requests"]["accepted"] <= 3
+        assert stats["peak_window_requests"]["all"] >= 4
+
+
+def test_tpm_quota_counts_tokens():
+    with (
+        Emulator(tpm=10, window_s=1.0) as emu,
+        httpx.Client(base_url=emu.url, headers={"x-goog-api-key": "any"}) as c,
+    ):
+        url = f"{GEMINI}:batchEmbedContents"
+        assert c.post(url, json=gemini_body(["x" * 32])).is_success  # 8 tokens
+        r = c.post(url, json=gemini_body(["y" * 32]))
+        assert r.status_code == 429
+        assert "tokens" in r.json()["error"]["message"]
+        assert emu.stats()["peak_window_tokens"] == 8
+
+
+def test_sliding_window_quota_waits_for_the_right_request():
+    q = SlidingWindowQuota(window_s=10, max_requests=2, max_tokens=100)
+    assert q.try_acquire(0.0, 10)[0]
+    assert q.try_acquire(1.0, 80)[0]
+    ok, wait, limit = q.try_acquire(2.0, 5)
+    assert (ok, limit) == (False, "requests") and wait == pytest.approx(8.0)
+    ok, wait, limit = q.try_acquire(10.5, 30)  # the first left; 80 + 30 > 100 until t=11
+    assert (ok, limit) == (False, "tokens") and wait == pytest.approx(0.5)
+    assert q.try_acquire(11.0, 30)[0]
+
+
+def test_window_peak():
+    peak = WindowPeak(1.0)
+    for t in (0.0, 0.1, 0.2, 1.15, 1.3):
+        peak.add(t, 1)
+    assert peak.peak_count == 3  # (0.2, 1.2] holds only 2
+    peak.add(1.35)
+    assert peak.peak_count == 3
+
+
+# -- faults and latency -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "status"), [("fail_500", "INTERNAL"), ("fail_503", "UNAVAILABLE")]
+)
+def test_server_errors(fault, status):
+    with Emulator(**{fault: 1.0}) as emu:
+        r = httpx.post(f"{emu.url}{GEMINI}:batchEmbedContents", json=gemini_body(["a"]))
+        assert r.json()["error"]["status"] == status
+        assert emu.stats()["faults"] == {fault: 1}
+
+
+def test_connection_reset():
+    with Emulator(reset=1.0) as emu:
+        with pytest.raises(httpx.TransportError):
+            httpx.post(f"{emu.url}{GEMINI}:batchEmbedContents", json=gemini_body(["a"]))
+        assert emu.stats()["by_status"] == {"reset": 1}
+
+
+def test_hang_outlasts_the_client_timeout():
+    with Emulator(hang=1.0, hang_s=1.0) as emu:
+        start = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                f"{emu.url}{GEMINI}:batchEmbedContents", json=gemini_body(["a"]), timeout=0.2
+            )
+        assert time.monotonic() - start < 0.9
+
+
+@pytest.mark.parametrize("kind", ["missing", "dimension", "nan"])
+def test_malformed_200(kind):
+    with Emulator(malformed=1.0, malformed_kinds=(kind,)) as emu:
+        r = httpx.post(f"{emu.url}{GEMINI}:batchEmbedContents", json=gemini_body(["a", "b"]))
+        assert r.status_code == 200
+        rows = [e["values"] for e in r.json()["embeddings"]]  # json accepts NaN
+        if kind == "missing":
+            assert len(rows) == 1
+        elif kind == "dimension":
+            assert len(rows[0]) == 3071
+        else:
+            assert any(math.isnan(x) for x in rows[0])
+        stats = emu.stats()
+        assert stats["faults"] == {f"malformed_{kind}": 1}
+        assert stats["texts_embedded"] == 0  # not billed as a good answer
+
+
+def test_faults_are_seeded():
+    def statuses(seed):
+        with Emulator(fail_500=0.3, fail_503=0.3, seed=seed) as emu, httpx.Client() as c:
+            url = f"{emu.url}{GEMINI}:batchEmbedContents"
+            return [c.post(url, json=gemini_body(["a"])).status_code for _ in range(20)]
+
+    first = statuses(7)
+    assert first == statuses(7)
+    assert {200, 500, 503} <= set(first)
+
+
+def test_latency_and_jitter():
+    with Emulator(latency_ms=80, jitter_ms=20) as emu, httpx.Client() as c:
+        url = f"{emu.url}{GEMINI}:batchEmbedContents"
+        c.post(url, json=gemini_body(["warm"]))
+        start = time.monotonic()
+        for _ in range(3):
+            c.post(url, json=gemini_body(["a"]))
+        assert time.monotonic() - start >= 3 * 0.06
+
+
+def test_update_changes_faults_while_running(emu, client):
+    url = f"{GEMINI}:batchEmbedContents"
+    assert client.post(url, json=gemini_body(["a"])).is_success
+    emu.update(fail_503=1.0)
+    assert client.post(url, json=gemini_body(["a"])).status_code == 503
+    emu.update(fail_503=0.0)
+    assert client.post(url, json=gemini_body(["a"])).is_success
+
+
+def test_config_rejects_bad_rates():
+    with pytest.raises(ValueError):
+        EmulatorConfig(fail_500=0.7, fail_503=0.7)
+    with pytest.raises(ValueError):
+        EmulatorConfig(hang=-0.1)
+
+
+# -- stats --------------------------------------------------------------------
+
+
+def test_stats_count_texts_and_reset(emu, client):
+    url = f"{GEMINI}:batchEmbedContents"
+    client.post(url, json=gemini_body(["same", "other"]))
+    client.post(url, json=gemini_body(["same"]))
+    stats = client.get("/stats").json()
+    assert stats["texts_embedded"] == 3
+    assert stats["text_counts"][content_hash("same")] == 2
+    assert stats["texts"] == {"distinct": 2, "max_count": 2, "embedded_more_than_once": 1}
+    assert stats["by_route"] == {"gemini:batchEmbedContents": 2}
+    assert stats["tokens"] == 4
+    assert stats["models"] == {"gemini-embedding-001": 3}
+    assert "text_counts" not in client.get("/stats", params={"texts": "0"}).json()
+    assert client.post("/stats/reset").is_success
+    assert emu.stats()["requests"] == 0 and emu.stats()["texts_embedded"] == 0
+
+
+def test_peak_requests_per_window():
+    with Emulator(window_s=0.3) as emu, httpx.Client() as c:
+        url = f"{emu.url}{GEMINI}:batchEmbedContents"
+        for _ in range(3):
+            c.post(url, json=gemini_body(["a"]))
+        time.sleep(0.35)
+        c.post(url, json=gemini_body(["a"]))
+        c.post(url, json=gemini_body(["a"]))
+        peaks = emu.stats()["peak_window_requests"]
+        assert peaks == {"all": 3, "accepted": 3, "ok": 3}
+
+
+def test_cli_serves_until_interrupted():
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from beamvec.emulator import main; sys.exit(main(sys.argv[1:]))",
+         "--port", "0", "--api-key", KEY, "--latency-ms", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        url = line.split()[3]
+        assert url.startswith("http://127.0.0.1:")
+        assert httpx.get(f"{url}/healthz").json() == {"ok": True}
+        r = httpx.post(
+            f"{url}{GEMINI}:batchEmbedContents",
+            json=gemini_body(["a"]),
+            headers={"x-goog-api-key": KEY},
+        )
+        assert r.is_success
+    finally:
+        proc.send_signal(2)  # SIGINT
+        assert proc.wait(timeout=10) == 0
+
+
+def test_local_vectors_carry_meaning():
+    """--vectors local: the local ONNX model, zero-padded to the native size."""
+    texts = ["a cat sits on the mat", "stock markets fell sharply", "a kitten rests on a rug"]
+    with Emulator(vectors="local") as emu:
+        r = httpx.post(
+            f"{emu.url}{GEMINI}:batchEmbedContents",
+            json=gemini_body(texts, outputDimensionality=768),
+        )
+    v = np.array([e["values"] for e in r.json()["embeddings"]])
+    assert v.shape == (3, 768)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert v[0] @ v[2] > v[0] @ v[1] + 0.3

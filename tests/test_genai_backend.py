@@ -1,0 +1,327 @@
+"""GenaiBackend through the real google-genai client, against the emulator.
+
+Both modes (Gemini API with a key; Vertex with project paths, anonymous
+credentials, and express mode with a key), every vector checked against
+``expected_vector``, and every failure mapped to the right error.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import types as pytypes
+
+import numpy as np
+import pytest
+
+from beamvec.backends.base import BackendError, SystemicError
+from beamvec.backends.genai import GenaiBackend, native_dimension
+from beamvec.emulator import Emulator, expected_vector
+
+# Loopback only: never through a proxy, whatever the host says.
+os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1,localhost"]))
+
+KEY = "AIzaSy-test-key-0123456789"
+TEXTS = ["the cat sat on the mat", "markets fell sharply", "a kitten on a rug", "rain tomorrow"]
+
+
+@pytest.fixture
+def emu():
+    with Emulator(api_key=KEY) as e:
+        yield e
+
+
+@pytest.fixture
+def key_env(monkeypatch):
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+
+
+def make(emu, mode="gemini", **kw):
+    kw.setdefault("timeout_s", 5)
+    if mode == "vertex":
+        kw.setdefault("vertex_auth", "anonymous")
+        kw.setdefault("project", "proj")
+        kw.setdefault("location", "us-central1")
+    return GenaiBackend(mode=mode, api_base_url=emu.url, **kw)
+
+
+def expected(model, task, dim, texts, titles=None):
+    titles = titles or [None] * len(texts)
+    rows = np.stack(
+        [
+            expected_vector(model, task, dim, t, title=ti)
+            for t, ti in zip(texts, titles, strict=True)
+        ]
+    )
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+# -- vectors ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "model", "auth"),
+    [
+        ("gemini", "gemini-embedding-001", None),
+        ("vertex", "gemini-embedding-001", "anonymous"),  # :batchEmbedContents
+        ("vertex", "text-embedding-005", "anonymous"),  # :predict
+        ("vertex", "gemini-embedding-001", "api_key"),  # express mode
+    ],
+)
+@pytest.mark.parametrize("dim", [None, 768])
+def test_vectors_match_the_emulator(emu, key_env, mode, model, auth, dim):
+    kw = {"vertex_auth": auth} if auth else {}
+    b = make(emu, mode, model=model, output_dimensionality=dim, task_type="clustering", **kw)
+    b.load()
+    vecs = b.embed(TEXTS)
+    want = dim or native_dimension(model)
+    assert vecs.shape == (len(TEXTS), want) and vecs.dtype == np.float32
+    np.testing.assert_allclose(vecs, expected(model, "CLUSTERING", want, TEXTS), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert b.describe()["normalization"] == ("l2" if want != native_dimension(model) else "native")
+    assert b.normalized
+
+
+def test_full_3072_vectors_are_native(emu, key_env):
+    b = make(emu, output_dimensionality=3072)
+    vecs = b.embed(TEXTS[:2])
+    np.testing.assert_allclose(
+        vecs, expected("gemini-embedding-001", None, 3072, TEXTS[:2]), atol=1e-6
+    )
+    d = b.describe()
+    assert d["normalization"] == "native" and d["output_dimensionality"] == 3072
+    assert d["dimension"] == 3072 and d["backend"] == "gemini"
+
+
+@pytest.mark.parametrize("mode", ["gemini", "vertex"])
+def test_multimodal_model_gets_one_vector_per_text(emu, key_env, mode):
+    model = "gemini-embedding-2-preview"
+    b = make(emu, mode, model=model, output_dimensionality=768)
+    vecs = b.embed(TEXTS)
+    np.testing.assert_allclose(vecs, expected(model, None, 768, TEXTS), atol=1e-6)
+
+
+def test_the_sdk_merges_plain_strings_for_multimodal_models(emu, key_env):
+    """Why every text is wrapped in its own Content: a list of strings is ONE input."""
+    b = make(emu, model="gemini-embedding-2-preview")
+    b.load()
+    response = b._client.models.embed_content(model=b.model, contents=TEXTS)
+    assert len(response.embeddings) == 1
+
+
+def test_titles_group_calls_and_keep_order(emu, key_env):
+    b = make(emu, task_type="RETRIEVAL_DOCUMENT", output_dimensionality=256)
+    titles = ["A", None, "B", "A"]
+    vecs = b.embed(TEXTS, titles)
+    np.testing.assert_allclose(
+        vecs,
+        expected("gemini-embedding-001", "RETRIEVAL_DOCUMENT", 256, TEXTS, titles),
+        atol=1e-6,
+    )
+    assert emu.stats()["by_route"] == {"gemini:batchEmbedContents": 3}
+
+
+def test_titles_are_only_sent_for_retrieval_document(emu, key_env):
+    b = make(emu, task_type="RETRIEVAL_QUERY", output_dimensionality=256)
+    vecs = b.embed(TEXTS, ["A", "B", "C", "D"])
+    np.testing.assert_allclose(
+        vecs, expected("gemini-embedding-001", "RETRIEVAL_QUERY", 256, TEXTS), atol=1e-6
+    )
+    assert emu.stats()["by_route"] == {"gemini:batchEmbedContents": 1}
+
+
+def test_limits_per_mode(emu):
+    g = make(emu).limits
+    assert (g.max_items, g.max_text_tokens, g.dimension) == (100, 2048, 3072)
+    v = make(emu, "vertex", output_dimensionality=768).limits
+    assert (v.max_items, v.max_request_tokens, v.max_text_tokens, v.dimension) == (
+        250,
+        20000,
+        2048,
+        768,
+    )
+
+
+def test_a_full_vertex_batch_fits_the_emulator(emu, key_env):
+    b = make(emu, "vertex", model="text-embedding-005")
+    texts = [f"text number {i} " * 10 for i in range(b.limits.max_items)]
+    assert b.embed(texts).shape == (250, 768)
+
+
+# -- failures -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["missing", "dimension", "nan"])
+@pytest.mark.parametrize("mode", ["gemini", "vertex"])
+def test_malformed_responses_are_retryable_errors(emu, key_env, kind, mode):
+    emu.update(malformed=1.0, malformed_kinds=(kind,))
+    b = make(emu, mode, output_dimensionality=768)
+    with pytest.raises(BackendError) as err:
+        b.embed(TEXTS)
+    assert err.value.retryable and err.value.status is None
+    assert "malformed response" in str(err.value)
+
+
+def test_quota_429_carries_retry_after(key_env):
+    with Emulator(api_key=KEY, rpm=1, window_s=2.0) as emu:
+        b = make(emu)
+        b.embed(TEXTS[:1])
+        with pytest.raises(BackendError) as err:
+            b.embed(TEXTS[:1])
+    assert err.value.status == 429 and err.value.retryable
+    assert err.value.retry_after is not None and 1.0 <= err.value.retry_after <= 2.0
+
+
+@pytest.mark.parametrize(("fault", "status"), [("fail_500", 500), ("fail_503", 503)])
+def test_server_errors_are_retryable(emu, key_env, fault, status):
+    emu.update(**{fault: 1.0})
+    with pytest.raises(BackendError) as err:
+        make(emu).embed(TEXTS)
+    assert err.value.status == status and err.value.retryable
+
+
+def test_hang_becomes_a_retryable_timeout(key_env):
+    with Emulator(api_key=KEY, hang=1.0, hang_s=2.0) as emu:
+        b = make(emu, timeout_s=0.3)
+        with pytest.raises(BackendError) as err:
+            b.embed(TEXTS)
+    assert err.value.retryable and err.value.status is None
+    assert "timed out" in str(err.value)
+
+
+@pytest.mark.parametrize("mode", ["gemini", "vertex"])
+def test_connection_reset_is_retryable(key_env, mode):
+    with Emulator(api_key=KEY, reset=1.0) as emu, pytest.raises(BackendError) as err:
+        make(emu, mode).embed(TEXTS)
+    assert err.value.retryable and err.value.status is None
+
+
+def test_over_long_text_is_a_400_on_vertex(emu, key_env):
+    b = make(emu, "vertex", model="text-embedding-005")
+    with pytest.raises(BackendError) as err:
+        b.embed(["x" * (2048 * 4 + 8)])  # Vertex would truncate silently; we ask it not to
+    assert err.value.status == 400 and not err.value.retryable
+
+
+def test_empty_text_is_a_400(emu, key_env):
+    with pytest.raises(BackendError) as err:
+        make(emu, "vertex", model="text-embedding-005").embed(["a", ""])
+    assert err.value.status == 400 and not err.value.retryable
+
+
+def test_wrong_key_stops_the_run_without_showing_it(emu, monkeypatch):
+    wrong = "AIzaSy-WRONG-secret-987654"
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    monkeypatch.setenv("GEMINI_API_KEY", wrong)
+    b = make(emu)
+    with pytest.raises(SystemicError) as err:
+        b.preflight()
+    message = str(err.value)
+    assert "API key was rejected" in message and "GEMINI_API_KEY" in message
+    assert wrong not in message
+    # In a batch it is an auth failure (never a bad text to bisect), still without the key.
+    with pytest.raises(BackendError) as berr:
+        b.embed(TEXTS)
+    assert berr.value.status == 401 and not berr.value.retryable
+    assert wrong not in str(berr.value)
+
+
+def test_missing_key_names_what_to_set(emu, monkeypatch):
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    with pytest.raises(SystemicError) as err:
+        make(emu).preflight()
+    assert "GEMINI_API_KEY" in str(err.value) and "--api-key-file" in str(err.value)
+
+
+def test_key_file(emu, monkeypatch, tmp_path):
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    path = tmp_path / "key"
+    path.write_text(KEY + "\n")
+    make(emu, api_key_file=str(path)).preflight()
+    with pytest.raises(SystemicError, match="cannot read"):
+        make(emu, api_key_file=str(tmp_path / "nope")).load()
+
+
+def test_unknown_model_is_systemic(emu, key_env):
+    b = make(emu, model="no-such-embedding-model", output_dimensionality=64)
+    with pytest.raises(SystemicError) as err:
+        b.preflight()
+    assert "no-such-embedding-model" in str(err.value) and "404" in str(err.value)
+
+
+def test_wrong_dimension_is_systemic(emu, key_env):
+    emu.update(malformed=1.0, malformed_kinds=("dimension",))
+    with pytest.raises(SystemicError, match="3071-dim"):
+        make(emu).preflight()
+
+
+def test_vertex_credentials_rejected_is_systemic(key_env):
+    with (
+        Emulator(bearer_token="the-right-token") as emu,
+        pytest.raises(SystemicError, match="credentials were rejected"),
+    ):
+        make(emu, "vertex").preflight()
+
+
+def test_preflight_gives_up_on_a_service_that_stays_down(emu, key_env):
+    emu.update(fail_503=1.0)
+    b = make(emu)
+    b.PREFLIGHT_MAX_WAIT_S = 0.01
+    with pytest.raises(SystemicError, match="did not answer"):
+        b.preflight()
+    assert emu.stats()["by_status"] == {"503": b.PREFLIGHT_ATTEMPTS}
+
+
+def test_vertex_without_adc_is_systemic(monkeypatch, tmp_path):
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    b = GenaiBackend(mode="vertex", api_base_url="http://127.0.0.1:9")
+    with pytest.raises(SystemicError, match="Application Default Credentials"):
+        b.load()
+
+
+def test_messages_never_carry_the_key(emu, key_env):
+    """Google echoes a bad key in its error details; scrub it wherever it shows."""
+    b = make(emu)
+    b.load()
+    fake = pytypes.SimpleNamespace(
+        code=400,
+        status="INVALID_ARGUMENT",
+        message=f"API key not valid: {KEY} (see ?key={KEY})",
+        details={"error": {"details": []}},
+        response=None,
+    )
+    mapped = b._map_api_error(fake)
+    assert KEY not in str(mapped) and "***" in str(mapped)
+
+
+# -- construction and pickling ------------------------------------------------
+
+
+def test_pickled_backend_carries_no_key_and_no_client(emu, key_env):
+    b = make(emu, "gemini", output_dimensionality=768)
+    b.load()
+    b.embed(TEXTS[:1])
+    blob = pickle.dumps(b)
+    assert KEY.encode() not in blob
+    clone = pickle.loads(blob)
+    assert clone._client is None and clone._secret is None
+    np.testing.assert_allclose(clone.embed(TEXTS[:2]), b.embed(TEXTS[:2]))
+
+
+def test_constructor_validates():
+    with pytest.raises(ValueError, match="task type"):
+        GenaiBackend(task_type="NOT_A_TASK")
+    with pytest.raises(ValueError, match="mode"):
+        GenaiBackend(mode="openai")
+    with pytest.raises(ValueError, match="at most 3072"):
+        GenaiBackend(output_dimensionality=4096)
+    with pytest.raises(ValueError, match="native dimension"):
+        GenaiBackend(model="mystery-model")
+    with pytest.raises(ValueError, match="emulators"):
+        GenaiBackend(mode="vertex", vertex_auth="anonymous")
+    assert GenaiBackend(task_type="retrieval_query").task_type == "RETRIEVAL_QUERY"
+    assert GenaiBackend(model="text-embedding-004").limits.dimension == 768
