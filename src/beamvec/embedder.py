@@ -121,6 +121,7 @@ class Embedder:
                 DeadLetter(
                     rec.id, rec.position, r.EMBED_FAILED, f"retries exhausted: {exc.last_exception}",
                     attempts=exc.attempts, status=exc.status if isinstance(exc.status, int) else None,
+                    content_hash=rec.content_hash,
                 )
                 for rec in batch
             ]
@@ -136,7 +137,7 @@ class Embedder:
         letters = [
             DeadLetter(
                 rec.id, rec.position, r.BAD_REQUEST, f"rejected by the API: {exc}", rec.text[:200],
-                attempts=1, status=getattr(exc, "status", None),
+                attempts=1, status=getattr(exc, "status", None), content_hash=rec.content_hash,
             )
             for rec, exc in failed
         ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from beamvec.prepare import PrepareConfig
 from beamvec.records import Shard
 from beamvec.retry import RetryPolicy
 from beamvec.shard_job import ShardJobConfig
-from beamvec.sink import MANIFEST, SUCCESS, Output, read_footer
+from beamvec.sink import MANIFEST, SUCCESS, Output, build_manifest, read_footer
 from beamvec.sources import ReaderConfig, list_shards
 from beamvec.transforms import EmbedCorpus, QuotaSettings
 
@@ -58,6 +59,7 @@ class JobPlan:
     manifest_config: dict[str, Any]
     description: dict[str, Any]
     skipped: list[str] = field(default_factory=list)
+    carried: list[dict[str, Any]] = field(default_factory=list)  # commit records of skipped shards
 
 
 def parse_options(argv: Sequence[str]) -> PipelineOptions:
@@ -90,9 +92,9 @@ def build_backend(options: PipelineOptions) -> Backend:
     }
     if bv.backend == "vertex":
         project = options.view_as(GoogleCloudOptions).project
-        if not project:
+        if not project and bv.vertex_auth != "api_key":
             raise UsageError("--backend vertex needs --project (and --location)")
-        config.update(project=project, location=bv.location)
+        config.update(project=project, location=bv.location, vertex_auth=bv.vertex_auth)
     return make_backend(bv.backend, **config)
 
 
@@ -115,12 +117,34 @@ def config_fingerprint(description: dict[str, Any], reader: ReaderConfig, prepar
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 
+_PARTITION = re.compile(r"(?:^|/)(?:dt|date|day)=(\d{4}-\d{2}-\d{2})(?:/|$)")
+
+
+def select_partitions(shards: list[Shard], since: str | None, until: str | None) -> list[Shard]:
+    """Keep shards whose `dt=YYYY-MM-DD` partition is within [since, until]."""
+    if not since and not until:
+        return shards
+    for bound in (since, until):
+        if bound and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", bound):
+            raise UsageError(f"--since/--until take a date YYYY-MM-DD, got {bound!r}")
+    kept = []
+    for shard in shards:
+        match = _PARTITION.search(shard.path)
+        if match and (not since or match.group(1) >= since) and (not until or match.group(1) <= until):
+            kept.append(shard)
+    if not kept:
+        raise UsageError(
+            f"no input shard has a dt=YYYY-MM-DD partition between {since or 'the start'} and "
+            f"{until or 'the end'}; check --input and --since/--until"
+        )
+    return kept
+
+
 def plan_job(options: PipelineOptions) -> JobPlan:
     bv = options.view_as(BeamvecOptions)
     storage_options = parse_storage_options(bv.storage_option)
     backend = build_backend(options)
-    backend.preflight()
-    shards = list_shards(bv.input, storage_options)
+    shards = select_partitions(list_shards(bv.input, storage_options), bv.since, bv.until)
     reader = ReaderConfig(
         format=bv.format, id_field=bv.id_field, text_field=bv.text_field, title_field=bv.title_field
     )
@@ -181,6 +205,7 @@ def _guard_and_skip(plan: JobPlan) -> None:
             and done.get("config_fingerprint", ours) == ours
         ):
             plan.skipped.append(shard.name)
+            plan.carried.append({k: v for k, v in done.items() if k != "config_fingerprint"})
         else:
             todo.append(shard)
     plan.todo = todo
@@ -226,8 +251,15 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
     if not plan.todo:
         print(f"beamvec: all {len(plan.shards)} shards are already committed in {plan.output.url}; "
               "nothing to do (pass --force to redo them)", file=out)
+        manifest = plan.output.read_json(plan.output.path(MANIFEST)) or {}
+        if any(c["name"] not in manifest.get("shards", {}) for c in plan.carried):
+            # A crash after the last shard's commit but before the manifest.
+            run = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "shards": 0}
+            rebuilt = build_manifest(manifest, plan.carried, plan.manifest_config, plan.description, run)
+            plan.output.write_bytes(plan.output.path(MANIFEST), json.dumps(rebuilt, indent=2).encode())
         plan.output.write_bytes(plan.output.path(SUCCESS), b"")
         return summarize(plan, started, out)
+    plan.backend.preflight()  # only when there is work: a no-op rerun sends nothing
     direct = options.view_as(DirectOptions)
     workers = max(1, bv.quota_workers)
     if direct.direct_running_mode == "multi_processing":
@@ -239,6 +271,9 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
         storage_options=plan.storage_options,
         output_storage_options=plan.storage_options,
         config_fingerprint=plan.description["config_fingerprint"],
+        reuse=not bv.force,
+        # Checkpoints cost a small file per batch: worth it where a batch costs quota.
+        checkpoint=bv.checkpoint if bv.checkpoint is not None else plan.backend.name != "local",
     )
     settings = EmbedSettings(
         max_in_flight=max_in_flight,
@@ -250,7 +285,7 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
     with beam.Pipeline(options=options) as pipeline:
         _ = pipeline | "EmbedCorpus" >> EmbedCorpus(
             plan.todo, plan.backend, job_config, settings, quota, plan.manifest_config,
-            plan.description, [s.name for s in plan.shards], bv.concurrent_shards,
+            plan.description, [s.name for s in plan.shards], bv.concurrent_shards, plan.carried,
         )
     return summarize(plan, started, out)
 

@@ -67,6 +67,8 @@ class BeamvecOptions(PipelineOptions):
         _flag(parser, "output-dimensionality", type=int, default=None, help="vector size (API backends)")
         _flag(parser, "api-key-file", default=None, help="file holding the API key (else env GEMINI_API_KEY)")
         _flag(parser, "location", default="us-central1", help="Vertex AI location")
+        _flag(parser, "vertex-auth", choices=("adc", "api_key", "anonymous"), default="adc",
+              help="Vertex credentials: ADC, express-mode API key, or anonymous (emulators only)")
         _flag(parser, "api-base-url", default=None, help="API base URL (a proxy or `beamvec emulator`)")
         _flag(parser, "api-version", default=None, help="API version with --api-base-url, e.g. v1beta")
         _flag(parser, "request-timeout", type=float, default=60.0, help="seconds per API request")
@@ -81,8 +83,21 @@ class BeamvecOptions(PipelineOptions):
         _flag(parser, "fail-on-exhausted", action="store_true", default=False,
               help="fail the run instead of dead-lettering a batch whose retries ran out")
         # Run control
-        _flag(parser, "force", action="store_true", default=False, help="redo every shard")
+        _flag(parser, "force", action="store_true", default=False,
+              help="redo every shard and reuse no vector (also allows a new configuration)")
+        _flag(parser, "since", default=None, help="first dt=YYYY-MM-DD partition to embed (backfills)")
+        _flag(parser, "until", default=None, help="last dt=YYYY-MM-DD partition to embed (backfills)")
+        _flag(parser, "checkpoint", type=_bool, default=None,
+              help="save each finished batch so a crashed shard resumes (default: on for API backends)")
         _flag(parser, "quiet", action="store_true", default=False, help="no progress output")
+
+
+def _bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
 
 
 def parse_storage_options(pairs: Sequence[str] | None) -> dict[str, Any]:

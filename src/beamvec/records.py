@@ -98,6 +98,7 @@ class DeadLetter:
     raw: str = ""
     attempts: int = 0
     status: int | None = None
+    content_hash: str | None = None  # set when the text got that far; not written
 
 
 @dataclass

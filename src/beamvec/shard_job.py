@@ -9,11 +9,14 @@ in input order. Memory is bounded by the batches in flight, not by shard size.
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from beamvec import __version__
 from beamvec import records as r
@@ -26,7 +29,9 @@ from beamvec.sink import (
     DEAD_LETTER_SCHEMA,
     Output,
     ParquetShardWriter,
+    checkpoint_table,
     dead_letter_table,
+    reusable_vectors,
     vector_schema,
     vector_table,
 )
@@ -45,6 +50,8 @@ class ShardJobConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
     output_storage_options: dict[str, Any] = field(default_factory=dict)
     config_fingerprint: str = ""
+    reuse: bool = True  # reuse vectors of unchanged texts from the previous output
+    checkpoint: bool = False  # save finished batches so a crashed shard resumes
 
 
 class _Sink:
@@ -90,6 +97,44 @@ class _Sink:
         self.letters.abort()
 
 
+#: Texts remembered per shard for in-shard deduplication; past this, repeats
+#: are embedded again rather than letting memory grow with the shard.
+DEDUP_CAP = 50_000
+
+
+class _Known:
+    """Vectors by content hash (reused or embedded in this shard) and the
+    records waiting for a text already in flight."""
+
+    def __init__(self, reusable: dict[str, np.ndarray]) -> None:
+        self.vectors = reusable
+        self.in_flight: set[str] = set()
+        self.followers: dict[str, list[Record]] = {}
+        self.added = 0
+
+    def resolve(self, embedded: list[Embedded], letters: list[DeadLetter]) -> tuple[list[Embedded], list[DeadLetter]]:
+        """The batch's results plus those of the records that share its texts."""
+        extra: list[Embedded] = []
+        for row in embedded:
+            digest = row.record.content_hash
+            self.in_flight.discard(digest)
+            if self.added < DEDUP_CAP:
+                self.vectors[digest] = row.vector
+                self.added += 1
+            extra += [Embedded(f, row.vector) for f in self.followers.pop(digest, [])]
+        extra_letters: list[DeadLetter] = []
+        for letter in letters:
+            if letter.content_hash is None:
+                continue
+            self.in_flight.discard(letter.content_hash)
+            for f in self.followers.pop(letter.content_hash, []):
+                extra_letters.append(
+                    DeadLetter(f.id, f.position, letter.reason, f"same text as {letter.id}: {letter.message}",
+                               letter.raw, letter.attempts, letter.status, f.content_hash)
+                )
+        return embedded + extra, letters + extra_letters
+
+
 def process_shard(
     shard: Shard,
     backend: Backend,
@@ -102,33 +147,58 @@ def process_shard(
     output = Output(config.output, config.output_storage_options)
     limits = backend.limits
     sink = _Sink(output, shard, limits.dimension)
-    read = 0
+    reusable = (
+        reusable_vectors(output, shard.name, config.config_fingerprint, limits.dimension)
+        if config.reuse else {}
+    )
+    from_previous = set(reusable)
+    known = _Known(reusable)
+    counts = Counter()
+    checkpoints = 0
 
     def prepared() -> Iterator[Record]:
-        nonlocal read
         seen: set[str] = set()
         for raw in read_shard(shard, config.reader, config.storage_options):
-            read += 1
+            counts["read"] += 1
             item = prepare(raw, config.prepare, backend.count_tokens, backend.truncate)
             if isinstance(item, DeadLetter):
                 sink.dead_letter(item)
-            elif item.id in seen:
+                continue
+            if item.id in seen:
                 sink.dead_letter(
                     DeadLetter(item.id, item.position, r.DUPLICATE_ID,
                                "id already seen earlier in this shard", item.text[:200])
                 )
+                continue
+            seen.add(item.id)
+            vector = known.vectors.get(item.content_hash)
+            if vector is not None:
+                counts["reused" if item.content_hash in from_previous else "deduplicated"] += 1
+                sink.add([Embedded(item, vector)], [])
+            elif item.content_hash in known.in_flight:
+                counts["deduplicated"] += 1
+                known.followers.setdefault(item.content_hash, []).append(item)
             else:
-                seen.add(item.id)
+                known.in_flight.add(item.content_hash)
                 yield item
+
+    def finish(future: Future[tuple[list[Embedded], list[DeadLetter]]]) -> None:
+        nonlocal checkpoints
+        embedded, letters = future.result()
+        if config.checkpoint and embedded:
+            name = f"{checkpoints:06d}-{uuid.uuid4().hex[:8]}.parquet"
+            output.write_table(f"{output.partial(shard.name)}/{name}", checkpoint_table(embedded, limits.dimension))
+            checkpoints += 1
+        sink.add(*known.resolve(embedded, letters))
 
     pending: deque[Future[tuple[list[Embedded], list[DeadLetter]]]] = deque()
     try:
         for batch in batches(prepared(), limits.max_items, limits.max_request_tokens):
             pending.append(embedder.submit(batch))
             while len(pending) >= max_in_flight or (pending and pending[0].done()):
-                sink.add(*pending.popleft().result())
+                finish(pending.popleft())
         while pending:
-            sink.add(*pending.popleft().result())
+            finish(pending.popleft())
         embedded = sink.vectors.rows + len(sink.rows)
         dead = sum(sink.reasons.values())
         sink.flush()
@@ -139,10 +209,13 @@ def process_shard(
             "input_size": shard.size,
             "input_version": shard.version,
             "status": "committed",
-            "read": read,
+            "read": counts["read"],
             "embedded": embedded,
             "dead_lettered": dead,
             "dead_letters_by_reason": dict(sorted(sink.reasons.items())),
+            "reused": counts["reused"],
+            "deduplicated": counts["deduplicated"],
+            "sent": embedded - counts["reused"] - counts["deduplicated"],
             "tokens": sink.tokens,
             "truncated": sink.truncated,
             "seconds": round(time.time() - started, 3),
@@ -158,6 +231,7 @@ def process_shard(
             "shard": result,
         }
         sink.vectors.commit(footer)
+        output.remove_tree(output.partial(shard.name))
         return result
     except BaseException:
         for future in pending:

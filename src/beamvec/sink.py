@@ -32,6 +32,7 @@ SUCCESS = "_SUCCESS"
 VECTORS_DIR = "vectors"
 DEAD_LETTERS_DIR = "dead_letters"
 TMP_DIR = "_tmp"
+PARTIAL_DIR = "_partial"
 ROW_GROUP_ROWS = 4096
 
 
@@ -134,6 +135,21 @@ class Output:
     def dead_letters(self, shard_name: str) -> str:
         return self.path(DEAD_LETTERS_DIR, f"{shard_name}.parquet")
 
+    def partial(self, shard_name: str) -> str:
+        """Checkpoints of a shard in progress: vectors of finished batches."""
+        return self.path(PARTIAL_DIR, shard_name)
+
+    def write_table(self, final: str, table: pa.Table) -> None:
+        """Write a small Parquet file atomically."""
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        self.write_bytes(final, sink.getvalue().to_pybytes())
+
+    def remove_tree(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
+
     def staging(self, final: str) -> str:
         """Where to write ``final`` before it is committed."""
         if not self.renames:
@@ -216,10 +232,46 @@ class ParquetShardWriter:
                     self.output.remove(self.staged)
 
 
+def checkpoint_table(rows: Sequence[Embedded], dimension: int) -> pa.Table:
+    matrix = np.ascontiguousarray(np.stack([row.vector for row in rows]), dtype=np.float32)
+    return pa.table(
+        {
+            "content_hash": pa.array([row.record.content_hash for row in rows], pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dimension),
+        }
+    )
+
+
+def reusable_vectors(
+    output: Output, shard_name: str, config_fingerprint: str, dimension: int
+) -> dict[str, np.ndarray]:
+    """Vectors this shard may reuse, by content hash: those of its previous
+    committed output (same configuration only) and the checkpoints of an
+    attempt that crashed. Only new or changed texts then go to the backend."""
+    found: dict[str, np.ndarray] = {}
+    paths = []
+    previous = output.vectors(shard_name)
+    if output.fs.exists(previous) and read_footer(output.fs, previous).get(
+        "config_fingerprint"
+    ) == config_fingerprint:
+        paths.append(previous)
+    with contextlib.suppress(FileNotFoundError):
+        paths += sorted(output.fs.find(output.partial(shard_name)))
+    for path in paths:
+        with output.fs.open(path, "rb") as fh:
+            table = pq.read_table(fh, columns=["content_hash", "vector"])
+        if table.schema.field("vector").type != pa.list_(pa.float32(), dimension):
+            continue
+        matrix = np.asarray(table.column("vector").combine_chunks().flatten()).reshape(-1, dimension)
+        for i, digest in enumerate(table.column("content_hash").to_pylist()):
+            found[digest] = matrix[i]
+    return found
+
+
 def read_footer(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:
     """The beamvec footer of a vector file, or {} when it has none."""
     with fs.open(path, "rb") as fh:
-        meta = pq.ParquetFile(fh).schema_arrow.metadata or {}
+        meta = pq.ParquetFile(fh).metadata.metadata or {}
     raw = meta.get(FOOTER_KEY)
     return json.loads(raw) if raw else {}
 

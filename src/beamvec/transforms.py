@@ -142,6 +142,7 @@ class CommitManifest(beam.DoFn):
         config: dict[str, Any],
         description: dict[str, Any],
         started: float,
+        carried: list[dict[str, Any]] | None = None,
     ) -> None:
         self.output = output
         self.storage_options = storage_options
@@ -149,6 +150,7 @@ class CommitManifest(beam.DoFn):
         self.config = config
         self.description = description
         self.started = started
+        self.carried = carried or []
 
     def process(self, results: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         out = Output(self.output, self.storage_options)
@@ -163,7 +165,8 @@ class CommitManifest(beam.DoFn):
             "tokens": sum(r["tokens"] for r in results),
             "config_fingerprint": self.description.get("config_fingerprint"),
         }
-        manifest = build_manifest(previous, results, self.config, self.description, run)
+        # Shards skipped as committed whose manifest entry a crash lost come back here.
+        manifest = build_manifest(previous, [*self.carried, *results], self.config, self.description, run)
         missing = [name for name in self.expected if name not in manifest["shards"]]
         out.write_bytes(out.path(MANIFEST), _json_bytes(manifest))
         if not missing:
@@ -192,6 +195,7 @@ class EmbedCorpus(beam.PTransform):
         description: dict[str, Any],
         expected: list[str],
         concurrent_shards: int = 4,
+        carried: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         self.shards = shards
@@ -203,6 +207,7 @@ class EmbedCorpus(beam.PTransform):
         self.description = description
         self.expected = expected
         self.concurrent_shards = concurrent_shards
+        self.carried = carried or []
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         started = time.time()
@@ -222,7 +227,7 @@ class EmbedCorpus(beam.PTransform):
             >> beam.ParDo(
                 CommitManifest(
                     self.config.output, self.config.output_storage_options, self.expected,
-                    self.manifest_config, self.description, started,
+                    self.manifest_config, self.description, started, self.carried,
                 )
             )
         )

@@ -93,6 +93,12 @@ class _Server(ThreadingHTTPServer):
         self.state = state
         super().__init__(address, _Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up (timeout, kill -9) is normal here, not news.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         with self.state.lock:
             self.state.connections.add(request)
