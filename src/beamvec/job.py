@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (
     DirectOptions,
     GoogleCloudOptions,
@@ -280,17 +281,35 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
         retry=RetryPolicy(max_attempts=bv.max_attempts, deadline=bv.batch_deadline),
         fail_on_exhausted=bv.fail_on_exhausted,
     )
-    quota = QuotaSettings(bv.quota_rpm, bv.quota_tpm, share=1.0 / workers)
+    quota = QuotaSettings(bv.quota_rpm, bv.quota_tpm, share=1.0 / workers, window_s=bv.quota_window)
     plan.output.clean_staging()
-    with beam.Pipeline(options=options) as pipeline:
-        _ = pipeline | "EmbedCorpus" >> EmbedCorpus(
-            plan.todo, plan.backend, job_config, settings, quota, plan.manifest_config,
-            plan.description, [s.name for s in plan.shards], bv.concurrent_shards, plan.carried,
-        )
-    return summarize(plan, started, out)
+    pipeline = beam.Pipeline(options=options)
+    _ = pipeline | "EmbedCorpus" >> EmbedCorpus(
+        plan.todo, plan.backend, job_config, settings, quota, plan.manifest_config,
+        plan.description, [s.name for s in plan.shards], bv.concurrent_shards, plan.carried,
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
+    return summarize(plan, started, out, beam_counters(result))
 
 
-def summarize(plan: JobPlan, started: float, out: Any) -> dict[str, Any]:
+def beam_counters(result: Any) -> dict[str, int]:
+    """beamvec's Beam counters (requests, retries, 429s, throttling-msecs, ...),
+    where the runner reports them; {} where it does not."""
+    try:
+        counters = result.metrics().query(MetricsFilter().with_namespace("beamvec"))["counters"]
+    except Exception:  # noqa: BLE001 - some runners have no metrics API
+        return {}
+    totals: dict[str, int] = {}
+    for counter in counters:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
+    return totals
+
+
+def summarize(
+    plan: JobPlan, started: float, out: Any, counters: dict[str, int] | None = None
+) -> dict[str, Any]:
     """The end-of-run summary, read back from the manifest the pipeline wrote."""
     manifest = plan.output.read_json(plan.output.path(MANIFEST)) or {}
     names = {s.name for s in plan.todo}
@@ -315,6 +334,7 @@ def summarize(plan: JobPlan, started: float, out: Any) -> dict[str, Any]:
         "complete": plan.output.fs.exists(plan.output.path(SUCCESS)),
         "model": plan.description.get("model"),
         "dimension": plan.description.get("dimension"),
+        "counters": counters or {},
     }
     print(format_summary(summary), file=out)
     return summary
@@ -330,6 +350,15 @@ def format_summary(s: dict[str, Any]) -> str:
     ]
     for reason, count in sorted(s["dead_letters_by_reason"].items()):
         lines.append(f"    {reason:<14} {count:,}")
+    counters = s.get("counters") or {}
+    if counters.get("requests"):
+        retries = {k.removeprefix("retries_"): v for k, v in counters.items() if k.startswith("retries_")}
+        lines.append(
+            f"  requests       {counters['requests']:,}  (retries {counters.get('retries', 0):,}"
+            + (" by status " + ", ".join(f"{k}: {v}" for k, v in sorted(retries.items())) if retries else "")
+            + f"; 429s {counters.get('throttled_429', 0):,}; throttled "
+            f"{counters.get('throttling-msecs', 0) / 1000:.1f} s)"
+        )
     lines += [
         f"  wall time      {s['wall_seconds']:.1f} s  ({s['records_per_second']:,.1f} records/s)",
         f"  output         {s['output']}  ({'complete: _SUCCESS written' if s['complete'] else 'INCOMPLETE'})",

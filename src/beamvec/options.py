@@ -75,6 +75,8 @@ class BeamvecOptions(PipelineOptions):
         # Quota, retry, concurrency
         _flag(parser, "quota-rpm", type=float, default=None, help="requests per minute for the whole job")
         _flag(parser, "quota-tpm", type=float, default=None, help="tokens per minute for the whole job")
+        _flag(parser, "quota-window", type=float, default=60.0,
+              help="seconds the quota is metered over (60 for the real APIs; shorter for emulators)")
         _flag(parser, "quota-workers", type=int, default=1, help="workers sharing the quota")
         _flag(parser, "max-in-flight", type=int, default=None, help="requests outstanding per worker")
         _flag(parser, "concurrent-shards", type=int, default=4, help="shards a worker works on at once")

@@ -186,7 +186,9 @@ class AdaptiveLimiter:
         cut_window: float = 1.0,
         recovery_s: float = 60.0,
         max_hold_s: float = 60.0,
+        window_s: float = 60.0,
     ) -> None:
+        _check_positive(window_s, "window_s")
         if rpm is not None:
             _check_positive(rpm, "rpm")
         if tpm is not None:
@@ -205,6 +207,7 @@ class AdaptiveLimiter:
         self.cut_window = cut_window
         self.recovery_s = recovery_s
         self.max_hold_s = max_hold_s
+        self.window_s = window_s  # the server's metering window; rpm/tpm are per window
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
@@ -234,9 +237,10 @@ class AdaptiveLimiter:
         current fraction, such that ``max(capacity, unit) + 60 * refill`` stays
         within the budget (with a floor of half the rate for tiny budgets)."""
         effective = budget * self._fraction
-        capacity = max(1.0, effective * self.burst_s / 60.0)
+        window = self.window_s
+        capacity = max(1.0, effective * self.burst_s / window)
         reserved = max(capacity, unit)
-        refill = max(effective / 120.0, (effective - reserved) / 60.0)
+        refill = max(effective / (2 * window), (effective - reserved) / window)
         return refill, capacity
 
     def _make_bucket(self, budget: float | None, unit: float) -> TokenBucket | None:

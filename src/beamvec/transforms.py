@@ -37,17 +37,22 @@ THROTTLING_COUNTER = "throttling-msecs"
 class QuotaSettings:
     """The job's quota and this worker's share of it; picklable."""
 
-    def __init__(self, rpm: float | None, tpm: float | None, share: float = 1.0) -> None:
+    def __init__(
+        self, rpm: float | None, tpm: float | None, share: float = 1.0, window_s: float = 60.0
+    ) -> None:
         self.rpm = rpm
         self.tpm = tpm
         self.share = share
+        self.window_s = window_s
 
     def limiter(self, key: str) -> quota.AdaptiveLimiter | None:
         if not self.rpm and not self.tpm:
             return None
         return quota.shared_limiter(
-            f"{key}:{self.rpm}:{self.tpm}:{self.share}",
-            lambda: quota.AdaptiveLimiter(self.rpm, self.tpm, share=self.share),
+            f"{key}:{self.rpm}:{self.tpm}:{self.share}:{self.window_s}",
+            lambda: quota.AdaptiveLimiter(
+                self.rpm, self.tpm, share=self.share, window_s=self.window_s
+            ),
         )
 
 
