@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from beamvec.backends import Backend, make_backend
 from beamvec.embedder import EmbedSettings
 from beamvec.options import BeamvecOptions, expand_config, parse_storage_options
 from beamvec.prepare import PrepareConfig
+from beamvec.progress import Reporter
 from beamvec.records import Shard
 from beamvec.retry import RetryPolicy
 from beamvec.shard_job import ShardJobConfig
@@ -288,9 +290,20 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
         plan.todo, plan.backend, job_config, settings, quota, plan.manifest_config,
         plan.description, [s.name for s in plan.shards], bv.concurrent_shards, plan.carried,
     )
-    result = pipeline.run()
-    result.wait_until_finish()
+    live = not bv.quiet and _in_process(options)
+    total_bytes = sum(max(0, s.size) for s in plan.todo)
+    reporter = Reporter(len(plan.todo), total_bytes, interval=bv.progress_interval)
+    with reporter if live else nullcontext():
+        result = pipeline.run()
+        result.wait_until_finish()
     return summarize(plan, started, out, beam_counters(result))
+
+
+def _in_process(options: PipelineOptions) -> bool:
+    """Whether workers run in this process, so that live progress can be read."""
+    runner = options.view_as(StandardOptions).runner
+    mode = options.view_as(DirectOptions).direct_running_mode
+    return runner in (None, "DirectRunner", "BundleBasedDirectRunner") and mode in (None, "in_memory")
 
 
 def beam_counters(result: Any) -> dict[str, int]:

@@ -92,6 +92,8 @@ class BeamvecOptions(PipelineOptions):
         _flag(parser, "checkpoint", type=_bool, default=None,
               help="save each finished batch so a crashed shard resumes (default: on for API backends)")
         _flag(parser, "quiet", action="store_true", default=False, help="no progress output")
+        _flag(parser, "progress-interval", type=float, default=None,
+              help="seconds between progress lines (default 0.5 on a terminal, 10 otherwise)")
 
 
 def _bool(value: str) -> bool:

@@ -24,6 +24,7 @@ from beamvec.backends.base import Backend
 from beamvec.batching import batches
 from beamvec.embedder import Embedder
 from beamvec.prepare import PrepareConfig, prepare
+from beamvec.progress import PROGRESS
 from beamvec.records import DeadLetter, Embedded, Record, Shard
 from beamvec.sink import (
     DEAD_LETTER_SCHEMA,
@@ -160,6 +161,7 @@ def process_shard(
         seen: set[str] = set()
         for raw in read_shard(shard, config.reader, config.storage_options):
             counts["read"] += 1
+            PROGRESS.add_records()
             item = prepare(raw, config.prepare, backend.count_tokens, backend.truncate)
             if isinstance(item, DeadLetter):
                 sink.dead_letter(item)
@@ -232,6 +234,7 @@ def process_shard(
         }
         sink.vectors.commit(footer)
         output.remove_tree(output.partial(shard.name))
+        PROGRESS.shard_done(shard.size)
         return result
     except BaseException:
         for future in pending:

@@ -24,6 +24,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from beamvec import quota
 from beamvec.backends.base import Backend
 from beamvec.embedder import Embedder, EmbedSettings
+from beamvec.progress import PROGRESS
 from beamvec.records import Shard
 from beamvec.shard_job import ShardJobConfig, process_shard
 from beamvec.sink import MANIFEST, SUCCESS, Output, build_manifest
@@ -79,6 +80,7 @@ class EmbedShards(beam.DoFn):
         self.backend.load()
         limiter = self.quota_settings.limiter(f"{self.backend.name}:{self.backend.model}")
         self.embedder = Embedder(self.backend, self.settings, limiter)
+        PROGRESS.watch(self.embedder.stats.snapshot)
         self.shard_pool = ThreadPoolExecutor(self.concurrent_shards, thread_name_prefix="beamvec-shard")
         self.reported: dict[str, float] = {}
         self.shards_done = Metrics.counter(NAMESPACE, "shards")

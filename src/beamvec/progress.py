@@ -1,0 +1,110 @@
+"""Live progress of a local run: records done, rate, ETA, retries, 429s.
+
+Workers of an in-process runner (the DirectRunner) share this process, so
+they count into one process-wide ``PROGRESS``; the driver's ``Reporter``
+prints it: one rewritten line on a terminal, plain periodic log lines
+otherwise. Remote runners report through Beam's metrics instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import IO
+
+
+class Progress:
+    """Thread-safe counters the shard workers add to."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.records = 0
+            self.shards = 0
+            self.bytes = 0
+            self._sources: list[Callable[[], dict[str, float]]] = []
+
+    def add_records(self, n: int = 1) -> None:
+        with self._lock:
+            self.records += n
+
+    def shard_done(self, size: int) -> None:
+        with self._lock:
+            self.shards += 1
+            self.bytes += max(0, size)
+
+    def watch(self, snapshot: Callable[[], dict[str, float]]) -> None:
+        """Also report another counter source (an Embedder's stats)."""
+        with self._lock:
+            self._sources.append(snapshot)
+
+    def read(self) -> dict[str, float]:
+        with self._lock:
+            out: dict[str, float] = {"records": self.records, "shards": self.shards, "bytes": self.bytes}
+            sources = list(self._sources)
+        for snapshot in sources:
+            for key, value in snapshot().items():
+                out[key] = out.get(key, 0) + value
+        return out
+
+
+PROGRESS = Progress()
+
+
+def format_line(state: dict[str, float], total_shards: int, total_bytes: int, elapsed: float) -> str:
+    rate = state["records"] / elapsed if elapsed > 0 else 0.0
+    done_fraction = state["bytes"] / total_bytes if total_bytes > 0 else 0.0
+    if 0 < done_fraction < 1:
+        eta = f"ETA {elapsed * (1 - done_fraction) / done_fraction:,.0f} s"
+    else:
+        eta = "ETA --"
+    return (
+        f"beamvec: {state['records']:,.0f} records, shards {state['shards']:.0f}/{total_shards} "
+        f"({done_fraction:.0%} of input bytes), {rate:,.1f} records/s, {eta}, "
+        f"retries {state.get('retries', 0):,.0f}, 429s {state.get('throttled_429', 0):,.0f}"
+    )
+
+
+class Reporter:
+    """Prints progress from a background thread until stopped."""
+
+    def __init__(
+        self, total_shards: int, total_bytes: int, stream: IO[str] | None = None,
+        interval: float | None = None,
+    ) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.interval = interval or (0.5 if self.tty else 10.0)
+        self.total_shards = total_shards
+        self.total_bytes = total_bytes
+        self.started = time.time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="beamvec-progress", daemon=True)
+
+    def _line(self) -> str:
+        return format_line(PROGRESS.read(), self.total_shards, self.total_bytes, time.time() - self.started)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            if self.tty:
+                self.stream.write("\r\x1b[2K" + self._line())
+            else:
+                self.stream.write(self._line() + "\n")
+            self.stream.flush()
+
+    def __enter__(self) -> Reporter:
+        PROGRESS.reset()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.tty:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()
