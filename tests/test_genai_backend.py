@@ -325,3 +325,32 @@ def test_constructor_validates():
         GenaiBackend(mode="vertex", vertex_auth="anonymous")
     assert GenaiBackend(task_type="retrieval_query").task_type == "RETRIEVAL_QUERY"
     assert GenaiBackend(model="text-embedding-004").limits.dimension == 768
+
+
+def test_api_key_secret_is_read_on_the_worker_from_secret_manager(monkeypatch):
+    """The reference travels; the key is fetched in load(), never pickled."""
+    import pickle
+    import sys
+    import types as pytypes
+
+    from beamvec.backends.genai import GenaiBackend
+
+    asked = []
+
+    class _Client:
+        def access_secret_version(self, name):
+            asked.append(name)
+            return pytypes.SimpleNamespace(payload=pytypes.SimpleNamespace(data=b"AIzaFROM-SECRET-MANAGER\n"))
+
+    fake = pytypes.ModuleType("google.cloud.secretmanager")
+    fake.SecretManagerServiceClient = _Client
+    monkeypatch.setitem(sys.modules, "google.cloud.secretmanager", fake)
+    import google.cloud
+
+    monkeypatch.setattr(google.cloud, "secretmanager", fake, raising=False)
+    backend = GenaiBackend(mode="gemini", api_key_secret="projects/p/secrets/gemini-key",
+                           api_base_url="http://127.0.0.1:9")
+    shipped = pickle.dumps(backend)
+    assert b"AIzaFROM" not in shipped
+    assert backend._read_key() == "AIzaFROM-SECRET-MANAGER"
+    assert asked == ["projects/p/secrets/gemini-key/versions/latest"]

@@ -89,6 +89,7 @@ def build_backend(options: PipelineOptions) -> Backend:
         "task_type": bv.task_type,
         "output_dimensionality": bv.output_dimensionality,
         "api_key_file": bv.api_key_file,
+        "api_key_secret": bv.api_key_secret,
         "api_base_url": bv.api_base_url,
         "api_version": bv.api_version,
         "timeout_s": bv.request_timeout,

@@ -66,6 +66,9 @@ class BeamvecOptions(PipelineOptions):
         _flag(parser, "task-type", choices=TASK_TYPES, default=None, help="embedding task type")
         _flag(parser, "output-dimensionality", type=int, default=None, help="vector size (API backends)")
         _flag(parser, "api-key-file", default=None, help="file holding the API key (else env GEMINI_API_KEY)")
+        _flag(parser, "api-key-secret", default=None,
+              help="Secret Manager secret holding the API key, read by each worker: "
+                   "projects/P/secrets/S[/versions/V]")
         _flag(parser, "location", default="us-central1", help="Vertex AI location")
         _flag(parser, "vertex-auth", choices=("adc", "api_key", "anonymous"), default="adc",
               help="Vertex credentials: ADC, express-mode API key, or anonymous (emulators only)")

@@ -114,6 +114,7 @@ class GenaiBackend(Backend):
         task_type: str | None = None,
         output_dimensionality: int | None = None,
         api_key_file: str | None = None,
+        api_key_secret: str | None = None,
         api_key_env: Sequence[str] = DEFAULT_KEY_ENV,
         project: str | None = None,
         location: str | None = None,
@@ -155,6 +156,9 @@ class GenaiBackend(Backend):
         self.output_dimensionality = output_dimensionality
         self.native_dimension = native
         self.api_key_file = api_key_file
+        # A Secret Manager version name, e.g. projects/p/secrets/gemini-key/versions/latest:
+        # a reference, not the secret; workers fetch the key in load().
+        self.api_key_secret = api_key_secret
         self.api_key_env = tuple(api_key_env)
         self.project = project
         self.location = location
@@ -211,9 +215,11 @@ class GenaiBackend(Backend):
 
     def _key_hint(self) -> str:
         names = " or ".join(self.api_key_env) or "an API key variable"
-        return f"set {names} or pass --api-key-file"
+        return f"set {names}, or pass --api-key-file or --api-key-secret"
 
     def _read_key(self) -> str:
+        if self.api_key_secret:
+            return read_secret(self.api_key_secret, self.mode)
         if self.api_key_file:
             try:
                 with open(self.api_key_file, encoding="utf-8") as fh:
@@ -556,3 +562,25 @@ def _error_reasons(details: Any) -> set[str]:
         for d in items
         if isinstance(d, dict) and str(d.get("@type", "")).endswith("google.rpc.ErrorInfo")
     }
+
+
+def read_secret(name: str, mode: str) -> str:
+    """The payload of a Secret Manager secret version, fetched on the worker
+    with its own credentials (the Dataflow worker service account)."""
+    try:
+        from google.cloud import secretmanager
+    except ImportError:
+        raise SystemicError(
+            f"{mode}: --api-key-secret needs google-cloud-secret-manager on the workers; "
+            "install beamvec[dataflow] or add it to the workers' requirements"
+        ) from None
+    if "/versions/" not in name:
+        name = f"{name.rstrip('/')}/versions/latest"
+    try:
+        response = secretmanager.SecretManagerServiceClient().access_secret_version(name=name)
+    except Exception as exc:  # noqa: BLE001 - any failure here is systemic and must be one line
+        raise SystemicError(f"{mode}: cannot read the API key secret {name}: {type(exc).__name__}") from None
+    key = response.payload.data.decode("utf-8").strip()
+    if not key:
+        raise SystemicError(f"{mode}: the API key secret {name} is empty")
+    return key
