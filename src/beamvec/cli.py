@@ -53,6 +53,9 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_quiet_beam_import_noise)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         lines = ["usage: beamvec COMMAND [flags]", "", "commands:"]
         lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
@@ -63,9 +66,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "run" and any(a in ("-h", "--help") for a in rest):
         print(_run_help())
         return 0
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_quiet_beam_import_noise)
     from beamvec.backends.base import SystemicError
     from beamvec.job import UsageError
     from beamvec.sources import NoInputError
