@@ -15,19 +15,9 @@ from typing import Any
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beamvec.backends.base import TASK_TYPES
 from beamvec.prepare import LONG_TEXT_POLICIES, NORMALIZATIONS
 from beamvec.sources import FORMATS
-
-TASK_TYPES = (
-    "SEMANTIC_SIMILARITY",
-    "CLASSIFICATION",
-    "CLUSTERING",
-    "RETRIEVAL_DOCUMENT",
-    "RETRIEVAL_QUERY",
-    "QUESTION_ANSWERING",
-    "FACT_VERIFICATION",
-    "CODE_RETRIEVAL_QUERY",
-)
 
 
 def _flag(parser: Any, name: str, **kwargs: Any) -> None:

@@ -64,7 +64,7 @@ def prepare(
     text = normalize(text, config.normalization)
     if not text.strip():
         return DeadLetter(raw.id, raw.position, r.EMPTY_TEXT, "text is empty or whitespace", "")
-    if _has_surrogates(text):
+    if r.has_surrogates(text):
         return DeadLetter(
             raw.id, raw.position, r.INVALID_UTF8, "text holds unpaired surrogates",
             _excerpt(repr(text)),
@@ -92,10 +92,3 @@ def prepare(
         title=raw.title,
     )
 
-
-def _has_surrogates(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False

@@ -112,6 +112,15 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def has_surrogates(text: str) -> bool:
+    """Lone surrogates (from bad bytes or JSON escapes) cannot be written as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def line_id(shard_name: str, position: int) -> str:
     """The id of a record that carries none: `<shard>:<line>`."""
     return f"{shard_name}:{position}"

@@ -516,13 +516,6 @@ def _raise_field_size_limit() -> None:
             limit //= 2
 
 
-def _has_surrogates(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
 
 def _missing_column(shard: Shard, kind: str, field: str, columns: Iterable[str], flag: str) -> ValueError:
     return ValueError(
@@ -584,7 +577,7 @@ def _read_delimited(delimiter: str) -> Callable[[IO[bytes], Shard, ReaderConfig,
             cursor.next = number + 1
             fallback_id = line_id(shard.name, number)
             joined = delimiter.join(row)
-            if _has_surrogates(joined):
+            if r.has_surrogates(joined):
                 yield RawRecord(
                     position=number, id=fallback_id, error=r.INVALID_UTF8,
                     detail=f"row {number} holds bytes that are not valid {encoding}",

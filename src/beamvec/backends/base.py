@@ -16,6 +16,18 @@ from typing import Any
 
 import numpy as np
 
+#: Task types the embedding APIs document, in their order.
+TASK_TYPES = (
+    "SEMANTIC_SIMILARITY",
+    "CLASSIFICATION",
+    "CLUSTERING",
+    "RETRIEVAL_DOCUMENT",
+    "RETRIEVAL_QUERY",
+    "QUESTION_ANSWERING",
+    "FACT_VERIFICATION",
+    "CODE_RETRIEVAL_QUERY",
+)
+
 
 @dataclass(frozen=True)
 class Limits:

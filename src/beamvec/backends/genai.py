@@ -46,20 +46,13 @@ from typing import Any
 
 import numpy as np
 
-from beamvec.backends.base import Backend, BackendError, Limits, SystemicError, l2_normalize
-
-#: Task types the embedding APIs accept.
-TASK_TYPES = frozenset(
-    {
-        "SEMANTIC_SIMILARITY",
-        "CLASSIFICATION",
-        "CLUSTERING",
-        "RETRIEVAL_DOCUMENT",
-        "RETRIEVAL_QUERY",
-        "QUESTION_ANSWERING",
-        "FACT_VERIFICATION",
-        "CODE_RETRIEVAL_QUERY",
-    }
+from beamvec.backends.base import (
+    TASK_TYPES,
+    Backend,
+    BackendError,
+    Limits,
+    SystemicError,
+    l2_normalize,
 )
 
 #: Native output size per model id; a key also covers ids that extend it with

@@ -37,7 +37,7 @@ _VERTEX_PATH = re.compile(
     r"^/(v1|v1beta1)/(?:projects/([^/]+)/locations/([^/]+)/)?"
     r"publishers/google/models/([^/:]+):(predict|embedContent|batchEmbedContents)$"
 )
-ACCEPTED_TASK_TYPES = TASK_TYPES | {"TASK_TYPE_UNSPECIFIED"}
+ACCEPTED_TASK_TYPES = frozenset(TASK_TYPES) | {"TASK_TYPE_UNSPECIFIED"}
 
 
 class ApiError(Exception):
