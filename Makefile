@@ -13,7 +13,10 @@ $(VENV)/.installed-%: pyproject.toml
 
 demo: $(VENV)/.installed-all
 	$(PY) scripts/make_demo_corpus.py demo/corpus
+	$(VENV)/bin/beamvec plan --input 'demo/corpus/*.jsonl' --output demo/out
 	$(VENV)/bin/beamvec run --input 'demo/corpus/*.jsonl' --output demo/out --config runner_configs/local.yaml
+	$(VENV)/bin/beamvec inspect demo/out
+	$(VENV)/bin/beamvec search demo/out "parse a JSON document" -k 5
 
 test: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .

@@ -45,8 +45,23 @@ def _emulator(argv: Sequence[str]) -> int:
     return emulator_main(list(argv))
 
 
+def _command(module: str):
+    """A subcommand's main(), imported only when it runs."""
+
+    def run(argv: Sequence[str]) -> int:
+        from importlib import import_module
+
+        return import_module(f"beamvec.commands.{module}").main(list(argv))
+
+    return run
+
+
 COMMANDS = {
     "run": (_run, "embed a corpus (see `beamvec run --help`)"),
+    "plan": (_command("plan"), "scan inputs and estimate records, tokens, requests, time and cost"),
+    "inspect": (_command("inspect_output"), "describe an output: shards, rows, model, norms, dead letters"),
+    "search": (_command("search"), "nearest records of an output to a query"),
+    "verify": (_command("verify"), "check every input record is in the output exactly once"),
     "emulator": (_emulator, "serve a local Gemini/Vertex embedding API for tests and demos"),
 }
 
@@ -72,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return COMMANDS[command][0](rest)
+    except SystemExit as exc:  # argparse's --help and usage errors
+        return exc.code if isinstance(exc.code, int) else 2
     except (UsageError, NoInputError, ValueError) as exc:
         print(f"beamvec {command}: {exc}", file=sys.stderr)
         return 2

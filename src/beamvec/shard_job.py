@@ -182,6 +182,8 @@ def process_shard(
                 known.followers.setdefault(item.content_hash, []).append(item)
             else:
                 known.in_flight.add(item.content_hash)
+                counts["sent_tokens"] += item.tokens
+                counts["sent_characters"] += len(item.text) - sum(c.isspace() for c in item.text)
                 yield item
 
     def finish(future: Future[tuple[list[Embedded], list[DeadLetter]]]) -> None:
@@ -218,6 +220,8 @@ def process_shard(
             "reused": counts["reused"],
             "deduplicated": counts["deduplicated"],
             "sent": embedded - counts["reused"] - counts["deduplicated"],
+            "sent_tokens": counts["sent_tokens"],
+            "sent_characters": counts["sent_characters"],
             "tokens": sink.tokens,
             "truncated": sink.truncated,
             "seconds": round(time.time() - started, 3),

@@ -24,6 +24,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from beamvec import quota
 from beamvec.backends.base import Backend
 from beamvec.embedder import Embedder, EmbedSettings
+from beamvec.pricing import estimate_cost
 from beamvec.progress import PROGRESS
 from beamvec.records import Shard
 from beamvec.shard_job import ShardJobConfig, process_shard
@@ -170,8 +171,15 @@ class CommitManifest(beam.DoFn):
             "embedded": sum(r["embedded"] for r in results),
             "dead_lettered": sum(r["dead_lettered"] for r in results),
             "tokens": sum(r["tokens"] for r in results),
+            "sent_tokens": sum(r.get("sent_tokens", 0) for r in results),
             "config_fingerprint": self.description.get("config_fingerprint"),
         }
+        cost = estimate_cost(
+            self.description.get("backend", ""), self.description.get("model", ""),
+            run["sent_tokens"], sum(r.get("sent_characters", 0) for r in results),
+        )
+        run["estimated_cost_usd"] = None if cost.standard is None else round(cost.standard, 6)
+        run["cost_basis"] = cost.basis
         # Shards skipped as committed whose manifest entry a crash lost come back here.
         manifest = build_manifest(previous, [*self.carried, *results], self.config, self.description, run)
         missing = [name for name in self.expected if name not in manifest["shards"]]

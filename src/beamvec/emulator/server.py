@@ -415,6 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="beamvec emulator",
         description="Serve the Gemini API and Vertex AI embedding REST protocol on this machine.",
+        epilog=(
+            "example:\n  beamvec emulator --port 8765 --api-key test --rpm 600 --latency-ms 200\n"
+            "  GEMINI_API_KEY=test beamvec run --backend gemini "
+            "--api-base-url http://127.0.0.1:8765 --input 'corpus/*.jsonl' --output out/"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765, help="0 picks a free port")

@@ -1,0 +1,261 @@
+"""`beamvec inspect OUTPUT`: what an output holds, read back from its files.
+
+Model, dimension, task and normalization from the manifest (or a footer);
+rows and dead letters counted in the Parquet files themselves; a summary of
+vector norms read in record batches (memory bounded by one batch, whatever
+the output's size); the run history; whether _SUCCESS is there; and where
+the files and the manifest disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from beamvec.commands import (
+    Parser,
+    add_storage_option,
+    dead_letter_files,
+    description_of,
+    dump_json,
+    footer,
+    has_success,
+    iter_batches,
+    open_output,
+    parse,
+    progress,
+    progress_done,
+    shard_name,
+    storage_options,
+    vector_files,
+)
+
+DESCRIPTION = """\
+Describe a beamvec output: shards, rows, model, dimension, task, normalization,
+backend, vector norms (min/mean/max over every row), dead letters by reason,
+the run history, and whether _SUCCESS exists. Reads only; exits 0 when the
+output can be read (use `beamvec verify` to check it against its inputs).
+
+examples:
+  beamvec inspect out/
+  beamvec inspect gs://bucket/vectors --json
+  beamvec inspect s3://bucket/vectors --storage-option client_kwargs.endpoint_url=http://127.0.0.1:9000
+"""
+
+#: Norms further than this from 1 count as "not unit" for normalized outputs.
+UNIT_TOLERANCE = 1e-3
+
+
+def build_parser() -> Parser:
+    parser = Parser("beamvec inspect", DESCRIPTION)
+    parser.add_argument("output", metavar="OUTPUT", help="output root written by `beamvec run`")
+    add_storage_option(parser)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):
+        return args
+    report = inspect_output(args.output, storage_options(args.storage_option), quiet=args.quiet)
+    print(dump_json(report) if args.json else format_report(report))
+    return 0
+
+
+class NormStats:
+    """Running min / mean / max of L2 norms, and the odd ones out."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+        self.zero = 0
+        self.non_finite = 0
+        self.not_unit = 0
+
+    def add(self, matrix: np.ndarray) -> None:
+        if not len(matrix):
+            return
+        finite = np.isfinite(matrix).all(axis=1)
+        self.non_finite += int((~finite).sum())
+        norms = np.linalg.norm(matrix[finite].astype(np.float64), axis=1)
+        if not len(norms):
+            return
+        self.count += len(norms)
+        self.total += float(norms.sum())
+        self.min = min(self.min, float(norms.min()))
+        self.max = max(self.max, float(norms.max()))
+        self.zero += int((norms == 0).sum())
+        self.not_unit += int((np.abs(norms - 1.0) > UNIT_TOLERANCE).sum())
+
+    def as_dict(self) -> dict[str, Any]:
+        if not self.count:
+            return {"count": 0, "min": None, "mean": None, "max": None,
+                    "zero": self.zero, "non_finite": self.non_finite, "not_unit": 0}
+        return {
+            "count": self.count,
+            "min": round(self.min, 6),
+            "mean": round(self.total / self.count, 6),
+            "max": round(self.max, 6),
+            "zero": self.zero,
+            "non_finite": self.non_finite,
+            "not_unit": self.not_unit,
+        }
+
+
+def vectors_matrix(column: Any, dimension: int) -> np.ndarray:
+    """A fixed_size_list<float32> column as an (n, dim) float32 array (no copy when it can)."""
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(len(column), dimension)
+
+
+def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
+    output, manifest = open_output(url, options)
+    desc = description_of(output, manifest)
+    problems: list[str] = []
+    files = vector_files(output)
+    in_manifest = (manifest or {}).get("shards", {})
+    norms = NormStats()
+    rows_by_shard: dict[str, int] = {}
+    seen_models: set[tuple[Any, ...]] = set()
+    for i, path in enumerate(files, start=1):
+        name = shard_name(path)
+        progress(f"beamvec inspect: reading vectors {i}/{len(files)} {name}", quiet)
+        meta = footer(output, path)
+        seen_models.add((meta.get("backend"), meta.get("model"), meta.get("dimension"), meta.get("task_type")))
+        rows = 0
+        for batch in iter_batches(output, path, ["vector"]):
+            column = batch.column(0)
+            dimension = column.type.list_size
+            norms.add(vectors_matrix(column, dimension))
+            rows += batch.num_rows
+        rows_by_shard[name] = rows
+        if name not in in_manifest and manifest is not None:
+            problems.append(f"vectors/{name}.parquet is not in the manifest (committed by a run "
+                            "that crashed before its manifest: the next `beamvec run` adds it)")
+        elif name in in_manifest and in_manifest[name].get("embedded") != rows:
+            problems.append(f"vectors/{name}.parquet has {rows:,} rows, the manifest says "
+                            f"{in_manifest[name].get('embedded'):,}")
+    progress_done(quiet)
+    if len(seen_models) > 1:
+        problems.append(
+            "vector files disagree on backend/model/dimension/task: "
+            + "; ".join(str(m) for m in sorted(seen_models, key=str))
+        )
+
+    reasons: Counter[str] = Counter()
+    dead_by_shard: dict[str, int] = {}
+    dead_files = dead_letter_files(output)
+    for path in dead_files:
+        count = 0
+        for batch in iter_batches(output, path, ["reason"]):
+            reasons.update(batch.column(0).to_pylist())
+            count += batch.num_rows
+        dead_by_shard[shard_name(path)] = count
+    for name, shard in in_manifest.items():
+        if name not in rows_by_shard:
+            problems.append(f"the manifest lists shard {name} but vectors/{name}.parquet is missing; "
+                            "rerun `beamvec run` with the same flags to redo it")
+        if dead_by_shard.get(name, 0) != shard.get("dead_lettered", 0):
+            problems.append(f"dead_letters/{name}.parquet has {dead_by_shard.get(name, 0):,} rows, "
+                            f"the manifest says {shard.get('dead_lettered', 0):,}")
+    if manifest is None:
+        problems.append("no _manifest.json: the first run crashed before writing it; rerun "
+                        "`beamvec run` with the same flags to finish it")
+
+    norm_summary = norms.as_dict()
+    normalized = desc.get("normalized")
+    if normalized and norm_summary["not_unit"]:
+        problems.append(f"{norm_summary['not_unit']:,} vectors are not unit length although the "
+                        "output says its vectors are normalized")
+    if norm_summary["non_finite"] or norm_summary["zero"]:
+        problems.append(f"{norm_summary['non_finite']:,} vectors hold NaN/inf and "
+                        f"{norm_summary['zero']:,} are all zeros")
+    config = (manifest or {}).get("config", {})
+    return {
+        "output": output.url,
+        "complete": has_success(output),
+        "manifest": manifest is not None,
+        "backend": desc.get("backend"),
+        "model": desc.get("model"),
+        "dimension": desc.get("dimension"),
+        "task_type": desc.get("task_type"),
+        "output_dimensionality": desc.get("output_dimensionality"),
+        "vector_normalization": _vector_normalization(desc),
+        "text_normalization": config.get("normalization"),
+        "beamvec_version": desc.get("beamvec_version"),
+        "config_fingerprint": desc.get("config_fingerprint"),
+        "updated_at": (manifest or {}).get("updated_at"),
+        "shards": len(files),
+        "shards_in_manifest": len(in_manifest),
+        "rows": sum(rows_by_shard.values()),
+        "dead_letters": sum(reasons.values()),
+        "dead_letter_files": len(dead_files),
+        "dead_letters_by_reason": dict(sorted(reasons.items())),
+        "totals": (manifest or {}).get("totals"),
+        "norms": norm_summary,
+        "runs": (manifest or {}).get("runs", []),
+        "inputs": config.get("inputs"),
+        "problems": problems,
+    }
+
+
+def _vector_normalization(desc: dict[str, Any]) -> str:
+    if desc.get("normalization") == "l2":
+        return "L2-normalized by beamvec (reduced output_dimensionality)"
+    if desc.get("normalization") == "native":
+        return "as returned by the API (native size: unit length)"
+    if desc.get("normalized"):
+        return "unit L2 norm"
+    if desc.get("normalized") is False:
+        return "not normalized"
+    return "unknown"
+
+
+def _norm(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    state = "complete: _SUCCESS written" if rep["complete"] else "INCOMPLETE: no _SUCCESS"
+    n = rep["norms"]
+    lines = [
+        f"beamvec output {rep['output']}  ({state})",
+        f"  backend        {rep['backend']}",
+        f"  model          {rep['model']}",
+        f"  dimension      {rep['dimension']}",
+        f"  task           {rep['task_type'] or '-'}",
+        f"  normalization  vectors: {rep['vector_normalization']}; "
+        f"text: {rep['text_normalization'] or 'unknown'}",
+        f"  shards         {rep['shards']:,} vector files ({rep['shards_in_manifest']:,} in the manifest, "
+        f"{rep['dead_letter_files']:,} with dead letters)",
+        f"  rows           {rep['rows']:,} vectors",
+        f"  vector norms   min {_norm(n['min'])}  mean {_norm(n['mean'])}  max {_norm(n['max'])}"
+        f"  over {n['count']:,} rows",
+        f"  dead letters   {rep['dead_letters']:,}",
+    ]
+    for reason, count in rep["dead_letters_by_reason"].items():
+        lines.append(f"    {reason:<14} {count:,}")
+    if rep["inputs"]:
+        lines.append(f"  inputs         {', '.join(rep['inputs'])}")
+    runs = rep["runs"]
+    lines.append(f"  runs           {len(runs)} in the manifest's history" + (":" if runs else ""))
+    for run in runs:
+        lines.append(
+            f"    {run.get('started_at', '?')} .. {run.get('finished_at', '?')}  "
+            f"{run.get('shards', 0):,} shards, {run.get('read', 0):,} read, "
+            f"{run.get('embedded', 0):,} embedded, {run.get('dead_lettered', 0):,} dead-lettered, "
+            f"{run.get('tokens', 0):,} tokens"
+        )
+    if rep["problems"]:
+        lines.append("  problems")
+        lines += [f"    - {p}" for p in rep["problems"]]
+    return "\n".join(lines)
+

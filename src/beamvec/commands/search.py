@@ -1,0 +1,285 @@
+"""`beamvec search OUTPUT "query"`: the k records nearest to a query, by cosine.
+
+The query is embedded with the backend and model the output was made with
+(read from its manifest, else a footer): the local model runs here; gemini
+and vertex are called once, with task RETRIEVAL_QUERY when the documents were
+embedded as RETRIEVAL_DOCUMENT (else the documents' task). Vector files are
+read in record batches with a running top-k heap, so memory is bounded by
+one batch and k, never by the output's size.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from beamvec.backends import make_backend
+from beamvec.backends.base import Backend, BackendError, SystemicError
+from beamvec.commands import (
+    Parser,
+    add_storage_option,
+    description_of,
+    dump_json,
+    footer,
+    iter_batches,
+    open_output,
+    parse,
+    progress,
+    progress_done,
+    shard_name,
+    storage_options,
+    vector_files,
+    warn,
+)
+from beamvec.job import UsageError
+from beamvec.prepare import NORMALIZATIONS, normalize
+
+DESCRIPTION = """\
+Embed a query with the output's own backend and model, and print the k
+nearest records (id, cosine score, source shard and line, a snippet of their
+metadata). Texts are not stored in outputs: look the ids up in your inputs.
+
+examples:
+  beamvec search out/ "how do I parse a date" -k 5
+  GEMINI_API_KEY=... beamvec search gs://bucket/vectors "kitten" --json
+
+For a gemini/vertex output the query is sent once to the API (credentials as
+for `beamvec run`); documents embedded as RETRIEVAL_DOCUMENT are searched with
+a RETRIEVAL_QUERY embedding of the query.
+"""
+
+SNIPPET = 80
+QUERY_TASK_FOR = {"RETRIEVAL_DOCUMENT": "RETRIEVAL_QUERY"}
+
+
+def build_parser() -> Parser:
+    parser = Parser("beamvec search", DESCRIPTION)
+    parser.add_argument("output", metavar="OUTPUT", help="output root written by `beamvec run`")
+    parser.add_argument("query", metavar="QUERY", help="the text to search for")
+    parser.add_argument("-k", "--top-k", dest="k", type=int, default=10, help="results (default 10)")
+    add_storage_option(parser)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    local = parser.add_argument_group("local backend")
+    local.add_argument("--local-model-dir", "--local_model_dir", dest="local_model_dir", default=None,
+                       help="the ONNX export the output was made with, if not the built-in model")
+    local.add_argument("--local-threads", "--local_threads", dest="local_threads", type=int, default=0,
+                       help="onnxruntime threads (0: all cores)")
+    api = parser.add_argument_group("gemini / vertex backends")
+    api.add_argument("--task-type", "--task_type", dest="task_type", default=None,
+                     help="task of the query embedding (default: RETRIEVAL_QUERY for "
+                     "RETRIEVAL_DOCUMENT outputs, else the output's task)")
+    api.add_argument("--api-key-file", "--api_key_file", dest="api_key_file", default=None,
+                     help="file holding the API key (else env GEMINI_API_KEY)")
+    api.add_argument("--api-base-url", "--api_base_url", dest="api_base_url", default=None,
+                     help="API base URL (a proxy or `beamvec emulator`)")
+    api.add_argument("--api-version", "--api_version", dest="api_version", default=None)
+    api.add_argument("--project", default=None, help="Vertex AI project (default: from ADC)")
+    api.add_argument("--location", default=None, help="Vertex AI location")
+    api.add_argument("--vertex-auth", "--vertex_auth", dest="vertex_auth", default="adc",
+                     choices=("adc", "api_key", "anonymous"))
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):
+        return args
+    if args.k < 1:
+        raise UsageError("-k must be at least 1")
+    result = search(args)
+    print(dump_json(result) if args.json else format_results(result))
+    return 0
+
+
+def query_backend(desc: dict[str, Any], args: Any, url: str) -> Backend:
+    """The output's backend and model, set up to embed a query."""
+    name = desc.get("backend")
+    model = desc.get("model")
+    if name == "local":
+        from beamvec.backends.local import MODEL_NAME
+
+        if args.local_model_dir is None and model != MODEL_NAME:
+            raise UsageError(
+                f"{url} was embedded with the local model {model!r}, not the built-in one; "
+                "pass --local-model-dir DIR pointing at that ONNX export"
+            )
+        return make_backend("local", model_dir=args.local_model_dir, threads=args.local_threads)
+    if name in ("gemini", "vertex"):
+        task = args.task_type or QUERY_TASK_FOR.get(desc.get("task_type"), desc.get("task_type"))
+        config: dict[str, Any] = {
+            "model": model,
+            "task_type": task,
+            "output_dimensionality": _dimensionality(desc),
+            "api_key_file": args.api_key_file,
+            "api_base_url": args.api_base_url,
+            "api_version": args.api_version,
+        }
+        if name == "vertex":
+            config.update(project=args.project, location=args.location, vertex_auth=args.vertex_auth)
+        try:
+            return make_backend(name, **config)
+        except (ImportError, ValueError) as exc:
+            raise UsageError(f"cannot set up the {name} backend for {model}: {exc}") from exc
+    raise UsageError(
+        f"{url} does not say which backend made it (backend {name!r}); "
+        "was it written by `beamvec run`?"
+    )
+
+
+def _dimensionality(desc: dict[str, Any]) -> int | None:
+    """The output_dimensionality the documents were embedded with (None: native)."""
+    if desc.get("output_dimensionality") is not None:
+        return int(desc["output_dimensionality"])
+    from beamvec.backends.genai import native_dimension
+
+    dimension = desc.get("dimension")
+    if dimension is not None and native_dimension(str(desc.get("model"))) != dimension:
+        return int(dimension)
+    return None
+
+
+def embed_query(backend: Backend, text: str) -> np.ndarray:
+    try:
+        backend.load()
+        limit = backend.limits.max_text_tokens
+        if backend.count_tokens(text) > limit:
+            warn(f"the query is over {limit} tokens; its end is cut off, as run cuts long texts")
+            text = backend.truncate(text, limit)
+        vector = np.asarray(backend.embed([text])[0], dtype=np.float32)
+    except BackendError as exc:
+        raise SystemicError(
+            f"could not embed the query with {backend.name} {backend.model}: {exc}; "
+            "check the credentials (as for `beamvec run`) and --api-base-url"
+        ) from exc
+    finally:
+        close = getattr(backend, "close", None)
+        if callable(close):
+            close()
+    norm = float(np.linalg.norm(vector))
+    if not np.isfinite(norm) or norm == 0:
+        raise SystemicError(f"{backend.name} returned an empty vector for the query; try another query")
+    return vector / norm
+
+
+def search(args: Any) -> dict[str, Any]:
+    output, manifest = open_output(args.output, storage_options(args.storage_option))
+    desc = description_of(output, manifest)
+    files = vector_files(output)
+    if not files:
+        raise UsageError(f"{output.url} has no vector files yet; run `beamvec run ... --output "
+                         f"{output.url}` to completion first")
+    mode = ((manifest or {}).get("config") or {}).get("normalization") or "nfc"
+    text = normalize(args.query, mode if mode in NORMALIZATIONS else "nfc")
+    if not text.strip():
+        raise UsageError("the query is empty; pass some text to search for")
+    backend = query_backend(desc, args, output.url)
+    query = embed_query(backend, text)
+    dimension = int(desc.get("dimension") or len(query))
+    if len(query) != dimension:
+        raise SystemicError(
+            f"the query embedding has {len(query)} dimensions but {output.url} holds "
+            f"{dimension}-dimensional vectors; pass the model the output was made with "
+            "(--local-model-dir)"
+        )
+
+    heap: list[tuple[float, int, dict[str, Any]]] = []
+    tie = itertools.count()
+    scanned = 0
+    for i, path in enumerate(files, start=1):
+        name = shard_name(path)
+        progress(f"beamvec search: scanning {i}/{len(files)} {name}", args.quiet)
+        meta = footer(output, path)
+        if meta.get("dimension") not in (None, dimension) or (
+            meta.get("model") and meta.get("model") != desc.get("model")
+        ):
+            warn(f"skipping vectors/{name}.parquet: made with {meta.get('model')} "
+                 f"({meta.get('dimension')} dims), not {desc.get('model')} ({dimension} dims)")
+            continue
+        columns = ["id", "vector", "source_shard", "source_position", "metadata"]
+        for batch in iter_batches(output, path, columns):
+            vectors = batch.column("vector")
+            n = batch.num_rows
+            if not n:
+                continue
+            matrix = vectors.flatten().to_numpy(zero_copy_only=False).reshape(n, dimension)
+            norms = np.linalg.norm(matrix, axis=1)
+            scores = (matrix @ query) / np.clip(norms, 1e-12, None)
+            scores = np.where(np.isfinite(scores), scores, -np.inf)
+            scanned += n
+            k = min(args.k, n)
+            candidates = np.argpartition(-scores, k - 1)[:k] if n > k else np.arange(n)
+            for idx in candidates:
+                score = float(scores[idx])
+                if len(heap) >= args.k and score <= heap[0][0]:
+                    continue
+                row = {
+                    "id": batch.column("id")[idx].as_py(),
+                    "score": round(score, 6),
+                    "source": batch.column("source_shard")[idx].as_py(),
+                    "position": batch.column("source_position")[idx].as_py(),
+                    "shard": name,
+                    "metadata": _metadata(batch, idx),
+                }
+                entry = (score, next(tie), row)
+                if len(heap) < args.k:
+                    heapq.heappush(heap, entry)
+                else:
+                    heapq.heapreplace(heap, entry)
+    progress_done(args.quiet)
+    results = [row for _, _, row in sorted(heap, key=lambda e: (-e[0], e[1]))]
+    return {
+        "output": output.url,
+        "query": args.query,
+        "backend": backend.name,
+        "model": backend.model,
+        "task_type": backend.task_type,
+        "dimension": dimension,
+        "scanned": scanned,
+        "k": args.k,
+        "results": results,
+    }
+
+
+def _metadata(batch: Any, idx: int) -> Any:
+    if "metadata" not in batch.schema.names:
+        return None
+    raw = batch.column("metadata")[idx].as_py()
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _snippet(metadata: Any) -> str:
+    if metadata in (None, {}, ""):
+        return ""
+    text = metadata if isinstance(metadata, str) else json.dumps(metadata, ensure_ascii=False, sort_keys=True)
+    return text if len(text) <= SNIPPET else text[: SNIPPET - 1] + "…"
+
+
+def format_results(res: dict[str, Any]) -> str:
+    task = f", query task {res['task_type']}" if res["task_type"] else ""
+    lines = [
+        f"beamvec search {res['output']}: {res['query']!r}",
+        f"  {res['backend']} {res['model']}{task}; cosine over {res['scanned']:,} vectors",
+    ]
+    if not res["results"]:
+        lines.append("  no vectors in the output")
+        return "\n".join(lines)
+    width = max(len(str(r["id"])) for r in res["results"])
+    for rank, row in enumerate(res["results"], start=1):
+        source = f"{row['source']}:{row['position']}"
+        snippet = _snippet(row["metadata"])
+        lines.append(
+            f"  {rank:>3}. {row['score']:.4f}  {str(row['id']):<{width}}  {source}"
+            + (f"  {snippet}" if snippet else "")
+        )
+    return "\n".join(lines)

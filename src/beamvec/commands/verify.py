@@ -1,0 +1,241 @@
+"""`beamvec verify OUTPUT`: every input record is in the output exactly once.
+
+For each input shard, the records are read again with the pipeline's own
+reader (``sources.read_shard``, under the shard's output name, so records
+without an id get the same ``<shard>:<line>`` id the run gave them) and
+matched by id against that shard's vector rows and dead letters. A record in
+neither is missing; one found more often than the input holds it is doubled.
+One shard is held in memory at a time (its ids), never the whole corpus.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from beamvec.commands import (
+    Parser,
+    add_storage_option,
+    dead_letter_files,
+    dump_json,
+    footer,
+    iter_batches,
+    open_output,
+    parse,
+    progress,
+    progress_done,
+    shard_name,
+    storage_options,
+    vector_files,
+    warn,
+)
+from beamvec.job import UsageError
+from beamvec.sink import Output
+from beamvec.sources import FORMATS, NoInputError, ReaderConfig, list_shards, read_shard
+
+DESCRIPTION = """\
+Check that every input record appears exactly once in OUTPUT, as a vector or
+as a dead letter (matched by id, shard by shard). Exits 0 with a one-line
+summary when it does; exits 1 and lists the ids that are missing or doubled
+(the first 20 of each, and how many) when it does not.
+
+examples:
+  beamvec verify --input 'corpus/*.jsonl' out/
+  beamvec verify out/        # the inputs and reader flags recorded in out/_manifest.json
+
+--input, --format, --id-field and --text-field default to what the output's
+manifest recorded; pass them when the inputs moved or to check a subset.
+"""
+
+SHOW = 20
+
+
+def build_parser() -> Parser:
+    parser = Parser("beamvec verify", DESCRIPTION, allow_abbrev=False)
+    parser.add_argument("output", metavar="OUTPUT", help="output root written by `beamvec run`")
+    parser.add_argument("--input", action="append", default=None, metavar="GLOB",
+                        help="input glob or path, as given to `beamvec run` (repeatable)")
+    parser.add_argument("--format", choices=FORMATS, default=None, help="input format")
+    parser.add_argument("--id-field", "--id_field", dest="id_field", default=None,
+                        help="field holding the record id")
+    parser.add_argument("--text-field", "--text_field", dest="text_field", default=None,
+                        help="field holding the text")
+    add_storage_option(parser)
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):
+        return args
+    result = verify(args)
+    print(dump_json(result) if args.json else format_result(result))
+    return 0 if result["ok"] else 1
+
+
+def _key(record_id: str | None, position: int) -> str:
+    """Records without any id (an unreadable tail of a file) match by position."""
+    return record_id if record_id is not None else f"(no id, record {position})"
+
+
+def _output_names(output: Output, manifest: dict[str, Any] | None) -> dict[str, str]:
+    """Input path -> output shard name, from the manifest and the footers of
+    vector files it does not list (a crashed run's committed shards)."""
+    names: dict[str, str] = {}
+    listed = (manifest or {}).get("shards", {})
+    for name, shard in listed.items():
+        if shard.get("input"):
+            names[shard["input"]] = name
+    for path in vector_files(output):
+        name = shard_name(path)
+        if name not in listed:
+            found = footer(output, path).get("shard", {})
+            if found.get("input"):
+                names[found["input"]] = name
+    return names
+
+
+def _found(output: Output, name: str) -> tuple[Counter[str], int, int, bool]:
+    """(ids found, vector rows, dead-letter rows, whether the vector file exists)."""
+    found: Counter[str] = Counter()
+    vectors = dead = 0
+    path = output.vectors(name)
+    exists = bool(output.fs.exists(path))
+    if exists:
+        for batch in iter_batches(output, path, ["id"]):
+            found.update(batch.column(0).to_pylist())
+            vectors += batch.num_rows
+    path = output.dead_letters(name)
+    if output.fs.exists(path):
+        for batch in iter_batches(output, path, ["id", "source_position"]):
+            ids = batch.column(0).to_pylist()
+            positions = batch.column(1).to_pylist()
+            found.update(_key(i, p) for i, p in zip(ids, positions, strict=True))
+            dead += batch.num_rows
+    return found, vectors, dead, exists
+
+
+def verify(args: Any) -> dict[str, Any]:
+    options = storage_options(args.storage_option)
+    output, manifest = open_output(args.output, options)
+    config = (manifest or {}).get("config", {})
+    inputs = args.input or config.get("inputs")
+    if not inputs:
+        raise UsageError(
+            f"{output.url} does not record its inputs; pass them with --input GLOB "
+            "(as given to `beamvec run`)"
+        )
+    reader = ReaderConfig(
+        format=args.format or config.get("format"),
+        id_field=args.id_field or config.get("id_field") or "id",
+        text_field=args.text_field or config.get("text_field") or "text",
+        title_field=config.get("title_field"),
+    )
+    for flag, ours, key in (("--format", args.format, "format"), ("--id-field", args.id_field, "id_field"),
+                            ("--text-field", args.text_field, "text_field")):
+        if ours and config.get(key) and ours != config.get(key):
+            warn(f"{flag} {ours} differs from the run's {config.get(key)}: ids may not match")
+    try:
+        shards = list_shards(inputs, options)
+    except NoInputError as exc:
+        if args.input:
+            raise
+        raise UsageError(
+            f"the inputs {output.url} recorded ({', '.join(inputs)}) match no files from here: "
+            "pass --input GLOB with where they are now (relative paths are relative to where "
+            "`beamvec run` ran)"
+        ) from exc
+    names = _output_names(output, manifest)
+    listed = (manifest or {}).get("shards", {})
+
+    missing: list[dict[str, Any]] = []
+    doubled: list[dict[str, Any]] = []
+    counts = Counter()
+    notes: list[str] = []
+    checked_names: set[str] = set()
+    for i, shard in enumerate(shards, start=1):
+        name = names.get(shard.path, shard.name)
+        checked_names.add(name)
+        progress(f"beamvec verify: shard {i}/{len(shards)} {name}", args.quiet)
+        expected: Counter[str] = Counter(
+            _key(raw.id, raw.position)
+            for raw in read_shard(dataclasses.replace(shard, name=name), reader, options)
+        )
+        found, vectors, dead, exists = _found(output, name)
+        counts["records"] += sum(expected.values())
+        counts["vectors"] += vectors
+        counts["dead_letters"] += dead
+        if not exists:
+            notes.append(f"{shard.path} has no vector file in the output (not committed yet): "
+                         "run `beamvec run` again with the same flags to embed it")
+        elif name in listed and listed[name].get("input_fingerprint") not in (None, shard.fingerprint):
+            notes.append(f"{shard.path} changed since it was embedded: rerun `beamvec run` to "
+                         "embed the new version, then verify again")
+        for key, want in expected.items():
+            got = found.get(key, 0)
+            if got < want:
+                counts["missing"] += want - got
+                if len(missing) < SHOW:
+                    missing.append({"shard": name, "id": key, "expected": want, "found": got})
+        for key, got in found.items():
+            want = expected.get(key, 0)
+            if got > want:
+                counts["doubled"] += got - want
+                if len(doubled) < SHOW:
+                    doubled.append({"shard": name, "id": key, "expected": want, "found": got})
+    progress_done(args.quiet)
+    others = sorted({shard_name(p) for p in vector_files(output) + dead_letter_files(output)} - checked_names)
+    if others:
+        notes.append(f"{len(others):,} output shards come from inputs not given here; not checked")
+    ok = counts["missing"] == 0 and counts["doubled"] == 0
+    return {
+        "ok": ok,
+        "output": output.url,
+        "inputs": list(inputs),
+        "shards": len(shards),
+        "records": counts["records"],
+        "vectors": counts["vectors"],
+        "dead_letters": counts["dead_letters"],
+        "missing": counts["missing"],
+        "doubled": counts["doubled"],
+        "missing_ids": missing,
+        "doubled_ids": doubled,
+        "unchecked_output_shards": others,
+        "notes": notes,
+    }
+
+
+def format_result(res: dict[str, Any]) -> str:
+    if res["ok"]:
+        line = (
+            f"OK: {res['records']:,} input records in {res['shards']:,} shards each appear exactly "
+            f"once in {res['output']} ({res['vectors']:,} vectors, {res['dead_letters']:,} dead letters)"
+        )
+        return "\n".join([line, *(f"  note: {n}" for n in res["notes"])])
+    lines = [
+        f"FAILED: {res['missing']:,} records missing and {res['doubled']:,} doubled in {res['output']} "
+        f"(of {res['records']:,} input records in {res['shards']:,} shards; "
+        f"{res['vectors']:,} vectors, {res['dead_letters']:,} dead letters)"
+    ]
+    for title, rows, total in (("missing", res["missing_ids"], res["missing"]),
+                               ("doubled", res["doubled_ids"], res["doubled"])):
+        if not total:
+            continue
+        shown = f"first {len(rows)} of {total:,}" if total > len(rows) else f"{total:,}"
+        lines.append(f"  {title} ({shown}):")
+        for row in rows:
+            lines.append(f"    {row['id']}  in shard {row['shard']}  "
+                         f"(input has it {row['expected']}x, output {row['found']}x)")
+    lines += [f"  note: {n}" for n in res["notes"]]
+    affected = sorted({row["shard"] for row in res["missing_ids"] + res["doubled_ids"]})
+    lines.append(
+        "  to repair: delete vectors/<shard>.parquet (and dead_letters/<shard>.parquet) of the "
+        f"affected shards ({', '.join(affected[:5])}{', ...' if len(affected) > 5 else ''}), "
+        "rerun `beamvec run` with the same flags (it redoes them), then verify again"
+    )
+    return "\n".join(lines)
+
