@@ -43,7 +43,7 @@ def test_reporter_prints_plain_lines_when_not_a_terminal():
 def test_run_shows_progress_unless_quiet(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jsonl").write_text(
-        "".join(json.dumps({"id": str(i), "text": f"sentence {i} " * 20}) + "\n" for i in range(400))
+        "".join(json.dumps({"id": str(i), "text": f"sentence {i} " * 4}) + "\n" for i in range(300))
     )
     args = ["run", "--input", str(tmp_path / "in" / "*"), "--runner=DirectRunner", "--progress-interval", "0.05"]
     code, _, err = run_cli(capsys, *args, "--output", str(tmp_path / "o"))
