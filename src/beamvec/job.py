@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -267,7 +268,8 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
     direct = options.view_as(DirectOptions)
     workers = max(1, bv.quota_workers)
     if direct.direct_running_mode == "multi_processing":
-        workers = max(workers, direct.direct_num_workers or 1)
+        # 0 means one worker per CPU in Beam
+        workers = max(workers, direct.direct_num_workers or os.cpu_count() or 1)
     job_config = ShardJobConfig(
         output=bv.output,
         reader=plan.reader,

@@ -97,6 +97,18 @@ def _bool(value: str) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
+#: Storage option names that hold credentials. Pipeline options and DoFns are
+#: pickled and shipped to the runner, so these are refused: credentials belong
+#: in the workers' environment (AWS variables, ADC), never on the command line.
+_SECRET_OPTION_NAMES = {
+    "key", "secret", "token", "password", "session_token", "client_secret", "credentials",
+    "access_key", "secret_key", "aws_access_key_id", "aws_secret_access_key",
+    "aws_session_token", "account_key", "sas_token", "connection_string",
+}
+#: gcsfs's `token` modes that name a way to find credentials, not a credential.
+_TOKEN_MODES = {"anon", "google_default", "cloud", "cache", "browser"}
+
+
 def parse_storage_options(pairs: Sequence[str] | None) -> dict[str, Any]:
     """KEY=VALUE pairs; values are JSON when they parse (true, 3, {...}), else strings.
     Dotted keys nest: client_kwargs.endpoint_url=... ."""
@@ -109,12 +121,22 @@ def parse_storage_options(pairs: Sequence[str] | None) -> dict[str, Any]:
             parsed: Any = json.loads(value)
         except json.JSONDecodeError:
             parsed = value
-        target = options
         *parents, leaf = key.split(".")
+        if leaf.lower() in _SECRET_OPTION_NAMES and not (leaf == "token" and parsed in _TOKEN_MODES):
+            raise ValueError(
+                f"--storage-option {key}=… looks like a credential, and pipeline options travel "
+                "to every worker: give credentials to the workers' environment instead "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS, ADC)"
+            )
+        target = options
         for parent in parents:
             target = target.setdefault(parent, {})
         target[leaf] = parsed
     return options
+
+
+#: Flags that take true/false as a value (the others are store_true switches).
+_VALUED_BOOLS = {"checkpoint"}
 
 
 def config_to_argv(path: str | Path) -> list[str]:
@@ -125,7 +147,11 @@ def config_to_argv(path: str | Path) -> list[str]:
     argv: list[str] = []
     for key, value in data.items():
         flag = f"--{key}"
-        if value is None or value is False:
+        if value is None:
+            continue
+        if value is False:
+            if key.replace("-", "_") in _VALUED_BOOLS:
+                argv.append(f"{flag}=false")
             continue
         if value is True:
             argv.append(flag)
