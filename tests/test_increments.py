@@ -181,3 +181,23 @@ def test_kill_9_then_rerun(tmp_path):
     in_flight_cap = max_in_flight * concurrent_shards * 100
     assert len(resent) <= in_flight_cap
     assert set(first) | set(second) == {content_hash(t) for t in texts.values()}
+
+
+def test_success_marker_is_withdrawn_while_a_run_changes_the_output(tmp_path, capsys, monkeypatch):
+    (tmp_path / "in").mkdir()
+    _write_shard(tmp_path / "in" / "a.jsonl", {"1": "one"})
+    args = ("--input", str(tmp_path / "in" / "*"), "--output", str(tmp_path / "o"))
+    assert beam_run(capsys, *args)[0] == 0
+    _write_shard(tmp_path / "in" / "b.jsonl", {"2": "two"})
+    from beamvec import job
+
+    seen = []
+    real = job.EmbedCorpus.expand
+
+    def spy(self, pbegin):
+        seen.append((tmp_path / "o" / "_SUCCESS").exists())
+        return real(self, pbegin)
+
+    monkeypatch.setattr(job.EmbedCorpus, "expand", spy)
+    assert beam_run(capsys, *args)[0] == 0
+    assert seen == [False] and (tmp_path / "o" / "_SUCCESS").exists()

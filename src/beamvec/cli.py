@@ -95,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemicError as exc:
         print(f"beamvec {command}: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # storage: missing bucket, denied, bad credentials (also from a worker)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"beamvec {command}: {reason}", file=sys.stderr)
+        return 1
     except Exception as exc:  # a worker's SystemicError arrives wrapped by the runner
         systemic = _find_systemic(exc)
         if systemic is None:

@@ -29,6 +29,7 @@ from apache_beam.options.pipeline_options import (
 
 from beamvec import __version__
 from beamvec.backends import Backend, make_backend
+from beamvec.backends.base import SystemicError
 from beamvec.embedder import EmbedSettings
 from beamvec.options import BeamvecOptions, expand_config, parse_storage_options
 from beamvec.prepare import PrepareConfig
@@ -36,11 +37,12 @@ from beamvec.progress import Reporter
 from beamvec.records import Shard
 from beamvec.retry import RetryPolicy
 from beamvec.shard_job import ShardJobConfig
-from beamvec.sink import MANIFEST, SUCCESS, Output, build_manifest, read_footer
+from beamvec.sink import MANIFEST, PARTIAL_DIR, SUCCESS, Output, build_manifest, read_footer
 from beamvec.sources import ReaderConfig, list_shards
 from beamvec.transforms import EmbedCorpus, QuotaSettings
 
 LOG = logging.getLogger("beamvec")
+PROBE = "_beamvec_probe"
 
 
 class UsageError(Exception):
@@ -243,6 +245,24 @@ def committed_shards(output: Output, manifest: dict[str, Any] | None) -> dict[st
     return present
 
 
+def check_output_writable(output: Output) -> None:
+    """Write and delete a small object under the output before any text is sent:
+    a missing bucket, wrong credentials or a read-only grant stop the run here,
+    in one line, not when the first shard commits after its quota is spent."""
+    probe = output.path(PROBE)
+    try:
+        output.makedirs(output.root)
+        with output.fs.open(probe, "wb") as fh:
+            fh.write(b"beamvec checks that it may write here\n")
+        output.remove(probe)
+    except OSError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SystemicError(
+            f"cannot write to the output {output.url}: {reason}; check that the bucket exists "
+            "and that the credentials in the environment may create and delete objects in it"
+        ) from None
+
+
 def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
     """Plan, run and summarize; returns the summary. Raises UsageError or SystemicError."""
     import sys
@@ -262,9 +282,13 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
             run = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "shards": 0}
             rebuilt = build_manifest(manifest, plan.carried, plan.manifest_config, plan.description, run)
             plan.output.write_bytes(plan.output.path(MANIFEST), json.dumps(rebuilt, indent=2).encode())
+        plan.output.remove_tree(plan.output.path(PARTIAL_DIR))  # left by a crash after a commit
         plan.output.write_bytes(plan.output.path(SUCCESS), b"")
         return summarize(plan, started, out)
     plan.backend.preflight()  # only when there is work: a no-op rerun sends nothing
+    check_output_writable(plan.output)  # before any text is sent
+    # The output is about to change: it is not complete again until this run commits.
+    plan.output.remove(plan.output.path(SUCCESS))
     direct = options.view_as(DirectOptions)
     workers = max(1, bv.quota_workers)
     if direct.direct_running_mode == "multi_processing":

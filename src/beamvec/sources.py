@@ -70,6 +70,10 @@ class NoInputError(ValueError):
     """An input pattern matched no file: almost always a typo or a missing grant."""
 
 
+class InputAccessError(PermissionError):
+    """An input could not be listed: wrong credentials or a missing grant."""
+
+
 @dataclass(frozen=True)
 class ReaderConfig:
     """How to find the id, text and title of a record in a shard."""
@@ -232,7 +236,15 @@ def list_shards(patterns: Sequence[str], storage_options: dict | None = None) ->
             # Resolve "a/../b" so that one file named two ways is one shard.
             path = posixpath.normpath(path)
         fs.invalidate_cache()  # a listing cached earlier in this process may be stale
-        base, files, hidden = _expand(fs, path)
+        try:
+            base, files, hidden = _expand(fs, path)
+        except PermissionError as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputAccessError(
+                f"cannot list input {pattern!r}: {reason}; check the credentials in the "
+                "environment (AWS_* variables, GOOGLE_APPLICATION_CREDENTIALS or gcloud ADC) "
+                "and that they may list and read it"
+            ) from None
         if not files:
             empty.append(pattern + (f" (only {hidden} commit-marker files)" if hidden else ""))
             continue

@@ -28,7 +28,7 @@ from beamvec.pricing import estimate_cost
 from beamvec.progress import PROGRESS
 from beamvec.records import Shard
 from beamvec.shard_job import ShardJobConfig, process_shard
-from beamvec.sink import MANIFEST, SUCCESS, Output, build_manifest
+from beamvec.sink import MANIFEST, PARTIAL_DIR, SUCCESS, Output, build_manifest
 
 LOG = logging.getLogger("beamvec")
 NAMESPACE = "beamvec"
@@ -185,6 +185,9 @@ class CommitManifest(beam.DoFn):
         missing = [name for name in self.expected if name not in manifest["shards"]]
         out.write_bytes(out.path(MANIFEST), _json_bytes(manifest))
         if not missing:
+            # Every shard is committed, so no checkpoint can be needed any more,
+            # including those a crash between a shard's commit and their removal left.
+            out.remove_tree(out.path(PARTIAL_DIR))
             out.write_bytes(out.path(SUCCESS), b"")
             out.clean_staging()
         yield {"manifest": out.path(MANIFEST), "missing": missing}
