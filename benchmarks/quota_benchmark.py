@@ -1,0 +1,575 @@
+"""Quota, backoff and concurrency against the emulator, side by side in one run.
+
+The emulator (`beamvec emulator`, its own process, 127.0.0.1 only) meters 600
+requests per 60-s window, takes 100 texts a call, answers after 200 ms (+/- 20 ms)
+with 768-dim vectors. The corpus is `--texts` distinct generated sentences in
+`--shards` JSONL shards. Measured, one after the other, with the emulator's
+stats reset between runs:
+
+1. `beamvec run` on the DirectRunner (`--quota-rpm 600 --max-in-flight N`);
+2. the same with two worker processes (`--direct_running_mode=multi_processing
+   --direct_num_workers=2`), each taking half of the quota;
+3. what a user would write with Beam alone: `RunInference` with Beam's
+   `GeminiModelHandler`, a request_fn calling `client.models.embed_content`,
+   batches of 100 (its `request()` overridden so that each text gets its own
+   vector: the stock one returns ONE result per batch);
+4. the limit: 600 requests/min x 100 texts = 1,000 texts/s.
+
+A last row runs beamvec with no --quota-rpm at all: a 20,000-text run needs
+200 requests and lasts about 20 s, less than one 60-s window, so the emulator
+lets up to 600 requests through at any pace and answers no 429. That row shows
+what the window allows; beamvec with --quota-rpm never assumes the window was
+empty before it started, and paces at 600/60 = 10 requests a second.
+
+Then the same again with 5% of requests answered 503 (`--fail-503 0.05`).
+
+texts/s is texts / the pipeline's wall time, measured inside its process from
+the moment the job starts (flags parsed, beamvec's planning and preflight call,
+Beam's pipeline startup, Parquet and manifest included; interpreter start and
+imports excluded). "steady" is texts / the time from the first to the last
+texts the emulator embedded, sampled on its /stats every 0.1 s: the rate while
+requests flow, without the startup. 429s, requests and the exactly-once check
+come from the emulator; dead letters from the output manifest.
+
+    python benchmarks/quota_benchmark.py [--texts 20000] [--shards 16] [--max-in-flight 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+MODEL = "gemini-embedding-001"
+DIM = 768
+KEY = "AIzaFAKE-benchmark-key-0000000000000000"  # the emulator takes any key
+PREFLIGHT = "beamvec preflight"  # the one text beamvec's preflight call embeds
+RUN_TIMEOUT_S = 240  # one run, hard stop
+SAMPLE_EVERY = 10  # the baseline checks every 10th vector against the emulator's function
+
+_SUBJECTS = ("The harbour master", "A night-shift nurse", "Our quiet neighbour", "The river pilot",
+             "An old bookbinder", "The station clerk", "A travelling cellist", "The glass blower")
+_VERBS = ("repaired", "painted", "counted", "described", "carried", "measured", "sold", "forgot")
+_OBJECTS = ("a copper kettle", "seven blue lanterns", "the winter ledger", "a cracked compass",
+            "two wool blankets", "the orchard map", "a brass telescope", "the last timetable")
+_PLACES = ("near the north gate", "before the storm", "after the market closed", "in the old mill",
+           "beside the canal", "under the clock tower", "at the ferry landing", "during the fair")
+
+
+def text_of(i: int) -> str:
+    """The i-th sentence: distinct for every i, deterministic."""
+    return (f"{_SUBJECTS[i % 8]} {_VERBS[i // 8 % 8]} {_OBJECTS[i // 64 % 8]} "
+            f"{_PLACES[i // 512 % 8]} on day {i} of the survey.")
+
+
+def id_of(i: int) -> str:
+    return f"t{i}"
+
+
+def index_of(rid: str) -> int:
+    return int(rid[1:])
+
+
+def make_corpus(root: Path, texts: int, shards: int) -> None:
+    root.mkdir(parents=True)
+    for s in range(shards):
+        lines = [json.dumps({"id": id_of(i), "text": text_of(i)}) for i in range(s, texts, shards)]
+        (root / f"part-{s:03d}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+# -- the emulator, in its own process ------------------------------------------
+
+
+class EmulatorProcess:
+    def __init__(self, rpm: int, window_s: float, fail_503: float, latency_ms: float,
+                 jitter_ms: float) -> None:
+        self.argv = [str(BIN / "beamvec"), "emulator", "--host", "127.0.0.1", "--port", "0",
+                     "--rpm", str(rpm), "--window-s", str(window_s),
+                     "--latency-ms", str(latency_ms), "--jitter-ms", str(jitter_ms),
+                     "--fail-503", str(fail_503), "--seed", "7"]
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def __enter__(self) -> EmulatorProcess:
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        match = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
+        if not match:
+            self.__exit__()
+            raise RuntimeError(f"the emulator did not start: {line!r}")
+        self.url = match.group(1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def stats(self, texts: bool = False) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/stats?texts={int(texts)}", timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the emulator process has used (Linux /proc), or None."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, AttributeError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def reset(self) -> None:
+        req = urllib.request.Request(f"{self.url}/stats/reset", data=b"", method="POST")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            resp.read()
+
+
+class Sampler:
+    """Polls /stats every 0.1 s while a run goes: when texts started and stopped flowing."""
+
+    def __init__(self, emulator: EmulatorProcess, ignore: int) -> None:
+        self.emulator = emulator
+        self.ignore = ignore  # texts that are not the corpus (the preflight call)
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            try:
+                done = self.emulator.stats()["texts_embedded"]
+            except OSError:
+                done = None
+            if done is not None:
+                self.samples.append((time.monotonic(), done))
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def steady_rate(self) -> float | None:
+        """Texts per second between the first and the last sample that saw new texts."""
+        flowing = [(t, n) for t, n in self.samples if n > self.ignore]
+        if len(flowing) < 2:
+            return None
+        final = flowing[-1][1]
+        t0, n0 = flowing[0]
+        t1 = next(t for t, n in flowing if n == final)
+        return (final - n0) / (t1 - t0) if t1 > t0 else None
+
+
+# -- the runs ------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    label: str
+    seconds: float | None = None
+    texts_per_s: float | None = None
+    steady: float | None = None
+    requests: int | None = None
+    by_status: dict[str, int] = field(default_factory=dict)
+    exactly_once: str = "-"
+    dead_letters: str = "-"
+    pairing: str = "-"
+    note: str = ""
+    cpu_runner: float | None = None
+    cpu_emulator: float | None = None
+
+
+def _exactly_once(stats: dict[str, Any], texts: int, extra: Sequence[str]) -> tuple[str, bool]:
+    from beamvec.records import content_hash
+
+    counts = dict(stats.get("text_counts", {}))
+    for text in extra:
+        counts.pop(content_hash(text), None)
+    want = {content_hash(text_of(i)) for i in range(texts)}
+    missing = len(want - set(counts))
+    stray = len(set(counts) - want)
+    repeated = sum(1 for c in counts.values() if c > 1)
+    ok = missing == 0 and stray == 0 and repeated == 0
+    if ok:
+        return "yes", True
+    return f"NO: {missing} missing, {repeated} repeated, {stray} stray", False
+
+
+def _run_child(row: Row, emulator: EmulatorProcess, argv: list[str], env: dict[str, str],
+               log: Path) -> tuple[int, str, float]:
+    """Run one pipeline process; note its CPU time (with its worker processes) and the emulator's."""
+    started = time.monotonic()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    emulator_before = emulator.cpu_seconds()
+    with open(log, "w") as err:
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
+                              timeout=RUN_TIMEOUT_S, cwd=ROOT)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    emulator_after = emulator.cpu_seconds()
+    row.cpu_runner = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    if emulator_before is not None and emulator_after is not None:
+        row.cpu_emulator = emulator_after - emulator_before
+    return proc.returncode, proc.stdout, time.monotonic() - started
+
+
+def _fill(row: Row, emulator: EmulatorProcess, sampler: Sampler, texts: int, extra: Sequence[str]) -> bool:
+    stats = emulator.stats(texts=True)
+    row.requests = int(stats["requests"])
+    row.by_status = {str(k): int(v) for k, v in stats["by_status"].items()}
+    row.exactly_once, ok = _exactly_once(stats, texts, extra)
+    row.steady = sampler.steady_rate()
+    return ok
+
+
+def run_beamvec(label: str, emulator: EmulatorProcess, corpus: Path, out: Path, args: argparse.Namespace,
+                extra: Sequence[str], log: Path) -> Row:
+    row = Row(label)
+    quota = [] if "--no-quota" in extra else [
+        "--quota-rpm", str(args.rpm), "--quota-window", str(args.window_s)]
+    argv = [str(BIN / "beamvec"), "run", "--input", str(corpus / "*.jsonl"), "--output", str(out),
+            "--backend", "gemini", "--api-base-url", emulator.url, "--model", MODEL,
+            "--output-dimensionality", str(DIM), *quota, "--max-in-flight", str(args.max_in_flight),
+            "--concurrent-shards", str(args.concurrent_shards), "--runner=DirectRunner", "--quiet",
+            *[a for a in extra if a != "--no-quota"]]
+    env = {**os.environ, "GEMINI_API_KEY": KEY}
+    emulator.reset()
+    with Sampler(emulator, ignore=1) as sampler:
+        code, stdout, process_s = _run_child(row, emulator, argv, env, log)
+    once = _fill(row, emulator, sampler, args.texts, [PREFLIGHT])
+    match = re.search(r"wall time\s+([\d.]+) s", stdout)
+    row.seconds = float(match.group(1)) if match else process_s
+    manifest_path = out / "_manifest.json"
+    if code != 0 or not manifest_path.exists():
+        row.note = f"exit {code}, see {log}"
+        return row
+    manifest = json.loads(manifest_path.read_text())
+    totals = manifest["totals"]
+    row.texts_per_s = totals["embedded"] / row.seconds
+    row.dead_letters = f"{totals['dead_lettered']:,}"
+    row.pairing = _check_beamvec_vectors(out, args.texts)
+    if not once or totals["embedded"] != args.texts:
+        row.note = f"embedded {totals['embedded']:,} of {args.texts:,}"
+    return row
+
+
+def _check_beamvec_vectors(out: Path, texts: int) -> str:
+    """Every row's vector against the emulator's function of the row's own text."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from beamvec.emulator.vectors import expected_vector
+
+    seen = bad = 0
+    for file in sorted((out / "vectors").glob("*.parquet")):
+        table = pq.read_table(file, columns=["id", "vector"])
+        ids = table.column("id").to_pylist()
+        matrix = np.asarray(table.column("vector").combine_chunks().flatten()).reshape(len(ids), DIM)
+        for rid, vec in zip(ids, matrix, strict=True):
+            want = expected_vector(MODEL, None, DIM, text_of(index_of(rid)))
+            want = want / np.linalg.norm(want)  # beamvec normalizes sub-native outputs
+            seen += 1
+            bad += not np.allclose(vec, want, atol=1e-5)
+    if seen == texts and not bad:
+        return f"all {seen:,}"
+    return f"NO: {bad:,} of {seen:,} wrong"
+
+
+def run_baseline(label: str, emulator: EmulatorProcess, corpus: Path, out: Path, args: argparse.Namespace,
+                 log: Path) -> Row:
+    row = Row(label)
+    result_file = out / "baseline.json"
+    out.mkdir(parents=True)
+    argv = [sys.executable, str(Path(__file__).resolve()), "_baseline", emulator.url,
+            str(corpus / "*.jsonl"), str(result_file)]
+    emulator.reset()
+    with Sampler(emulator, ignore=0) as sampler:
+        code, _, process_s = _run_child(row, emulator, argv, dict(os.environ), log)
+    once = _fill(row, emulator, sampler, args.texts, [])
+    if code != 0 or not result_file.exists():
+        row.note = f"exit {code}, see {log}"
+        row.seconds = process_s
+        return row
+    result = json.loads(result_file.read_text())
+    row.seconds = result["seconds"]
+    row.texts_per_s = result["results"] / row.seconds
+    if result["results"] == args.texts and result["mismatched"] == 0 and result["wrong_vectors"] == 0:
+        row.pairing = f"all {result['results']:,} ¹"
+    else:
+        row.pairing = (f"NO: {result['results']:,} results, {result['mismatched']} keyed wrong, "
+                       f"{result['wrong_vectors']} wrong vectors")
+    if not once:
+        row.note = "not exactly once"
+    return row
+
+
+# -- the Beam-only baseline (runs in a child process) --------------------------
+
+
+def baseline_child(url: str, pattern: str, result_file: str) -> int:
+    """RunInference + GeminiModelHandler, as a user would write it with Beam 2.77."""
+    import apache_beam as beam
+    import numpy as np
+    from apache_beam.metrics import Metrics
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
+    from apache_beam.ml.inference.gemini_inference import GeminiModelHandler
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from google import genai
+    from google.genai import types
+
+    from beamvec.emulator.vectors import expected_vector
+
+    def embed_texts(model_name: str, batch: Sequence[str], client: Any, inference_args: dict[str, Any]) -> list:
+        response = client.models.embed_content(
+            model=model_name, contents=list(batch),
+            config=types.EmbedContentConfig(output_dimensionality=DIM, **inference_args),
+        )
+        return [e.values for e in response.embeddings or []]
+
+    class EmbeddingHandler(GeminiModelHandler):
+        """GeminiModelHandler pointed at the emulator, one result per text.
+
+        The stock request() wraps the request_fn's answer in a list and zips it
+        with the batch: 100 texts in, ONE PredictionResult (first text, whole
+        response) out."""
+
+        def __init__(self, base_url: str, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.base_url = base_url
+
+        def create_client(self) -> Any:
+            return genai.Client(api_key=self.api_key, http_options=types.HttpOptions(base_url=self.base_url))
+
+        def request(self, batch: Sequence[str], model: Any, inference_args: dict[str, Any] | None = None) -> list:
+            vectors = self.request_fn(self.model_name, batch, model, inference_args or {})
+            if len(vectors) != len(batch):
+                raise ValueError(f"{len(batch)} texts sent, {len(vectors)} vectors back")
+            return [PredictionResult(x, y, self.model_name) for x, y in zip(batch, vectors, strict=True)]
+
+    class Check(beam.DoFn):
+        """Each result against its key: the text, and (for 1 in 10) the vector."""
+
+        def setup(self) -> None:
+            self.results = Metrics.counter("bench", "results")
+            self.mismatched = Metrics.counter("bench", "mismatched")
+            self.checked = Metrics.counter("bench", "checked")
+            self.wrong = Metrics.counter("bench", "wrong_vectors")
+
+        def process(self, item: tuple[str, Any]) -> None:
+            rid, result = item
+            i = index_of(rid)
+            self.results.inc()
+            if result.example != text_of(i) or len(result.inference) != DIM:
+                self.mismatched.inc()
+            elif i % SAMPLE_EVERY == 0:
+                self.checked.inc()
+                want = expected_vector(MODEL, None, DIM, text_of(i))
+                if not np.allclose(np.asarray(result.inference, dtype=np.float32), want, atol=1e-6):
+                    self.wrong.inc()
+
+    handler = KeyedModelHandler(EmbeddingHandler(
+        url, model_name=MODEL, request_fn=embed_texts, api_key=KEY,
+        min_batch_size=100, max_batch_size=100,
+    ))
+    started = time.monotonic()
+    pipeline = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"]))
+    _ = (
+        pipeline
+        | "Read" >> beam.io.ReadFromText(pattern)
+        | "Parse" >> beam.Map(json.loads)
+        | "Key" >> beam.Map(lambda r: (r["id"], r["text"]))
+        | "Embed" >> RunInference(handler)
+        | "Check" >> beam.ParDo(Check())
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
+    seconds = time.monotonic() - started
+    counters = {c.key.metric.name: int(c.committed or c.attempted or 0)
+                for c in result.metrics().query(MetricsFilter().with_namespace("bench"))["counters"]}
+    Path(result_file).write_text(json.dumps({
+        "seconds": seconds,
+        "results": counters.get("results", 0),
+        "mismatched": counters.get("mismatched", 0),
+        "checked": counters.get("checked", 0),
+        "wrong_vectors": counters.get("wrong_vectors", 0),
+    }))
+    return 0
+
+
+def stock_request_results(url: str) -> int:
+    """How many results the stock GeminiModelHandler.request() gives for 100 texts."""
+    from apache_beam.ml.inference.gemini_inference import GeminiModelHandler
+    from google import genai
+    from google.genai import types
+
+    def embed(model_name: str, batch: Sequence[str], client: Any, inference_args: dict[str, Any]) -> Any:
+        return client.models.embed_content(model=model_name, contents=list(batch),
+                                           config=types.EmbedContentConfig(output_dimensionality=DIM))
+
+    handler = GeminiModelHandler(model_name=MODEL, request_fn=embed, api_key=KEY)
+    client = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=url))
+    return len(list(handler.request([f"stock check {i}" for i in range(100)], client)))
+
+
+# -- the table -----------------------------------------------------------------
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+HEADER = ("", "wall s", "texts/s", "× limit", "steady texts/s", "× limit", "requests", "429s", "503s",
+          "each text once", "dead letters", "vectors right", "CPU s: pipeline / emulator")
+ALIGN = ("---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---", "---:", "---", "---:")
+
+
+def _line(cells: Sequence[str]) -> str:
+    cells = list(cells) + [""] * (len(HEADER) - len(cells))
+    return "| " + " | ".join(cells) + " |"
+
+
+def table(rows: list[Row], args: argparse.Namespace, fail: float) -> str:
+    limit = args.rpm * 100 / args.window_s
+    lines = [_line(HEADER), _line(ALIGN)]
+    for r in rows:
+        known = r.requests is not None
+        lines.append(_line([
+            r.label + (f" ({r.note})" if r.note else ""),
+            _fmt(r.seconds, ".1f"),
+            _fmt(r.texts_per_s, ",.0f"),
+            _fmt(None if r.texts_per_s is None else r.texts_per_s / limit, ".2f"),
+            _fmt(r.steady, ",.0f"),
+            _fmt(None if r.steady is None else r.steady / limit, ".2f"),
+            _fmt(r.requests, ",d"),
+            str(r.by_status.get("429", 0)) if known else "-",
+            str(r.by_status.get("503", 0)) if known else "-",
+            r.exactly_once,
+            r.dead_letters,
+            r.pairing,
+            f"{_fmt(r.cpu_runner, '.1f')} / {_fmt(r.cpu_emulator, '.1f')}",
+        ]))
+    minimum = -(-args.texts // 100)
+    lines.append(_line([f"the limit: {args.rpm} requests per {args.window_s:g} s × 100 texts", "",
+                        f"{limit:,.0f}", "1.00", f"{limit:,.0f}", "1.00", f"{minimum:,}"]))
+    if fail:
+        ceiling = limit * (1 - fail)
+        lines.append(_line([f"the limit when {fail:.0%} of requests fail (they count against the quota)", "",
+                            f"{ceiling:,.0f}", f"{1 - fail:.2f}", f"{ceiling:,.0f}", f"{1 - fail:.2f}",
+                            f"{minimum / (1 - fail):,.0f}"]))
+    return "\n".join(lines)
+
+
+NOTES = """\
+- texts/s: texts / the pipeline's wall time, measured inside its process (beamvec: the run
+  summary's wall time, planning, preflight call, Beam startup, Parquet and manifest included;
+  RunInference: from building the pipeline to wait_until_finish). Interpreter start and
+  imports are not counted. steady: the emulator's texts embedded, sampled every 0.1 s, from
+  the first to the last that arrived: the rate while requests flow.
+- requests, 429s, 503s: the emulator's /stats, reset between runs (the preflight call, 503s
+  and retries are requests too). At least {minimum:,} are needed; beamvec batches within a
+  shard, so each shard's last batch is a partial one.
+- each text once: the emulator embedded every corpus text exactly once and nothing else
+  (beamvec's preflight call embeds one extra text, "beamvec preflight", not counted).
+- vectors right: beamvec's Parquet rows read back, every vector compared with the emulator's
+  function of the row's own text. ¹ RunInference with KeyedModelHandler((id, text)) and
+  request() overridden to return one result per text: every result's text checked against
+  its id, every {sample}th vector against the emulator's function. The stock
+  GeminiModelHandler.request() returned {stock} result(s) for a batch of 100 texts: it pairs
+  the first text with the whole response and drops the other 99.
+- CPU s: user + system time of the pipeline process and its workers, and of the emulator
+  process during the run (the emulator runs in its own process).
+- 429s: a 20,000-text run is 200 requests in about 20 s, less than one 60-s window, so the
+  emulator's window never fills: even the unpaced reference gets none. beamvec with
+  --quota-rpm paces at (600 - 10 burst) / 60 s = 9.8 requests a second from its first
+  request, as if the window were already in use."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--texts", type=int, default=20_000)
+    parser.add_argument("--shards", type=int, default=16)
+    parser.add_argument("--rpm", type=int, default=600, help="requests per window, emulator and beamvec")
+    parser.add_argument("--window-s", type=float, default=60.0, help="the quota window")
+    parser.add_argument("--latency-ms", type=float, default=200.0)
+    parser.add_argument("--jitter-ms", type=float, default=20.0)
+    parser.add_argument("--max-in-flight", type=int, default=8)
+    parser.add_argument("--concurrent-shards", type=int, default=8)
+    parser.add_argument("--fail-503", type=float, default=0.05, help="the second table's 503 rate (0: skip)")
+    parser.add_argument("--keep", action="store_true", help="keep the corpus, outputs and logs")
+    args = parser.parse_args(argv)
+
+    started = time.monotonic()
+    load = os.getloadavg()[0]
+    tmp = Path(tempfile.mkdtemp(prefix="beamvec-quota-bench-"))
+    corpus = tmp / "corpus"
+    make_corpus(corpus, args.texts, args.shards)
+    print(f"{args.texts:,} texts in {args.shards} JSONL shards; emulator: {args.rpm} requests per "
+          f"{args.window_s:g} s, 100 texts a call, {args.latency_ms:g} ± {args.jitter_ms:g} ms, {DIM} dims; "
+          f"beamvec --max-in-flight {args.max_in_flight} --concurrent-shards {args.concurrent_shards}",
+          flush=True)
+    tables = [("no faults", 0.0)]
+    if args.fail_503 > 0:
+        tables.append((f"{args.fail_503:.0%} of requests answered 503", args.fail_503))
+    n = 0
+    stock = None
+    for title, fail in tables:
+        with EmulatorProcess(args.rpm, args.window_s, fail, args.latency_ms, args.jitter_ms) as emu:
+            if fail == 0:
+                stock = stock_request_results(emu.url)
+            rows = []
+            plans: list[tuple[str, Any]] = [
+                ("beamvec, DirectRunner", ()),
+                ("beamvec, 2 worker processes sharing the quota",
+                 ("--direct_running_mode=multi_processing", "--direct_num_workers=2")),
+                ("Beam RunInference + GeminiModelHandler, batches of 100", None),
+                ("reference: beamvec with no --quota-rpm (bursts within the first window)", ("--no-quota",)),
+            ]
+            for label, extra in plans:
+                n += 1
+                out, log = tmp / f"out-{n}", tmp / f"run-{n}.log"
+                print(f"  {title}: {label} ...", flush=True)
+                if extra is None:
+                    rows.append(run_baseline(label, emu, corpus, out, args, log))
+                else:
+                    rows.append(run_beamvec(label, emu, corpus, out, args, extra, log))
+        print(f"\n### {title}\n")
+        print(table(rows, args, fail))
+        print(flush=True)
+    print(NOTES.format(stock=stock, sample=SAMPLE_EVERY, minimum=-(-args.texts // 100)))
+    print(f"Whole benchmark: {time.monotonic() - started:.0f} s; load average at the end "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (at the start {load:.1f}).")
+    if args.keep:
+        print(f"kept {tmp}")
+    else:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_baseline":
+        sys.exit(baseline_child(*sys.argv[2:5]))
+    sys.exit(main())
