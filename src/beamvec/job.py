@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -37,7 +38,15 @@ from beamvec.progress import Reporter
 from beamvec.records import Shard
 from beamvec.retry import RetryPolicy
 from beamvec.shard_job import ShardJobConfig
-from beamvec.sink import MANIFEST, PARTIAL_DIR, SUCCESS, Output, build_manifest, read_footer
+from beamvec.sink import (
+    MANIFEST,
+    PARTIAL_DIR,
+    SUCCESS,
+    Output,
+    build_manifest,
+    read_footer,
+    write_manifest,
+)
 from beamvec.sources import ReaderConfig, list_shards
 from beamvec.transforms import EmbedCorpus, QuotaSettings
 
@@ -265,8 +274,6 @@ def check_output_writable(output: Output) -> None:
 
 def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
     """Plan, run and summarize; returns the summary. Raises UsageError or SystemicError."""
-    import sys
-
     out = out or sys.stdout
     started = time.time()
     options = parse_options(argv)
@@ -281,7 +288,7 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
             # A crash after the last shard's commit but before the manifest.
             run = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "shards": 0}
             rebuilt = build_manifest(manifest, plan.carried, plan.manifest_config, plan.description, run)
-            plan.output.write_bytes(plan.output.path(MANIFEST), json.dumps(rebuilt, indent=2).encode())
+            write_manifest(plan.output, rebuilt)
         plan.output.remove_tree(plan.output.path(PARTIAL_DIR))  # left by a crash after a commit
         plan.output.write_bytes(plan.output.path(SUCCESS), b"")
         return summarize(plan, started, out)

@@ -276,6 +276,10 @@ def read_footer(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+def write_manifest(output: Output, manifest: dict[str, Any]) -> None:
+    output.write_bytes(output.path(MANIFEST), json.dumps(manifest, indent=2, default=str).encode())
+
+
 def build_manifest(
     previous: dict[str, Any] | None,
     results: Iterable[dict[str, Any]],

@@ -28,7 +28,7 @@ from beamvec.pricing import estimate_cost
 from beamvec.progress import PROGRESS
 from beamvec.records import Shard
 from beamvec.shard_job import ShardJobConfig, process_shard
-from beamvec.sink import MANIFEST, PARTIAL_DIR, SUCCESS, Output, build_manifest
+from beamvec.sink import MANIFEST, PARTIAL_DIR, SUCCESS, Output, build_manifest, write_manifest
 
 LOG = logging.getLogger("beamvec")
 NAMESPACE = "beamvec"
@@ -183,7 +183,7 @@ class CommitManifest(beam.DoFn):
         # Shards skipped as committed whose manifest entry a crash lost come back here.
         manifest = build_manifest(previous, [*self.carried, *results], self.config, self.description, run)
         missing = [name for name in self.expected if name not in manifest["shards"]]
-        out.write_bytes(out.path(MANIFEST), _json_bytes(manifest))
+        write_manifest(out, manifest)
         if not missing:
             # Every shard is committed, so no checkpoint can be needed any more,
             # including those a crash between a shard's commit and their removal left.
@@ -191,12 +191,6 @@ class CommitManifest(beam.DoFn):
             out.write_bytes(out.path(SUCCESS), b"")
             out.clean_staging()
         yield {"manifest": out.path(MANIFEST), "missing": missing}
-
-
-def _json_bytes(value: dict[str, Any]) -> bytes:
-    import json
-
-    return json.dumps(value, indent=2, sort_keys=False, default=str).encode()
 
 
 class EmbedCorpus(beam.PTransform):
