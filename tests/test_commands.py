@@ -268,7 +268,7 @@ def test_search_a_gemini_output_embeds_the_query_as_retrieval_query(capsys, corp
     text of a record finds itself (score 1) only when embedded with the documents' task."""
     from beamvec.emulator.server import Emulator
 
-    key = "AIzaFAKE-commands-key-0000000000000000"
+    key = "fakekey-FAKE-commands-key-0000000000000000"
     monkeypatch.setenv("GEMINI_API_KEY", key)
     with Emulator(api_key=key) as emu:
         out_dir = tmp_path / "gemini"

@@ -21,7 +21,7 @@ from beamvec.emulator import Emulator, expected_vector
 # Loopback only: never through a proxy, whatever the host says.
 os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1,localhost"]))
 
-KEY = "AIzaSy-test-key-0123456789"
+KEY = "fakekey-Sy-test-key-0123456789"
 TEXTS = ["the cat sat on the mat", "markets fell sharply", "a kitten on a rug", "rain tomorrow"]
 
 
@@ -211,7 +211,7 @@ def test_empty_text_is_a_400(emu, key_env):
 
 
 def test_wrong_key_stops_the_run_without_showing_it(emu, monkeypatch):
-    wrong = "AIzaSy-WRONG-secret-987654"
+    wrong = "fakekey-Sy-WRONG-secret-987654"
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     monkeypatch.setenv("GEMINI_API_KEY", wrong)
     b = make(emu)
@@ -340,7 +340,7 @@ def test_api_key_secret_is_read_on_the_worker_from_secret_manager(monkeypatch):
     class _Client:
         def access_secret_version(self, name):
             asked.append(name)
-            return pytypes.SimpleNamespace(payload=pytypes.SimpleNamespace(data=b"AIzaFROM-SECRET-MANAGER\n"))
+            return pytypes.SimpleNamespace(payload=pytypes.SimpleNamespace(data=b"fakekey-FROM-SECRET-MANAGER\n"))
 
     fake = pytypes.ModuleType("google.cloud.secretmanager")
     fake.SecretManagerServiceClient = _Client
@@ -351,6 +351,6 @@ def test_api_key_secret_is_read_on_the_worker_from_secret_manager(monkeypatch):
     backend = GenaiBackend(mode="gemini", api_key_secret="projects/p/secrets/gemini-key",
                            api_base_url="http://127.0.0.1:9")
     shipped = pickle.dumps(backend)
-    assert b"AIzaFROM" not in shipped
-    assert backend._read_key() == "AIzaFROM-SECRET-MANAGER"
+    assert b"fakekey-FROM" not in shipped
+    assert backend._read_key() == "fakekey-FROM-SECRET-MANAGER"
     assert asked == ["projects/p/secrets/gemini-key/versions/latest"]

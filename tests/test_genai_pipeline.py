@@ -16,7 +16,7 @@ from beamvec.emulator.vectors import expected_vector
 
 from helpers import assert_reconciled, beam_run, read_output, vectors_by_id
 
-KEY = "AIzaFAKE-emulator-key-0123456789abcdef"
+KEY = "fakekey-FAKE-emulator-key-0123456789abcdef"
 
 
 @pytest.fixture
@@ -136,7 +136,7 @@ def test_too_long_texts_truncated_or_dead_lettered(emulator, tmp_path, capsys, m
 
 
 def test_wrong_key_fails_fast_without_leaking_it(emulator, corpus, tmp_path, capsys, monkeypatch, caplog):
-    wrong = "AIzaWRONG-key-that-must-never-be-printed-42"
+    wrong = "fakekey-WRONG-key-that-must-never-be-printed-42"
     monkeypatch.setenv("GEMINI_API_KEY", wrong)
     root, _ = corpus
     caplog.set_level("DEBUG")

@@ -18,7 +18,7 @@ from beamvec.records import content_hash
 
 from helpers import assert_reconciled, beam_run, read_output, vectors_by_id
 
-KEY = "AIzaFAKE-increments-key-000000000000"
+KEY = "fakekey-FAKE-increments-key-000000000000"
 PREFLIGHT = content_hash("beamvec preflight")
 
 

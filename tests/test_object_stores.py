@@ -42,7 +42,7 @@ from helpers import assert_reconciled, beam_run, read_output, vectors_by_id
 pytest_plugins = ["servers"]
 
 S3_REGION = "us-east-1"  # as servers.py's fixtures
-KEY = "AIzaFAKE-object-stores-key-0000000000"
+KEY = "fakekey-FAKE-object-stores-key-0000000000"
 PREFLIGHT = content_hash("beamvec preflight")
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",

@@ -12,7 +12,7 @@ from beamvec.records import content_hash
 
 from helpers import assert_reconciled, beam_run, read_output, vectors_by_id
 
-KEY = "AIzaFAKE-quota-key-00000000000000000"
+KEY = "fakekey-FAKE-quota-key-00000000000000000"
 PREFLIGHT = content_hash("beamvec preflight")
 
 

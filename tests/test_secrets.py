@@ -46,7 +46,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "runner_configs"
 
 @pytest.fixture
 def key(monkeypatch: pytest.MonkeyPatch) -> str:
-    value = "AIzaTESTSECRET-" + secrets.token_hex(16)
+    value = "fakekey-TESTSECRET-" + secrets.token_hex(16)
     monkeypatch.setenv("GEMINI_API_KEY", value)
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     return value
@@ -124,7 +124,7 @@ def test_layers_sees_through_beams_pickles(marker: str) -> None:
     framed = b"\x12\x8a\x01A" + payload + b"R\x05beam:"  # as inside a serialized proto
     assert marker.encode() not in framed
     assert found_in(marker, framed)
-    assert not found_in("AIzaTESTSECRET-absent", framed)
+    assert not found_in("fakekey-TESTSECRET-absent", framed)
 
 
 # -- what a run leaves behind -------------------------------------------------
@@ -278,7 +278,7 @@ def test_rejected_key_is_not_echoed(
 ) -> None:
     """A wrong key stops the run at the preflight with one line that does not repeat it."""
     caplog.set_level(logging.DEBUG)
-    with Emulator(api_key="AIzaTHE-RIGHT-KEY-" + secrets.token_hex(8)) as emulator:
+    with Emulator(api_key="fakekey-THE-RIGHT-KEY-" + secrets.token_hex(8)) as emulator:
         code = main(_gemini_flags(corpus, tmp_path / "out", emulator))
     stdout, stderr = capfd.readouterr()
     assert code == 1
