@@ -181,6 +181,7 @@ class AdaptiveLimiter:
         clock: Clock = time.monotonic,
         sleep: Sleep = time.sleep,
         burst_s: float = 1.0,
+        slack_s: float = 0.5,
         decrease: float = 0.5,
         min_fraction: float = 0.05,
         cut_window: float = 1.0,
@@ -202,6 +203,7 @@ class AdaptiveLimiter:
         self.tpm = tpm
         self.share = share
         self.burst_s = burst_s
+        self.slack_s = slack_s
         self.decrease = decrease
         self.min_fraction = min_fraction
         self.cut_window = cut_window
@@ -240,7 +242,10 @@ class AdaptiveLimiter:
         window = self.window_s
         capacity = max(1.0, effective * self.burst_s / window)
         reserved = max(capacity, unit)
-        refill = max(effective / (2 * window), (effective - reserved) / window)
+        # A send booked at t reaches the server at t + a jitter (a busy GIL, thread
+        # scheduling, the network): pace over a window ``slack_s`` longer, so that
+        # arrivals, not only bookings, stay within the quota.
+        refill = max(effective / (2 * window), (effective - reserved) / (window + self.slack_s))
         return refill, capacity
 
     def _make_bucket(self, budget: float | None, unit: float) -> TokenBucket | None:

@@ -348,7 +348,10 @@ class GenaiBackend(Backend):
             output_dimensionality=self.output_dimensionality,
             auto_truncate=False if self.mode == "vertex" else None,
         )
-        contents = [types.Content(role="user", parts=[types.Part(text=t)]) for t in texts]
+        # One Content per text (multimodal models merge a list of strings into one
+        # embedding), as plain dicts: the SDK validates dicts in pydantic-core, but
+        # walks every field of Content/Part objects in Python (~0.3 ms per text).
+        contents: list[Any] = [{"role": "user", "parts": [{"text": t}]} for t in texts]
         try:
             response = self._client.models.embed_content(
                 model=self._model, contents=contents, config=config
