@@ -156,7 +156,19 @@ def select_partitions(shards: list[Shard], since: str | None, until: str | None)
     return kept
 
 
-def plan_job(options: PipelineOptions) -> JobPlan:
+@dataclass
+class JobInputs:
+    """What flags resolve to, shared by `run` and `plan`: no API call, no write."""
+
+    bv: BeamvecOptions
+    storage_options: dict[str, Any]
+    backend: Backend
+    shards: list[Shard]
+    reader: ReaderConfig
+    prepare: PrepareConfig
+
+
+def resolve_inputs(options: PipelineOptions) -> JobInputs:
     bv = options.view_as(BeamvecOptions)
     storage_options = parse_storage_options(bv.storage_option)
     backend = build_backend(options)
@@ -169,6 +181,22 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         on_long_text=bv.on_long_text,
         max_text_tokens=backend.limits.max_text_tokens,
     )
+    return JobInputs(bv, storage_options, backend, shards, reader, prepare)
+
+
+def is_committed(done: dict[str, Any] | None, shard: Shard, fingerprint: str) -> bool:
+    """Whether a shard's commit record still stands: same input, same configuration."""
+    return bool(
+        done
+        and done.get("input_fingerprint") == shard.fingerprint
+        and done.get("config_fingerprint", fingerprint) == fingerprint
+    )
+
+
+def plan_job(options: PipelineOptions) -> JobPlan:
+    inputs = resolve_inputs(options)
+    bv, storage_options, backend = inputs.bv, inputs.storage_options, inputs.backend
+    shards, reader, prepare = inputs.shards, inputs.reader, inputs.prepare
     description = backend.describe()
     description["beamvec_version"] = __version__
     description["config_fingerprint"] = config_fingerprint(description, reader, prepare)
@@ -215,11 +243,7 @@ def _guard_and_skip(plan: JobPlan) -> None:
     todo = []
     for shard in plan.shards:
         done = committed.get(shard.name)
-        if (
-            done
-            and done.get("input_fingerprint") == shard.fingerprint
-            and done.get("config_fingerprint", ours) == ours
-        ):
+        if is_committed(done, shard, ours):
             plan.skipped.append(shard.name)
             plan.carried.append({k: v for k, v in done.items() if k != "config_fingerprint"})
         else:

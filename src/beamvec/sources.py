@@ -439,11 +439,7 @@ def _as_str(value: Any) -> str | None:
 
 
 def _has_lone_surrogates(obj: Any) -> bool:
-    try:
-        json.dumps(obj, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+    return r.has_surrogates(json.dumps(obj, ensure_ascii=False))
 
 
 def _read_jsonl(fh: IO[bytes], shard: Shard, config: ReaderConfig, cursor: _Cursor) -> Iterator[RawRecord]:

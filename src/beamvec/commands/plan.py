@@ -35,17 +35,17 @@ from beamvec.commands import (
 )
 from beamvec.job import (
     UsageError,
-    build_backend,
     committed_shards,
     config_fingerprint,
-    select_partitions,
+    is_committed,
+    resolve_inputs,
 )
-from beamvec.options import BeamvecOptions, expand_config, parse_storage_options
+from beamvec.options import BeamvecOptions, expand_config
 from beamvec.prepare import PrepareConfig, prepare
 from beamvec.records import DeadLetter, Record, Shard
 from beamvec.shard_job import DEDUP_CAP
 from beamvec.sink import MANIFEST, SUCCESS, Output, read_footer
-from beamvec.sources import ReaderConfig, list_shards, read_shard
+from beamvec.sources import ReaderConfig, read_shard
 
 DESCRIPTION = """\
 Scan the inputs and print what `beamvec run` would do with the same flags:
@@ -212,18 +212,10 @@ def _existing_output(
 
 def make_plan(options: PipelineOptions) -> dict[str, Any]:
     """Everything `beamvec plan` prints, as one JSON-ready dict."""
-    bv = options.view_as(BeamvecOptions)
-    storage_options = parse_storage_options(bv.storage_option)
-    backend = build_backend(options)
-    shards = select_partitions(list_shards(bv.input, storage_options), bv.since, bv.until)
-    reader = ReaderConfig(
-        format=bv.format, id_field=bv.id_field, text_field=bv.text_field, title_field=bv.title_field
-    )
+    inputs = resolve_inputs(options)
+    bv, storage_options, backend = inputs.bv, inputs.storage_options, inputs.backend
+    shards, reader, prepare_config = inputs.shards, inputs.reader, inputs.prepare
     limits = backend.limits
-    prepare_config = PrepareConfig(
-        normalization=bv.normalization, on_long_text=bv.on_long_text,
-        max_text_tokens=limits.max_text_tokens,
-    )
     description = backend.describe()
     fingerprint = config_fingerprint(description, reader, prepare_config)
     output, existing, committed = _existing_output(bv.output, storage_options, fingerprint, bv.force)
@@ -232,12 +224,7 @@ def make_plan(options: PipelineOptions) -> dict[str, Any]:
     todo: list[Shard] = []
     skipped: list[str] = []
     for shard in shards:
-        done = committed.get(shard.name)
-        if (
-            not replacing and done
-            and done.get("input_fingerprint") == shard.fingerprint
-            and done.get("config_fingerprint", fingerprint) == fingerprint
-        ):
+        if not replacing and is_committed(committed.get(shard.name), shard, fingerprint):
             skipped.append(shard.name)
         else:
             todo.append(shard)
