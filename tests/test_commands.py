@@ -18,7 +18,7 @@ import pytest
 
 from beamvec import pricing
 from beamvec.commands import inspect_output, plan, search, verify
-from beamvec.job import UsageError
+from beamvec.errors import UsageError
 
 from helpers import beam_run, read_output
 

@@ -11,6 +11,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from beamvec.errors import SystemicError, UsageError
+
 RUN_HELP = """\
 Embed text shards into Parquet vector shards.
 
@@ -81,15 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "run" and any(a in ("-h", "--help") for a in rest):
         print(_run_help())
         return 0
-    from beamvec.backends.base import SystemicError
-    from beamvec.job import UsageError
-    from beamvec.sources import NoInputError
 
     try:
         return COMMANDS[command][0](rest)
     except SystemExit as exc:  # argparse's --help and usage errors
         return exc.code if isinstance(exc.code, int) else 2
-    except (UsageError, NoInputError, ValueError) as exc:
+    except (UsageError, ValueError) as exc:
         print(f"beamvec {command}: {exc}", file=sys.stderr)
         return 2
     except SystemicError as exc:
@@ -114,8 +113,6 @@ def _quiet_beam_import_noise(record: logging.LogRecord) -> bool:
 
 def _find_systemic(exc: BaseException) -> str | None:
     """The runner wraps worker errors; find our one-line message inside."""
-    from beamvec.backends.base import SystemicError
-
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, SystemicError):

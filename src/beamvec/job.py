@@ -30,7 +30,7 @@ from apache_beam.options.pipeline_options import (
 
 from beamvec import __version__
 from beamvec.backends import Backend, make_backend
-from beamvec.backends.base import SystemicError
+from beamvec.errors import SystemicError, UsageError
 from beamvec.embedder import EmbedSettings
 from beamvec.options import BeamvecOptions, expand_config, parse_storage_options
 from beamvec.prepare import PrepareConfig
@@ -52,10 +52,6 @@ from beamvec.transforms import EmbedCorpus, QuotaSettings
 
 LOG = logging.getLogger("beamvec")
 PROBE = "_beamvec_probe"
-
-
-class UsageError(Exception):
-    """A problem with what the user asked for: one line, and what to do next."""
 
 
 @dataclass

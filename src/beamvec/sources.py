@@ -36,6 +36,7 @@ import zstandard
 from fsspec.implementations.local import LocalFileSystem
 
 from beamvec import records as r
+from beamvec.errors import InputAccessError, NoInputError
 from beamvec.records import RawRecord, Shard, line_id, safe_shard_name
 
 # gcsfs probes the bucket type over gRPC unless told not to, and that probe waits
@@ -64,14 +65,6 @@ _CHUNK = 64 * 1024
 _EXCERPT = 200
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-
-
-class NoInputError(ValueError):
-    """An input pattern matched no file: almost always a typo or a missing grant."""
-
-
-class InputAccessError(PermissionError):
-    """An input could not be listed: wrong credentials or a missing grant."""
 
 
 @dataclass(frozen=True)

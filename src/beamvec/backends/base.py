@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from beamvec.errors import SystemicError
+
 #: Task types the embedding APIs document, in their order.
 TASK_TYPES = (
     "SEMANTIC_SIMILARITY",
@@ -70,11 +72,6 @@ def _rebuild_backend_error(
     message: str, retryable: bool, status: int | None, retry_after: float | None
 ) -> BackendError:
     return BackendError(message, retryable=retryable, status=status, retry_after=retry_after)
-
-
-class SystemicError(Exception):
-    """A fault no retry or dead letter can fix: bad credentials, unknown model,
-    unwritable output. The run stops with this message."""
 
 
 class Backend(ABC):

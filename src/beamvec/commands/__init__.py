@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from beamvec.job import UsageError
+from beamvec.errors import UsageError
 from beamvec.options import parse_storage_options
 from beamvec.sink import DEAD_LETTERS_DIR, MANIFEST, SUCCESS, VECTORS_DIR, Output, read_footer
 

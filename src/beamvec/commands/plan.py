@@ -33,8 +33,8 @@ from beamvec.commands import (
     progress,
     progress_done,
 )
+from beamvec.errors import UsageError
 from beamvec.job import (
-    UsageError,
     committed_shards,
     config_fingerprint,
     is_committed,

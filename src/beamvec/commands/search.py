@@ -36,7 +36,7 @@ from beamvec.commands import (
     vector_files,
     warn,
 )
-from beamvec.job import UsageError
+from beamvec.errors import UsageError
 from beamvec.prepare import NORMALIZATIONS, normalize
 
 DESCRIPTION = """\

@@ -31,9 +31,9 @@ from beamvec.commands import (
     vector_files,
     warn,
 )
-from beamvec.job import UsageError
+from beamvec.errors import NoInputError, UsageError
 from beamvec.sink import Output
-from beamvec.sources import FORMATS, NoInputError, ReaderConfig, list_shards, read_shard
+from beamvec.sources import FORMATS, ReaderConfig, list_shards, read_shard
 
 DESCRIPTION = """\
 Check that every input record appears exactly once in OUTPUT, as a vector or

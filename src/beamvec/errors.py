@@ -1,0 +1,82 @@
+"""What can go wrong, and who decides what it means: the bottom of the import graph.
+
+Three kinds of error reach the user, each with one exit code (README):
+
+- ``UsageError`` (exit 2): something the user asked for is wrong; one line
+  that names the flag or file and says what to do.
+- ``SystemicError`` (exit 1): a fault no retry or dead letter can fix: bad
+  credentials, unknown model, unwritable output. The run stops.
+- ``BackendError``: one call to an embedding backend failed. The backend,
+  which understands its API's errors, says what *kind* of failure it is
+  (``ErrorKind``); retry, bisection, the embedder, the preflight and the CLI
+  read that kind and never look at statuses or messages themselves.
+
+This module imports nothing from beamvec, so every other module may import it.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+
+class ErrorKind(enum.Enum):
+    """What a failed backend call means for the request that caused it."""
+
+    TRANSIENT = "transient"  # the same request may succeed later: retry with backoff
+    BAD_INPUT = "bad_input"  # this request's texts are refused: bisect, dead-letter the culprits
+    SYSTEMIC = "systemic"  # no request will succeed: stop the run
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: one line, and what to do next."""
+
+
+class NoInputError(UsageError):
+    """An input pattern matched no file: almost always a typo or a missing grant."""
+
+
+class SystemicError(Exception):
+    """A fault no retry or dead letter can fix. The run stops with this message."""
+
+
+class InputAccessError(PermissionError):
+    """An input could not be listed: wrong credentials or a missing grant."""
+
+
+class BackendError(Exception):
+    """One backend call failed.
+
+    ``kind`` is decided by the backend where the error is understood;
+    ``status`` is the HTTP-like status when there is one (for counting and
+    messages only); ``retry_after`` is the server's hint in seconds. Messages
+    must never carry secrets.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: ErrorKind,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind is ErrorKind.TRANSIENT
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only fields: rebuild through a helper so it survives pickling
+        # (Beam ships worker errors back to the driver pickled).
+        return (_rebuild_backend_error, (str(self), self.kind.value, self.status, self.retry_after))
+
+
+def _rebuild_backend_error(
+    message: str, kind: str, status: int | None, retry_after: float | None
+) -> BackendError:
+    return BackendError(message, kind=ErrorKind(kind), status=status, retry_after=retry_after)
