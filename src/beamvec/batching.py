@@ -1,8 +1,9 @@
 """API-sized batches: at most N items and at most T estimated tokens each.
 
 Written by hand rather than with Beam's BatchElements because batches must be
-token-aware and must not cross shard boundaries: a shard is read, embedded and
-written by one worker, streaming, so its batches are cut as its records arrive.
+token-aware and are filled, inside one worker process, from every shard that
+process has open (see collector.py), while each shard is read, embedded and
+written by that one worker, streaming.
 """
 
 from __future__ import annotations
@@ -33,3 +34,9 @@ def batches(records: Iterable[T], max_items: int, max_tokens: int) -> Iterator[l
         tokens += record.tokens
     if batch:
         yield batch
+
+
+def by_length(records: list[T]) -> list[T]:
+    """Records in order of token count: a batch of similar lengths pads less,
+    which is what the local model's time goes on. Stable, so ties keep input order."""
+    return sorted(records, key=lambda record: record.tokens)

@@ -80,6 +80,12 @@ class BeamvecOptions(PipelineOptions):
         # Run control
         _flag(parser, "force", action="store_true", default=False,
               help="redo every shard and reuse no vector (also allows a new configuration)")
+        _flag(parser, "reuse-from", action="append", default=None, metavar="OUTPUT",
+              help="also reuse vectors of texts embedded in this other beamvec output "
+                   "(repeatable; same configuration only)")
+        _flag(parser, "prune", action="store_true", default=False,
+              help="after the run, remove shards whose input is no longer listed: the output "
+                   "mirrors tonight's input (snapshots)")
         _flag(parser, "since", default=None, help="first dt=YYYY-MM-DD partition to embed (backfills)")
         _flag(parser, "until", default=None, help="last dt=YYYY-MM-DD partition to embed (backfills)")
         _flag(parser, "checkpoint", type=_bool, default=None,

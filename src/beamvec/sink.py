@@ -1,21 +1,19 @@
-"""Where vectors land: the Parquet schema and writers, dead letters, the manifest.
+"""Where vectors land: the Parquet schema and writers, and commit rules per store.
 
 Commit rules, on every store:
 - local disk: write under ``_tmp/`` and rename into place (atomic on POSIX);
 - object stores (gs://, s3://, memory://): write under the final name; the
   object becomes visible only when its upload completes, so no rename (which
   is copy + delete there) is ever needed.
-The vector file of a shard is written last: its existence, with the shard's
-counts and input fingerprint in its footer, is the shard's commit point.
+What the files mean (commit records, manifest, footer) is contract.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import fsspec
@@ -27,12 +25,7 @@ from fsspec.implementations.local import LocalFileSystem
 from beamvec.records import DeadLetter, Embedded
 
 FOOTER_KEY = b"beamvec"
-MANIFEST = "_manifest.json"
-SUCCESS = "_SUCCESS"
-VECTORS_DIR = "vectors"
-DEAD_LETTERS_DIR = "dead_letters"
 TMP_DIR = "_tmp"
-PARTIAL_DIR = "_partial"
 ROW_GROUP_ROWS = 4096
 
 
@@ -128,16 +121,6 @@ class Output:
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
-
-    def vectors(self, shard_name: str) -> str:
-        return self.path(VECTORS_DIR, f"{shard_name}.parquet")
-
-    def dead_letters(self, shard_name: str) -> str:
-        return self.path(DEAD_LETTERS_DIR, f"{shard_name}.parquet")
-
-    def partial(self, shard_name: str) -> str:
-        """Checkpoints of a shard in progress: vectors of finished batches."""
-        return self.path(PARTIAL_DIR, shard_name)
 
     def write_table(self, final: str, table: pa.Table) -> None:
         """Write a small Parquet file atomically."""
@@ -240,69 +223,3 @@ def checkpoint_table(rows: Sequence[Embedded], dimension: int) -> pa.Table:
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dimension),
         }
     )
-
-
-def reusable_vectors(
-    output: Output, shard_name: str, config_fingerprint: str, dimension: int
-) -> dict[str, np.ndarray]:
-    """Vectors this shard may reuse, by content hash: those of its previous
-    committed output (same configuration only) and the checkpoints of an
-    attempt that crashed. Only new or changed texts then go to the backend."""
-    found: dict[str, np.ndarray] = {}
-    paths = []
-    previous = output.vectors(shard_name)
-    if output.fs.exists(previous) and read_footer(output.fs, previous).get(
-        "config_fingerprint"
-    ) == config_fingerprint:
-        paths.append(previous)
-    with contextlib.suppress(FileNotFoundError):
-        paths += sorted(output.fs.find(output.partial(shard_name)))
-    for path in paths:
-        with output.fs.open(path, "rb") as fh:
-            table = pq.read_table(fh, columns=["content_hash", "vector"])
-        if table.schema.field("vector").type != pa.list_(pa.float32(), dimension):
-            continue
-        matrix = np.asarray(table.column("vector").combine_chunks().flatten()).reshape(-1, dimension)
-        for i, digest in enumerate(table.column("content_hash").to_pylist()):
-            found[digest] = matrix[i]
-    return found
-
-
-def read_footer(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:
-    """The beamvec footer of a vector file, or {} when it has none."""
-    with fs.open(path, "rb") as fh:
-        meta = pq.ParquetFile(fh).metadata.metadata or {}
-    raw = meta.get(FOOTER_KEY)
-    return json.loads(raw) if raw else {}
-
-
-def write_manifest(output: Output, manifest: dict[str, Any]) -> None:
-    output.write_bytes(output.path(MANIFEST), json.dumps(manifest, indent=2, default=str).encode())
-
-
-def build_manifest(
-    previous: dict[str, Any] | None,
-    results: Iterable[dict[str, Any]],
-    config: dict[str, Any],
-    description: dict[str, Any],
-    run: dict[str, Any],
-    history_limit: int = 20,
-) -> dict[str, Any]:
-    """Merge this run's shard results into the previous manifest."""
-    shards: dict[str, Any] = dict((previous or {}).get("shards", {}))
-    for result in results:
-        shards[result["name"]] = result
-    totals = {"shards": len(shards), "read": 0, "embedded": 0, "dead_lettered": 0, "tokens": 0}
-    for shard in shards.values():
-        for key in ("read", "embedded", "dead_lettered", "tokens"):
-            totals[key] += shard.get(key, 0)
-    history = list((previous or {}).get("runs", []))[-(history_limit - 1) :] + [run]
-    return {
-        "beamvec_manifest": 1,
-        **description,
-        "config": config,
-        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "totals": totals,
-        "shards": dict(sorted(shards.items())),
-        "runs": history,
-    }

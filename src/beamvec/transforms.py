@@ -3,17 +3,17 @@
     Create(shards) ─► Reshuffle ─► EmbedShards ─► ToList ─► Commit
 
 Vectors never pass through a GroupByKey: a shard is read, embedded and
-written inside EmbedShards, on one worker; only small commit records (shard,
-counts, fingerprint) are gathered for the manifest.
+written inside EmbedShards, on one worker (worker.py); only small commit
+records (shard, counts, fingerprint) are gathered for the manifest.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -23,12 +23,22 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from beamvec import quota
 from beamvec.backends.base import Backend
+from beamvec.contract import (
+    CommitRecord,
+    Description,
+    RunConfig,
+    RunRecord,
+    finalize,
+    merge_manifest,
+    read_manifest,
+    total,
+)
 from beamvec.embedder import Embedder, EmbedSettings
 from beamvec.pricing import estimate_cost
 from beamvec.progress import PROGRESS
 from beamvec.records import Shard
-from beamvec.shard_job import ShardJobConfig, process_shard
-from beamvec.sink import MANIFEST, PARTIAL_DIR, SUCCESS, Output, build_manifest, write_manifest
+from beamvec.sink import Output
+from beamvec.worker import Worker, WorkerConfig
 
 LOG = logging.getLogger("beamvec")
 NAMESPACE = "beamvec"
@@ -58,14 +68,19 @@ class QuotaSettings:
         )
 
 
+#: Shards a worker keeps open at once: reading, or waiting for their texts.
+#: Tiny shards finish reading at once, so many can share each request.
+MAX_OPEN_SHARDS = 64
+
+
 class EmbedShards(beam.DoFn):
-    """Shard in, commit record out. Several shards of a bundle run at once, all
-    feeding one process-wide pool of requests in flight."""
+    """Shard in, commit record out. A few shards read at once and many wait
+    for their results, all feeding one process-wide pool of requests."""
 
     def __init__(
         self,
         backend: Backend,
-        config: ShardJobConfig,
+        config: WorkerConfig,
         settings: EmbedSettings,
         quota_settings: QuotaSettings,
         concurrent_shards: int = 4,
@@ -75,14 +90,17 @@ class EmbedShards(beam.DoFn):
         self.settings = settings
         self.quota_settings = quota_settings
         self.concurrent_shards = max(1, concurrent_shards)
-        self._counters: dict[str, Any] = {}
 
     def setup(self) -> None:
         self.backend.load()
         limiter = self.quota_settings.limiter(f"{self.backend.name}:{self.backend.model}")
         self.embedder = Embedder(self.backend, self.settings, limiter)
+        self.worker = Worker(self.backend, self.embedder, self.config, self.settings.max_in_flight)
         PROGRESS.watch(self.embedder.stats.snapshot)
-        self.shard_pool = ThreadPoolExecutor(self.concurrent_shards, thread_name_prefix="beamvec-shard")
+        max_open = max(MAX_OPEN_SHARDS, self.concurrent_shards)
+        self.shard_pool = ThreadPoolExecutor(max_open, thread_name_prefix="beamvec-shard")
+        self.reading = threading.Semaphore(self.concurrent_shards)
+        self.open = threading.Semaphore(max_open)
         self.reported: dict[str, float] = {}
         self.shards_done = Metrics.counter(NAMESPACE, "shards")
         self.records_read = Metrics.counter(NAMESPACE, "records_read")
@@ -90,14 +108,16 @@ class EmbedShards(beam.DoFn):
         self.records_dead = Metrics.counter(NAMESPACE, "dead_letters")
 
     def start_bundle(self) -> None:
-        self.pending: list[Future[dict[str, Any]]] = []
+        self.pending: list[Future[CommitRecord]] = []
+        self.worker.collector.draining(False)
 
-    def _run(self, shard: Shard) -> dict[str, Any]:
-        return process_shard(
-            shard, self.backend, self.embedder, self.config, self.settings.max_in_flight
-        )
+    def _run(self, shard: Shard) -> CommitRecord:
+        try:
+            return self.worker.process(shard, on_read=self.reading.release)
+        finally:
+            self.open.release()
 
-    def _report(self, result: dict[str, Any] | None = None) -> None:
+    def _report(self, result: CommitRecord | None = None) -> None:
         """Hand counts to Beam's metrics, on the DoFn's own thread."""
         for key, value in self.embedder.stats.snapshot().items():
             delta = int(value - self.reported.get(key, 0))
@@ -107,11 +127,11 @@ class EmbedShards(beam.DoFn):
                 self.reported[key] = self.reported.get(key, 0) + delta
         if result is not None:
             self.shards_done.inc()
-            self.records_read.inc(result["read"])
-            self.records_embedded.inc(result["embedded"])
-            self.records_dead.inc(result["dead_lettered"])
+            self.records_read.inc(result.counts.read)
+            self.records_embedded.inc(result.counts.embedded)
+            self.records_dead.inc(result.counts.dead_lettered)
 
-    def _drain(self, timeout: float | None) -> Iterator[dict[str, Any]]:
+    def _drain(self, timeout: float | None) -> Iterator[CommitRecord]:
         """Results of the shards that finish within ``timeout`` (None: at least one)."""
         if not self.pending:
             return
@@ -122,19 +142,24 @@ class EmbedShards(beam.DoFn):
             self._report(result)
             yield result
 
-    def process(self, shard: Shard) -> Iterator[dict[str, Any]]:
+    def process(self, shard: Shard) -> Iterator[CommitRecord]:
+        # Wait for a reading slot and an open slot, yielding what finishes meanwhile.
+        for slot in (self.open, self.reading):
+            while not slot.acquire(timeout=0.2):
+                yield from self._drain(0)
         self.pending.append(self.shard_pool.submit(self._run, shard))
-        full = len(self.pending) >= self.concurrent_shards
-        yield from self._drain(None if full else 0)
+        yield from self._drain(0)
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
+        self.worker.collector.draining(True)
         while self.pending:
             for result in self._drain(None):
                 yield WindowedValue(result, MIN_TIMESTAMP, [GlobalWindow()])
         self._report()
 
     def teardown(self) -> None:
-        if hasattr(self, "embedder"):
+        if hasattr(self, "worker"):
+            self.worker.close()
             self.embedder.close()
             self.shard_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -145,12 +170,12 @@ class CommitManifest(beam.DoFn):
     def __init__(
         self,
         output: str,
-        storage_options: dict[str, Any],
+        storage_options: dict[str, object],
         expected: list[str],
-        config: dict[str, Any],
-        description: dict[str, Any],
+        config: RunConfig,
+        description: Description,
         started: float,
-        carried: list[dict[str, Any]] | None = None,
+        carried: list[CommitRecord] | None = None,
     ) -> None:
         self.output = output
         self.storage_options = storage_options
@@ -160,37 +185,30 @@ class CommitManifest(beam.DoFn):
         self.started = started
         self.carried = carried or []
 
-    def process(self, results: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def process(self, results: list[CommitRecord]) -> Iterator[list[str]]:
         out = Output(self.output, self.storage_options)
-        previous = out.read_json(out.path(MANIFEST))
-        run = {
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "shards": len(results),
-            "read": sum(r["read"] for r in results),
-            "embedded": sum(r["embedded"] for r in results),
-            "dead_lettered": sum(r["dead_lettered"] for r in results),
-            "tokens": sum(r["tokens"] for r in results),
-            "sent_tokens": sum(r.get("sent_tokens", 0) for r in results),
-            "config_fingerprint": self.description.get("config_fingerprint"),
-        }
-        cost = estimate_cost(
-            self.description.get("backend", ""), self.description.get("model", ""),
-            run["sent_tokens"], sum(r.get("sent_characters", 0) for r in results),
-        )
-        run["estimated_cost_usd"] = None if cost.standard is None else round(cost.standard, 6)
-        run["cost_basis"] = cost.basis
         # Shards skipped as committed whose manifest entry a crash lost come back here.
-        manifest = build_manifest(previous, [*self.carried, *results], self.config, self.description, run)
-        missing = [name for name in self.expected if name not in manifest["shards"]]
-        write_manifest(out, manifest)
-        if not missing:
-            # Every shard is committed, so no checkpoint can be needed any more,
-            # including those a crash between a shard's commit and their removal left.
-            out.remove_tree(out.path(PARTIAL_DIR))
-            out.write_bytes(out.path(SUCCESS), b"")
-            out.clean_staging()
-        yield {"manifest": out.path(MANIFEST), "missing": missing}
+        manifest = merge_manifest(
+            read_manifest(out), [*self.carried, *results], self.config, self.description,
+            run_record(results, self.description, self.started),
+        )
+        yield finalize(out, manifest, self.expected)
+
+
+def run_record(results: list[CommitRecord], description: Description, started: float | None) -> RunRecord:
+    """One line of the run history: what this run did and what it cost."""
+    counts = total(r.counts for r in results)
+    cost = estimate_cost(description.backend, description.model, counts.sent_tokens, counts.billable_characters)
+    return RunRecord(
+        started_at=None if started is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        shards=len(results), read=counts.read, embedded=counts.embedded,
+        dead_lettered=counts.dead_lettered, tokens=counts.tokens, sent=counts.sent,
+        sent_tokens=counts.sent_tokens, reused=counts.reused, deduplicated=counts.deduplicated,
+        config_fingerprint=description.config_fingerprint,
+        estimated_cost_usd=None if cost.standard is None else round(cost.standard, 6),
+        cost_basis=cost.basis,
+    )
 
 
 class EmbedCorpus(beam.PTransform):
@@ -200,14 +218,13 @@ class EmbedCorpus(beam.PTransform):
         self,
         shards: list[Shard],
         backend: Backend,
-        config: ShardJobConfig,
+        config: WorkerConfig,
         settings: EmbedSettings,
         quota_settings: QuotaSettings,
-        manifest_config: dict[str, Any],
-        description: dict[str, Any],
+        run_config: RunConfig,
         expected: list[str],
         concurrent_shards: int = 4,
-        carried: list[dict[str, Any]] | None = None,
+        carried: list[CommitRecord] | None = None,
     ) -> None:
         super().__init__()
         self.shards = shards
@@ -215,8 +232,7 @@ class EmbedCorpus(beam.PTransform):
         self.config = config
         self.settings = settings
         self.quota_settings = quota_settings
-        self.manifest_config = manifest_config
-        self.description = description
+        self.run_config = run_config
         self.expected = expected
         self.concurrent_shards = concurrent_shards
         self.carried = carried or []
@@ -238,8 +254,8 @@ class EmbedCorpus(beam.PTransform):
             | "Commit"
             >> beam.ParDo(
                 CommitManifest(
-                    self.config.output, self.config.output_storage_options, self.expected,
-                    self.manifest_config, self.description, started, self.carried,
+                    self.config.output, self.config.storage_options, self.expected,
+                    self.run_config, self.config.description, started, self.carried,
                 )
             )
         )

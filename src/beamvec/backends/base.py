@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from beamvec.errors import SystemicError as SystemicError  # re-exported: backends raise it
+
 #: Task types the embedding APIs document, in their order.
 TASK_TYPES = (
     "SEMANTIC_SIMILARITY",
@@ -97,10 +99,13 @@ class Backend(ABC):
     def load(self) -> None:  # noqa: B027 - optional hook
         """Create sessions or clients. Called once per worker, in DoFn.setup."""
 
-    def preflight(self) -> None:  # noqa: B027 - optional hook
-        """Check credentials, model and dimension before any quota is spent.
+    def preflight(self, text: str | None = None) -> np.ndarray | None:
+        """Check credentials, model and dimension before any quota is spent,
+        with ``text`` (one the run needs) when given; returns its vector.
 
         Raises SystemicError with one clear line."""
+        self.load()
+        return None if text is None else self.embed([text])[0]
 
     def count_tokens(self, text: str) -> int:
         """Token count (or a safe over-estimate) of ``text``."""

@@ -463,15 +463,15 @@ class GenaiBackend(Backend):
     PREFLIGHT_ATTEMPTS = 3
     PREFLIGHT_MAX_WAIT_S = 10.0
 
-    def preflight(self) -> None:
+    def preflight(self, text: str | None = None) -> np.ndarray | None:
         """One tiny call: credentials, model and dimension, before any quota is spent."""
         self.load()
         last: BackendError | SystemicError | None = None
         for attempt in range(self.PREFLIGHT_ATTEMPTS):
             try:
-                embeddings = self._call(["beamvec preflight"], None)
+                embeddings = self._call([text or "beamvec preflight"], None)
                 self._check_preflight(embeddings)
-                return
+                return self._checked(embeddings, 1)[0]
             except BackendError as exc:
                 if not exc.retryable:
                     raise self._systemic(exc) from None

@@ -18,9 +18,17 @@ from typing import Any, NoReturn
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from beamvec.contract import (
+    DEAD_LETTERS_DIR,
+    MANIFEST,
+    SUCCESS,
+    VECTORS_DIR,
+    read_footer,
+    read_manifest,
+)
 from beamvec.errors import UsageError
 from beamvec.options import parse_storage_options
-from beamvec.sink import DEAD_LETTERS_DIR, MANIFEST, SUCCESS, VECTORS_DIR, Output, read_footer
+from beamvec.sink import Output
 
 #: Rows per record batch when commands scan vector files: bounds memory
 #: (8192 x 3072 float32 is 96 MB at the largest dimension; 12 MB at 384).
@@ -79,7 +87,8 @@ def open_output(url: str, options: dict[str, Any]) -> tuple[Output, dict[str, An
     writing it but vector files exist). Raises UsageError when it is no output."""
     try:
         output = Output(url, options)
-        manifest = output.read_json(output.path(MANIFEST))
+        found = read_manifest(output)  # the contract's reader: UsageError when damaged
+        manifest = found.to_json() if found is not None else None
     except (OSError, ValueError) as exc:
         raise UsageError(
             f"cannot read {url}: {type(exc).__name__}: {exc}; check the path, "

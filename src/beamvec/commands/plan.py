@@ -1,13 +1,12 @@
 """`beamvec plan`: what a run would do and cost, without calling any API.
 
 Takes exactly the flags of `beamvec run` (same parser, same --config
-handling), lists and reads the inputs, and prepares every record as the
-pipeline would: the same reader, normalization, truncation, token counts,
-duplicate-id and in-shard dedup rules, and the same batching. Shards an
-existing --output already holds (committed, input unchanged, same
-configuration) are skipped, as a run would skip them, and vectors a changed
-shard can reuse are not counted as sent. Nothing is written; no backend is
-called (no preflight): tokens are exact for the local model and a
+handling), lists and reads the inputs, and routes every record through the
+run's own ``routing.Router``: the same reader, normalization, truncation,
+token counts, duplicate-id rule, reuse lookup (the output, --reuse-from) and
+memory of texts already sent in this run, with a null embedder. Shards the
+output already holds are skipped, as a run would skip them. Nothing is
+written; no backend is called: tokens are exact for the local model and a
 3-characters-per-token over-estimate for API backends.
 """
 
@@ -15,37 +14,24 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beamvec import __version__, pricing
-from beamvec import records as r
-from beamvec.batching import batches
-from beamvec.commands import (
-    Parser,
-    dump_json,
-    fmt_int,
-    fmt_seconds,
-    iter_batches,
-    progress,
-    progress_done,
-)
+from beamvec.commands import Parser, dump_json, fmt_int, fmt_seconds, progress, progress_done
+from beamvec.contract import Description, OutputState, read_state, total
 from beamvec.errors import UsageError
-from beamvec.job import (
-    committed_shards,
-    config_fingerprint,
-    is_committed,
-    resolve_inputs,
-)
+from beamvec.inputs import JobInputs, conflict, resolve_inputs, split_work
+from beamvec.lookup import build_index, check_reuse_source
 from beamvec.options import BeamvecOptions, expand_config
-from beamvec.prepare import PrepareConfig, prepare
-from beamvec.records import DeadLetter, Record, Shard
-from beamvec.shard_job import DEDUP_CAP
-from beamvec.sink import MANIFEST, SUCCESS, Output, read_footer
-from beamvec.sources import ReaderConfig, read_shard
+from beamvec.records import DeadLetter, Shard
+from beamvec.routing import Lookup, NoLookup, Router, RunMemory, Send
+from beamvec.sink import Output
+from beamvec.sources import read_shard
 
 DESCRIPTION = """\
 Scan the inputs and print what `beamvec run` would do with the same flags:
@@ -93,157 +79,130 @@ def main(argv: Sequence[str]) -> int:
 # --------------------------------------------------------------------------- scanning
 
 
-def scan_shard(
-    shard: Shard,
-    reader: ReaderConfig,
-    prepare_config: PrepareConfig,
-    backend: Any,
-    storage_options: dict[str, Any],
-    reusable: set[str],
-) -> dict[str, Any]:
-    """One shard prepared as process_shard prepares it, counted, nothing embedded."""
-    limits = backend.limits
-    counts: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
+class RequestCounter:
+    """Requests for texts sent together across shards: ``batching.batches``,
+    streamed, so a plan of any size holds no texts."""
 
-    def to_send() -> Iterator[Record]:
-        seen_ids: set[str] = set()
-        known: set[str] = set()
-        for raw in read_shard(shard, reader, storage_options):
-            counts["read"] += 1
-            item = prepare(raw, prepare_config, backend.count_tokens, backend.truncate)
-            if isinstance(item, DeadLetter):
-                reasons[item.reason] += 1
-                continue
-            if item.id in seen_ids:
-                reasons[r.DUPLICATE_ID] += 1
-                continue
-            seen_ids.add(item.id)
-            counts["records"] += 1
-            counts["characters"] += len(item.text)
-            counts["tokens"] += item.tokens
-            counts["truncated"] += item.truncated
-            if item.content_hash in reusable:
-                counts["reused"] += 1
-            elif item.content_hash in known:
-                counts["deduplicated"] += 1
-            else:
-                if len(known) < DEDUP_CAP:
-                    known.add(item.content_hash)
-                counts["sent"] += 1
-                counts["sent_tokens"] += item.tokens
-                counts["sent_characters"] += len(item.text)
-                counts["billable_characters"] += sum(1 for c in item.text if not c.isspace())
-                yield item
+    def __init__(self, max_items: int, max_tokens: int) -> None:
+        self.max_items, self.max_tokens = max_items, max_tokens
+        self.requests = 0
+        self.largest = 0
+        self._items = self._tokens = 0
 
-    for batch in batches(to_send(), limits.max_items, limits.max_request_tokens):
-        counts["requests"] += 1
-        counts["largest_request_tokens"] = max(
-            counts["largest_request_tokens"], sum(x.tokens for x in batch)
-        )
+    def add(self, tokens: int) -> None:
+        if self._items and (self._items >= self.max_items or self._tokens + tokens > self.max_tokens):
+            self._close()
+        self._items += 1
+        self._tokens += tokens
+
+    def _close(self) -> None:
+        self.requests += 1
+        self.largest = max(self.largest, self._tokens)
+        self._items = self._tokens = 0
+
+    def done(self) -> RequestCounter:
+        if self._items:
+            self._close()
+        return self
+
+
+def scan_shard(shard: Shard, inputs: JobInputs, lookup: Lookup, memory: RunMemory,
+               requests: RequestCounter) -> dict[str, Any]:
+    """One shard routed exactly as a worker routes it; nothing embedded."""
+    router = Router(
+        inputs.prepare, inputs.backend.count_tokens, inputs.backend.truncate, lookup, memory,
+        lambda record, outcome: None, planning=True,
+    )
+    records = characters = tokens = truncated = 0
+    for raw in read_shard(shard, inputs.reader, inputs.storage_options):
+        decision = router.route(raw)
+        if isinstance(decision, DeadLetter):
+            continue
+        record = decision.record
+        records += 1
+        characters += len(record.text)
+        tokens += record.tokens
+        truncated += record.truncated
+        if isinstance(decision, Send):
+            memory.resolve(record.content_hash, None)  # a null embedder: sent, and remembered
+            requests.add(record.tokens)
+    counts = router.shard_counts(records, Counter(), tokens, truncated)
     return {
         "name": shard.name,
         "input": shard.path,
-        **{k: counts[k] for k in (
-            "read", "records", "characters", "tokens", "truncated", "reused", "deduplicated",
-            "sent", "sent_tokens", "sent_characters", "billable_characters", "requests",
-        )},
-        "largest_request_tokens": counts["largest_request_tokens"],
-        "dead_letters": sum(reasons.values()),
-        "dead_letters_by_reason": dict(sorted(reasons.items())),
+        **{k: v for k, v in asdict(counts).items() if k not in ("embedded", "dead_lettered")},
+        "records": records,
+        "characters": characters,
+        "dead_letters": counts.dead_lettered,
     }
 
 
-def _reusable_hashes(output: Output, shard: Shard, fingerprint: str) -> set[str]:
-    """Content hashes of the vectors a changed shard would reuse from its previous output."""
-    path = output.vectors(shard.name)
-    if not output.fs.exists(path) or read_footer(output.fs, path).get("config_fingerprint") != fingerprint:
-        return set()
-    hashes: set[str] = set()
-    for batch in iter_batches(output, path, ["content_hash"]):
-        hashes.update(batch.column(0).to_pylist())
-    return hashes
-
-
 def _existing_output(
-    url: str | None, storage_options: dict[str, Any], fingerprint: str, force: bool
-) -> tuple[Output | None, dict[str, Any], dict[str, dict[str, Any]]]:
-    """(output, what it holds, committed shards) of --output, read-only."""
+    url: str | None, storage_options: dict[str, Any], ours: Description, force: bool
+) -> tuple[Output | None, dict[str, Any], OutputState | None]:
+    """(output, what it holds, its state) of --output, read-only."""
     if not url:
-        return None, {"url": None, "exists": False}, {}
+        return None, {"url": None, "exists": False}, None
     output = Output(url, storage_options)
-    manifest = output.read_json(output.path(MANIFEST))
-    committed = committed_shards(output, manifest)
+    state = read_state(output)
+    manifest = state.manifest
     info: dict[str, Any] = {
         "url": output.url,
-        "exists": bool(manifest) or bool(committed),
+        "exists": bool(manifest) or bool(state.committed),
         "manifest": manifest is not None,
-        "complete": bool(output.fs.exists(output.path(SUCCESS))) if manifest or committed else False,
-        "shards": len(committed),
+        "complete": state.success if manifest or state.committed else False,
+        "shards": len(state.committed),
         "records": 0,
         "embedded": 0,
         "dead_lettered": 0,
         "model": None,
         "conflict": None,
     }
-    if manifest:
-        totals = manifest.get("totals", {})
-        info.update(
-            records=totals.get("read", 0), embedded=totals.get("embedded", 0),
-            dead_lettered=totals.get("dead_lettered", 0), model=manifest.get("model"),
-            backend=manifest.get("backend"), dimension=manifest.get("dimension"),
+    counts = total(rec.counts for rec in state.committed.values())
+    info.update(records=counts.read, embedded=counts.embedded, dead_lettered=counts.dead_lettered)
+    if state.description is not None:
+        info.update(model=state.description.model, backend=state.description.backend,
+                    dimension=state.description.dimension)
+    why = conflict(state, ours)
+    if why:
+        info["conflict"] = f"{output.url} {why}" + (
+            "; --force: a run would replace them" if force else
+            "; a run would be refused: write to a new --output, or pass --force to replace them"
         )
-        theirs = manifest.get("config_fingerprint")
-        if theirs and theirs != fingerprint:
-            info["conflict"] = (
-                f"{output.url} holds vectors made with another configuration (backend "
-                f"{manifest.get('backend')}, model {manifest.get('model')}, dimension "
-                f"{manifest.get('dimension')}, task {manifest.get('task_type')})"
-                + ("; --force: a run would replace them" if force else
-                   "; a run would be refused: write to a new --output, or pass --force to replace them")
-            )
-    else:  # a first run crashed before its manifest: count what its shards committed
-        for done in committed.values():
-            info["records"] += done.get("read", 0)
-            info["embedded"] += done.get("embedded", 0)
-            info["dead_lettered"] += done.get("dead_lettered", 0)
-    return output, info, committed
+    return output, info, state
 
 
 def make_plan(options: PipelineOptions) -> dict[str, Any]:
     """Everything `beamvec plan` prints, as one JSON-ready dict."""
     inputs = resolve_inputs(options)
-    bv, storage_options, backend = inputs.bv, inputs.storage_options, inputs.backend
-    shards, reader, prepare_config = inputs.shards, inputs.reader, inputs.prepare
+    bv, backend, description = inputs.bv, inputs.backend, inputs.description
     limits = backend.limits
-    description = backend.describe()
-    fingerprint = config_fingerprint(description, reader, prepare_config)
-    output, existing, committed = _existing_output(bv.output, storage_options, fingerprint, bv.force)
+    fingerprint = description.config_fingerprint
+    output, existing, state = _existing_output(bv.output, inputs.storage_options, description, bv.force)
     replacing = bv.force or existing.get("conflict") is not None
-
-    todo: list[Shard] = []
-    skipped: list[str] = []
-    for shard in shards:
-        if not replacing and is_committed(committed.get(shard.name), shard, fingerprint):
-            skipped.append(shard.name)
-        else:
-            todo.append(shard)
-
+    empty = OutputState(None, {}, {}, False)
+    work = split_work(inputs.shards, state or empty, fingerprint, replacing)
+    reuse_from = [Output(url, inputs.storage_options) for url in bv.reuse_from or ()]
+    for other in reuse_from:
+        check_reuse_source(description, other)
+    own = output if output is not None and not replacing else None
+    lookup: Lookup = (
+        build_index(own, reuse_from, fingerprint, limits.dimension) if not bv.force else NoLookup()
+    )
+    memory = RunMemory(limits.dimension)
+    requests = RequestCounter(limits.max_items, limits.max_request_tokens)
     results = []
-    for i, shard in enumerate(todo, start=1):
-        progress(f"beamvec plan: reading shard {i}/{len(todo)} {shard.name}", bv.quiet)
-        reusable = (
-            _reusable_hashes(output, shard, fingerprint)
-            if output is not None and not replacing and shard.name in committed else set()
-        )
-        results.append(scan_shard(shard, reader, prepare_config, backend, storage_options, reusable))
+    for i, shard in enumerate(work.todo, start=1):
+        progress(f"beamvec plan: reading shard {i}/{len(work.todo)} {shard.name}", bv.quiet)
+        results.append(scan_shard(shard, inputs, lookup, memory, requests))
     progress_done(bv.quiet)
+    requests.done()
 
     totals: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     for res in results:
         for key, value in res.items():
-            if isinstance(value, int) and key != "largest_request_tokens":
+            if isinstance(value, int):
                 totals[key] += value
         reasons.update(res["dead_letters_by_reason"])
 
@@ -267,9 +226,9 @@ def make_plan(options: PipelineOptions) -> dict[str, Any]:
             "tokens_per_request": limits.max_request_tokens,
             "tokens_per_text": limits.max_text_tokens,
         },
-        "shards": len(shards),
-        "shards_to_embed": len(todo),
-        "shards_skipped": len(skipped),
+        "shards": len(inputs.shards),
+        "shards_to_embed": len(work.todo),
+        "shards_skipped": len(work.skipped),
         "read": totals["read"],
         "records": totals["records"],
         "characters": totals["characters"],
@@ -284,10 +243,10 @@ def make_plan(options: PipelineOptions) -> dict[str, Any]:
         "sent_tokens": totals["sent_tokens"],
         "sent_characters": totals["sent_characters"],
         "billable_characters": totals["billable_characters"],
-        "requests": totals["requests"],
+        "requests": requests.requests,
         "duration": estimate_duration(
-            totals["requests"], totals["sent_tokens"], bv.quota_rpm, bv.quota_tpm, window,
-            max((res["largest_request_tokens"] for res in results), default=0),
+            requests.requests, totals["sent_tokens"], bv.quota_rpm, bv.quota_tpm, window,
+            requests.largest,
         ),
         "cost": cost_dict(
             pricing.estimate_cost(
@@ -296,7 +255,7 @@ def make_plan(options: PipelineOptions) -> dict[str, Any]:
         ),
         "output": existing,
         "per_shard": results,
-        "skipped": skipped,
+        "skipped": work.skipped,
     }
     return plan
 
@@ -366,9 +325,9 @@ def format_plan(p: dict[str, Any]) -> str:
         lines.append(f"    {reason:<14} {count:,}")
     saved = []
     if p["deduplicated"]:
-        saved.append(f"{p['deduplicated']:,} repeat a text of their shard")
+        saved.append(f"{p['deduplicated']:,} repeat a text sent in this run")
     if p["reused"]:
-        saved.append(f"{p['reused']:,} reuse vectors already in the output")
+        saved.append(f"{p['reused']:,} reuse vectors already embedded")
     lines.append(
         f"  to send        {p['sent']:,} texts, {p['sent_tokens']:,} tokens"
         + (f"  ({'; '.join(saved)})" if saved else "")
@@ -376,7 +335,7 @@ def format_plan(p: dict[str, Any]) -> str:
     lim = p["limits"]
     lines.append(
         f"  requests       {p['requests']:,}  (at most {lim['texts_per_request']:,} texts and "
-        f"{lim['tokens_per_request']:,} tokens each; batches never cross shards)"
+        f"{lim['tokens_per_request']:,} tokens each, filled across shards)"
     )
     d = p["duration"]
     if d["seconds"] is None:

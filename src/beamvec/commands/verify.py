@@ -31,6 +31,7 @@ from beamvec.commands import (
     vector_files,
     warn,
 )
+from beamvec.contract import dead_letter_path, vector_path
 from beamvec.errors import NoInputError, UsageError
 from beamvec.sink import Output
 from beamvec.sources import FORMATS, ReaderConfig, list_shards, read_shard
@@ -103,13 +104,13 @@ def _found(output: Output, name: str) -> tuple[Counter[str], int, int, bool]:
     """(ids found, vector rows, dead-letter rows, whether the vector file exists)."""
     found: Counter[str] = Counter()
     vectors = dead = 0
-    path = output.vectors(name)
+    path = vector_path(output, name)
     exists = bool(output.fs.exists(path))
     if exists:
         for batch in iter_batches(output, path, ["id"]):
             found.update(batch.column(0).to_pylist())
             vectors += batch.num_rows
-    path = output.dead_letters(name)
+    path = dead_letter_path(output, name)
     if output.fs.exists(path):
         for batch in iter_batches(output, path, ["id", "source_position"]):
             ids = batch.column(0).to_pylist()

@@ -1,0 +1,142 @@
+"""Requests filled from every shard a worker process has open.
+
+Shards hand the texts they must send to one ``Collector`` per process; it cuts
+API-sized batches across them (``batching.batches``), sends a partial batch
+only when no open shard is still reading, or after a short linger, and hands
+each result back to the shard that asked. Tiny shards thus share requests:
+1,000 shards of 20 texts cost 200 requests, not 1,000.
+
+Back-pressure: ``add`` blocks while the process holds more unsent and
+in-flight texts than ``max_outstanding``, so memory stays bounded by what is
+in flight whatever the shard sizes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+
+from beamvec.batching import batches, by_length
+from beamvec.records import DeadLetter, Embedded, Record
+
+#: Seconds a partial batch waits for more texts while some shard is still reading.
+LINGER_S = 0.25
+
+Result = tuple[list[Embedded], list[DeadLetter]]
+Submit = Callable[[list[Record]], "Future[Result]"]
+#: Called with each finished batch's results (or what its call raised: a
+#: systemic fault that stops the run), on the thread that finished it.
+OnResult = Callable[[list[Record], "Result | BaseException"], None]
+
+
+class Collector:
+    def __init__(
+        self,
+        submit: Submit,
+        on_result: OnResult,
+        max_items: int,
+        max_tokens: int,
+        max_outstanding: int,
+        sort_window: int = 0,
+        linger_s: float = LINGER_S,
+    ) -> None:
+        self._submit = submit
+        self._on_result = on_result
+        self.max_items = max_items
+        self.max_tokens = max_tokens
+        self.max_outstanding = max(max_outstanding, max_items)
+        self.window = max(sort_window, max_items)
+        self.sort = sort_window > 0
+        self.linger_s = linger_s
+        self._cond = threading.Condition()
+        self._pending: list[Record] = []
+        self._oldest = 0.0
+        self._outstanding = 0  # pending + in flight
+        self._readers = 0
+        self._draining = False
+        self._closed = False
+        self._timer = threading.Thread(target=self._linger, name="beamvec-linger", daemon=True)
+        self._timer.start()
+
+    # -- shards ------------------------------------------------------------------
+
+    def reader_started(self) -> None:
+        with self._cond:
+            self._readers += 1
+
+    def reader_done(self) -> None:
+        """A shard has read its last record: once no more shards are coming and
+        none is reading, nothing can join the partial batch, so it goes now."""
+        with self._cond:
+            self._readers -= 1
+            if self._readers <= 0 and self._draining:
+                self._send(flush=True)
+
+    def draining(self, on: bool) -> None:
+        """Whether more shards may still open (a bundle is still arriving)."""
+        with self._cond:
+            self._draining = on
+            if on and self._readers <= 0:
+                self._send(flush=True)
+
+    def add(self, record: Record) -> None:
+        with self._cond:
+            while self._outstanding >= self.max_outstanding and not self._closed:
+                self._cond.wait(0.5)
+            if not self._pending:
+                self._oldest = time.monotonic()
+            self._pending.append(record)
+            self._outstanding += 1
+            if len(self._pending) >= self.window:
+                self._send(flush=False)
+
+    def flush(self) -> None:
+        with self._cond:
+            self._send(flush=True)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # -- batches -------------------------------------------------------------------
+
+    def _send(self, flush: bool) -> None:
+        """Cut batches from the pending texts; keep the last partial one unless flushing."""
+        if not self._pending:
+            return
+        records = by_length(self._pending) if self.sort else self._pending
+        cut = list(batches(records, self.max_items, self.max_tokens))
+        keep = [] if flush else cut.pop()
+        if not flush and len(keep) >= self.max_items:
+            cut.append(keep)
+            keep = []
+        self._pending = keep
+        self._oldest = time.monotonic()
+        for batch in cut:
+            future = self._submit(batch)
+            future.add_done_callback(lambda f, b=batch: self._done(b, f))
+
+    def _done(self, batch: list[Record], future: Future[Result]) -> None:
+        try:
+            if future.cancelled():
+                self._on_result(batch, RuntimeError("the batch was cancelled"))
+            else:
+                exc = future.exception()
+                self._on_result(batch, exc if exc is not None else future.result())
+        finally:
+            with self._cond:
+                self._outstanding -= len(batch)
+                self._cond.notify_all()
+
+    def _linger(self) -> None:
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                if self._pending and time.monotonic() - self._oldest >= self.linger_s:
+                    self._send(flush=True)
+            time.sleep(self.linger_s / 2)
+

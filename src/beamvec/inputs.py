@@ -1,0 +1,175 @@
+"""What flags resolve to, for `run` and `plan` alike: options, backend, shards,
+reader and prepare rules, the configuration fingerprint, and which shards an
+output already holds. No API call, no write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    StandardOptions,
+)
+
+from beamvec import __version__
+from beamvec.backends import Backend, backend_from_options
+from beamvec.contract import CommitRecord, Description, OutputState, RunConfig
+from beamvec.errors import UsageError
+from beamvec.options import BeamvecOptions, expand_config, parse_storage_options
+from beamvec.prepare import PrepareConfig
+from beamvec.records import Shard
+from beamvec.sources import ReaderConfig, list_shards
+
+
+def parse_options(argv: Sequence[str]) -> PipelineOptions:
+    options = PipelineOptions(expand_config(argv))
+    bv = options.view_as(BeamvecOptions)
+    if not bv.input:
+        raise UsageError("no --input given: pass a glob such as --input 'corpus/*.jsonl'")
+    if not bv.output:
+        raise UsageError("no --output given: pass a directory or bucket prefix")
+    return options
+
+
+def config_fingerprint(description: dict[str, Any], reader: ReaderConfig, prepare: PrepareConfig) -> str:
+    """What makes two outputs' vectors comparable: model, task, dimension,
+    and the rules that decide which text and id a record gets."""
+    keyed = {
+        "backend": description.get("backend"),
+        "model": description.get("model"),
+        "task_type": description.get("task_type"),
+        "dimension": description.get("dimension"),
+        "reader": {
+            "format": reader.format,
+            "id_field": reader.id_field,
+            "text_field": reader.text_field,
+            "title_field": reader.title_field,
+        },
+        "prepare": {"normalization": prepare.normalization, "on_long_text": prepare.on_long_text},
+    }
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_PARTITION = re.compile(r"(?:^|/)(?:dt|date|day)=(\d{4}-\d{2}-\d{2})(?:/|$)")
+
+
+def select_partitions(shards: list[Shard], since: str | None, until: str | None) -> list[Shard]:
+    """Keep shards whose `dt=YYYY-MM-DD` partition is within [since, until]."""
+    if not since and not until:
+        return shards
+    for bound in (since, until):
+        if bound and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", bound):
+            raise UsageError(f"--since/--until take a date YYYY-MM-DD, got {bound!r}")
+    kept = []
+    for shard in shards:
+        match = _PARTITION.search(shard.path)
+        if match and (not since or match.group(1) >= since) and (not until or match.group(1) <= until):
+            kept.append(shard)
+    if not kept:
+        raise UsageError(
+            f"no input shard has a dt=YYYY-MM-DD partition between {since or 'the start'} and "
+            f"{until or 'the end'}; check --input and --since/--until"
+        )
+    return kept
+
+
+@dataclass
+class JobInputs:
+    """What flags resolve to, shared by `run` and `plan`."""
+
+    options: PipelineOptions
+    bv: BeamvecOptions
+    storage_options: dict[str, Any]
+    backend: Backend
+    shards: list[Shard]
+    reader: ReaderConfig
+    prepare: PrepareConfig
+    description: Description
+    run_config: RunConfig
+
+
+def resolve_inputs(options: PipelineOptions) -> JobInputs:
+    bv = options.view_as(BeamvecOptions)
+    storage_options = parse_storage_options(bv.storage_option)
+    backend = backend_from_options(bv, options.view_as(GoogleCloudOptions).project)
+    shards = select_partitions(list_shards(bv.input, storage_options), bv.since, bv.until)
+    reader = ReaderConfig(
+        format=bv.format, id_field=bv.id_field, text_field=bv.text_field, title_field=bv.title_field
+    )
+    prepare = PrepareConfig(
+        normalization=bv.normalization,
+        on_long_text=bv.on_long_text,
+        max_text_tokens=backend.limits.max_text_tokens,
+    )
+    described = backend.describe()
+    description = Description.from_json({
+        **described,
+        "beamvec_version": __version__,
+        "config_fingerprint": config_fingerprint(described, reader, prepare),
+    })
+    assert description is not None  # every backend names its model
+    run_config = RunConfig(
+        inputs=tuple(bv.input),
+        format=bv.format,
+        id_field=bv.id_field,
+        text_field=bv.text_field,
+        title_field=bv.title_field,
+        normalization=bv.normalization,
+        on_long_text=bv.on_long_text,
+        storage_option_keys=tuple(sorted(storage_options)),  # values may be secrets
+        quota_rpm=bv.quota_rpm,
+        quota_tpm=bv.quota_tpm,
+        max_in_flight=bv.max_in_flight,
+        runner=options.view_as(StandardOptions).runner,
+    )
+    return JobInputs(options, bv, storage_options, backend, shards, reader, prepare, description, run_config)
+
+
+def is_committed(done: CommitRecord | None, shard: Shard, fingerprint: str) -> bool:
+    """Whether a shard's commit record still stands: same input, same configuration."""
+    return bool(
+        done is not None
+        and done.input_fingerprint == shard.fingerprint
+        and (done.config_fingerprint or fingerprint) == fingerprint
+    )
+
+
+def conflict(state: OutputState, ours: Description) -> str | None:
+    """Why an output's vectors cannot be mixed with ours, or None."""
+    theirs = state.description
+    if theirs is None or not theirs.config_fingerprint or theirs.config_fingerprint == ours.config_fingerprint:
+        return None
+    return (
+        f"holds vectors made with another configuration (backend {theirs.backend}, model "
+        f"{theirs.model}, dimension {theirs.dimension}, task {theirs.task_type})"
+    )
+
+
+@dataclass
+class Work:
+    """Which shards a run embeds, and which it skips as committed."""
+
+    todo: list[Shard]
+    skipped: list[str] = field(default_factory=list)
+    carried: list[CommitRecord] = field(default_factory=list)  # commit records of skipped shards
+
+
+def split_work(shards: list[Shard], state: OutputState, fingerprint: str, redo: bool) -> Work:
+    if redo:
+        return Work(list(shards))
+    work = Work([])
+    for shard in shards:
+        done = state.committed.get(shard.name)
+        if done is not None and is_committed(done, shard, fingerprint):
+            work.skipped.append(shard.name)
+            work.carried.append(done)
+        else:
+            work.todo.append(shard)
+    return work

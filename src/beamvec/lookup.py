@@ -1,0 +1,207 @@
+"""Vectors already embedded, found by content hash, without loading them all.
+
+The index holds, per vector, a 64-bit prefix of its content hash, the file it
+is in and its row: 20 bytes a vector in three sorted numpy arrays (20 MB for
+a million). A hit reads the row group that holds the vector (pyarrow, one
+range read on object stores) and checks the full hash there, so a prefix
+collision or a file rewritten since the index was built is a miss, never a
+wrong vector. A few decoded row groups are cached: reruns read the previous
+output roughly in order, so each row group is read about once.
+
+Why not a dict of vectors: at a million 3,072-dim vectors that is 12 GB per
+worker. Why not a shuffle join on the hash: on the DirectRunner a GroupByKey
+holds the whole collection in memory. At Dataflow scale (10^8 vectors) see
+docs/reuse-at-scale.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from beamvec.contract import PARTIAL_DIR, Description, description_of, read_state
+from beamvec.errors import UsageError
+from beamvec.sink import Output
+
+#: Decoded row groups kept per process, in bytes of vectors.
+CACHE_BYTES = 96 * 1024 * 1024
+SCAN_ROWS = 65_536
+
+
+def hash_key(content_hash: str) -> int:
+    return int(content_hash[:16], 16)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One output to reuse from (the run's own, or a --reuse-from)."""
+
+    url: str
+    storage_options: tuple[tuple[str, object], ...] = ()
+
+    def open(self) -> Output:
+        return Output(self.url, dict(self.storage_options))
+
+
+def checkpoint_dir(output: Output, fingerprint: str) -> str:
+    """Vectors of finished batches of this configuration not yet committed."""
+    return output.path(PARTIAL_DIR, fingerprint)
+
+
+def reusable_files(output: Output, fingerprint: str, dimension: int) -> list[str]:
+    """The vector files (and checkpoints) of ``output`` made with this configuration."""
+    state = read_state(output)
+    files = [
+        path for path in state.files
+        if (rec := state.committed.get(path.rsplit("/", 1)[-1].removesuffix(".parquet")))
+        and rec.config_fingerprint in (None, fingerprint)
+        and (state.description is None or state.description.dimension == dimension)
+    ]
+    return files + list(list_parquet_under(output, checkpoint_dir(output, fingerprint)))
+
+
+def list_parquet_under(output: Output, path: str) -> list[str]:
+    try:
+        return sorted(p for p in output.fs.find(path) if p.endswith(".parquet"))
+    except FileNotFoundError:
+        return []
+
+
+class VectorIndex:
+    """Content hash -> vector over a set of Parquet files of one dimension."""
+
+    def __init__(self, dimension: int) -> None:
+        self.dimension = dimension
+        self._files: list[tuple[Output, str, np.ndarray]] = []  # output, path, row-group starts
+        self._keys = np.zeros(0, np.uint64)
+        self._where = np.zeros(0, np.int64)  # file index << 40 | row
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[tuple[int, int], tuple[list[str], np.ndarray]] = OrderedDict()
+        self._cache_rows = max(4096, CACHE_BYTES // (4 * dimension))
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @classmethod
+    def build(cls, sources: Sequence[tuple[Output, Iterable[str]]], dimension: int) -> VectorIndex:
+        index = cls(dimension)
+        keys: list[np.ndarray] = []
+        where: list[np.ndarray] = []
+        for output, paths in sources:
+            for path in paths:
+                found = index._scan(output, path)
+                if found is None:
+                    continue
+                file_keys, starts = found
+                number = len(index._files)
+                index._files.append((output, path, starts))
+                keys.append(file_keys)
+                where.append((np.int64(number) << 40) | np.arange(len(file_keys), dtype=np.int64))
+        if keys:
+            all_keys = np.concatenate(keys)
+            order = np.argsort(all_keys, kind="stable")
+            index._keys = all_keys[order]
+            index._where = np.concatenate(where)[order]
+        return index
+
+    def _scan(self, output: Output, path: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The hash keys of one file and where its row groups start."""
+        try:
+            with output.fs.open(path, "rb") as fh:
+                pf = pq.ParquetFile(fh, pre_buffer=False)
+                if pf.schema_arrow.field("vector").type != pa.list_(pa.float32(), self.dimension):
+                    return None
+                sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
+                keys = [
+                    np.fromiter((hash_key(h) for h in batch.column(0).to_pylist()), np.uint64)
+                    for batch in pf.iter_batches(SCAN_ROWS, columns=["content_hash"])
+                ]
+        except (FileNotFoundError, KeyError):
+            return None  # replaced or removed meanwhile; a miss is always safe
+        except Exception:  # noqa: BLE001 - a damaged file is reported by read_state/verify
+            return None
+        starts = np.cumsum([0, *sizes])
+        return (np.concatenate(keys) if keys else np.zeros(0, np.uint64)), starts
+
+    def __contains__(self, content_hash: object) -> bool:
+        if not isinstance(content_hash, str) or not len(self._keys):
+            return False
+        key = np.uint64(hash_key(content_hash))
+        i = int(np.searchsorted(self._keys, key))
+        return i < len(self._keys) and self._keys[i] == key
+
+    def get(self, content_hash: str) -> np.ndarray | None:
+        if not len(self._keys):
+            return None
+        key = np.uint64(hash_key(content_hash))
+        lo = int(np.searchsorted(self._keys, key, "left"))
+        hi = int(np.searchsorted(self._keys, key, "right"))
+        for i in range(lo, hi):
+            where = int(self._where[i])
+            found = self._row(where >> 40, where & ((1 << 40) - 1), content_hash)
+            if found is not None:
+                return found
+        return None
+
+    def _row(self, file_no: int, row: int, content_hash: str) -> np.ndarray | None:
+        output, path, starts = self._files[file_no]
+        group = int(np.searchsorted(starts, row, "right")) - 1
+        hashes, matrix = self._group(file_no, group)
+        at = row - int(starts[group])
+        if at >= len(hashes) or hashes[at] != content_hash:
+            return None
+        return matrix[at]
+
+    def _group(self, file_no: int, group: int) -> tuple[list[str], np.ndarray]:
+        with self._lock:
+            cached = self._cache.get((file_no, group))
+            if cached is not None:
+                self._cache.move_to_end((file_no, group))
+                return cached
+        output, path, _ = self._files[file_no]
+        hashes: list[str] = []
+        matrix = np.zeros((0, self.dimension), np.float32)
+        with contextlib.suppress(FileNotFoundError, OSError, IndexError):
+            with output.fs.open(path, "rb") as fh:
+                table = pq.ParquetFile(fh).read_row_group(group, columns=["content_hash", "vector"])
+            hashes = table.column("content_hash").to_pylist()
+            flat = np.asarray(table.column("vector").combine_chunks().flatten(), dtype=np.float32)
+            matrix = flat.reshape(len(hashes), self.dimension)
+        with self._lock:
+            self._cache[(file_no, group)] = (hashes, matrix)
+            rows = sum(len(h) for h, _ in self._cache.values())
+            while rows > self._cache_rows and len(self._cache) > 1:
+                _, (old, _) = self._cache.popitem(last=False)
+                rows -= len(old)
+        return hashes, matrix
+
+
+def check_reuse_source(ours: Description, source: Output) -> None:
+    """Refuse a --reuse-from output made with another configuration, in one line."""
+    state = read_state(source)
+    if state.manifest is None and not state.committed:
+        raise UsageError(f"--reuse-from {source.url}: no beamvec output there; check the path")
+    theirs = description_of(source, state)
+    fingerprints = {rec.config_fingerprint for rec in state.committed.values()} - {None}
+    if theirs is not None and theirs.config_fingerprint:
+        fingerprints.add(theirs.config_fingerprint)
+    if fingerprints and fingerprints != {ours.config_fingerprint}:
+        what = ", ".join(ours.differences(theirs)) if theirs else "another configuration"
+        raise UsageError(
+            f"--reuse-from {source.url} holds vectors of {what}; reuse needs the same backend, "
+            "model, task type, dimension and text rules: drop that --reuse-from"
+        )
+
+
+def build_index(
+    own: Output | None, reuse_from: Sequence[Output], fingerprint: str, dimension: int
+) -> VectorIndex:
+    sources = [(o, reusable_files(o, fingerprint, dimension)) for o in ([own] if own else []) + list(reuse_from)]
+    return VectorIndex.build(sources, dimension)

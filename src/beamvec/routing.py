@@ -1,0 +1,210 @@
+"""One record's fate: dead letter, reuse, follow a text in flight, or send.
+
+``run`` and ``plan`` both route every record through ``Router.route``, so a
+plan is the run's prediction: the same validation, duplicate-id rule, reuse
+lookup and memory of what this process already sent, and one ``ShardCounts``.
+
+Pure apart from a lock: no Beam, no I/O. What is already embedded is asked of
+a ``Lookup`` (the output, ``--reuse-from`` outputs, checkpoints); what this
+process sent in this run is remembered in a ``RunMemory`` shared by every
+shard the process has open, so a text repeated across shards is sent once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from beamvec import records as r
+from beamvec.contract import ShardCounts
+from beamvec.prepare import PrepareConfig, prepare
+from beamvec.records import DeadLetter, RawRecord, Record
+
+#: Vectors of this run's texts kept for later repeats, in bytes per process.
+#: Past it, the oldest are forgotten and a repeat that old is sent again.
+RUN_MEMORY_BYTES = 128 * 1024 * 1024
+
+
+class Lookup(Protocol):
+    """Vectors already embedded under this configuration, by content hash."""
+
+    def get(self, content_hash: str) -> np.ndarray | None: ...
+
+    def __contains__(self, content_hash: object) -> bool: ...
+
+
+class NoLookup:
+    def get(self, content_hash: str) -> np.ndarray | None:
+        return None
+
+    def __contains__(self, content_hash: object) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class Reuse:
+    record: Record
+    vector: np.ndarray | None  # None only when planning (no vector is read)
+
+
+@dataclass(frozen=True)
+class Follow:
+    """The same text is in flight: take its vector (or its failure) when it lands."""
+
+    record: Record
+
+
+@dataclass(frozen=True)
+class Send:
+    record: Record
+    vector: np.ndarray | None = None  # set when the preflight already embedded it
+
+
+Decision = DeadLetter | Reuse | Follow | Send
+#: Where a sent or followed text's outcome goes: its vector, the dead letter
+#: of the sent text, or the systemic fault that stops the run.
+Deliver = Callable[[Record, "np.ndarray | DeadLetter | BaseException"], None]
+
+
+class RunMemory:
+    """Texts this process sent in this run: in flight (with their followers)
+    and recently done (with their vectors), shared by all its open shards."""
+
+    def __init__(self, dimension: int, budget_bytes: int = RUN_MEMORY_BYTES) -> None:
+        self.capacity = max(1_000, budget_bytes // max(1, 4 * dimension))
+        self._lock = threading.Lock()
+        self._done: OrderedDict[str, np.ndarray | None] = OrderedDict()
+        self._in_flight: dict[str, list[tuple[Record, Deliver]]] = {}
+        self._seeds: dict[str, np.ndarray] = {}
+
+    def seed(self, digest: str, vector: np.ndarray) -> None:
+        """A text the driver's preflight already sent for this run."""
+        with self._lock:
+            self._seeds[digest] = vector
+
+    def claim(self, record: Record, deliver: Deliver) -> Decision:
+        """Reuse a vector this run made, follow the text in flight, or send it.
+
+        A preflight seed is "sent" once (it was billed for this run) and then
+        remembered like any other text."""
+        digest = record.content_hash
+        with self._lock:
+            seeded = self._seeds.pop(digest, None)
+            if seeded is not None:
+                self._done[digest] = seeded
+                return Send(record, seeded)
+            if digest in self._done:
+                self._done.move_to_end(digest)
+                return Reuse(record, self._done[digest])
+            waiting = self._in_flight.get(digest)
+            if waiting is not None:
+                waiting.append((record, deliver))
+                return Follow(record)
+            self._in_flight[digest] = [(record, deliver)]
+            return Send(record)
+
+    def resolve(
+        self, digest: str, outcome: np.ndarray | DeadLetter | BaseException | None
+    ) -> list[tuple[Record, Deliver]]:
+        """A sent text landed: remember its vector; hand back who waits for it,
+        the sender first, then its followers."""
+        with self._lock:
+            waiting = self._in_flight.pop(digest, [])
+            if not isinstance(outcome, (DeadLetter, BaseException)):
+                self._done[digest] = outcome
+                while len(self._done) > self.capacity:
+                    self._done.popitem(last=False)
+        return waiting
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._in_flight)
+
+
+def _id_key(record_id: str) -> bytes:
+    """A short digest of an id: the per-shard set of seen ids stays small."""
+    return hashlib.blake2b(record_id.encode("utf-8", "surrogatepass"), digest_size=12).digest()
+
+
+class Router:
+    """Routes the records of one shard; counts what it decided."""
+
+    def __init__(
+        self,
+        config: PrepareConfig,
+        count_tokens: Callable[[str], int],
+        truncate: Callable[[str, int], str],
+        lookup: Lookup,
+        memory: RunMemory,
+        deliver: Deliver,
+        planning: bool = False,
+    ) -> None:
+        self.config = config
+        self.count_tokens = count_tokens
+        self.truncate = truncate
+        self.lookup = lookup
+        self.memory = memory
+        self.deliver = deliver
+        self.planning = planning
+        self._seen: set[bytes] = set()
+        self.counts: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()
+
+    def route(self, raw: RawRecord) -> Decision:
+        self.counts["read"] += 1
+        item = prepare(raw, self.config, self.count_tokens, self.truncate)
+        if isinstance(item, DeadLetter):
+            self.reasons[item.reason] += 1
+            return item
+        key = _id_key(item.id)
+        if key in self._seen:
+            self.reasons[r.DUPLICATE_ID] += 1
+            return DeadLetter(item.id, item.position, r.DUPLICATE_ID,
+                              "id already seen earlier in this shard", item.text[:200])
+        self._seen.add(key)
+        if self.planning:
+            if item.content_hash in self.lookup:
+                self.counts["reused"] += 1
+                return Reuse(item, None)
+        else:
+            vector = self.lookup.get(item.content_hash)
+            if vector is not None:
+                self.counts["reused"] += 1
+                return Reuse(item, vector)
+        decision = self.memory.claim(item, self.deliver)
+        if isinstance(decision, Send):
+            self.counts["sent"] += 1
+            self.counts["sent_tokens"] += item.tokens
+            self.counts["sent_characters"] += len(item.text)
+            self.counts["billable_characters"] += len(item.text) - sum(c.isspace() for c in item.text)
+        else:
+            self.counts["deduplicated"] += 1
+        return decision
+
+    def dead_letters(self) -> int:
+        return sum(self.reasons.values())
+
+    def shard_counts(self, embedded: int, failed: Counter[str], tokens: int, truncated: int) -> ShardCounts:
+        """The shard's counts once every decision has landed: ``failed`` are the
+        dead letters of texts that were sent (or followed) and not embedded."""
+        reasons = self.reasons + failed
+        return ShardCounts(
+            read=self.counts["read"],
+            embedded=embedded,
+            dead_lettered=sum(reasons.values()),
+            dead_letters_by_reason=dict(sorted(reasons.items())),
+            reused=self.counts["reused"],
+            deduplicated=self.counts["deduplicated"],
+            sent=self.counts["sent"],
+            sent_tokens=self.counts["sent_tokens"],
+            sent_characters=self.counts["sent_characters"],
+            billable_characters=self.counts["billable_characters"],
+            tokens=tokens,
+            truncated=truncated,
+        )

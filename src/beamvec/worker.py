@@ -1,0 +1,274 @@
+"""What a worker process does with its shards: read, route, batch, embed, write, commit.
+
+One ``Worker`` per process holds what its open shards share: the embedder
+(requests in flight, quota), the ``Collector`` that fills requests across
+shards, the ``RunMemory`` of texts sent in this run, and the index of vectors
+already in the output. Each shard is read and written on its own thread,
+streaming; results come back to it through a queue, so only that thread
+touches its files. Memory is bounded by what is in flight, not shard size.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from beamvec.backends.base import Backend
+from beamvec.batching import batches
+from beamvec.collector import Collector, Result
+from beamvec.contract import CommitRecord, Description, Footer, dead_letter_path, vector_path
+from beamvec.embedder import Embedder
+from beamvec.lookup import build_index, checkpoint_dir
+from beamvec.prepare import PrepareConfig
+from beamvec.progress import PROGRESS
+from beamvec.records import DeadLetter, Embedded, Record, Shard
+from beamvec.routing import Lookup, NoLookup, Reuse, Router, RunMemory, Send
+from beamvec.sink import (
+    DEAD_LETTER_SCHEMA,
+    Output,
+    ParquetShardWriter,
+    checkpoint_table,
+    dead_letter_table,
+    vector_schema,
+    vector_table,
+)
+from beamvec.sources import ReaderConfig, read_shard
+
+FLUSH_ROWS = 2048
+#: Texts the local model sorts by length at a time (bounded memory, less padding).
+LOCAL_SORT_WINDOW = 1024
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker needs besides the backend; picklable, no secrets."""
+
+    output: str
+    reader: ReaderConfig
+    prepare: PrepareConfig
+    description: Description
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    reuse: bool = True  # reuse vectors already embedded under this configuration
+    reuse_from: tuple[str, ...] = ()  # other outputs to reuse from
+    checkpoint: bool = False  # save finished batches so a crashed run loses none
+    seed: tuple[str, tuple[float, ...]] | None = None  # (content hash, vector) of the preflight text
+
+    @property
+    def fingerprint(self) -> str:
+        return self.description.config_fingerprint
+
+
+class _Sink:
+    """Buffers of vectors and dead letters for one shard, flushed as row groups."""
+
+    def __init__(self, output: Output, shard: Shard, dimension: int) -> None:
+        self.shard = shard
+        self.dimension = dimension
+        self.vectors = ParquetShardWriter(output, vector_path(output, shard.name), vector_schema(dimension))
+        self.letters = ParquetShardWriter(output, dead_letter_path(output, shard.name), DEAD_LETTER_SCHEMA)
+        self.rows: list[Embedded] = []
+        self.dead: list[DeadLetter] = []
+        self.embedded = 0
+        self.dead_lettered = 0
+        self.failed: Counter[str] = Counter()  # dead letters of texts that were sent
+        self.tokens = 0
+        self.truncated = 0
+
+    def add(self, row: Embedded) -> None:
+        self.rows.append(row)
+        self.embedded += 1
+        self.tokens += row.record.tokens
+        self.truncated += row.record.truncated
+        if len(self.rows) >= FLUSH_ROWS:
+            self.flush()
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        self.dead.append(letter)
+        self.dead_lettered += 1
+        if len(self.dead) >= FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.vectors.write(vector_table(self.rows, self.shard.path, self.dimension))
+            self.rows = []
+        if self.dead:
+            self.letters.write(dead_letter_table(self.dead, self.shard.path))
+            self.dead = []
+
+    def abort(self) -> None:
+        self.vectors.abort()
+        self.letters.abort()
+
+
+class _Landing:
+    """Where a shard's sent and followed texts land, from any thread."""
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[tuple[Record, Any]] = queue.SimpleQueue()
+        self.outstanding = 0  # touched by the shard's own thread only
+
+    def deliver(self, record: Record, outcome: np.ndarray | DeadLetter | BaseException) -> None:
+        self.queue.put((record, outcome))
+
+    def drain(self, sink: _Sink, block: bool) -> None:
+        while self.outstanding:
+            try:
+                record, outcome = self.queue.get(block=block, timeout=1.0 if block else None)
+            except queue.Empty:
+                if block:
+                    continue
+                return
+            self.outstanding -= 1
+            if isinstance(outcome, BaseException):
+                raise outcome
+            if isinstance(outcome, DeadLetter):
+                sink.failed[outcome.reason] += 1
+                sink.dead_letter(_for(record, outcome))
+            else:
+                sink.add(Embedded(record, outcome))
+
+
+def _for(record: Record, letter: DeadLetter) -> DeadLetter:
+    """The sent text's dead letter, addressed to a record that shares the text."""
+    if letter.id == record.id and letter.position == record.position:
+        return letter
+    return DeadLetter(
+        record.id, record.position, letter.reason, f"same text as {letter.id}: {letter.message}",
+        letter.raw, letter.attempts, letter.status, record.content_hash,
+    )
+
+
+class Worker:
+    """The shared half of a worker process; ``process`` embeds one shard."""
+
+    def __init__(self, backend: Backend, embedder: Embedder, config: WorkerConfig, max_in_flight: int) -> None:
+        self.backend = backend
+        self.embedder = embedder
+        self.config = config
+        limits = backend.limits
+        self.output = Output(config.output, config.storage_options)
+        self.memory = RunMemory(limits.dimension)
+        if config.seed is not None:
+            self.memory.seed(config.seed[0], np.asarray(config.seed[1], np.float32))
+        local = backend.name == "local"
+        window = LOCAL_SORT_WINDOW if local else 0
+        self.collector = Collector(
+            embedder.submit, self._landed, limits.max_items, limits.max_request_tokens,
+            max_outstanding=limits.max_items * (max_in_flight + 1) + max(window, limits.max_items),
+            sort_window=window,
+        )
+        self._index: Lookup | None = None
+        self._index_lock = threading.Lock()
+
+    def lookup(self) -> Lookup:
+        """Built once per process, on first use: the output's committed vectors,
+        its checkpoints and every --reuse-from output of this configuration."""
+        with self._index_lock:
+            if self._index is None:
+                if not self.config.reuse:
+                    self._index = NoLookup()
+                else:
+                    others = [Output(url, self.config.storage_options) for url in self.config.reuse_from]
+                    self._index = build_index(
+                        self.output, others, self.config.fingerprint, self.backend.limits.dimension
+                    )
+            return self._index
+
+    def close(self) -> None:
+        self.collector.close()
+
+    # -- results, on the thread that finished the batch ---------------------------
+
+    def _landed(self, batch: list[Record], result: Result | BaseException) -> None:
+        if isinstance(result, BaseException):
+            for record in batch:
+                for waiting, deliver in self.memory.resolve(record.content_hash, result):
+                    deliver(waiting, result)
+            return
+        embedded, letters = result
+        if self.config.checkpoint and embedded:
+            name = f"{uuid.uuid4().hex}.parquet"
+            self.output.write_table(
+                f"{checkpoint_dir(self.output, self.config.fingerprint)}/{name}",
+                checkpoint_table(embedded, self.backend.limits.dimension),
+            )
+        for row in embedded:
+            for waiting, deliver in self.memory.resolve(row.record.content_hash, row.vector):
+                deliver(waiting, row.vector)
+        for letter in letters:
+            digest = letter.content_hash or ""
+            for waiting, deliver in self.memory.resolve(digest, letter):
+                deliver(waiting, letter)
+
+    # -- one shard ----------------------------------------------------------------
+
+    def process(self, shard: Shard, on_read: Callable[[], None] | None = None) -> CommitRecord:
+        """Embed one shard and commit it; returns its commit record.
+
+        ``on_read`` is called once the shard's last record is read (it may
+        then wait for its results while another shard starts reading)."""
+        started = time.time()
+        dimension = self.backend.limits.dimension
+        sink = _Sink(self.output, shard, dimension)
+        landing = _Landing()
+        router = Router(
+            self.config.prepare, self.backend.count_tokens, self.backend.truncate,
+            self.lookup(), self.memory, landing.deliver,
+        )
+        try:
+            self.collector.reader_started()
+            try:
+                for raw in read_shard(shard, self.config.reader, self.config.storage_options):
+                    PROGRESS.add_records()
+                    decision = router.route(raw)
+                    if isinstance(decision, DeadLetter):
+                        sink.dead_letter(decision)
+                    elif isinstance(decision, Reuse) or (isinstance(decision, Send) and decision.vector is not None):
+                        sink.add(Embedded(decision.record, decision.vector))
+                    else:
+                        landing.outstanding += 1
+                        if isinstance(decision, Send):
+                            self.collector.add(decision.record)
+                    landing.drain(sink, block=False)
+            finally:
+                self.collector.reader_done()
+                if on_read is not None:
+                    on_read()
+            landing.drain(sink, block=True)
+            sink.flush()
+            counts = router.shard_counts(sink.embedded, sink.failed, sink.tokens, sink.truncated)
+            record = CommitRecord(
+                name=shard.name, input=shard.path, input_fingerprint=shard.fingerprint,
+                counts=counts, input_size=shard.size, input_version=shard.version,
+                config_fingerprint=self.config.fingerprint, seconds=round(time.time() - started, 3),
+            )
+            footer = Footer(self.config.description, record).to_json()
+            if counts.dead_lettered:
+                sink.letters.commit(footer)
+            else:
+                self.output.remove(dead_letter_path(self.output, shard.name))
+            sink.vectors.commit(footer)
+            PROGRESS.shard_done(shard.size)
+            return record
+        except BaseException:
+            sink.abort()
+            raise
+
+
+def plan_requests(records: Iterable[Record], max_items: int, max_tokens: int) -> tuple[int, int]:
+    """(requests, largest request's tokens) for texts sent together across shards."""
+    count = largest = 0
+    for batch in batches(records, max_items, max_tokens):
+        count += 1
+        largest = max(largest, sum(x.tokens for x in batch))
+    return count, largest
+
