@@ -32,9 +32,9 @@ import fsspec
 import pyarrow.parquet as pq
 import pytest
 
+from beamvec.contract import read_footer
 from beamvec.emulator.server import Emulator
 from beamvec.records import content_hash
-from beamvec.sink import read_footer
 from beamvec.sources import list_shards
 
 from helpers import assert_reconciled, beam_run, read_output, vectors_by_id

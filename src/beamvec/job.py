@@ -8,6 +8,7 @@ pipeline wrote.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -77,6 +78,7 @@ def check_output_writable(output: Output) -> None:
     the run here, in one line, not when the first shard commits after its
     quota is spent."""
     probe = output.path(PROBE)
+    existed = output.fs.exists(output.root)
     try:
         output.makedirs(output.root)
         with output.fs.open(probe, "wb") as fh:
@@ -91,6 +93,9 @@ def check_output_writable(output: Output) -> None:
             "and that the credentials in the environment may create and delete objects in it"
         ) from None
     output.remove(probe)
+    if not existed and output.renames:  # leave no empty directory behind a run that stops here
+        with contextlib.suppress(OSError):
+            output.fs.rmdir(output.root)
 
 
 def _nothing_to_do(plan: JobPlan, out: Any) -> None:
@@ -133,8 +138,8 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
     checkpoint = bv.checkpoint if bv.checkpoint is not None else inputs.backend.name != "local"
     # Only when there is work: a no-op rerun sends nothing, and the text it
     # embeds is one the run needs, kept as a checkpoint (a run with k texts to send bills k).
-    seed = preflight(plan.output, inputs, plan.work.todo, reuse=not bv.force)
     check_output_writable(plan.output)  # before any text is sent
+    seed = preflight(plan.output, inputs, plan.work.todo, reuse=not bv.force)
     # The output is about to change: it is not complete again until this run commits.
     plan.output.remove(plan.output.path(SUCCESS))
     max_in_flight = bv.max_in_flight or (1 if inputs.backend.name == "local" else 8)

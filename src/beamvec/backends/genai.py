@@ -471,7 +471,8 @@ class GenaiBackend(Backend):
             try:
                 embeddings = self._call([text or "beamvec preflight"], None)
                 self._check_preflight(embeddings)
-                return self._checked(embeddings, 1)[0]
+                arr = self._checked(embeddings, 1)
+                return (l2_normalize(arr) if self.renormalized else arr)[0]
             except BackendError as exc:
                 if not exc.retryable:
                     raise self._systemic(exc) from None
