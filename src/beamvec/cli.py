@@ -25,12 +25,13 @@ Any Beam pipeline flag (--runner, --direct_num_workers, ...) is passed through;
 
 
 def _run_help() -> str:
-    from beamvec.options import BeamvecOptions
+    # flags.py, not options.py: `beamvec run --help` must not import Beam (~1 s).
+    from beamvec.flags import add_beamvec_flags
 
     parser = argparse.ArgumentParser(
         prog="beamvec run", description=RUN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    BeamvecOptions._add_argparse_args(parser)
+    add_beamvec_flags(parser)
     return parser.format_help()
 
 

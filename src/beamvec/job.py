@@ -30,9 +30,9 @@ from apache_beam.options.pipeline_options import (
 
 from beamvec import __version__
 from beamvec.backends import Backend, make_backend
-from beamvec.errors import SystemicError, UsageError
 from beamvec.embedder import EmbedSettings
-from beamvec.options import BeamvecOptions, expand_config, parse_storage_options
+from beamvec.errors import SystemicError, UsageError
+from beamvec.options import BeamvecOptions, parse_pipeline_options, parse_storage_options
 from beamvec.prepare import PrepareConfig
 from beamvec.progress import Reporter
 from beamvec.records import Shard
@@ -74,7 +74,7 @@ class JobPlan:
 
 
 def parse_options(argv: Sequence[str]) -> PipelineOptions:
-    options = PipelineOptions(expand_config(argv))
+    options = parse_pipeline_options(argv)  # strict flags, range checks (UsageError)
     bv = options.view_as(BeamvecOptions)
     if not bv.input:
         raise UsageError("no --input given: pass a glob such as --input 'corpus/*.jsonl'")

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from beamvec.errors import UsageError
-from beamvec.options import parse_storage_options
 from beamvec.sink import DEAD_LETTERS_DIR, MANIFEST, SUCCESS, VECTORS_DIR, Output, read_footer
+from beamvec.storage_options import parse_storage_options
 
 #: Rows per record batch when commands scan vector files: bounds memory
 #: (8192 x 3072 float32 is 96 MB at the largest dimension; 12 MB at 384).

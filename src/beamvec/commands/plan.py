@@ -40,7 +40,7 @@ from beamvec.job import (
     is_committed,
     resolve_inputs,
 )
-from beamvec.options import BeamvecOptions, expand_config
+from beamvec.options import BeamvecOptions, expand_config, parse_pipeline_options
 from beamvec.prepare import PrepareConfig, prepare
 from beamvec.records import DeadLetter, Record, Shard
 from beamvec.shard_job import DEDUP_CAP
@@ -84,7 +84,7 @@ def main(argv: Sequence[str]) -> int:
         return int(exc.code or 0)
     if not flags.input:
         raise UsageError("no --input given: pass a glob such as --input 'corpus/*.jsonl'")
-    options = PipelineOptions([a for a in expanded if a != "--json"])
+    options = parse_pipeline_options([a for a in expanded if a != "--json"])
     plan = make_plan(options)
     print(dump_json(plan) if flags.json else format_plan(plan))
     return 0
