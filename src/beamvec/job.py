@@ -32,6 +32,7 @@ from beamvec import __version__
 from beamvec.backends import Backend, make_backend
 from beamvec.embedder import EmbedSettings
 from beamvec.errors import SystemicError, UsageError
+from beamvec.failures import clear_failures, raise_recorded_failure
 from beamvec.options import BeamvecOptions, parse_pipeline_options, parse_storage_options
 from beamvec.prepare import PrepareConfig
 from beamvec.progress import Reporter
@@ -339,6 +340,7 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
     )
     quota = QuotaSettings(bv.quota_rpm, bv.quota_tpm, share=1.0 / workers, window_s=bv.quota_window)
     plan.output.clean_staging()
+    clear_failures(bv.output, plan.storage_options)
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | "EmbedCorpus" >> EmbedCorpus(
         plan.todo, plan.backend, job_config, settings, quota, plan.manifest_config,
@@ -348,8 +350,13 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
     total_bytes = sum(max(0, s.size) for s in plan.todo)
     reporter = Reporter(len(plan.todo), total_bytes, interval=bv.progress_interval)
     with reporter if live else nullcontext():
-        result = pipeline.run()
-        result.wait_until_finish()
+        try:
+            result = pipeline.run()
+            result.wait_until_finish()
+        except Exception as exc:  # a worker's SystemicError reaches here as text on most runners
+            raise_recorded_failure(bv.output, plan.storage_options, exc)
+            raise
+    clear_failures(bv.output, plan.storage_options)  # left by bundles the runner retried
     return summarize(plan, started, out, beam_counters(result))
 
 

@@ -24,6 +24,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from beamvec import quota
 from beamvec.backends.base import Backend
 from beamvec.embedder import Embedder, EmbedSettings
+from beamvec.failures import systemic_failures_recorded
 from beamvec.pricing import estimate_cost
 from beamvec.progress import PROGRESS
 from beamvec.records import Shard
@@ -78,7 +79,8 @@ class EmbedShards(beam.DoFn):
         self._counters: dict[str, Any] = {}
 
     def setup(self) -> None:
-        self.backend.load()
+        with systemic_failures_recorded(self.config.output, self.config.output_storage_options):
+            self.backend.load()
         limiter = self.quota_settings.limiter(f"{self.backend.name}:{self.backend.model}")
         self.embedder = Embedder(self.backend, self.settings, limiter)
         PROGRESS.watch(self.embedder.stats.snapshot)
@@ -93,9 +95,10 @@ class EmbedShards(beam.DoFn):
         self.pending: list[Future[dict[str, Any]]] = []
 
     def _run(self, shard: Shard) -> dict[str, Any]:
-        return process_shard(
-            shard, self.backend, self.embedder, self.config, self.settings.max_in_flight
-        )
+        with systemic_failures_recorded(self.config.output, self.config.output_storage_options):
+            return process_shard(
+                shard, self.backend, self.embedder, self.config, self.settings.max_in_flight
+            )
 
     def _report(self, result: dict[str, Any] | None = None) -> None:
         """Hand counts to Beam's metrics, on the DoFn's own thread."""
