@@ -59,3 +59,218 @@ def test_console_script_and_pipeline_module_run_the_same_job(tmp_path):
         )
         assert result.returncode == 0, result.stderr
         assert "records read   2" in result.stdout
+
+
+# -- strict flags: a typo is a usage error, never a silent default ----------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = str(ROOT / "src")
+
+
+def _corpus(tmp_path: Path) -> Path:
+    corpus = tmp_path / "c"
+    corpus.mkdir(exist_ok=True)
+    (corpus / "a.jsonl").write_text('{"id": "1", "text": "one"}\n{"id": "2", "text": "two"}\n')
+    return corpus
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+BAD_FLAGS = [
+    (["--quota-rmp", "100"], "--quota-rmp", "did you mean --quota-rpm?"),
+    (["--forcee"], "--forcee", "did you mean --force?"),
+    (["--max-in-flite", "2"], "--max-in-flite", "did you mean --max-in-flight?"),
+    (["--quota-rpm", "0"], "--quota-rpm", "omit the flag for no limit"),
+    (["--quota-rpm", "-5"], "--quota-rpm", "omit the flag for no limit"),
+    (["--quota-tpm", "-1"], "--quota-tpm", "omit the flag for no limit"),
+    (["--quota-window", "0"], "--quota-window", "greater than 0"),
+    (["--max-in-flight", "0"], "--max-in-flight", "at least 1"),
+    (["--max-in-flight", "-3"], "--max-in-flight", "at least 1"),
+    (["--max-attempts", "0"], "--max-attempts", "at least 1"),
+    (["--concurrent-shards", "0"], "--concurrent-shards", "at least 1"),
+    (["--batch-deadline", "0"], "--batch-deadline", "greater than 0"),
+    (["--quota-rpm", "abc"], "--quota-rpm", "invalid float value"),
+]
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+@pytest.mark.parametrize(("flags", "named", "advice"), BAD_FLAGS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_flags_are_usage_errors(tmp_path, capsys, command, flags, named, advice):
+    corpus = _corpus(tmp_path)
+    out = tmp_path / "o"
+    code, _, err = run_cli(capsys, command, "--input", str(corpus / "*.jsonl"), "--output", str(out), *flags)
+    assert code == 2
+    line = _one_line(err)
+    assert named in line and advice in line, line
+    assert not out.exists()  # nothing started
+
+
+def test_unknown_and_broken_config_files_name_the_file(tmp_path, capsys):
+    corpus = _corpus(tmp_path)
+    cases = {
+        "typo.yaml": ("quota-rmp: 100\n", "did you mean quota-rpm?"),
+        "broken.yaml": ("quota-rpm: [1\n", "invalid YAML at line 2"),
+        "list.yaml": ("- quota-rpm\n", "expected a mapping"),
+    }
+    for name, (text, advice) in cases.items():
+        (tmp_path / name).write_text(text)
+        for command in ("run", "plan"):
+            code, _, err = run_cli(capsys, command, "--config", str(tmp_path / name),
+                                   "--input", str(corpus / "*.jsonl"), "--output", str(tmp_path / "o"))
+            line = _one_line(err)
+            assert code == 2 and name in line and advice in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_typo_sends_nothing_to_the_api(tmp_path, capsys, monkeypatch):
+    from beamvec.emulator import Emulator
+
+    key = "fakekey-STRICT-0123456789"
+    monkeypatch.setenv("GEMINI_API_KEY", key)
+    corpus = _corpus(tmp_path)
+    with Emulator(api_key=key) as emu:
+        for typo in (["--quota-rmp", "100"], ["--quota-rpm", "0"], ["--max-in-flight", "-3"]):
+            code, _, err = run_cli(
+                capsys, "run", "--backend", "gemini", "--api-base-url", emu.url,
+                "--input", str(corpus / "*.jsonl"), "--output", str(tmp_path / "o"), *typo,
+            )
+            assert code == 2, err
+            _one_line(err)
+        assert emu.stats()["requests"] == 0
+
+
+def test_beam_flags_still_pass():
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    from beamvec.options import BeamvecOptions, parse_pipeline_options
+
+    options = parse_pipeline_options([
+        "--input", "in/*.jsonl", "--output", "out", "--runner", "DirectRunner",
+        "--direct_num_workers", "2", "--direct_running_mode=multi_processing",
+        "--experiments", "a", "--experiments=b", "--temp_location", "/tmp/x",
+        "--quota-rpm", "1500", "--max_in_flight", "3",
+    ])
+    assert options.view_as(StandardOptions).runner == "DirectRunner"
+    assert options.view_as(DirectOptions).direct_num_workers == 2
+    bv = options.view_as(BeamvecOptions)
+    assert (bv.quota_rpm, bv.max_in_flight) == (1500, 3)
+
+
+# -- one line, always ---------------------------------------------------------------
+
+
+def test_unexpected_errors_are_one_line_and_debug_shows_them(capsys, monkeypatch):
+    from beamvec import cli
+    from beamvec.errors import SystemicError
+
+    def boom(argv):
+        raise RuntimeError("the runner broke\nwith a long story")
+
+    def wrapped(argv):
+        try:
+            raise SystemicError("gemini: the API key was rejected")
+        except SystemicError as exc:
+            raise RuntimeError("a runner's wrapping") from exc
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "run", (boom, "test"))
+    code, _, err = run_cli(capsys, "run")
+    assert code == 1 and _one_line(err) == (
+        "beamvec run: unexpected error: RuntimeError: the runner broke; "
+        "rerun with --debug for the traceback"
+    )
+    with pytest.raises(RuntimeError):
+        cli.main(["--debug", "run"])
+    monkeypatch.setitem(cli.COMMANDS, "run", (wrapped, "test"))
+    code, _, err = run_cli(capsys, "run")
+    assert code == 1 and _one_line(err) == "beamvec run: gemini: the API key was rejected"
+    monkeypatch.setitem(cli.COMMANDS, "run", (interrupted, "test"))
+    code, _, err = run_cli(capsys, "run")
+    assert code == 130 and _one_line(err) == (
+        "beamvec run: interrupted; committed shards stay committed, "
+        "rerun the same command to resume"
+    )
+
+
+def _cli_subprocess(*args: str, env: dict[str, str] | None = None, timeout: int = 300):
+    import os
+
+    full = dict(os.environ, PYTHONPATH=SRC, NO_PROXY="127.0.0.1,localhost", **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "beamvec.cli", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=full,
+    )
+
+
+def _gemini_dies_after_the_preflight(tmp_path: Path, *extra: str):
+    """The emulator's quota allows one request (the preflight), then answers 429
+    with a retry hint far beyond the batch deadline: every batch gives up."""
+    from beamvec.emulator import Emulator
+
+    key = "fakekey-EXHAUSTED-0123456789"
+    corpus = _corpus(tmp_path)
+    (corpus / "b.jsonl").write_text('{"id": "3", "text": "three"}\n')
+    with Emulator(api_key=key, rpm=1, window_s=3600) as emu:
+        result = _cli_subprocess(
+            "run", "--input", str(corpus / "*.jsonl"), "--output", str(tmp_path / "o"),
+            "--backend", "gemini", "--api-base-url", emu.url, "--output-dimensionality", "16",
+            "--fail-on-exhausted", "--batch-deadline", "30", "--quiet", *extra,
+            env={"GEMINI_API_KEY": key},
+        )
+        stats = emu.stats(with_texts=False)
+    assert stats["by_status"].get("200") == 1 and stats["by_status"].get("429", 0) >= 1, stats
+    return result, key
+
+
+def test_fail_on_exhausted_is_one_line_in_process(tmp_path):
+    result, key = _gemini_dies_after_the_preflight(tmp_path)
+    assert result.returncode == 1, result.stderr
+    line = _one_line(result.stderr)
+    assert line.startswith("beamvec run: retries exhausted") and "429" in line, line
+    assert "rerun" in line and key not in result.stderr
+
+
+def test_fail_on_exhausted_with_worker_processes_ends_in_the_workers_line(tmp_path):
+    """Worker processes hand the driver only text; the message comes back
+    through the output's _failures/ record instead. (Beam's SDK harness also
+    prints the bundle's traceback to the worker's own stderr, which the
+    driver does not control: sdk_worker.py, _execute.)"""
+    result, key = _gemini_dies_after_the_preflight(
+        tmp_path, "--config", str(ROOT / "runner_configs" / "local-multiprocess.yaml")
+    )
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    ours = [line for line in lines if line.startswith("beamvec run:")]
+    assert ours == [lines[-1]] and "retries exhausted" in ours[0], result.stderr[-2000:]
+    assert "unexpected error" not in ours[0] and key not in result.stderr
+
+
+# -- inspect, verify and --help start without Beam -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["run", "--help"], ["inspect", "nothing-here"], ["verify", "--input", "x/*.jsonl", "nothing-here"]],
+    ids=" ".join,
+)
+def test_light_commands_do_not_import_beam(args):
+    code = (
+        "import sys\n"
+        "from beamvec.cli import main\n"
+        f"rc = main({args!r})\n"
+        "print('BEAM' if 'apache_beam' in sys.modules else 'NO-BEAM', rc)\n"
+    )
+    import os
+
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PYTHONPATH=SRC), cwd=ROOT,
+    )
+    assert result.stdout.strip().splitlines()[-1].startswith("NO-BEAM"), result.stdout + result.stderr

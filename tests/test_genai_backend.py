@@ -14,9 +14,9 @@ import types as pytypes
 import numpy as np
 import pytest
 
-from beamvec.backends.base import BackendError, SystemicError
 from beamvec.backends.genai import GenaiBackend, native_dimension
 from beamvec.emulator import Emulator, expected_vector
+from beamvec.errors import BackendError, SystemicError
 
 # Loopback only: never through a proxy, whatever the host says.
 os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1,localhost"]))
@@ -354,3 +354,86 @@ def test_api_key_secret_is_read_on_the_worker_from_secret_manager(monkeypatch):
     assert b"fakekey-FROM" not in shipped
     assert backend._read_key() == "fakekey-FROM-SECRET-MANAGER"
     assert asked == ["projects/p/secrets/gemini-key/versions/latest"]
+
+
+# -- preflight: one retry policy, and the vector is kept -------------------------
+
+
+def _expected_one(model, task, dim, text):
+    """The emulator's vector for ``text``, normalized as beamvec returns it."""
+    return expected(model, task, dim, [text])[0]
+
+
+@pytest.mark.parametrize("dim", [None, 768])
+def test_preflight_returns_the_vector_of_the_text_it_was_given(emu, key_env, dim):
+    b = make(emu, output_dimensionality=dim, task_type="RETRIEVAL_DOCUMENT")
+    text = "a real text the run needs"
+    vector = b.preflight(text)
+    want = dim or 3072  # gemini-embedding-001: 3,072 dimensions (Google's model card)
+    assert vector.shape == (want,) and vector.dtype == np.float32
+    np.testing.assert_allclose(
+        vector, _expected_one("gemini-embedding-001", "RETRIEVAL_DOCUMENT", want, text), atol=1e-6
+    )
+    # exactly what embed() would have returned for it, and it cost exactly one text
+    np.testing.assert_allclose(vector, b.embed([text])[0], atol=1e-7)
+    stats = emu.stats()
+    assert stats["requests"] == 2 and stats["texts_embedded"] == 2
+
+
+def test_preflight_without_a_text_embeds_the_probe(emu, key_env):
+    vector = make(emu, output_dimensionality=64).preflight()
+    np.testing.assert_allclose(
+        vector, _expected_one("gemini-embedding-001", None, 64, "beamvec preflight"), atol=1e-6
+    )
+
+
+def _seed_with_faults(config_kw, wanted):
+    """A fault seed whose first draws are ``wanted`` (the emulator's own injector)."""
+    from beamvec.emulator.config import EmulatorConfig
+    from beamvec.emulator.faults import FaultInjector
+
+    config = EmulatorConfig(**config_kw)
+    for seed in range(10_000):
+        injector = FaultInjector(seed)
+        if [injector.draw(config)[0] for _ in wanted] == list(wanted):
+            return seed
+    raise AssertionError("no seed found")
+
+
+@pytest.mark.parametrize("kind", ["dimension", "missing", "nan"])
+def test_preflight_retries_one_malformed_reply_instead_of_blaming_the_model(key_env, kind):
+    faults = {"malformed": 0.5, "malformed_kinds": (kind,)}
+    seed = _seed_with_faults(faults, ["malformed", None])
+    with Emulator(api_key=KEY, seed=seed, **faults) as emu:
+        b = make(emu, output_dimensionality=256)
+        b.PREFLIGHT_MAX_WAIT_S = 0.01
+        vector = b.preflight("the first reply to this is broken")
+        stats = emu.stats()
+    np.testing.assert_allclose(
+        vector,
+        _expected_one("gemini-embedding-001", None, 256, "the first reply to this is broken"),
+        atol=1e-6,
+    )
+    assert stats["requests"] == 2
+
+
+@pytest.mark.parametrize("mode", ["gemini", "vertex"])
+def test_rejected_credentials_at_preflight_are_one_systemic_line_without_the_key(mode, monkeypatch):
+    wrong = "fakekey-Sy-WRONG-secret-987654"
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    monkeypatch.setenv("GEMINI_API_KEY", wrong)
+    # gemini: a wrong key is Google's 400 API_KEY_INVALID; vertex: a wrong token is a 401
+    with Emulator(api_key=KEY, bearer_token="the-right-token") as emu:
+        with pytest.raises(SystemicError) as err:
+            make(emu, mode).preflight("some text")
+        stats = emu.stats()
+    message = str(err.value)
+    assert "\n" not in message and wrong not in message
+    assert "rejected" in message
+    assert stats["requests"] == 1  # never retried
+
+
+def test_a_text_the_api_refuses_falls_back_to_the_probe(emu, key_env):
+    b = make(emu, "vertex", model="text-embedding-005")
+    assert b.preflight("x" * (2048 * 4 + 8)) is None  # over the limit: a 400 for that text
+    assert emu.stats()["requests"] == 2  # the text, then the probe that checks the rest

@@ -11,18 +11,20 @@ from email.utils import formatdate
 import pytest
 from tenacity import RetryCallState, Retrying
 
-from beamvec.backends.base import BackendError
+from beamvec.backends.google_errors import parse_retry_after, parse_retry_info
+from beamvec.errors import BackendError, ErrorKind
 from beamvec.retry import (
     Deadline,
     RetriesExhausted,
     RetryPolicy,
     embed_with_bisection,
     error_status,
+    is_bad_input,
     is_retryable,
-    parse_retry_after,
-    parse_retry_info,
     wait_full_jitter_or_hint,
 )
+
+TRANSIENT, BAD_INPUT, SYSTEMIC = ErrorKind.TRANSIENT, ErrorKind.BAD_INPUT, ErrorKind.SYSTEMIC
 
 
 class FakeTime:
@@ -42,11 +44,11 @@ class FakeTime:
 
 
 def err(
-    status: int | None, retryable: bool = False, retry_after: float | None = None
+    status: int | None, kind: ErrorKind = TRANSIENT, retry_after: float | None = None
 ) -> BackendError:
-    return BackendError(
-        f"status {status}", retryable=retryable, status=status, retry_after=retry_after
-    )
+    """A backend's error; the kind is what the backend decided (google_errors
+    decides 400 -> BAD_INPUT, 401/403/404 -> SYSTEMIC, 408/429/5xx -> TRANSIENT)."""
+    return BackendError(f"status {status}", kind=kind, status=status, retry_after=retry_after)
 
 
 def state_after(exc: BaseException, attempt: int) -> RetryCallState:
@@ -69,16 +71,18 @@ def state_after(exc: BaseException, attempt: int) -> RetryCallState:
         (err(502), True),
         (err(503), True),
         (err(504), True),
-        # the status table wins over the backend's flag for the never-retry statuses
-        (err(400, retryable=True), False),
-        (err(401, retryable=True), False),
-        (err(403), False),
-        (err(404), False),
-        # elsewhere the backend's flag decides
-        (err(None, retryable=True), True),
-        (err(None, retryable=False), False),
-        (err(409, retryable=True), True),
-        (err(501, retryable=False), False),
+        # never retried: what the backend calls bad input or systemic
+        (err(400, BAD_INPUT), False),
+        (err(401, SYSTEMIC), False),
+        (err(403, SYSTEMIC), False),
+        (err(404, SYSTEMIC), False),
+        # the kind decides, never the status
+        (err(None, TRANSIENT), True),
+        (err(None, SYSTEMIC), False),
+        (err(409, TRANSIENT), True),
+        (err(501, SYSTEMIC), False),
+        (err(503, BAD_INPUT), False),
+        (err(400, TRANSIENT), True),
         (TimeoutError("read timed out"), True),
         (ConnectionError("reset"), True),
         (ConnectionResetError("reset by peer"), True),
@@ -96,21 +100,34 @@ def test_retryable_classification(exc: BaseException, expected: bool) -> None:
 
 
 def test_httpx_errors_are_classified() -> None:
+    """httpx errors are the backend's to classify (google_errors.from_exception);
+    what it makes of them is retried, or not, by kind alone."""
     httpx = pytest.importorskip("httpx")
+    pytest.importorskip("google.genai")
+    from beamvec.backends.google_errors import from_exception
+
     request = httpx.Request("POST", "https://example.invalid/")
-    assert is_retryable(httpx.ReadTimeout("slow", request=request))
-    assert is_retryable(httpx.ConnectError("refused", request=request))
-    assert is_retryable(httpx.RemoteProtocolError("closed", request=request))
-    assert not is_retryable(httpx.UnsupportedProtocol("ftp?", request=request))
-    assert error_status(httpx.ReadTimeout("slow", request=request)) == "timeout"
-    assert error_status(httpx.ConnectError("refused", request=request)) == "connection"
+
+    def mapped(exc: BaseException) -> BackendError:
+        result = from_exception(exc, "gemini", 5.0, lambda m: m)
+        assert result is not None
+        return result
+
+    assert is_retryable(mapped(httpx.ReadTimeout("slow", request=request)))
+    assert is_retryable(mapped(httpx.ConnectError("refused", request=request)))
+    assert is_retryable(mapped(httpx.RemoteProtocolError("closed", request=request)))
+    assert not is_retryable(mapped(httpx.UnsupportedProtocol("ftp?", request=request)))
+    assert "timed out" in str(mapped(httpx.ReadTimeout("slow", request=request)))
+    assert "connection failed" in str(mapped(httpx.ConnectError("refused", request=request)))
+    # never retried by retry.py on their own: only the backend knows what they mean
+    assert not is_retryable(httpx.ReadTimeout("slow", request=request))
 
 
 def test_error_status() -> None:
     assert error_status(err(429)) == 429
     assert error_status(TimeoutError()) == "timeout"
     assert error_status(ConnectionResetError()) == "connection"
-    assert error_status(err(None, retryable=True)) is None
+    assert error_status(err(None, TRANSIENT)) is None
     assert error_status(ValueError()) is None
 
 
@@ -328,10 +345,14 @@ def test_exhaustion_on_timeouts_reports_timeout_status() -> None:
     assert (info.value.attempts, info.value.status) == (3, "timeout")
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404])
-def test_non_retryable_raises_the_original_error_after_one_attempt(status: int) -> None:
+@pytest.mark.parametrize(
+    ("status", "kind"), [(400, BAD_INPUT), (401, SYSTEMIC), (403, SYSTEMIC), (404, SYSTEMIC)]
+)
+def test_non_retryable_raises_the_original_error_after_one_attempt(
+    status: int, kind: ErrorKind
+) -> None:
     clock = FakeTime()
-    original = err(status, retryable=True)
+    original = err(status, kind)
     fn = Flaky([original])
     retries: list[int] = []
     with pytest.raises(BackendError) as info:
@@ -402,7 +423,7 @@ def test_policy_is_frozen_picklable_and_validated() -> None:
 
 
 def is_400(exc: BaseException) -> bool:
-    return isinstance(exc, BackendError) and exc.status == 400
+    return is_bad_input(exc)
 
 
 def test_bisection_finds_exactly_the_bad_items() -> None:
@@ -413,7 +434,7 @@ def test_bisection_finds_exactly_the_bad_items() -> None:
     def call(part: list[int]) -> list[int]:
         calls.append(part)
         if bad & set(part):
-            raise err(400)
+            raise err(400, BAD_INPUT)
         return [x * 10 for x in part]
 
     done, failed = embed_with_bisection(items, call, is_400)
@@ -435,7 +456,7 @@ def test_bisection_of_a_good_batch_is_one_call() -> None:
 
 def test_bisection_all_bad() -> None:
     done, failed = embed_with_bisection(
-        list("abcde"), lambda part: (_ for _ in ()).throw(err(400)), is_400
+        list("abcde"), lambda part: (_ for _ in ()).throw(err(400, BAD_INPUT)), is_400
     )
     assert done == []
     assert [item for item, _ in failed] == list("abcde")
@@ -444,8 +465,8 @@ def test_bisection_all_bad() -> None:
 def test_bisection_lets_other_errors_through() -> None:
     def call(part: list[int]) -> None:
         if len(part) < 4:
-            raise err(401)
-        raise err(400)
+            raise err(401, SYSTEMIC)
+        raise err(400, BAD_INPUT)
 
     with pytest.raises(BackendError) as info:
         embed_with_bisection(list(range(8)), call, is_400)
@@ -462,7 +483,7 @@ def test_bisection_with_retries_inside_each_call() -> None:
         if rng.random() < 0.3:
             raise err(503)
         if 13 in part:
-            raise err(400)
+            raise err(400, BAD_INPUT)
         return part
 
     done, failed = embed_with_bisection(
@@ -479,7 +500,7 @@ def test_recursion_depth_is_logarithmic() -> None:
     assert n > sys.getrecursionlimit()
     done, failed = embed_with_bisection(
         list(range(n)),
-        lambda part: (_ for _ in ()).throw(err(400)) if n - 1 in part else len(part),
+        lambda part: (_ for _ in ()).throw(err(400, BAD_INPUT)) if n - 1 in part else len(part),
         is_400,
     )
     assert [item for item, _ in failed] == [n - 1]

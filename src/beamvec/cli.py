@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -25,12 +26,13 @@ Any Beam pipeline flag (--runner, --direct_num_workers, ...) is passed through;
 
 
 def _run_help() -> str:
-    from beamvec.options import BeamvecOptions
+    # flags.py, not options.py: `beamvec run --help` must not import Beam (~1 s).
+    from beamvec.flags import add_beamvec_flags
 
     parser = argparse.ArgumentParser(
         prog="beamvec run", description=RUN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    BeamvecOptions._add_argparse_args(parser)
+    add_beamvec_flags(parser)
     return parser.format_help()
 
 
@@ -48,7 +50,8 @@ def _emulator(argv: Sequence[str]) -> int:
 
 
 def _command(module: str):
-    """A subcommand's main(), imported only when it runs."""
+    """A subcommand's main(), imported only when it runs: that is the point, so
+    that `inspect`, `verify` and `--help` start without Apache Beam."""
 
     def run(argv: Sequence[str]) -> int:
         from importlib import import_module
@@ -70,40 +73,62 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("BEAMVEC_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_quiet_beam_import_noise)
+        if not debug:  # the failure reaches the user as one line below
+            handler.addFilter(_quiet_runner_tracebacks)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        lines = ["usage: beamvec COMMAND [flags]", "", "commands:"]
+        lines = ["usage: beamvec [--debug] COMMAND [flags]", "", "commands:"]
         lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
-        lines += ["", "example: beamvec run --input 'corpus/*.jsonl' --output out/"]
+        lines += ["", "--debug (or BEAMVEC_DEBUG=1) shows the traceback of an unexpected error.",
+                  "", "example: beamvec run --input 'corpus/*.jsonl' --output out/"]
         print("\n".join(lines), file=sys.stdout if argv and argv[0] in ("-h", "--help") else sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
     if command == "run" and any(a in ("-h", "--help") for a in rest):
         print(_run_help())
         return 0
-
     try:
         return COMMANDS[command][0](rest)
-    except SystemExit as exc:  # argparse's --help and usage errors
+    except SystemExit as exc:  # argparse's --help
         return exc.code if isinstance(exc.code, int) else 2
-    except (UsageError, ValueError) as exc:
-        print(f"beamvec {command}: {exc}", file=sys.stderr)
-        return 2
+    except UsageError as exc:
+        return _fail(command, str(exc), 2)
     except SystemicError as exc:
-        print(f"beamvec {command}: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # storage: missing bucket, denied, bad credentials (also from a worker)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"beamvec {command}: {reason}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # a worker's SystemicError arrives wrapped by the runner
-        systemic = _find_systemic(exc)
-        if systemic is None:
+        return _fail(command, str(exc), 1)
+    except KeyboardInterrupt:
+        if debug:
             raise
-        print(f"beamvec {command}: {systemic}", file=sys.stderr)
-        return 1
+        if command == "run":
+            return _fail(command, "interrupted; committed shards stay committed, "
+                         "rerun the same command to resume", 130)
+        return _fail(command, "interrupted", 130)
+    except OSError as exc:  # storage: missing bucket, denied, bad credentials
+        if debug:
+            raise
+        return _fail(command, _first_line(exc) or type(exc).__name__, 1)
+    except Exception as exc:  # the runner's wrapping of a worker's failure, or a bug
+        systemic = _find_systemic(exc)
+        if systemic is not None:
+            return _fail(command, str(systemic), 1)
+        if debug:
+            raise
+        return _fail(command, f"unexpected error: {type(exc).__name__}: {_first_line(exc)}; "
+                     "rerun with --debug for the traceback", 1)
+
+
+def _fail(command: str, message: str, code: int) -> int:
+    """The one line a failure ends in."""
+    print(f"beamvec {command}: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _quiet_beam_import_noise(record: logging.LogRecord) -> bool:
@@ -111,17 +136,24 @@ def _quiet_beam_import_noise(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("apitools not found")
 
 
-def _find_systemic(exc: BaseException) -> str | None:
-    """The runner wraps worker errors; find our one-line message inside."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, SystemicError):
-            return str(seen)
-        seen = seen.__cause__ or seen.__context__
-    text = str(exc)
-    marker = "SystemicError: "
-    if marker in text:
-        return text.split(marker, 1)[1].splitlines()[0]
+def _quiet_runner_tracebacks(record: logging.LogRecord) -> bool:
+    """Beam logs a failing DoFn's traceback (and relays its workers') before it
+    raises; the raised error ends in one line here, so drop those records."""
+    if not record.name.startswith("apache_beam") or record.levelno < logging.ERROR:
+        return True
+    return not (record.exc_info or "Traceback (most recent call last)" in record.getMessage())
+
+
+def _find_systemic(exc: BaseException) -> SystemicError | None:
+    """An in-process runner re-raises a worker's error with its chain: find
+    our SystemicError in it (other runners: see beamvec.failures)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, SystemicError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
     return None
 
 

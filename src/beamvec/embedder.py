@@ -18,12 +18,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from beamvec import records as r
-from beamvec.backends.base import Backend, BackendError, SystemicError
+from beamvec.backends.base import Backend
+from beamvec.errors import BackendError, ErrorKind, SystemicError
 from beamvec.quota import AdaptiveLimiter
 from beamvec.records import DeadLetter, Embedded, Record
-from beamvec.retry import RetriesExhausted, RetryPolicy, embed_with_bisection
-
-SYSTEMIC_STATUSES = (401, 403, 404)
+from beamvec.retry import (
+    RetriesExhausted,
+    RetryPolicy,
+    embed_with_bisection,
+    error_status,
+    is_bad_input,
+)
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,7 @@ class Embedder:
             )
         except BackendError as exc:
             self.stats.add(f"status_{exc.status or 'error'}")
-            if exc.status == 429:
+            if exc.throttled:
                 self.stats.add("throttled_429")
                 if self.limiter is not None:
                     self.limiter.on_throttled(exc.retry_after)
@@ -97,8 +102,7 @@ class Embedder:
         return vectors
 
     def _on_retry(self, exc: BaseException, attempt: int, wait: float) -> None:
-        status = getattr(exc, "status", None)
-        self.stats.add(f"retries_{status or type(exc).__name__}")
+        self.stats.add(f"retries_{error_status(exc) or type(exc).__name__}")
         self.stats.add("retries")
 
     def _call(self, items: list[Record]) -> np.ndarray:
@@ -109,14 +113,18 @@ class Embedder:
     def embed_batch(self, batch: list[Record]) -> tuple[list[Embedded], list[DeadLetter]]:
         """Vectors for the batch's records, or dead letters with the reason.
 
-        A 400 is bisected so that only the offending texts are dead-lettered;
-        401/403/404 are systemic and stop the run; exhausted retries dead-letter
-        the batch (or stop the run with ``fail_on_exhausted``)."""
+        The backend's error kinds decide: bad input is bisected so that only
+        the offending texts are dead-lettered; a systemic fault stops the run
+        with the backend's one-line message; exhausted retries dead-letter the
+        batch (or stop the run with ``fail_on_exhausted``)."""
         try:
-            done, failed = embed_with_bisection(batch, self._call, _is_bad_request)
+            done, failed = embed_with_bisection(batch, self._call, is_bad_input)
         except RetriesExhausted as exc:
             if self.settings.fail_on_exhausted:
-                raise SystemicError(f"retries exhausted: {exc}") from exc
+                raise SystemicError(
+                    f"retries exhausted ({exc}) and --fail-on-exhausted is set; committed "
+                    "shards stay committed: rerun the same command when the API is back"
+                ) from exc
             letters = [
                 DeadLetter(
                     rec.id, rec.position, r.EMBED_FAILED, f"retries exhausted: {exc.last_exception}",
@@ -128,8 +136,8 @@ class Embedder:
             self.stats.add("dead_letters", len(letters))
             return [], letters
         except BackendError as exc:
-            if exc.status in SYSTEMIC_STATUSES:
-                raise SystemicError(f"{self.backend.name}: {exc}") from exc
+            if exc.kind is ErrorKind.SYSTEMIC:
+                raise SystemicError(str(exc).splitlines()[0]) from exc
             raise
         embedded = [
             Embedded(rec, vec) for items, vectors in done for rec, vec in zip(items, vectors, strict=True)
@@ -144,7 +152,3 @@ class Embedder:
         if letters:
             self.stats.add("dead_letters", len(letters))
         return embedded, letters
-
-
-def _is_bad_request(exc: BaseException) -> bool:
-    return isinstance(exc, BackendError) and exc.status == 400

@@ -49,8 +49,9 @@ class BackendError(Exception):
 
     ``kind`` is decided by the backend where the error is understood;
     ``status`` is the HTTP-like status when there is one (for counting and
-    messages only); ``retry_after`` is the server's hint in seconds. Messages
-    must never carry secrets.
+    messages only); ``retry_after`` is the server's hint in seconds;
+    ``throttled`` says the server refused for rate (a quota 429), so a limiter
+    should slow down. Messages must never carry secrets.
     """
 
     def __init__(
@@ -60,11 +61,13 @@ class BackendError(Exception):
         kind: ErrorKind,
         status: int | None = None,
         retry_after: float | None = None,
+        throttled: bool = False,
     ) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
         self.retry_after = retry_after
+        self.throttled = throttled
 
     @property
     def retryable(self) -> bool:
@@ -73,10 +76,15 @@ class BackendError(Exception):
     def __reduce__(self) -> tuple[Any, ...]:
         # Keyword-only fields: rebuild through a helper so it survives pickling
         # (Beam ships worker errors back to the driver pickled).
-        return (_rebuild_backend_error, (str(self), self.kind.value, self.status, self.retry_after))
+        return (
+            _rebuild_backend_error,
+            (str(self), self.kind.value, self.status, self.retry_after, self.throttled),
+        )
 
 
 def _rebuild_backend_error(
-    message: str, kind: str, status: int | None, retry_after: float | None
+    message: str, kind: str, status: int | None, retry_after: float | None, throttled: bool = False
 ) -> BackendError:
-    return BackendError(message, kind=ErrorKind(kind), status=status, retry_after=retry_after)
+    return BackendError(
+        message, kind=ErrorKind(kind), status=status, retry_after=retry_after, throttled=throttled
+    )

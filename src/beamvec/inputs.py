@@ -22,14 +22,14 @@ from beamvec import __version__
 from beamvec.backends import Backend, backend_from_options
 from beamvec.contract import CommitRecord, Description, OutputState, RunConfig
 from beamvec.errors import UsageError
-from beamvec.options import BeamvecOptions, expand_config, parse_storage_options
+from beamvec.options import BeamvecOptions, parse_pipeline_options, parse_storage_options
 from beamvec.prepare import PrepareConfig
 from beamvec.records import Shard
 from beamvec.sources import ReaderConfig, list_shards
 
 
 def parse_options(argv: Sequence[str]) -> PipelineOptions:
-    options = PipelineOptions(expand_config(argv))
+    options = parse_pipeline_options(argv)
     bv = options.view_as(BeamvecOptions)
     if not bv.input:
         raise UsageError("no --input given: pass a glob such as --input 'corpus/*.jsonl'")

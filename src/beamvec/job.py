@@ -34,6 +34,7 @@ from beamvec.contract import (
 )
 from beamvec.embedder import EmbedSettings
 from beamvec.errors import SystemicError, UsageError
+from beamvec.failures import clear_failures, raise_recorded_failure
 from beamvec.inputs import JobInputs, Work, conflict, parse_options, resolve_inputs, split_work
 from beamvec.lookup import check_reuse_source
 from beamvec.preflight import preflight
@@ -163,6 +164,7 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
     workers = worker_count(options, bv)
     quota = QuotaSettings(bv.quota_rpm, bv.quota_tpm, share=1.0 / workers, window_s=bv.quota_window)
     plan.output.clean_staging()
+    clear_failures(bv.output, plan.storage_options)
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | "EmbedCorpus" >> EmbedCorpus(
         plan.work.todo, inputs.backend, config, settings, quota, inputs.run_config,
@@ -172,8 +174,13 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
     total_bytes = sum(max(0, s.size) for s in plan.work.todo)
     reporter = Reporter(len(plan.work.todo), total_bytes, interval=bv.progress_interval)
     with reporter if live else nullcontext():
-        result = pipeline.run()
-        result.wait_until_finish()
+        try:
+            result = pipeline.run()
+            result.wait_until_finish()
+        except Exception as exc:  # a worker's SystemicError reaches here as text on most runners
+            raise_recorded_failure(bv.output, plan.storage_options, exc)
+            raise
+    clear_failures(bv.output, plan.storage_options)  # left by bundles the runner retried
     return summarize(plan, started, out, beam_counters(result))
 
 

@@ -1,158 +1,194 @@
-"""Every beamvec pipeline flag, in one PipelineOptions subclass, and YAML configs.
+"""Every beamvec pipeline flag as a Beam PipelineOptions subclass; YAML configs;
+and the strict parse that `run` and `plan` share.
 
-Flags are spelled with dashes (``--id-field``); the underscore spelling is
-accepted too, so a YAML config can use either. A config file is turned into
-flags placed before the command line's, so flags on the command line win.
+Beam drops a flag it does not know with a warning, so a typo (``--quota-rmp``)
+would silently run without a quota. ``parse_pipeline_options`` refuses it
+instead, with a "did you mean", while every flag of every registered Beam
+options class still passes; it also range-checks every numeric beamvec flag
+before anything is sent. The flags themselves are defined in flags.py (no
+Beam), ``--storage-option`` parsing in storage_options.py (no Beam).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-from beamvec.backends.base import TASK_TYPES
-from beamvec.prepare import LONG_TEXT_POLICIES, NORMALIZATIONS
-from beamvec.sources import FORMATS
+from beamvec.errors import UsageError
+from beamvec.flags import add_beamvec_flags
+from beamvec.storage_options import parse_storage_options
 
-
-def _flag(parser: Any, name: str, **kwargs: Any) -> None:
-    spellings = [f"--{name}"]
-    if "-" in name:
-        spellings.append(f"--{name.replace('-', '_')}")
-    parser.add_argument(*spellings, dest=name.replace("-", "_"), **kwargs)
+__all__ = [
+    "BeamvecOptions",
+    "check_flags",
+    "config_to_argv",
+    "expand_config",
+    "parse_pipeline_options",
+    "parse_storage_options",  # re-exported: it lives in storage_options.py (no Beam)
+    "validate",
+]
 
 
 class BeamvecOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
-        # Inputs
-        _flag(parser, "input", action="append", help="input glob or path (repeatable); any fsspec URL")
-        _flag(parser, "format", choices=FORMATS, default=None, help="input format (default: by extension)")
-        _flag(parser, "id-field", default="id", help="jsonl/csv/parquet field holding the record id")
-        _flag(parser, "text-field", default="text", help="field holding the text to embed")
-        _flag(parser, "title-field", default=None, help="field holding a document title (RETRIEVAL_DOCUMENT)")
-        _flag(
-            parser, "storage-option", action="append", default=None,
-            help="fsspec option KEY=VALUE for inputs and output (repeatable), e.g. endpoint_url=...",
-        )
-        # Output
-        _flag(parser, "output", help="output root: a directory or bucket prefix")
-        # Prepare
-        _flag(parser, "normalization", choices=NORMALIZATIONS, default="nfc", help="text normalization")
-        _flag(
-            parser, "on-long-text", choices=LONG_TEXT_POLICIES, default="truncate",
-            help="texts over the backend's per-text limit: truncate (flagged) or dead-letter",
-        )
-        # Backend
-        _flag(parser, "backend", choices=("local", "gemini", "vertex"), default="local")
-        _flag(parser, "local-model-dir", default=None, help="another ONNX export with a tokenizer.json")
-        _flag(parser, "local-threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
-        _flag(parser, "model", default=None, help="API model (default gemini-embedding-001)")
-        _flag(parser, "task-type", choices=TASK_TYPES, default=None, help="embedding task type")
-        _flag(parser, "output-dimensionality", type=int, default=None, help="vector size (API backends)")
-        _flag(parser, "api-key-file", default=None, help="file holding the API key (else env GEMINI_API_KEY)")
-        _flag(parser, "api-key-secret", default=None,
-              help="Secret Manager secret holding the API key, read by each worker: "
-                   "projects/P/secrets/S[/versions/V]")
-        _flag(parser, "location", default="us-central1", help="Vertex AI location")
-        _flag(parser, "vertex-auth", choices=("adc", "api_key", "anonymous"), default="adc",
-              help="Vertex credentials: ADC, express-mode API key, or anonymous (emulators only)")
-        _flag(parser, "api-base-url", default=None, help="API base URL (a proxy or `beamvec emulator`)")
-        _flag(parser, "api-version", default=None, help="API version with --api-base-url, e.g. v1beta")
-        _flag(parser, "request-timeout", type=float, default=60.0, help="seconds per API request")
-        # Quota, retry, concurrency
-        _flag(parser, "quota-rpm", type=float, default=None, help="requests per minute for the whole job")
-        _flag(parser, "quota-tpm", type=float, default=None, help="tokens per minute for the whole job")
-        _flag(parser, "quota-window", type=float, default=60.0,
-              help="seconds the quota is metered over (60 for the real APIs; shorter for emulators)")
-        _flag(parser, "quota-workers", type=int, default=1, help="workers sharing the quota")
-        _flag(parser, "max-in-flight", type=int, default=None, help="requests outstanding per worker")
-        _flag(parser, "concurrent-shards", type=int, default=4, help="shards a worker works on at once")
-        _flag(parser, "max-attempts", type=int, default=8, help="attempts per batch before dead letters")
-        _flag(parser, "batch-deadline", type=float, default=600.0, help="seconds per batch, retries included")
-        _flag(parser, "fail-on-exhausted", action="store_true", default=False,
-              help="fail the run instead of dead-lettering a batch whose retries ran out")
-        # Run control
-        _flag(parser, "force", action="store_true", default=False,
-              help="redo every shard and reuse no vector (also allows a new configuration)")
-        _flag(parser, "reuse-from", action="append", default=None, metavar="OUTPUT",
-              help="also reuse vectors of texts embedded in this other beamvec output "
-                   "(repeatable; same configuration only)")
-        _flag(parser, "prune", action="store_true", default=False,
-              help="after the run, remove shards whose input is no longer listed: the output "
-                   "mirrors tonight's input (snapshots)")
-        _flag(parser, "since", default=None, help="first dt=YYYY-MM-DD partition to embed (backfills)")
-        _flag(parser, "until", default=None, help="last dt=YYYY-MM-DD partition to embed (backfills)")
-        _flag(parser, "checkpoint", type=_bool, default=None,
-              help="save each finished batch so a crashed shard resumes (default: on for API backends)")
-        _flag(parser, "quiet", action="store_true", default=False, help="no progress output")
-        _flag(parser, "progress-interval", type=float, default=None,
-              help="seconds between progress lines (default 0.5 on a terminal, 10 otherwise)")
+        add_beamvec_flags(parser)
 
 
-def _bool(value: str) -> bool:
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
+# -- the strict parse ---------------------------------------------------------
 
 
-#: Storage option names that hold credentials. Pipeline options and DoFns are
-#: pickled and shipped to the runner, so these are refused: credentials belong
-#: in the workers' environment (AWS variables, ADC), never on the command line.
-_SECRET_OPTION_NAMES = {
-    "key", "secret", "token", "password", "session_token", "client_secret", "credentials",
-    "access_key", "secret_key", "aws_access_key_id", "aws_secret_access_key",
-    "aws_session_token", "account_key", "sas_token", "connection_string",
-}
-#: gcsfs's `token` modes that name a way to find credentials, not a credential.
-_TOKEN_MODES = {"anon", "google_default", "cloud", "cache", "browser"}
+class _StrictParser(_BeamArgumentParser):
+    """Beam's own parser (it knows ValueProvider flags), raising UsageError."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message}; see `beamvec run --help`")
 
 
-def parse_storage_options(pairs: Sequence[str] | None) -> dict[str, Any]:
-    """KEY=VALUE pairs; values are JSON when they parse (true, 3, {...}), else strings.
-    Dotted keys nest: client_kwargs.endpoint_url=... ."""
-    options: dict[str, Any] = {}
-    for pair in pairs or ():
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--storage-option takes KEY=VALUE, got {pair!r}")
-        try:
-            parsed: Any = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        *parents, leaf = key.split(".")
-        if leaf.lower() in _SECRET_OPTION_NAMES and not (leaf == "token" and parsed in _TOKEN_MODES):
-            raise ValueError(
-                f"--storage-option {key}=… looks like a credential, and pipeline options travel "
-                "to every worker: give credentials to the workers' environment instead "
-                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS, ADC)"
+def _options_classes() -> list[type[PipelineOptions]]:
+    """Every registered PipelineOptions subclass, recursively, once each
+    (by name, as Beam's get_all_options picks them)."""
+    found: dict[str, type[PipelineOptions]] = {}
+    pending = list(PipelineOptions.__subclasses__())
+    while pending:
+        cls = pending.pop(0)
+        found.setdefault(str(cls), cls)
+        pending.extend(cls.__subclasses__())
+    return list(found.values())
+
+
+def all_flags_parser() -> _BeamArgumentParser:
+    """A parser with the flags of beamvec and of every registered Beam options class."""
+    parser = _StrictParser(allow_abbrev=False, add_help=False, conflict_handler="resolve")
+    for cls in _options_classes():
+        if "_add_argparse_args" in cls.__dict__:  # inherited ones are already there
+            cls._add_argparse_args(parser)
+    return parser
+
+
+def _known(parser: _BeamArgumentParser) -> list[str]:
+    return sorted(parser._option_string_actions)
+
+
+def _did_you_mean(name: str, known: Sequence[str], prefix: str = "--") -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f"; did you mean {prefix}{close[0].removeprefix('--')}?" if close else ""
+
+
+def check_flags(flags: Sequence[str]) -> None:
+    """Raise UsageError for a flag no beamvec or Beam options class knows
+    (with a "did you mean"), a stray argument, or a value a flag refuses."""
+    parser = all_flags_parser()
+    _, unknown = parser.parse_known_args(list(flags))  # bad values: _StrictParser.error
+    for arg in unknown:
+        if arg == "--":
+            break
+        if arg.startswith("-"):
+            name = arg.split("=", 1)[0]
+            raise UsageError(
+                f"unknown flag {name}{_did_you_mean(name, _known(parser))} "
+                "(see `beamvec run --help`; Beam's own flags pass too)"
             )
-        target = options
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = parsed
+        raise UsageError(
+            f"unexpected argument {arg!r}: flags take the form --name VALUE; "
+            "quote globs so the shell does not expand them (--input 'corpus/*.jsonl')"
+        )
+
+
+def _check_number(value: float | None, flag: str, minimum: float, strict: bool, hint: str = "") -> None:
+    if value is None:
+        return
+    bad = not math.isfinite(value) or (value <= minimum if strict else value < minimum)
+    if bad:
+        bound = f"greater than {minimum:g}" if strict else f"at least {minimum:g}"
+        raise UsageError(f"{flag} must be {bound}, got {value:g}{hint}")
+
+
+def validate(bv: BeamvecOptions) -> None:
+    """Range-check every numeric beamvec flag, before anything is sent."""
+    no_limit = "; omit the flag for no limit"
+    _check_number(bv.quota_rpm, "--quota-rpm", 0, strict=True, hint=no_limit)
+    _check_number(bv.quota_tpm, "--quota-tpm", 0, strict=True, hint=no_limit)
+    _check_number(bv.quota_window, "--quota-window", 0, strict=True)
+    _check_number(bv.quota_workers, "--quota-workers", 1, strict=False)
+    _check_number(bv.max_in_flight, "--max-in-flight", 1, strict=False)
+    _check_number(bv.concurrent_shards, "--concurrent-shards", 1, strict=False)
+    _check_number(bv.max_attempts, "--max-attempts", 1, strict=False)
+    _check_number(bv.batch_deadline, "--batch-deadline", 0, strict=True)
+    _check_number(bv.request_timeout, "--request-timeout", 0, strict=True)
+    _check_number(bv.local_threads, "--local-threads", 0, strict=False, hint="; 0 means all cores")
+    _check_number(bv.output_dimensionality, "--output-dimensionality", 1, strict=False)
+    _check_number(bv.progress_interval, "--progress-interval", 0, strict=True)
+
+
+def parse_pipeline_options(argv: Sequence[str]) -> PipelineOptions:
+    """The flags of `run` and `plan` (``--config`` files expanded), checked:
+    unknown flags, bad values and out-of-range numbers are UsageErrors."""
+    flags = expand_config(argv)
+    check_flags(flags)
+    options = PipelineOptions(flags)
+    validate(options.view_as(BeamvecOptions))
     return options
+
+
+# -- YAML configs ---------------------------------------------------------------
 
 
 #: Flags that take true/false as a value (the others are store_true switches).
 _VALUED_BOOLS = {"checkpoint"}
 
 
-def config_to_argv(path: str | Path) -> list[str]:
-    """A YAML mapping of flag names to values, as command-line flags."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+def _read_config(path: str | Path) -> dict[Any, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise UsageError(f"cannot read --config {path}: {reason}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise UsageError(
+            f"--config {path}: invalid YAML{where}: {problem}; fix the file "
+            "(a mapping of flag names to values)"
+        ) from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config file must be a mapping of flag names to values")
+        raise UsageError(
+            f"--config {path}: expected a mapping of flag names to values "
+            f"(like `quota-rpm: 1500`), got a YAML {type(data).__name__}"
+        )
+    return data
+
+
+def config_to_argv(path: str | Path) -> list[str]:
+    """A YAML mapping of flag names to values, as command-line flags.
+
+    Keys are beamvec or Beam flags without the leading ``--``, with dashes or
+    underscores; an unknown key is a UsageError naming the file."""
+    data = _read_config(path)
+    known = _known(all_flags_parser())
     argv: list[str] = []
     for key, value in data.items():
         flag = f"--{key}"
+        if flag not in known and f"--{str(key).replace('-', '_')}" in known:
+            flag = f"--{str(key).replace('-', '_')}"  # Beam's flags are spelt with underscores
+        if flag not in known:
+            raise UsageError(
+                f"--config {path}: unknown key {key!r}"
+                f"{_did_you_mean(f'--{key}', known, prefix='')} "
+                "(keys are beamvec or Beam flags without the leading --)"
+            )
         if value is None:
             continue
         if value is False:
@@ -186,7 +222,9 @@ def expand_config(argv: Sequence[str]) -> list[str]:
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg == "--config" and i + 1 < len(argv):
+        if arg == "--config":
+            if i + 1 >= len(argv):
+                raise UsageError("--config needs a FILE: --config runner_configs/local.yaml")
             files.append(argv[i + 1])
             i += 2
             continue

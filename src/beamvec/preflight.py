@@ -45,7 +45,7 @@ def first_text_to_send(
         for raw in read_shard(shard, inputs.reader, inputs.storage_options):
             scanned += 1
             decision = router.route(raw)
-            if isinstance(decision, Send) and decision.record.title is None:
+            if isinstance(decision, Send):
                 return decision.record, False
             if scanned >= SCAN_LIMIT:
                 return None, False
@@ -66,7 +66,7 @@ def preflight(output: Output, inputs: JobInputs, todo: list[Shard], reuse: bool)
     if record is None and all_seen:
         LOG.info("every text to embed is already embedded: no preflight call")
         return None
-    vector = backend.preflight(record.text if record is not None else None)
+    vector = backend.preflight(*((record.text, record.title) if record is not None else ()))
     if record is None or vector is None:
         return None
     return record.content_hash, tuple(float(x) for x in vector)

@@ -1,30 +1,29 @@
-"""What is retryable, how long to wait, and when to give up, built on tenacity.
+"""What is retried, how long we wait, and when we give up, built on tenacity.
 
 The SDKs we call either do not retry (google-genai, by default) or retry
 blindly with fixed waits. Here every request gets tenacity's machinery with
 three decisions of our own:
 
-* ``is_retryable``: transient faults (408, 429, 5xx, timeouts, broken
-  connections) are retried; 400/401/403/404 never are, so the caller can bisect
-  a bad batch or stop the run on bad credentials at once.
+* ``is_retryable``: exactly the errors whose backend said ``TRANSIENT`` (and
+  plain ``TimeoutError``/``ConnectionError``). What a status means is the
+  backend's business (``ErrorKind``); this module never looks at one, so a
+  bad input can be bisected and bad credentials stop the run at once.
 * ``wait_full_jitter_or_hint``: exponential backoff with full jitter, unless the
-  server said how long to wait (RetryInfo / Retry-After), which is honoured.
+  server said how long to wait (``retry_after``), which is honoured.
 * a per-batch deadline, measured on an injectable clock, so a batch never holds
   a worker for longer than the policy allows.
 
-``embed_with_bisection`` finds the few texts an API rejects with 400 inside an
-otherwise good batch, so only they are dead-lettered.
+``embed_with_bisection`` finds the few texts an API rejects as bad input
+inside an otherwise good batch, so only they are dead-lettered.
 """
 
 from __future__ import annotations
 
-import email.utils
 import math
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timezone
 from typing import Any, TypeVar
 
 from tenacity import (
@@ -37,146 +36,47 @@ from tenacity import (
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from beamvec.backends.base import BackendError
+from beamvec.errors import BackendError, ErrorKind
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-#: Statuses that mean "the same request may succeed later".
-RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-#: Statuses that mean "this request will never succeed": retrying only burns quota.
-NEVER_RETRY_STATUSES = frozenset({400, 401, 403, 404})
-
-try:  # google-genai talks HTTP through httpx; it is an optional dependency.
-    import httpx
-
-    _HTTPX_TIMEOUTS: tuple[type[BaseException], ...] = (httpx.TimeoutException,)
-    _HTTPX_TRANSPORT: tuple[type[BaseException], ...] = (httpx.TransportError,)
-    # A wrong URL scheme is a configuration fault, not a transient one.
-    _HTTPX_NEVER: tuple[type[BaseException], ...] = (httpx.UnsupportedProtocol,)
-except ImportError:  # pragma: no cover - depends on the installed extras
-    _HTTPX_TIMEOUTS = _HTTPX_TRANSPORT = _HTTPX_NEVER = ()
 
 
 # -- classification -----------------------------------------------------------
 
 
 def error_status(exc: BaseException) -> int | str | None:
-    """The status to count an error under: the HTTP status of a BackendError,
-    ``"timeout"`` or ``"connection"`` for network faults, else None."""
+    """The status to count an error under (stats only, never a decision): the
+    HTTP status of a BackendError, ``"timeout"`` or ``"connection"`` for plain
+    network faults, else None."""
     if isinstance(exc, BackendError) and exc.status is not None:
         return exc.status
-    if isinstance(exc, (TimeoutError, *_HTTPX_TIMEOUTS)):
+    if isinstance(exc, TimeoutError):
         return "timeout"
-    if isinstance(exc, (ConnectionError, *_HTTPX_TRANSPORT)):
+    if isinstance(exc, ConnectionError):
         return "connection"
     return None
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Whether the same request may succeed if sent again later.
-
-    The status table is authoritative where it speaks (a 400 is never retried,
-    whatever the backend's flag says, so that it can be bisected); otherwise
-    the backend's ``retryable`` flag decides. Timeouts and broken connections
-    are retried."""
+    """Whether the same request may succeed if sent again later: the backend
+    said so (``ErrorKind.TRANSIENT``), or it is a plain timeout or broken
+    connection."""
     if isinstance(exc, BackendError):
-        if exc.status in NEVER_RETRY_STATUSES:
-            return False
-        return exc.retryable or exc.status in RETRYABLE_STATUSES
-    if _HTTPX_NEVER and isinstance(exc, _HTTPX_NEVER):
-        return False
-    return isinstance(exc, (TimeoutError, ConnectionError, *_HTTPX_TIMEOUTS, *_HTTPX_TRANSPORT))
+        return exc.kind is ErrorKind.TRANSIENT
+    return isinstance(exc, (TimeoutError, ConnectionError))
 
 
-# -- server hints -------------------------------------------------------------
-
-
-def _finite_non_negative(value: float) -> float | None:
-    if math.isnan(value) or math.isinf(value):
-        return None
-    return max(0.0, value)
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from an HTTP ``Retry-After`` header, or None.
-
-    Accepts delta-seconds (``"120"``; a decimal is tolerated) and an HTTP-date
-    (``"Wed, 21 Oct 2015 07:28:00 GMT"``), measured from ``now`` (epoch
-    seconds, default the current time). A date in the past means 0."""
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        return _finite_non_negative(float(text))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:  # pragma: no cover - older Pythons returned None
-        return None
-    if when.tzinfo is None:  # an HTTP-date is always GMT
-        when = when.replace(tzinfo=timezone.utc)
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
-
-
-def _parse_duration(value: Any) -> float | None:
-    """A protobuf Duration in JSON form: ``"1.5s"`` or ``{"seconds": 1, "nanos": 5e8}``."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.endswith("s"):
-            text = text[:-1]
-        try:
-            return _finite_non_negative(float(text))
-        except ValueError:
-            return None
-    if isinstance(value, dict):
-        try:
-            seconds = float(value.get("seconds", 0) or 0)
-            nanos = float(value.get("nanos", 0) or 0)
-        except (TypeError, ValueError):
-            return None
-        return _finite_non_negative(seconds + nanos / 1e9)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return _finite_non_negative(float(value))
-    return None
-
-
-def parse_retry_info(error_json: Any) -> float | None:
-    """Seconds to wait from a Google API error body's ``google.rpc.RetryInfo``.
-
-    Accepts ``{"error": {..., "details": [...]}}``, the inner ``error`` object,
-    or a one-element list of either (some Google APIs wrap errors in a list).
-    Returns None when there is no usable ``retryDelay``."""
-    if isinstance(error_json, list):
-        error_json = error_json[0] if error_json else None
-    if not isinstance(error_json, dict):
-        return None
-    error = error_json.get("error", error_json)
-    if not isinstance(error, dict):
-        return None
-    details = error.get("details")
-    if not isinstance(details, list):
-        return None
-    for detail in details:
-        if not isinstance(detail, dict):
-            continue
-        kind = str(detail.get("@type", ""))
-        if kind.endswith("google.rpc.RetryInfo") and "retryDelay" in detail:
-            return _parse_duration(detail["retryDelay"])
-    return None
+def is_bad_input(exc: BaseException) -> bool:
+    """Whether the backend refused this request's texts: bisect to find them."""
+    return isinstance(exc, BackendError) and exc.kind is ErrorKind.BAD_INPUT
 
 
 def retry_after_of(exc: BaseException | None) -> float | None:
     """The server's hint carried by an exception (``retry_after``), if usable."""
     hint = getattr(exc, "retry_after", None)
-    if isinstance(hint, int | float) and not isinstance(hint, bool):
-        return _finite_non_negative(float(hint))
+    if isinstance(hint, int | float) and not isinstance(hint, bool) and math.isfinite(hint):
+        return max(0.0, float(hint))
     return None
 
 
@@ -352,8 +252,8 @@ class RetryPolicy:
     ) -> R:
         """``fn(*args, **kwargs)`` with retries.
 
-        A non-retryable error is raised unchanged after one attempt (so a 400
-        can be bisected and a 401 can stop the run); a retryable one that
+        A non-retryable error is raised unchanged after one attempt (so a bad
+        input can be bisected and bad credentials can stop the run); a retryable one that
         persists becomes ``RetriesExhausted``. ``on_retry(exc, attempt, wait)``
         is called before each sleep, for counting retries by status."""
         retrying = self.retrying(on_retry=on_retry, sleep=sleep, clock=clock, rng=rng)
@@ -366,10 +266,11 @@ class RetryPolicy:
 def embed_with_bisection(
     items: Sequence[T],
     call: Callable[[list[T]], R],
-    is_bad_request: Callable[[BaseException], bool],
+    is_bad_request: Callable[[BaseException], bool] = is_bad_input,
 ) -> tuple[list[tuple[list[T], R]], list[tuple[T, BaseException]]]:
-    """Call on the whole batch; on a bad request, split it in halves until the
-    offending items stand alone.
+    """Call on the whole batch; on a bad request (by default: the backend's
+    ``ErrorKind.BAD_INPUT``), split it in halves until the offending items
+    stand alone.
 
     One bad text must not cost its whole batch: with k bad items among n this
     takes about ``2k·log2(n/k)`` extra calls. Returns the successful sub-batches

@@ -34,6 +34,7 @@ from beamvec.contract import (
     total,
 )
 from beamvec.embedder import Embedder, EmbedSettings
+from beamvec.failures import systemic_failures_recorded
 from beamvec.pricing import estimate_cost
 from beamvec.progress import PROGRESS
 from beamvec.records import Shard
@@ -92,7 +93,8 @@ class EmbedShards(beam.DoFn):
         self.concurrent_shards = max(1, concurrent_shards)
 
     def setup(self) -> None:
-        self.backend.load()
+        with systemic_failures_recorded(self.config.output, self.config.storage_options):
+            self.backend.load()
         limiter = self.quota_settings.limiter(f"{self.backend.name}:{self.backend.model}")
         self.embedder = Embedder(self.backend, self.settings, limiter)
         self.worker = Worker(self.backend, self.embedder, self.config, self.settings.max_in_flight)
@@ -113,7 +115,8 @@ class EmbedShards(beam.DoFn):
 
     def _run(self, shard: Shard) -> CommitRecord:
         try:
-            return self.worker.process(shard, on_read=self.reading.release)
+            with systemic_failures_recorded(self.config.output, self.config.storage_options):
+                return self.worker.process(shard, on_read=self.reading.release)
         finally:
             self.open.release()
 

@@ -18,6 +18,9 @@ import numpy as np
 
 from beamvec.errors import SystemicError as SystemicError  # re-exported: backends raise it
 
+#: What a preflight embeds when the run gives it no text of its own.
+PREFLIGHT_TEXT = "beamvec preflight"
+
 #: Task types the embedding APIs document, in their order.
 TASK_TYPES = (
     "SEMANTIC_SIMILARITY",
@@ -39,39 +42,6 @@ class Limits:
     max_request_tokens: int  # estimated tokens per request
     max_text_tokens: int  # tokens per text; longer texts are truncated or dead-lettered
     dimension: int  # length of the returned vectors
-
-
-class BackendError(Exception):
-    """An error from a backend call.
-
-    ``retryable`` says whether the same request may succeed later;
-    ``status`` is the HTTP-like status when there is one. Messages must never
-    carry secrets.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        retryable: bool,
-        status: int | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-        self.status = status
-        self.retry_after = retry_after
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keyword-only fields: rebuild through a helper so it survives pickling
-        # (Beam ships worker errors back to the driver pickled).
-        return (_rebuild_backend_error, (str(self), self.retryable, self.status, self.retry_after))
-
-
-def _rebuild_backend_error(
-    message: str, retryable: bool, status: int | None, retry_after: float | None
-) -> BackendError:
-    return BackendError(message, retryable=retryable, status=status, retry_after=retry_after)
 
 
 class Backend(ABC):
@@ -99,13 +69,17 @@ class Backend(ABC):
     def load(self) -> None:  # noqa: B027 - optional hook
         """Create sessions or clients. Called once per worker, in DoFn.setup."""
 
-    def preflight(self, text: str | None = None) -> np.ndarray | None:
+    def preflight(self, text: str | None = None, title: str | None = None) -> np.ndarray | None:
         """Check credentials, model and dimension before any quota is spent,
-        with ``text`` (one the run needs) when given; returns its vector.
+        by embedding ``text`` (a text the run needs, so that its vector is
+        kept and nothing extra is billed) or a probe text when None.
 
+        Returns the vector of ``text`` as ``embed`` would (None only when the
+        backend refused that text itself; the run then sends it as usual).
         Raises SystemicError with one clear line."""
         self.load()
-        return None if text is None else self.embed([text])[0]
+        vectors = self.embed([text or PREFLIGHT_TEXT], None if title is None else [title])
+        return check_preflight_vector(self, vectors)
 
     def count_tokens(self, text: str) -> int:
         """Token count (or a safe over-estimate) of ``text``."""
@@ -140,6 +114,20 @@ class Backend(ABC):
 #: Conservative characters-per-token for estimates on APIs whose tokenizer we
 #: do not have: 3 for truncation (so a cut text fits), 4 for cost estimates.
 CHARS_PER_TOKEN_LOW = 3
+
+
+def check_preflight_vector(backend: Backend, vectors: np.ndarray) -> np.ndarray:
+    """The one row of a preflight answer, or SystemicError when it has the
+    wrong size or is not finite."""
+    dimension = backend.limits.dimension
+    if vectors.ndim != 2 or vectors.shape != (1, dimension):
+        raise SystemicError(
+            f"{backend.name}: model {backend.model} returned vectors of shape "
+            f"{tuple(vectors.shape)}, expected (1, {dimension})"
+        )
+    if not np.isfinite(vectors).all():
+        raise SystemicError(f"{backend.name}: model {backend.model} returned non-finite values")
+    return vectors[0]
 
 
 def estimate_tokens(text: str) -> int:

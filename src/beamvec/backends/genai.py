@@ -15,7 +15,9 @@ a location and Application Default Credentials. Both go through
   sent as one call per distinct title, and the rows are put back in order.
   Titles are only sent with ``RETRIEVAL_DOCUMENT``, the one task that uses them.
 * The SDK does not retry by default and ignores Retry-After / RetryInfo; errors
-  become ``BackendError`` with the server's hint, and ``beamvec.retry`` decides.
+  become ``BackendError`` with a kind and the server's hint
+  (``google_errors``: the one place that reads statuses and error bodies),
+  and ``beamvec.retry`` retries the transient ones.
   Its transport is httpx2 by default (httpx with ``GOOGLE_GENAI_HTTP_CLIENT=httpx``);
   timeouts and broken connections of either become retryable BackendErrors.
 * Smaller ``output_dimensionality`` vectors are not normalized by the API; we
@@ -34,26 +36,16 @@ first set variable of ``api_key_env``. It is never an attribute before
 
 from __future__ import annotations
 
-import functools
-import importlib
-import json
-import math
 import os
-import re
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from beamvec.backends.base import (
-    TASK_TYPES,
-    Backend,
-    BackendError,
-    Limits,
-    SystemicError,
-    l2_normalize,
-)
+from beamvec.backends import google_errors
+from beamvec.backends.base import PREFLIGHT_TEXT, TASK_TYPES, Backend, Limits, l2_normalize
+from beamvec.errors import BackendError, ErrorKind, SystemicError
+from beamvec.retry import RetriesExhausted, RetryPolicy
 
 #: Native output size per model id; a key also covers ids that extend it with
 #: ``-…`` (``gemini-embedding-2`` covers ``gemini-embedding-2-preview``).
@@ -73,12 +65,6 @@ VERTEX_MAX_ITEMS = 250
 VERTEX_MAX_REQUEST_TOKENS = 20_000
 MAX_TEXT_TOKENS = 2048
 VERTEX_AUTH_MODES = ("adc", "api_key", "anonymous")
-
-RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-#: ErrorInfo reasons Google sends with HTTP 400 when the API key is bad.
-_BAD_KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_NOT_FOUND"})
-_KEY_IN_URL = re.compile(r"([?&]key=)[^&\s'\"]+")
-_MAX_MESSAGE = 400
 
 
 def model_id(model: str) -> str:
@@ -320,7 +306,7 @@ class GenaiBackend(Backend):
             raise ValueError(f"{len(titles)} titles for {n} texts")
         if any(not t for t in texts):
             # Vertex :predict drops empty parts, which would misalign the rows.
-            raise BackendError(f"{self.mode}: empty text", retryable=False, status=400)
+            raise BackendError(f"{self.mode}: empty text", kind=ErrorKind.BAD_INPUT, status=400)
         out = np.empty((n, self.dimension), dtype=np.float32)
         for title, rows in self._title_groups(n, titles).items():
             out[rows] = self._checked(self._call([texts[i] for i in rows], title), len(rows))
@@ -357,7 +343,7 @@ class GenaiBackend(Backend):
                 model=self._model, contents=contents, config=config
             )
         except Exception as exc:
-            mapped = self._map_error(exc)
+            mapped = google_errors.from_exception(exc, self.mode, self.timeout_s, self._scrub)
             if mapped is None:
                 raise
             raise mapped from None
@@ -386,123 +372,73 @@ class GenaiBackend(Backend):
         return arr
 
     def _malformed(self, what: str) -> BackendError:
-        return BackendError(f"{self.mode}: malformed response: {what}", retryable=True, status=None)
+        return google_errors.malformed(self.mode, what)
 
     # -- errors --------------------------------------------------------------
 
     def _scrub(self, message: str) -> str:
-        """The message without the key, whatever path it took to get there."""
-        if self._secret:
-            message = message.replace(self._secret, "***")
-        message = _KEY_IN_URL.sub(r"\1***", message)
-        if len(message) > _MAX_MESSAGE:
-            message = message[: _MAX_MESSAGE - 1] + "…"
-        return message
-
-    def _map_error(self, exc: BaseException) -> BackendError | None:
-        """A BackendError for what the SDK or the network raised; None for
-        anything we do not recognise (a bug should stay loud)."""
-        import pydantic
-        from google.genai import errors
-
-        timeouts, transport, unsupported = _http_exception_types()
-        if isinstance(exc, errors.APIError):
-            return self._map_api_error(exc)
-        if isinstance(exc, (*timeouts, TimeoutError)):
-            return BackendError(
-                f"{self.mode}: request timed out after {self.timeout_s:g}s ({type(exc).__name__})",
-                retryable=True,
-            )
-        if isinstance(exc, unsupported):
-            return BackendError(self._scrub(f"{self.mode}: bad API URL: {exc}"), retryable=False)
-        if isinstance(exc, (*transport, ConnectionError)):
-            return BackendError(
-                self._scrub(f"{self.mode}: connection failed ({type(exc).__name__}: {exc})"),
-                retryable=True,
-            )
-        if isinstance(exc, (json.JSONDecodeError, pydantic.ValidationError)):
-            # A 200 whose body does not parse into embeddings is a broken response.
-            return self._malformed(self._scrub(f"{type(exc).__name__}: {exc}")[:200])
-        try:
-            from google.auth import exceptions as auth_exceptions
-        except ImportError:  # pragma: no cover - google-auth comes with google-genai
-            return None
-        if isinstance(exc, auth_exceptions.GoogleAuthError):
-            return BackendError(
-                self._scrub(f"{self.mode}: credentials failed ({type(exc).__name__}: {exc})"),
-                retryable=False,
-                status=401,
-            )
-        return None
+        """The message on one line, without the key."""
+        return google_errors.scrub(message, self._secret)
 
     def _map_api_error(self, exc: Any) -> BackendError:
-        from beamvec.retry import parse_retry_after, parse_retry_info
-
-        code = int(exc.code or 0)
-        status_name = exc.status or ""
-        message = str(exc.message or "")
-        headers = getattr(getattr(exc, "response", None), "headers", None)
-        retry_after = parse_retry_after(headers.get("retry-after") if headers else None)
-        if retry_after is None:
-            retry_after = parse_retry_info(exc.details)
-        status = code or None
-        if code == 400 and _error_reasons(exc.details) & _BAD_KEY_REASONS:
-            # Google answers a bad key with 400 INVALID_ARGUMENT; it is an
-            # authentication failure, never a bad text to bisect.
-            status = 401
-        text = f"{self.mode}: HTTP {code} {status_name}: {message}".rstrip(": ")
-        return BackendError(
-            self._scrub(text),
-            retryable=code in RETRYABLE_STATUSES,
-            status=status,
-            retry_after=retry_after,
-        )
+        return google_errors.from_api_error(exc, self.mode, self._scrub)
 
     # -- preflight -----------------------------------------------------------
 
     PREFLIGHT_ATTEMPTS = 3
     PREFLIGHT_MAX_WAIT_S = 10.0
 
-    def preflight(self, text: str | None = None) -> np.ndarray | None:
-        """One tiny call: credentials, model and dimension, before any quota is spent."""
-        self.load()
-        last: BackendError | SystemicError | None = None
-        for attempt in range(self.PREFLIGHT_ATTEMPTS):
-            try:
-                embeddings = self._call([text or "beamvec preflight"], None)
-                self._check_preflight(embeddings)
-                arr = self._checked(embeddings, 1)
-                return (l2_normalize(arr) if self.renormalized else arr)[0]
-            except BackendError as exc:
-                if not exc.retryable:
-                    raise self._systemic(exc) from None
-                last = exc
-                wait = exc.retry_after if exc.retry_after is not None else 2.0**attempt
-            except SystemicError as exc:
-                # One odd answer may be a malformed response; the same answer
-                # every time is the model's real dimension.
-                last, wait = exc, 0.5
-            if attempt + 1 < self.PREFLIGHT_ATTEMPTS:
-                time.sleep(min(wait, self.PREFLIGHT_MAX_WAIT_S))
-        if isinstance(last, SystemicError):
-            raise last
-        raise SystemicError(
-            f"{self.mode}: the API did not answer the preflight call after "
-            f"{self.PREFLIGHT_ATTEMPTS} attempts: {last}"
-        )
+    def preflight(self, text: str | None = None, title: str | None = None) -> np.ndarray | None:
+        """One call, before any quota is spent: credentials, model and dimension.
 
-    def _check_preflight(self, embeddings: list[Any]) -> None:
+        Embeds ``text`` (a text the run needs, so the run keeps its vector and
+        bills nothing extra) or a probe text, with the run's retry machinery:
+        a malformed answer or a transient fault is asked again; only a wrong
+        dimension on every attempt is blamed on the model. Returns the vector
+        as ``embed`` would, or None when the API refused ``text`` itself as
+        bad input (then a probe text decides, and the run sends ``text`` as
+        usual)."""
+        self.load()
+        dims: list[int | None] = []
+        policy = RetryPolicy(
+            max_attempts=self.PREFLIGHT_ATTEMPTS,
+            base_delay=0.5,
+            max_delay=self.PREFLIGHT_MAX_WAIT_S,
+            deadline=max(self.PREFLIGHT_MAX_WAIT_S, self.timeout_s) * self.PREFLIGHT_ATTEMPTS,
+        )
+        try:
+            return policy.call(self._preflight_once, text or PREFLIGHT_TEXT, title, dims)
+        except RetriesExhausted as exc:
+            wrong = {d for d in dims}
+            if len(dims) == exc.attempts and len(wrong) == 1 and None not in wrong:
+                raise SystemicError(
+                    f"{self.mode}: model {self._model} returned {dims[0]}-dim vectors on "
+                    f"{exc.attempts} attempts, expected {self.dimension} "
+                    f"(output_dimensionality={self.output_dimensionality}); check --model and "
+                    "--output-dimensionality"
+                ) from None
+            raise SystemicError(
+                f"{self.mode}: the API did not answer the preflight call after "
+                f"{exc.attempts} attempts: {exc.last_exception}; check --api-base-url and the "
+                "service status, then rerun"
+            ) from None
+        except BackendError as exc:
+            if exc.kind is ErrorKind.BAD_INPUT and text:
+                self.preflight(None)  # the text was refused, not the call: let a probe decide
+                return None
+            raise self._systemic(exc) from None
+
+    def _preflight_once(
+        self, text: str, title: str | None, dims: list[int | None]
+    ) -> np.ndarray:
+        """One preflight attempt; notes the dimension it got, for the verdict."""
+        send_title = title if self._task_type == "RETRIEVAL_DOCUMENT" else None
+        embeddings = self._call([text], send_title)
         values = getattr(embeddings[0], "values", None) if len(embeddings) == 1 else None
         got = None if values is None else len(values)
-        if got != self.dimension:
-            raise SystemicError(
-                f"{self.mode}: model {self._model} returned "
-                f"{'no vector' if got is None else f'{got}-dim vectors'}, expected "
-                f"{self.dimension} (output_dimensionality={self.output_dimensionality})"
-            )
-        arr = np.asarray(values, dtype=np.float32)
-        if not np.isfinite(arr).all() or not math.isfinite(float(np.linalg.norm(arr))):
-            raise SystemicError(f"{self.mode}: model {self._model} returned non-finite values")
+        dims.append(None if got == self.dimension else got)
+        row = self._checked(embeddings, 1)  # malformed: a transient BackendError, retried
+        return (l2_normalize(row) if self.renormalized else row)[0]
 
     def _systemic(self, exc: BackendError) -> SystemicError:
         code = exc.status
@@ -524,41 +460,6 @@ class GenaiBackend(Backend):
                 f"{self.mode}: model {self._model!r} was not found ({detail}) — check --model"
             )
         return SystemicError(f"{self.mode}: the preflight call failed: {detail}")
-
-
-@functools.lru_cache(maxsize=1)
-def _http_exception_types() -> tuple[tuple[type[BaseException], ...], ...]:
-    """(timeouts, transport errors, bad URL) of httpx2 (google-genai's default
-    transport since 3.x) and of httpx (``GOOGLE_GENAI_HTTP_CLIENT=httpx``)."""
-    timeouts: list[type[BaseException]] = []
-    transport: list[type[BaseException]] = []
-    unsupported: list[type[BaseException]] = []
-    for name in ("httpx2", "httpx"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        timeouts.append(module.TimeoutException)
-        transport.append(module.TransportError)
-        unsupported.append(module.UnsupportedProtocol)
-    return tuple(timeouts), tuple(transport), tuple(unsupported)
-
-
-def _error_reasons(details: Any) -> set[str]:
-    """ErrorInfo reasons in a Google error body."""
-    if isinstance(details, list):
-        details = details[0] if details else None
-    if not isinstance(details, dict):
-        return set()
-    error = details.get("error", details)
-    items = error.get("details") if isinstance(error, dict) else None
-    if not isinstance(items, list):
-        return set()
-    return {
-        str(d.get("reason"))
-        for d in items
-        if isinstance(d, dict) and str(d.get("@type", "")).endswith("google.rpc.ErrorInfo")
-    }
 
 
 def read_secret(name: str, mode: str) -> str:

@@ -27,8 +27,8 @@ from beamvec.contract import (
     read_manifest,
 )
 from beamvec.errors import UsageError
-from beamvec.options import parse_storage_options
 from beamvec.sink import Output
+from beamvec.storage_options import parse_storage_options
 
 #: Rows per record batch when commands scan vector files: bounds memory
 #: (8192 x 3072 float32 is 96 MB at the largest dimension; 12 MB at 384).

@@ -27,7 +27,7 @@ from beamvec.contract import Description, OutputState, read_state, total
 from beamvec.errors import UsageError
 from beamvec.inputs import JobInputs, conflict, resolve_inputs, split_work
 from beamvec.lookup import build_index, check_reuse_source
-from beamvec.options import BeamvecOptions, expand_config
+from beamvec.options import BeamvecOptions, expand_config, parse_pipeline_options
 from beamvec.records import DeadLetter, Shard
 from beamvec.routing import Lookup, NoLookup, Router, RunMemory, Send
 from beamvec.sink import Output
@@ -70,7 +70,7 @@ def main(argv: Sequence[str]) -> int:
         return int(exc.code or 0)
     if not flags.input:
         raise UsageError("no --input given: pass a glob such as --input 'corpus/*.jsonl'")
-    options = PipelineOptions([a for a in expanded if a != "--json"])
+    options = parse_pipeline_options([a for a in expanded if a != "--json"])
     plan = make_plan(options)
     print(dump_json(plan) if flags.json else format_plan(plan))
     return 0

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from beamvec.backends import make_backend
-from beamvec.backends.base import Backend, BackendError, SystemicError
+from beamvec.backends.base import Backend
 from beamvec.commands import (
     Parser,
     add_storage_option,
@@ -36,7 +36,7 @@ from beamvec.commands import (
     vector_files,
     warn,
 )
-from beamvec.errors import UsageError
+from beamvec.errors import BackendError, SystemicError, UsageError
 from beamvec.prepare import NORMALIZATIONS, normalize
 
 DESCRIPTION = """\
