@@ -164,7 +164,7 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
     workers = worker_count(options, bv)
     quota = QuotaSettings(bv.quota_rpm, bv.quota_tpm, share=1.0 / workers, window_s=bv.quota_window)
     plan.output.clean_staging()
-    clear_failures(bv.output, plan.storage_options)
+    clear_failures(bv.output, inputs.storage_options)
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | "EmbedCorpus" >> EmbedCorpus(
         plan.work.todo, inputs.backend, config, settings, quota, inputs.run_config,
@@ -178,9 +178,9 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
             result = pipeline.run()
             result.wait_until_finish()
         except Exception as exc:  # a worker's SystemicError reaches here as text on most runners
-            raise_recorded_failure(bv.output, plan.storage_options, exc)
+            raise_recorded_failure(bv.output, inputs.storage_options, exc)
             raise
-    clear_failures(bv.output, plan.storage_options)  # left by bundles the runner retried
+    clear_failures(bv.output, inputs.storage_options)  # left by bundles the runner retried
     return summarize(plan, started, out, beam_counters(result))
 
 
