@@ -34,7 +34,7 @@ from beamvec.embedder import EmbedSettings
 from beamvec.errors import SystemicError, UsageError
 from beamvec.options import BeamvecOptions, expand_config, parse_storage_options
 from beamvec.prepare import PrepareConfig
-from beamvec.progress import Reporter
+from beamvec.progress import PROGRESS, Reporter
 from beamvec.records import Shard
 from beamvec.retry import RetryPolicy
 from beamvec.shard_job import ShardJobConfig
@@ -48,6 +48,7 @@ from beamvec.sink import (
     write_manifest,
 )
 from beamvec.sources import ReaderConfig, list_shards
+from beamvec.timeline import Timeline
 from beamvec.transforms import EmbedCorpus, QuotaSettings
 
 LOG = logging.getLogger("beamvec")
@@ -347,7 +348,8 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
     live = not bv.quiet and _in_process(options)
     total_bytes = sum(max(0, s.size) for s in plan.todo)
     reporter = Reporter(len(plan.todo), total_bytes, interval=bv.progress_interval)
-    with reporter if live else nullcontext():
+    timeline = Timeline(bv.output, PROGRESS.read, plan.storage_options) if _in_process(options) else nullcontext()
+    with reporter if live else nullcontext(), timeline:
         result = pipeline.run()
         result.wait_until_finish()
     return summarize(plan, started, out, beam_counters(result))
