@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from beamvec.errors import SystemicError  # noqa: F401 - re-exported: backends, embedder, search import it here
+
 #: Task types the embedding APIs document, in their order.
 TASK_TYPES = (
     "SEMANTIC_SIMILARITY",
