@@ -38,7 +38,7 @@ class Sample:
     records: int = 0  # records read
     texts_sent: int = 0  # texts the API embedded
     texts_reused: int = 0  # texts whose vector was reused from a previous output
-    requests_ok: int = 0
+    requests_ok: int = 0  # sent and not (yet) failed: includes those in flight
     requests_429: int = 0
     requests_5xx: int = 0
     requests_other: int = 0  # other failed requests (4xx, timeouts, connection errors)
@@ -54,7 +54,8 @@ class Sample:
 def sample_from(state: Mapping[str, float], t: float) -> Sample:
     """A sample from counters named as today's ``PROGRESS.read()`` and the
     embedder's stats name them: records, texts, reused, requests (attempts),
-    status_<code> (failed attempts by status), retries, throttled_ms, in_flight."""
+    status_<code> (failed attempts by status), retries, throttled_ms, in_flight;
+    ``requests_ok`` when the counter source counts successful answers itself."""
     statuses = {k.removeprefix("status_"): v for k, v in state.items() if k.startswith("status_")}
     r429 = statuses.get("429", 0)
     r5xx = sum(v for k, v in statuses.items() if k.isdigit() and k.startswith("5"))
@@ -64,7 +65,7 @@ def sample_from(state: Mapping[str, float], t: float) -> Sample:
         records=int(state.get("records", 0)),
         texts_sent=int(state.get("texts", 0)),
         texts_reused=int(state.get("reused", 0)),
-        requests_ok=int(max(0, state.get("requests", 0) - failed)),
+        requests_ok=int(state.get("requests_ok", max(0, state.get("requests", 0) - failed))),
         requests_429=int(r429),
         requests_5xx=int(r5xx),
         requests_other=int(failed - r429 - r5xx),
