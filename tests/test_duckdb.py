@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 import pytest
 
 from beamvec.commands import inspect_output
@@ -102,3 +103,12 @@ def test_docs_duckdb_examples_run(output):
     for rows in topk:
         assert rows[0][0] == "doc-42" and rows[0][-1] == pytest.approx(1.0, abs=1e-5)
         assert rows[1][0] == "o'neil"  # the other text about JSON is the nearest neighbour
+
+
+def test_vector_column_is_a_standard_parquet_list(output):
+    """What BigQuery's --parquet_enable_list_inference needs (BigQuery itself is
+    not reachable here): the three-level LIST of FLOAT with an `element` leaf."""
+    (path, *_) = sorted((output / "vectors").rglob("*.parquet"))
+    column = pq.ParquetFile(path).schema.column(1)
+    assert column.path == "vector.list.element" and column.physical_type == "FLOAT"
+    assert column.max_repetition_level == 1

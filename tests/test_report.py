@@ -11,8 +11,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from beamvec import job
+from beamvec import report_html as h
+from beamvec.cli import main
 from beamvec.commands import report
 from beamvec.emulator.server import Emulator
 from beamvec.timeline import Timeline
@@ -98,8 +101,6 @@ def test_report_without_a_timeline_says_so(nightly, tmp_path):
 
 
 def test_report_of_something_else_says_what_to_do(tmp_path, capsys):
-    from beamvec.cli import main
-
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "is this a beamvec output" in err and len(err.strip().splitlines()) == 1
@@ -116,8 +117,6 @@ def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (.ci/run installs it)")
 def test_report_renders_in_headless_chromium(nightly, tmp_path):
-    from PIL import Image
-
     html_path = tmp_path / "report.html"
     assert report.main([str(nightly), "--out", str(html_path)]) == 0
     url = html_path.as_uri()
@@ -140,8 +139,6 @@ def test_report_renders_in_headless_chromium(nightly, tmp_path):
     def near(color: str, tolerance: int = 40) -> int:
         r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
         return sum(abs(p[0] - r) + abs(p[1] - g) + abs(p[2] - b) <= tolerance for p in pixels)
-
-    from beamvec import report_html as h
 
     # each chart's own colour is on screen: lines and bars were painted, not just laid out
     painted = {name: near(color) for name, color in {
