@@ -50,7 +50,9 @@ AWS_ENV = {
     "AWS_DEFAULT_REGION": S3_REGION,
 }
 #: Everything a finished output may hold: no _tmp/, no _partial/, no probe.
-FINAL_OBJECT = re.compile(r"(_manifest\.json|_SUCCESS|(vectors|dead_letters)/[^/]+\.parquet)")
+FINAL_OBJECT = re.compile(
+    r"(_manifest\.json|_SUCCESS|(vectors|dead_letters)/[^/]+\.parquet|_runs/[^/]+/timeline\.jsonl)"
+)
 
 
 @dataclass

@@ -67,6 +67,8 @@ COMMANDS = {
     "inspect": (_command("inspect_output"), "describe an output: shards, rows, model, norms, dead letters"),
     "search": (_command("search"), "nearest records of an output to a query"),
     "verify": (_command("verify"), "check every input record is in the output exactly once"),
+    "export": (_command("export"), "send vectors to LanceDB or Vertex AI Vector Search, only what changed"),
+    "report": (_command("report"), "write an HTML report: rate vs quota, 429s, stragglers, dead letters, cost"),
     "emulator": (_emulator, "serve a local Gemini/Vertex embedding API for tests and demos"),
 }
 

@@ -210,6 +210,7 @@ class RunConfig:
     storage_option_keys: tuple[str, ...] = ()
     quota_rpm: float | None = None
     quota_tpm: float | None = None
+    quota_window: float | None = None
     max_in_flight: int | None = None
     runner: str | None = None
 

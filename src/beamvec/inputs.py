@@ -126,6 +126,7 @@ def resolve_inputs(options: PipelineOptions) -> JobInputs:
         storage_option_keys=tuple(sorted(storage_options)),  # values may be secrets
         quota_rpm=bv.quota_rpm,
         quota_tpm=bv.quota_tpm,
+        quota_window=bv.quota_window,
         max_in_flight=bv.max_in_flight,
         runner=options.view_as(StandardOptions).runner,
     )

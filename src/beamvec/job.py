@@ -38,9 +38,10 @@ from beamvec.failures import clear_failures, raise_recorded_failure
 from beamvec.inputs import JobInputs, Work, conflict, parse_options, resolve_inputs, split_work
 from beamvec.lookup import check_reuse_source
 from beamvec.preflight import preflight
-from beamvec.progress import Reporter
+from beamvec.progress import PROGRESS, Reporter
 from beamvec.retry import RetryPolicy
 from beamvec.sink import Output
+from beamvec.timeline import Timeline
 from beamvec.transforms import EmbedCorpus, QuotaSettings, run_record
 from beamvec.worker import WorkerConfig
 
@@ -173,7 +174,10 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
     live = not bv.quiet and _in_process(options)
     total_bytes = sum(max(0, s.size) for s in plan.work.todo)
     reporter = Reporter(len(plan.work.todo), total_bytes, interval=bv.progress_interval)
-    with reporter if live else nullcontext():
+    timeline = (
+        Timeline(bv.output, PROGRESS.read, inputs.storage_options) if _in_process(options) else nullcontext()
+    )
+    with reporter if live else nullcontext(), timeline:  # inside: the reporter resets PROGRESS
         try:
             result = pipeline.run()
             result.wait_until_finish()

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from beamvec.commands import (
+    VECTORS_DIR,
+    Output,
     Parser,
     add_storage_option,
     dead_letter_files,
@@ -204,7 +206,37 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
         "runs": (manifest or {}).get("runs", []),
         "inputs": config.get("inputs"),
         "problems": problems,
+        "duckdb_query": duckdb_query(output, desc["dimension"], example)
+        if desc.get("dimension") and (example := _first_id(output, files)) is not None else None,
     }
+
+
+def duckdb_query(output: Output, dimension: int, record_id: str, k: int = 5) -> str:
+    """A DuckDB query that runs as printed: the ``k`` nearest records to one
+    record by cosine. DuckDB reads the vector column as ``FLOAT[]`` (a list),
+    and ``array_cosine_similarity`` takes fixed-size ``FLOAT[n]`` arrays,
+    hence the casts; ``**`` matches any depth, none included, so split part
+    files under ``vectors/<shard>/`` are read too."""
+    root = output.root if output.renames else output.url  # local: an absolute path
+    files = _sql_string(f"{root}/{VECTORS_DIR}/**/*.parquet")
+    cast = f"vector::FLOAT[{int(dimension)}]"
+    return (
+        f"select id, array_cosine_similarity({cast}, (select {cast} from read_parquet({files}) "
+        f"where id = {_sql_string(record_id)} limit 1)) as score from read_parquet({files}) "
+        f"order by score desc limit {int(k)};"
+    )
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _first_id(output: Output, files: list[str]) -> str | None:
+    for path in files:
+        for batch in iter_batches(output, path, ["id"], batch_size=1):
+            if batch.num_rows:
+                return str(batch.column(0)[0].as_py())
+    return None
 
 
 def _vector_normalization(desc: dict[str, Any]) -> str:
@@ -254,6 +286,9 @@ def format_report(rep: dict[str, Any]) -> str:
             f"{run.get('embedded', 0):,} embedded, {run.get('dead_lettered', 0):,} dead-lettered, "
             f"{run.get('tokens', 0):,} tokens"
         )
+    if rep.get("duckdb_query"):
+        lines.append("  query in DuckDB (cosine top 5 of one record; change the id):")
+        lines.append(f"    {rep['duckdb_query']}")
     if rep["problems"]:
         lines.append("  problems")
         lines += [f"    - {p}" for p in rep["problems"]]

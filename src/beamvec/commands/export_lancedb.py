@@ -1,0 +1,104 @@
+"""Export vectors into a LanceDB table: upsert by id, only what changed.
+
+Each row carries two columns besides the output's own: ``beamvec_file``,
+the vector file it came from, and ``beamvec_export``, when it was sent.
+A changed file's rows are upserted (``merge_insert`` on ``id``), then the
+rows still tagged with that file and an older export are deleted: records
+that left the shard. A vanished file's rows are deleted by ``beamvec_file``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from beamvec.commands import Output, iter_batches, warn
+from beamvec.commands.export_state import ExportPlan, ExportResult, absolute
+from beamvec.errors import UsageError
+
+FILE_COLUMN = "beamvec_file"
+EXPORT_COLUMN = "beamvec_export"
+COLUMNS = ["id", "vector", "content_hash", "tokens", "truncated", "source_shard", "source_position", "metadata"]
+#: IVF_PQ trains 2**8 centroids per sub-vector: fewer rows than that cannot train it.
+MIN_INDEX_ROWS = 256
+
+
+def _lancedb() -> Any:
+    try:
+        import lancedb  # optional heavy dependency: the `lancedb` extra
+        import lancedb.index
+    except ImportError as exc:
+        raise UsageError("--to lancedb needs the lancedb package: pip install 'beamvec[lancedb]'") from exc
+    return lancedb
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _tagged(batch: pa.RecordBatch, rel: str, generation: int) -> pa.Table:
+    table = pa.Table.from_batches([batch])
+    table = table.append_column(FILE_COLUMN, pa.array([rel] * len(table), pa.string()))
+    return table.append_column(EXPORT_COLUMN, pa.array([generation] * len(table), pa.int64()))
+
+
+def export_to_lancedb(
+    output: Output, plan: ExportPlan, uri: str, table_name: str, build_index: bool = False
+) -> ExportResult:
+    """Upsert the plan's changed files, delete the removed ones; optionally build an ANN index."""
+    lancedb = _lancedb()
+    db = lancedb.connect(uri)
+    try:
+        table = db.open_table(table_name)
+    except (ValueError, FileNotFoundError):
+        table = None
+    generation = time.time_ns()
+    rows_sent = ids_deleted = 0
+    for rel in plan.changed:
+        for batch in iter_batches(output, absolute(output, rel), COLUMNS):
+            if not batch.num_rows:
+                continue
+            data = _tagged(batch, rel, generation)
+            if table is None:
+                table = db.create_table(table_name, schema=data.schema)
+            try:
+                table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+            except Exception as exc:  # noqa: BLE001 - lance reports schema clashes as plain errors
+                raise UsageError(
+                    f"cannot upsert into LanceDB table {table_name} at {uri}: {str(exc).splitlines()[0]}; "
+                    "a table made from another model or dimension needs a new --table"
+                ) from exc
+            rows_sent += data.num_rows
+        if table is not None:  # rows of this file that this export did not send: records gone from it
+            stale = f"{FILE_COLUMN} = {_quote(rel)} AND {EXPORT_COLUMN} < {generation}"
+            ids_deleted += table.count_rows(stale)
+            table.delete(stale)
+    for rel in plan.removed:
+        if table is not None:
+            gone = f"{FILE_COLUMN} = {_quote(rel)}"
+            ids_deleted += table.count_rows(gone)
+            table.delete(gone)
+    note = ""
+    if build_index and table is not None:
+        note = _index(table)
+    return ExportResult(
+        f"lancedb {uri} table {table_name}", len(plan.changed), rows_sent, len(plan.unchanged),
+        len(plan.removed), ids_deleted, note,
+    )
+
+
+def _index(table: Any) -> str:
+    rows = table.count_rows()
+    if rows < MIN_INDEX_ROWS:
+        warn(f"no ANN index built: the table has {rows:,} rows and IVF_PQ needs at least "
+             f"{MIN_INDEX_ROWS} to train; searches are exact (brute force) until then")
+        return f"no index ({rows:,} rows < {MIN_INDEX_ROWS})"
+    dimension = table.schema.field("vector").type.list_size
+    sub_vectors = dimension // 16 if dimension % 16 == 0 else max(1, dimension // 8)
+    config = _lancedb().index.IvfPq(
+        distance_type="cosine", num_partitions=max(1, min(256, int(rows**0.5))), num_sub_vectors=sub_vectors,
+    )
+    table.create_index("vector", config=config, replace=True)
+    return f"IVF_PQ index (cosine) over {rows:,} rows"

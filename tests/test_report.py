@@ -1,0 +1,153 @@
+"""`beamvec report`: an HTML page from a real output (two runs against the
+emulator, with 429s, 503s and dead letters), rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from beamvec import job
+from beamvec import report_html as h
+from beamvec.cli import main
+from beamvec.commands import report
+from beamvec.emulator.server import Emulator
+from beamvec.timeline import Timeline
+
+from helpers import beam_run
+
+KEY = "fakekey-FAKE-report-key-0000000000000000"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHARTS = ("rate-requests", "rate-texts", "throttling", "in-flight", "shard-durations", "dead-letters",
+          "norms", "runs")
+
+
+def _shard(path: Path, ids: range, extra: list[str] = ()) -> None:
+    lines = [json.dumps({"id": f"r{i}", "text": f"report test sentence {i} about topic {i % 13}",
+                         "lang": "en" if i % 2 else "de"}) for i in ids]
+    path.write_text("\n".join([*lines, *extra]) + "\n")
+
+
+@pytest.fixture(scope="module")
+def nightly(tmp_path_factory):
+    """An output after two nights: a small first run, then three more shards,
+    one of them large (the straggler), against a server that allows fewer
+    requests than the configured quota (429s) and fails some (503s)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GEMINI_API_KEY", KEY)
+    mp.setattr(job, "Timeline", functools.partial(Timeline, interval=0.25))
+    root = tmp_path_factory.mktemp("report")
+    corpus, out = root / "corpus", root / "out"
+    corpus.mkdir()
+    _shard(corpus / "day1.jsonl", range(0, 200), [json.dumps({"id": "blank", "text": "  "})])
+    with Emulator(api_key=KEY, rpm=4, window_s=1.0, fail_503=0.08, latency_ms=40, seed=3) as emu:
+        args = ["--input", str(corpus / "*.jsonl"), "--output", str(out), "--backend", "gemini",
+                "--api-base-url", emu.url, "--output-dimensionality", "128",
+                "--quota-rpm", "300", "--max-in-flight", "4"]
+        cap = _Capture()
+        code, _, err = beam_run(cap, *args)
+        assert code == 0, err
+        _shard(corpus / "day2-big.jsonl", range(1000, 2600), ['{"id": "broken", "text": '])
+        _shard(corpus / "day2-a.jsonl", range(3000, 3200), [json.dumps({"id": "r3000", "text": "again"})])
+        _shard(corpus / "day2-b.jsonl", range(4000, 4200))
+        code, _, err = beam_run(cap, *args)
+        assert code == 0, err
+    mp.undo()
+    return out
+
+
+class _Capture:
+    def readouterr(self):
+        class Out:
+            out = err = ""
+        return Out()
+
+
+def test_report_holds_every_chart_and_the_numbers(nightly, tmp_path, capsys):
+    html_path = tmp_path / "r.html"
+    assert report.main([str(nightly), "--out", str(html_path)]) == 0
+    html = html_path.read_text()
+    for chart in CHARTS:
+        assert re.search(rf'<svg class="chart" id="{chart}"', html), chart
+    assert "<script" not in html and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    manifest = json.loads((nightly / "_manifest.json").read_text())
+    data = report.collect(str(nightly), {})
+    assert len(data.manifest["runs"]) == 2 and data.run_id and data.samples
+    assert data.dead.by_reason == {"empty_text": 1, "invalid_json": 1, "duplicate_id": 1}
+    assert data.dead.examples["duplicate_id"][0]["id"] == "r3000"
+    assert len(data.norms) == manifest["totals"]["embedded"] == 200 + 1600 + 200 + 200
+    last = data.samples[-1]
+    assert last.texts_sent == 2000 and last.requests_429 > 0 and last.retries >= last.requests_429
+    assert "quota 300/min" in html
+    # the slowest shard is drawn first, and red (over twice the median)
+    first_bar = re.search(r'id="shard-durations".*?<rect class="bar"[^>]*fill="([^"]+)"><title>([^:]+):', html)
+    assert first_bar.group(2).startswith("day2-big.jsonl") and first_bar.group(1) == "#d62728"
+
+
+def test_report_without_a_timeline_says_so(nightly, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(nightly, old)
+    shutil.rmtree(old / "_runs")
+    html = report.render(report.collect(str(old), {}))
+    assert html.count("no timeline recorded") == 2
+    for chart in ("shard-durations", "dead-letters", "norms", "runs"):
+        assert f'<svg class="chart" id="{chart}"' in html
+
+
+def test_report_of_something_else_says_what_to_do(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is this a beamvec output" in err and len(err.strip().splitlines()) == 1
+
+
+def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--hide-scrollbars", f"--user-data-dir={profile}", *args],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (.ci/run installs it)")
+def test_report_renders_in_headless_chromium(nightly, tmp_path):
+    html_path = tmp_path / "report.html"
+    assert report.main([str(nightly), "--out", str(html_path)]) == 0
+    url = html_path.as_uri()
+
+    dom = _chromium("--dump-dom", url, profile=tmp_path / "p1")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    for chart in CHARTS:
+        match = re.search(rf'<svg class="chart" id="{chart}".*?</svg>', dom.stdout, re.S)
+        assert match, f"chart {chart} missing from the rendered DOM"
+        marks = re.findall(r'<path class="series" d="M[\d.]+,[\d.]+ L|<rect class="bar"', match.group(0))
+        assert marks, f"chart {chart} has no drawn marks"
+
+    png = tmp_path / "report.png"
+    shot = _chromium(f"--screenshot={png}", "--window-size=1400,3000", url, profile=tmp_path / "p2")
+    assert png.exists(), shot.stderr[-2000:]
+    pixels = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    assert pixels.shape == (3000, 1400, 3)
+    html = html_path.read_text()
+
+    def painted(color: str) -> int:
+        rgb = np.array([int(color[i : i + 2], 16) for i in (1, 3, 5)])
+        return int((np.abs(pixels - rgb).sum(axis=2) <= 40).sum())
+
+    # Each mark colour is on screen beyond its legend swatches (10 x 10 px each):
+    # lines and bars were painted, not just laid out.
+    colours = {"requests": h.GREEN, "quota, 429s, stragglers": h.RED, "retries": h.ORANGE,
+               "in flight, norms": h.TEAL, "shards, 5xx": h.PURPLE, "dead letters, throttled": h.PINK,
+               "runs, records read": h.BROWN, "texts sent, ok": h.BLUE}
+    for name, color in colours.items():
+        swatches = html.count(f'width="10" height="10" fill="{color}"')
+        assert painted(color) > 100 * swatches + 150, (name, painted(color), swatches)
+    assert (pixels != 255).any(axis=2).sum() > 0.05 * 1400 * 3000
+    # docs/report.png, the README's picture, is a copy of this PNG (see docs/operators.md)
