@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from beamvec.errors import SystemicError
-
 #: Task types the embedding APIs document, in their order.
 TASK_TYPES = (
     "SEMANTIC_SIMILARITY",
