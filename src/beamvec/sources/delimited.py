@@ -48,12 +48,18 @@ def _raise_field_size_limit() -> None:
             limit //= 2
 
 
-def _skip(line: Line, columns: int, encoding: str) -> bool:
-    """A line that is no row: empty, or only whitespace when rows have several fields."""
+def _skip(line: Line, columns: int, encoding: str, delimiter: str) -> bool:
+    """A line that is no row: empty, or only whitespace when rows have several fields.
+
+    Whitespace is ASCII whitespace; in tsv a tab is a delimiter, so a line of
+    tabs is a row of empty fields.
+    """
     data = strip_bom(line.data, line.offset, encoding)
     if not line.cut and data in (b"", b"\r"):
         return True
-    return columns > 1 and (line.blank or (not line.cut and data.isspace()))
+    if columns <= 1 or (delimiter == "\t" and line.tabs):
+        return False
+    return line.blank or (not line.cut and data.isspace() and delimiter.encode() not in data)
 
 
 def _rows(data: bytes, delimiter: str, encoding: str) -> list[list[str]]:
@@ -70,7 +76,7 @@ def _rows(data: bytes, delimiter: str, encoding: str) -> list[list[str]]:
 def _header(lines: Iterator[Line], delimiter: str, config: ReaderConfig, encoding: str) -> list[str] | None:
     """The column names: the first row that is not empty. None for a file with none."""
     for line in lines:
-        if _skip(line, 0, encoding):
+        if _skip(line, 0, encoding, delimiter):
             continue
         if line.cut:
             raise ValueError(
@@ -102,12 +108,12 @@ def data_rows(fh: IO[bytes], delimiter: str, config: ReaderConfig, target: int) 
     want = target
     for line in iter_lines(fh, keep=_PLAN_KEEP, quoted=quoted):
         if not seen_header:
-            seen_header = not _skip(line, 0, encoding)
+            seen_header = not _skip(line, 0, encoding, delimiter)
             continue
         if line.offset >= want:
             cuts.append((line.offset, rows + 1))
             want = line.offset + target
-        if not _skip(line, len(header), encoding):
+        if not _skip(line, len(header), encoding, delimiter):
             rows += 1
     return cuts
 
@@ -143,7 +149,7 @@ def delimited_reader(delimiter: str) -> Reader:
         reserved = {text_i, id_i, title_i}
         number = split.first_position - 1
         for line in lines:
-            if _skip(line, len(header), encoding):
+            if _skip(line, len(header), encoding, delimiter):
                 continue
             number += 1
             cursor.next = number + 1

@@ -33,6 +33,7 @@ class Line:
     data: bytes  # at most `keep` bytes of it
     length: int  # its full length in bytes
     blank: bool  # only ASCII whitespace (or nothing)
+    tabs: bool = False  # blank, and holds a tab (a row of empty fields in tsv)
 
     @property
     def cut(self) -> bool:
@@ -56,6 +57,7 @@ def iter_lines(
     kept = length = 0
     odd = False
     blank = True
+    tabs = False
     start = pos = offset
     if end is not None and start >= end:
         return
@@ -74,7 +76,9 @@ def iter_lines(
                 if quoted and chunk.count(b'"', i, stop) & 1:
                     odd = not odd
                 if blank:
-                    blank = chunk[i:stop].isspace()
+                    piece = chunk[i:stop]
+                    blank = piece.isspace()
+                    tabs = tabs or (blank and b"\t" in piece)
                 if keep is None or kept < keep:
                     take = stop - i if keep is None else min(stop - i, keep - kept)
                     pieces.append(chunk[i : i + take])
@@ -92,9 +96,9 @@ def iter_lines(
                 continue
             data = b"".join(pieces)
             pieces = []
-            yield Line(start, data, length, blank)
+            yield Line(start, data, length, blank, tabs and blank)
             kept = length = 0
-            odd, blank = False, True
+            odd, blank, tabs = False, True, False
             start = pos + i
             if end is not None and start >= end:
                 return
@@ -102,7 +106,7 @@ def iter_lines(
     if length:
         data = b"".join(pieces)
         pieces = []
-        yield Line(start, data, length, blank)
+        yield Line(start, data, length, blank, tabs and blank)
 
 
 def skip_partial_line(fh: IO[bytes], start: int) -> int:
