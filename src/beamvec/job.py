@@ -30,8 +30,8 @@ from apache_beam.options.pipeline_options import (
 
 from beamvec import __version__
 from beamvec.backends import Backend, make_backend
-from beamvec.embedder import EmbedSettings
 from beamvec.errors import SystemicError, UsageError
+from beamvec.embedder import EmbedSettings
 from beamvec.options import BeamvecOptions, expand_config, parse_storage_options
 from beamvec.prepare import PrepareConfig
 from beamvec.progress import Reporter

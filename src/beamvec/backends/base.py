@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from beamvec.errors import SystemicError
+
 #: Task types the embedding APIs document, in their order.
 TASK_TYPES = (
     "SEMANTIC_SIMILARITY",
