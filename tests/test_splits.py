@@ -18,7 +18,7 @@ import pytest
 
 from beamvec import records as r
 from beamvec.records import RawRecord, ReadError, Shard, Split
-from beamvec.sources import ReaderConfig, list_shards, plan_splits, read_shard, read_split
+from beamvec.sources import ReaderConfig, list_shards, plan_splits, read_shard, read_split, splittable
 
 BOM = "\ufeff".encode()
 
@@ -167,6 +167,7 @@ def test_small_compressed_or_unknown_size_files_are_one_split(tmp_path: Path) ->
     packed.write_bytes(gzip.compress(b"".join(b"line %d\n" % i for i in range(10_000))))
     gz = _shard(packed)
     assert plan_splits(gz, ReaderConfig(), None, 100) == [Split.whole(gz)]
+    assert splittable(shard, ReaderConfig()) and not splittable(gz, ReaderConfig())
     with pytest.raises(ValueError, match="compressed"):
         list(read_split(Split(gz, 0, 2, 0, 50, 1), ReaderConfig()))
 

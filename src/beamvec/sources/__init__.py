@@ -14,7 +14,7 @@ from beamvec.errors import InputAccessError, InputVanishedError, NoInputError, U
 from beamvec.records import RawRecord, ReadError, Split
 from beamvec.sources.base import FORMATS, Item, Reader, ReaderConfig, detect_format
 from beamvec.sources.listing import check_formats, list_shards
-from beamvec.sources.splits import plan_splits, read_shard, read_split
+from beamvec.sources.splits import plan_splits, read_shard, read_split, splittable
 
 __all__ = [
     "FORMATS",
@@ -34,4 +34,5 @@ __all__ = [
     "plan_splits",
     "read_shard",
     "read_split",
+    "splittable",
 ]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
 from beamvec import records as r
-from beamvec.records import RawRecord, ReadError, Shard, Split
+from beamvec.records import RawRecord, ReadError, Shard, Split, line_id
 
 FORMATS = ("txt", "jsonl", "csv", "tsv", "parquet")
 
@@ -58,6 +58,12 @@ class ReaderConfig:
     encoding: str = "utf-8"
     max_text_chars: int | None = None
     max_line_bytes: int = MAX_LINE_BYTES
+
+    def __post_init__(self) -> None:
+        if self.max_text_chars is not None and self.max_text_chars < 1:
+            raise ValueError(f"max_text_chars must be at least 1 or None, not {self.max_text_chars}")
+        if self.max_line_bytes < 1:
+            raise ValueError(f"max_line_bytes must be at least 1, not {self.max_line_bytes}")
 
 
 class Cursor:
@@ -160,3 +166,11 @@ def parse_id(value: Any, fallback: str) -> str | None:
 
 def as_str(value: Any) -> str | None:
     return None if value is None else value if isinstance(value, str) else str(value)
+
+
+def bad_bytes(split: Split, number: int, line: bytes, exc: UnicodeDecodeError, encoding: str) -> ReadError:
+    return ReadError(
+        number, line_id(split.shard.name, number), r.INVALID_UTF8,
+        f"bytes {exc.start}-{exc.end} of line {number} are not valid {encoding}: {exc.reason}",
+        bytes_excerpt(line),
+    )

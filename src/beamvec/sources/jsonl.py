@@ -19,14 +19,14 @@ from beamvec.sources.base import (
     Item,
     ReaderConfig,
     as_str,
+    bad_bytes,
     check_encoding,
     excerpt,
     parse_id,
     strip_bom,
     too_long,
 )
-from beamvec.sources.lines import iter_lines
-from beamvec.sources.txt import bad_bytes, start_lines
+from beamvec.sources.lines import iter_lines, start_lines
 
 _LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
+from beamvec.records import Split
 from beamvec.sources.base import CHUNK
 
 #: Bytes read per call when only counting newlines (planning).
@@ -161,3 +162,8 @@ def line_cuts(fh: IO[bytes], target: int) -> list[tuple[int, int]]:
     if cuts and cuts[-1][0] >= pos:
         cuts.pop()  # a cut at the very end would start an empty split
     return cuts
+
+
+def start_lines(fh: IO[bytes], split: Split) -> int:
+    """Position ``fh`` at the split's first line; return that line's offset."""
+    return skip_partial_line(fh, split.start) if split.start else 0

@@ -87,6 +87,14 @@ def read_shard(shard: Shard, config: ReaderConfig, storage_options: dict | None 
     return read_split(Split.whole(shard), config, storage_options)
 
 
+def splittable(shard: Shard, config: ReaderConfig) -> bool:
+    """Whether a shard's format and storage let it be cut (False for gz, bz2, zst).
+
+    `plan` warns about a large file that is not: one worker will read it all.
+    """
+    return detect_format(shard.path, config.format)[1] is None
+
+
 def plan_splits(
     shard: Shard, config: ReaderConfig, storage_options: dict | None, target_bytes: int
 ) -> list[Split]:
@@ -98,8 +106,8 @@ def plan_splits(
     boundaries and counts rows as the reader does; Parquet from its footer.
     A file that turns out to be corrupt is not split (its reader reports it).
     """
-    fmt, compression = detect_format(shard.path, config.format)
-    if compression or target_bytes <= 0 or 0 <= shard.size <= target_bytes:
+    fmt, _ = detect_format(shard.path, config.format)
+    if not splittable(shard, config) or target_bytes <= 0 or 0 <= shard.size <= target_bytes:
         return [Split.whole(shard)]
     try:
         with _opened(shard, storage_options) as fh:

@@ -11,30 +11,9 @@ import codecs
 from collections.abc import Iterator
 from typing import IO
 
-from beamvec import records as r
-from beamvec.records import RawRecord, ReadError, Split, line_id
-from beamvec.sources.base import (
-    Cursor,
-    Item,
-    ReaderConfig,
-    bytes_excerpt,
-    check_encoding,
-    strip_bom,
-)
-from beamvec.sources.lines import iter_lines, skip_partial_line
-
-
-def bad_bytes(split: Split, number: int, line: bytes, exc: UnicodeDecodeError, encoding: str) -> ReadError:
-    return ReadError(
-        number, line_id(split.shard.name, number), r.INVALID_UTF8,
-        f"bytes {exc.start}-{exc.end} of line {number} are not valid {encoding}: {exc.reason}",
-        bytes_excerpt(line),
-    )
-
-
-def start_lines(fh: IO[bytes], split: Split) -> int:
-    """Position ``fh`` at the split's first line; return that line's offset."""
-    return skip_partial_line(fh, split.start) if split.start else 0
+from beamvec.records import RawRecord, Split, line_id
+from beamvec.sources.base import Cursor, Item, ReaderConfig, bad_bytes, check_encoding, strip_bom
+from beamvec.sources.lines import iter_lines, start_lines
 
 
 def read_txt(fh: IO[bytes], split: Split, config: ReaderConfig, cursor: Cursor) -> Iterator[Item]:
