@@ -18,7 +18,14 @@ import pytest
 
 from beamvec import records as r
 from beamvec.records import RawRecord, ReadError, Shard, Split
-from beamvec.sources import ReaderConfig, list_shards, plan_splits, read_shard, read_split, splittable
+from beamvec.sources import (
+    ReaderConfig,
+    list_shards,
+    plan_splits,
+    read_shard,
+    read_split,
+    splittable,
+)
 
 BOM = "\ufeff".encode()
 
