@@ -6,7 +6,7 @@ import pytest
 
 from beamvec import records as r
 from beamvec.prepare import PrepareConfig, normalize, prepare
-from beamvec.records import DeadLetter, RawRecord, Record
+from beamvec.records import DeadLetter, RawRecord, ReadError, Record
 
 
 def count(text: str) -> int:
@@ -17,7 +17,7 @@ def cut(text: str, n: int) -> str:
     return " ".join(text.split()[:n])
 
 
-def run(raw: RawRecord, **config) -> Record | DeadLetter:
+def run(raw: RawRecord | ReadError, **config) -> Record | DeadLetter:
     return prepare(raw, PrepareConfig(max_text_tokens=5, **config), count, cut)
 
 
@@ -38,7 +38,7 @@ def test_good_record_hashes_exactly_the_text_sent():
         (RawRecord(1, "a", 42), r.NON_STRING_TEXT),
         (RawRecord(1, "a", ["x"]), r.NON_STRING_TEXT),
         (RawRecord(1, "a", "bad \ud800 surrogate"), r.INVALID_UTF8),
-        (RawRecord(1, None, error=r.INVALID_JSON, detail="Expecting value"), r.INVALID_JSON),
+        (ReadError(1, None, r.INVALID_JSON, detail="Expecting value"), r.INVALID_JSON),
     ],
 )
 def test_bad_input_is_dead_lettered_with_its_reason(raw, reason):

@@ -29,7 +29,7 @@ import pytest
 import zstandard
 
 from beamvec import records as r
-from beamvec.records import RawRecord, Shard, line_id
+from beamvec.records import RawRecord, ReadError, Shard, line_id
 from beamvec.sources import (
     FORMATS,
     NoInputError,
@@ -90,7 +90,7 @@ def write(path: Path, data: bytes) -> Path:
     return path
 
 
-def read(path: str | Path, config: ReaderConfig | None = None, **options: Any) -> list[RawRecord]:
+def read(path: str | Path, config: ReaderConfig | None = None, **options: Any) -> list[RawRecord | ReadError]:
     """All records of the one shard a path lists as."""
     (shard,) = list_shards([str(path)], options or None)
     return list(read_shard(shard, config or ReaderConfig(), options or None))
@@ -101,8 +101,13 @@ def shard_of(path: Path) -> Shard:
     return shard
 
 
-def good(records: list[RawRecord]) -> list[RawRecord]:
-    return [rec for rec in records if rec.error is None]
+def good(records: list[RawRecord | ReadError]) -> list[RawRecord]:
+    return [rec for rec in records if isinstance(rec, RawRecord)]
+
+
+def err(rec: RawRecord | ReadError) -> str | None:
+    """The reason a record could not be read; None for a record that was."""
+    return rec.reason if isinstance(rec, ReadError) else None
 
 
 @pytest.fixture
@@ -159,7 +164,7 @@ def test_every_format_and_compression_on_local_disk(
     path = write(tmp_path / f"part{EXT[fmt]}{COMPRESSIONS[compression]}", compress(encode(fmt, ROWS), compression))
     shard = shard_of(path)
     records = list(read_shard(shard, ReaderConfig()))
-    assert [rec.error for rec in records] == [None] * len(ROWS)
+    assert [err(rec) for rec in records] == [None] * len(ROWS)
     assert [rec.text for rec in records] == [row["text"] for row in ROWS]
     assert [rec.position for rec in records] == [1, 2, 3]
     if fmt == "txt":
@@ -216,8 +221,8 @@ def test_txt_skips_blank_lines_and_keeps_line_numbers(tmp_path: Path) -> None:
 def test_txt_invalid_utf8_is_one_dead_record_not_a_crash(tmp_path: Path) -> None:
     records = read(write(tmp_path / "t.txt", b"good\nbad \xff\xfe bytes\nalso good\n"))
     assert [rec.text for rec in good(records)] == ["good", "also good"]
-    (bad,) = [rec for rec in records if rec.error]
-    assert bad.error == r.INVALID_UTF8
+    (bad,) = [rec for rec in records if err(rec)]
+    assert err(bad) == r.INVALID_UTF8
     assert bad.position == 2
     assert bad.id and bad.id.endswith(":2")
     assert "\\xff" in bad.raw and "utf-8" in bad.detail
@@ -284,7 +289,7 @@ def test_jsonl_every_bad_case_is_one_record_with_a_reason(tmp_path: Path) -> Non
     path = write(tmp_path / "d.jsonl", b"\n".join(lines) + b"\n")
     shard = shard_of(path)
     records = list(read_shard(shard, ReaderConfig(title_field="title")))
-    got = [(rec.position, rec.id, rec.error) for rec in records]
+    got = [(rec.position, rec.id, err(rec)) for rec in records]
     assert got == [
         (1, "ok", None),
         (4, f"{shard.name}:4", r.INVALID_JSON),
@@ -301,7 +306,7 @@ def test_jsonl_every_bad_case_is_one_record_with_a_reason(tmp_path: Path) -> Non
     ]
     ok = records[0]
     assert (ok.text, ok.title, ok.metadata) == ("fine", "T", {"tags": ["x"], "n": 1})
-    assert records[6].text == 42 and "int" in records[6].detail
+    assert '"text": 42' in records[6].raw and "int" in records[6].detail
     assert records[10].text == "pair 🚀 is fine"
     for rec in records[1:9]:
         assert rec.detail and len(rec.raw) <= 201
@@ -311,7 +316,7 @@ def test_jsonl_every_bad_case_is_one_record_with_a_reason(tmp_path: Path) -> Non
 def test_jsonl_raw_excerpt_is_short_for_huge_bad_lines(tmp_path: Path) -> None:
     records = read(write(tmp_path / "d.jsonl", b'{"text": "' + b"x" * 1_000_000 + b"\n"))
     (rec,) = records
-    assert rec.error == r.INVALID_JSON and len(rec.raw) <= 201
+    assert err(rec) == r.INVALID_JSON and len(rec.raw) <= 201
 
 
 def test_jsonl_custom_fields(tmp_path: Path) -> None:
@@ -337,7 +342,7 @@ def test_csv_rows_multiline_fields_bad_rows_and_bad_bytes(tmp_path: Path) -> Non
     )
     shard = shard_of(write(tmp_path / "d.csv", data))
     records = list(read_shard(shard, ReaderConfig()))
-    assert [(rec.position, rec.id, rec.error) for rec in records] == [
+    assert [(rec.position, rec.id, err(rec)) for rec in records] == [
         (1, "1", None),
         (2, "2", None),
         (3, f"{shard.name}:3", r.INVALID_ROW),
@@ -404,22 +409,22 @@ def test_parquet_row_groups_nulls_types_and_metadata(tmp_path: Path) -> None:
     assert [rec.position for rec in records] == list(range(1, n + 1))
     assert records[0].id == "0" and records[0].text == "text 0"
     assert records[0].metadata == {"when": "2024-01-02T03:04:05", "tags": ["a", "b"]}
-    assert records[3].error == r.MISSING_TEXT
+    assert err(records[3]) == r.MISSING_TEXT
     assert records[2499].text == "text 2499"
-    json.dumps([rec.metadata for rec in records])  # metadata must be JSON-able
+    json.dumps([rec.metadata for rec in good(records)])  # metadata must be JSON-able
 
 
 def test_parquet_non_string_and_binary_text(tmp_path: Path) -> None:
     path = tmp_path / "ints.parquet"
     pq.write_table(pa.table({"text": pa.array([1, 2])}), path)
     records = read(path)
-    assert [rec.error for rec in records] == [r.NON_STRING_TEXT] * 2 and records[0].text == 1
+    assert [err(rec) for rec in records] == [r.NON_STRING_TEXT] * 2 and records[0].raw == "1"
     path = tmp_path / "bin.parquet"
     pq.write_table(pa.table({"text": pa.array([b"caf\xc3\xa9", b"bad \xff", None], pa.binary())}), path)
     records = read(path)
-    assert [(rec.text, rec.error) for rec in records[:1]] == [("café", None)]
-    assert records[1].error == r.INVALID_UTF8 and "\\xff" in records[1].raw
-    assert records[2].error == r.MISSING_TEXT
+    assert [(rec.text, err(rec)) for rec in records[:1]] == [("café", None)]
+    assert err(records[1]) == r.INVALID_UTF8 and "\\xff" in records[1].raw
+    assert err(records[2]) == r.MISSING_TEXT
 
 
 def test_parquet_invalid_utf8_inside_a_string_column(tmp_path: Path) -> None:
@@ -429,7 +434,8 @@ def test_parquet_invalid_utf8_inside_a_string_column(tmp_path: Path) -> None:
     path = tmp_path / "d.parquet"
     pq.write_table(pa.table({"text": ["one", "two"], "note": bad_strings}), path)
     records = read(path)
-    assert [(rec.text, rec.error) for rec in records] == [("one", None), ("two", r.INVALID_UTF8)]
+    assert [(rec.text, err(rec)) for rec in good(records)] == [("one", None)]
+    assert (err(records[1]), records[1].raw) == (r.INVALID_UTF8, "'two'")
     assert "note" in records[1].detail
 
 
@@ -463,7 +469,7 @@ def test_truncated_stream_keeps_what_was_read_then_one_corrupt_record(
     assert 0 < len(ok) < len(texts), "records before the damage must be kept"
     assert [rec.text for rec in ok] == texts[: len(ok)]
     assert [rec.position for rec in ok] == list(range(1, len(ok) + 1))
-    assert last.error == r.CORRUPT_FILE
+    assert err(last) == r.CORRUPT_FILE
     assert last.position == len(ok) + 1 and last.id is None
     assert "Error" in last.detail
 
@@ -475,7 +481,7 @@ def test_gzip_garbage_mid_file(tmp_path: Path, fmt: str) -> None:
     records = read(write(tmp_path / f"t{EXT[fmt]}.gz", data))
     *ok, last = records
     assert [rec.text for rec in ok] == [row["text"] for row in rows]
-    assert (last.error, last.position) == (r.CORRUPT_FILE, 51)
+    assert (err(last), last.position) == (r.CORRUPT_FILE, 51)
 
 
 @pytest.mark.parametrize(("name", "data"), [
@@ -488,7 +494,7 @@ def test_gzip_garbage_mid_file(tmp_path: Path, fmt: str) -> None:
 ])
 def test_undecodable_file_is_exactly_one_corrupt_record(tmp_path: Path, name: str, data: bytes) -> None:
     (rec,) = read(write(tmp_path / name, data))
-    assert (rec.error, rec.position, rec.id) == (r.CORRUPT_FILE, 1, None)
+    assert (err(rec), rec.position, rec.id) == (r.CORRUPT_FILE, 1, None)
     assert str(tmp_path / name) in rec.detail
 
 
@@ -497,7 +503,7 @@ def test_truncated_parquet_is_one_corrupt_record(tmp_path: Path) -> None:
     pq.write_table(pa.table({"text": [f"t{i}" for i in range(5000)]}), buf, row_group_size=1000)
     data = buf.getvalue()
     (rec,) = read(write(tmp_path / "d.parquet", data[: len(data) // 2]))
-    assert rec.error == r.CORRUPT_FILE
+    assert err(rec) == r.CORRUPT_FILE
 
 
 def test_missing_file_is_raised_not_reported_as_corrupt(tmp_path: Path) -> None:
@@ -679,7 +685,7 @@ def test_s3_listing_and_reading(
     texts = [[rec.text for rec in read_shard(s, ReaderConfig(), s3_server)] for s in shards]
     assert texts[1] == ["alpha", "beta"]
     assert texts[3] == texts[4] == [row["text"] for row in ROWS]
-    assert all(rec.error is None for s in shards for rec in read_shard(s, ReaderConfig(), s3_server))
+    assert all(err(rec) is None for s in shards for rec in read_shard(s, ReaderConfig(), s3_server))
     with pytest.raises(NoInputError, match="nothing"):
         list_shards([f"{s3_bucket}/nothing/*.jsonl"], s3_server)
     fsspec.filesystem("s3", **s3_server).rm(shards[0].path)
@@ -697,7 +703,7 @@ def test_s3_truncated_object_is_reported_corrupt(s3_bucket: str, s3_server: dict
     (shard,) = list_shards([f"{s3_bucket}/t.txt.gz"], s3_server)
     *ok, last = read_shard(shard, ReaderConfig(), s3_server)
     assert [rec.text for rec in ok] == texts[: len(ok)] and ok
-    assert (last.error, last.position) == (r.CORRUPT_FILE, len(ok) + 1)
+    assert (err(last), last.position) == (r.CORRUPT_FILE, len(ok) + 1)
 
 
 def test_gcs_listing_and_reading(gcs_bucket: str, gcs_server: dict[str, Any]) -> None:

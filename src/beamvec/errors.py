@@ -44,6 +44,25 @@ class InputAccessError(PermissionError):
     """An input could not be listed: wrong credentials or a missing grant."""
 
 
+class InputVanishedError(FileNotFoundError):
+    """An input listed at the start of the run no longer exists when read.
+
+    The message is one line naming the file. A FileNotFoundError, so code that
+    treats a missing file as a transport fault (fail the shard, never commit it
+    half read) keeps doing so; the worker core turns it into a failed shard.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"input {path} no longer exists (it was listed when the run started); "
+            "restore it, or rerun so that the listing no longer includes it"
+        )
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path,))
+
+
 class BackendError(Exception):
     """One backend call failed.
 

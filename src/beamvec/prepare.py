@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from beamvec import records as r
-from beamvec.records import DeadLetter, RawRecord, Record
+from beamvec.records import DeadLetter, RawRecord, ReadError, Record
 
 NORMALIZATIONS = ("none", "strip", "nfc", "collapse")
 LONG_TEXT_POLICIES = ("truncate", "dead-letter")
@@ -45,17 +45,28 @@ def _excerpt(text: str, limit: int = 200) -> str:
 
 
 def prepare(
-    raw: RawRecord,
+    raw: RawRecord | ReadError,
     config: PrepareConfig,
     count_tokens: Callable[[str], int],
     truncate: Callable[[str, int], str],
 ) -> Record | DeadLetter:
-    """One raw record in, one record or one dead letter out."""
-    if raw.error:
-        return DeadLetter(raw.id, raw.position, raw.error, raw.detail or raw.error, raw.raw)
+    """One raw record (or read error) in, one record or one dead letter out.
+
+    A text the reader ``cut`` (too long to hold) is flagged truncated, or
+    dead-lettered as ``text_too_long`` under ``on_long_text=dead-letter``.
+    """
+    if isinstance(raw, ReadError):
+        return DeadLetter(raw.id, raw.position, raw.reason, raw.detail or raw.reason, raw.raw)
     text = raw.text
+    if raw.cut and config.on_long_text == "dead-letter" and isinstance(text, str):
+        return DeadLetter(
+            raw.id, raw.position, r.TEXT_TOO_LONG,
+            f"longer than the {len(text)} characters the reader keeps of one text, "
+            f"far over the backend's {config.max_text_tokens} tokens",
+            _excerpt(text),
+        )
     if text is None:
-        return DeadLetter(raw.id, raw.position, r.MISSING_TEXT, "no text field", raw.raw)
+        return DeadLetter(raw.id, raw.position, r.MISSING_TEXT, "no text field", "")
     if not isinstance(text, str):
         return DeadLetter(
             raw.id, raw.position, r.NON_STRING_TEXT,
@@ -70,7 +81,7 @@ def prepare(
             _excerpt(repr(text)),
         )
     tokens = count_tokens(text)
-    truncated = False
+    truncated = raw.cut
     if tokens > config.max_text_tokens:
         if config.on_long_text == "dead-letter":
             return DeadLetter(

@@ -21,6 +21,7 @@ INVALID_JSON = "invalid_json"
 INVALID_UTF8 = "invalid_utf8"
 INVALID_ROW = "invalid_row"
 CORRUPT_FILE = "corrupt_file"
+INVALID_ID = "invalid_id"
 DUPLICATE_ID = "duplicate_id"
 TEXT_TOO_LONG = "text_too_long"
 EMBED_FAILED = "embed_failed"
@@ -34,6 +35,7 @@ REASONS = (
     INVALID_UTF8,
     INVALID_ROW,
     CORRUPT_FILE,
+    INVALID_ID,
     DUPLICATE_ID,
     TEXT_TOO_LONG,
     EMBED_FAILED,
@@ -55,12 +57,53 @@ class Shard:
         return content_hash(f"{self.path}\x00{self.size}\x00{self.version}")[:32]
 
 
-@dataclass
-class RawRecord:
-    """What a reader yields: a record as found, or why it could not be read.
+@dataclass(frozen=True)
+class Split:
+    """A unit of work smaller than (or equal to) one input file.
 
-    Exactly one of ``text`` (possibly not a string, checked in prepare) or
-    ``error`` is meaningful: readers never drop a line silently.
+    For txt, jsonl, csv and tsv files stored uncompressed, ``start`` and
+    ``end`` are byte offsets at record boundaries: a record belongs to the split
+    in which its first byte lies. For Parquet they are row-group indexes
+    ``[start, end)``. ``end == -1`` means "to the end of the file". Records of
+    a split carry the same positions and ids as when the file is read whole:
+    ``first_position`` is the position of the split's first record.
+    """
+
+    shard: Shard
+    index: int = 0
+    count: int = 1
+    start: int = 0
+    end: int = -1
+    first_position: int = 1
+
+    @classmethod
+    def whole(cls, shard: Shard) -> Split:
+        return cls(shard)
+
+    @property
+    def name(self) -> str:
+        """The output name: the shard's own when the file is not split."""
+        if self.count == 1:
+            return self.shard.name
+        return f"{self.shard.name}.part-{self.index:05d}-of-{self.count:05d}"
+
+    @property
+    def fingerprint(self) -> str:
+        """The shard's fingerprint for a whole file (so 0.1 commit records still
+        match); otherwise that fingerprint bound to this split's range."""
+        if self.count == 1:
+            return self.shard.fingerprint
+        key = f"{self.shard.fingerprint}\x00{self.index}/{self.count}\x00{self.start}-{self.end}"
+        return content_hash(key)[:32]
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """A record as a reader found it: an id and a text, built once, never changed.
+
+    ``text`` is a string from every reader (prepare still checks, for records
+    built elsewhere). ``cut`` says the reader kept only a prefix of a text too
+    long to hold in memory; prepare then truncates or dead-letters it.
     """
 
     position: int  # 1-based line number, row index or record ordinal in the shard
@@ -68,9 +111,18 @@ class RawRecord:
     text: Any = None
     metadata: dict[str, Any] = field(default_factory=dict)
     title: str | None = None
-    error: str | None = None  # a reason code
+    cut: bool = False
+
+
+@dataclass(frozen=True)
+class ReadError:
+    """A record a reader could not read, and why: it becomes a dead letter."""
+
+    position: int
+    id: str | None  # the record's own id when it could be read, else `<shard>:<position>` or None
+    reason: str  # one of REASONS
     detail: str = ""  # human-readable detail for the dead letter
-    raw: str = ""  # a short excerpt of the raw input, for the dead letter
+    raw: str = ""  # a short excerpt of the raw input
 
 
 @dataclass

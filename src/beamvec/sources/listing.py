@@ -1,0 +1,273 @@
+"""Listing: globs, files and directories into `Shard`s, over fsspec.
+
+One seam for local paths, memory://, gs://, s3:// and the rest. A shard's size
+and version come from the listing itself (one request per glob, not per
+file), so a fingerprint is cheap. Listing also decides, once for `plan` and
+`run`, what is never an input: commit markers, beamvec's own files, anything
+under the output, and (when a reader is given) files with no known format.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import fsspec
+import fsspec.core
+from fsspec.implementations.local import LocalFileSystem
+
+from beamvec.errors import InputAccessError, NoInputError, UsageError
+from beamvec.records import Shard, safe_shard_name
+from beamvec.sources.base import FORMATS, ReaderConfig, detect_format
+
+# gcsfs probes the bucket type over gRPC unless told not to, and that probe waits
+# ~60 s per call when it cannot connect (emulators, restricted networks). It must
+# be set before gcsfs is imported, which fsspec does lazily, on the first gs:// URL.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+log = logging.getLogger(__name__)
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+def _has_magic(part: str) -> bool:
+    return bool(_GLOB_CHARS.search(part))
+
+
+def _glob_base(path: str) -> str:
+    """The directory part of a glob before its first wildcard component."""
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        if _has_magic(part):
+            return "/".join(parts[:i])
+    return path
+
+
+def _relative(path: str, base: str) -> str:
+    prefix = base.rstrip("/") + "/"
+    if base and path.startswith(prefix):
+        return path[len(prefix):]
+    return path.lstrip("/")
+
+
+#: Commit markers Hadoop, Spark and Databricks leave beside data, and beamvec's
+#: own bookkeeping (an older output under the input glob must not be re-read).
+_MARKER_NAMES = frozenset({
+    "_SUCCESS", "_FAILURE", ".DS_Store",
+    "_manifest.json", "_lease", "_leases", "_beamvec_probe",
+})
+_MARKER_PREFIXES = ("_started_", "_committed_")
+_MARKER_DIRS = frozenset({
+    "_temporary", "_spark_metadata",
+    "_tmp", "_partial", "_batch", "_runs", "_lease", "_leases",
+})
+
+
+def _is_hidden(relative_path: str) -> bool:
+    """Commit markers, checksums and beamvec's own files: never data.
+
+    Everything else, dotfiles and other ``_names`` included, is an input.
+    """
+    *dirs, name = relative_path.split("/")
+    return (
+        name in _MARKER_NAMES
+        or name.startswith(_MARKER_PREFIXES)
+        or (name.startswith(".") and name.endswith(".crc"))
+        or any(d in _MARKER_DIRS for d in dirs)
+    )
+
+
+def _version(info: dict[str, Any]) -> str:
+    """Whatever the store offers that changes when the object changes."""
+    for key in ("generation", "ETag", "etag", "mtime", "LastModified", "updated", "created"):
+        value = info.get(key)
+        if value not in (None, ""):
+            return str(value).strip('"')
+    return ""
+
+
+def _size(info: dict[str, Any]) -> int:
+    size = info.get("size", info.get("Size"))
+    return int(size) if size is not None else -1
+
+
+def _expand(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, dict[str, dict[str, Any]], int]:
+    """(base, {path: info} of the files a pattern means, how many hidden files were skipped)."""
+    matched: dict[str, dict[str, Any]] = {}
+    explicit_hidden = False
+    if _has_magic(path):
+        base = _glob_base(path)
+        # Markers are only skipped when a wildcard, not the user, picked them.
+        explicit_hidden = _is_hidden(_relative(path, base))
+        try:
+            matched = fs.glob(path, detail=True)
+        except FileNotFoundError:
+            matched = {}
+    if not matched:  # no wildcard, or a real name that holds "[", "*" or "?"
+        try:
+            info = fs.info(path)
+        except FileNotFoundError:
+            return path, {}, 0
+        if info.get("type") != "directory":
+            return posixpath.dirname(path), {path: info}, 0
+        base, matched, explicit_hidden = path, {path: info}, False
+    files: dict[str, dict[str, Any]] = {}
+    for name, info in matched.items():
+        if info.get("type") == "directory":
+            files.update(
+                (p, i)
+                for p, i in fs.find(name, withdirs=False, detail=True).items()
+                if i.get("type") != "directory"
+            )
+        else:
+            files[name] = info
+    hidden = 0
+    if not explicit_hidden:
+        kept = {p: i for p, i in files.items() if not _is_hidden(_relative(p, base))}
+        hidden = len(files) - len(kept)
+        files = kept
+    return base, files, hidden
+
+
+
+def _normalized(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    if isinstance(fs, LocalFileSystem) or "memory" in _protocols(fs):
+        # Resolve "a/../b" so that one file named two ways is one shard.
+        return posixpath.normpath(path)
+    return path
+
+
+def _excluded_prefixes(
+    fs: fsspec.AbstractFileSystem, exclude: Sequence[str], storage_options: dict[str, Any]
+) -> list[str]:
+    """The excluded URLs that live on ``fs``, as paths comparable with its listing."""
+    prefixes = []
+    for url in exclude:
+        other, path = fsspec.core.url_to_fs(url, **storage_options)
+        if type(other) is type(fs) and _protocols(other) == _protocols(fs):
+            prefixes.append(_normalized(other, path).rstrip("/"))
+    return prefixes
+
+
+def _under(path: str, prefixes: Sequence[str]) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in prefixes)
+
+
+def list_shards(
+    patterns: Sequence[str],
+    storage_options: dict | None = None,
+    exclude: Sequence[str] = (),
+    *,
+    config: ReaderConfig | None = None,
+) -> list[Shard]:
+    """Expand input globs, files and directories into sorted, de-duplicated shards.
+
+    Every pattern must match at least one file: a nightly job that silently
+    reads nothing is worse than one that fails, so all patterns are listed and
+    those that match nothing are reported together in one `NoInputError`.
+    Directories (named, or matched by a wildcard) mean every file under them.
+    There and under wildcards, commit markers (_SUCCESS, .crc checksums,
+    _temporary/, ...) and beamvec's own files (_manifest.json, _tmp/,
+    _partial/, ...) are skipped, so a Spark or Hadoop output folder can be an
+    input as it is; name such a file explicitly to read it anyway.
+
+    ``exclude``: URLs (the run's output) under which nothing is an input, even
+    when named explicitly; compared as normalized paths on the same filesystem.
+    ``config``: when given, every file must have a format (``config.format``
+    or a known extension), else a `UsageError` naming the first that has none,
+    before anything is read or sent. `plan` and `run` both pass it.
+    """
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if isinstance(exclude, str):
+        exclude = [exclude]
+    storage_options = dict(storage_options or {})
+    found: dict[str, Shard] = {}
+    seen_as: dict[str, str] = {}
+    matched_by: dict[str, str] = {}
+    empty: list[str] = []
+    for pattern in patterns:
+        if not pattern or not pattern.strip():
+            raise NoInputError("an input pattern is empty; pass a path, a glob or a directory")
+        fs, path = fsspec.core.url_to_fs(pattern, **storage_options)
+        local = isinstance(fs, LocalFileSystem)
+        path = _normalized(fs, path)
+        excluded = _excluded_prefixes(fs, exclude, storage_options)
+        fs.invalidate_cache()  # a listing cached earlier in this process may be stale
+        try:
+            base, files, hidden = _expand(fs, path)
+        except PermissionError as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputAccessError(
+                f"cannot list input {pattern!r}: {reason}; check the credentials in the "
+                "environment (AWS_* variables, GOOGLE_APPLICATION_CREDENTIALS or gcloud ADC) "
+                "and that they may list and read it"
+            ) from None
+        if excluded:
+            kept = {p: i for p, i in files.items() if not _under(_normalized(fs, p), excluded)}
+            if len(kept) < len(files):
+                log.info("input %s: skipped %d files under the output", pattern, len(files) - len(kept))
+            hidden += len(files) - len(kept)
+            files = kept
+        if not files:
+            empty.append(pattern + (f" (only {hidden} commit-marker or output files)" if hidden else ""))
+            continue
+        if hidden:
+            log.info("input %s: skipped %d commit-marker files (_SUCCESS, .crc, ...)", pattern, hidden)
+        for file_path, info in files.items():
+            full = file_path if local else fs.unstrip_protocol(file_path)
+            relative = _relative(file_path, base)
+            if full in found and len(relative) <= len(seen_as[full]):
+                continue  # matched twice: the name comes from the widest pattern, whatever the order
+            seen_as[full] = relative
+            matched_by[full] = pattern
+            found[full] = Shard(
+                path=full,
+                name=safe_shard_name(relative, full),
+                size=_size(info),
+                version=_version(info),
+            )
+    if empty:
+        which = ", ".join(repr(p) for p in empty)
+        raise NoInputError(
+            f"input {which} matched no files; check the path and glob pattern "
+            "(quote it so your shell does not expand it), that the bucket or directory "
+            "exists, and that the storage options/credentials allow listing it"
+        )
+    shards = [found[p] for p in sorted(found)]
+    if config is not None:
+        check_formats(shards, config.format, matched_by)
+    return shards
+
+
+def check_formats(shards: Sequence[Shard], format: str | None, matched_by: dict[str, str] | None = None) -> None:
+    """Refuse, before anything starts, a listing with a file no reader can read.
+
+    One rule for `plan` and `run`: a glob that also matches, say, a README.md
+    stops the run with one line naming the first such file, instead of
+    failing that shard mid-way after others were committed.
+    """
+    if format is not None:
+        if format not in FORMATS:
+            raise UsageError(f"--format {format} is not a format; choose one of {'/'.join(FORMATS)}")
+        return
+    for shard in shards:
+        try:
+            detect_format(shard.path)
+        except ValueError:
+            ext = posixpath.splitext(posixpath.basename(shard.path))[1] or "(none)"
+            pattern = (matched_by or {}).get(shard.path)
+            via = f" (matched by {pattern!r})" if pattern and pattern != shard.path else ""
+            raise UsageError(
+                f"input {shard.path}{via} has no known format (extension {ext}); pass "
+                f"--format ({'/'.join(FORMATS)}) to read every input as one format, or narrow "
+                "the glob so it matches only data files"
+            ) from None
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)
