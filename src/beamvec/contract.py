@@ -131,7 +131,20 @@ class CommitRecord:
     input_version: str = ""
     config_fingerprint: str | None = None
     seconds: float = 0.0
-    status: str = "committed"
+    status: str = "committed"  # or "failed": not written, the run is incomplete
+    shard: str = ""  # the input shard this part belongs to ("" : the whole shard, named ``name``)
+    part: int = 0
+    parts: int = 1
+    shard_fingerprint: str = ""  # the whole input file's fingerprint
+    message: str = ""  # why a part failed
+
+    @property
+    def shard_name(self) -> str:
+        return self.shard or self.name
+
+    @property
+    def file_fingerprint(self) -> str:
+        return self.shard_fingerprint or self.input_fingerprint
 
     def to_json(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k != "counts"}
@@ -423,10 +436,40 @@ def merge_manifest(
     return Manifest(description, config, shards, runs, _now())
 
 
+def complete_shards(records: Iterable[CommitRecord]) -> dict[str, str]:
+    """Shard name -> input file fingerprint, for shards all of whose parts are
+    committed from one version of their input."""
+    parts: dict[tuple[str, str], set[int]] = {}
+    wanted: dict[tuple[str, str], int] = {}
+    for rec in records:
+        if rec.status != "committed":
+            continue
+        key = (rec.shard_name, rec.file_fingerprint)
+        parts.setdefault(key, set()).add(rec.part)
+        wanted[key] = rec.parts
+    return {name: fp for (name, fp), got in parts.items() if len(got) == wanted[(name, fp)]}
+
+
+def stale_parts(manifest: Manifest, current: Mapping[str, str]) -> list[str]:
+    """Parts of the shards in ``current`` (name -> input fingerprint) that
+    belong to another version of that input: a file re-cut into other splits."""
+    return [
+        name for name, rec in manifest.shards.items()
+        if rec.shard_name in current and rec.file_fingerprint != current[rec.shard_name]
+    ]
+
+
+def remove_parts(output: Output, names: Iterable[str]) -> None:
+    for name in names:
+        output.remove(vector_path(output, name))
+        output.remove(dead_letter_path(output, name))
+
+
 def finalize(output: Output, manifest: Manifest, expected: Iterable[str]) -> list[str]:
-    """Write the manifest; when every expected shard is in it, remove the
-    checkpoints and write ``_SUCCESS``. Returns the shards still missing."""
-    missing = [name for name in expected if name not in manifest.shards]
+    """Write the manifest; when every expected shard is complete in it, remove
+    the checkpoints and write ``_SUCCESS``. Returns the shards still missing."""
+    complete = complete_shards(manifest.shards.values())
+    missing = [name for name in expected if name not in complete]
     write_manifest(output, manifest)
     if not missing:
         # Every shard is committed, so no checkpoint can be needed any more,

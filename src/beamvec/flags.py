@@ -84,6 +84,10 @@ def add_beamvec_flags(parser: Any) -> None:
     # Run control
     _flag(parser, "force", action="store_true", default=False,
           help="redo every shard and reuse no vector (also allows a new configuration)")
+    _flag(parser, "split-bytes", type=int, default=None, metavar="BYTES",
+          help="cut uncompressed input files larger than this into splits that different "
+               "workers embed (default 256 KiB for the local model, 4 MiB for API backends; "
+               "0: never split)")
     _flag(parser, "reuse-from", action="append", default=None, metavar="OUTPUT",
           help="also reuse vectors of texts embedded in this other beamvec output "
                "(repeatable; same configuration only)")

@@ -20,7 +20,7 @@ from apache_beam.options.pipeline_options import (
 
 from beamvec import __version__
 from beamvec.backends import Backend, backend_from_options
-from beamvec.contract import CommitRecord, Description, OutputState, RunConfig
+from beamvec.contract import CommitRecord, Description, OutputState, RunConfig, complete_shards
 from beamvec.errors import UsageError
 from beamvec.options import BeamvecOptions, parse_pipeline_options, parse_storage_options
 from beamvec.prepare import PrepareConfig
@@ -57,6 +57,7 @@ def config_fingerprint(description: dict[str, Any], reader: ReaderConfig, prepar
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 
+MAX_BYTES_PER_TOKEN = 16
 _PARTITION = re.compile(r"(?:^|/)(?:dt|date|day)=(\d{4}-\d{2}-\d{2})(?:/|$)")
 
 
@@ -99,10 +100,13 @@ def resolve_inputs(options: PipelineOptions) -> JobInputs:
     bv = options.view_as(BeamvecOptions)
     storage_options = parse_storage_options(bv.storage_option)
     backend = backend_from_options(bv, options.view_as(GoogleCloudOptions).project)
-    shards = select_partitions(list_shards(bv.input, storage_options), bv.since, bv.until)
     reader = ReaderConfig(
-        format=bv.format, id_field=bv.id_field, text_field=bv.text_field, title_field=bv.title_field
+        format=bv.format, id_field=bv.id_field, text_field=bv.text_field, title_field=bv.title_field,
+        # Never more than 16 bytes a token: cutting there cannot change what truncation keeps.
+        max_text_chars=backend.limits.max_text_tokens * MAX_BYTES_PER_TOKEN,
     )
+    listed = list_shards(bv.input, storage_options, exclude=[bv.output] if bv.output else [], config=reader)
+    shards = select_partitions(listed, bv.since, bv.until)
     prepare = PrepareConfig(
         normalization=bv.normalization,
         on_long_text=bv.on_long_text,
@@ -133,15 +137,6 @@ def resolve_inputs(options: PipelineOptions) -> JobInputs:
     return JobInputs(options, bv, storage_options, backend, shards, reader, prepare, description, run_config)
 
 
-def is_committed(done: CommitRecord | None, shard: Shard, fingerprint: str) -> bool:
-    """Whether a shard's commit record still stands: same input, same configuration."""
-    return bool(
-        done is not None
-        and done.input_fingerprint == shard.fingerprint
-        and (done.config_fingerprint or fingerprint) == fingerprint
-    )
-
-
 def conflict(state: OutputState, ours: Description) -> str | None:
     """Why an output's vectors cannot be mixed with ours, or None."""
     theirs = state.description
@@ -163,14 +158,21 @@ class Work:
 
 
 def split_work(shards: list[Shard], state: OutputState, fingerprint: str, redo: bool) -> Work:
+    """A shard is skipped when every part of it is committed from this very
+    input and this configuration; anything less is embedded again (its
+    committed parts are then kept by the workers, not redone)."""
     if redo:
         return Work(list(shards))
+    ours = [r for r in state.committed.values() if (r.config_fingerprint or fingerprint) == fingerprint]
+    complete = complete_shards(ours)
+    by_shard: dict[str, list[CommitRecord]] = {}
+    for rec in ours:
+        by_shard.setdefault(rec.shard_name, []).append(rec)
     work = Work([])
     for shard in shards:
-        done = state.committed.get(shard.name)
-        if done is not None and is_committed(done, shard, fingerprint):
+        if complete.get(shard.name) == shard.fingerprint:
             work.skipped.append(shard.name)
-            work.carried.append(done)
+            work.carried += [r for r in by_shard[shard.name] if r.file_fingerprint == shard.fingerprint]
         else:
             work.todo.append(shard)
     return work

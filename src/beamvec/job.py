@@ -27,8 +27,6 @@ from beamvec.contract import (
     PARTIAL_DIR,
     SUCCESS,
     OutputState,
-    finalize,
-    merge_manifest,
     read_manifest,
     read_state,
 )
@@ -41,12 +39,16 @@ from beamvec.preflight import preflight
 from beamvec.progress import PROGRESS, Reporter
 from beamvec.retry import RetryPolicy
 from beamvec.sink import Output
-from beamvec.timeline import Timeline
-from beamvec.transforms import EmbedCorpus, QuotaSettings, run_record
+from beamvec.timeline import Timeline, new_run_id
+from beamvec.transforms import EmbedCorpus, QuotaSettings, commit_run, write_work
 from beamvec.worker import WorkerConfig
 
 LOG = logging.getLogger("beamvec")
 PROBE = "_beamvec_probe"
+#: Default split sizes: about 25 s of work for the local model on one core,
+#: about 10,000 texts for an API backend.
+LOCAL_SPLIT_BYTES = 256 * 1024
+API_SPLIT_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
@@ -101,21 +103,32 @@ def check_output_writable(output: Output) -> None:
 
 
 def _nothing_to_do(plan: JobPlan, out: Any) -> None:
-    """Every shard is committed: finish what a crash may have left unfinished."""
+    """Every shard is committed: finish what a crash may have left unfinished,
+    and prune when asked."""
     inputs = plan.inputs
     print(f"beamvec: all {len(inputs.shards)} shards are already committed in {plan.output.url}; "
           "nothing to do (pass --force to redo them)", file=out)
     manifest = read_manifest(plan.output)
-    if manifest is None or any(c.name not in manifest.shards for c in plan.work.carried):
-        # A crash after the last shard's commit but before the manifest.
-        rebuilt = merge_manifest(
-            manifest, plan.work.carried, inputs.run_config, inputs.description,
-            run_record([], inputs.description, None),
+    expected = {s.name for s in inputs.shards}
+    lost = manifest is None or any(c.name not in manifest.shards for c in plan.work.carried)
+    prunable = inputs.bv.prune and manifest is not None and any(
+        rec.shard_name not in expected for rec in manifest.shards.values()
+    )
+    if lost or prunable:
+        # A crash after the last shard's commit but before the manifest, or a prune.
+        commit_run(
+            plan.output, [], [], sorted(expected), plan.work.carried, inputs.run_config,
+            inputs.description, None, inputs.bv.prune,
         )
-        finalize(plan.output, rebuilt, [s.name for s in inputs.shards])
         return
     plan.output.remove_tree(plan.output.path(PARTIAL_DIR))  # left by a crash after a commit
     plan.output.write_bytes(plan.output.path(SUCCESS), b"")
+
+
+def split_bytes(bv: Any, backend_name: str) -> int:
+    if bv.split_bytes is not None:
+        return max(0, bv.split_bytes)
+    return LOCAL_SPLIT_BYTES if backend_name == "local" else API_SPLIT_BYTES
 
 
 def worker_count(options: PipelineOptions, bv: Any) -> int:
@@ -166,16 +179,21 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
     quota = QuotaSettings(bv.quota_rpm, bv.quota_tpm, share=1.0 / workers, window_s=bv.quota_window)
     plan.output.clean_staging()
     clear_failures(bv.output, inputs.storage_options)
+    run_id = new_run_id(started)
+    work = write_work(
+        plan.output, run_id, plan.work.todo, [s.name for s in inputs.shards], plan.work.carried
+    )
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | "EmbedCorpus" >> EmbedCorpus(
-        plan.work.todo, inputs.backend, config, settings, quota, inputs.run_config,
-        [s.name for s in inputs.shards], bv.concurrent_shards, plan.work.carried,
+        work, inputs.backend, config, settings, quota, inputs.run_config, bv.concurrent_shards,
+        split_bytes(bv, inputs.backend.name), bv.prune,
     )
     live = not bv.quiet and _in_process(options)
     total_bytes = sum(max(0, s.size) for s in plan.work.todo)
     reporter = Reporter(len(plan.work.todo), total_bytes, interval=bv.progress_interval)
     timeline = (
-        Timeline(bv.output, PROGRESS.read, inputs.storage_options) if _in_process(options) else nullcontext()
+        Timeline(bv.output, PROGRESS.read, inputs.storage_options, run_id=run_id)
+        if _in_process(options) else nullcontext()
     )
     with reporter if live else nullcontext(), timeline:  # inside: the reporter resets PROGRESS
         try:

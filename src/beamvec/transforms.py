@@ -9,10 +9,12 @@ records (shard, counts, fingerprint) are gathered for the manifest.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import apache_beam as beam
@@ -31,14 +33,18 @@ from beamvec.contract import (
     finalize,
     merge_manifest,
     read_manifest,
+    remove_parts,
+    stale_parts,
     total,
 )
 from beamvec.embedder import Embedder, EmbedSettings
+from beamvec.errors import InputVanishedError
 from beamvec.failures import systemic_failures_recorded
 from beamvec.pricing import estimate_cost
 from beamvec.progress import PROGRESS
-from beamvec.records import Shard
+from beamvec.records import Shard, Split
 from beamvec.sink import Output
+from beamvec.sources import plan_splits
 from beamvec.worker import Worker, WorkerConfig
 
 LOG = logging.getLogger("beamvec")
@@ -69,6 +75,8 @@ class QuotaSettings:
         )
 
 
+RUNS_DIR = "_runs"
+WORK_FILE = "work.jsonl"
 #: Shards a worker keeps open at once: reading, or waiting for their texts.
 #: Tiny shards finish reading at once, so many can share each request.
 MAX_OPEN_SHARDS = 64
@@ -113,7 +121,7 @@ class EmbedShards(beam.DoFn):
         self.pending: list[Future[CommitRecord]] = []
         self.worker.collector.draining(False)
 
-    def _run(self, shard: Shard) -> CommitRecord:
+    def _run(self, shard: Split) -> CommitRecord:
         try:
             with systemic_failures_recorded(self.config.output, self.config.storage_options):
                 return self.worker.process(shard, on_read=self.reading.release)
@@ -145,7 +153,7 @@ class EmbedShards(beam.DoFn):
             self._report(result)
             yield result
 
-    def process(self, shard: Shard) -> Iterator[CommitRecord]:
+    def process(self, shard: Split) -> Iterator[CommitRecord]:
         # Wait for a reading slot and an open slot, yielding what finishes meanwhile.
         for slot in (self.open, self.reading):
             while not slot.acquire(timeout=0.2):
@@ -174,31 +182,70 @@ class CommitManifest(beam.DoFn):
         self,
         output: str,
         storage_options: dict[str, object],
-        expected: list[str],
+        work: str,
         config: RunConfig,
         description: Description,
         started: float,
-        carried: list[CommitRecord] | None = None,
+        prune: bool = False,
     ) -> None:
         self.output = output
         self.storage_options = storage_options
-        self.expected = expected
+        self.work = work
         self.config = config
         self.description = description
         self.started = started
-        self.carried = carried or []
+        self.prune = prune
 
     def process(self, results: list[CommitRecord]) -> Iterator[list[str]]:
         out = Output(self.output, self.storage_options)
-        # Shards skipped as committed whose manifest entry a crash lost come back here.
-        manifest = merge_manifest(
-            read_manifest(out), [*self.carried, *results], self.config, self.description,
-            run_record(results, self.description, self.started),
+        todo, expected, carried = read_work(out, self.work)
+        yield commit_run(
+            out, results, todo, expected, carried, self.config, self.description,
+            self.started, self.prune,
         )
-        yield finalize(out, manifest, self.expected)
 
 
-def run_record(results: list[CommitRecord], description: Description, started: float | None) -> RunRecord:
+def commit_run(
+    out: Output,
+    results: list[CommitRecord],
+    todo: list[Shard],
+    expected: list[str],
+    carried: list[CommitRecord],
+    config: RunConfig,
+    description: Description,
+    started: float | None,
+    prune: bool,
+) -> list[str]:
+    """This run's commit records into the manifest; stale parts of re-cut
+    inputs and, with ``prune``, shards no longer listed, out of the output.
+    Returns the shards still missing (failed or not run)."""
+    previous = read_manifest(out)
+    committed = [r for r in results if r.status == "committed"]
+    current = {s.name: s.fingerprint for s in todo}
+    removed: list[str] = []
+    if previous is not None:
+        kept = {r.name for r in committed}
+        removed = [name for name in stale_parts(previous, current) if name not in kept]
+        if prune:
+            listed = set(expected)
+            removed += [n for n, rec in previous.shards.items() if rec.shard_name not in listed]
+    pruned = sorted({previous.shards[n].shard_name for n in removed if previous and n in previous.shards})
+    # A no-op rerun adds no history; one that only prunes says so.
+    run = run_record(results, description, started, pruned if prune else ()) if results or removed else None
+    # Shards skipped as committed whose manifest entry a crash lost come back here.
+    manifest = merge_manifest(previous, [*carried, *committed], config, description, run, removed)
+    missing = finalize(out, manifest, expected)
+    remove_parts(out, removed)  # after the manifest no longer names them
+    if not missing:  # work lists of this run and of any that crashed are done with
+        for path in out.fs.glob(out.path(RUNS_DIR, "*", WORK_FILE)):
+            out.remove(path)
+    return missing
+
+
+def run_record(
+    results: list[CommitRecord], description: Description, started: float | None,
+    pruned: Sequence[str] = (),
+) -> RunRecord:
     """One line of the run history: what this run did and what it cost."""
     counts = total(r.counts for r in results)
     cost = estimate_cost(description.backend, description.model, counts.sent_tokens, counts.billable_characters)
@@ -211,41 +258,105 @@ def run_record(results: list[CommitRecord], description: Description, started: f
         config_fingerprint=description.config_fingerprint,
         estimated_cost_usd=None if cost.standard is None else round(cost.standard, 6),
         cost_basis=cost.basis,
+        pruned=tuple(pruned),
     )
 
 
+def write_work(output: Output, run_id: str, todo: list[Shard], expected: list[str],
+               carried: list[CommitRecord]) -> str:
+    """The run's work list, in the output: the job graph then carries one path
+    whatever the number of shards (Dataflow refuses graphs over ~10 MB)."""
+    lines = [json.dumps({"todo": dataclasses.asdict(s)}) for s in todo]
+    lines += [json.dumps({"expected": name}) for name in expected]
+    lines += [json.dumps({"carried": rec.to_json()}) for rec in carried]
+    path = output.path(RUNS_DIR, run_id, WORK_FILE)
+    output.write_bytes(path, ("\n".join(lines) + "\n").encode())
+    return path
+
+
+def read_work(output: Output, path: str) -> tuple[list[Shard], list[str], list[CommitRecord]]:
+    todo: list[Shard] = []
+    expected: list[str] = []
+    carried: list[CommitRecord] = []
+    with output.fs.open(path, "rb") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            if "todo" in item:
+                todo.append(Shard(**item["todo"]))
+            elif "expected" in item:
+                expected.append(item["expected"])
+            else:
+                carried.append(CommitRecord.from_json(item["carried"]))
+    return todo, expected, carried
+
+
+class ReadWork(beam.DoFn):
+    """The work list's path in, its shards out, read on a worker."""
+
+    def __init__(self, output: str, storage_options: dict[str, object]) -> None:
+        self.output = output
+        self.storage_options = storage_options
+
+    def process(self, path: str) -> Iterator[Shard]:
+        yield from read_work(Output(self.output, self.storage_options), path)[0]
+
+
+class PlanSplits(beam.DoFn):
+    """A shard in, its splits out: a large uncompressed file becomes byte (or
+    row-group) ranges that different workers embed."""
+
+    def __init__(self, config: WorkerConfig, target_bytes: int) -> None:
+        self.config = config
+        self.target_bytes = target_bytes
+
+    def process(self, shard: Shard) -> Iterator[Split]:
+        try:
+            yield from plan_splits(shard, self.config.reader, self.config.storage_options, self.target_bytes)
+        except InputVanishedError:
+            yield Split.whole(shard)  # the worker records it as a failed shard
+
+
 class EmbedCorpus(beam.PTransform):
-    """Shards in, committed output out."""
+    """The work list in, committed output out.
+
+        work list ─► ReadWork ─► Spread ─► PlanSplits ─► Spread ─► EmbedShards ─► Gather ─► Commit
+    """
 
     def __init__(
         self,
-        shards: list[Shard],
+        work: str,
         backend: Backend,
         config: WorkerConfig,
         settings: EmbedSettings,
         quota_settings: QuotaSettings,
         run_config: RunConfig,
-        expected: list[str],
         concurrent_shards: int = 4,
-        carried: list[CommitRecord] | None = None,
+        split_bytes: int = 0,
+        prune: bool = False,
     ) -> None:
         super().__init__()
-        self.shards = shards
+        self.work = work
         self.backend = backend
         self.config = config
         self.settings = settings
         self.quota_settings = quota_settings
         self.run_config = run_config
-        self.expected = expected
         self.concurrent_shards = concurrent_shards
-        self.carried = carried or []
+        self.split_bytes = split_bytes
+        self.prune = prune
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         started = time.time()
+        storage = self.config.storage_options
         return (
             pbegin
-            | "ListShards" >> beam.Create(self.shards)
-            | "Spread" >> beam.Reshuffle()
+            | "Work" >> beam.Create([self.work])
+            | "ReadWork" >> beam.ParDo(ReadWork(self.config.output, storage))
+            | "SpreadShards" >> beam.Reshuffle()
+            | "PlanSplits" >> beam.ParDo(PlanSplits(self.config, self.split_bytes))
+            | "SpreadSplits" >> beam.Reshuffle()
             | "EmbedShards"
             >> beam.ParDo(
                 EmbedShards(
@@ -257,8 +368,8 @@ class EmbedCorpus(beam.PTransform):
             | "Commit"
             >> beam.ParDo(
                 CommitManifest(
-                    self.config.output, self.config.storage_options, self.expected,
-                    self.run_config, self.config.description, started, self.carried,
+                    self.config.output, storage, self.work, self.run_config,
+                    self.config.description, started, self.prune,
                 )
             )
         )

@@ -10,6 +10,7 @@ touches its files. Memory is bounded by what is in flight, not shard size.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -24,12 +25,21 @@ import numpy as np
 from beamvec.backends.base import Backend
 from beamvec.batching import batches
 from beamvec.collector import Collector, Result
-from beamvec.contract import CommitRecord, Description, Footer, dead_letter_path, vector_path
+from beamvec.contract import (
+    CommitRecord,
+    Description,
+    Footer,
+    ShardCounts,
+    dead_letter_path,
+    footer_of,
+    vector_path,
+)
 from beamvec.embedder import Embedder
+from beamvec.errors import InputVanishedError, UsageError
 from beamvec.lookup import build_index, checkpoint_dir
 from beamvec.prepare import PrepareConfig
 from beamvec.progress import PROGRESS
-from beamvec.records import DeadLetter, Embedded, Record, Shard
+from beamvec.records import DeadLetter, Embedded, Record, Split
 from beamvec.routing import Lookup, NoLookup, Reuse, Router, RunMemory, Send
 from beamvec.sink import (
     DEAD_LETTER_SCHEMA,
@@ -40,8 +50,9 @@ from beamvec.sink import (
     vector_schema,
     vector_table,
 )
-from beamvec.sources import ReaderConfig, read_shard
+from beamvec.sources import ReaderConfig, read_split
 
+LOG = logging.getLogger("beamvec")
 FLUSH_ROWS = 2048
 #: Texts the local model sorts by length at a time (bounded memory, less padding).
 LOCAL_SORT_WINDOW = 1024
@@ -69,11 +80,11 @@ class WorkerConfig:
 class _Sink:
     """Buffers of vectors and dead letters for one shard, flushed as row groups."""
 
-    def __init__(self, output: Output, shard: Shard, dimension: int) -> None:
-        self.shard = shard
+    def __init__(self, output: Output, split: Split, dimension: int) -> None:
+        self.shard = split.shard
         self.dimension = dimension
-        self.vectors = ParquetShardWriter(output, vector_path(output, shard.name), vector_schema(dimension))
-        self.letters = ParquetShardWriter(output, dead_letter_path(output, shard.name), DEAD_LETTER_SCHEMA)
+        self.vectors = ParquetShardWriter(output, vector_path(output, split.name), vector_schema(dimension))
+        self.letters = ParquetShardWriter(output, dead_letter_path(output, split.name), DEAD_LETTER_SCHEMA)
         self.rows: list[Embedded] = []
         self.dead: list[DeadLetter] = []
         self.embedded = 0
@@ -211,14 +222,53 @@ class Worker:
 
     # -- one shard ----------------------------------------------------------------
 
-    def process(self, shard: Shard, on_read: Callable[[], None] | None = None) -> CommitRecord:
-        """Embed one shard and commit it; returns its commit record.
+    def committed(self, split: Split) -> CommitRecord | None:
+        """The commit record of a part a crashed or killed run already
+        committed from this same input, when its file still matches it."""
+        path = vector_path(self.output, split.name)
+        try:
+            footer = footer_of(self.output.fs, path)
+        except (FileNotFoundError, UsageError):
+            return None
+        rec = footer.shard
+        if (
+            rec is None or rec.input_fingerprint != split.fingerprint
+            or rec.config_fingerprint != self.config.fingerprint
+        ):
+            return None
+        return rec
 
-        ``on_read`` is called once the shard's last record is read (it may
-        then wait for its results while another shard starts reading)."""
+    def process(self, split: Split, on_read: Callable[[], None] | None = None) -> CommitRecord:
+        """Embed one split (a whole shard or a part of one) and commit it;
+        returns its commit record, or a failed one when its input vanished.
+
+        ``on_read`` is called once the last record is read (the split may
+        then wait for its results while another one starts reading)."""
+        done = self.committed(split) if self.config.reuse else None
+        if done is not None:
+            if on_read is not None:
+                on_read()
+            return done
+        try:
+            return self._embed(split, on_read)
+        except InputVanishedError as exc:
+            LOG.warning("%s", exc)
+            return self._record(split, ShardCounts(), 0.0, status="failed", message=str(exc))
+
+    def _record(self, split: Split, counts: ShardCounts, seconds: float, **kw: str) -> CommitRecord:
+        shard = split.shard
+        return CommitRecord(
+            name=split.name, input=shard.path, input_fingerprint=split.fingerprint,
+            counts=counts, input_size=shard.size, input_version=shard.version,
+            config_fingerprint=self.config.fingerprint, seconds=round(seconds, 3),
+            shard=shard.name if split.count > 1 else "", part=split.index, parts=split.count,
+            shard_fingerprint=shard.fingerprint if split.count > 1 else "", **kw,
+        )
+
+    def _embed(self, split: Split, on_read: Callable[[], None] | None) -> CommitRecord:
         started = time.time()
         dimension = self.backend.limits.dimension
-        sink = _Sink(self.output, shard, dimension)
+        sink = _Sink(self.output, split, dimension)
         landing = _Landing()
         router = Router(
             self.config.prepare, self.backend.count_tokens, self.backend.truncate,
@@ -227,7 +277,7 @@ class Worker:
         try:
             self.collector.reader_started()
             try:
-                for raw in read_shard(shard, self.config.reader, self.config.storage_options):
+                for raw in read_split(split, self.config.reader, self.config.storage_options):
                     PROGRESS.add_records()
                     decision = router.route(raw)
                     if isinstance(decision, DeadLetter):
@@ -246,18 +296,14 @@ class Worker:
             landing.drain(sink, block=True)
             sink.flush()
             counts = router.shard_counts(sink.embedded, sink.failed, sink.tokens, sink.truncated)
-            record = CommitRecord(
-                name=shard.name, input=shard.path, input_fingerprint=shard.fingerprint,
-                counts=counts, input_size=shard.size, input_version=shard.version,
-                config_fingerprint=self.config.fingerprint, seconds=round(time.time() - started, 3),
-            )
+            record = self._record(split, counts, time.time() - started)
             footer = Footer(self.config.description, record).to_json()
             if counts.dead_lettered:
                 sink.letters.commit(footer)
             else:
-                self.output.remove(dead_letter_path(self.output, shard.name))
+                self.output.remove(dead_letter_path(self.output, split.name))
             sink.vectors.commit(footer)
-            PROGRESS.shard_done(shard.size)
+            PROGRESS.shard_done(split.shard.size if split.count == 1 else 0)
             return record
         except BaseException:
             sink.abort()
