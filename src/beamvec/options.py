@@ -77,6 +77,19 @@ class BeamvecOptions(PipelineOptions):
         _flag(parser, "batch-deadline", type=float, default=600.0, help="seconds per batch, retries included")
         _flag(parser, "fail-on-exhausted", action="store_true", default=False,
               help="fail the run instead of dead-lettering a batch whose retries ran out")
+        # Gemini Batch API (half price, turnaround up to 24 h)
+        _flag(parser, "batch-api", action="store_true", default=False,
+              help="embed through Gemini Batch API jobs (--backend gemini): half the online price")
+        _flag(parser, "no-wait", action="store_true", default=False,
+              help="with --batch-api: submit, collect what is done, and exit; rerun to finish")
+        _flag(parser, "batch-fallback", choices=("none", "online"), default="none",
+              help="lines the batch service keeps failing: dead letters (none) or online calls")
+        _flag(parser, "batch-poll-interval", type=float, default=30.0,
+              help="seconds between batch job polls at first (backs off to 10 minutes)")
+        _flag(parser, "batch-max-resubmits", type=int, default=2,
+              help="new jobs for the texts of a FAILED or EXPIRED batch job")
+        _flag(parser, "batch-max-requests-per-file", type=int, default=50_000,
+              help="requests per batch input file (one job each)")
         # Run control
         _flag(parser, "force", action="store_true", default=False,
               help="redo every shard and reuse no vector (also allows a new configuration)")
