@@ -312,9 +312,10 @@ def cleanup_jobs(
     """Delete from the service the files and jobs of finished jobs whose shards are
     all committed, and mark them cleaned in the journal. Returns how many."""
     committed = set(committed_shards)
+    live = {job.id for job in journal.pending()}  # ``jobs`` may be an older snapshot
     done = 0
     for job in jobs:
-        if job.cleaned or not (job.terminal or job.state == "CANCELLED"):
+        if job.id not in live or not job.terminal:
             continue
         if not set(job.shards) <= committed:
             continue

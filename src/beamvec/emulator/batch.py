@@ -286,8 +286,10 @@ class BatchService:
             meta = (json.loads(body or b"{}") or {}).get("file") or {}
         except (ValueError, AttributeError):
             raise protocol.invalid("Invalid upload start request.") from None
-        meta["mimeType"] = headers.get("x-goog-upload-header-content-type") or meta.get(
-            "mimeType", "application/octet-stream"
+        meta["mimeType"] = (
+            headers.get("x-goog-upload-header-content-type")
+            or _pick(meta, "mimeType", "mime_type")
+            or "application/octet-stream"
         )
         upload_id = secrets.token_hex(12)
         with self._lock:
@@ -316,7 +318,7 @@ class BatchService:
                 raise protocol.ApiError(409, "ALREADY_EXISTS", f"File {name} already exists.")
             file = _File(
                 name,
-                meta.get("displayName"),
+                _pick(meta, "displayName", "display_name"),
                 meta["mimeType"],
                 bytes(data),
                 "UPLOADED",
