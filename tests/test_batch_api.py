@@ -285,3 +285,24 @@ def test_bad_key_is_one_systemic_line(tmp_path):
             run_batch(corpus(1, 3), client, BatchJournal(str(tmp_path)), SPEC, FAST)
     message = str(info.value)
     assert "\n" not in message and "API key" in message and "wrong" not in message
+
+
+def test_a_download_that_fails_for_now_is_retried_not_resubmitted(tmp_path):
+    from beamvec.errors import BackendError, ErrorKind
+
+    todo = corpus(shards=1, per_shard=20)
+    with Emulator(api_key=KEY, batch_job_s=0.2) as emu:
+        client = client_for(emu)
+        real, calls = client.download, []
+
+        def flaky(name: str) -> bytes:
+            calls.append(name)
+            if len(calls) == 1:
+                raise BackendError("batch download: 503 UNAVAILABLE", kind=ErrorKind.TRANSIENT)
+            return real(name)
+
+        client.download = flaky  # type: ignore[method-assign]
+        outcome = run_batch(todo, client, BatchJournal(str(tmp_path)), SPEC, FAST)
+        assert emu.stats()["batch"]["jobs"]["created"] == 1
+    assert_all_vectors(outcome, todo)
+    assert len(calls) == 2

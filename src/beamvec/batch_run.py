@@ -125,9 +125,17 @@ class _Run:
         for job in list(self.jobs.values()):
             if job.terminal or not self._relevant(job):
                 continue
-            if job.state == "CREATING":
-                self._resume(job)
-                continue
+            try:
+                self._refresh(job)
+            except BackendError as exc:
+                if not exc.retryable:
+                    raise
+                # the service is busy or unreachable after retries: look again next pass
+
+    def _refresh(self, job: BatchJob) -> None:
+        if job.state == "CREATING":
+            self._resume(job)
+        else:
             status = self.client.get(job.name)  # type: ignore[arg-type]
             if status.state == "MISSING":
                 self._save(job, state="FAILED", error=status.error)
@@ -141,9 +149,9 @@ class _Run:
         for job in list(self.jobs.values()):
             if not job.terminal or job.id in self.read or not self._relevant(job):
                 continue
-            self.read.add(job.id)
             keys = [k for k in self.keys[job.id] if k in self.requests]
             if job.state in FAILED_STATES or not job.result_file:
+                self.read.add(job.id)
                 for key in keys:
                     self.job_failures[key] += 1
                     reason = f"batch job {job.name} {job.state}: {job.error or 'no message'}"
@@ -151,11 +159,15 @@ class _Run:
                 continue
             try:
                 data = self.client.download(job.result_file)
-            except BackendError as exc:  # gone (48 h) or refused: these keys go again
+            except BackendError as exc:
+                if exc.retryable:
+                    continue  # busy: download it next pass, never resubmit for this
+                self.read.add(job.id)  # gone (48 h) or refused: these keys go again
                 for key in keys:
                     self.job_failures[key] += 1
                     self.last_error[key] = LineError(key, f"result file unreadable: {exc}")
                 continue
+            self.read.add(job.id)
             results = parse_results(data.splitlines(), self.spec, expected=keys)
             for key, result in results.items():
                 if isinstance(result, LineError):
@@ -167,8 +179,11 @@ class _Run:
 
     def decide(self) -> list[str]:
         """Keys to submit now; keys out of tries become final failures."""
-        in_flight = {
-            key for job in self.jobs.values() if not job.terminal for key in self.keys[job.id]
+        in_flight = {  # running, or finished but not read yet (a download to retry)
+            key
+            for job in self.jobs.values()
+            if not job.cleaned and (not job.terminal or job.id not in self.read)
+            for key in self.keys[job.id]
         }
         out = []
         for key in self.requests:
