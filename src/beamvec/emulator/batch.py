@@ -48,7 +48,6 @@ drawn from a generator seeded by (seed, job number), so a run replays.
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import random
@@ -58,13 +57,26 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
 from beamvec.emulator import protocol
+from beamvec.emulator.batch_shapes import (
+    STATES,
+    TERMINAL,
+    Answer,
+    Job,
+    StoredFile,
+    error_answer,
+    file_lines,
+    json_answer,
+    not_found,
+    operation,
+    parse_line,
+    pick,
+)
 from beamvec.emulator.config import EmulatorConfig
 from beamvec.emulator.vectors import Item
 from beamvec.records import content_hash
@@ -76,103 +88,11 @@ _FILE = re.compile(rf"^/{_V}/files/([a-z0-9-]+)(:download)?$")
 _CREATE = re.compile(rf"^/{_V}/models/([^/:]+):asyncBatchEmbedContent$")
 _BATCHES = re.compile(rf"^/{_V}/batches$")
 _BATCH = re.compile(rf"^/{_V}/batches/([a-z0-9-]+)(:cancel)?$")
-TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
-STATES = ("PENDING", "RUNNING", *sorted(TERMINAL))
 _LINE_INTERNAL = {"code": 13, "message": "Internal error encountered."}
 
 
 class VectorSource(Protocol):
     def native(self, model: str, items: Sequence[Item]) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class Answer:
-    """An HTTP answer for the server to write."""
-
-    code: int
-    body: bytes
-    headers: Mapping[str, str] = field(default_factory=dict)
-    content_type: str = "application/json; charset=UTF-8"
-
-
-def _json(code: int, body: Any, headers: Mapping[str, str] | None = None) -> Answer:
-    return Answer(code, json.dumps(body, separators=(",", ":")).encode(), dict(headers or {}))
-
-
-def _error(exc: protocol.ApiError) -> Answer:
-    return _json(exc.code, exc.body(), exc.headers)
-
-
-def _not_found(what: str) -> protocol.ApiError:
-    return protocol.ApiError(404, "NOT_FOUND", f"{what} not found.")
-
-
-def _rfc3339(wall: float) -> str:
-    return datetime.datetime.fromtimestamp(wall, datetime.timezone.utc).strftime(
-        "%Y-%m-%dT%H:%M:%S.%fZ"
-    )
-
-
-@dataclass
-class _File:
-    name: str
-    display_name: str | None
-    mime_type: str
-    data: bytes
-    source: str  # "UPLOADED" | "GENERATED"
-    created: float
-
-    def resource(self) -> dict[str, Any]:
-        out = {
-            "name": self.name,
-            "mimeType": self.mime_type,
-            "sizeBytes": str(len(self.data)),
-            "createTime": _rfc3339(self.created),
-            "updateTime": _rfc3339(self.created),
-            "expirationTime": _rfc3339(self.created + 48 * 3600),
-            "state": "ACTIVE",
-            "source": self.source,
-        }
-        if self.display_name:
-            out["displayName"] = self.display_name
-        return out
-
-
-@dataclass
-class _Line:
-    """One request of a job: its key (or inlined metadata), text and options."""
-
-    key: Any
-    text: str = ""
-    task_type: str | None = None
-    title: str | None = None
-    dimension: int | None = None
-    error: dict[str, Any] | None = None  # refused before embedding
-
-
-@dataclass
-class _Job:
-    name: str
-    serial: int
-    model: str
-    display_name: str
-    input_config: dict[str, Any]
-    lines: list[_Line]
-    inlined: bool
-    outcome: str  # drawn at creation: SUCCEEDED | FAILED | EXPIRED
-    failure: str | None
-    created: float
-    created_mono: float
-    state: str = "PENDING"
-    ended: float | None = None
-    output: dict[str, Any] | None = None
-    ok: int = 0
-    failed: int = 0
-    deleted: bool = False
-
-
-def _pick(obj: Mapping[str, Any], camel: str, snake: str) -> Any:
-    return obj.get(camel, obj.get(snake))
 
 
 class BatchService:
@@ -181,9 +101,9 @@ class BatchService:
     def __init__(self, vectors: Callable[[], VectorSource]) -> None:
         self._vectors = vectors
         self._lock = threading.Lock()
-        self._files: dict[str, _File] = {}
+        self._files: dict[str, StoredFile] = {}
         self._uploads: dict[str, tuple[dict[str, Any], int, bytearray]] = {}
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, Job] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -226,7 +146,7 @@ class BatchService:
             with self._lock:
                 return self._route(method, match, query, body, config)
         except protocol.ApiError as exc:
-            return _error(exc)
+            return error_answer(exc)
 
     def _route(
         self,
@@ -247,7 +167,7 @@ class BatchService:
         if pattern is _CREATE and method == "POST":
             return self._create(m.group(2), body, config)
         if pattern is _BATCHES and method == "GET":
-            live = [self._operation(j) for j in self._jobs.values() if not j.deleted]
+            live = [operation(j) for j in self._jobs.values() if not j.deleted]
             return self._page(query, "operations", live)
         if pattern is _BATCH:
             return self._batch(method, f"batches/{m.group(2)}", bool(m.group(3)))
@@ -272,7 +192,7 @@ class BatchService:
         out: dict[str, Any] = {name: items[start : start + size]}
         if start + size < len(items):
             out["nextPageToken"] = str(start + size)
-        return _json(200, out)
+        return json_answer(200, out)
 
     # -- files ---------------------------------------------------------------
 
@@ -288,7 +208,7 @@ class BatchService:
             raise protocol.invalid("Invalid upload start request.") from None
         meta["mimeType"] = (
             headers.get("x-goog-upload-header-content-type")
-            or _pick(meta, "mimeType", "mime_type")
+            or pick(meta, "mimeType", "mime_type")
             or "application/octet-stream"
         )
         upload_id = secrets.token_hex(12)
@@ -296,29 +216,29 @@ class BatchService:
             self._uploads[upload_id] = (meta, size, bytearray())
         host = headers.get("host", "127.0.0.1")
         url = f"http://{host}{path}?upload_id={upload_id}&upload_protocol=resumable"
-        return _json(200, {}, {"x-goog-upload-url": url, "x-goog-upload-status": "active"})
+        return json_answer(200, {}, {"x-goog-upload-url": url, "x-goog-upload-status": "active"})
 
     def _upload_chunk(self, upload_id: str, headers: Mapping[str, str], body: bytes) -> Answer:
         command = (headers.get("x-goog-upload-command") or "").lower()
         with self._lock:
             session = self._uploads.get(upload_id)
             if session is None:
-                raise _not_found("Upload session")
+                raise not_found("Upload session")
             meta, size, data = session
             if int(headers.get("x-goog-upload-offset") or 0) != len(data):
                 raise protocol.invalid(f"Upload offset must be {len(data)}.")
             data.extend(body)
             if "finalize" not in command:
-                return _json(200, {}, {"x-goog-upload-status": "active"})
+                return json_answer(200, {}, {"x-goog-upload-status": "active"})
             del self._uploads[upload_id]
             if len(data) != size:
                 raise protocol.invalid(f"Uploaded {len(data)} bytes, announced {size}.")
             name = meta.get("name") or f"files/{secrets.token_hex(6)}"
             if name in self._files:
                 raise protocol.ApiError(409, "ALREADY_EXISTS", f"File {name} already exists.")
-            file = _File(
+            file = StoredFile(
                 name,
-                _pick(meta, "displayName", "display_name"),
+                pick(meta, "displayName", "display_name"),
                 meta["mimeType"],
                 bytes(data),
                 "UPLOADED",
@@ -326,7 +246,7 @@ class BatchService:
             )
             self._files[name] = file
             self._uploaded += 1
-            return _json(200, {"file": file.resource()}, {"x-goog-upload-status": "final"})
+            return json_answer(200, {"file": file.resource()}, {"x-goog-upload-status": "final"})
 
     def _file(self, method: str, name: str, download: bool) -> Answer:
         file = self._files.get(name)
@@ -342,11 +262,11 @@ class BatchService:
                 raise protocol.invalid("Only generated files can be downloaded.")
             return Answer(200, file.data, {}, "application/octet-stream")
         if method == "GET" and not download:
-            return _json(200, file.resource())
+            return json_answer(200, file.resource())
         if method == "DELETE" and not download:
             del self._files[name]
             self._files_deleted += 1
-            return _json(200, {})
+            return json_answer(200, {})
         raise protocol.ApiError(405, "METHOD_NOT_ALLOWED", f"{method} is not allowed here.")
 
     # -- jobs ----------------------------------------------------------------
@@ -360,7 +280,7 @@ class BatchService:
             source = batch.get("inputConfig") or batch.get("input_config") or {}
         except (ValueError, AttributeError):
             raise protocol.invalid("Invalid JSON payload received.") from None
-        file_name = _pick(source, "fileName", "file_name")
+        file_name = pick(source, "fileName", "file_name")
         inlined = source.get("requests")
         if (file_name is None) == (inlined is None):
             raise protocol.invalid("* batch.input_config: exactly one of file_name and requests.")
@@ -368,13 +288,15 @@ class BatchService:
         if file_name is not None:
             file = self._files.get(file_name)
             if file is None:
-                raise _not_found(f"File {file_name}")
-            lines, failure = _file_lines(file.data, native, config)
+                raise not_found(f"File {file_name}")
+            lines, failure = file_lines(file.data, native, config)
         else:
             raw_lines = inlined.get("requests") if isinstance(inlined, dict) else None
             if not isinstance(raw_lines, list) or not raw_lines:
                 raise protocol.invalid("* batch.input_config.requests: requests must not be empty")
-            lines = [_line(r.get("request"), r.get("metadata"), native, config) for r in raw_lines]
+            lines = [
+                parse_line(r.get("request"), r.get("metadata"), native, config) for r in raw_lines
+            ]
         active = sum(1 for j in self._jobs.values() if j.state not in TERMINAL)
         if config.batch_max_concurrent is not None and active >= config.batch_max_concurrent:
             self._rejected += 1
@@ -396,7 +318,7 @@ class BatchService:
         if not failure and u < config.batch_fail_rate + config.batch_expire_rate:
             outcome = "EXPIRED"
         name = f"batches/{secrets.token_hex(8)}"
-        job = _Job(
+        job = Job(
             name,
             serial,
             model,
@@ -411,23 +333,23 @@ class BatchService:
         )
         self._jobs[name] = job
         self._submitted.update(content_hash(line.text) for line in lines if line.error is None)
-        return _json(200, self._operation(job))
+        return json_answer(200, operation(job))
 
     def _batch(self, method: str, name: str, cancel: bool) -> Answer:
         job = self._jobs.get(name)
         if job is None or job.deleted:
-            raise _not_found(f"Batch {name}")
+            raise not_found(f"Batch {name}")
         if method == "GET" and not cancel:
-            return _json(200, self._operation(job))
+            return json_answer(200, operation(job))
         if method == "POST" and cancel or method == "DELETE" and not cancel:
             if job.state not in TERMINAL:
                 job.state, job.ended, job.lines = "CANCELLED", time.time(), []
             if method == "DELETE":
                 job.deleted, job.lines, job.output = True, [], None
-            return _json(200, {})
+            return json_answer(200, {})
         raise protocol.ApiError(405, "METHOD_NOT_ALLOWED", f"{method} is not allowed here.")
 
-    def _advance(self, job: _Job, now: float, config: EmulatorConfig) -> None:
+    def _advance(self, job: Job, now: float, config: EmulatorConfig) -> None:
         if job.state in TERMINAL:
             return
         elapsed = now - job.created_mono
@@ -440,7 +362,7 @@ class BatchService:
             self._finish(job, config)
         job.lines = []
 
-    def _finish(self, job: _Job, config: EmulatorConfig) -> None:
+    def _finish(self, job: Job, config: EmulatorConfig) -> None:
         """Embed every line, draw line errors, bill, and write the output."""
         rng = random.Random(f"{config.seed}:{job.serial}:lines")
         errors: list[dict[str, Any] | None] = [
@@ -481,39 +403,11 @@ class BatchService:
             return
         name = f"files/batch-{job.name.split('/')[1]}"
         data = ("\n".join(rendered) + "\n").encode()
-        self._files[name] = _File(name, None, "application/jsonl", data, "GENERATED", time.time())
+        self._files[name] = StoredFile(
+            name, None, "application/jsonl", data, "GENERATED", time.time()
+        )
         self._results += 1
         job.output = {"responsesFile": name}
-
-    def _operation(self, job: _Job) -> dict[str, Any]:
-        done = job.state in TERMINAL
-        meta: dict[str, Any] = {
-            "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.EmbedContentBatch",
-            "name": job.name,
-            "displayName": job.display_name,
-            "model": f"models/{job.model}",
-            "inputConfig": job.input_config,
-            "createTime": _rfc3339(job.created),
-            "updateTime": _rfc3339(job.ended or job.created),
-            "batchStats": {
-                "requestCount": str(job.ok + job.failed if done else len(job.lines)),
-                "successfulRequestCount": str(job.ok),
-                "failedRequestCount": str(job.failed),
-                "pendingRequestCount": "0" if done else str(len(job.lines)),
-            },
-            "state": f"BATCH_STATE_{job.state}",
-        }
-        if job.ended is not None:
-            meta["endTime"] = _rfc3339(job.ended)
-        if job.output is not None:
-            meta["output"] = job.output
-        op: dict[str, Any] = {"name": job.name, "metadata": meta}
-        if done:
-            op["done"] = True
-            if job.state != "SUCCEEDED":
-                message = job.failure or f"The batch is {job.state.lower()}."
-                op["error"] = {"code": 13 if job.state == "FAILED" else 4, "message": message}
-        return op
 
     # -- stats ---------------------------------------------------------------
 
@@ -554,50 +448,3 @@ class BatchService:
             if with_texts:
                 out["text_counts"] = dict(counts)
             return out
-
-
-def _file_lines(data: bytes, native: int, config: EmulatorConfig) -> tuple[list[_Line], str | None]:
-    """The requests of an input file, or why the whole job fails."""
-    lines: list[_Line] = []
-    for number, raw in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except ValueError:
-            return [], f"Invalid JSON on line {number} of the input file."
-        if not isinstance(obj, dict):
-            return [], f"Line {number} of the input file is not a JSON object."
-        lines.append(_line(obj.get("request"), obj.get("key"), native, config))
-    if not lines:
-        return [], "The input file holds no requests."
-    return lines, None
-
-
-def _line(request: Any, key: Any, native: int, config: EmulatorConfig) -> _Line:
-    """One EmbedContentRequest, checked as the online method checks it; a bad
-    request becomes a per-line INVALID_ARGUMENT error, as in a result file."""
-    line = _Line(key)
-    try:
-        if not isinstance(request, dict):
-            raise protocol.invalid("request is required")
-        line.text = protocol._text_of(request.get("content"), "request")
-        line.task_type = protocol._task(
-            _pick(request, "taskType", "task_type"), "request.task_type"
-        )
-        title = request.get("title")
-        line.title = title if isinstance(title, str) and title else None
-        line.dimension = protocol._dimension(
-            _pick(request, "outputDimensionality", "output_dimensionality"), native, "request"
-        )
-        if not line.text.strip():
-            raise protocol.invalid("* request.content: The text content is empty.")
-        tokens = math.ceil(len(line.text) / config.chars_per_token)
-        if tokens > config.max_text_tokens:
-            raise protocol.invalid(
-                f"The input token count ({tokens}) exceeds the maximum number of tokens "
-                f"allowed ({config.max_text_tokens})."
-            )
-    except protocol.ApiError as exc:
-        line.error = {"code": 3, "message": exc.message}
-    return line
