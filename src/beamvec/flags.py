@@ -88,6 +88,19 @@ def add_beamvec_flags(parser: Any) -> None:
           help="cut uncompressed input files larger than this into splits that different "
                "workers embed (default 256 KiB for the local model, 4 MiB for API backends; "
                "0: never split)")
+    # Gemini Batch API (half price, turnaround up to 24 h)
+    _flag(parser, "batch-api", action="store_true", default=False,
+          help="embed through Gemini Batch API jobs (--backend gemini): half the online price")
+    _flag(parser, "no-wait", action="store_true", default=False,
+          help="with --batch-api: submit, collect what is done, and exit; rerun to finish")
+    _flag(parser, "batch-fallback", choices=("none", "online"), default="none",
+          help="lines the batch service keeps failing: dead letters (none) or online calls")
+    _flag(parser, "batch-poll-interval", type=float, default=30.0,
+          help="seconds between batch job polls at first (backs off to 10 minutes)")
+    _flag(parser, "batch-max-resubmits", type=int, default=2,
+          help="new jobs for the texts of a FAILED or EXPIRED batch job")
+    _flag(parser, "batch-max-requests-per-file", type=int, default=50_000,
+          help="requests per batch input file (one job each)")
     _flag(parser, "reuse-from", action="append", default=None, metavar="OUTPUT",
           help="also reuse vectors of texts embedded in this other beamvec output "
                "(repeatable; same configuration only)")

@@ -40,6 +40,14 @@ class EmulatorConfig:
     vertex_max_request_tokens: int = 20_000
     max_text_tokens: int = 2048
     chars_per_token: int = 4
+    # Batch API (emulator/batch.py): job duration, result order, faults, cap.
+    batch_job_s: float = 2.0
+    batch_shuffle: bool = True
+    batch_line_error_rate: float = 0.0
+    batch_fail_rate: float = 0.0
+    batch_fail_first: int = 0
+    batch_expire_rate: float = 0.0
+    batch_max_concurrent: int | None = 100
 
     def __post_init__(self) -> None:
         for name in ("fail_500", "fail_503", "hang", "reset", "malformed"):
@@ -54,6 +62,16 @@ class EmulatorConfig:
         unknown = set(self.malformed_kinds) - set(MALFORMED_KINDS)
         if unknown or not self.malformed_kinds:
             raise ValueError(f"malformed_kinds must be a non-empty subset of {MALFORMED_KINDS}")
+        for name in ("batch_line_error_rate", "batch_fail_rate", "batch_expire_rate"):
+            rate = getattr(self, name)
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be a rate in [0, 1], not {rate}")
+        if self.batch_fail_rate + self.batch_expire_rate > 1.0 + 1e-9:
+            raise ValueError("batch_fail_rate + batch_expire_rate must not exceed 1")
+        if self.batch_job_s < 0 or self.batch_fail_first < 0:
+            raise ValueError("batch_job_s and batch_fail_first must not be negative")
+        if self.batch_max_concurrent is not None and self.batch_max_concurrent < 1:
+            raise ValueError("batch_max_concurrent must be at least 1 (or None: no cap)")
         if self.vectors not in ("hash", "local"):
             raise ValueError("vectors must be 'hash' or 'local'")
 

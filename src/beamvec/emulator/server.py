@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from beamvec.emulator import protocol
+from beamvec.emulator.batch import BatchService
 from beamvec.emulator.config import EmulatorConfig
 from beamvec.emulator.faults import FaultInjector
 from beamvec.emulator.stats import Stats
@@ -52,6 +53,7 @@ class _State:
         self.faults = FaultInjector(config.seed)
         self.vectors = make_vectors(config.vectors)
         self.connections: set[socket.socket] = set()
+        self.batch = BatchService(lambda: self.vectors)
         self._fresh_windows()
 
     def _fresh_windows(self) -> None:
@@ -62,6 +64,7 @@ class _State:
     def reset(self) -> None:
         with self.lock:
             self._fresh_windows()
+        self.batch.reset()
         self.faults.reseed(self.config.seed)
 
     def update(self, **changes: Any) -> None:
@@ -175,7 +178,10 @@ class _Handler(BaseHTTPRequestHandler):
             )
             with state.lock:
                 snap = state.stats.snapshot(with_texts)
+            snap["batch"] = state.batch.snapshot(state.config, with_texts)
             self._send_json(200, snap)
+        elif self._batch("GET"):
+            pass
         elif url.path in ("/", "/healthz"):
             self._send_json(200, {"ok": True})
         else:
@@ -198,6 +204,8 @@ class _Handler(BaseHTTPRequestHandler):
         except protocol.ApiError as exc:
             self.close_connection = True
             self._send_error(exc)
+            return
+        if self._batch("POST", body):
             return
         outcome = self._embed(url.path, url.query, body)
         if outcome is None:
@@ -269,6 +277,25 @@ class _Handler(BaseHTTPRequestHandler):
                 state.stats.embedded(time.monotonic(), route.model, hashes, req.tokens)
         placeholders = [f"__beamvec_vector_{i}__" for i in range(len(vectors))]
         return 200, protocol.render(req, placeholders), {}, vectors
+
+    def do_DELETE(self) -> None:  # noqa: N802 - stdlib name
+        self._read_body()
+        if not self._batch("DELETE"):
+            self._send_error(protocol.ApiError(404, "NOT_FOUND", "Not found."))
+
+    def _batch(self, method: str, body: bytes = b"") -> bool:
+        """Serve a Batch API or Files API call (emulator/batch.py), if it is one."""
+        state = self.server.state
+        answer = state.batch.handle(method, self.path, self.headers, body, state.config)
+        if answer is not None:
+            self.send_response(answer.code)
+            self.send_header("Content-Type", answer.content_type)
+            self.send_header("Content-Length", str(len(answer.body)))
+            for name, value in answer.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(answer.body)
+        return answer is not None
 
     def _authorize(self, route: protocol.Route, query: str, config: EmulatorConfig) -> None:
         key = self.headers.get("x-goog-api-key") or parse_qs(query).get("key", [None])[0]
@@ -368,7 +395,9 @@ class Emulator:
 
     def stats(self, with_texts: bool = True) -> dict[str, Any]:
         with self._state.lock:
-            return self._state.stats.snapshot(with_texts)
+            snap = self._state.stats.snapshot(with_texts)
+        snap["batch"] = self._state.batch.snapshot(self._state.config, with_texts)
+        return snap
 
     def reset(self) -> None:
         """Forget stats and quota windows, and reseed the fault draws."""
@@ -438,6 +467,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--malformed", type=_rate, default=0.0, help="rate of malformed 200 answers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vectors", choices=("hash", "local"), default="hash")
+    b = p.add_argument_group("Batch API (asyncBatchEmbedContent, files)")
+    b.add_argument("--batch-job-s", type=float, default=2.0, help="seconds a batch job runs")
+    b.add_argument("--batch-no-shuffle", action="store_true", help="result lines in input order")
+    b.add_argument(
+        "--batch-line-error-rate",
+        type=_rate,
+        default=0.0,
+        help="rate of result lines answered with an error",
+    )
+    b.add_argument("--batch-fail-rate", type=_rate, default=0.0, help="rate of FAILED jobs")
+    b.add_argument("--batch-fail-first", type=int, default=0, help="fail the first N jobs")
+    b.add_argument("--batch-expire-rate", type=_rate, default=0.0, help="rate of EXPIRED jobs")
+    b.add_argument(
+        "--batch-max-concurrent",
+        type=int,
+        default=100,
+        help="active jobs before a create gets 429 (0: no cap)",
+    )
     return p
 
 
@@ -461,6 +508,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             malformed=args.malformed,
             seed=args.seed,
             vectors=args.vectors,
+            batch_job_s=args.batch_job_s,
+            batch_shuffle=not args.batch_no_shuffle,
+            batch_line_error_rate=args.batch_line_error_rate,
+            batch_fail_rate=args.batch_fail_rate,
+            batch_fail_first=args.batch_fail_first,
+            batch_expire_rate=args.batch_expire_rate,
+            batch_max_concurrent=args.batch_max_concurrent or None,
         )
     except ValueError as exc:
         print(f"beamvec emulator: {exc}", file=sys.stderr)

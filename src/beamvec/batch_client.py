@@ -1,0 +1,263 @@
+"""google-genai's Files and Batches services, as one small client for batch embedding.
+
+``client.files.upload`` (resumable), ``client.batches.create_embeddings``
+(REST ``models/{m}:asyncBatchEmbedContent``; experimental in the SDK),
+``client.batches.get``, ``client.files.download``, ``client.batches.delete``
+and ``client.files.delete``. Calls are retried with tenacity on transient
+faults (429, 5xx, timeouts, broken connections); job creation backs off on 429
+(too many concurrent jobs) and, before each retry, looks the job up by display
+name so a create whose answer was lost is never made twice. Bad credentials
+become one-line ``SystemicError``s; the API key never reaches a message.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from beamvec.batch_journal import BatchJob
+from beamvec.errors import BackendError, ErrorKind, SystemicError
+
+try:  # optional dependency: the genai extra
+    from google.genai import errors as genai_errors
+except ImportError:  # pragma: no cover - depends on the installed extras
+    genai_errors = None  # type: ignore[assignment]
+
+_TRANSPORT: tuple[type[BaseException], ...] = ()
+for _name in ("httpx", "httpx2"):  # google-genai 3 talks through httpx2 by default
+    try:
+        _mod = __import__(_name)
+        _TRANSPORT += (_mod.TransportError,)
+    except ImportError:  # pragma: no cover - depends on the installed extras
+        pass
+
+T = TypeVar("T")
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+MIME_TYPE = "jsonl"  # what Google's Batch API guide passes to files.upload
+_MAX_MESSAGE = 300
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What the service says of a job now."""
+
+    name: str
+    state: str  # PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED, or MISSING
+    result_file: str | None = None
+    display_name: str | None = None
+    error: str | None = None
+
+
+def _state(job: Any) -> str:
+    state = getattr(job, "state", None)
+    value = getattr(state, "value", state) or "UNSPECIFIED"
+    return str(value).removeprefix("JOB_STATE_")
+
+
+def _status(job: Any) -> JobStatus:
+    dest = getattr(job, "dest", None)
+    error = getattr(job, "error", None)
+    return JobStatus(
+        name=str(job.name),
+        state=_state(job),
+        result_file=getattr(dest, "file_name", None),
+        display_name=getattr(job, "display_name", None),
+        error=getattr(error, "message", None) if error else None,
+    )
+
+
+class BatchClient:
+    """The few Files and Batches calls a batch backfill needs, with backoff."""
+
+    def __init__(
+        self,
+        client: Any,
+        model: str,
+        *,
+        attempts: int = 8,
+        initial_wait_s: float = 2.0,
+        max_wait_s: float = 120.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._client = client
+        self.model = model
+        self._attempts = attempts
+        self._initial = initial_wait_s
+        self._max = max_wait_s
+        self._sleep = sleep
+        self.create_429s = 0  # creations the service refused for now (concurrency cap)
+
+    @classmethod
+    def connect(
+        cls,
+        api_key: str,
+        model: str,
+        base_url: str | None = None,
+        api_version: str | None = None,
+        timeout_s: float = 120.0,
+        **kwargs: Any,
+    ) -> BatchClient:
+        """A client on the Gemini Developer API (Batch mode has no Vertex form here)."""
+        try:
+            from google import genai
+            from google.genai import types
+        except ImportError as exc:
+            raise SystemicError(
+                "--batch-api needs google-genai; install it with `pip install 'beamvec[genai]'`"
+            ) from exc
+        options = types.HttpOptions(
+            base_url=base_url, api_version=api_version, timeout=max(1, int(timeout_s * 1000))
+        )
+        return cls(genai.Client(api_key=api_key, http_options=options), model, **kwargs)
+
+    # -- errors and retries --------------------------------------------------
+
+    def _mapped(self, exc: BaseException, what: str) -> BaseException:
+        if isinstance(exc, _TRANSPORT):
+            return BackendError(f"batch {what}: {type(exc).__name__}", kind=ErrorKind.TRANSIENT)
+        if genai_errors is None or not isinstance(exc, genai_errors.APIError):
+            return exc
+        code = int(exc.code or 0)
+        message = str(exc.message or exc.status or "")[:_MAX_MESSAGE]
+        # 403 alone also means "no such file" here; only key problems stop the run.
+        if code == 401 or (
+            code in (400, 403) and ("API key" in message or "unregistered" in message)
+        ):
+            return SystemicError(
+                f"gemini batch {what}: the API key was refused ({code} {exc.status}); "
+                "set GEMINI_API_KEY or --api-key-file to a key of a project with the Gemini API"
+            )
+        kind = ErrorKind.TRANSIENT if code in TRANSIENT_STATUSES else ErrorKind.BAD_INPUT
+        return BackendError(f"batch {what}: {code} {exc.status}: {message}", kind=kind, status=code)
+
+    def _call(
+        self, what: str, fn: Callable[[], T], before_retry: Callable[[], T | None] | None = None
+    ) -> T:
+        """``fn()`` with tenacity backoff on transient faults; ``before_retry``
+        may answer instead of a retry (a create that did happen)."""
+        retrying = Retrying(
+            retry=retry_if_exception(lambda e: isinstance(e, BackendError) and e.retryable),
+            wait=wait_exponential_jitter(initial=self._initial, max=self._max),
+            stop=stop_after_attempt(self._attempts),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                if attempt.retry_state.attempt_number > 1 and before_retry is not None:
+                    found = before_retry()
+                    if found is not None:
+                        return found
+                try:
+                    return fn()
+                except Exception as exc:
+                    mapped = self._mapped(exc, what)
+                    if (
+                        isinstance(mapped, BackendError)
+                        and mapped.status == 429
+                        and what == "create"
+                    ):
+                        self.create_429s += 1
+                    if mapped is exc:
+                        raise
+                    raise mapped from None
+        raise AssertionError("unreachable")  # pragma: no cover - reraise=True
+
+    # -- files ---------------------------------------------------------------
+
+    def upload(self, data: bytes, display_name: str) -> str:
+        """Upload a JSONL input file; its name (``files/...``)."""
+        config = {"mime_type": MIME_TYPE, "display_name": display_name}
+        file = self._call(
+            "upload",
+            lambda: self._client.files.upload(file=io.BytesIO(data), config=config),
+            lambda: self.find_file(display_name),
+        )
+        return file if isinstance(file, str) else str(file.name)
+
+    def download(self, file_name: str) -> bytes:
+        return self._call("download", lambda: self._client.files.download(file=file_name))
+
+    def file_exists(self, file_name: str) -> bool:
+        try:
+            self._call("get file", lambda: self._client.files.get(name=file_name))
+        except BackendError as exc:
+            if exc.status in (403, 404):
+                return False
+            raise
+        return True
+
+    def find_file(self, display_name: str) -> str | None:
+        for file in self._call("list files", lambda: list(self._client.files.list())):
+            if getattr(file, "display_name", None) == display_name:
+                return str(file.name)
+        return None
+
+    def delete_file(self, file_name: str) -> None:
+        """Delete a file; one already gone (deleted, or expired after 48 h) is fine."""
+        self._gone_ok("delete file", lambda: self._client.files.delete(name=file_name))
+
+    # -- jobs ----------------------------------------------------------------
+
+    def create(self, input_file: str, display_name: str) -> JobStatus:
+        """Create an embedding batch job over an uploaded file, backing off on 429."""
+
+        def create() -> JobStatus:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # ExperimentalWarning, once per job
+                job = self._client.batches.create_embeddings(
+                    model=self.model,
+                    src={"file_name": input_file},
+                    config={"display_name": display_name},
+                )
+            return _status(job)
+
+        return self._call("create", create, lambda: self.find_job(display_name))
+
+    def get(self, name: str) -> JobStatus:
+        try:
+            return self._call("get", lambda: _status(self._client.batches.get(name=name)))
+        except BackendError as exc:
+            if exc.status == 404:
+                return JobStatus(name, "MISSING", error="the service no longer knows this job")
+            raise
+
+    def find_job(self, display_name: str) -> JobStatus | None:
+        """The job created under ``display_name``, if the service has one."""
+        jobs = self._call(
+            "list jobs", lambda: list(self._client.batches.list(config={"page_size": 100}))
+        )
+        for job in jobs:
+            if getattr(job, "display_name", None) == display_name:
+                return _status(job)
+        return None
+
+    def delete_job(self, name: str) -> None:
+        self._gone_ok("delete job", lambda: self._client.batches.delete(name=name))
+
+    def cleanup(self, job: BatchJob) -> None:
+        """Delete a job's input file, result file and the job itself from the service
+        (files count against the project's 20 GB); call once its shards are committed."""
+        for file_name in (job.input_file, job.result_file):
+            if file_name:
+                self.delete_file(file_name)
+        if job.name:
+            self.delete_job(job.name)
+
+    def _gone_ok(self, what: str, fn: Callable[[], Any]) -> None:
+        try:
+            self._call(what, fn)
+        except BackendError as exc:
+            if exc.status not in (403, 404):
+                raise

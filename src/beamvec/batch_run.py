@@ -1,0 +1,340 @@
+"""Embed texts through Gemini batch jobs, from the driver, resumably: ``run_batch``.
+
+Independent of Beam: the job hands it the texts still to embed, grouped by
+shard, and gets back vectors and failures by key. Each call
+
+1. reads the journal and never submits again what a recorded job holds: it
+   collects finished jobs, waits for running ones, and adopts (by display
+   name) a job whose creation a killed run did not get to record;
+2. submits what remains as JSONL files, recording each job BEFORE it is
+   created;
+3. with ``wait``, polls with backoff until every key has a vector or a final
+   failure; without, returns after one pass (cron runs it again later);
+4. resubmits the keys of FAILED / EXPIRED / CANCELLED jobs (at most
+   ``max_resubmits`` times) and the lines answered with a retryable error (at
+   most ``max_line_retries`` later jobs); then they are failures carrying the
+   service's message.
+
+``cleanup_jobs`` deletes a job's files from the service once the caller has
+committed every shard it holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from beamvec.batch_api import (
+    MAX_FILE_BYTES,
+    MAX_REQUESTS_PER_FILE,
+    BatchRequest,
+    BatchSpec,
+    LineError,
+    parse_results,
+    request_files,
+    request_line,
+)
+from beamvec.batch_client import BatchClient
+from beamvec.batch_journal import FAILED_STATES, BatchJob, BatchJournal
+from beamvec.errors import BackendError, SystemicError
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    wait: bool = True
+    poll_interval_s: float = 30.0
+    max_poll_interval_s: float = 600.0
+    max_resubmits: int = 2  # new jobs for the keys of a FAILED/EXPIRED/CANCELLED job
+    max_line_retries: int = 2  # later jobs for a line answered with a retryable error
+    max_requests_per_file: int = MAX_REQUESTS_PER_FILE
+    max_file_bytes: int = MAX_FILE_BYTES
+    max_wait_s: float | None = None  # stop waiting after this long (None: until done)
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    jobs_by_state: Mapping[str, int]
+    keys_total: int
+    keys_done: int
+    keys_failed: int
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    vectors: Mapping[str, np.ndarray]
+    failures: Mapping[str, LineError]
+    pending: frozenset[str]  # submitted, not finished yet (no-wait, or max_wait_s)
+    jobs: tuple[BatchJob, ...]  # every journal job not cleaned yet, latest record
+    jobs_by_state: Mapping[str, int]
+    jobs_submitted: int  # created by this call
+    texts_billed: int  # keys whose vector came from a batch result in this call
+    lines_failed: int  # result lines answered with an error, over the jobs read
+
+    @property
+    def complete(self) -> bool:
+        return not self.pending
+
+
+class _Run:
+    """The state of one ``run_batch`` call."""
+
+    def __init__(
+        self,
+        todo: Mapping[str, Sequence[BatchRequest]],
+        client: BatchClient,
+        journal: BatchJournal,
+        spec: BatchSpec,
+        settings: BatchSettings,
+    ) -> None:
+        self.client, self.journal, self.spec, self.settings = client, journal, spec, settings
+        self.requests: dict[str, BatchRequest] = {}
+        self.shards: dict[str, set[str]] = {}
+        for shard, requests in todo.items():
+            for request in requests:
+                self.requests.setdefault(request.key, request)
+                self.shards.setdefault(request.key, set()).add(shard)
+        self.jobs = {job.id: job for job in journal.pending()}
+        self.keys = {job_id: journal.keys(job) for job_id, job in self.jobs.items()}
+        self.read: set[str] = set()
+        self.vectors: dict[str, np.ndarray] = {}
+        self.last_error: dict[str, LineError] = {}
+        self.line_errors: Counter[str] = Counter()
+        self.job_failures: Counter[str] = Counter()
+        self.final: dict[str, LineError] = {}
+        self.submitted = 0
+        self.lines_failed = 0
+
+    def _save(self, job: BatchJob, **changes: object) -> BatchJob:
+        job = dataclasses.replace(job, **changes)  # type: ignore[arg-type]
+        self.journal.save(job)
+        self.jobs[job.id] = job
+        return job
+
+    def _relevant(self, job: BatchJob) -> bool:
+        return any(key in self.requests for key in self.keys[job.id])
+
+    # -- one pass ------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Ask the service about every unfinished job that holds a wanted key."""
+        for job in list(self.jobs.values()):
+            if job.terminal or not self._relevant(job):
+                continue
+            try:
+                self._refresh(job)
+            except BackendError as exc:
+                if not exc.retryable:
+                    raise
+                # the service is busy or unreachable after retries: look again next pass
+
+    def _refresh(self, job: BatchJob) -> None:
+        if job.state == "CREATING":
+            self._resume(job)
+        else:
+            status = self.client.get(job.name)  # type: ignore[arg-type]
+            if status.state == "MISSING":
+                self._save(job, state="FAILED", error=status.error)
+            elif status.state != job.state or status.result_file != job.result_file:
+                self._save(
+                    job, state=status.state, result_file=status.result_file, error=status.error
+                )
+
+    def collect(self) -> None:
+        """Read every finished job once: vectors, line errors, failed jobs."""
+        for job in list(self.jobs.values()):
+            if not job.terminal or job.id in self.read or not self._relevant(job):
+                continue
+            keys = [k for k in self.keys[job.id] if k in self.requests]
+            if job.state in FAILED_STATES or not job.result_file:
+                self.read.add(job.id)
+                for key in keys:
+                    self.job_failures[key] += 1
+                    reason = f"batch job {job.name} {job.state}: {job.error or 'no message'}"
+                    self.last_error[key] = LineError(key, reason)
+                continue
+            try:
+                data = self.client.download(job.result_file)
+            except BackendError as exc:
+                if exc.retryable:
+                    continue  # busy: download it next pass, never resubmit for this
+                self.read.add(job.id)  # gone (48 h) or refused: these keys go again
+                for key in keys:
+                    self.job_failures[key] += 1
+                    self.last_error[key] = LineError(key, f"result file unreadable: {exc}")
+                continue
+            self.read.add(job.id)
+            results = parse_results(data.splitlines(), self.spec, expected=keys)
+            for key, result in results.items():
+                if isinstance(result, LineError):
+                    self.lines_failed += 1
+                    self.line_errors[key] += 1
+                    self.last_error[key] = result
+                else:
+                    self.vectors.setdefault(key, result)
+
+    def decide(self) -> list[str]:
+        """Keys to submit now; keys out of tries become final failures."""
+        in_flight = {  # running, or finished but not read yet (a download to retry)
+            key
+            for job in self.jobs.values()
+            if not job.cleaned and (not job.terminal or job.id not in self.read)
+            for key in self.keys[job.id]
+        }
+        out = []
+        for key in self.requests:
+            if key in self.vectors or key in self.final or key in in_flight:
+                continue
+            error = self.last_error.get(key)
+            if error is not None and (
+                not error.retryable
+                or self.line_errors[key] > self.settings.max_line_retries
+                or self.job_failures[key] > self.settings.max_resubmits
+            ):
+                self.final[key] = error
+                continue
+            out.append(key)
+        return out
+
+    def submit(self, keys: list[str]) -> None:
+        """Record, upload and create one job per input file."""
+        files = request_files(
+            (self.requests[k] for k in keys),
+            self.spec,
+            self.settings.max_requests_per_file,
+            self.settings.max_file_bytes,
+        )
+        for file in files:
+            tries = max(self.line_errors[k] + self.job_failures[k] for k in file.keys)
+            shards = sorted({s for k in file.keys for s in self.shards[k]})
+            job = self.journal.new_job(file.keys, shards, attempt=1 + tries)
+            self.jobs[job.id], self.keys[job.id] = job, file.keys
+            job = self._save(job, input_file=self.client.upload(file.data, job.display_name))
+            if not self._create(job):
+                return  # the service is at its job cap: the rest waits for a later pass
+
+    def _create(self, job: BatchJob) -> bool:
+        try:
+            status = self.client.create(job.input_file, job.display_name)  # type: ignore[arg-type]
+        except BackendError as exc:
+            if exc.retryable:
+                return False
+            raise SystemicError(f"gemini batch: cannot create a batch job: {exc}") from None
+        self._save(job, name=status.name, state=status.state, result_file=status.result_file)
+        self.submitted += 1
+        return True
+
+    def _resume(self, job: BatchJob) -> None:
+        """A job recorded but not known to be created: adopt it, or create it now."""
+        found = self.client.find_job(job.display_name)
+        if found is not None:
+            self._save(job, name=found.name, state=found.state, result_file=found.result_file)
+            return
+        keys = self.keys[job.id]
+        if any(key not in self.requests for key in keys):  # its texts are no longer wanted
+            if job.input_file:
+                self.client.delete_file(job.input_file)
+            self._save(job, state="CANCELLED", cleaned=True)
+            return
+        if not job.input_file or not self.client.file_exists(job.input_file):
+            existing = self.client.find_file(job.display_name)
+            if existing is None:
+                lines = (request_line(self.requests[k], self.spec) + "\n" for k in keys)
+                data = "".join(lines).encode("utf-8", "surrogatepass")
+                existing = self.client.upload(data, job.display_name)
+            job = self._save(job, input_file=existing)
+        self._create(job)
+
+    # -- reporting -----------------------------------------------------------
+
+    def by_state(self) -> dict[str, int]:
+        return dict(Counter(job.state for job in self.jobs.values() if not job.cleaned))
+
+    def pending(self) -> frozenset[str]:
+        return frozenset(k for k in self.requests if k not in self.vectors and k not in self.final)
+
+    def progress(self) -> BatchProgress:
+        return BatchProgress(
+            self.by_state(), len(self.requests), len(self.vectors), len(self.final)
+        )
+
+    def outcome(self) -> BatchOutcome:
+        return BatchOutcome(
+            vectors=dict(self.vectors),
+            failures={
+                k: dataclasses.replace(e, message=_tried(e, self, k)) for k, e in self.final.items()
+            },
+            pending=self.pending(),
+            jobs=tuple(j for j in self.jobs.values() if not j.cleaned),
+            jobs_by_state=self.by_state(),
+            jobs_submitted=self.submitted,
+            texts_billed=len(self.vectors),
+            lines_failed=self.lines_failed,
+        )
+
+
+def _tried(error: LineError, run: _Run, key: str) -> str:
+    tries = run.line_errors[key] + run.job_failures[key]
+    return f"{error.message} (after {tries} batch attempt{'s' if tries != 1 else ''})"
+
+
+def run_batch(
+    todo: Mapping[str, Sequence[BatchRequest]],
+    client: BatchClient,
+    journal: BatchJournal,
+    spec: BatchSpec,
+    settings: BatchSettings | None = None,
+    progress: Callable[[BatchProgress], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> BatchOutcome:
+    """Vectors and failures by key for ``todo`` (shard name -> requests), through
+    batch jobs recorded in ``journal``; see the module docstring."""
+    settings = settings or BatchSettings()
+    run = _Run(todo, client, journal, spec, settings)
+    interval = settings.poll_interval_s
+    deadline = None if settings.max_wait_s is None else clock() + settings.max_wait_s
+    while True:
+        before = (len(run.vectors), len(run.final), len(run.read))
+        run.refresh()
+        run.collect()
+        keys = run.decide()
+        if keys:
+            run.submit(keys)
+        if progress is not None:
+            progress(run.progress())
+        if not run.pending() or not settings.wait:
+            break
+        if deadline is not None and clock() >= deadline:
+            break
+        if (len(run.vectors), len(run.final), len(run.read)) != before:
+            interval = settings.poll_interval_s  # things move: look again soon
+        sleep(interval)
+        interval = min(interval * 1.5, settings.max_poll_interval_s)
+    return run.outcome()
+
+
+def cleanup_jobs(
+    jobs: Iterable[BatchJob],
+    client: BatchClient,
+    journal: BatchJournal,
+    committed_shards: Iterable[str],
+) -> int:
+    """Delete from the service the files and jobs of finished jobs whose shards are
+    all committed, and mark them cleaned in the journal. Returns how many."""
+    committed = set(committed_shards)
+    live = {job.id for job in journal.pending()}  # ``jobs`` may be an older snapshot
+    done = 0
+    for job in jobs:
+        if job.id not in live or not job.terminal:
+            continue
+        if not set(job.shards) <= committed:
+            continue
+        client.cleanup(job)
+        journal.mark_cleaned(job)
+        done += 1
+    return done
