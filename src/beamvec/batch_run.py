@@ -56,6 +56,10 @@ class BatchSettings:
     max_wait_s: float | None = None  # stop waiting after this long (None: until done)
 
 
+#: Where a finished job's vectors go (job, key -> vector), e.g. a checkpoint file.
+VectorSink = Callable[[BatchJob, Mapping[str, np.ndarray]], None]
+
+
 @dataclass(frozen=True)
 class BatchProgress:
     jobs_by_state: Mapping[str, int]
@@ -66,7 +70,7 @@ class BatchProgress:
 
 @dataclass(frozen=True)
 class BatchOutcome:
-    vectors: Mapping[str, np.ndarray]
+    vectors: Mapping[str, np.ndarray]  # empty when a ``sink`` took them
     failures: Mapping[str, LineError]
     pending: frozenset[str]  # submitted, not finished yet (no-wait, or max_wait_s)
     jobs: tuple[BatchJob, ...]  # every journal job not cleaned yet, latest record
@@ -90,8 +94,10 @@ class _Run:
         journal: BatchJournal,
         spec: BatchSpec,
         settings: BatchSettings,
+        sink: VectorSink | None = None,
     ) -> None:
         self.client, self.journal, self.spec, self.settings = client, journal, spec, settings
+        self.sink = sink
         self.requests: dict[str, BatchRequest] = {}
         self.shards: dict[str, set[str]] = {}
         for shard, requests in todo.items():
@@ -101,7 +107,8 @@ class _Run:
         self.jobs = {job.id: job for job in journal.pending()}
         self.keys = {job_id: journal.keys(job) for job_id, job in self.jobs.items()}
         self.read: set[str] = set()
-        self.vectors: dict[str, np.ndarray] = {}
+        self.vectors: dict[str, np.ndarray] = {}  # kept only without a sink
+        self.done: set[str] = set()  # keys with a vector
         self.last_error: dict[str, LineError] = {}
         self.line_errors: Counter[str] = Counter()
         self.job_failures: Counter[str] = Counter()
@@ -167,15 +174,21 @@ class _Run:
                     self.job_failures[key] += 1
                     self.last_error[key] = LineError(key, f"result file unreadable: {exc}")
                 continue
-            self.read.add(job.id)
             results = parse_results(data.splitlines(), self.spec, expected=keys)
+            good: dict[str, np.ndarray] = {}
             for key, result in results.items():
                 if isinstance(result, LineError):
                     self.lines_failed += 1
                     self.line_errors[key] += 1
                     self.last_error[key] = result
-                else:
-                    self.vectors.setdefault(key, result)
+                elif key not in self.done:
+                    good[key] = result
+            if self.sink is not None and good:
+                self.sink(job, good)  # stored before the job counts as read
+            else:
+                self.vectors.update(good)
+            self.done.update(good)
+            self.read.add(job.id)
 
     def decide(self) -> list[str]:
         """Keys to submit now; keys out of tries become final failures."""
@@ -187,7 +200,7 @@ class _Run:
         }
         out = []
         for key in self.requests:
-            if key in self.vectors or key in self.final or key in in_flight:
+            if key in self.done or key in self.final or key in in_flight:
                 continue
             error = self.last_error.get(key)
             if error is not None and (
@@ -255,11 +268,11 @@ class _Run:
         return dict(Counter(job.state for job in self.jobs.values() if not job.cleaned))
 
     def pending(self) -> frozenset[str]:
-        return frozenset(k for k in self.requests if k not in self.vectors and k not in self.final)
+        return frozenset(k for k in self.requests if k not in self.done and k not in self.final)
 
     def progress(self) -> BatchProgress:
         return BatchProgress(
-            self.by_state(), len(self.requests), len(self.vectors), len(self.final)
+            self.by_state(), len(self.requests), len(self.done), len(self.final)
         )
 
     def outcome(self) -> BatchOutcome:
@@ -272,7 +285,7 @@ class _Run:
             jobs=tuple(j for j in self.jobs.values() if not j.cleaned),
             jobs_by_state=self.by_state(),
             jobs_submitted=self.submitted,
-            texts_billed=len(self.vectors),
+            texts_billed=len(self.done),
             lines_failed=self.lines_failed,
         )
 
@@ -291,15 +304,18 @@ def run_batch(
     progress: Callable[[BatchProgress], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    sink: VectorSink | None = None,
 ) -> BatchOutcome:
     """Vectors and failures by key for ``todo`` (shard name -> requests), through
-    batch jobs recorded in ``journal``; see the module docstring."""
+    batch jobs recorded in ``journal``; see the module docstring. With ``sink``,
+    each finished job's vectors go to it as the job is read (and are not kept:
+    memory stays bounded by one result file)."""
     settings = settings or BatchSettings()
-    run = _Run(todo, client, journal, spec, settings)
+    run = _Run(todo, client, journal, spec, settings, sink)
     interval = settings.poll_interval_s
     deadline = None if settings.max_wait_s is None else clock() + settings.max_wait_s
     while True:
-        before = (len(run.vectors), len(run.final), len(run.read))
+        before = (len(run.done), len(run.final), len(run.read))
         run.refresh()
         run.collect()
         keys = run.decide()
@@ -311,7 +327,7 @@ def run_batch(
             break
         if deadline is not None and clock() >= deadline:
             break
-        if (len(run.vectors), len(run.final), len(run.read)) != before:
+        if (len(run.done), len(run.final), len(run.read)) != before:
             interval = settings.poll_interval_s  # things move: look again soon
         sleep(interval)
         interval = min(interval * 1.5, settings.max_poll_interval_s)

@@ -40,7 +40,7 @@ def _run(argv: Sequence[str]) -> int:
     from beamvec.job import run_job
 
     summary = run_job(argv)
-    return 0 if summary["complete"] else 1
+    return 0 if summary["complete"] or summary.get("waiting") else 1  # --no-wait: jobs running
 
 
 def _emulator(argv: Sequence[str]) -> int:

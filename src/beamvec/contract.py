@@ -94,12 +94,14 @@ class ShardCounts:
     dead_letters_by_reason: Mapping[str, int] = field(default_factory=dict)
     reused: int = 0  # vectors found in the output (or --reuse-from) by content
     deduplicated: int = 0  # repeats of a text embedded in this run
-    sent: int = 0  # texts this shard sent to the backend
+    sent: int = 0  # texts this shard sent to the backend online
     sent_tokens: int = 0
     sent_characters: int = 0
     billable_characters: int = 0  # non-whitespace characters: what Vertex bills
     tokens: int = 0  # tokens of every embedded text
     truncated: int = 0
+    batch_sent: int = 0  # texts embedded for this shard through Batch API jobs of this run
+    batch_sent_tokens: int = 0
 
     def __add__(self, other: ShardCounts) -> ShardCounts:
         reasons = dict(self.dead_letters_by_reason)
@@ -253,10 +255,12 @@ class RunRecord:
     embedded: int = 0
     dead_lettered: int = 0
     tokens: int = 0
-    sent: int = 0
+    sent: int = 0  # texts billed online
     sent_tokens: int = 0
     reused: int = 0
     deduplicated: int = 0
+    batch_sent: int = 0  # texts billed through Batch API jobs (at the batch price)
+    batch_sent_tokens: int = 0
     pruned: tuple[str, ...] = ()
     config_fingerprint: str | None = None
     estimated_cost_usd: float | None = None

@@ -23,6 +23,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
+from beamvec.batch_phase import check_batch_flags, finish_batch_phase, run_batch_phase
 from beamvec.contract import (
     PARTIAL_DIR,
     SUCCESS,
@@ -38,6 +39,7 @@ from beamvec.lookup import check_reuse_source
 from beamvec.preflight import preflight
 from beamvec.progress import PROGRESS, Reporter
 from beamvec.retry import RetryPolicy
+from beamvec.routing import Refusals
 from beamvec.sink import Output
 from beamvec.timeline import Timeline, new_run_id
 from beamvec.transforms import EmbedCorpus, QuotaSettings, commit_run, write_work
@@ -147,14 +149,20 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
     options = parse_options(argv)
     plan = plan_job(options)
     inputs, bv = plan.inputs, plan.inputs.bv
+    check_batch_flags(bv)
     if not plan.work.todo:
         _nothing_to_do(plan, out)
+        if bv.batch_api:  # a run killed after its commit left the jobs' files on the service
+            finish_batch_phase(plan.output, inputs)
         return summarize(plan, started, out)
     checkpoint = bv.checkpoint if bv.checkpoint is not None else inputs.backend.name != "local"
     # Only when there is work: a no-op rerun sends nothing, and the text it
     # embeds is one the run needs, kept as a checkpoint (a run with k texts to send bills k).
     check_output_writable(plan.output)  # before any text is sent
-    seed = preflight(plan.output, inputs, plan.work.todo, reuse=not bv.force)
+    batch = run_batch_phase(plan.output, inputs, plan.work.todo, out) if bv.batch_api else None
+    if batch is not None and not batch.ready:  # --no-wait: jobs still running
+        return {"output": plan.output.url, "complete": False, "waiting": True, "status": batch.status}
+    seed = None if batch else preflight(plan.output, inputs, plan.work.todo, reuse=not bv.force)
     # The output is about to change: it is not complete again until this run commits.
     plan.output.remove(plan.output.path(SUCCESS))
     max_in_flight = bv.max_in_flight or (1 if inputs.backend.name == "local" else 8)
@@ -169,6 +177,7 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
         # Checkpoints cost a small file per batch: worth it where a batch costs quota.
         checkpoint=checkpoint,
         seed=seed,
+        refusals=batch.refusals if batch is not None else Refusals(),
     )
     settings = EmbedSettings(
         max_in_flight=max_in_flight,
@@ -203,6 +212,8 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
             raise_recorded_failure(bv.output, inputs.storage_options, exc)
             raise
     clear_failures(bv.output, inputs.storage_options)  # left by bundles the runner retried
+    if batch is not None:
+        finish_batch_phase(plan.output, inputs)  # the jobs' files off the service
     return summarize(plan, started, out, beam_counters(result))
 
 
@@ -251,6 +262,8 @@ def summarize(
         "dead_lettered": sum(c.dead_lettered for c in done),
         "dead_letters_by_reason": reasons,
         "reused": sum(c.reused for c in done),
+        "sent": sum(c.sent for c in done),
+        "batch_sent": sum(c.batch_sent for c in done),
         "deduplicated": sum(c.deduplicated for c in done),
         "tokens": sum(c.tokens for c in done),
         "wall_seconds": round(wall, 2),
@@ -274,6 +287,8 @@ def format_summary(s: dict[str, Any]) -> str:
     ]
     for reason, count in sorted(s["dead_letters_by_reason"].items()):
         lines.append(f"    {reason:<14} {count:,}")
+    if s.get("batch_sent"):
+        lines.append(f"  billed         {s['batch_sent']:,} texts through batch jobs, {s['sent']:,} online")
     counters = s.get("counters") or {}
     if counters.get("requests"):
         retries = {k.removeprefix("retries_"): v for k, v in counters.items() if k.startswith("retries_")}

@@ -55,6 +55,14 @@ def checkpoint_dir(output: Output, fingerprint: str) -> str:
     return output.path(PARTIAL_DIR, fingerprint)
 
 
+#: Checkpoints of vectors collected from Batch API jobs: ``batch-<job id>.parquet``.
+BATCH_PREFIX = "batch-"
+
+
+def batch_checkpoint(output: Output, fingerprint: str, job_id: str) -> str:
+    return f"{checkpoint_dir(output, fingerprint)}/{BATCH_PREFIX}{job_id}.parquet"
+
+
 def reusable_files(output: Output, fingerprint: str, dimension: int) -> list[str]:
     """The vector files (and checkpoints) of ``output`` made with this configuration."""
     state = read_state(output)
@@ -205,3 +213,13 @@ def build_index(
 ) -> VectorIndex:
     sources = [(o, reusable_files(o, fingerprint, dimension)) for o in ([own] if own else []) + list(reuse_from)]
     return VectorIndex.build(sources, dimension)
+
+
+def build_batch_index(own: Output, fingerprint: str, dimension: int) -> VectorIndex:
+    """Vectors collected from this output's batch jobs (not yet committed), so a
+    worker can count them as billed through batch rather than reused."""
+    files = [
+        path for path in list_parquet_under(own, checkpoint_dir(own, fingerprint))
+        if path.rsplit("/", 1)[-1].startswith(BATCH_PREFIX)
+    ]
+    return VectorIndex.build([(own, files)], dimension)

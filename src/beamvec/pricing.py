@@ -15,10 +15,10 @@ How each unit is counted:
 - per character (Vertex text-embedding-00x): Vertex counts characters of the
   input, whitespace excluded; callers pass that count.
 
-Batch-mode prices apply to jobs submitted through the provider's batch API
-(Gemini Batch API, Vertex batch prediction). ``beamvec run`` sends online
-requests, so the standard price is what a run costs; the batch-mode price is
-shown for comparison.
+Batch-mode prices apply to jobs submitted through the provider's batch API.
+``beamvec run`` sends online requests (the standard price) unless
+``--batch-api`` (Gemini API only) sends them as Batch API jobs (the batch
+price); Vertex batch prediction is not supported, its price is for comparison.
 """
 
 from __future__ import annotations

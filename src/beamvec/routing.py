@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -67,6 +67,20 @@ class Send:
 
 
 Decision = DeadLetter | Reuse | Follow | Send
+
+
+@dataclass(frozen=True)
+class Refusals:
+    """Texts, by content hash, that must not be sent: each becomes a dead letter
+    with the given reason and message (a Batch API line that failed for good)."""
+
+    by_hash: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # hash -> (reason, message)
+
+    def get(self, content_hash: str) -> tuple[str, str] | None:
+        return self.by_hash.get(content_hash)
+
+    def __len__(self) -> int:
+        return len(self.by_hash)
 #: Where a sent or followed text's outcome goes: its vector, the dead letter
 #: of the sent text, or the systemic fault that stops the run.
 Deliver = Callable[[Record, "np.ndarray | DeadLetter | BaseException"], None]
@@ -109,6 +123,18 @@ class RunMemory:
             self._in_flight[digest] = [(record, deliver)]
             return Send(record)
 
+    def remember(self, digest: str, vector: np.ndarray | None) -> bool:
+        """A text embedded for this run elsewhere (a batch job): True the first
+        time this process sees it, False for a repeat."""
+        with self._lock:
+            if digest in self._done:
+                self._done.move_to_end(digest)
+                return False
+            self._done[digest] = vector
+            while len(self._done) > self.capacity:
+                self._done.popitem(last=False)
+            return True
+
     def resolve(
         self, digest: str, outcome: np.ndarray | DeadLetter | BaseException | None
     ) -> list[tuple[Record, Deliver]]:
@@ -144,6 +170,8 @@ class Router:
         memory: RunMemory,
         deliver: Deliver,
         planning: bool = False,
+        refusals: Refusals | None = None,
+        batch: Lookup | None = None,
     ) -> None:
         self.config = config
         self.count_tokens = count_tokens
@@ -152,6 +180,8 @@ class Router:
         self.memory = memory
         self.deliver = deliver
         self.planning = planning
+        self.refusals = refusals or Refusals()
+        self.batch = batch or NoLookup()  # vectors of this run's batch jobs
         self._seen: set[bytes] = set()
         self.counts: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
@@ -168,6 +198,14 @@ class Router:
             return DeadLetter(item.id, item.position, r.DUPLICATE_ID,
                               "id already seen earlier in this shard", item.text[:200])
         self._seen.add(key)
+        refused = self.refusals.get(item.content_hash)
+        if refused is not None:
+            self.reasons[refused[0]] += 1
+            return DeadLetter(item.id, item.position, refused[0], refused[1], item.text[:200],
+                              content_hash=item.content_hash)
+        batched = self._from_batch(item)
+        if batched is not None:
+            return batched
         if self.planning:
             if item.content_hash in self.lookup:
                 self.counts["reused"] += 1
@@ -186,6 +224,24 @@ class Router:
         else:
             self.counts["deduplicated"] += 1
         return decision
+
+    def _from_batch(self, item: Record) -> Reuse | None:
+        """A vector a batch job of this run made: the first record of its text
+        in this process counts it as batch-sent, later ones as repeats."""
+        if self.planning:
+            if item.content_hash not in self.batch:
+                return None
+            vector = None
+        else:
+            vector = self.batch.get(item.content_hash)
+            if vector is None:
+                return None
+        if self.memory.remember(item.content_hash, vector):
+            self.counts["batch_sent"] += 1
+            self.counts["batch_sent_tokens"] += item.tokens
+        else:
+            self.counts["deduplicated"] += 1
+        return Reuse(item, vector)
 
     def dead_letters(self) -> int:
         return sum(self.reasons.values())
@@ -207,4 +263,6 @@ class Router:
             billable_characters=self.counts["billable_characters"],
             tokens=tokens,
             truncated=truncated,
+            batch_sent=self.counts["batch_sent"],
+            batch_sent_tokens=self.counts["batch_sent_tokens"],
         )

@@ -249,14 +249,17 @@ def run_record(
     """One line of the run history: what this run did and what it cost."""
     counts = total(r.counts for r in results)
     cost = estimate_cost(description.backend, description.model, counts.sent_tokens, counts.billable_characters)
+    batch = estimate_cost(description.backend, description.model, counts.batch_sent_tokens, 0)
+    usd = None if cost.standard is None else cost.standard + (batch.batch or 0.0)
     return RunRecord(
         started_at=None if started is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         shards=len(results), read=counts.read, embedded=counts.embedded,
         dead_lettered=counts.dead_lettered, tokens=counts.tokens, sent=counts.sent,
         sent_tokens=counts.sent_tokens, reused=counts.reused, deduplicated=counts.deduplicated,
+        batch_sent=counts.batch_sent, batch_sent_tokens=counts.batch_sent_tokens,
         config_fingerprint=description.config_fingerprint,
-        estimated_cost_usd=None if cost.standard is None else round(cost.standard, 6),
+        estimated_cost_usd=None if usd is None else round(usd, 6),
         cost_basis=cost.basis,
         pruned=tuple(pruned),
     )

@@ -36,11 +36,11 @@ from beamvec.contract import (
 )
 from beamvec.embedder import Embedder
 from beamvec.errors import InputVanishedError, UsageError
-from beamvec.lookup import build_index, checkpoint_dir
+from beamvec.lookup import build_batch_index, build_index, checkpoint_dir
 from beamvec.prepare import PrepareConfig
 from beamvec.progress import PROGRESS
 from beamvec.records import DeadLetter, Embedded, Record, Split
-from beamvec.routing import Lookup, NoLookup, Reuse, Router, RunMemory, Send
+from beamvec.routing import Lookup, NoLookup, Refusals, Reuse, Router, RunMemory, Send
 from beamvec.sink import (
     DEAD_LETTER_SCHEMA,
     Output,
@@ -71,6 +71,7 @@ class WorkerConfig:
     reuse_from: tuple[str, ...] = ()  # other outputs to reuse from
     checkpoint: bool = False  # save finished batches so a crashed run loses none
     seed: tuple[str, tuple[float, ...]] | None = None  # (content hash, vector) of the preflight text
+    refusals: Refusals = field(default_factory=Refusals)  # texts not to send (batch lines failed for good)
 
     @property
     def fingerprint(self) -> str:
@@ -178,6 +179,7 @@ class Worker:
             sort_window=window,
         )
         self._index: Lookup | None = None
+        self._batch_index: Lookup | None = None
         self._index_lock = threading.Lock()
 
     def lookup(self) -> Lookup:
@@ -193,6 +195,15 @@ class Worker:
                         self.output, others, self.config.fingerprint, self.backend.limits.dimension
                     )
             return self._index
+
+    def batch_lookup(self) -> Lookup:
+        """Vectors this output's batch jobs made (checkpoints ``batch-*.parquet``)."""
+        with self._index_lock:
+            if self._batch_index is None:
+                self._batch_index = build_batch_index(
+                    self.output, self.config.fingerprint, self.backend.limits.dimension
+                )
+            return self._batch_index
 
     def close(self) -> None:
         self.collector.close()
@@ -273,6 +284,7 @@ class Worker:
         router = Router(
             self.config.prepare, self.backend.count_tokens, self.backend.truncate,
             self.lookup(), self.memory, landing.deliver,
+            refusals=self.config.refusals, batch=self.batch_lookup(),
         )
         try:
             self.collector.reader_started()

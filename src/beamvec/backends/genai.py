@@ -217,6 +217,10 @@ class GenaiBackend(Backend):
                 return key
         raise SystemicError(f"{self.mode}: no API key found; {self._key_hint()}")
 
+    def read_api_key(self) -> str:
+        """The API key, for the Batch API client (``--batch-api``); never logged."""
+        return self._read_key()
+
     def _http_options(self, api_version: str | None) -> Any:
         from google.genai import types
 

@@ -22,11 +22,12 @@ import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beamvec import __version__, pricing
+from beamvec.batch_phase import TURNAROUND, check_batch_flags
 from beamvec.commands import Parser, dump_json, fmt_int, fmt_seconds, progress, progress_done
 from beamvec.contract import Description, OutputState, read_state, total
 from beamvec.errors import UsageError
 from beamvec.inputs import JobInputs, conflict, resolve_inputs, split_work
-from beamvec.lookup import build_index, check_reuse_source
+from beamvec.lookup import build_batch_index, build_index, check_reuse_source
 from beamvec.options import BeamvecOptions, expand_config, parse_pipeline_options
 from beamvec.records import DeadLetter, Shard
 from beamvec.routing import Lookup, NoLookup, Router, RunMemory, Send
@@ -107,11 +108,11 @@ class RequestCounter:
 
 
 def scan_shard(shard: Shard, inputs: JobInputs, lookup: Lookup, memory: RunMemory,
-               requests: RequestCounter) -> dict[str, Any]:
+               requests: RequestCounter, batch: Lookup | None = None) -> dict[str, Any]:
     """One shard routed exactly as a worker routes it; nothing embedded."""
     router = Router(
         inputs.prepare, inputs.backend.count_tokens, inputs.backend.truncate, lookup, memory,
-        lambda record, outcome: None, planning=True,
+        lambda record, outcome: None, planning=True, batch=batch,
     )
     records = characters = tokens = truncated = 0
     for raw in read_shard(shard, inputs.reader, inputs.storage_options):
@@ -176,6 +177,7 @@ def make_plan(options: PipelineOptions) -> dict[str, Any]:
     """Everything `beamvec plan` prints, as one JSON-ready dict."""
     inputs = resolve_inputs(options)
     bv, backend, description = inputs.bv, inputs.backend, inputs.description
+    check_batch_flags(bv)
     limits = backend.limits
     fingerprint = description.config_fingerprint
     output, existing, state = _existing_output(bv.output, inputs.storage_options, description, bv.force)
@@ -189,12 +191,14 @@ def make_plan(options: PipelineOptions) -> dict[str, Any]:
     lookup: Lookup = (
         build_index(own, reuse_from, fingerprint, limits.dimension) if not bv.force else NoLookup()
     )
+    # vectors earlier --batch-api runs collected and did not commit yet
+    batch = build_batch_index(own, fingerprint, limits.dimension) if own is not None else None
     memory = RunMemory(limits.dimension)
     requests = RequestCounter(limits.max_items, limits.max_request_tokens)
     results = []
     for i, shard in enumerate(work.todo, start=1):
         progress(f"beamvec plan: reading shard {i}/{len(work.todo)} {shard.name}", bv.quiet)
-        results.append(scan_shard(shard, inputs, lookup, memory, requests))
+        results.append(scan_shard(shard, inputs, lookup, memory, requests, batch))
     progress_done(bv.quiet)
     requests.done()
 
@@ -237,13 +241,18 @@ def make_plan(options: PipelineOptions) -> dict[str, Any]:
         "on_long_text": bv.on_long_text,
         "dead_letters": totals["dead_letters"],
         "dead_letters_by_reason": dict(sorted(reasons.items())),
-        "reused": totals["reused"],
+        "reused": totals["reused"] + totals["batch_sent"],
         "deduplicated": totals["deduplicated"],
         "sent": totals["sent"],
         "sent_tokens": totals["sent_tokens"],
         "sent_characters": totals["sent_characters"],
         "billable_characters": totals["billable_characters"],
         "requests": requests.requests,
+        "batch_api": {
+            "turnaround": TURNAROUND,
+            "jobs": -(-totals["sent"] // max(1, bv.batch_max_requests_per_file)),
+            "requests_per_file": bv.batch_max_requests_per_file,
+        } if bv.batch_api else None,
         "duration": estimate_duration(
             requests.requests, totals["sent_tokens"], bv.quota_rpm, bv.quota_tpm, window,
             requests.largest,
@@ -333,12 +342,20 @@ def format_plan(p: dict[str, Any]) -> str:
         + (f"  ({'; '.join(saved)})" if saved else "")
     )
     lim = p["limits"]
-    lines.append(
-        f"  requests       {p['requests']:,}  (at most {lim['texts_per_request']:,} texts and "
-        f"{lim['tokens_per_request']:,} tokens each, filled across shards)"
-    )
+    if p.get("batch_api"):
+        b = p["batch_api"]
+        lines.append(f"  batch jobs     {b['jobs']:,}  (one input file of at most "
+                     f"{b['requests_per_file']:,} requests each; repeats sent once)")
+    else:
+        lines.append(
+            f"  requests       {p['requests']:,}  (at most {lim['texts_per_request']:,} texts and "
+            f"{lim['tokens_per_request']:,} tokens each, filled across shards)"
+        )
     d = p["duration"]
-    if d["seconds"] is None:
+    if p.get("batch_api"):
+        lines.append(f"  duration       Batch API turnaround {p['batch_api']['turnaround']}; "
+                     "not bound by the online quota")
+    elif d["seconds"] is None:
         lines.append(f"  duration       {d['note']}")
     else:
         quota = ", ".join(
@@ -353,6 +370,13 @@ def format_plan(p: dict[str, Any]) -> str:
         lines.append(f"  cost           unknown: {c['basis']}")
     elif p["backend"] == "local":
         lines.append(f"  cost           $0  ({c['basis']})")
+    elif p.get("batch_api") and c["batch_mode"] is not None:
+        counted = f"{c['units']:,} {c['unit']}s"
+        lines.append(
+            f"  cost           {_approx(c['batch_mode'])} for {counted} at the Batch API price "
+            f"(--batch-api; {_approx(c['standard'])} online)"
+        )
+        lines.append(f"                 {c['basis']}")
     else:
         counted = f"{c['units']:,} {c['unit']}s"
         lines.append(
@@ -360,9 +384,9 @@ def format_plan(p: dict[str, Any]) -> str:
             "(online requests, what beamvec sends)"
         )
         if c["batch_mode"] is not None:
+            batch_how = "--batch-api" if p["backend"] == "gemini" else "provider batch API; not supported by beamvec"
             lines.append(
-                f"                 {_approx(c['batch_mode'])} at the batch-mode price "
-                "(provider batch API; beamvec does not use it)"
+                f"                 {_approx(c['batch_mode'])} at the batch-mode price ({batch_how})"
             )
         lines.append(f"                 {c['basis']}")
     o = p["output"]

@@ -1,0 +1,273 @@
+"""`beamvec run --batch-api`: the texts a run needs, embedded through Gemini Batch
+API jobs from the driver, before the normal pipeline runs.
+
+1. The records of the shards to embed are routed on the driver exactly as the
+   workers will route them (``routing.Router`` in planning mode over the
+   output's and --reuse-from's vectors and one ``RunMemory``): the texts that
+   would be sent become ``BatchRequest``s keyed by content hash, so a repeat
+   is sent once.
+2. ``batch_run.run_batch`` submits, records, polls and collects them (the
+   journal lives in the output: a killed run's rerun collects, never
+   resubmits); each finished job's vectors are written at once as a
+   checkpoint ``_partial/<fingerprint>/batch-<job id>.parquet``, so vectors
+   are never all held in memory.
+3. When every text is resolved, the ordinary pipeline runs: each record finds
+   its vector in the checkpoints (counted as ``batch_sent``), nothing is sent
+   online except, with ``--batch-fallback online``, the texts the batch
+   service kept failing; with ``none`` those are dead letters
+   (``routing.Refusals``). With ``--no-wait`` and jobs still running, the run
+   prints one status line and stops (exit 0) before the pipeline.
+4. Once the pipeline has committed, ``finish_batch_phase`` deletes the jobs'
+   files from the service (they count against the project's 20 GB).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import numpy as np
+import pyarrow as pa
+
+from beamvec.batch_api import BatchRequest, BatchSpec, LineError
+from beamvec.batch_client import BatchClient
+from beamvec.batch_journal import BatchJob, BatchJournal
+from beamvec.batch_run import BatchOutcome, BatchProgress, BatchSettings, cleanup_jobs, run_batch
+from beamvec.contract import SUCCESS, complete_shards, read_state
+from beamvec.errors import BackendError, UsageError
+from beamvec.inputs import JobInputs
+from beamvec.lookup import BATCH_PREFIX, build_batch_index, build_index, checkpoint_dir
+from beamvec.records import BAD_REQUEST, EMBED_FAILED, Shard
+from beamvec.routing import Lookup, NoLookup, Refusals, Router, RunMemory, Send
+from beamvec.sink import Output
+from beamvec.sources import read_shard
+
+LOG = logging.getLogger("beamvec")
+#: What Google states for Batch mode: a target turnaround, not a promise.
+TURNAROUND = "up to 24 h (Google's target; most jobs finish much sooner)"
+
+
+def check_batch_flags(bv: Any) -> None:
+    """One line for flags that cannot work together, before anything is read."""
+    if bv.batch_api and bv.backend != "gemini":
+        raise UsageError(
+            f"--batch-api works with --backend gemini only (got --backend {bv.backend}); "
+            "Vertex batch prediction is not supported yet: drop --batch-api"
+        )
+    if not bv.batch_api and bv.no_wait:
+        raise UsageError("--no-wait applies to --batch-api runs: add --batch-api or drop --no-wait")
+    if bv.batch_api and (
+        bv.batch_poll_interval <= 0 or bv.batch_max_resubmits < 0 or bv.batch_max_requests_per_file < 1
+    ):
+        raise UsageError(
+            "--batch-poll-interval must be > 0, --batch-max-resubmits >= 0 and "
+            "--batch-max-requests-per-file >= 1"
+        )
+
+
+@dataclass(frozen=True)
+class BatchPhase:
+    """What the batch jobs left for the pipeline, or why it must wait."""
+
+    ready: bool  # every text has a vector or a final failure: run the pipeline
+    refusals: Refusals  # texts to dead-letter (--batch-fallback none)
+    texts: int  # distinct texts this run embeds through batch jobs
+    collected: int  # of them, with a vector
+    failed: int  # of them, failed for good
+    jobs_by_state: Mapping[str, int]
+    jobs_submitted: int
+    online_fallback: int  # failed texts the pipeline sends online (--batch-fallback online)
+    status: str  # one line: jobs by state, texts collected and pending
+
+
+# -- 1. what to send ------------------------------------------------------------
+
+
+def collect_requests(
+    output: Output, inputs: JobInputs, todo: list[Shard], reuse: bool, quiet: bool = True
+) -> dict[str, list[BatchRequest]]:
+    """Shard name -> the texts it would send, routed as the workers route them.
+
+    A text already embedded (the output, --reuse-from, earlier batch jobs'
+    checkpoints) or repeated is not listed again; no vector is read."""
+    fingerprint = inputs.description.config_fingerprint
+    dimension = inputs.backend.limits.dimension
+    lookup: Lookup = NoLookup()
+    if reuse:
+        others = [Output(url, inputs.storage_options) for url in inputs.bv.reuse_from or ()]
+        lookup = build_index(output, others, fingerprint, dimension)
+    batch = build_batch_index(output, fingerprint, dimension)
+    memory = RunMemory(dimension)
+    out: dict[str, list[BatchRequest]] = {}
+    for i, shard in enumerate(todo, start=1):
+        if not quiet:
+            print(f"beamvec batch: reading shard {i}/{len(todo)} {shard.name}", file=sys.stderr)
+        router = Router(
+            inputs.prepare, inputs.backend.count_tokens, inputs.backend.truncate, lookup, memory,
+            lambda record, outcome: None, planning=True, batch=batch,
+        )
+        requests: list[BatchRequest] = []
+        for raw in read_shard(shard, inputs.reader, inputs.storage_options):
+            decision = router.route(raw)
+            if isinstance(decision, Send):
+                record = decision.record
+                memory.resolve(record.content_hash, None)  # remembered: a repeat follows it
+                requests.append(BatchRequest(record.content_hash, record.text, record.title))
+        out[shard.name] = requests
+    return out
+
+
+# -- 2. the jobs ----------------------------------------------------------------
+
+
+def batch_settings(bv: Any) -> BatchSettings:
+    return BatchSettings(
+        wait=not bv.no_wait,
+        poll_interval_s=bv.batch_poll_interval,
+        max_poll_interval_s=max(bv.batch_poll_interval, 600.0),
+        max_resubmits=bv.batch_max_resubmits,
+        max_requests_per_file=bv.batch_max_requests_per_file,
+    )
+
+
+def batch_spec(inputs: JobInputs) -> BatchSpec:
+    backend = inputs.backend
+    return BatchSpec(
+        model=backend.model,
+        task_type=backend.task_type,
+        output_dimensionality=getattr(backend, "output_dimensionality", None),
+    )
+
+
+def connect(inputs: JobInputs) -> BatchClient:
+    """A Batch API client with the run's key, endpoint and timeout."""
+    bv, backend = inputs.bv, inputs.backend
+    return BatchClient.connect(
+        backend.read_api_key(),  # type: ignore[attr-defined] - GenaiBackend (gemini) only
+        batch_spec(inputs).model,
+        base_url=bv.api_base_url,
+        api_version=bv.api_version,
+        timeout_s=bv.request_timeout,
+    )
+
+
+class CheckpointSink:
+    """Writes each finished job's vectors to ``batch-<job id>.parquet``."""
+
+    def __init__(self, output: Output, fingerprint: str, dimension: int) -> None:
+        self.output, self.dimension = output, dimension
+        self.dir = checkpoint_dir(output, fingerprint)
+
+    def __call__(self, job: BatchJob, vectors: Mapping[str, np.ndarray]) -> None:
+        path = f"{self.dir}/{BATCH_PREFIX}{job.id}.parquet"
+        if self.output.fs.exists(path):  # a job read again for keys it failed: keep both files
+            path = f"{self.dir}/{BATCH_PREFIX}{job.id}-{secrets.token_hex(4)}.parquet"
+        keys = list(vectors)
+        matrix = np.ascontiguousarray(np.stack([vectors[k] for k in keys]), dtype=np.float32)
+        table = pa.table({
+            "content_hash": pa.array(keys, pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), self.dimension),
+        })
+        self.output.write_table(path, table)
+
+
+def format_progress(p: BatchProgress) -> str:
+    states = ", ".join(f"{n} {s}" for s, n in sorted(p.jobs_by_state.items())) or "none"
+    return (
+        f"beamvec batch: jobs {states}; texts {p.keys_done:,}/{p.keys_total:,} collected, "
+        f"{p.keys_failed:,} failed"
+    )
+
+
+def refusals_of(failures: Mapping[str, LineError]) -> Refusals:
+    """Dead letters for texts the batch service kept failing (--batch-fallback none)."""
+    return Refusals({
+        key: (EMBED_FAILED if error.retryable else BAD_REQUEST, f"batch: {error.message}")
+        for key, error in failures.items()
+    })
+
+
+def run_batch_phase(
+    output: Output, inputs: JobInputs, todo: list[Shard], out: TextIO | None = None,
+    client: BatchClient | None = None,
+) -> BatchPhase:
+    """Embed the run's texts through batch jobs; see the module docstring."""
+    bv = inputs.bv
+    out = out or sys.stdout
+    live = not bv.quiet
+    requests = collect_requests(output, inputs, todo, reuse=not bv.force, quiet=bv.quiet)
+    # The output is about to change: not complete again until this run commits.
+    output.remove(output.path(SUCCESS))
+    journal = BatchJournal(bv.output, inputs.storage_options)
+    texts = len({r.key for reqs in requests.values() for r in reqs})
+    if not texts:  # everything is embedded already (a rerun after the jobs were collected)
+        return _phase(None, Refusals(), 0, bv.batch_fallback)
+    client = client or connect(inputs)
+    sink = CheckpointSink(
+        output, inputs.description.config_fingerprint, inputs.backend.limits.dimension
+    )
+
+    def report(p: BatchProgress) -> None:
+        if live:
+            print(format_progress(p), file=sys.stderr, flush=True)
+
+    outcome = run_batch(
+        requests, client, journal, batch_spec(inputs), batch_settings(bv), report, sink=sink
+    )
+    del requests  # the texts are no longer needed; the pipeline reads the shards again
+    fallback_online = bv.batch_fallback == "online"
+    refusals = Refusals() if fallback_online else refusals_of(outcome.failures)
+    phase = _phase(outcome, refusals, texts, bv.batch_fallback)
+    if not phase.ready:
+        print(phase.status, file=out)
+    elif live:
+        print(phase.status, file=sys.stderr)
+    return phase
+
+
+def _phase(
+    outcome: BatchOutcome | None, refusals: Refusals, texts: int, fallback: str
+) -> BatchPhase:
+    if outcome is None:
+        return BatchPhase(True, refusals, 0, 0, 0, {}, 0, 0, "beamvec batch: nothing to send")
+    collected = texts - len(outcome.pending) - len(outcome.failures)
+    states = ", ".join(f"{n} {s}" for s, n in sorted(outcome.jobs_by_state.items())) or "none"
+    status = (
+        f"beamvec batch: jobs {states}; {collected:,} of {texts:,} texts collected, "
+        f"{len(outcome.pending):,} pending, {len(outcome.failures):,} failed"
+    )
+    if not outcome.complete:
+        status += "; rerun the same command to collect (nothing committed, no _SUCCESS yet)"
+    online = len(outcome.failures) if fallback == "online" else 0
+    return BatchPhase(
+        outcome.complete, refusals, texts, collected, len(outcome.failures),
+        dict(outcome.jobs_by_state), outcome.jobs_submitted, online, status,
+    )
+
+
+# -- 4. after the commit ----------------------------------------------------------
+
+
+def finish_batch_phase(output: Output, inputs: JobInputs, client: BatchClient | None = None) -> int:
+    """Delete from the service the files of every finished job whose shards are
+    all committed (files count against the project's 20 GB); how many jobs.
+    A service that does not answer now only delays this to the next run."""
+    journal = BatchJournal(inputs.bv.output, inputs.storage_options)
+    jobs = journal.pending()
+    if not jobs:
+        return 0
+    state = read_state(output)
+    fingerprint = inputs.description.config_fingerprint
+    committed = complete_shards(
+        r for r in state.committed.values() if (r.config_fingerprint or fingerprint) == fingerprint
+    )
+    try:
+        return cleanup_jobs(jobs, client or connect(inputs), journal, committed)
+    except BackendError as exc:
+        LOG.warning("beamvec batch: could not delete the jobs' files from the service (%s); "
+                    "the next run with --batch-api deletes them", exc)
+        return 0
