@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from beamvec.errors import UsageError
@@ -292,19 +294,23 @@ class Manifest:
         return {"shards": len(self.shards), "read": t.read, "embedded": t.embedded,
                 "dead_lettered": t.dead_lettered, "tokens": t.tokens}
 
-    def to_json(self) -> dict[str, Any]:
-        return {
+    def to_json(self, with_shards: bool = True) -> dict[str, Any]:
+        data = {
             "beamvec_manifest": 1,
             **(self.description.to_json() if self.description else {}),
             "config": self.config.to_json(),
             "updated_at": self.updated_at or _now(),
             "totals": self.totals(),
-            "shards": {name: rec.to_json() for name, rec in sorted(self.shards.items())},
             "runs": [run.to_json() for run in self.runs],
         }
+        if with_shards:
+            data["shards"] = {name: rec.to_json() for name, rec in sorted(self.shards.items())}
+        return data
 
     @classmethod
     def from_json(cls, data: Any, where: str = MANIFEST) -> Manifest:
+        if isinstance(data, Mapping) and isinstance(data.get("commits"), str):
+            raise TypeError("a manifest whose shards live in a commits table: use read_manifest")
         if not isinstance(data, Mapping) or not isinstance(data.get("shards", {}), Mapping):
             raise UsageError(
                 f"{where} is not a beamvec manifest; move it aside and rerun: the next run "
@@ -326,6 +332,40 @@ class Manifest:
         )
 
 
+#: Past this many parts, commit records leave _manifest.json for a Parquet
+#: table: a 100,000-shard output's manifest stays a few kilobytes.
+INLINE_PARTS = 1_000
+COMMITS_DIR = "_commits"
+
+
+def _commits_table(records: Iterable[CommitRecord]) -> pa.Table:
+    rows = []
+    for rec in records:
+        row = rec.to_json()
+        row["dead_letters_by_reason"] = json.dumps(row["dead_letters_by_reason"], sort_keys=True)
+        rows.append(row)
+    return pa.Table.from_pylist(rows)
+
+
+def _read_commits(output: Output, path: str, fingerprint: str | None) -> dict[str, CommitRecord]:
+    try:
+        with output.fs.open(output.path(path), "rb") as fh:
+            rows = pq.read_table(fh).to_pylist()
+    except FileNotFoundError:
+        raise UsageError(
+            f"{output.url}/{MANIFEST} names {path}, which is missing; move the manifest aside "
+            "and rerun: the next run rebuilds it from the vector files' footers"
+        ) from None
+    shards = {}
+    for row in rows:
+        row["dead_letters_by_reason"] = json.loads(row.get("dead_letters_by_reason") or "{}")
+        record = CommitRecord.from_json(row)
+        if record.config_fingerprint is None:
+            record = replace(record, config_fingerprint=fingerprint)
+        shards[record.name] = record
+    return shards
+
+
 def read_manifest(output: Output) -> Manifest | None:
     path = output.path(MANIFEST)
     try:
@@ -340,11 +380,36 @@ def read_manifest(output: Output) -> Manifest | None:
             f"{output.url}/{MANIFEST} is not valid JSON ({exc}); move it aside and rerun: the "
             "next run rebuilds it from the vector files' footers"
         ) from None
+    if isinstance(data, Mapping) and isinstance(data.get("commits"), str):
+        summary = Manifest.from_json({k: v for k, v in data.items() if k != "commits"})
+        shards = _read_commits(output, data["commits"], data.get("config_fingerprint"))
+        return replace(summary, shards=shards)
     return Manifest.from_json(data, f"{output.url}/{MANIFEST}")
 
 
 def write_manifest(output: Output, manifest: Manifest) -> None:
-    output.write_bytes(output.path(MANIFEST), json.dumps(manifest.to_json(), indent=2).encode())
+    """Small outputs keep their commit records in the JSON, for people to
+    read; large ones in a Parquet table written first, under a new name, so
+    the manifest never points at a half-written one."""
+    previous = _commit_tables(output)
+    if len(manifest.shards) <= INLINE_PARTS:
+        data = manifest.to_json()
+    else:
+        name = f"{COMMITS_DIR}/{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}.parquet"
+        output.write_table(output.path(name), _commits_table(manifest.shards[k] for k in sorted(manifest.shards)))
+        data = {**manifest.to_json(with_shards=False), "beamvec_manifest": 2, "commits": name}
+    output.write_bytes(output.path(MANIFEST), json.dumps(data, indent=2).encode())
+    current = data.get("commits")
+    for path in previous:
+        if not path.endswith(str(current)):
+            output.remove(path)
+
+
+def _commit_tables(output: Output) -> list[str]:
+    try:
+        return sorted(output.fs.find(output.path(COMMITS_DIR)))
+    except FileNotFoundError:
+        return []
 
 
 def vector_path(output: Output, name: str) -> str:
