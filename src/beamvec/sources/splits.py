@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 import fsspec
@@ -47,7 +47,10 @@ def _opened(shard: Shard, storage_options: dict | None) -> Iterator[IO[bytes]]:
         raise InputVanishedError(shard.path) from None
 
 
-def read_split(split: Split, config: ReaderConfig, storage_options: dict | None = None) -> Iterator[Item]:
+def read_split(
+    split: Split, config: ReaderConfig, storage_options: dict | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> Iterator[Item]:
     """Stream the records of one split: one `RawRecord` or `ReadError` per record.
 
     Memory stays bounded by one line or CSV record (and by ``max_text_chars``
@@ -58,6 +61,9 @@ def read_split(split: Split, config: ReaderConfig, storage_options: dict | None 
     transport errors (denied, connection lost) are raised so that the run or
     the runner's retry deals with them, never a half-read split committed as
     complete; a file gone since listing raises `InputVanishedError`.
+
+    ``on_bytes`` hears, every few hundred records and at the end, how many
+    more bytes of the stored file were consumed: progress inside a split.
     """
     shard = split.shard
     fmt, compression = detect_format(shard.path, config.format)
@@ -72,7 +78,10 @@ def read_split(split: Split, config: ReaderConfig, storage_options: dict | None 
             fh = decompressed(raw, compression)
             if fmt == "parquet" and compression:
                 fh = io.BytesIO(fh.read())  # Parquet needs to seek; decompressed streams cannot
-            yield from READERS[fmt](fh, split, config, cursor)
+            if on_bytes is None:
+                yield from READERS[fmt](fh, split, config, cursor)
+            else:
+                yield from _counted(READERS[fmt](fh, split, config, cursor), raw, split, on_bytes)
     except Exception as exc:
         if not is_corrupt(exc):
             raise
@@ -80,6 +89,36 @@ def read_split(split: Split, config: ReaderConfig, storage_options: dict | None 
             cursor.next, None, r.CORRUPT_FILE,
             excerpt(f"{shard.path}: unreadable from record {cursor.next} on: {type(exc).__name__}: {exc}", 500),
         )
+
+
+def split_bytes(split: Split) -> int:
+    """The stored bytes a split stands for: its range, or its share of a
+    Parquet file (row groups are about equal in bytes)."""
+    size = max(0, split.shard.size)
+    if split.count == 1:
+        return size
+    if detect_format(split.shard.path)[0] == "parquet":
+        return size // split.count
+    return max(0, split.end - split.start)
+
+
+def _counted(items: Iterator[Item], raw: IO[bytes], split: Split,
+             on_bytes: Callable[[int], None]) -> Iterator[Item]:
+    """The items, reporting the stored bytes read as they go; the split's
+    whole share is reported once it is read."""
+    share = split_bytes(split)
+    start = split.start if split.count > 1 and detect_format(split.shard.path)[0] != "parquet" else 0
+    reported = 0
+    for n, item in enumerate(items, 1):
+        yield item
+        if n % 256 == 0 and not (split.count > 1 and start == 0 and split.index):
+            with contextlib.suppress(OSError, ValueError):
+                now = min(share, raw.tell() - start)
+                if now > reported:
+                    on_bytes(now - reported)
+                    reported = now
+    if share > reported:
+        on_bytes(share - reported)
 
 
 def read_shard(shard: Shard, config: ReaderConfig, storage_options: dict | None = None) -> Iterator[Item]:
