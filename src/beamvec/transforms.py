@@ -18,14 +18,15 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.shared import Shared
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from beamvec import quota
 from beamvec.backends.base import Backend
 from beamvec.embedder import Embedder, EmbedSettings
 from beamvec.pricing import estimate_cost
 from beamvec.progress import PROGRESS
+from beamvec.quota import QuotaSettings
 from beamvec.records import Shard
 from beamvec.shard_job import ShardJobConfig, process_shard
 from beamvec.sink import MANIFEST, PARTIAL_DIR, SUCCESS, Output, build_manifest, write_manifest
@@ -34,28 +35,6 @@ LOG = logging.getLogger("beamvec")
 NAMESPACE = "beamvec"
 #: Beam's well-known counter name; Dataflow's autoscaler reads it.
 THROTTLING_COUNTER = "throttling-msecs"
-
-
-class QuotaSettings:
-    """The job's quota and this worker's share of it; picklable."""
-
-    def __init__(
-        self, rpm: float | None, tpm: float | None, share: float = 1.0, window_s: float = 60.0
-    ) -> None:
-        self.rpm = rpm
-        self.tpm = tpm
-        self.share = share
-        self.window_s = window_s
-
-    def limiter(self, key: str) -> quota.AdaptiveLimiter | None:
-        if not self.rpm and not self.tpm:
-            return None
-        return quota.shared_limiter(
-            f"{key}:{self.rpm}:{self.tpm}:{self.share}:{self.window_s}",
-            lambda: quota.AdaptiveLimiter(
-                self.rpm, self.tpm, share=self.share, window_s=self.window_s
-            ),
-        )
 
 
 class EmbedShards(beam.DoFn):
@@ -76,10 +55,11 @@ class EmbedShards(beam.DoFn):
         self.quota_settings = quota_settings
         self.concurrent_shards = max(1, concurrent_shards)
         self._counters: dict[str, Any] = {}
+        self._shared = Shared()  # one limiter per worker process, whatever the DoFn copies
 
     def setup(self) -> None:
         self.backend.load()
-        limiter = self.quota_settings.limiter(f"{self.backend.name}:{self.backend.model}")
+        limiter = self.quota_settings.limiter(self._shared, f"{self.backend.name}:{self.backend.model}")
         self.embedder = Embedder(self.backend, self.settings, limiter)
         PROGRESS.watch(self.embedder.stats.snapshot)
         self.shard_pool = ThreadPoolExecutor(self.concurrent_shards, thread_name_prefix="beamvec-shard")
