@@ -598,3 +598,22 @@ def test_quota_settings_without_a_quota() -> None:
     limiter = QuotaSettings(None, None).limiter(Shared(), "k")
     assert isinstance(limiter, Limiter) and limiter.discover
     assert all(limiter.acquire(10_000) == 0 for _ in range(100))
+
+
+def test_a_429_while_short_of_work_does_not_pin_the_rate_to_the_work() -> None:
+    """Asked for a third of its rate, the limiter never waits: a 429 then says
+    nothing of the server's limit, and the rate is only cut a little."""
+    clock = FakeClock()
+    limiter = Limiter(600, clock=clock, sleep=clock.sleep)
+    for _ in range(100):
+        clock.now += 0.3
+        assert limiter.acquire() == 0
+        limiter.on_success()
+    clock.now += 0.3
+    limiter.acquire()
+    limiter.on_throttled(0.5)
+    for _ in range(10):
+        clock.now += 0.3
+        limiter.acquire()
+        limiter.on_success()
+    assert limiter.fraction >= 0.9

@@ -242,7 +242,9 @@ class Limiter:
             return
         sent_at, hint, _ = self._pending
         self._pending = None
-        self._settle(self._meter.accepted_rate(sent_at, hint), now)
+        if self.discover or self._meter.saturated(sent_at):
+            # Unsaturated, the accepted rate measures the work there was, not the server.
+            self._settle(self._meter.accepted_rate(sent_at, hint), now)
 
     def _settle(self, accepted: float | None, now: float) -> None:
         if accepted is None:

@@ -21,6 +21,7 @@ class SuccessMeter:
         self.span_s = span_s
         self.idle_s = idle_s  # a gap this long without sends starts a new busy period
         self._sent: deque[float] = deque()
+        self._booked: deque[tuple[float, bool]] = deque()  # (send time, whether pacing held it)
         self._busy_since: float | None = None
         self._last_ask: float | None = None
         self.latency_s: float | None = None  # a moving average of send to success
@@ -32,6 +33,9 @@ class SuccessMeter:
     def on_send(self, asked: float, at: float) -> None:
         """A request asked for at ``asked`` is booked to leave at ``at``. Busy
         periods go by when requests are asked for: a hold delays sends, not demand."""
+        self._booked.append((at, at - asked > 1e-3))
+        while self._booked and self._booked[0][0] < at - 2 * self.span_s:
+            self._booked.popleft()
         if self._last_ask is None or asked - self._last_ask > self.idle_s:
             self._busy_since = at
         self._last_ask = asked if self._last_ask is None else max(self._last_ask, asked)
@@ -57,3 +61,11 @@ class SuccessMeter:
         if count < min_count or seconds < min_span_s:
             return None
         return count / seconds
+
+    def saturated(self, until: float, share: float = 0.5) -> bool:
+        """Whether pacing held at least ``share`` of the requests booked in the
+        last ``span_s`` before ``until``: then the accepted rate says what the
+        server allows, not how much work there was."""
+        start = until - self.span_s if self._busy_since is None else max(until - self.span_s, self._busy_since)
+        flags = [held for at, held in self._booked if start <= at <= until]
+        return bool(flags) and sum(flags) >= share * len(flags)
