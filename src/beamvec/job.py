@@ -83,6 +83,14 @@ def parse_options(argv: Sequence[str]) -> PipelineOptions:
     return options
 
 
+def worker_processes(options: PipelineOptions) -> int:
+    """Worker processes on this machine: the multi-process DirectRunner's, else 1."""
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode == "multi_processing":
+        return direct.direct_num_workers or os.cpu_count() or 1  # 0: one per CPU in Beam
+    return 1
+
+
 def build_backend(options: PipelineOptions) -> Backend:
     bv = options.view_as(BeamvecOptions)
     if bv.backend == "local":
@@ -91,7 +99,8 @@ def build_backend(options: PipelineOptions) -> Backend:
                 "--model, --task-type and --output-dimensionality apply to the gemini and "
                 "vertex backends; the local backend takes --local-model-dir"
             )
-        return make_backend("local", model_dir=bv.local_model_dir, threads=bv.local_threads)
+        return make_backend("local", model_dir=bv.local_model_dir, threads=bv.local_threads or None,
+                            processes=worker_processes(options))
     config: dict[str, Any] = {
         "model": bv.model or "gemini-embedding-001",
         "task_type": bv.task_type,
