@@ -1,27 +1,25 @@
-"""Quota, backoff and concurrency against the emulator, side by side in one run.
+"""Filling the quota in every shape of issue 13, side by side in one run.
 
-The emulator (`beamvec emulator`, its own process, 127.0.0.1 only) meters 600
-requests per 60-s window, takes 100 texts a call, answers after 200 ms (+/- 20 ms)
-with 768-dim vectors. The corpus is `--texts` distinct generated sentences in
-`--shards` JSONL shards. Measured, one after the other, with the emulator's
-stats reset between runs:
+The emulator (`beamvec emulator`, its own process, 127.0.0.1 only) holds a
+quota of 600 requests a minute, metered over the shape's window (600 per 60 s,
+60 per 6 s, 10 per 1 s), takes 100 texts a call and answers after 200 ms
+(+/- 20 ms) with 768-dim vectors. beamvec is told `--quota-rpm 600` (per
+minute, as real quotas are stated) and never the server's window. Shapes, each
+against a fresh emulator, its rows one after the other (stats reset between):
 
-1. `beamvec run` on the DirectRunner (`--quota-rpm 600 --max-in-flight N`);
-2. the same with two worker processes (`--direct_running_mode=multi_processing
-   --direct_num_workers=2`), each taking half of the quota;
-3. what a user would write with Beam alone: `RunInference` with Beam's
-   `GeminiModelHandler`, a request_fn calling `client.models.embed_content`,
-   batches of 100 (its `request()` overridden so that each text gets its own
-   vector: the stock one returns ONE result per batch);
-4. the limit: 600 requests/min x 100 texts = 1,000 texts/s.
+* the server meters over 60 s: beamvec; beamvec with 2 worker processes;
+  RunInference + GeminiModelHandler; beamvec with no --quota-rpm;
+* over 6 s and over 1 s: beamvec; RunInference; beamvec with no --quota-rpm
+  (it finds the limit from the 429s); two beamvec jobs at once, each told
+  --quota-rpm 600 and nothing of the other, half the texts each;
+* tiny shards (texts/50 shards of 50, texts/20 shards of 20), 6-s window:
+  beamvec; RunInference.
 
-A last row runs beamvec with no --quota-rpm at all: a 20,000-text run needs
-200 requests and lasts about 20 s, less than one 60-s window, so the emulator
-lets up to 600 requests through at any pace and answers no 429. That row shows
-what the window allows; beamvec with --quota-rpm never assumes the window was
-empty before it started, and paces at 600/60 = 10 requests a second.
-
-Then the same again with 5% of requests answered 503 (`--fail-503 0.05`).
+RunInference is what a user would write with Beam alone: Beam's
+`GeminiModelHandler`, a request_fn calling `client.models.embed_content`,
+batches of 100 (its `request()` overridden so that each text gets its own
+vector: the stock one returns ONE result per batch). The limit: 600 requests a
+minute x 100 texts = 1,000 texts/s.
 
 texts/s is texts / the pipeline's wall time, measured inside its process from
 the moment the job starts (flags parsed, beamvec's planning and preflight call,
@@ -33,11 +31,12 @@ come from the emulator; dead letters from the output manifest; CPU seconds of
 the pipeline process (with its workers) and of the emulator from the kernel.
 Every vector written is checked against the emulator's function of its text.
 
-Each run is stopped after 3 minutes; the whole benchmark takes about 5 minutes
-on 2 cores (`--texts 2000` for a quick look). Exits 1 if a run failed, lost or
-repeated a text, or paired a vector with the wrong text; never on speed.
+Each run is stopped after 3 minutes. The whole benchmark takes about 15
+minutes on 2 cores; `--quick` (4,000 texts) about a quarter of that, and
+`--only '1 s'` measures one shape. Exits 1 if a run failed, lost or repeated a
+text, or paired a vector with the wrong text; never on speed.
 
-    python benchmarks/quota_benchmark.py [--texts 20000] [--shards 16] [--max-in-flight 8]
+    python benchmarks/quota_benchmark.py [--quick] [--only WORD ...] [--texts 20000] [--fail-503 0.05]
 """
 
 from __future__ import annotations
