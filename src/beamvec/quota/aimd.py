@@ -88,6 +88,11 @@ class AimdController:
     def last_cut(self) -> float:
         return self._last_cut
 
+    @property
+    def last_kind(self) -> Cut:
+        """The kind of the last cut (NONE before any)."""
+        return self._last_kind
+
     def is_same_event(self, now: float, asked_at: float | None) -> bool:
         """Whether a 429 reports the last cut's event: its request was booked
         before the cut (or, not knowing that, it came within ``cut_window``)."""

@@ -96,8 +96,9 @@ class Limiter:
         self._largest_tokens = 1.0
         self._last_send = -math.inf
         self._hold_until = -math.inf
-        # A 429 event to measure from: (its request's send time, the hint, when to measure).
-        self._pending: tuple[float, float, float] | None = None
+        # A 429 event to measure from: (its request's send time, the hint, since
+        # when pacing held every request, when to measure).
+        self._pending: tuple[float, float, float | None, float] | None = None
         self._applied = (self._aimd.fraction, self._request_budget, self._largest_tokens)
         self._waited = 0.0
         self._requests = 0
@@ -222,10 +223,10 @@ class Limiter:
             before = self._aimd.fraction
             cut = self._aimd.on_throttled(now, asked_at)
             self._aimd.quiet_after(self._hold_until)
-            if cut is not Cut.NONE and self._pending is None:
+            if cut is not Cut.NONE:
                 hint = max(0.0, self._hold_until - now)
                 at = max(self._hold_until, self._meter.settled_after(now))
-                self._pending = (now if sent_at is None else sent_at, hint, at)
+                self._pending = (now if sent_at is None else sent_at, hint, self._meter.held_since, at)
                 if self.discover and self._requests_bucket is None:
                     # Requests booked during the hold need a pace now: a first,
                     # low estimate (replies in flight are not in yet); the
@@ -238,13 +239,17 @@ class Limiter:
         """After the hold of a 429 event (when the responses in flight are in):
         what rate did the server accept? Discovery paces there; a told limiter
         settles there if that is below its current rate."""
-        if self._pending is None or now < self._pending[2]:
+        if self._pending is None or now < self._pending[3]:
             return
-        sent_at, hint, _ = self._pending
+        sent_at, hint, since, _ = self._pending
         self._pending = None
-        if self.discover or self._meter.saturated(sent_at):
-            # Unsaturated, the accepted rate measures the work there was, not the server.
+        if self.discover:
             self._settle(self._meter.accepted_rate(sent_at, hint), now)
+        elif since is not None:
+            # Only while pacing held every request does the accepted rate say what
+            # the server allows (otherwise it measures the work there was, or the
+            # ramp-up).
+            self._settle(self._meter.accepted_rate(sent_at, hint, since=since), now)
 
     def _settle(self, accepted: float | None, now: float) -> None:
         if accepted is None:

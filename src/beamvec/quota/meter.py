@@ -9,6 +9,7 @@ the first at t0, the 429 at t1 saying "retry in h" mean L per (t1 + h - t0).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 
@@ -22,6 +23,7 @@ class SuccessMeter:
         self.idle_s = idle_s  # a gap this long without sends starts a new busy period
         self._sent: deque[float] = deque()
         self._booked: deque[tuple[float, bool]] = deque()  # (send time, whether pacing held it)
+        self._held_since: float | None = None  # first send of the current run of held bookings
         self._busy_since: float | None = None
         self._last_ask: float | None = None
         self.latency_s: float | None = None  # a moving average of send to success
@@ -33,7 +35,12 @@ class SuccessMeter:
     def on_send(self, asked: float, at: float) -> None:
         """A request asked for at ``asked`` is booked to leave at ``at``. Busy
         periods go by when requests are asked for: a hold delays sends, not demand."""
-        self._booked.append((at, at - asked > 1e-3))
+        held = at - asked > 1e-3
+        if not held:
+            self._held_since = None
+        elif self._held_since is None:
+            self._held_since = at
+        self._booked.append((at, held))
         while self._booked and self._booked[0][0] < at - 2 * self.span_s:
             self._booked.popleft()
         if self._last_ask is None or asked - self._last_ask > self.idle_s:
@@ -47,15 +54,21 @@ class SuccessMeter:
         while self._sent and self._sent[0] < sent_at - 2 * self.span_s:
             self._sent.popleft()
 
+    @property
+    def held_since(self) -> float | None:
+        """Since when every booking waited for pacing (None: the last one did not)."""
+        return self._held_since
+
     def accepted_rate(
-        self, until: float, hint_s: float, min_count: int = 5, min_span_s: float = 0.2
+        self, until: float, hint_s: float, since: float | None = None, min_count: int = 5,
+        min_span_s: float = 0.2,
     ) -> float | None:
-        """Successes sent in ``(start, until]`` per second of ``until - start + hint_s``,
-        where ``start`` is the later of ``span_s`` ago and the start of the busy
-        period; None when too few requests were seen to say."""
+        """Successes sent in ``[start, until]`` per second of ``until - start + hint_s``,
+        where ``start`` is the latest of ``span_s`` ago, the start of the busy
+        period and ``since``; None when too few requests were seen to say."""
         if self._busy_since is None:
             return None
-        start = max(until - self.span_s, self._busy_since)
+        start = max(until - self.span_s, self._busy_since, since if since is not None else -math.inf)
         count = sum(1 for t in self._sent if start <= t <= until)
         seconds = until - start + max(0.0, hint_s)
         if count < min_count or seconds < min_span_s:
