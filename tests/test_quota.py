@@ -617,3 +617,23 @@ def test_a_429_while_short_of_work_does_not_pin_the_rate_to_the_work() -> None:
         limiter.acquire()
         limiter.on_success()
     assert limiter.fraction >= 0.9
+
+
+def test_a_ramp_up_before_saturation_is_not_mistaken_for_the_servers_limit() -> None:
+    """Shards opening slowly, then the limiter saturated: an edge 429 measures
+    only the saturated stretch, which ran at the full rate."""
+    clock = FakeClock()
+    limiter = Limiter(600, clock=clock, sleep=clock.sleep)
+    for _ in range(20):  # 6 s of a trickle: never held by pacing
+        clock.now += 0.3
+        limiter.acquire()
+        limiter.on_success()
+    ask = clock.now
+    booked = [(ask, ask + limiter.reserve()) for _ in range(40)]  # now saturated: 4 s queued
+    for asked, at in booked[:-1]:
+        clock.now = at + 0.2
+        limiter.on_success(booked=(asked, at))
+    limiter.on_throttled(0.05, booked=booked[-1])
+    clock.now += 2.0
+    limiter.reserve()  # measures
+    assert limiter.fraction >= 0.9
