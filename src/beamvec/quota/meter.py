@@ -74,11 +74,3 @@ class SuccessMeter:
         if count < min_count or seconds < min_span_s:
             return None
         return count / seconds
-
-    def saturated(self, until: float, share: float = 0.5) -> bool:
-        """Whether pacing held at least ``share`` of the requests booked in the
-        last ``span_s`` before ``until``: then the accepted rate says what the
-        server allows, not how much work there was."""
-        start = until - self.span_s if self._busy_since is None else max(until - self.span_s, self._busy_since)
-        flags = [held for at, held in self._booked if start <= at <= until]
-        return bool(flags) and sum(flags) >= share * len(flags)
