@@ -133,5 +133,6 @@ def test_a_one_second_window_costs_few_429s(corpus, tmp_path, capsys, told):
     # told: evenly spaced, at most a late arrival or two; told nothing: the
     # requests in flight when the window first fills, and little after
     assert throttled <= (2 if told else 4 + 3)
-    assert stats["peak_window_requests"]["all"] <= 10
+    if told:  # evenly spaced: even counting the rejected, no window saw more than the quota
+        assert stats["peak_window_requests"]["all"] <= 10
     assert_reconciled(read_output(str(tmp_path / "o")))
