@@ -1,27 +1,25 @@
-"""Quota, backoff and concurrency against the emulator, side by side in one run.
+"""Filling the quota in every shape of issue 13, side by side in one run.
 
-The emulator (`beamvec emulator`, its own process, 127.0.0.1 only) meters 600
-requests per 60-s window, takes 100 texts a call, answers after 200 ms (+/- 20 ms)
-with 768-dim vectors. The corpus is `--texts` distinct generated sentences in
-`--shards` JSONL shards. Measured, one after the other, with the emulator's
-stats reset between runs:
+The emulator (`beamvec emulator`, its own process, 127.0.0.1 only) holds a
+quota of 600 requests a minute, metered over the shape's window (600 per 60 s,
+60 per 6 s, 10 per 1 s), takes 100 texts a call and answers after 200 ms
+(+/- 20 ms) with 768-dim vectors. beamvec is told `--quota-rpm 600` (per
+minute, as real quotas are stated) and never the server's window. Shapes, each
+against a fresh emulator, its rows one after the other (stats reset between):
 
-1. `beamvec run` on the DirectRunner (`--quota-rpm 600 --max-in-flight N`);
-2. the same with two worker processes (`--direct_running_mode=multi_processing
-   --direct_num_workers=2`), each taking half of the quota;
-3. what a user would write with Beam alone: `RunInference` with Beam's
-   `GeminiModelHandler`, a request_fn calling `client.models.embed_content`,
-   batches of 100 (its `request()` overridden so that each text gets its own
-   vector: the stock one returns ONE result per batch);
-4. the limit: 600 requests/min x 100 texts = 1,000 texts/s.
+* the server meters over 60 s: beamvec; beamvec with 2 worker processes;
+  RunInference + GeminiModelHandler; beamvec with no --quota-rpm;
+* over 6 s and over 1 s: beamvec; RunInference; beamvec with no --quota-rpm
+  (it finds the limit from the 429s); two beamvec jobs at once, each told
+  --quota-rpm 600 and nothing of the other, half the texts each;
+* tiny shards (texts/50 shards of 50, texts/20 shards of 20), 6-s window:
+  beamvec; RunInference.
 
-A last row runs beamvec with no --quota-rpm at all: a 20,000-text run needs
-200 requests and lasts about 20 s, less than one 60-s window, so the emulator
-lets up to 600 requests through at any pace and answers no 429. That row shows
-what the window allows; beamvec with --quota-rpm never assumes the window was
-empty before it started, and paces at 600/60 = 10 requests a second.
-
-Then the same again with 5% of requests answered 503 (`--fail-503 0.05`).
+RunInference is what a user would write with Beam alone: Beam's
+`GeminiModelHandler`, a request_fn calling `client.models.embed_content`,
+batches of 100 (its `request()` overridden so that each text gets its own
+vector: the stock one returns ONE result per batch). The limit: 600 requests a
+minute x 100 texts = 1,000 texts/s.
 
 texts/s is texts / the pipeline's wall time, measured inside its process from
 the moment the job starts (flags parsed, beamvec's planning and preflight call,
@@ -33,11 +31,12 @@ come from the emulator; dead letters from the output manifest; CPU seconds of
 the pipeline process (with its workers) and of the emulator from the kernel.
 Every vector written is checked against the emulator's function of its text.
 
-Each run is stopped after 3 minutes; the whole benchmark takes about 5 minutes
-on 2 cores (`--texts 2000` for a quick look). Exits 1 if a run failed, lost or
-repeated a text, or paired a vector with the wrong text; never on speed.
+Each run is stopped after 3 minutes. The whole benchmark takes about 15
+minutes on 2 cores; `--quick` (4,000 texts) about a quarter of that, and
+`--only 'server meters over 1 s'` measures one shape. Exits 1 if a run failed, lost or repeated a
+text, or paired a vector with the wrong text; never on speed.
 
-    python benchmarks/quota_benchmark.py [--texts 20000] [--shards 16] [--max-in-flight 8]
+    python benchmarks/quota_benchmark.py [--quick] [--only WORD ...] [--texts 20000] [--fail-503 0.05]
 """
 
 from __future__ import annotations
@@ -91,9 +90,10 @@ def index_of(rid: str) -> int:
     return int(rid[1:])
 
 
-def make_corpus(root: Path, texts: int, shards: int) -> None:
+def make_corpus(root: Path, texts: int, shards: int, only: range | None = None) -> None:
+    """``texts`` sentences dealt round-robin into ``shards`` files (or only the shards in ``only``)."""
     root.mkdir(parents=True)
-    for s in range(shards):
+    for s in only if only is not None else range(shards):
         lines = [json.dumps({"id": id_of(i), "text": text_of(i)}) for i in range(s, texts, shards)]
         (root / f"part-{s:03d}.jsonl").write_text("\n".join(lines) + "\n")
 
@@ -225,30 +225,43 @@ def _exactly_once(stats: dict[str, Any], texts: int, extra: Sequence[str]) -> tu
     return f"NO: {missing} missing, {repeated} repeated, {stray} stray", False
 
 
-def _run_child(row: Row, emulator: EmulatorProcess, argv: list[str], env: dict[str, str],
-               log: Path) -> tuple[int | str, str, float]:
-    """Run one pipeline process; note its CPU time (with its worker processes) and the emulator's."""
+def _run_children(row: Row, emulator: EmulatorProcess, argvs: list[list[str]], env: dict[str, str],
+                  logs: list[Path]) -> tuple[list[int | str], list[str], float]:
+    """Run pipeline processes side by side; note their CPU time (with their
+    worker processes) and the emulator's."""
     started = time.monotonic()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     emulator_before = emulator.cpu_seconds()
-    with open(log, "w") as err:
-        # Its own process group, so that a run past its time is stopped with its workers.
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=ROOT,
-                                start_new_session=True)
+    procs = []
+    for argv, log in zip(argvs, logs, strict=True):
+        with open(log, "w") as err:
+            # Its own process group, so that a run past its time is stopped with its workers.
+            procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
+                                          cwd=ROOT, start_new_session=True))
+    codes: list[int | str] = []
+    stdouts: list[str] = []
+    for proc in procs:
         try:
-            stdout, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
-            code = proc.returncode
+            stdout, _ = proc.communicate(timeout=max(1.0, RUN_TIMEOUT_S - (time.monotonic() - started)))
+            codes.append(proc.returncode)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             stdout, _ = proc.communicate()
             time.sleep(2)  # requests it left in flight finish before the next run resets the stats
-            code = f"timeout after {RUN_TIMEOUT_S} s"
+            codes.append(f"timeout after {RUN_TIMEOUT_S} s")
+        stdouts.append(stdout)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     emulator_after = emulator.cpu_seconds()
     row.cpu_runner = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if emulator_before is not None and emulator_after is not None:
         row.cpu_emulator = emulator_after - emulator_before
-    return code, stdout, time.monotonic() - started
+    return codes, stdouts, time.monotonic() - started
+
+
+def _run_child(row: Row, emulator: EmulatorProcess, argv: list[str], env: dict[str, str],
+               log: Path) -> tuple[int | str, str, float]:
+    codes, stdouts, seconds = _run_children(row, emulator, [argv], env, [log])
+    return codes[0], stdouts[0], seconds
 
 
 def _fill(row: Row, emulator: EmulatorProcess, sampler: Sampler, texts: int, extra: Sequence[str]) -> bool:
@@ -260,41 +273,49 @@ def _fill(row: Row, emulator: EmulatorProcess, sampler: Sampler, texts: int, ext
     return ok
 
 
-def run_beamvec(label: str, emulator: EmulatorProcess, corpus: Path, out: Path, args: argparse.Namespace,
-                extra: Sequence[str], log: Path) -> Row:
+def run_beamvec(label: str, emulator: EmulatorProcess, corpora: list[Path], out: Path, shape: Shape,
+                args: argparse.Namespace, extra: Sequence[str], log: Path) -> Row:
+    """``beamvec run`` once per corpus, side by side (one corpus: one job)."""
     row = Row(label)
-    quota = [] if "--no-quota" in extra else [
-        "--quota-rpm", str(args.rpm), "--quota-window", str(args.window_s)]
-    argv = [str(BIN / "beamvec"), "run", "--input", str(corpus / "*.jsonl"), "--output", str(out),
-            "--backend", "gemini", "--api-base-url", emulator.url, "--model", MODEL,
-            "--output-dimensionality", str(DIM), *quota, "--max-in-flight", str(args.max_in_flight),
-            "--concurrent-shards", str(args.concurrent_shards), "--runner=DirectRunner", "--quiet",
-            *[a for a in extra if a != "--no-quota"]]
+    quota = [] if "--no-quota" in extra else ["--quota-rpm", str(args.rpm)]  # per minute, as quotas are stated
+    argvs, outs = [], []
+    for n, corpus in enumerate(corpora):
+        outs.append(out / f"job-{n}")
+        argvs.append([str(BIN / "beamvec"), "run", "--input", str(corpus / "*.jsonl"), "--output", str(outs[-1]),
+                      "--backend", "gemini", "--api-base-url", emulator.url, "--model", MODEL,
+                      "--output-dimensionality", str(DIM), *quota, "--max-in-flight", str(args.max_in_flight),
+                      "--concurrent-shards", str(args.concurrent_shards), "--runner=DirectRunner", "--quiet",
+                      *[a for a in extra if a != "--no-quota"]])
     env = {**os.environ, "GEMINI_API_KEY": KEY}
     emulator.reset()
-    with Sampler(emulator, ignore=1) as sampler:
-        code, stdout, process_s = _run_child(row, emulator, argv, env, log)
-    once = _fill(row, emulator, sampler, args.texts, [PREFLIGHT])
-    match = re.search(r"wall time\s+([\d.]+) s", stdout)
-    row.seconds = float(match.group(1)) if match else process_s
-    manifest_path = out / "_manifest.json"
-    if code != 0 or not manifest_path.exists():
-        row.note = f"exit {code}, see {log}"
+    logs = [log.with_suffix(f".{n}.log") for n in range(len(corpora))]
+    with Sampler(emulator, ignore=len(corpora)) as sampler:
+        codes, stdouts, process_s = _run_children(row, emulator, argvs, env, logs)
+    once = _fill(row, emulator, sampler, shape.texts, [PREFLIGHT])
+    walls = [re.search(r"wall time\s+([\d.]+) s", stdout) for stdout in stdouts]
+    row.seconds = max(float(m.group(1)) if m else process_s for m in walls)
+    manifests = [o / "_manifest.json" for o in outs]
+    if any(code != 0 for code in codes) or not all(m.exists() for m in manifests):
+        row.note = f"exit {', '.join(map(str, codes))}, see {log.parent}"
         row.failed = True
         return row
-    manifest = json.loads(manifest_path.read_text())
-    totals = manifest["totals"]
-    row.texts_per_s = totals["embedded"] / row.seconds
-    row.dead_letters = f"{totals['dead_lettered']:,}"
-    row.pairing = _check_beamvec_vectors(out, args.texts)
-    if not once or totals["embedded"] != args.texts:
-        row.note = f"embedded {totals['embedded']:,} of {args.texts:,}"
-    row.failed = not once or totals["embedded"] != args.texts or not row.pairing.startswith("all")
+    totals = [json.loads(m.read_text())["totals"] for m in manifests]
+    embedded = sum(t["embedded"] for t in totals)
+    row.texts_per_s = embedded / row.seconds
+    row.dead_letters = f"{sum(t['dead_lettered'] for t in totals):,}"
+    seen, bad = 0, 0
+    for o in outs:
+        s, b = _check_beamvec_vectors(o)
+        seen, bad = seen + s, bad + b
+    row.pairing = f"all {seen:,}" if seen == shape.texts and not bad else f"NO: {bad:,} of {seen:,} wrong"
+    if not once or embedded != shape.texts:
+        row.note = f"embedded {embedded:,} of {shape.texts:,}"
+    row.failed = not once or embedded != shape.texts or not row.pairing.startswith("all")
     return row
 
 
-def _check_beamvec_vectors(out: Path, texts: int) -> str:
-    """Every row's vector against the emulator's function of the row's own text."""
+def _check_beamvec_vectors(out: Path) -> tuple[int, int]:
+    """Every row's vector against the emulator's function of the row's own text: (seen, wrong)."""
     import numpy as np
     import pyarrow.parquet as pq
 
@@ -310,12 +331,10 @@ def _check_beamvec_vectors(out: Path, texts: int) -> str:
             want = want / np.linalg.norm(want)  # beamvec normalizes sub-native outputs
             seen += 1
             bad += not np.allclose(vec, want, atol=1e-5)
-    if seen == texts and not bad:
-        return f"all {seen:,}"
-    return f"NO: {bad:,} of {seen:,} wrong"
+    return seen, bad
 
 
-def run_baseline(label: str, emulator: EmulatorProcess, corpus: Path, out: Path, args: argparse.Namespace,
+def run_baseline(label: str, emulator: EmulatorProcess, corpus: Path, out: Path, shape: Shape,
                  log: Path) -> Row:
     row = Row(label)
     result_file = out / "baseline.json"
@@ -325,7 +344,7 @@ def run_baseline(label: str, emulator: EmulatorProcess, corpus: Path, out: Path,
     emulator.reset()
     with Sampler(emulator, ignore=0) as sampler:
         code, _, process_s = _run_child(row, emulator, argv, dict(os.environ), log)
-    once = _fill(row, emulator, sampler, args.texts, [])
+    once = _fill(row, emulator, sampler, shape.texts, [])
     if code != 0 or not result_file.exists():
         row.note = f"exit {code}, see {log}"
         row.seconds = process_s
@@ -334,7 +353,7 @@ def run_baseline(label: str, emulator: EmulatorProcess, corpus: Path, out: Path,
     result = json.loads(result_file.read_text())
     row.seconds = result["seconds"]
     row.texts_per_s = result["results"] / row.seconds
-    if result["results"] == args.texts and result["mismatched"] == 0 and result["wrong_vectors"] == 0:
+    if result["results"] == shape.texts and result["mismatched"] == 0 and result["wrong_vectors"] == 0:
         row.pairing = f"all {result['results']:,} ¹"
     else:
         row.pairing = (f"NO: {result['results']:,} results, {result['mismatched']} keyed wrong, "
@@ -471,11 +490,12 @@ def _line(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def table(rows: list[Row], args: argparse.Namespace, fail: float) -> str:
-    limit = args.rpm * 100 / args.window_s
+def table(rows: list[Row], shape: Shape, args: argparse.Namespace, fail: float) -> str:
+    limit = args.rpm * 100 / 60.0
     lines = [_line(HEADER), _line(ALIGN)]
     for r in rows:
         known = r.requests is not None
+        total = (r.requests or 0)
         lines.append(_line([
             r.label + (f" ({r.note})" if r.note else ""),
             _fmt(r.seconds, ".1f"),
@@ -484,16 +504,17 @@ def table(rows: list[Row], args: argparse.Namespace, fail: float) -> str:
             _fmt(r.steady, ",.0f"),
             _fmt(None if r.steady is None else r.steady / limit, ".2f"),
             _fmt(r.requests, ",d"),
-            str(r.by_status.get("429", 0)) if known else "-",
+            (f"{r.by_status.get('429', 0)} ({r.by_status.get('429', 0) / total:.1%})" if total else "0")
+            if known else "-",
             str(r.by_status.get("503", 0)) if known else "-",
             r.exactly_once,
             r.dead_letters,
             r.pairing,
             f"{_fmt(r.cpu_runner, '.1f')} / {_fmt(r.cpu_emulator, '.1f')}",
         ]))
-    minimum = -(-args.texts // 100)
-    lines.append(_line([f"the limit: {args.rpm} requests per {args.window_s:g} s × 100 texts", "",
-                        f"{limit:,.0f}", "1.00", f"{limit:,.0f}", "1.00", f"{minimum:,}"]))
+    minimum = -(-shape.texts // 100)
+    lines.append(_line([f"the limit: {shape.server_rpm(args.rpm)} requests per {shape.window_s:g} s × 100 texts",
+                        "", f"{limit:,.0f}", "1.00", f"{limit:,.0f}", "1.00", f"{minimum:,}"]))
     if fail:
         ceiling = limit * (1 - fail)
         lines.append(_line([f"the limit when {fail:.0%} of requests fail (they count against the quota)", "",
@@ -503,14 +524,19 @@ def table(rows: list[Row], args: argparse.Namespace, fail: float) -> str:
 
 
 NOTES = """\
+- Every shape: the emulator in its own process, {rpm} requests a minute metered over the
+  shape's window ({rpm} x window / 60 requests per window), 100 texts a call, 768 dims.
+  beamvec is told --quota-rpm {rpm} (a quota per minute, as real quotas are stated) and never
+  the window; "no --quota-rpm" rows are told nothing and find the limit from the 429s.
 - texts/s: texts / the pipeline's wall time, measured inside its process (beamvec: the run
   summary's wall time, planning, preflight call, Beam startup, Parquet and manifest included;
   RunInference: from building the pipeline to wait_until_finish). Interpreter start and
   imports are not counted. steady: the emulator's texts embedded, sampled every 0.1 s, from
-  the first to the last that arrived: the rate while requests flow.
-- requests, 429s, 503s: the emulator's /stats, reset between runs (the preflight call, 503s
-  and retries are requests too). At least {minimum:,} are needed; beamvec batches within a
-  shard, so each shard's last batch is a partial one.
+  the first to the last that arrived: the rate while requests flow. Two jobs: their combined
+  texts over the longer wall time; steady is combined too.
+- requests, 429s, 503s: the emulator's /stats, reset between runs (the preflight call, 429s,
+  503s and retries are requests too; the 429 share is of all requests). The limit row gives
+  the fewest requests the texts need.
 - each text once: the emulator embedded every corpus text exactly once and nothing else
   (beamvec's preflight call embeds one extra text, "beamvec preflight", not counted).
 - vectors right: beamvec's Parquet rows read back, every vector compared with the emulator's
@@ -519,68 +545,122 @@ NOTES = """\
   its id, every {sample}th vector against the emulator's function. The stock
   GeminiModelHandler.request() returned {stock} result(s) for a batch of 100 texts: it pairs
   the first text with the whole response and drops the other 99.
-- CPU s: user + system time of the pipeline process and its workers, and of the emulator
-  process during the run (the emulator runs in its own process).
-- 429s: a 20,000-text run is 200 requests in about 20 s, less than one 60-s window, so the
-  emulator's window never fills: even the unpaced reference gets none. beamvec with
-  --quota-rpm paces at (600 - 10 burst) / 60 s = 9.8 requests a second from its first
-  request, as if the window were already in use."""
+- CPU s: user + system time of the pipeline process(es) and workers, and of the emulator
+  process during the run.
+- At a 60-s window a 20,000-text run (200 requests, ~20 s) fits in the first window, so the
+  server never pushes back: unpaced rows see no 429 and exceed the limit."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One server and corpus: the rows are measured one after the other against it."""
+
+    title: str
+    window_s: float
+    texts: int
+    shards: int
+    rows: tuple[str, ...]  # "told", "two-processes", "runinference", "discover", "two-jobs"
+
+    def server_rpm(self, rpm: int) -> int:
+        """Requests per window for a quota of ``rpm`` per minute."""
+        return max(1, round(rpm * self.window_s / 60.0))
+
+
+ROWS = {
+    "told": ("beamvec, DirectRunner, --quota-rpm {rpm}", ()),
+    "two-processes": ("beamvec, 2 worker processes sharing the quota",
+                      ("--direct_running_mode=multi_processing", "--direct_num_workers=2")),
+    "runinference": ("Beam RunInference + GeminiModelHandler, batches of 100", None),
+    "discover": ("beamvec with no --quota-rpm (finds the limit from 429s)", ("--no-quota",)),
+    "two-jobs": ("two beamvec jobs at once, each --quota-rpm {rpm}, half the texts each, unaware "
+                 "of each other", ()),
+}
+
+
+def shapes(args: argparse.Namespace) -> list[Shape]:
+    t, n = args.texts, args.shards
+    found = [
+        Shape("server meters over 60 s", 60.0, t, n, ("told", "two-processes", "runinference", "discover")),
+        Shape("server meters over 6 s", 6.0, t, n, ("told", "runinference", "discover", "two-jobs")),
+        Shape("server meters over 1 s", 1.0, t, n, ("told", "runinference", "discover", "two-jobs")),
+        Shape(f"{t // 50:,} shards of 50, server meters over 6 s", 6.0, t, t // 50, ("told", "runinference")),
+        Shape(f"{t // 20:,} shards of 20, server meters over 6 s", 6.0, t, t // 20, ("told", "runinference")),
+    ]
+    return [s for s in found if not args.only or any(s.title.startswith(word) for word in args.only)]
+
+
+def measure(shape: Shape, args: argparse.Namespace, tmp: Path, fail: float, counter: list[int]) -> list[Row]:
+    corpus = tmp / f"corpus-{shape.shards}"
+    if not corpus.exists():
+        make_corpus(corpus, shape.texts, shape.shards)
+    halves = [tmp / f"corpus-{shape.shards}-a", tmp / f"corpus-{shape.shards}-b"]
+    rows = []
+    with EmulatorProcess(shape.server_rpm(args.rpm), shape.window_s, fail, args.latency_ms,
+                         args.jitter_ms) as emu:
+        for key in shape.rows:
+            label, extra = ROWS[key]
+            label = label.format(rpm=args.rpm)
+            counter[0] += 1
+            out, log = tmp / f"out-{counter[0]}", tmp / f"run-{counter[0]}.log"
+            print(f"  {shape.title}: {label} ...", flush=True)
+            if extra is None:
+                rows.append(run_baseline(label, emu, corpus, out, shape, log))
+                continue
+            corpora = [corpus]
+            if key == "two-jobs":
+                if not halves[0].exists():
+                    half = shape.shards // 2
+                    make_corpus(halves[0], shape.texts, shape.shards, range(half))
+                    make_corpus(halves[1], shape.texts, shape.shards, range(half, shape.shards))
+                corpora = halves
+            rows.append(run_beamvec(label, emu, corpora, out, shape, args, extra, log))
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--texts", type=int, default=20_000)
+    parser.add_argument("--quick", action="store_true",
+                        help="4,000 texts (tiny-shard shapes scaled alike): about a quarter of the time")
+    parser.add_argument("--texts", type=int, default=None, help="default 20,000 (4,000 with --quick)")
     parser.add_argument("--shards", type=int, default=16)
-    parser.add_argument("--rpm", type=int, default=600, help="requests per window, emulator and beamvec")
-    parser.add_argument("--window-s", type=float, default=60.0, help="the quota window")
+    parser.add_argument("--rpm", type=int, default=600, help="the quota, requests per minute")
+    parser.add_argument("--only", nargs="*", default=[],
+                        help="only the shapes whose title starts with one of these (e.g. 'server meters')")
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--jitter-ms", type=float, default=20.0)
     parser.add_argument("--max-in-flight", type=int, default=8)
     parser.add_argument("--concurrent-shards", type=int, default=8)
-    parser.add_argument("--fail-503", type=float, default=0.05, help="the second table's 503 rate (0: skip)")
+    parser.add_argument("--fail-503", type=float, default=0.0,
+                        help="also measure the 60-s shape with this share of 503s (0: skip)")
     parser.add_argument("--keep", action="store_true", help="keep the corpus, outputs and logs")
     args = parser.parse_args(argv)
+    if args.texts is None:
+        args.texts = 4_000 if args.quick else 20_000
 
     started = time.monotonic()
     load = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="beamvec-quota-bench-"))
-    corpus = tmp / "corpus"
-    make_corpus(corpus, args.texts, args.shards)
-    print(f"{args.texts:,} texts in {args.shards} JSONL shards; emulator: {args.rpm} requests per "
-          f"{args.window_s:g} s, 100 texts a call, {args.latency_ms:g} ± {args.jitter_ms:g} ms, {DIM} dims; "
+    print(f"{args.texts:,} texts; emulator: {args.rpm} requests a minute metered over each shape's window, "
+          f"100 texts a call, {args.latency_ms:g} ± {args.jitter_ms:g} ms, {DIM} dims; "
           f"beamvec --max-in-flight {args.max_in_flight} --concurrent-shards {args.concurrent_shards}",
           flush=True)
-    tables = [("no faults", 0.0)]
+    plan = [(shape, 0.0) for shape in shapes(args)]
     if args.fail_503 > 0:
-        tables.append((f"{args.fail_503:.0%} of requests answered 503", args.fail_503))
-    n = 0
+        plan += [(Shape(f"server meters over 60 s, {args.fail_503:.0%} of requests answered 503", 60.0,
+                        args.texts, args.shards, ("told", "runinference", "discover")), args.fail_503)]
     stock = None
     failed = False
-    for title, fail in tables:
-        with EmulatorProcess(args.rpm, args.window_s, fail, args.latency_ms, args.jitter_ms) as emu:
-            if fail == 0:
+    counter = [0]
+    for shape, fail in plan:
+        if stock is None:
+            with EmulatorProcess(args.rpm, 60.0, 0.0, 0.0, 0.0) as emu:
                 stock = stock_request_results(emu.url)
-            rows = []
-            plans: list[tuple[str, Any]] = [
-                ("beamvec, DirectRunner", ()),
-                ("beamvec, 2 worker processes sharing the quota",
-                 ("--direct_running_mode=multi_processing", "--direct_num_workers=2")),
-                ("Beam RunInference + GeminiModelHandler, batches of 100", None),
-                ("reference: beamvec with no --quota-rpm (bursts within the first window)", ("--no-quota",)),
-            ]
-            for label, extra in plans:
-                n += 1
-                out, log = tmp / f"out-{n}", tmp / f"run-{n}.log"
-                print(f"  {title}: {label} ...", flush=True)
-                if extra is None:
-                    rows.append(run_baseline(label, emu, corpus, out, args, log))
-                else:
-                    rows.append(run_beamvec(label, emu, corpus, out, args, extra, log))
+        rows = measure(shape, args, tmp, fail, counter)
         failed |= any(r.failed for r in rows)
-        print(f"\n### {title}\n")
-        print(table(rows, args, fail))
+        print(f"\n### {shape.title}: {shape.texts:,} texts in {shape.shards:,} shards\n")
+        print(table(rows, shape, args, fail))
         print(flush=True)
-    print(NOTES.format(stock=stock, sample=SAMPLE_EVERY, minimum=-(-args.texts // 100)))
+    print(NOTES.format(stock=stock, sample=SAMPLE_EVERY, rpm=args.rpm))
     print(f"Whole benchmark: {time.monotonic() - started:.0f} s; load average at the end "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (at the start {load:.1f}).")
     if args.keep or failed:

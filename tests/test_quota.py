@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import heapq
 import math
+import pickle
 import random
 import threading
 
 import pytest
+from apache_beam.utils.shared import Shared
 
-from beamvec.quota import AdaptiveLimiter, TokenBucket, reset_shared_limiters, shared_limiter
+from beamvec.quota import (
+    AdaptiveLimiter,
+    AimdController,
+    AimdSettings,
+    Cut,
+    Limiter,
+    QuotaSettings,
+    TokenBucket,
+    pace,
+)
+from quota_sim import simulate
 
 
 class FakeClock:
@@ -162,13 +174,14 @@ def test_limiter_never_exceeds_rpm_in_any_60s_window(rpm: float) -> None:
     assert limiter.waited_seconds == pytest.approx(clock.now - 1000.0)
 
 
-def test_limiter_burst_is_small() -> None:
-    """A fresh worker may not fire a minute's quota at once: about one second's worth."""
+def test_limiter_burst_is_one_request() -> None:
+    """Issue 13: a server may meter over 1 s, so a fresh worker sends one request
+    at once, then evenly spaced ones (was: one second's worth at once)."""
     clock = FakeClock()
     limiter = AdaptiveLimiter(600, clock=clock, sleep=clock.sleep)
     waits = [limiter.reserve() for _ in range(30)]
-    assert sum(1 for w in waits if w == 0) == 10
-    assert max_in_window([1000.0 + w for w in waits], window=1.0) <= 20
+    assert sum(1 for w in waits if w == 0) == 1
+    assert max_in_window([1000.0 + w for w in waits], window=1.0) <= 10
 
 
 def test_limiter_with_idle_gaps_and_bursts_stays_under_rpm() -> None:
@@ -244,7 +257,7 @@ def simulate_workers(
 def test_two_workers_at_half_share_stay_under_rpm_together() -> None:
     clock = FakeClock()
     rpm = 600.0
-    workers = [AdaptiveLimiter(rpm, share=0.5, clock=clock, sleep=clock.sleep) for _ in range(2)]
+    workers = [AdaptiveLimiter(rpm, share=0.5, elastic=False, clock=clock, sleep=clock.sleep) for _ in range(2)]
     sends = simulate_workers(workers, clock, seconds=600, slots=8, latency=0.2, seed=1)
     assert max_in_window(sends) <= rpm
     assert max_in_window(sends) >= 0.95 * rpm  # and they use it
@@ -253,7 +266,9 @@ def test_two_workers_at_half_share_stay_under_rpm_together() -> None:
 def test_many_workers_with_concurrency_stay_under_rpm() -> None:
     clock = FakeClock()
     rpm, n = 1000.0, 7
-    workers = [AdaptiveLimiter(rpm, share=1 / n, clock=clock, sleep=clock.sleep) for _ in range(n)]
+    workers = [
+        AdaptiveLimiter(rpm, share=1 / n, elastic=False, clock=clock, sleep=clock.sleep) for _ in range(n)
+    ]
     sends = simulate_workers(workers, clock, seconds=400, slots=5, latency=1.5, seed=2)
     assert max_in_window(sends) <= rpm
 
@@ -270,7 +285,8 @@ def test_random_workloads_with_adaptation_stay_under_quota(seed: int) -> None:
     tpm = rng.choice([None, 5_000.0, 60_000.0, 1e6])
     n = rng.choice([w for w in (1, 2, 3, 5) if rpm / w >= 2])
     workers = [
-        AdaptiveLimiter(rpm, tpm, share=1 / n, clock=clock, sleep=clock.sleep) for _ in range(n)
+        AdaptiveLimiter(rpm, tpm, share=1 / n, elastic=False, clock=clock, sleep=clock.sleep)
+        for _ in range(n)
     ]
     events = [
         (clock.now + rng.uniform(0, 2), w, s) for w in range(n) for s in range(rng.randint(1, 6))
@@ -301,64 +317,6 @@ def test_random_workloads_with_adaptation_stay_under_quota(seed: int) -> None:
 
 
 # -- limiter: adapting to 429s ---------------------------------------------------------------
-
-
-def test_throttling_cuts_once_per_window_down_to_a_floor() -> None:
-    clock = FakeClock()
-    limiter = AdaptiveLimiter(600, clock=clock, sleep=clock.sleep)
-    assert limiter.on_throttled()
-    assert limiter.fraction == 0.5
-    assert limiter.current_rpm == 300
-    # a burst of 429s from requests already in flight is one congestion event
-    assert not any(limiter.on_throttled() for _ in range(20))
-    assert limiter.fraction == 0.5
-    clock.now += 1.0
-    assert limiter.on_throttled()
-    assert limiter.fraction == 0.25
-    for _ in range(20):
-        clock.now += 1.0
-        limiter.on_throttled()
-    assert limiter.fraction == pytest.approx(0.05)
-    stats = limiter.stats()
-    assert stats.throttled == 42
-    assert stats.cuts == 5  # 0.5, 0.25, 0.125, 0.0625, 0.05; then the floor holds
-    assert stats.rpm == pytest.approx(30)
-
-
-def test_recovery_is_additive_and_capped() -> None:
-    clock = FakeClock()
-    limiter = AdaptiveLimiter(600, clock=clock, sleep=clock.sleep, recovery_s=60.0)
-    limiter.on_throttled()
-    fractions = []
-    for _ in range(40):
-        clock.now += 1.0
-        limiter.on_success()
-        fractions.append(limiter.fraction)
-    assert fractions[9] == pytest.approx(0.5 + 10 / 60)
-    assert fractions[19] == pytest.approx(0.5 + 20 / 60)
-    assert fractions[29] == pytest.approx(1.0)  # back to full in about 30 s
-    assert max(fractions) == 1.0
-    # from the floor, back to full within about a minute
-    for _ in range(10):
-        clock.now += 1.0
-        limiter.on_throttled()
-    assert limiter.fraction == pytest.approx(0.05)
-    for _ in range(57):
-        clock.now += 1.0
-        limiter.on_success()
-    assert limiter.fraction == pytest.approx(1.0)
-
-
-def test_a_cut_slows_the_pacing() -> None:
-    clock = FakeClock()
-    limiter = AdaptiveLimiter(600, clock=clock, sleep=clock.sleep)
-    before, _ = run_saturated(limiter, clock, 200)
-    limiter.on_throttled()
-    limiter.on_throttled()  # same window: no second cut
-    after, _ = run_saturated(limiter, clock, 200)
-    gap_before = (before[-1] - before[100]) / 99
-    gap_after = (after[-1] - after[100]) / 99
-    assert gap_after == pytest.approx(2 * gap_before, rel=0.01)
 
 
 def test_under_cuts_the_window_bound_still_holds() -> None:
@@ -453,32 +411,6 @@ def test_acquire_from_threads_accounts_every_wait() -> None:
     assert 0.05 <= stats.fraction <= 1.0
 
 
-def test_shared_limiter_is_one_per_key_per_process() -> None:
-    reset_shared_limiters()
-    built: list[AdaptiveLimiter] = []
-
-    def factory() -> AdaptiveLimiter:
-        limiter = AdaptiveLimiter(60)
-        built.append(limiter)
-        return limiter
-
-    got: list[AdaptiveLimiter] = []
-    pool = [
-        threading.Thread(target=lambda: got.append(shared_limiter("gemini:m", factory)))
-        for _ in range(8)
-    ]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    assert len(built) == 1
-    assert all(x is built[0] for x in got)
-    assert shared_limiter("vertex:m", factory) is not built[0]
-    reset_shared_limiters()
-    assert shared_limiter("gemini:m", factory) is not built[0]
-    reset_shared_limiters()
-
-
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -499,3 +431,209 @@ def test_bucket_rejects_nonsense() -> None:
         TokenBucket(0, 1)
     with pytest.raises(ValueError):
         TokenBucket(1, 0)
+
+
+# -- the parts of issue 13: pacing, AIMD, discovery, unaware workers -----------------
+
+
+def test_pacing_holds_one_request_of_burst_and_pays_for_it() -> None:
+    p = pace(600.0, 60.0, fraction=1.0, margin=0.02, burst=1.0)
+    assert p.capacity == 1.0
+    assert p.rate_per_s == pytest.approx((588.0 - 1.0) / 60.0)
+    # tokens: the bucket holds the largest request, paid for out of the window
+    t = pace(60_000.0, 60.0, fraction=0.5, margin=0.0, burst=5_000.0)
+    assert t.capacity == 5_000.0
+    assert t.rate_per_s == pytest.approx(25_000.0 / 60.0)
+    # a budget too small to pay for its burst still sends, at half its rate
+    assert pace(1.0, 60.0, 1.0, 0.02, 1.0).rate_per_s == pytest.approx(1.0 / 120.0)
+
+
+@pytest.mark.parametrize("burst", [1.0, 2.0])
+def test_bucket_burst_never_exceeds_two_requests_after_idle(burst: float) -> None:
+    clock = FakeClock()
+    limiter = AdaptiveLimiter(6000, burst_requests=burst, clock=clock, sleep=clock.sleep)
+    rng = random.Random(4)
+    for _ in range(50):
+        clock.now += rng.uniform(0, 30)  # idle: the bucket refills as far as it can
+        waits = [limiter.reserve() for _ in range(10)]
+        assert sum(1 for w in waits if w == 0) <= burst
+
+
+def test_an_edge_429_cuts_a_little_and_recovers_within_seconds() -> None:
+    aimd = AimdController(AimdSettings(), now=0.0)
+    assert aimd.on_throttled(100.0, asked_at=99.9) is Cut.EDGE
+    assert 0.90 <= aimd.fraction <= 0.95  # 5-10 %, not half
+    t = 100.0
+    while aimd.fraction < 0.95:
+        t += 0.1
+        aimd.tick(t)
+    assert t - 100.0 <= 3.0  # seconds, not 30
+
+
+def test_429s_of_requests_booked_before_the_cut_are_the_same_event() -> None:
+    aimd = AimdController(AimdSettings(), now=0.0)
+    assert aimd.on_throttled(100.0, asked_at=99.0) is Cut.EDGE
+    assert all(aimd.on_throttled(100.0 + i / 10, asked_at=99.5) is Cut.NONE for i in range(20))
+    assert aimd.cuts == 1
+    # without the booking time: those within cut_window of the last cut
+    assert aimd.on_throttled(101.0, asked_at=100.5) is Cut.CONGESTION
+    assert aimd.on_throttled(101.5) is Cut.NONE
+    assert aimd.cuts == 2
+
+
+def test_repeated_429s_halve_and_settle_there() -> None:
+    aimd = AimdController(AimdSettings(), now=0.0)
+    aimd.on_throttled(100.0, asked_at=99.0)
+    aimd.tick(101.5)
+    before = aimd.fraction
+    assert aimd.on_throttled(101.5, asked_at=101.0) is Cut.CONGESTION
+    assert aimd.fraction == pytest.approx(before * 0.5, rel=0.05)
+    assert aimd.target == aimd.fraction
+    for i in range(1, 50):  # the next 5 s: quiet, and no probing yet
+        aimd.tick(101.5 + i / 10)
+    assert aimd.fraction == pytest.approx(before * 0.5, rel=0.05)
+    # a second congestion event halves again, down to the floor at most
+    for i in range(20):
+        aimd.on_throttled(110.0 + i, asked_at=109.9 + i)
+    assert aimd.fraction == pytest.approx(0.05)
+
+
+def test_quiet_probes_above_the_share_up_to_the_whole_quota() -> None:
+    aimd = AimdController(AimdSettings(), now=0.0, max_fraction=2.0, probe_scale=2.0)
+    aimd.tick(9.0)
+    assert aimd.fraction == 1.0  # not before probe_after_s of quiet
+    fractions = []
+    for t in range(10, 200):
+        aimd.tick(float(t))
+        fractions.append(aimd.fraction)
+    assert fractions == sorted(fractions)
+    assert fractions[-1] == 2.0
+    strict = AimdController(AimdSettings(), now=0.0, max_fraction=1.0)
+    strict.tick(500.0)
+    assert strict.fraction == 1.0
+
+
+@pytest.mark.parametrize("window", [60.0, 6.0, 1.0])
+def test_one_told_worker_fills_any_window_without_429s(window: float) -> None:
+    clock = FakeClock()
+    limiter = Limiter(600, clock=clock, sleep=clock.sleep)
+    out = simulate([limiter], clock, server_limit=int(600 * window / 60), window_s=window, seconds=120)
+    assert out.rejected == 0
+    assert out.rate(1000.0, 1120.0) >= 0.95 * 10
+
+
+@pytest.mark.parametrize("window", [60.0, 6.0, 1.0])
+def test_discovery_converges_near_the_server_limit(window: float) -> None:
+    clock = FakeClock()
+    limiter = Limiter(None, discover=True, clock=clock, sleep=clock.sleep)
+    assert limiter.reserve() == 0 and limiter.current_rpm is None  # unpaced at first
+    clock = FakeClock()
+    limiter = Limiter(None, discover=True, clock=clock, sleep=clock.sleep)
+    out = simulate([limiter], clock, server_limit=int(600 * window / 60), window_s=window, seconds=150)
+    assert limiter.current_rpm is not None
+    assert 0.9 * 600 <= limiter.current_rpm <= 1.1 * 600
+    assert out.throttled_fraction() < 0.05
+    assert 0.9 * 10 <= out.rate(1090.0, 1150.0) <= 10.0
+
+
+@pytest.mark.parametrize(("window", "seed"), [(6.0, 1), (1.0, 2), (6.0, 3)])
+def test_two_unaware_workers_converge_to_the_shared_quota(window: float, seed: int) -> None:
+    """Two jobs each told the whole quota, not of each other."""
+    clock = FakeClock()
+    workers = [Limiter(600, clock=clock, sleep=clock.sleep) for _ in range(2)]
+    out = simulate(workers, clock, server_limit=int(600 * window / 60), window_s=window,
+                   seconds=180, seed=seed)
+    assert out.rate(1060.0, 1180.0) >= 0.9 * 10  # combined, after the first minute
+    assert out.throttled_fraction() < 0.03
+    assert min(out.by_worker.values()) >= 0.35 * len(out.accepted)  # and roughly fairly
+
+
+def test_a_worker_left_alone_grows_into_the_unused_share() -> None:
+    clock = FakeClock()
+    workers = [Limiter(600, share=0.5, clock=clock, sleep=clock.sleep) for _ in range(2)]
+    out = simulate(workers, clock, server_limit=60, window_s=6.0, seconds=200, busy_until=[1e9, 30.0])
+    assert out.rate(1000.0, 1030.0) >= 0.95 * 10  # both busy: the told shares fill the quota
+    assert out.rate(1150.0, 1200.0) >= 0.95 * 10  # one alone: it took the other's share
+    assert out.throttled_fraction() < 0.02
+
+
+def test_acquire_waits_for_a_hold_that_began_while_it_slept() -> None:
+    clock = FakeClock()
+    limiter = Limiter(60, clock=clock, sleep=clock.sleep)
+    limiter.reserve()
+    first = limiter.reserve()  # booked 1 s ahead
+    assert first == pytest.approx(1.0 / 0.97, rel=0.05)
+    # another thread's 429 (booked after this booking) says: retry in 5 s
+    limiter.on_throttled(5.0, booked=(clock.now + 0.01, clock.now + 0.01))
+    clock.now += 0.02
+    waited = limiter.acquire()
+    assert waited >= 5.0 - 0.02
+
+
+# -- one limiter per process, through Beam's Shared -----------------------------------
+
+
+def test_quota_settings_share_one_limiter_per_process_and_key() -> None:
+    settings = QuotaSettings(rpm=600, tpm=None, share=0.5)
+    assert settings == pickle.loads(pickle.dumps(settings))
+    shared = Shared()
+    got: list[Limiter | None] = []
+    pool = [threading.Thread(target=lambda: got.append(settings.limiter(shared, "gemini:m")))
+            for _ in range(8)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    first = got[0]
+    assert isinstance(first, Limiter) and all(x is first for x in got)
+    assert first.current_rpm == pytest.approx(300)
+    # a handle pickled with the DoFn is the same handle in the worker
+    assert pickle.loads(pickle.dumps(shared)).acquire(lambda: None, tag=("gemini:m", settings)) is first
+    assert settings.limiter(Shared(), "gemini:m") is not first  # another pipeline's DoFn
+    assert settings.limiter(shared, "vertex:m") is not first  # another key rebuilds
+
+
+def test_quota_settings_without_a_quota() -> None:
+    assert QuotaSettings(None, None, discover=False).limiter(Shared(), "k") is None
+    limiter = QuotaSettings(None, None).limiter(Shared(), "k")
+    assert isinstance(limiter, Limiter) and limiter.discover
+    assert all(limiter.acquire(10_000) == 0 for _ in range(100))
+
+
+def test_a_429_while_short_of_work_does_not_pin_the_rate_to_the_work() -> None:
+    """Asked for a third of its rate, the limiter never waits: a 429 then says
+    nothing of the server's limit, and the rate is only cut a little."""
+    clock = FakeClock()
+    limiter = Limiter(600, clock=clock, sleep=clock.sleep)
+    for _ in range(100):
+        clock.now += 0.3
+        assert limiter.acquire() == 0
+        limiter.on_success()
+    clock.now += 0.3
+    limiter.acquire()
+    limiter.on_throttled(0.5)
+    for _ in range(10):
+        clock.now += 0.3
+        limiter.acquire()
+        limiter.on_success()
+    assert limiter.fraction >= 0.9
+
+
+def test_a_ramp_up_before_saturation_is_not_mistaken_for_the_servers_limit() -> None:
+    """Shards opening slowly, then the limiter saturated: an edge 429 measures
+    only the saturated stretch, which ran at the full rate."""
+    clock = FakeClock()
+    limiter = Limiter(600, clock=clock, sleep=clock.sleep)
+    for _ in range(20):  # 6 s of a trickle: never held by pacing
+        clock.now += 0.3
+        limiter.acquire()
+        limiter.on_success()
+    ask = clock.now
+    booked = [(ask, ask + limiter.reserve()) for _ in range(40)]  # now saturated: 4 s queued
+    for asked, at in booked[:-1]:
+        clock.now = at + 0.2
+        limiter.on_success(booked=(asked, at))
+    limiter.on_throttled(0.05, booked=booked[-1])
+    clock.now += 2.0
+    limiter.reserve()  # measures
+    assert limiter.fraction >= 0.9

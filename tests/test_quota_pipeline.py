@@ -113,3 +113,26 @@ def test_bad_request_is_bisected_to_the_offending_texts(tmp_path, capsys, monkey
     rows = dead.to_pylist()
     assert {r["id"] for r in rows} == bad
     assert {r["reason"] for r in rows} == {"bad_request"} and {r["status"] for r in rows} == {400}
+
+
+@pytest.mark.parametrize("told", [True, False])
+def test_a_one_second_window_costs_few_429s(corpus, tmp_path, capsys, told):
+    """The server meters 10 requests a second. Told that quota, beamvec spaces
+    its requests evenly (no one-second burst); told nothing, it finds the
+    limit from the first 429s. 20 requests either way: a few seconds."""
+    root, texts = corpus
+    flags = ("--quota-rpm", "10", "--quota-window", "1") if told else ()
+    with Emulator(api_key=KEY, rpm=10, window_s=1.0, latency_ms=50) as emu:
+        code, _, err = beam_run(
+            capsys, *_args(root, tmp_path / "o", emu, *flags, "--max-in-flight", "4"),
+        )
+        stats = emu.stats()
+        assert code == 0, err
+        _exactly_once(emu, texts)
+    throttled = stats["by_status"].get("429", stats["by_status"].get(429, 0))
+    # told: evenly spaced, at most a late arrival or two; told nothing: the
+    # requests in flight when the window first fills, and little after
+    assert throttled <= (2 if told else 4 + 3)
+    if told:  # evenly spaced: even counting the rejected, no window saw more than the quota
+        assert stats["peak_window_requests"]["all"] <= 10
+    assert_reconciled(read_output(str(tmp_path / "o")))

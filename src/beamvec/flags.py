@@ -55,7 +55,7 @@ def add_beamvec_flags(parser: Any) -> None:
     # Backend
     _flag(parser, "backend", choices=("local", "gemini", "vertex"), default="local")
     _flag(parser, "local-model-dir", default=None, help="another ONNX export with a tokenizer.json")
-    _flag(parser, "local-threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
+    _flag(parser, "local-threads", type=int, default=0, help="onnxruntime threads (0: this worker process's share of the cores)")
     _flag(parser, "model", default=None, help="API model (default gemini-embedding-001)")
     _flag(parser, "task-type", choices=TASK_TYPES, default=None, help="embedding task type")
     _flag(parser, "output-dimensionality", type=int, default=None, help="vector size (API backends)")

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from apache_beam.options.pipeline_options import (
+    DirectOptions,
     GoogleCloudOptions,
     PipelineOptions,
     StandardOptions,
@@ -96,10 +98,20 @@ class JobInputs:
     run_config: RunConfig
 
 
+def worker_processes(options: PipelineOptions) -> int:
+    """Worker processes on this machine: the multi-process DirectRunner's, else 1."""
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode == "multi_processing":
+        return direct.direct_num_workers or os.cpu_count() or 1  # 0: one per CPU in Beam
+    return 1
+
+
 def resolve_inputs(options: PipelineOptions) -> JobInputs:
     bv = options.view_as(BeamvecOptions)
     storage_options = parse_storage_options(bv.storage_option)
-    backend = backend_from_options(bv, options.view_as(GoogleCloudOptions).project)
+    backend = backend_from_options(
+        bv, options.view_as(GoogleCloudOptions).project, processes=worker_processes(options)
+    )
     reader = ReaderConfig(
         format=bv.format, id_field=bv.id_field, text_field=bv.text_field, title_field=bv.title_field,
         # Never more than 16 bytes a token: cutting there cannot change what truncation keeps.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -34,15 +33,24 @@ from beamvec.contract import (
 from beamvec.embedder import EmbedSettings
 from beamvec.errors import SystemicError, UsageError
 from beamvec.failures import clear_failures, raise_recorded_failure
-from beamvec.inputs import JobInputs, Work, conflict, parse_options, resolve_inputs, split_work
+from beamvec.inputs import (
+    JobInputs,
+    Work,
+    conflict,
+    parse_options,
+    resolve_inputs,
+    split_work,
+    worker_processes,
+)
 from beamvec.lookup import check_reuse_source
 from beamvec.preflight import preflight
 from beamvec.progress import PROGRESS, Reporter
+from beamvec.quota import QuotaSettings
 from beamvec.retry import RetryPolicy
 from beamvec.routing import Refusals
 from beamvec.sink import Output
 from beamvec.timeline import Timeline, new_run_id
-from beamvec.transforms import EmbedCorpus, QuotaSettings, commit_run, write_work
+from beamvec.transforms import EmbedCorpus, commit_run, write_work
 from beamvec.worker import WorkerConfig
 
 LOG = logging.getLogger("beamvec")
@@ -134,12 +142,8 @@ def split_bytes(bv: Any, backend_name: str) -> int:
 
 
 def worker_count(options: PipelineOptions, bv: Any) -> int:
-    workers = max(1, bv.quota_workers)
-    direct = options.view_as(DirectOptions)
-    if direct.direct_running_mode == "multi_processing":
-        # 0 means one worker per CPU in Beam
-        workers = max(workers, direct.direct_num_workers or os.cpu_count() or 1)
-    return workers
+    """Workers sharing the quota, as far as the driver knows (see quota/)."""
+    return max(1, bv.quota_workers, worker_processes(options))
 
 
 def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
@@ -185,7 +189,10 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
         fail_on_exhausted=bv.fail_on_exhausted,
     )
     workers = worker_count(options, bv)
-    quota = QuotaSettings(bv.quota_rpm, bv.quota_tpm, share=1.0 / workers, window_s=bv.quota_window)
+    quota = QuotaSettings(
+        bv.quota_rpm, bv.quota_tpm, share=1.0 / workers, window_s=bv.quota_window,
+        discover=inputs.backend.name != "local",  # a local model has no server limit to find
+    )
     plan.output.clean_staging()
     clear_failures(bv.output, inputs.storage_options)
     run_id = new_run_id(started)

@@ -20,10 +20,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.shared import Shared
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from beamvec import quota
 from beamvec.backends.base import Backend
 from beamvec.contract import (
     CommitRecord,
@@ -42,6 +42,7 @@ from beamvec.errors import InputVanishedError
 from beamvec.failures import systemic_failures_recorded
 from beamvec.pricing import estimate_cost
 from beamvec.progress import PROGRESS
+from beamvec.quota import QuotaSettings
 from beamvec.records import Shard, Split
 from beamvec.sink import Output
 from beamvec.sources import plan_splits
@@ -51,28 +52,6 @@ LOG = logging.getLogger("beamvec")
 NAMESPACE = "beamvec"
 #: Beam's well-known counter name; Dataflow's autoscaler reads it.
 THROTTLING_COUNTER = "throttling-msecs"
-
-
-class QuotaSettings:
-    """The job's quota and this worker's share of it; picklable."""
-
-    def __init__(
-        self, rpm: float | None, tpm: float | None, share: float = 1.0, window_s: float = 60.0
-    ) -> None:
-        self.rpm = rpm
-        self.tpm = tpm
-        self.share = share
-        self.window_s = window_s
-
-    def limiter(self, key: str) -> quota.AdaptiveLimiter | None:
-        if not self.rpm and not self.tpm:
-            return None
-        return quota.shared_limiter(
-            f"{key}:{self.rpm}:{self.tpm}:{self.share}:{self.window_s}",
-            lambda: quota.AdaptiveLimiter(
-                self.rpm, self.tpm, share=self.share, window_s=self.window_s
-            ),
-        )
 
 
 RUNS_DIR = "_runs"
@@ -99,11 +78,12 @@ class EmbedShards(beam.DoFn):
         self.settings = settings
         self.quota_settings = quota_settings
         self.concurrent_shards = max(1, concurrent_shards)
+        self._shared = Shared()  # one limiter per worker process, whatever the DoFn copies
 
     def setup(self) -> None:
         with systemic_failures_recorded(self.config.output, self.config.storage_options):
             self.backend.load()
-        limiter = self.quota_settings.limiter(f"{self.backend.name}:{self.backend.model}")
+        limiter = self.quota_settings.limiter(self._shared, f"{self.backend.name}:{self.backend.model}")
         self.embedder = Embedder(self.backend, self.settings, limiter)
         self.worker = Worker(self.backend, self.embedder, self.config, self.settings.max_in_flight)
         PROGRESS.watch(self.embedder.stats.snapshot)

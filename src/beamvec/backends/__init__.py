@@ -32,15 +32,18 @@ def make_backend(name: str, **config: Any) -> Backend:
     raise UsageError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def backend_from_options(bv: Any, project: str | None = None) -> Backend:
-    """The backend the flags (a BeamvecOptions view) ask for, not yet loaded."""
+def backend_from_options(bv: Any, project: str | None = None, processes: int = 1) -> Backend:
+    """The backend the flags (a BeamvecOptions view) ask for, not yet loaded;
+    ``processes``: worker processes sharing this machine's cores."""
     if bv.backend == "local":
         if bv.model or bv.task_type or bv.output_dimensionality:
             raise UsageError(
                 "--model, --task-type and --output-dimensionality apply to the gemini and "
                 "vertex backends; the local backend takes --local-model-dir"
             )
-        return make_backend("local", model_dir=bv.local_model_dir, threads=bv.local_threads)
+        return make_backend(
+            "local", model_dir=bv.local_model_dir, threads=bv.local_threads or None, processes=processes
+        )
     config: dict[str, Any] = {
         "model": bv.model or "gemini-embedding-001",
         "task_type": bv.task_type,

@@ -10,6 +10,9 @@ can be used through ``model_dir``.
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -23,6 +26,18 @@ MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6
 DIMENSION = 384
 MAX_SEQ_TOKENS = 256  # the model's max_seq_length, [CLS] and [SEP] included
 DEFAULT_BATCH = 64
+#: Encodings kept between counting a text's tokens (prepare) and embedding it:
+#: enough for the texts in flight, bounded whatever the corpus.
+ENCODING_CACHE = 8192
+
+
+def threads_per_process(threads: int | None, processes: int) -> int:
+    """onnxruntime threads for one of ``processes`` worker processes: the
+    ``threads`` asked for, or (None or 0) this process's share of the cores.
+    Every process taking all cores makes them fight over each one."""
+    if threads:
+        return max(1, threads)
+    return max(1, (os.cpu_count() or 1) // max(1, processes))
 
 
 def default_model_path() -> Path:
@@ -53,23 +68,27 @@ class LocalBackend(Backend):
     mask, then L2 normalization, as sentence-transformers does for MiniLM."""
 
     name = "local"
-    _unpicklable = ("_session", "_tokenizer", "_input_names")
+    _unpicklable = ("_session", "_tokenizer", "_input_names", "_encodings", "_encodings_lock")
 
     def __init__(
         self,
         model_dir: str | None = None,
-        threads: int = 0,
+        threads: int | None = None,
         batch_size: int = DEFAULT_BATCH,
         max_seq_tokens: int = MAX_SEQ_TOKENS,
+        processes: int = 1,
     ) -> None:
         self.model_dir = model_dir
-        self.threads = threads
+        self.threads = threads  # None or 0: this process's share of the cores
+        self.processes = max(1, processes)  # worker processes on this machine
         self.batch_size = batch_size
         self.max_seq_tokens = max_seq_tokens
         self._session = None
         self._tokenizer = None
         self._input_names: tuple[str, ...] | None = None
         self._dimension = DIMENSION if model_dir is None else None
+        self._encodings: OrderedDict[str, object] | None = None
+        self._encodings_lock: threading.Lock | None = None
 
     # -- description -------------------------------------------------------
 
@@ -126,13 +145,14 @@ class LocalBackend(Backend):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
+        options.intra_op_num_threads = threads_per_process(self.threads, self.processes)
+        options.inter_op_num_threads = 1
         session = ort.InferenceSession(
             str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
         )
         self._input_names = tuple(i.name for i in session.get_inputs())
+        self._encodings = OrderedDict()
+        self._encodings_lock = threading.Lock()
         self._tokenizer = tokenizer
         self._session = session
         if self._dimension is None:
@@ -141,8 +161,31 @@ class LocalBackend(Backend):
     # -- tokens ------------------------------------------------------------
 
     def _encode_plain(self, text: str):
+        """The text's tokens without [CLS]/[SEP], kept for ``_run`` (prepare
+        counts a text's tokens shortly before it is embedded: tokenize once)."""
         self.load()
-        return self._tokenizer.encode(text, add_special_tokens=False)
+        with self._encodings_lock:
+            found = self._encodings.get(text)
+        if found is not None:
+            return found
+        encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        with self._encodings_lock:
+            self._encodings[text] = encoding
+            while len(self._encodings) > ENCODING_CACHE:
+                self._encodings.popitem(last=False)
+        return encoding
+
+    def _encode_for_model(self, texts: Sequence[str]) -> list:
+        """Encodings with [CLS]/[SEP]: from the kept ones (each used once, then
+        dropped), the rest tokenized in one batch."""
+        with self._encodings_lock:
+            kept = [self._encodings.pop(t, None) for t in texts]
+        missing = [t for t, e in zip(texts, kept, strict=True) if e is None]
+        fresh = iter(self._tokenizer.encode_batch(missing) if missing else [])
+        return [
+            next(fresh) if e is None else self._tokenizer.post_process(e, None, True)
+            for e in kept
+        ]
 
     def count_tokens(self, text: str) -> int:
         return len(self._encode_plain(text).ids)
@@ -159,7 +202,7 @@ class LocalBackend(Backend):
     # -- embedding ---------------------------------------------------------
 
     def _run(self, texts: Sequence[str]) -> np.ndarray:
-        encodings = self._tokenizer.encode_batch(list(texts))
+        encodings = self._encode_for_model(texts)
         width = min(max(len(e.ids) for e in encodings), self.max_seq_tokens)
         ids = np.zeros((len(encodings), width), dtype=np.int64)
         mask = np.zeros((len(encodings), width), dtype=np.int64)

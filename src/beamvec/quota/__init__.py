@@ -1,0 +1,20 @@
+"""Quota: pace requests and tokens to the job's quota and adapt to 429s.
+
+Small parts, each tested without Beam: ``bucket`` (a reservation token
+bucket), ``pacing`` (rates from a quota and a fraction), ``aimd`` (how the
+fraction reacts to 429s and quiet), ``meter`` (the rate the server accepted),
+``limiter`` (the per-process composition) and ``settings`` (what the
+pipeline carries, and the ``Shared`` limiter it builds on a worker).
+"""
+
+from beamvec.quota.aimd import AimdController, AimdSettings, Cut
+from beamvec.quota.bucket import TokenBucket
+from beamvec.quota.limiter import AdaptiveLimiter, Limiter, LimiterStats
+from beamvec.quota.meter import SuccessMeter
+from beamvec.quota.pacing import Pace, pace
+from beamvec.quota.settings import QuotaSettings
+
+__all__ = [
+    "AdaptiveLimiter", "AimdController", "AimdSettings", "Cut", "Limiter", "LimiterStats",
+    "Pace", "QuotaSettings", "SuccessMeter", "TokenBucket", "pace",
+]

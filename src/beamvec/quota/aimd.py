@@ -1,0 +1,158 @@
+"""The rate controller: how a worker's rate reacts to 429s and to quiet.
+
+Fractions are of a reference rate (the worker's configured share, or the rate
+discovered from the server). Three regimes, each for a reason:
+
+* **Edge.** A 429 that stands alone is the quota's edge, not congestion
+  (pacing at the configured rate already, a short server window counts one
+  late arrival as one too many): cut a little (``edge_cut``, 7 %), lower the
+  target a quarter of that, and come back at ``1 / recovery_s`` of the
+  reference per second, so a cut is made good within seconds.
+* **Congestion.** A second 429 event within ``congestion_s`` of the last one
+  (time spent holding on the server's hint does not count) means others use
+  the quota too: multiply by ``decrease`` and make that the new target. A
+  measurement of what the server accepted (see meter.py) may set the rate
+  directly, never below ``decrease`` of it in one step.
+* **Probing.** After ``probe_after_s`` without a 429 the target grows,
+  ``probe_per_s`` of the whole quota per second at first, doubling every
+  ``probe_double_s`` quiet seconds, up to ``max_fraction``. So workers that
+  were not told how many share the quota settle where 429s are rare, and a
+  worker left alone grows into the share the others no longer use.
+
+One event per cut: 429s of requests sent before the last cut report the same
+event (when the send time is unknown, those within ``cut_window`` of it).
+Pure and single-threaded: the limiter calls it under its lock.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Cut(Enum):
+    NONE = "none"  # the same event as the last cut
+    EDGE = "edge"
+    CONGESTION = "congestion"
+
+
+@dataclass(frozen=True)
+class AimdSettings:
+    edge_cut: float = 0.07
+    decrease: float = 0.5
+    congestion_s: float = 3.0
+    cut_window: float = 1.0
+    recovery_s: float = 20.0
+    probe_after_s: float = 10.0
+    probe_per_s: float = 0.0025
+    probe_double_s: float = 30.0
+    min_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.edge_cut < 1.0:
+            raise ValueError("edge_cut must be in (0, 1)")
+        if not 0.0 < self.decrease < 1.0:
+            raise ValueError("decrease must be in (0, 1)")
+        if not 0.0 < self.min_fraction <= 1.0:
+            raise ValueError("min_fraction must be in (0, 1]")
+        for name in ("congestion_s", "recovery_s", "probe_double_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+
+
+class AimdController:
+    """The current ``fraction`` and the ``target`` it recovers to."""
+
+    def __init__(
+        self, settings: AimdSettings, now: float, max_fraction: float = 1.0, probe_scale: float = 1.0
+    ) -> None:
+        self.settings = settings
+        self.max_fraction = max(1.0, max_fraction)
+        self.probe_scale = probe_scale  # probing speed in fractions: 1/share, so it is of the whole quota
+        self.fraction = 1.0
+        self.target = 1.0
+        self.cuts = 0
+        self._last_cut = -math.inf
+        self._quiet_since = -math.inf  # the last cut, or the end of its hold
+        self._started = now
+        self._before_cut = 1.0
+        self._last_kind = Cut.NONE
+        self._last_tick = now
+
+    def quiet_after(self, until: float) -> None:
+        """A hold on the server's hint runs until ``until``: quiet starts then."""
+        self._quiet_since = max(self._quiet_since, until)
+
+    @property
+    def last_cut(self) -> float:
+        return self._last_cut
+
+    @property
+    def last_kind(self) -> Cut:
+        """The kind of the last cut (NONE before any)."""
+        return self._last_kind
+
+    def is_same_event(self, now: float, asked_at: float | None) -> bool:
+        """Whether a 429 reports the last cut's event: its request was booked
+        before the cut (or, not knowing that, it came within ``cut_window``)."""
+        if asked_at is not None:
+            return asked_at < self._last_cut
+        return now - self._last_cut < self.settings.cut_window
+
+    def on_throttled(self, now: float, asked_at: float | None = None) -> Cut:
+        s = self.settings
+        self.tick(now)
+        if self.is_same_event(now, asked_at):
+            return Cut.NONE
+        congested = now - self._quiet_since < s.congestion_s
+        self._last_cut = now
+        self._quiet_since = max(self._quiet_since, now)
+        before = self._before_cut = self.fraction
+        if congested:
+            self.fraction = max(s.min_fraction, before * s.decrease)
+            self.target = self.fraction
+            kind = Cut.CONGESTION
+        else:
+            self.target = max(s.min_fraction, self.target * (1.0 - s.edge_cut / 4))
+            self.fraction = max(s.min_fraction, min(before, self.target) * (1.0 - s.edge_cut))
+            kind = Cut.EDGE
+        if self.fraction < before:
+            self.cuts += 1
+        self._last_kind = kind
+        return kind
+
+    def on_measured(self, fraction: float) -> bool:
+        """The server accepted ``fraction`` of the reference lately. Below the
+        current rate: settle there (at most ``decrease`` in one step). After a
+        congestion cut, well above it: the 429s were bad luck (a late arrival
+        in a short window), not others' traffic; go back to a little under
+        what was accepted, never above the rate before the cut."""
+        s = self.settings
+        if fraction < self.fraction:
+            self.fraction = max(s.min_fraction, fraction, self.fraction * s.decrease)
+            self.target = self.fraction
+            return True
+        if self._last_kind is Cut.CONGESTION:
+            restored = min(self._before_cut, fraction * (1.0 - s.edge_cut))
+            if restored > self.fraction:
+                self.fraction = self.target = restored
+                return True
+        return False
+
+    def tick(self, now: float) -> None:
+        """Time passes without a 429: recover towards the target, probe above it."""
+        s = self.settings
+        dt = max(0.0, now - self._last_tick)
+        self._last_tick = now
+        quiet = now - max(self._started, self._quiet_since, self._last_cut)
+        if quiet > s.probe_after_s and self.target < self.max_fraction:
+            # The probing speed doubles every probe_double_s of quiet: integrate it over dt.
+            k = math.log(2.0) / s.probe_double_s
+            q1, q0 = quiet - s.probe_after_s, max(0.0, quiet - s.probe_after_s - dt)
+            grown = self.probe_scale * s.probe_per_s * (math.exp(k * q1) - math.exp(k * q0)) / k
+            self.target = min(self.max_fraction, self.target + grown)
+        if self.fraction < self.target:
+            self.fraction = min(self.target, self.fraction + dt / s.recovery_s)
+        elif self.fraction > self.target:
+            self.fraction = self.target

@@ -1,0 +1,312 @@
+"""The per-process limiter: buckets paced by pacing.py, steered by aimd.py.
+
+Told a quota (``rpm``/``tpm`` per ``window_s``) and this worker's ``share``
+of it, the limiter starts at that share; ``elastic`` lets it grow, by
+probing, into quota other workers leave unused (up to the whole quota), and
+AIMD brings it back when the server answers 429. Told nothing
+(``discover``), it sends unpaced until the first 429, then paces at the rate
+the server accepted (meter.py) and settles near it the same way.
+
+Interface for callers (the embedder): ``acquire(tokens) -> seconds waited``
+before a request, then ``on_success()`` or ``on_throttled(retry_after)`` from
+the same thread. The send time booked by ``acquire`` is remembered per thread,
+so that 429s of requests sent before a cut count as that cut's event, and
+successes measure the accepted rate.
+
+Thread-safe; share one per process through Beam's ``Shared`` (settings.py).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+from beamvec.quota.aimd import AimdController, AimdSettings, Cut
+from beamvec.quota.bucket import Clock, Sleep, TokenBucket, check_positive
+from beamvec.quota.meter import SuccessMeter
+from beamvec.quota.pacing import Pace, pace
+
+#: (asked at, sent at) of one request: when a caller asked, and the send time it was given.
+Booking = tuple[float, float]
+
+#: Without a server hint, a discovering limiter waits this long before measuring.
+_DEFAULT_HOLD_S = 1.0
+
+
+@dataclass(frozen=True)
+class LimiterStats:
+    """What a limiter did: for progress lines and the end-of-run summary."""
+
+    waited_s: float  # total seconds callers were held back
+    requests: int  # acquisitions granted
+    tokens: float  # tokens granted
+    throttled: int  # 429s reported
+    cuts: int  # rate cuts
+    fraction: float  # current rate as a fraction of the configured (or discovered) rate
+    rpm: float | None  # current requests per minute of this limiter (None: unlimited)
+    tpm: float | None  # current tokens per minute of this limiter (None: unlimited)
+
+
+class Limiter:
+    """Request and token pacing for one worker process, adapting to 429s."""
+
+    def __init__(
+        self,
+        rpm: float | None,
+        tpm: float | None = None,
+        share: float = 1.0,
+        *,
+        window_s: float = 60.0,
+        elastic: bool = True,
+        discover: bool = False,
+        burst_requests: float = 1.0,
+        margin: float = 0.02,
+        aimd: AimdSettings | None = None,
+        max_hold_s: float = 60.0,
+        measure_s: float = 60.0,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = time.sleep,
+    ) -> None:
+        check_positive(window_s, "window_s")
+        check_positive(share, "share")
+        check_positive(burst_requests, "burst_requests")
+        for value, name in ((rpm, "rpm"), (tpm, "tpm")):
+            if value is not None:
+                check_positive(value, name)
+        if not 0.0 <= margin < 0.5:
+            raise ValueError("margin must be in [0, 0.5)")
+        self.rpm, self.tpm, self.share = rpm, tpm, min(1.0, share)
+        self.window_s = window_s
+        self.burst_requests = burst_requests
+        self.margin = margin
+        self.max_hold_s = max_hold_s
+        self.discover = discover and rpm is None and tpm is None
+        self._clock, self._sleep = clock, sleep
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        now = clock()
+        # Per-window budgets of this worker at fraction 1 (None: not limited, or not yet known).
+        self._request_budget = rpm * self.share if rpm is not None else None
+        self._token_budget = tpm * self.share if tpm is not None else None
+        max_fraction = 1.0 / self.share if elastic else 1.0
+        self._aimd = AimdController(aimd or AimdSettings(), now, max_fraction, probe_scale=1.0 / self.share)
+        self._meter = SuccessMeter(measure_s)
+        self._largest_tokens = 1.0
+        self._last_send = -math.inf
+        self._hold_until = -math.inf
+        # A 429 event to measure from: (its request's send time, the hint, since
+        # when pacing held every request, when to measure).
+        self._pending: tuple[float, float, float | None, float] | None = None
+        self._applied = (self._aimd.fraction, self._request_budget, self._largest_tokens)
+        self._waited = 0.0
+        self._requests = 0
+        self._tokens = 0.0
+        self._throttled = 0
+        self._requests_bucket = self._bucket(self._request_pace())
+        self._tokens_bucket = self._bucket(self._token_pace())
+
+    # -- pacing ----------------------------------------------------------------
+
+    def _request_pace(self) -> Pace | None:
+        if self._request_budget is None:
+            return None
+        return pace(self._request_budget, self.window_s, self._aimd.fraction, self.margin,
+                    self.burst_requests)
+
+    def _token_pace(self) -> Pace | None:
+        if self._token_budget is None:
+            return None
+        return pace(self._token_budget, self.window_s, self._aimd.fraction, self.margin,
+                    self._largest_tokens)
+
+    def _bucket(self, p: Pace | None) -> TokenBucket | None:
+        return None if p is None else TokenBucket(p.rate_per_s, p.capacity, self._clock)
+
+    def _apply(self) -> None:
+        """Hand a changed fraction, budget or largest request to the buckets."""
+        state = (self._aimd.fraction, self._request_budget, self._largest_tokens)
+        if state == self._applied:
+            return
+        self._applied = state
+        for bucket, p in ((self._requests_bucket, self._request_pace()),
+                          (self._tokens_bucket, self._token_pace())):
+            if bucket is not None and p is not None:
+                bucket.set_rate(p.rate_per_s, p.capacity)
+
+    # -- acquiring -------------------------------------------------------------
+
+    def reserve(self, tokens: float = 0.0) -> float:
+        """Book one request of ``tokens`` and return the seconds to wait before
+        sending it, without sleeping. Callers are served first come, first served."""
+        tokens = max(0.0, float(tokens))
+        with self._lock:
+            now = self._clock()
+            self._measure(now)
+            self._aimd.tick(now)
+            if self._tokens_bucket is not None and tokens > self._largest_tokens:
+                self._largest_tokens = tokens
+            self._apply()
+            at = max(now, self._hold_until)
+            if self._requests_bucket is not None or self._tokens_bucket is not None:
+                at = max(at, self._last_send)  # paced sends keep their booked order
+            if self._requests_bucket is not None:
+                at = self._requests_bucket.earliest(1.0, at)
+            if self._tokens_bucket is not None and tokens > 0:
+                at = self._tokens_bucket.earliest(tokens, at)
+            if self._requests_bucket is not None:
+                self._requests_bucket.book(1.0, at)
+            if self._tokens_bucket is not None and tokens > 0:
+                self._tokens_bucket.book(tokens, at)
+            self._last_send = max(self._last_send, at)
+            self._meter.on_send(now, at)
+            self._local.booked = (now, at)
+            wait = at - now
+            self._waited += wait
+            self._requests += 1
+            self._tokens += tokens
+            return wait
+
+    def acquire(self, tokens: float = 0.0) -> float:
+        """Block until one request of ``tokens`` may be sent; return the
+        seconds waited (for Beam's ``throttling-msecs`` counter)."""
+        waited = 0.0
+        while True:
+            wait = self.reserve(tokens)
+            if wait > 0:
+                self._sleep(wait)
+            waited += wait
+            with self._lock:
+                # A 429 while this caller slept holds every request: book again after it.
+                held = self._hold_until > self._clock() and self._local.booked[0] < self._aimd.last_cut
+            if not held:
+                return waited
+
+    # -- adapting --------------------------------------------------------------
+
+    def _booked(self, given: Booking | None) -> Booking | None:
+        booked = getattr(self._local, "booked", None)
+        self._local.booked = None
+        return booked if given is None else given
+
+    def on_success(self, *, booked: Booking | None = None) -> None:
+        """A request succeeded: count it towards the accepted rate; time passes.
+        ``booked`` (asked at, sent at) defaults to what ``acquire`` booked on this thread."""
+        booked = self._booked(booked)
+        with self._lock:
+            now = self._clock()
+            self._meter.on_success(now if booked is None else booked[1], now)
+            self._measure(now)
+            self._aimd.tick(now)
+            self._apply()
+
+    def on_throttled(self, retry_after: float | None = None, *, booked: Booking | None = None) -> bool:
+        """A 429. Hold every new request for the server's hint (capped at
+        ``max_hold_s``): the other threads would only collect more 429s. A new
+        event cuts the rate (edge or congestion, see aimd.py) and, once the
+        hold is over, the accepted rate is measured. Returns whether the rate
+        was cut."""
+        booked = self._booked(booked)
+        asked_at, sent_at = (None, None) if booked is None else booked
+        with self._lock:
+            now = self._clock()
+            self._throttled += 1
+            hint = min(retry_after, self.max_hold_s) if retry_after is not None and retry_after > 0 else None
+            if hint is not None:
+                self._hold_until = max(self._hold_until, now + hint)
+            elif self.discover and self._request_budget is None:
+                self._hold_until = max(self._hold_until, now + _DEFAULT_HOLD_S)
+            if self._aimd.is_same_event(now, asked_at):
+                self._aimd.quiet_after(self._hold_until)
+                return False
+            before = self._aimd.fraction
+            cut = self._aimd.on_throttled(now, asked_at)
+            self._aimd.quiet_after(self._hold_until)
+            if cut is not Cut.NONE:
+                hint = max(0.0, self._hold_until - now)
+                at = max(self._hold_until, self._meter.settled_after(now))
+                self._pending = (now if sent_at is None else sent_at, hint, self._meter.held_since, at)
+                if self.discover and self._requests_bucket is None:
+                    # Requests booked during the hold need a pace now: a first,
+                    # low estimate (replies in flight are not in yet); the
+                    # measurement once they are in corrects it.
+                    self._settle(self._meter.accepted_rate(self._pending[0], hint), self._hold_until)
+            self._apply()
+            return self._aimd.fraction < before
+
+    def _measure(self, now: float) -> None:
+        """After the hold of a 429 event (when the responses in flight are in):
+        what rate did the server accept? Discovery paces there; a told limiter
+        settles there if that is below its current rate."""
+        if self._pending is None or now < self._pending[3]:
+            return
+        sent_at, hint, since, _ = self._pending
+        self._pending = None
+        if self.discover:
+            self._settle(self._meter.accepted_rate(sent_at, hint), now)
+        elif since is not None:
+            # Only while pacing held every request does the accepted rate say what
+            # the server allows (otherwise it measures the work there was, or the
+            # ramp-up).
+            self._settle(self._meter.accepted_rate(sent_at, hint, since=since), now)
+
+    def _settle(self, accepted: float | None, now: float) -> None:
+        if accepted is None:
+            return
+        if self.discover:
+            self._request_budget = accepted * self.window_s
+            self._aimd.fraction = self._aimd.target = 1.0
+            self._applied = (1.0, self._request_budget, self._largest_tokens)
+            if self._requests_bucket is None:
+                self._requests_bucket = self._bucket(self._request_pace())
+                self._last_send = max(self._last_send, now)
+            else:
+                p = self._request_pace()
+                if p is not None:
+                    self._requests_bucket.set_rate(p.rate_per_s, p.capacity)
+        elif self._request_budget is not None:
+            self._aimd.on_measured(accepted * self.window_s / self._request_budget)
+
+    # -- reporting -------------------------------------------------------------
+
+    @property
+    def fraction(self) -> float:
+        with self._lock:
+            return self._aimd.fraction
+
+    @property
+    def cuts(self) -> int:
+        with self._lock:
+            return self._aimd.cuts
+
+    @property
+    def waited_seconds(self) -> float:
+        with self._lock:
+            return self._waited
+
+    @property
+    def current_rpm(self) -> float | None:
+        with self._lock:
+            return self._per_minute(self._request_budget)
+
+    def _per_minute(self, budget: float | None) -> float | None:
+        if budget is None:
+            return None
+        return budget * self._aimd.fraction * 60.0 / self.window_s
+
+    def stats(self) -> LimiterStats:
+        with self._lock:
+            return LimiterStats(
+                waited_s=self._waited, requests=self._requests, tokens=self._tokens,
+                throttled=self._throttled, cuts=self._aimd.cuts, fraction=self._aimd.fraction,
+                rpm=self._per_minute(self._request_budget), tpm=self._per_minute(self._token_budget),
+            )
+
+    def __repr__(self) -> str:
+        return (f"Limiter(rpm={self.rpm}, tpm={self.tpm}, share={self.share}, "
+                f"discover={self.discover})")
+
+
+#: The name the embedder imports.
+AdaptiveLimiter = Limiter

@@ -1,0 +1,107 @@
+"""A discrete-event simulation of workers, their limiters and a metering server.
+
+Each worker has ``slots`` request threads: book (``reserve``), wait, send; the
+server meters accepted requests over a sliding window (the emulator's own
+``SlidingWindowQuota``) and answers at once with a 429 and its retry hint, or
+after ``latency`` with a success; the thread then reports to its limiter, with
+the send time it booked, and books its next request (a 429 is retried after
+its hint). All on simulated time; no threads, no sleeping.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+
+from beamvec.emulator.window import SlidingWindowQuota
+from beamvec.quota import Limiter
+
+
+class FakeClock:
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Outcome:
+    accepted: list[float] = field(default_factory=list)  # arrival times of accepted requests
+    rejected: int = 0
+    by_worker: dict[int, int] = field(default_factory=dict)  # accepted per worker
+
+    def rate(self, start: float, end: float) -> float:
+        return sum(1 for t in self.accepted if start <= t < end) / (end - start)
+
+    def throttled_fraction(self) -> float:
+        total = len(self.accepted) + self.rejected
+        return self.rejected / total if total else 0.0
+
+
+def simulate(
+    limiters: list[Limiter],
+    clock: FakeClock,
+    *,
+    server_limit: int,
+    window_s: float,
+    seconds: float,
+    slots: int = 8,
+    latency: float = 0.2,
+    jitter: float = 0.005,
+    busy_until: list[float] | None = None,
+    seed: int = 0,
+) -> Outcome:
+    """Run until ``seconds`` of simulated time have passed; worker w has work
+    until ``busy_until[w]`` seconds (default: all along)."""
+    rng = random.Random(seed)
+    server = SlidingWindowQuota(window_s, server_limit, None)
+    start = clock.now
+    out = Outcome()
+    # (time, seq, kind, worker, asked, sent, retry hint, ok): kind "book", "arrive" or "reply"
+    events: list[tuple[float, int, str, int, float, float, float | None, bool]] = []
+    seq = 0
+
+    def push(t: float, kind: str, w: int, sent: float = 0.0, asked: float = 0.0,
+             hint: float | None = None, ok: bool = True) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(events, (t, seq, kind, w, asked, sent, hint, ok))
+
+    for w in range(len(limiters)):
+        for _ in range(slots):
+            push(start + rng.uniform(0, 0.05), "book", w)
+    end = start + seconds
+    while events:
+        t, _, kind, w, asked, sent, hint, ok = heapq.heappop(events)
+        if t > end:
+            break
+        clock.now = t
+        limiter = limiters[w]
+        if kind == "book":
+            if busy_until is not None and t - start > busy_until[w]:
+                continue
+            at = t + limiter.reserve()
+            arrival = at + abs(rng.gauss(0, jitter))
+            push(arrival, "arrive", w, sent=at, asked=t)
+        elif kind == "arrive":
+            accepted, wait, _ = server.try_acquire(t, 0)
+            if accepted:
+                out.accepted.append(t)
+                out.by_worker[w] = out.by_worker.get(w, 0) + 1
+                push(t + latency, "reply", w, sent=sent, asked=asked, ok=True)
+            else:
+                out.rejected += 1
+                push(t + 0.002, "reply", w, sent=sent, asked=asked, hint=wait, ok=False)
+        else:
+            if ok:
+                limiter.on_success(booked=(asked, sent))
+                push(t, "book", w)
+            else:
+                limiter.on_throttled(hint, booked=(asked, sent))
+                push(t + (hint or 0.0), "book", w)
+    return out
