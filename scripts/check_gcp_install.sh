@@ -61,6 +61,46 @@ if Version(got["google-genai"]).major not in (2, 3):
 EOF
 "${PIP[@]}" check
 
+# What Dataflow stages and its workers install: Beam's stager builds an sdist from
+# --setup_file (`python -m build --no-isolation --sdist`, so build and setuptools>=77
+# in the launching env); a worker whose image holds apache-beam[gcp] pip installs
+# --requirements_file and then that sdist. Done here in the same venv.
+say "staging setup.py as Dataflow does, installing the staged sdist and worker-requirements.txt"
+"${PIP[@]}" install -q build "setuptools>=77" 2>&1 | grep -v -e '^WARNING: Location' || true
+AIPLATFORM="$("$VENV/bin/python" -c 'from importlib.metadata import version; print(version("google-cloud-aiplatform"))')"
+mkdir -p "$WORK/staging"
+"$VENV/bin/python" - "$WORK/src/setup.py" "$WORK/staging" <<'EOF'
+import sys
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.stager import Stager
+
+Stager.create_job_resources(PipelineOptions(["--setup_file", sys.argv[1]]), sys.argv[2],
+                            log_submission_env_dependencies=False)
+EOF
+SDIST="$(ls "$WORK"/staging/*.tar.gz)"
+say "staged: $(basename "$SDIST")"
+"${PIP[@]}" install -q -r "$WORK/src/runner_configs/worker-requirements.txt" 2>&1 \
+    | grep -v -e '^WARNING: Location' || true
+"${PIP[@]}" install -q --force-reinstall --no-deps "$SDIST" 2>&1 | grep -v -e '^WARNING: Location' || true
+"${PIP[@]}" check
+(cd "$WORK" && "$VENV/bin/beamvec" --help > "$WORK/help.txt")
+grep -q '^  run ' "$WORK/help.txt" && say "beamvec --help: $(sed -n 1p "$WORK/help.txt")"
+(cd "$WORK" && "$VENV/bin/python" - "$AIPLATFORM" <<'EOF'
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import beamvec
+from beamvec.backends.local import default_tokenizer_path
+
+assert version("google-cloud-aiplatform") == sys.argv[1], "worker-requirements.txt moved aiplatform"
+tokenizer = Path(default_tokenizer_path())
+assert "site-packages" in beamvec.__file__ and tokenizer.is_file(), (beamvec.__file__, tokenizer)
+print(f"  beamvec {version('beamvec')} from {Path(beamvec.__file__).parent}; "
+      f"tokenizer.json {tokenizer.stat().st_size} bytes; google-genai {version('google-genai')}")
+EOF
+)
+
 say "gemini/vertex pipeline and backend tests against the emulator"
 start=$SECONDS
 # From the copy: `tests/` for the helpers, beamvec imported from the venv (not src/).
