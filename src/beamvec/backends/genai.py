@@ -25,7 +25,7 @@ What the SDK does, and how we use it:
   become ``BackendError`` with a kind and the server's hint
   (``google_errors``: the one place that reads statuses and error bodies),
   and ``beamvec.retry`` retries the transient ones.
-  Its transport is httpx2 by default (httpx with ``GOOGLE_GENAI_HTTP_CLIENT=httpx``);
+  Its transport is httpx2 in 3.x (httpx with ``GOOGLE_GENAI_HTTP_CLIENT=httpx``), httpx in 2.x;
   timeouts and broken connections of either become retryable BackendErrors.
 * Smaller ``output_dimensionality`` vectors are not normalized by the API; we
   L2-normalize them. Vertex calls send ``auto_truncate=False`` so the server
