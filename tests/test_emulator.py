@@ -166,6 +166,16 @@ def test_vertex_predict_items_and_tokens(client):
     ).is_success
 
 
+def test_vertex_predict_takes_one_instance_of_a_gemini_model(client):
+    """Vertex docs: gemini-embedding-001 supports one instance per request on :predict
+    (where google-genai 2.x sends it)."""
+    url = f"{VERTEX}/gemini-embedding-001:predict"
+    r = client.post(url, json={"instances": [{"content": "a"}, {"content": "b"}]}, headers=bearer())
+    assert r.status_code == 400 and r.json()["error"]["status"] == "INVALID_ARGUMENT"
+    r = client.post(url, json={"instances": [{"content": "a"}]}, headers=bearer())
+    assert r.is_success and len(r.json()["predictions"]) == 1
+
+
 def test_text_over_2048_tokens(client):
     long = "z" * (2048 * 4 + 1)
     r = client.post(f"{GEMINI}:batchEmbedContents", json=gemini_body([long]))

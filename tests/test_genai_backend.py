@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import pickle
 import types as pytypes
+from importlib.metadata import version
 
 import numpy as np
 import pytest
 
+from beamvec.backends import genai as genai_backend
 from beamvec.backends.genai import GenaiBackend, native_dimension
 from beamvec.emulator import Emulator, expected_vector
 from beamvec.errors import BackendError, SystemicError
@@ -102,6 +104,42 @@ def test_multimodal_model_gets_one_vector_per_text(emu, key_env, mode):
     np.testing.assert_allclose(vecs, expected(model, None, 768, TEXTS), atol=1e-6)
 
 
+@pytest.mark.parametrize("model", ["gemini-embedding-001", "gemini-embedding-2-preview"])
+def test_vertex_gemini_calls_follow_the_installed_sdk(emu, model):
+    """google-genai 3 sends a Vertex gemini model's texts in one :batchEmbedContents
+    call; 2.x sends gemini-embedding-001 to :predict (one instance per request on
+    Vertex) and other gemini models to :embedContent (one content per call), so with
+    2.x beamvec sends one text per call and says so in its limits.
+    (scripts/test_genai_floor.sh runs this with the lowest 2.x.)"""
+    major = int(version("google-genai").split(".")[0])
+    b = make(emu, "vertex", model=model, output_dimensionality=768)
+    vecs = b.embed(TEXTS)
+    np.testing.assert_allclose(vecs, expected(model, None, 768, TEXTS), atol=1e-6)
+    routes = emu.stats()["by_route"]
+    if major >= 3:
+        assert routes == {"vertex:batchEmbedContents": 1}
+        assert b.limits.max_items == 250
+    else:
+        method = "predict" if model == "gemini-embedding-001" else "embedContent"
+        assert routes == {f"vertex:{method}": len(TEXTS)}
+        assert (b.limits.max_items, b.limits.max_request_tokens) == (1, 2048)
+
+
+def test_one_text_per_call_where_the_sdk_cannot_batch(emu, monkeypatch):
+    """The 2.x path, whatever SDK is installed: one call per text, rows in order,
+    limits of one text; Gemini API and Vertex text-* models are not affected."""
+    monkeypatch.setattr(genai_backend, "sdk_batches_vertex_gemini", lambda: False)
+    model = "gemini-embedding-2-preview"
+    b = make(emu, "vertex", model=model, output_dimensionality=768)
+    assert b.one_text_per_call and b.limits.max_items == 1
+    vecs = b.embed(TEXTS)
+    np.testing.assert_allclose(vecs, expected(model, None, 768, TEXTS), atol=1e-6)
+    assert emu.stats()["requests"] == len(TEXTS)
+    assert not make(emu, "vertex", model="text-embedding-005").one_text_per_call
+    assert make(emu, "vertex", model="text-embedding-005").limits.max_items == 250
+    assert not make(emu, model=model, output_dimensionality=768).one_text_per_call
+
+
 def test_the_sdk_merges_plain_strings_for_multimodal_models(emu, key_env):
     """Why every text is wrapped in its own Content: a list of strings is ONE input."""
     b = make(emu, model="gemini-embedding-2-preview")
@@ -131,7 +169,8 @@ def test_titles_are_only_sent_for_retrieval_document(emu, key_env):
     assert emu.stats()["by_route"] == {"gemini:batchEmbedContents": 1}
 
 
-def test_limits_per_mode(emu):
+def test_limits_per_mode(emu, monkeypatch):
+    monkeypatch.setattr(genai_backend, "sdk_batches_vertex_gemini", lambda: True)  # 3.x
     g = make(emu).limits
     assert (g.max_items, g.max_text_tokens, g.dimension) == (100, 2048, 3072)
     v = make(emu, "vertex", output_dimensionality=768).limits

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from packaging.requirements import Requirement
 
 from beamvec.backends.local import LocalBackend
 
@@ -126,15 +127,15 @@ def test_wheel_has_the_code_the_tokenizer_and_the_command(dists: dict[str, Path]
         assert any(r.startswith(dependency) for r in requires), dependency
 
 
-def test_wheel_runs_from_a_fresh_venv_outside_the_checkout(
-    dists: dict[str, Path], tmp_path: Path
-) -> None:
+def _fresh_venv(wheel: Path, tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
+    """A new venv with only ``wheel`` installed, this venv's site-packages appended
+    for the dependencies (see the module docstring): (venv, its site-packages, env)."""
     venv = tmp_path / "venv"
     done = _sh(sys.executable, "-m", "venv", "--without-pip", venv)
     assert done.returncode == 0, done.stderr
     python = venv / "bin" / "python"
     done = _sh(sys.executable, "-m", "pip", "--python", python, "install", "--quiet",
-               "--no-deps", "--no-index", dists["wheel"])
+               "--no-deps", "--no-index", wheel)
     assert done.returncode == 0, done.stderr
     site = Path(_sh(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip())
     assert site.is_relative_to(venv)
@@ -142,11 +143,14 @@ def test_wheel_runs_from_a_fresh_venv_outside_the_checkout(
     deps = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")]
     assert sysconfig.get_paths()["purelib"] in deps
     (site / "_beamvec_test_deps.pth").write_text("".join(f"{p}\n" for p in deps))
-
-    work = tmp_path / "elsewhere"
-    work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    return venv, site, env
+
+
+def _check_installed(venv: Path, site: Path, env: dict[str, str], cwd: Path) -> None:
+    """beamvec, its metadata and its tokenizer come from ``site``, src/ is nowhere,
+    every declared dependency is satisfied, and the console script answers --help."""
     probe = (
         "import json, sys, importlib.metadata as md\n"
         "import beamvec\n"
@@ -155,17 +159,31 @@ def test_wheel_runs_from_a_fresh_venv_outside_the_checkout(
         "  'dist': str(md.distribution('beamvec').locate_file('')), 'version': md.version('beamvec'),\n"
         "  'path': sys.path, 'finders': [repr(f) for f in sys.meta_path]}))\n"
     )
-    done = _sh(python, "-c", probe, cwd=work, env=env)
+    done = _sh(venv / "bin" / "python", "-c", probe, cwd=cwd, env=env)
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert Path(seen["module"]).is_relative_to(site), seen["module"]
     assert Path(seen["tokenizer"]).is_relative_to(site) and Path(seen["tokenizer"]).is_file()
+    assert Path(seen["tokenizer"]).name == "tokenizer.json"
     assert Path(seen["dist"]).resolve() == site.resolve()
     assert str(ROOT / "src") not in seen["path"]
     assert not any("editable" in f.lower() for f in seen["finders"]), seen["finders"]
 
-    done = _sh(sys.executable, "-m", "pip", "--python", python, "check", env=env)
+    done = _sh(sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "check", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
+    done = _sh(venv / "bin" / "beamvec", "--help", cwd=cwd, env=env)
+    assert done.returncode == 0, done.stderr
+    for command in ("run", "plan", "inspect"):
+        assert command in done.stdout
+
+
+def test_wheel_runs_from_a_fresh_venv_outside_the_checkout(
+    dists: dict[str, Path], tmp_path: Path
+) -> None:
+    venv, site, env = _fresh_venv(dists["wheel"], tmp_path)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    _check_installed(venv, site, env, work)
 
     texts = {f"w{i}": f"wheel smoke test sentence number {i} about {t}"
              for i, t in enumerate(["tea", "trains", "tides", "tulips"])}
@@ -206,6 +224,32 @@ def test_dataflow_setup_file_builds_an_sdist_with_the_tokenizer(checkout: Path, 
         names = tar.getnames()
     for name in DATA:
         assert any(n.endswith(f"src/beamvec/data/minilm/{name}") for n in names), name
+
+    # What a worker does with it: pip builds and installs the staged sdist. Built
+    # here into a wheel (no index, no isolation), installed into a fresh venv.
+    wheels = tmp_path / "wheels"
+    done = _sh(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-index",
+               "--no-build-isolation", "--wheel-dir", wheels, sdist)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (wheel,) = wheels.glob("beamvec-*.whl")
+    venv, site, env = _fresh_venv(wheel, tmp_path)
+    _check_installed(venv, site, env, tmp_path)
+
+
+def test_worker_requirements_match_the_extras() -> None:
+    """runner_configs/worker-requirements.txt (what Dataflow/Flink/Spark workers
+    install beside the staged sdist) asks for the same google-genai range as the
+    `genai` extra: a narrower one clashes with apache-beam[gcp] at worker start-up."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    declared = {Requirement(r).name: Requirement(r).specifier for r in extras["genai"] + extras["gcs"] + extras["s3"]}
+    lines = (ROOT / "runner_configs/worker-requirements.txt").read_text().splitlines()
+    listed = {Requirement(r).name: Requirement(r).specifier for r in lines if r.strip() and not r.startswith("#")}
+    assert listed == declared
+    # google-genai 2.x is what google-cloud-aiplatform 1.153-1.165 (apache-beam[gcp]) allows.
+    assert listed["google-genai"].contains("2.0.0") and listed["google-genai"].contains("3.6.1")
+    assert not listed["google-genai"].contains("4.0.0")
 
 
 def _sha256(path: Path) -> str:

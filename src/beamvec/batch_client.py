@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - depends on the installed extras
     genai_errors = None  # type: ignore[assignment]
 
 _TRANSPORT: tuple[type[BaseException], ...] = ()
-for _name in ("httpx", "httpx2"):  # google-genai 3 talks through httpx2 by default
+for _name in ("httpx", "httpx2"):  # google-genai 2 talks through httpx, 3 through httpx2
     try:
         _mod = __import__(_name)
         _TRANSPORT += (_mod.TransportError,)

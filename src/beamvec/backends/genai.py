@@ -2,12 +2,19 @@
 
 ``--backend gemini`` uses an API key; ``--backend vertex`` uses a project,
 a location and Application Default Credentials. Both go through
-``client.models.embed_content``. What the SDK (3.4) does, and how we use it:
+``client.models.embed_content``. google-genai 2.x and 3.x are both supported
+(2.x is what google-cloud-aiplatform, and so ``apache-beam[gcp]``, allows).
+What the SDK does, and how we use it:
 
 * Gemini API: always ``POST /{version}/models/{model}:batchEmbedContents``.
-  Vertex: ``:predict`` for ``text-*`` models; for model ids containing
-  ``gemini`` (gemini-embedding-001 too) ``:batchEmbedContents``, or
-  ``:embedContent`` when there is one content.
+  Vertex: ``:predict`` for ``text-*`` models. For model ids containing
+  ``gemini``, 3.x sends ``:batchEmbedContents`` (``:embedContent`` when there
+  is one content); 2.x sends gemini-embedding-001 to ``:predict``, which takes
+  one instance per request for it on Vertex, and other gemini models to
+  ``:embedContent``, one content per call (the SDK raises ValueError for more).
+  So with 2.x a Vertex gemini model is sent one text per call: ``limits``
+  says ``max_items=1`` (the request counts the quota sees), and ``embed``
+  splits any larger group (``sdk_batches_vertex_gemini``).
 * For multimodal models (``gemini-embedding-2…``) the SDK merges a list of
   plain strings into ONE content and returns ONE embedding, so every text is
   sent as its own ``Content``.
@@ -18,7 +25,7 @@ a location and Application Default Credentials. Both go through
   become ``BackendError`` with a kind and the server's hint
   (``google_errors``: the one place that reads statuses and error bodies),
   and ``beamvec.retry`` retries the transient ones.
-  Its transport is httpx2 by default (httpx with ``GOOGLE_GENAI_HTTP_CLIENT=httpx``);
+  Its transport is httpx2 in 3.x (httpx with ``GOOGLE_GENAI_HTTP_CLIENT=httpx``), httpx in 2.x;
   timeouts and broken connections of either become retryable BackendErrors.
 * Smaller ``output_dimensionality`` vectors are not normalized by the API; we
   L2-normalize them. Vertex calls send ``auto_truncate=False`` so the server
@@ -36,8 +43,10 @@ first set variable of ``api_key_env``. It is never an attribute before
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -65,6 +74,18 @@ VERTEX_MAX_ITEMS = 250
 VERTEX_MAX_REQUEST_TOKENS = 20_000
 MAX_TEXT_TOKENS = 2048
 VERTEX_AUTH_MODES = ("adc", "api_key", "anonymous")
+
+
+@functools.lru_cache(maxsize=1)
+def sdk_batches_vertex_gemini() -> bool:
+    """Whether the installed google-genai sends many texts of a Vertex gemini
+    model in one call (3.x: ``:batchEmbedContents``); 2.x does not (see above).
+    Read on the worker, where the SDK that makes the calls is installed."""
+    try:
+        version = metadata.version("google-genai")
+    except metadata.PackageNotFoundError:  # load() says how to install it
+        return True
+    return int(version.split(".", 1)[0]) >= 3
 
 
 def model_id(model: str) -> str:
@@ -169,7 +190,23 @@ class GenaiBackend(Backend):
         return self.dimension != self.native_dimension
 
     @property
+    def one_text_per_call(self) -> bool:
+        """Vertex with a gemini model through google-genai 2.x: one text per call."""
+        return (
+            self.mode == "vertex"
+            and "gemini" in model_id(self._model)
+            and not sdk_batches_vertex_gemini()
+        )
+
+    @property
     def limits(self) -> Limits:
+        if self.one_text_per_call:
+            return Limits(
+                max_items=1,
+                max_request_tokens=MAX_TEXT_TOKENS,
+                max_text_tokens=MAX_TEXT_TOKENS,
+                dimension=self.dimension,
+            )
         if self.mode == "gemini":
             return Limits(
                 max_items=GEMINI_MAX_ITEMS,
@@ -328,8 +365,10 @@ class GenaiBackend(Backend):
         return groups
 
     def _call(self, texts: list[str], title: str | None) -> list[Any]:
-        """One embed_content call; returns the response's embeddings or raises
-        BackendError."""
+        """One embed_content call (one per text where the SDK sends one text per
+        call); returns the response's embeddings or raises BackendError."""
+        if len(texts) > 1 and self.one_text_per_call:
+            return [e for text in texts for e in self._call([text], title)]
         from google.genai import types
 
         config = types.EmbedContentConfig(

@@ -239,7 +239,8 @@ def from_exception(
 @functools.lru_cache(maxsize=1)
 def http_exception_types() -> tuple[tuple[type[BaseException], ...], ...]:
     """(timeouts, transport errors, bad URL) of httpx2 (google-genai's default
-    transport since 3.x) and of httpx (``GOOGLE_GENAI_HTTP_CLIENT=httpx``)."""
+    transport since 3.x) and of httpx (2.x's transport; 3.x with
+    ``GOOGLE_GENAI_HTTP_CLIENT=httpx``)."""
     timeouts: list[type[BaseException]] = []
     transport: list[type[BaseException]] = []
     unsupported: list[type[BaseException]] = []

@@ -10,7 +10,7 @@ Gemini API  ``POST /{v1|v1beta|v1alpha}/models/{m}:batchEmbedContents``
     ``:embedContent`` takes one such request and answers ``{"embedding": {"values"}}``.
 Vertex AI   ``POST /{v1|v1beta1}/projects/{p}/locations/{l}/publishers/google/models/{m}:…``
     (express mode drops ``projects/{p}/locations/{l}/``)
-    ``:predict`` ``{"instances": [{"content", "task_type", "title"}], "parameters":
+    ``:predict`` (one instance for gemini models) ``{"instances": [{"content", "task_type", "title"}], "parameters":
     {"outputDimensionality", "autoTruncate"}}`` -> ``{"predictions": [{"embeddings":
     {"values", "statistics": {"token_count", "truncated"}}}], "metadata"}``;
     ``:batchEmbedContents`` ``{"requests": [{"content", "embedContentConfig": {"taskType",
@@ -247,6 +247,10 @@ def apply_limits(req: EmbedRequest, auto_truncate: bool, config: EmulatorConfig)
     per_text = config.max_text_tokens
     cpt = config.chars_per_token
     max_items = config.gemini_max_items if req.route.api == "gemini" else config.vertex_max_items
+    if req.route.method == "predict" and "gemini" in req.route.model:
+        # Vertex docs ("Get text embeddings"): gemini-embedding-001 supports one
+        # instance per request on :predict (google-genai 2.x sends it there).
+        max_items = 1
     if len(req.items) > max_items:
         if req.route.api == "gemini":
             raise invalid(
