@@ -67,6 +67,19 @@ class Send:
 
 
 Decision = DeadLetter | Reuse | Follow | Send
+
+
+@dataclass(frozen=True)
+class Seed:
+    """The text the driver's preflight embedded for this run, and which record
+    it was taken from: only that record counts it as sent, so that a run whose
+    shards land on several processes still counts it once."""
+
+    content_hash: str
+    vector: tuple[float, ...]
+    shard: str  # the input path of the record's shard
+    position: int
+
 #: Where a sent or followed text's outcome goes: its vector, the dead letter
 #: of the sent text, or the systemic fault that stops the run.
 Deliver = Callable[[Record, "np.ndarray | DeadLetter | BaseException"], None]
@@ -81,24 +94,30 @@ class RunMemory:
         self._lock = threading.Lock()
         self._done: OrderedDict[str, np.ndarray | None] = OrderedDict()
         self._in_flight: dict[str, list[tuple[Record, Deliver]]] = {}
-        self._seeds: dict[str, np.ndarray] = {}
+        self._seeds: dict[str, tuple[np.ndarray, tuple[str, int]]] = {}
 
-    def seed(self, digest: str, vector: np.ndarray) -> None:
+    def seed(self, seed: Seed) -> None:
         """A text the driver's preflight already sent for this run."""
         with self._lock:
-            self._seeds[digest] = vector
+            self._seeds[seed.content_hash] = (np.asarray(seed.vector, np.float32), (seed.shard, seed.position))
 
-    def claim(self, record: Record, deliver: Deliver) -> Decision:
+    def claim(self, record: Record, deliver: Deliver, shard: str = "") -> Decision:
         """Reuse a vector this run made, follow the text in flight, or send it.
 
-        A preflight seed is "sent" once (it was billed for this run) and then
-        remembered like any other text."""
+        A preflight seed is "sent" by the record it was taken from (``shard``
+        is that record's input path), in whatever process that record lands:
+        it was billed once for this run. Any other record of that text, in
+        any process, reuses its vector as a repeat."""
         digest = record.content_hash
         with self._lock:
-            seeded = self._seeds.pop(digest, None)
+            seeded = self._seeds.get(digest)
             if seeded is not None:
-                self._done[digest] = seeded
-                return Send(record, seeded)
+                vector, origin = seeded
+                if origin == (shard, record.position):
+                    del self._seeds[digest]
+                    self._done.setdefault(digest, vector)
+                    return Send(record, vector)
+                return Reuse(record, vector)
             if digest in self._done:
                 self._done.move_to_end(digest)
                 return Reuse(record, self._done[digest])
@@ -144,6 +163,7 @@ class Router:
         memory: RunMemory,
         deliver: Deliver,
         planning: bool = False,
+        shard: str = "",
     ) -> None:
         self.config = config
         self.count_tokens = count_tokens
@@ -152,6 +172,7 @@ class Router:
         self.memory = memory
         self.deliver = deliver
         self.planning = planning
+        self.shard = shard  # the input path of the shard routed (to recognize the preflight's record)
         self._seen: set[bytes] = set()
         self.counts: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
@@ -177,7 +198,7 @@ class Router:
             if vector is not None:
                 self.counts["reused"] += 1
                 return Reuse(item, vector)
-        decision = self.memory.claim(item, self.deliver)
+        decision = self.memory.claim(item, self.deliver, self.shard)
         if isinstance(decision, Send):
             self.counts["sent"] += 1
             self.counts["sent_tokens"] += item.tokens

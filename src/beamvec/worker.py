@@ -40,7 +40,7 @@ from beamvec.lookup import build_index, checkpoint_dir
 from beamvec.prepare import PrepareConfig
 from beamvec.progress import PROGRESS
 from beamvec.records import DeadLetter, Embedded, Record, Split
-from beamvec.routing import Lookup, NoLookup, Reuse, Router, RunMemory, Send
+from beamvec.routing import Lookup, NoLookup, Reuse, Router, RunMemory, Seed, Send
 from beamvec.sink import (
     DEAD_LETTER_SCHEMA,
     Output,
@@ -70,7 +70,7 @@ class WorkerConfig:
     reuse: bool = True  # reuse vectors already embedded under this configuration
     reuse_from: tuple[str, ...] = ()  # other outputs to reuse from
     checkpoint: bool = False  # save finished batches so a crashed run loses none
-    seed: tuple[str, tuple[float, ...]] | None = None  # (content hash, vector) of the preflight text
+    seed: Seed | None = None  # the preflight's text, its vector and the record it came from
 
     @property
     def fingerprint(self) -> str:
@@ -169,7 +169,7 @@ class Worker:
         self.output = Output(config.output, config.storage_options)
         self.memory = RunMemory(limits.dimension)
         if config.seed is not None:
-            self.memory.seed(config.seed[0], np.asarray(config.seed[1], np.float32))
+            self.memory.seed(config.seed)
         local = backend.name == "local"
         window = LOCAL_SORT_WINDOW if local else 0
         self.collector = Collector(
@@ -272,7 +272,7 @@ class Worker:
         landing = _Landing()
         router = Router(
             self.config.prepare, self.backend.count_tokens, self.backend.truncate,
-            self.lookup(), self.memory, landing.deliver,
+            self.lookup(), self.memory, landing.deliver, shard=split.shard.path,
         )
         try:
             self.collector.reader_started()
