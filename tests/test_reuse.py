@@ -262,3 +262,92 @@ def test_first_run_bills_unique_texts_rerun_nothing_one_change_one(emu, tmp_path
     assert_predicted(predicted, run, sent)
     got = vectors_by_id(read_output(str(output)))
     np.testing.assert_allclose(got["id3"], want("a sentence that changed overnight"), atol=1e-6)
+
+
+# -- plan equals run (issue 11) -------------------------------------------------------
+
+
+def corpus_with_everything(root: Path) -> str:
+    """Three shards: repeats inside a shard and across shards, a dead-letter mix."""
+    write_jsonl(root / "a.jsonl", [(f"a{i}", f"alpha line {i % 12}") for i in range(30)])  # 12 texts
+    write_jsonl(root / "b.jsonl", [(f"b{i}", f"bravo line {i}") for i in range(20)] + [("b20", "alpha line 3")])
+    (root / "c.jsonl").write_text("\n".join([
+        json.dumps({"id": "c0", "text": "charlie keeps its own text"}),
+        json.dumps({"id": "c1", "text": "   "}),  # empty_text
+        json.dumps({"id": "c0", "text": "the same id again"}),  # duplicate_id
+        '{"id": "c3", "text": ',  # invalid_json
+        json.dumps({"id": "c4"}),  # missing_text
+        json.dumps({"id": "c5", "text": 42}),  # non_string_text
+        json.dumps({"id": "c6", "text": "bravo line 4"}),
+        json.dumps({"id": "c7", "text": "word " * 300}),
+    ]) + "\n")
+    return str(root / "*.jsonl")
+
+
+def shard_counts(output: Path) -> dict[str, dict]:
+    return json.loads((output / "_manifest.json").read_text())["shards"]
+
+
+def assert_plan_equals_run(predicted: dict, output: Path, run: dict) -> None:
+    """The plan's records, texts to send and tokens are the run's, shard by shard."""
+    assert predicted["records"] == run["embedded"]
+    assert predicted["read"] == run["read"]
+    assert predicted["sent"] == run["sent"]
+    assert predicted["sent_tokens"] == run["sent_tokens"]
+    assert predicted["tokens"] == run["tokens"]
+    assert predicted["reused"] == run["reused"]
+    assert predicted["deduplicated"] == run["deduplicated"]
+    assert predicted["dead_letters"] == run["dead_lettered"]
+    shards = shard_counts(output)
+    for planned in predicted["per_shard"]:
+        done = shards[planned["name"]]
+        assert (planned["read"], planned["records"], planned["tokens"], planned["dead_letters_by_reason"]) == (
+            done["read"], done["embedded"], done["tokens"], done["dead_letters_by_reason"]
+        ), planned["name"]
+
+
+@pytest.mark.parametrize("backend", ["local", "gemini"])
+def test_plan_equals_run(backend, tmp_path, capsys, monkeypatch):
+    """Fresh, unchanged rerun, one text changed: the plan is the run's
+    prediction (exact tokens with the local model; texts billed at the emulator)."""
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    corpus = tmp_path / "in"
+    inputs = corpus_with_everything(corpus)
+    output = tmp_path / "out"
+    with Emulator(api_key=KEY) as emu:
+        args = (gemini(emu, inputs, output) if backend == "gemini"
+                else ["--input", inputs, "--output", str(output)])
+
+        # fresh: 54 records, 12 + 20 + 2 unique texts (repeats in a, and across shards)
+        predicted, run, sent = run_as_planned(capsys, emu, args)
+        assert (predicted["records"], predicted["sent"], predicted["deduplicated"]) == (54, 34, 20)
+        assert predicted["tokens_exact"] is (backend == "local")
+        assert predicted["dead_letters_by_reason"] == {
+            "duplicate_id": 1, "empty_text": 1, "invalid_json": 1, "missing_text": 1, "non_string_text": 1,
+        }
+        assert_plan_equals_run(predicted, output, run)
+        if backend == "gemini":
+            assert sum(sent.values()) == len(sent) == 34
+
+        # unchanged rerun: nothing to read, nothing to send
+        history = len(json.loads((output / "_manifest.json").read_text())["runs"])
+        predicted = plan(capsys, args)
+        assert (predicted["shards_to_embed"], predicted["read"], predicted["sent"]) == (0, 0, 0)
+        emu.reset()
+        code, stdout, err = beam_run(capsys, *args)
+        assert code == 0 and "nothing to do" in stdout, err
+        assert emu.stats()["requests"] == 0
+        assert len(json.loads((output / "_manifest.json").read_text())["runs"]) == history
+
+        # one text changed in shard b: b is read again, one text sent
+        lines = (corpus / "b.jsonl").read_text().splitlines()
+        lines[5] = json.dumps({"id": "b5", "text": "bravo line 5, edited"})
+        (corpus / "b.jsonl").write_text("\n".join(lines) + "\n")
+        predicted, run, sent = run_as_planned(capsys, emu, args)
+        assert (predicted["shards_to_embed"], predicted["sent"], predicted["reused"]) == (1, 1, 20)
+        assert_plan_equals_run(predicted, output, run)
+        if backend == "gemini":
+            assert sent == {content_hash("bravo line 5, edited"): 1}
+    out = read_output(str(output))
+    assert_reconciled(out)
+    assert len(vectors_by_id(out)) == 54
