@@ -172,6 +172,14 @@ def test_the_preflight_seed_is_sent_by_its_own_record_once_across_processes():
     # in one process, a repeat after the origin reuses it too
     again = b.route(RawRecord(6, "b6", text))
     assert isinstance(again, Reuse) and b.counts["sent"] == 1
+    # a process that starts after shard a committed the text: its origin record
+    # still counts the preflight's call, not a reuse from the output
+    late = RunMemory(DIM)
+    late.seed(seed)
+    c = router(late, DictLookup({seed.content_hash: np.float32(seed.vector)}), shard="in/b.jsonl")
+    origin = c.route(RawRecord(5, "b5", text))
+    assert isinstance(origin, Send) and origin.vector is not None
+    assert (c.counts["sent"], c.counts["reused"]) == (1, 0)
 
 
 def test_run_memory_forgets_the_oldest_past_its_budget():

@@ -101,23 +101,29 @@ class RunMemory:
         with self._lock:
             self._seeds[seed.content_hash] = (np.asarray(seed.vector, np.float32), (seed.shard, seed.position))
 
-    def claim(self, record: Record, deliver: Deliver, shard: str = "") -> Decision:
+    def take_seed(self, record: Record, shard: str) -> Send | None:
+        """The preflight's text, when ``record`` (of the shard at input path
+        ``shard``) is the record it was taken from: that record counts it as
+        sent, in whatever process it lands and even when another shard has
+        committed the text meanwhile, because the preflight billed it once."""
+        with self._lock:
+            seeded = self._seeds.get(record.content_hash)
+            if seeded is None or seeded[1] != (shard, record.position):
+                return None
+            del self._seeds[record.content_hash]
+            self._done.setdefault(record.content_hash, seeded[0])
+            return Send(record, seeded[0])
+
+    def claim(self, record: Record, deliver: Deliver) -> Decision:
         """Reuse a vector this run made, follow the text in flight, or send it.
 
-        A preflight seed is "sent" by the record it was taken from (``shard``
-        is that record's input path), in whatever process that record lands:
-        it was billed once for this run. Any other record of that text, in
-        any process, reuses its vector as a repeat."""
+        A record that repeats the preflight's text (other than the one it
+        was taken from, see ``take_seed``) reuses its vector."""
         digest = record.content_hash
         with self._lock:
             seeded = self._seeds.get(digest)
             if seeded is not None:
-                vector, origin = seeded
-                if origin == (shard, record.position):
-                    del self._seeds[digest]
-                    self._done.setdefault(digest, vector)
-                    return Send(record, vector)
-                return Reuse(record, vector)
+                return Reuse(record, seeded[0])
             if digest in self._done:
                 self._done.move_to_end(digest)
                 return Reuse(record, self._done[digest])
@@ -193,12 +199,15 @@ class Router:
             if item.content_hash in self.lookup:
                 self.counts["reused"] += 1
                 return Reuse(item, None)
+            decision = self.memory.claim(item, self.deliver)
         else:
-            vector = self.lookup.get(item.content_hash)
-            if vector is not None:
-                self.counts["reused"] += 1
-                return Reuse(item, vector)
-        decision = self.memory.claim(item, self.deliver, self.shard)
+            decision = self.memory.take_seed(item, self.shard)
+            if decision is None:
+                vector = self.lookup.get(item.content_hash)
+                if vector is not None:
+                    self.counts["reused"] += 1
+                    return Reuse(item, vector)
+                decision = self.memory.claim(item, self.deliver)
         if isinstance(decision, Send):
             self.counts["sent"] += 1
             self.counts["sent_tokens"] += item.tokens
