@@ -15,7 +15,7 @@ import logging
 from beamvec.inputs import JobInputs
 from beamvec.lookup import build_index
 from beamvec.records import Record, Shard
-from beamvec.routing import NoLookup, Router, RunMemory, Send
+from beamvec.routing import NoLookup, Router, RunMemory, Seed, Send
 from beamvec.sink import Output
 from beamvec.sources import read_shard
 
@@ -26,8 +26,8 @@ SCAN_LIMIT = 10_000
 
 def first_text_to_send(
     output: Output, inputs: JobInputs, todo: list[Shard], reuse: bool
-) -> tuple[Record | None, bool]:
-    """(a record whose text the run will send, whether the scan saw all the work)."""
+) -> tuple[Record | None, Shard | None, bool]:
+    """(a record whose text the run will send, its shard, whether the scan saw all the work)."""
     fingerprint = inputs.description.config_fingerprint
     dimension = inputs.backend.limits.dimension
     if reuse:
@@ -46,27 +46,25 @@ def first_text_to_send(
             scanned += 1
             decision = router.route(raw)
             if isinstance(decision, Send):
-                return decision.record, False
+                return decision.record, shard, False
             if scanned >= SCAN_LIMIT:
-                return None, False
-    return None, True
-
-
-Seed = tuple[str, tuple[float, ...]]
+                return None, None, False
+    return None, None, True
 
 
 def preflight(output: Output, inputs: JobInputs, todo: list[Shard], reuse: bool) -> Seed | None:
-    """Check the backend with a text the run needs; returns (its content hash,
-    its vector) for the workers, who count it as sent and do not send it again."""
+    """Check the backend with a text the run needs; returns its content hash,
+    vector and record for the workers: the record counts it as sent, and no
+    worker sends that text again."""
     backend = inputs.backend
     if backend.name == "local":  # free: nothing worth keeping
         backend.preflight()
         return None
-    record, all_seen = first_text_to_send(output, inputs, todo, reuse)
+    record, shard, all_seen = first_text_to_send(output, inputs, todo, reuse)
     if record is None and all_seen:
         LOG.info("every text to embed is already embedded: no preflight call")
         return None
     vector = backend.preflight(*((record.text, record.title) if record is not None else ()))
-    if record is None or vector is None:
+    if record is None or shard is None or vector is None:
         return None
-    return record.content_hash, tuple(float(x) for x in vector)
+    return Seed(record.content_hash, tuple(float(x) for x in vector), shard.path, record.position)

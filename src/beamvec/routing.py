@@ -81,6 +81,20 @@ class Refusals:
 
     def __len__(self) -> int:
         return len(self.by_hash)
+
+
+@dataclass(frozen=True)
+class Seed:
+    """The text the driver's preflight embedded for this run, and which record
+    it was taken from: only that record counts it as sent, so that a run whose
+    shards land on several processes still counts it once."""
+
+    content_hash: str
+    vector: tuple[float, ...]
+    shard: str  # the input path of the record's shard
+    position: int
+
+
 #: Where a sent or followed text's outcome goes: its vector, the dead letter
 #: of the sent text, or the systemic fault that stops the run.
 Deliver = Callable[[Record, "np.ndarray | DeadLetter | BaseException"], None]
@@ -95,24 +109,36 @@ class RunMemory:
         self._lock = threading.Lock()
         self._done: OrderedDict[str, np.ndarray | None] = OrderedDict()
         self._in_flight: dict[str, list[tuple[Record, Deliver]]] = {}
-        self._seeds: dict[str, np.ndarray] = {}
+        self._seeds: dict[str, tuple[np.ndarray, tuple[str, int]]] = {}
 
-    def seed(self, digest: str, vector: np.ndarray) -> None:
+    def seed(self, seed: Seed) -> None:
         """A text the driver's preflight already sent for this run."""
         with self._lock:
-            self._seeds[digest] = vector
+            self._seeds[seed.content_hash] = (np.asarray(seed.vector, np.float32), (seed.shard, seed.position))
+
+    def take_seed(self, record: Record, shard: str) -> Send | None:
+        """The preflight's text, when ``record`` (of the shard at input path
+        ``shard``) is the record it was taken from: that record counts it as
+        sent, in whatever process it lands and even when another shard has
+        committed the text meanwhile, because the preflight billed it once."""
+        with self._lock:
+            seeded = self._seeds.get(record.content_hash)
+            if seeded is None or seeded[1] != (shard, record.position):
+                return None
+            del self._seeds[record.content_hash]
+            self._done.setdefault(record.content_hash, seeded[0])
+            return Send(record, seeded[0])
 
     def claim(self, record: Record, deliver: Deliver) -> Decision:
         """Reuse a vector this run made, follow the text in flight, or send it.
 
-        A preflight seed is "sent" once (it was billed for this run) and then
-        remembered like any other text."""
+        A record that repeats the preflight's text (other than the one it
+        was taken from, see ``take_seed``) reuses its vector."""
         digest = record.content_hash
         with self._lock:
-            seeded = self._seeds.pop(digest, None)
+            seeded = self._seeds.get(digest)
             if seeded is not None:
-                self._done[digest] = seeded
-                return Send(record, seeded)
+                return Reuse(record, seeded[0])
             if digest in self._done:
                 self._done.move_to_end(digest)
                 return Reuse(record, self._done[digest])
@@ -172,6 +198,7 @@ class Router:
         planning: bool = False,
         refusals: Refusals | None = None,
         batch: Lookup | None = None,
+        shard: str = "",
     ) -> None:
         self.config = config
         self.count_tokens = count_tokens
@@ -182,6 +209,7 @@ class Router:
         self.planning = planning
         self.refusals = refusals or Refusals()
         self.batch = batch or NoLookup()  # vectors of this run's batch jobs
+        self.shard = shard  # the input path of the shard routed (to recognize the preflight's record)
         self._seen: set[bytes] = set()
         self.counts: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
@@ -210,12 +238,15 @@ class Router:
             if item.content_hash in self.lookup:
                 self.counts["reused"] += 1
                 return Reuse(item, None)
+            decision = self.memory.claim(item, self.deliver)
         else:
-            vector = self.lookup.get(item.content_hash)
-            if vector is not None:
-                self.counts["reused"] += 1
-                return Reuse(item, vector)
-        decision = self.memory.claim(item, self.deliver)
+            decision = self.memory.take_seed(item, self.shard)
+            if decision is None:
+                vector = self.lookup.get(item.content_hash)
+                if vector is not None:
+                    self.counts["reused"] += 1
+                    return Reuse(item, vector)
+                decision = self.memory.claim(item, self.deliver)
         if isinstance(decision, Send):
             self.counts["sent"] += 1
             self.counts["sent_tokens"] += item.tokens

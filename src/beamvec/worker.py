@@ -40,7 +40,7 @@ from beamvec.lookup import build_batch_index, build_index, checkpoint_dir
 from beamvec.prepare import PrepareConfig
 from beamvec.progress import PROGRESS
 from beamvec.records import DeadLetter, Embedded, Record, Split
-from beamvec.routing import Lookup, NoLookup, Refusals, Reuse, Router, RunMemory, Send
+from beamvec.routing import Lookup, NoLookup, Refusals, Reuse, Router, RunMemory, Seed, Send
 from beamvec.sink import (
     DEAD_LETTER_SCHEMA,
     Output,
@@ -70,8 +70,8 @@ class WorkerConfig:
     reuse: bool = True  # reuse vectors already embedded under this configuration
     reuse_from: tuple[str, ...] = ()  # other outputs to reuse from
     checkpoint: bool = False  # save finished batches so a crashed run loses none
-    seed: tuple[str, tuple[float, ...]] | None = None  # (content hash, vector) of the preflight text
     refusals: Refusals = field(default_factory=Refusals)  # texts not to send (batch lines failed for good)
+    seed: Seed | None = None  # the preflight's text, its vector and the record it came from
 
     @property
     def fingerprint(self) -> str:
@@ -170,7 +170,7 @@ class Worker:
         self.output = Output(config.output, config.storage_options)
         self.memory = RunMemory(limits.dimension)
         if config.seed is not None:
-            self.memory.seed(config.seed[0], np.asarray(config.seed[1], np.float32))
+            self.memory.seed(config.seed)
         local = backend.name == "local"
         window = LOCAL_SORT_WINDOW if local else 0
         self.collector = Collector(
@@ -284,7 +284,7 @@ class Worker:
         router = Router(
             self.config.prepare, self.backend.count_tokens, self.backend.truncate,
             self.lookup(), self.memory, landing.deliver,
-            refusals=self.config.refusals, batch=self.batch_lookup(),
+            refusals=self.config.refusals, batch=self.batch_lookup(), shard=split.shard.path,
         )
         try:
             self.collector.reader_started()
