@@ -33,7 +33,16 @@ from beamvec.contract import (
 from beamvec.embedder import EmbedSettings
 from beamvec.errors import SystemicError, UsageError
 from beamvec.failures import clear_failures, raise_recorded_failure
-from beamvec.inputs import JobInputs, Work, conflict, parse_options, resolve_inputs, split_work
+from beamvec.inputs import (
+    JobInputs,
+    Work,
+    conflict,
+    parse_options,
+    resolve_inputs,
+    retry_reasons,
+    split_work,
+)
+from beamvec.lease import hold_lease
 from beamvec.lookup import check_reuse_source
 from beamvec.preflight import preflight
 from beamvec.progress import PROGRESS, Reporter
@@ -72,7 +81,10 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         )
     for url in inputs.bv.reuse_from or ():
         check_reuse_source(inputs.description, Output(url, inputs.storage_options))
-    work = split_work(inputs.shards, state, inputs.description.config_fingerprint, inputs.bv.force)
+    for path, why in state.damaged.items():  # those shards are redone (contract.check_part)
+        LOG.warning("%s is damaged (%s): its shard is embedded again", path, why)
+    work = split_work(inputs.shards, state, inputs.description.config_fingerprint, inputs.bv.force,
+                      retry_reasons(inputs.bv.retry_dead_letters))
     return JobPlan(inputs, output, state, work)
 
 
@@ -146,7 +158,15 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
     started = time.time()
     options = parse_options(argv)
     plan = plan_job(options)
+    # One writer per output: a second run refuses here, naming the holder (lease.py).
+    with hold_lease(plan.output, plan.inputs.bv.break_lease):
+        return _run_planned(plan, options, started, out)
+
+
+def _run_planned(plan: JobPlan, options: PipelineOptions, started: float, out: Any) -> dict[str, Any]:
     inputs, bv = plan.inputs, plan.inputs.bv
+    run_id = new_run_id(started)
+    plan.output.run_id = run_id  # staged files go under _tmp/<run_id>/
     if not plan.work.todo:
         _nothing_to_do(plan, out)
         return summarize(plan, started, out)
@@ -169,6 +189,8 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
         # Checkpoints cost a small file per batch: worth it where a batch costs quota.
         checkpoint=checkpoint,
         seed=seed,
+        run_id=run_id,
+        retry_reasons=retry_reasons(bv.retry_dead_letters),
     )
     settings = EmbedSettings(
         max_in_flight=max_in_flight,
@@ -177,9 +199,8 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
     )
     workers = worker_count(options, bv)
     quota = QuotaSettings(bv.quota_rpm, bv.quota_tpm, share=1.0 / workers, window_s=bv.quota_window)
-    plan.output.clean_staging()
+    plan.output.clean_staging(older_than=0.0)  # under the lease: only dead runs' files
     clear_failures(bv.output, inputs.storage_options)
-    run_id = new_run_id(started)
     work = write_work(
         plan.output, run_id, plan.work.todo, [s.name for s in inputs.shards], plan.work.carried
     )
@@ -203,6 +224,7 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
             raise_recorded_failure(bv.output, inputs.storage_options, exc)
             raise
     clear_failures(bv.output, inputs.storage_options)  # left by bundles the runner retried
+    plan.output.finish_staging()
     return summarize(plan, started, out, beam_counters(result))
 
 
