@@ -13,9 +13,12 @@ makes atomic:
 - GCS (gcsfs): ``ifGenerationMatch=0``;
 - memory:// : an exclusive create in the process.
 
-Elsewhere (any other fsspec store) it is "look, then write, then read back":
-two runs starting within the same second may both go ahead, as they may on an
-S3-compatible store or GCS emulator that ignores the precondition. The
+Every store is looked at first (one request), and the lease read back after
+the create. Elsewhere (any other fsspec store) that "look, write, read back"
+is all there is: two runs starting within the same second may both go ahead,
+as they may on an S3-compatible store or a GCS emulator that ignores the
+precondition (gcp-storage-emulator does); the first one's renewal then finds
+the lease taken and the run ends in an error that says so. The
 holder renews the lease from a daemon thread (read, compare the owner, write)
 and releases it at the end, also on failure and Ctrl-C. A lease past its
 expiry (its holder died without releasing it), or one whose holder process
@@ -137,6 +140,10 @@ def create_if_absent(output: Output, path: str, data: bytes) -> bool:
                 return False
         finally:
             os.remove(staged)
+    with contextlib.suppress(AttributeError, TypeError):
+        fs.invalidate_cache(path)
+    if fs.exists(path):  # also where a store would ignore the precondition
+        return False
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     if ATOMIC_PROTOCOLS.intersection(protocols):
         try:
@@ -144,8 +151,6 @@ def create_if_absent(output: Output, path: str, data: bytes) -> bool:
         except FileExistsError:
             return False
         return True
-    if fs.exists(path):
-        return False
     fs.pipe_file(path, data)
     return True
 
