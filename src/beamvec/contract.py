@@ -239,13 +239,13 @@ def check_part(
     count may be newer than ``rec`` (a crash before the manifest): its
     record stands (it is what the file says), with the size filled in."""
     if size is None:
-        return None, "it is missing"
+        return None, MISSING
     if rec.vector_bytes and size == rec.vector_bytes:
         return rec, None
     try:
         footer, rows = footer_and_rows(fs, path)
     except FileNotFoundError:
-        return None, "it is missing"
+        return None, MISSING
     except DamagedFileError as exc:
         return None, exc.reason
     theirs = footer.shard
@@ -259,8 +259,14 @@ def check_part(
     return replace(theirs, vector_bytes=size), None
 
 
+MISSING = "it is missing"
+
+
 def damaged_message(path: str, reason: str) -> str:
     """One line naming a damaged or missing committed file, and the repair."""
+    if reason == MISSING:
+        return (f"{path} is missing although the manifest lists it as committed; rerun "
+                "`beamvec run` with the same flags to embed that shard again")
     return str(DamagedFileError(path, reason))
 
 
@@ -361,6 +367,17 @@ class Manifest:
                 f"{where} is not a beamvec manifest; move it aside and rerun: the next run "
                 "rebuilds it from the vector files' footers"
             )
+        try:
+            return cls._parse(data)
+        except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong type
+            raise UsageError(
+                f"{where} is not a valid beamvec manifest ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else 'bad field'}); move it aside and "
+                "rerun: the next run rebuilds it from the vector files' footers"
+            ) from None
+
+    @classmethod
+    def _parse(cls, data: Mapping[str, Any]) -> Manifest:
         fingerprint = data.get("config_fingerprint")
         shards = {}
         for name, rec in data.get("shards", {}).items():
