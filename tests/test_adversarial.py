@@ -175,7 +175,7 @@ def test_two_runs_on_one_output(where, order, tmp_path, request, capsys, monkeyp
         _no_traceback(stdout, stderr)
         after_first = read_output(out, options)
         assert after_first["success"]
-        assert set(after_first["manifest"]["shards"]) == set(sizes[first])  # the first completed correctly
+        assert {n.split(".")[0] for n in after_first["manifest"]["shards"]} == set(sizes[first])
         code, _, err = beam_run(capsys, "--input", f"{base}/{second}/*.jsonl", *common)
         assert code == 0, err
         sent = _sent(emu)
@@ -183,7 +183,7 @@ def test_two_runs_on_one_output(where, order, tmp_path, request, capsys, monkeyp
     assert sent == {content_hash(t): 1 for t in texts.values()}
     output = read_output(out, options)
     assert_reconciled(output)
-    assert set(output["manifest"]["shards"]) == set(sizes["a"]) | set(sizes["b"])
+    assert {n.split(".")[0] for n in output["manifest"]["shards"]} == set(sizes["a"]) | set(sizes["b"])
     assert set(vectors_by_id(output)) == set(texts)
     left = _objects(fs, root)
     assert not [n for n in left if n.startswith(("_tmp", "_partial")) or n == "_lease.json"], left
@@ -196,13 +196,19 @@ DAMAGE = ["truncate", "copy-another", "fewer-rows-same-footer", "delete"]
 SHARDS = {"s0": 30, "s1": 45, "s2": 60, "s3": 75}  # different sizes: different files
 
 
+def _file_of(vectors: Path, shard: str) -> Path:
+    """Output names carry the input's extension and a hash: s1.jsonl-<hash>.parquet."""
+    (found,) = vectors.glob(f"{shard}.jsonl-*.parquet")
+    return found
+
+
 def _damage(kind: str, vectors: Path) -> Path:
-    victim = vectors / "s1.parquet"
+    victim = _file_of(vectors, "s1")
     if kind == "truncate":
         data = victim.read_bytes()
         victim.write_bytes(data[: len(data) // 2])
     elif kind == "copy-another":
-        victim.write_bytes((vectors / "s2.parquet").read_bytes())
+        victim.write_bytes(_file_of(vectors, "s2").read_bytes())
     elif kind == "fewer-rows-same-footer":
         pf = pq.ParquetFile(victim)
         footer = pf.metadata.metadata[b"beamvec"]
@@ -379,7 +385,7 @@ def test_a_vanished_input_fails_its_shard_only(tmp_path, capsys, emulator, monke
     assert "INCOMPLETE" in stdout
     partial = read_output(str(tmp_path / "out"))
     assert not partial["success"]
-    assert set(partial["manifest"]["shards"]) == {"a", "b"}
+    assert {n.split(".")[0] for n in partial["manifest"]["shards"]} == {"a", "b"}
     assert set(vectors_by_id(partial)) == set(texts["a"]) | set(texts["b"])
 
     monkeypatch.setattr(job, "preflight", real)
@@ -390,7 +396,7 @@ def test_a_vanished_input_fails_its_shard_only(tmp_path, capsys, emulator, monke
     assert _sent(emulator) == {content_hash(t): 1 for t in texts["c"].values()}
     output = read_output(str(tmp_path / "out"))
     assert_reconciled(output)
-    assert set(output["manifest"]["shards"]) == {"a", "b", "c"}
+    assert {n.split(".")[0] for n in output["manifest"]["shards"]} == {"a", "b", "c"}
 
 
 BAD_MANIFESTS = {
@@ -450,7 +456,7 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path):
         assert "interrupted" in line and "committed" in line and "rerun" in line, line
         assert not (out / "_lease.json").exists()  # released on Ctrl-C
         assert not (out / "_SUCCESS").exists()
-        committed = {p.stem for p in (out / "vectors").glob("*.parquet")}
+        committed = {p.stem.split(".")[0] for p in (out / "vectors").glob("*.parquet")}
         assert committed and committed != {"a", "b", "c", "d"}
         first = _sent(emu)
         emu.reset()
