@@ -458,6 +458,7 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path):
         assert not (out / "_SUCCESS").exists()
         committed = {p.stem.split(".")[0] for p in (out / "vectors").glob("*.parquet")}
         assert committed and committed != {"a", "b", "c", "d"}
+        assert f"{len(committed)} of 4 shards are committed in {out}" in line, line
         first = _sent(emu)
         emu.reset()
         result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)

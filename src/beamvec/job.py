@@ -27,11 +27,12 @@ from beamvec.contract import (
     PARTIAL_DIR,
     SUCCESS,
     OutputState,
+    complete_shards,
     read_manifest,
     read_state,
 )
 from beamvec.embedder import EmbedSettings
-from beamvec.errors import SystemicError, UsageError
+from beamvec.errors import Interrupted, SystemicError, UsageError
 from beamvec.failures import clear_failures, raise_recorded_failure
 from beamvec.inputs import (
     JobInputs,
@@ -222,10 +223,39 @@ def _run_planned(plan: JobPlan, options: PipelineOptions, started: float, out: A
             result.wait_until_finish()
         except Exception as exc:  # a worker's SystemicError reaches here as text on most runners
             raise_recorded_failure(bv.output, inputs.storage_options, exc)
+            if _interrupted(exc):  # Ctrl-C inside a bundle, wrapped by the runner
+                raise _interruption(plan) from None
             raise
+        except KeyboardInterrupt:
+            raise _interruption(plan) from None
     clear_failures(bv.output, inputs.storage_options)  # left by bundles the runner retried
     plan.output.finish_staging()
     return summarize(plan, started, out, beam_counters(result))
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether a runner's error is a Ctrl-C it caught in a bundle (Beam
+    re-raises it as RuntimeError("KeyboardInterrupt [while running ...]"))."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt) or str(current).startswith("KeyboardInterrupt"):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _interruption(plan: JobPlan) -> Interrupted:
+    """Ctrl-C: one line saying how many shards stand committed."""
+    try:
+        done = complete_shards(read_state(plan.output).committed.values())
+        names = {s.name: s.fingerprint for s in plan.inputs.shards}
+        count = sum(1 for name, fp in done.items() if names.get(name) == fp)
+        what = f"{count} of {len(names)} shards are committed in {plan.output.url}"
+    except Exception:  # noqa: BLE001 - the line must come out whatever the output's state
+        what = f"the shards committed in {plan.output.url} stay committed"
+    return Interrupted(f"interrupted; {what}; rerun the same command to embed the rest")
 
 
 def _in_process(options: PipelineOptions) -> bool:
