@@ -173,6 +173,7 @@ def test_two_runs_on_one_output(where, order, tmp_path, request, capsys, monkeyp
                 proc.communicate()
         assert proc.returncode == 0, stderr[-3000:]
         _no_traceback(stdout, stderr)
+        fs.invalidate_cache()  # written by another process
         after_first = read_output(out, options)
         assert after_first["success"]
         assert {n.split(".")[0] for n in after_first["manifest"]["shards"]} == set(sizes[first])
@@ -181,6 +182,7 @@ def test_two_runs_on_one_output(where, order, tmp_path, request, capsys, monkeyp
         sent = _sent(emu)
     # No text billed twice, and every text billed once.
     assert sent == {content_hash(t): 1 for t in texts.values()}
+    fs.invalidate_cache()
     output = read_output(out, options)
     assert_reconciled(output)
     assert {n.split(".")[0] for n in output["manifest"]["shards"]} == set(sizes["a"]) | set(sizes["b"])
