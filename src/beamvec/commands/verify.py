@@ -104,15 +104,21 @@ def _output_names(
 
 def _found(output: Output, name: str, damaged: Mapping[str, str]) -> tuple[Counter[str], int, int, bool]:
     """(ids found, vector rows, dead-letter rows, whether the vector file
-    exists); a damaged vector file counts as absent (it is reported apart)."""
+    exists); an unreadable damaged vector file counts as absent (damaged
+    files are reported apart, readable ones are still matched id by id)."""
     found: Counter[str] = Counter()
     vectors = dead = 0
     path = vector_path(output, name)
-    exists = path not in damaged and bool(output.fs.exists(path))
+    exists = bool(output.fs.exists(path))
     if exists:
-        for batch in iter_batches(output, path, ["id"]):
-            found.update(batch.column(0).to_pylist())
-            vectors += batch.num_rows
+        try:
+            for batch in iter_batches(output, path, ["id"]):
+                found.update(batch.column(0).to_pylist())
+                vectors += batch.num_rows
+        except Exception:  # noqa: BLE001 - pyarrow raises several types for a torn file
+            if path not in damaged:
+                raise
+            found, vectors, exists = Counter(), 0, False
     path = dead_letter_path(output, name)
     if output.fs.exists(path):
         for batch in iter_batches(output, path, ["id", "source_position"]):
