@@ -251,6 +251,14 @@ def test_a_damaged_vector_file_is_found_and_redone(kind, tmp_path, capsys, emula
     _no_traceback(stdout, err)
     assert code == 1 and str(victim) in stdout and "rerun `beamvec run`" in stdout, stdout + err
 
+    # plan (read-only, no lease) names it too and plans exactly that shard.
+    code, stdout, err = run_cli(capsys, "plan", "--json", *args)
+    _no_traceback(stdout, err)
+    assert code == 0 and str(victim) in err, err
+    planned = json.loads(stdout)
+    assert planned["shards_to_embed"] == 1 and planned["sent"] == SHARDS["s1"], planned
+    assert planned["output"]["damaged"] == [str(victim)] and not planned["output"]["complete"]
+
     # The rerun redoes exactly that shard, and says so in one warning line.
     emulator.reset()
     with caplog.at_level(logging.WARNING, logger="beamvec"):
@@ -294,6 +302,9 @@ def test_retry_dead_letters_bills_exactly_the_dead_lettered_texts(tmp_path, caps
         assert reasons == {"embed_failed"} and 0 < len(dead) < len(texts), (reasons, len(dead))
         assert first["manifest"]["totals"]["dead_lettered"] == len(dead)
         emu.update(fail_503=0.0)
+        code, stdout, err = run_cli(capsys, "plan", "--json", *args, "--retry-dead-letters")
+        assert code == 0, err
+        assert json.loads(stdout)["sent"] == len(dead)  # plan says what the retry bills
         emu.reset()
         code, stdout, err = beam_run(capsys, *args, "--retry-dead-letters")
         assert code == 0, err
