@@ -18,6 +18,8 @@ import uuid
 from datetime import datetime, timezone
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from beamvec.errors import SystemicError
@@ -31,7 +33,7 @@ from beamvec.lease import (
     read_lease,
     release,
 )
-from beamvec.sink import Output
+from beamvec.sink import Output, ParquetShardWriter
 
 pytest_plugins = ["servers"]
 
@@ -214,3 +216,31 @@ def test_unwritable_output_is_one_line(tmp_path):
     message = str(failed.value)
     assert "\n" not in message and "cannot write to the output" in message
     assert str(tmp_path / "file" / "out") in message
+
+
+def test_staging_is_per_run_and_only_dead_runs_are_cleaned(tmp_path):
+    """Local disk stages under _tmp/<run id>/: a run never wipes a live run's files."""
+    ours = Output(str(tmp_path / "out"), run_id="run-b")
+    theirs = Output(str(tmp_path / "out"), run_id="run-a")
+    schema = pa.schema([pa.field("x", pa.int64())])
+    writer = ParquetShardWriter(ours, ours.path("vectors", "s.parquet"), schema)
+    assert writer.staged.startswith(str(tmp_path / "out" / "_tmp" / "run-b") + "/")
+    writer.write(pa.table({"x": [1, 2]}, schema=schema))
+    live = ParquetShardWriter(theirs, theirs.path("vectors", "t.parquet"), schema)
+    live.write(pa.table({"x": [3]}, schema=schema))
+    live._fh.flush()
+
+    assert ours.clean_staging() == []  # run-a touched its files just now: alive
+    assert os.path.exists(live.staged)
+    old = time.time() - 600
+    for path in (live.staged, os.path.dirname(live.staged)):
+        os.utime(path, (old, old))
+    removed = ours.clean_staging()  # now run-a is a dead run's leftover
+    assert removed == [str(tmp_path / "out" / "_tmp" / "run-a")]
+    assert not os.path.exists(live.staged)
+
+    writer.commit({"k": "v"})
+    assert pq.ParquetFile(ours.path("vectors", "s.parquet")).metadata.num_rows == 2
+    ours.finish_staging()
+    assert not (tmp_path / "out" / "_tmp").exists()
+
