@@ -4,8 +4,9 @@ Model, dimension, task and normalization from the manifest (or a footer);
 rows and dead letters counted in the Parquet files themselves; a summary of
 vector norms read in record batches (memory bounded by one batch, whatever
 the output's size); the run history; whether _SUCCESS is there; and where
-the files and the manifest disagree. Exits 1 when a committed vector file
-is damaged or missing (each named, with its repair), 0 otherwise.
+the files and the manifest disagree. A committed vector file that is damaged
+or missing is named with its repair, and the output is then INCOMPLETE; exits
+1 when one is damaged, 0 otherwise (a missing one leaves a readable output).
 """
 
 from __future__ import annotations
@@ -36,14 +37,14 @@ from beamvec.commands import (
     storage_options,
     vector_files,
 )
-from beamvec.contract import damaged_message, read_state, vector_path
+from beamvec.contract import MISSING, damaged_message, read_state, vector_path
 
 DESCRIPTION = """\
 Describe a beamvec output: shards, rows, model, dimension, task, normalization,
 backend, vector norms (min/mean/max over every row), dead letters by reason,
 the run history, and whether _SUCCESS exists. Reads only; exits 0 when the
-output can be read, 1 when a committed vector file is damaged or missing
-(use `beamvec verify` to check it against its inputs).
+output can be read, 1 when a committed vector file is damaged (use
+`beamvec verify` to check it against its inputs).
 
 examples:
   beamvec inspect out/
@@ -70,7 +71,7 @@ def main(argv: Sequence[str]) -> int:
         return args
     report = inspect_output(args.output, storage_options(args.storage_option), quiet=args.quiet)
     print(dump_json(report) if args.json else format_report(report))
-    return 1 if report["damaged"] else 0
+    return 1 if report["unreadable"] else 0
 
 
 class NormStats:
@@ -190,6 +191,7 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
         "output": output.url,
         "complete": has_success(output) and not damaged,
         "damaged": sorted(damaged),
+        "unreadable": sorted(p for p, why in damaged.items() if why != MISSING),
         "manifest": manifest is not None,
         "backend": desc.get("backend"),
         "model": desc.get("model"),
