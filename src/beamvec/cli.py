@@ -101,9 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(command, str(exc), 2)
     except SystemicError as exc:
         return _fail(command, str(exc), 1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if debug:
             raise
+        if str(exc):  # job.py's line: how many shards are committed
+            return _fail(command, str(exc), 130)
         if command == "run":
             return _fail(command, "interrupted; committed shards stay committed, "
                          "rerun the same command to resume", 130)

@@ -141,6 +141,7 @@ class CommitRecord:
     parts: int = 1
     shard_fingerprint: str = ""  # the whole input file's fingerprint
     message: str = ""  # why a part failed
+    vector_bytes: int = 0  # the committed vector file's size (0: unknown, check its footer)
 
     @property
     def shard_name(self) -> str:
@@ -211,6 +212,66 @@ class DamagedFileError(UsageError):
             "flags to embed that shard again"
         )
         self.path = path
+        self.reason = reason
+
+
+def footer_and_rows(fs: fsspec.AbstractFileSystem, path: str) -> tuple[Footer, int]:
+    """A vector file's footer and its row count, from the Parquet metadata
+    alone (one range read). Raises DamagedFileError, FileNotFoundError."""
+    try:
+        with fs.open(path, "rb") as fh:
+            metadata = pq.ParquetFile(fh).metadata
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a torn file
+        raise DamagedFileError(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    raw = (metadata.metadata or {}).get(FOOTER_KEY)
+    try:
+        footer = Footer.from_json(json.loads(raw)) if raw else Footer(None, None)
+    except (ValueError, TypeError):
+        raise DamagedFileError(path, "its beamvec footer is not valid JSON") from None
+    return footer, metadata.num_rows
+
+
+def check_part(
+    fs: fsspec.AbstractFileSystem, path: str, rec: CommitRecord, size: int | None
+) -> tuple[CommitRecord | None, str | None]:
+    """Trust, but check: (the commit record that stands for this committed
+    part's vector file, why the file cannot be trusted). Cheap: when the
+    listed size is the recorded one, nothing is read; otherwise only the
+    footer and row count are. A footer of this same part with its own row
+    count may be newer than ``rec`` (a crash before the manifest): its
+    record stands (it is what the file says), with the size filled in."""
+    if size is None:
+        return None, MISSING
+    if rec.vector_bytes and size == rec.vector_bytes:
+        return rec, None
+    try:
+        footer, rows = footer_and_rows(fs, path)
+    except FileNotFoundError:
+        return None, MISSING
+    except DamagedFileError as exc:
+        return None, exc.reason
+    theirs = footer.shard
+    if theirs is None or theirs.name != rec.name:
+        named = theirs.name if theirs is not None else "no part"
+        return None, f"its footer names {named}, not {rec.name}"
+    if rows != theirs.counts.embedded:
+        return None, f"it holds {rows} rows where its footer says {theirs.counts.embedded}"
+    if theirs.config_fingerprint is None:
+        theirs = replace(theirs, config_fingerprint=rec.config_fingerprint)
+    return replace(theirs, vector_bytes=size), None
+
+
+MISSING = "it is missing"
+
+
+def damaged_message(path: str, reason: str) -> str:
+    """One line naming a damaged or missing committed file, and the repair."""
+    if reason == MISSING:
+        return (f"{path} is missing although the manifest lists it as committed; rerun "
+                "`beamvec run` with the same flags to embed that shard again")
+    return str(DamagedFileError(path, reason))
 
 
 @dataclass(frozen=True)
@@ -316,6 +377,17 @@ class Manifest:
                 f"{where} is not a beamvec manifest; move it aside and rerun: the next run "
                 "rebuilds it from the vector files' footers"
             )
+        try:
+            return cls._parse(data)
+        except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong type
+            raise UsageError(
+                f"{where} is not a valid beamvec manifest ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else 'bad field'}); move it aside and "
+                "rerun: the next run rebuilds it from the vector files' footers"
+            ) from None
+
+    @classmethod
+    def _parse(cls, data: Mapping[str, Any]) -> Manifest:
         fingerprint = data.get("config_fingerprint")
         shards = {}
         for name, rec in data.get("shards", {}).items():
@@ -449,6 +521,8 @@ class OutputState:
     committed: Mapping[str, CommitRecord]
     files: Mapping[str, int]  # vector file -> size
     success: bool
+    #: vector file -> why it cannot be trusted (its part is then not committed)
+    damaged: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def description(self) -> Description | None:
@@ -463,15 +537,36 @@ def read_state(output: Output) -> OutputState:
     known = dict(manifest.shards) if manifest else {}
     files = list_parquet(output, VECTORS_DIR)
     committed: dict[str, CommitRecord] = {}
+    damaged: dict[str, str] = {}
+    for name, rec in known.items():  # trust, but check (check_part)
+        if rec.status != "committed":
+            continue
+        path = vector_path(output, name)
+        checked, why = check_part(output.fs, path, rec, files.get(path))
+        if checked is not None:
+            committed[name] = checked
+        else:
+            damaged[path] = why or "damaged"
     for path in files:
         name = name_of(path)
-        if name in known:
-            committed[name] = known[name]
+        if name in known and known[name].status == "committed":
             continue
-        footer = footer_of(output.fs, path)
-        if footer.shard is not None:
-            committed[name] = footer.shard
-    return OutputState(manifest, committed, files, bool(output.fs.exists(output.path(SUCCESS))))
+        try:
+            footer, rows = footer_and_rows(output.fs, path)
+        except DamagedFileError as exc:
+            damaged[path] = exc.reason
+            continue
+        except FileNotFoundError:
+            continue
+        if footer.shard is None:
+            continue
+        if rows != footer.shard.counts.embedded:
+            damaged[path] = f"it holds {rows} rows where its footer says {footer.shard.counts.embedded}"
+            continue
+        committed[name] = replace(footer.shard, vector_bytes=files[path])
+    return OutputState(
+        manifest, committed, files, bool(output.fs.exists(output.path(SUCCESS))), damaged
+    )
 
 
 def description_of(output: Output, state: OutputState) -> Description | None:

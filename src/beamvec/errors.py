@@ -40,6 +40,10 @@ class SystemicError(Exception):
     """A fault no retry or dead letter can fix. The run stops with this message."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, with one line saying what stays committed (exit 130)."""
+
+
 class InputAccessError(PermissionError):
     """An input could not be listed: wrong credentials or a missing grant."""
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from beamvec.backends.base import TASK_TYPES
 from beamvec.prepare import LONG_TEXT_POLICIES, NORMALIZATIONS
+from beamvec.records import TRANSIENT_REASONS
 from beamvec.sources import FORMATS
 
 
@@ -84,6 +85,14 @@ def add_beamvec_flags(parser: Any) -> None:
     # Run control
     _flag(parser, "force", action="store_true", default=False,
           help="redo every shard and reuse no vector (also allows a new configuration)")
+    _flag(parser, "break-lease", action="store_true", default=False,
+          help="take over the output's lease from another run known to be dead "
+               "(a run refuses an output another live run is writing to)")
+    _flag(parser, "retry-dead-letters", nargs="?", const=",".join(TRANSIENT_REASONS), default=None,
+          metavar="REASON,...",
+          help="embed again only the dead-lettered records with these reasons (default: "
+               f"{', '.join(TRANSIENT_REASONS)}); their shards' other vectors are reused, "
+               "so only those texts are billed")
     _flag(parser, "split-bytes", type=int, default=None, metavar="BYTES",
           help="cut uncompressed input files larger than this into splits that different "
                "workers embed (default 256 KiB for the local model, 4 MiB for API backends; "

@@ -26,8 +26,22 @@ from beamvec.contract import CommitRecord, Description, OutputState, RunConfig, 
 from beamvec.errors import UsageError
 from beamvec.options import BeamvecOptions, parse_pipeline_options, parse_storage_options
 from beamvec.prepare import PrepareConfig
-from beamvec.records import Shard
+from beamvec.records import REASONS, TRANSIENT_REASONS, Shard
 from beamvec.sources import ReaderConfig, list_shards
+
+
+def retry_reasons(value: str | None) -> tuple[str, ...]:
+    """`--retry-dead-letters`' reasons, checked against the known ones."""
+    if value is None:
+        return ()
+    reasons = tuple(dict.fromkeys(r.strip() for r in value.split(",") if r.strip()))
+    unknown = [r for r in reasons if r not in REASONS]
+    if unknown or not reasons:
+        raise UsageError(
+            f"--retry-dead-letters: unknown reason {', '.join(unknown) or repr(value)}; "
+            f"pass some of {', '.join(REASONS)} (default: {', '.join(TRANSIENT_REASONS)})"
+        )
+    return reasons
 
 
 def parse_options(argv: Sequence[str]) -> PipelineOptions:
@@ -37,6 +51,7 @@ def parse_options(argv: Sequence[str]) -> PipelineOptions:
         raise UsageError("no --input given: pass a glob such as --input 'corpus/*.jsonl'")
     if not bv.output:
         raise UsageError("no --output given: pass a directory or bucket prefix")
+    retry_reasons(bv.retry_dead_letters)  # a typo is a usage error before anything is read
     return options
 
 
@@ -169,10 +184,16 @@ class Work:
     carried: list[CommitRecord] = field(default_factory=list)  # commit records of skipped shards
 
 
-def split_work(shards: list[Shard], state: OutputState, fingerprint: str, redo: bool) -> Work:
+def split_work(
+    shards: list[Shard], state: OutputState, fingerprint: str, redo: bool, retry: Sequence[str] = ()
+) -> Work:
     """A shard is skipped when every part of it is committed from this very
-    input and this configuration; anything less is embedded again (its
-    committed parts are then kept by the workers, not redone)."""
+    input and this configuration, and (with ``retry``, the reasons of
+    `--retry-dead-letters`) none of its parts dead-lettered a record for one
+    of those reasons; anything less is embedded again (its committed parts
+    are then kept by the workers, not redone, and its vectors reused).
+    A part whose vector file does not match its commit record is not in
+    ``state.committed`` (contract.check_part), so its shard is redone."""
     if redo:
         return Work(list(shards))
     ours = [r for r in state.committed.values() if (r.config_fingerprint or fingerprint) == fingerprint]
@@ -180,9 +201,13 @@ def split_work(shards: list[Shard], state: OutputState, fingerprint: str, redo: 
     by_shard: dict[str, list[CommitRecord]] = {}
     for rec in ours:
         by_shard.setdefault(rec.shard_name, []).append(rec)
+    retried = {
+        rec.shard_name for rec in ours
+        if any(rec.counts.dead_letters_by_reason.get(reason) for reason in retry)
+    }
     work = Work([])
     for shard in shards:
-        if complete.get(shard.name) == shard.fingerprint:
+        if complete.get(shard.name) == shard.fingerprint and shard.name not in retried:
             work.skipped.append(shard.name)
             work.carried += [r for r in by_shard[shard.name] if r.file_fingerprint == shard.fingerprint]
         else:

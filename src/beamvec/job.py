@@ -27,11 +27,12 @@ from beamvec.contract import (
     PARTIAL_DIR,
     SUCCESS,
     OutputState,
+    complete_shards,
     read_manifest,
     read_state,
 )
 from beamvec.embedder import EmbedSettings
-from beamvec.errors import SystemicError, UsageError
+from beamvec.errors import Interrupted, SystemicError, UsageError
 from beamvec.failures import clear_failures, raise_recorded_failure
 from beamvec.inputs import (
     JobInputs,
@@ -39,9 +40,11 @@ from beamvec.inputs import (
     conflict,
     parse_options,
     resolve_inputs,
+    retry_reasons,
     split_work,
     worker_processes,
 )
+from beamvec.lease import hold_lease
 from beamvec.lookup import check_reuse_source
 from beamvec.preflight import preflight
 from beamvec.progress import PROGRESS, Reporter
@@ -82,7 +85,10 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         )
     for url in inputs.bv.reuse_from or ():
         check_reuse_source(inputs.description, Output(url, inputs.storage_options))
-    work = split_work(inputs.shards, state, inputs.description.config_fingerprint, inputs.bv.force)
+    for path, why in state.damaged.items():  # those shards are redone (contract.check_part)
+        LOG.warning("%s is damaged (%s): its shard is embedded again", path, why)
+    work = split_work(inputs.shards, state, inputs.description.config_fingerprint, inputs.bv.force,
+                      retry_reasons(inputs.bv.retry_dead_letters))
     return JobPlan(inputs, output, state, work)
 
 
@@ -152,8 +158,16 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
     started = time.time()
     options = parse_options(argv)
     plan = plan_job(options)
+    # One writer per output: a second run refuses here, naming the holder (lease.py).
+    with hold_lease(plan.output, plan.inputs.bv.break_lease):
+        return _run_planned(plan, options, started, out)
+
+
+def _run_planned(plan: JobPlan, options: PipelineOptions, started: float, out: Any) -> dict[str, Any]:
     inputs, bv = plan.inputs, plan.inputs.bv
     check_batch_flags(bv)
+    run_id = new_run_id(started)
+    plan.output.run_id = run_id  # staged files go under _tmp/<run_id>/
     if not plan.work.todo:
         _nothing_to_do(plan, out)
         if bv.batch_api:  # a run killed after its commit left the jobs' files on the service
@@ -182,6 +196,8 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
         checkpoint=checkpoint,
         seed=seed,
         refusals=batch.refusals if batch is not None else Refusals(),
+        run_id=run_id,
+        retry_reasons=retry_reasons(bv.retry_dead_letters),
     )
     settings = EmbedSettings(
         max_in_flight=max_in_flight,
@@ -193,9 +209,8 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
         bv.quota_rpm, bv.quota_tpm, share=1.0 / workers, window_s=bv.quota_window,
         discover=inputs.backend.name != "local",  # a local model has no server limit to find
     )
-    plan.output.clean_staging()
+    plan.output.clean_staging(older_than=0.0)  # under the lease: only dead runs' files
     clear_failures(bv.output, inputs.storage_options)
-    run_id = new_run_id(started)
     work = write_work(
         plan.output, run_id, plan.work.todo, [s.name for s in inputs.shards], plan.work.carried
     )
@@ -217,11 +232,41 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
             result.wait_until_finish()
         except Exception as exc:  # a worker's SystemicError reaches here as text on most runners
             raise_recorded_failure(bv.output, inputs.storage_options, exc)
+            if _interrupted(exc):  # Ctrl-C inside a bundle, wrapped by the runner
+                raise _interruption(plan) from None
             raise
+        except KeyboardInterrupt:
+            raise _interruption(plan) from None
     clear_failures(bv.output, inputs.storage_options)  # left by bundles the runner retried
     if batch is not None:
         finish_batch_phase(plan.output, inputs)  # the jobs' files off the service
+    plan.output.finish_staging()
     return summarize(plan, started, out, beam_counters(result))
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether a runner's error is a Ctrl-C it caught in a bundle (Beam
+    re-raises it as RuntimeError("KeyboardInterrupt [while running ...]"))."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt) or str(current).startswith("KeyboardInterrupt"):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _interruption(plan: JobPlan) -> Interrupted:
+    """Ctrl-C: one line saying how many shards stand committed."""
+    try:
+        done = complete_shards(read_state(plan.output).committed.values())
+        names = {s.name: s.fingerprint for s in plan.inputs.shards}
+        count = sum(1 for name, fp in done.items() if names.get(name) == fp)
+        what = f"{count} of {len(names)} shards are committed in {plan.output.url}"
+    except Exception:  # noqa: BLE001 - the line must come out whatever the output's state
+        what = f"the shards committed in {plan.output.url} stay committed"
+    return Interrupted(f"interrupted; {what}; rerun the same command to embed the rest")
 
 
 def _in_process(options: PipelineOptions) -> bool:

@@ -41,6 +41,9 @@ REASONS = (
     EMBED_FAILED,
     BAD_REQUEST,
 )
+#: Reasons a later attempt may fix (`--retry-dead-letters`' default); the
+#: others are the input's own and come back the same every time.
+TRANSIENT_REASONS = (EMBED_FAILED,)
 
 
 @dataclass(frozen=True)

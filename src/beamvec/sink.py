@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +27,9 @@ from beamvec.records import DeadLetter, Embedded
 
 FOOTER_KEY = b"beamvec"
 TMP_DIR = "_tmp"
+#: Staged files of another run untouched this long belong to a dead run
+#: (a live run holds the output's lease and renews it every 30 s).
+STALE_STAGING_S = 120.0
 ROW_GROUP_ROWS = 4096
 
 
@@ -102,6 +106,15 @@ def dead_letter_table(letters: Sequence[DeadLetter], source: str) -> pa.Table:
     )
 
 
+def _newest_mtime(fs: Any, entry: dict[str, Any]) -> float:
+    """The latest modification time of a staged file, or of anything in a run's folder."""
+    times = [float(entry.get("mtime") or 0)]
+    if entry.get("type") == "directory":
+        with contextlib.suppress(FileNotFoundError):
+            times += [float(i.get("mtime") or 0) for i in fs.find(entry["name"], detail=True).values()]
+    return max(times)
+
+
 def _metadata_json(metadata: dict[str, Any], title: str | None) -> str | None:
     if title is not None:
         metadata = {**metadata, "title": title}
@@ -113,11 +126,15 @@ def _metadata_json(metadata: dict[str, Any], title: str | None) -> str | None:
 class Output:
     """An output root on any fsspec store, and the paths inside it."""
 
-    def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, root: str, storage_options: dict[str, Any] | None = None, run_id: str = ""
+    ) -> None:
         self.fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
         self.root = path.rstrip("/")
         self.url = root.rstrip("/")
         self.renames = isinstance(self.fs, LocalFileSystem)
+        #: Files are staged under ``_tmp/<run_id>/``: one run never touches another's.
+        self.run_id = run_id
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -138,7 +155,7 @@ class Output:
         if not self.renames:
             return final
         name = final.rsplit("/", 1)[-1]
-        return self.path(TMP_DIR, f"{uuid.uuid4().hex}.{name}")
+        return self.path(TMP_DIR, *([self.run_id] if self.run_id else []), f"{uuid.uuid4().hex}.{name}")
 
     def commit(self, staged: str, final: str) -> None:
         if staged != final:
@@ -168,10 +185,32 @@ class Output:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(path)
 
-    def clean_staging(self) -> None:
-        """Remove leftovers of a crashed run (local disk only)."""
-        if self.renames and self.fs.exists(self.path(TMP_DIR)):
-            self.fs.rm(self.path(TMP_DIR), recursive=True)
+    def clean_staging(self, older_than: float = STALE_STAGING_S) -> list[str]:
+        """Remove what crashed runs left under ``_tmp/`` (local disk only):
+        entries of other runs untouched for ``older_than`` seconds, never this
+        run's nor a live one's (a run holding the lease renews it far more
+        often). Returns what was removed."""
+        tmp = self.path(TMP_DIR)
+        if not self.renames or not self.fs.exists(tmp):
+            return []
+        removed = []
+        cutoff = time.time() - older_than
+        for entry in self.fs.ls(tmp, detail=True):
+            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+            if name == self.run_id or _newest_mtime(self.fs, entry) > cutoff:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(entry["name"], recursive=True)
+                removed.append(entry["name"])
+        return removed
+
+    def finish_staging(self) -> None:
+        """Remove this run's staging folder, and ``_tmp/`` when it is empty."""
+        if not self.renames or not self.run_id:
+            return
+        self.remove_tree(self.path(TMP_DIR, self.run_id))
+        with contextlib.suppress(OSError):
+            self.fs.rmdir(self.path(TMP_DIR))
 
 
 class ParquetShardWriter:

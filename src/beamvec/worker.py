@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ from beamvec.contract import (
     Footer,
     ShardCounts,
     dead_letter_path,
-    footer_of,
+    footer_and_rows,
     vector_path,
 )
 from beamvec.embedder import Embedder
@@ -72,6 +72,8 @@ class WorkerConfig:
     checkpoint: bool = False  # save finished batches so a crashed run loses none
     refusals: Refusals = field(default_factory=Refusals)  # texts not to send (batch lines failed for good)
     seed: Seed | None = None  # the preflight's text, its vector and the record it came from
+    run_id: str = ""  # files are staged under the output's _tmp/<run_id>/
+    retry_reasons: tuple[str, ...] = ()  # parts with dead letters of these reasons are redone
 
     @property
     def fingerprint(self) -> str:
@@ -167,7 +169,7 @@ class Worker:
         self.embedder = embedder
         self.config = config
         limits = backend.limits
-        self.output = Output(config.output, config.storage_options)
+        self.output = Output(config.output, config.storage_options, run_id=config.run_id)
         self.memory = RunMemory(limits.dimension)
         if config.seed is not None:
             self.memory.seed(config.seed)
@@ -238,16 +240,18 @@ class Worker:
         committed from this same input, when its file still matches it."""
         path = vector_path(self.output, split.name)
         try:
-            footer = footer_of(self.output.fs, path)
+            footer, rows = footer_and_rows(self.output.fs, path)
         except (FileNotFoundError, UsageError):
             return None
         rec = footer.shard
         if (
             rec is None or rec.input_fingerprint != split.fingerprint
             or rec.config_fingerprint != self.config.fingerprint
+            or rec.name != split.name or rows != rec.counts.embedded  # damaged: redo it
+            or any(rec.counts.dead_letters_by_reason.get(r) for r in self.config.retry_reasons)
         ):
             return None
-        return rec
+        return replace(rec, vector_bytes=self.output.fs.size(path))
 
     def process(self, split: Split, on_read: Callable[[], None] | None = None) -> CommitRecord:
         """Embed one split (a whole shard or a part of one) and commit it;
@@ -315,6 +319,7 @@ class Worker:
             else:
                 self.output.remove(dead_letter_path(self.output, split.name))
             sink.vectors.commit(footer)
+            record = replace(record, vector_bytes=self.output.fs.size(sink.vectors.final))
             PROGRESS.shard_done(split.shard.size if split.count == 1 else 0)
             return record
         except BaseException:

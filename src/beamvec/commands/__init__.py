@@ -138,12 +138,14 @@ def iter_batches(
         yield from pf.iter_batches(batch_size=batch_size, columns=present)
 
 
-def description_of(output: Output, manifest: dict[str, Any] | None) -> dict[str, Any]:
+def description_of(
+    output: Output, manifest: dict[str, Any] | None, files: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Backend, model, dimension, task of the vectors: from the manifest, else
-    from the footer of the first vector file."""
+    from the footer of the first vector file (of ``files``, default all)."""
     if manifest and manifest.get("model"):
         return manifest
-    for path in vector_files(output):
+    for path in vector_files(output) if files is None else files:
         found = footer(output, path)
         if found.get("model"):
             return found

@@ -4,7 +4,9 @@ Model, dimension, task and normalization from the manifest (or a footer);
 rows and dead letters counted in the Parquet files themselves; a summary of
 vector norms read in record batches (memory bounded by one batch, whatever
 the output's size); the run history; whether _SUCCESS is there; and where
-the files and the manifest disagree.
+the files and the manifest disagree. A committed vector file that is damaged
+or missing is named with its repair, and the output is then INCOMPLETE; exits
+1 when one is damaged, 0 otherwise (a missing one leaves a readable output).
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ from beamvec.commands import (
     storage_options,
     vector_files,
 )
+from beamvec.contract import MISSING, damaged_message, read_state, vector_path
 
 DESCRIPTION = """\
 Describe a beamvec output: shards, rows, model, dimension, task, normalization,
 backend, vector norms (min/mean/max over every row), dead letters by reason,
 the run history, and whether _SUCCESS exists. Reads only; exits 0 when the
-output can be read (use `beamvec verify` to check it against its inputs).
+output can be read, 1 when a committed vector file is damaged (use
+`beamvec verify` to check it against its inputs).
 
 examples:
   beamvec inspect out/
@@ -67,7 +71,7 @@ def main(argv: Sequence[str]) -> int:
         return args
     report = inspect_output(args.output, storage_options(args.storage_option), quiet=args.quiet)
     print(dump_json(report) if args.json else format_report(report))
-    return 0
+    return 1 if report["unreadable"] else 0
 
 
 class NormStats:
@@ -120,9 +124,11 @@ def vectors_matrix(column: Any, dimension: int) -> np.ndarray:
 
 def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
     output, manifest = open_output(url, options)
-    desc = description_of(output, manifest)
-    problems: list[str] = []
-    files = vector_files(output)
+    # Trust, but check: a committed file that does not match its commit record.
+    damaged = read_state(output).damaged
+    problems: list[str] = [damaged_message(path, why) for path, why in damaged.items()]
+    files = [path for path in vector_files(output) if path not in damaged]
+    desc = description_of(output, manifest, files)
     in_manifest = (manifest or {}).get("shards", {})
     norms = NormStats()
     rows_by_shard: dict[str, int] = {}
@@ -162,7 +168,7 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
             count += batch.num_rows
         dead_by_shard[shard_name(path)] = count
     for name, shard in in_manifest.items():
-        if name not in rows_by_shard:
+        if name not in rows_by_shard and vector_path(output, name) not in damaged:
             problems.append(f"the manifest lists shard {name} but vectors/{name}.parquet is missing; "
                             "rerun `beamvec run` with the same flags to redo it")
         if dead_by_shard.get(name, 0) != shard.get("dead_lettered", 0):
@@ -183,7 +189,9 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
     config = (manifest or {}).get("config", {})
     return {
         "output": output.url,
-        "complete": has_success(output),
+        "complete": has_success(output) and not damaged,
+        "damaged": sorted(damaged),
+        "unreadable": sorted(p for p, why in damaged.items() if why != MISSING),
         "manifest": manifest is not None,
         "backend": desc.get("backend"),
         "model": desc.get("model"),
@@ -256,7 +264,10 @@ def _norm(value: float | None) -> str:
 
 
 def format_report(rep: dict[str, Any]) -> str:
-    state = "complete: _SUCCESS written" if rep["complete"] else "INCOMPLETE: no _SUCCESS"
+    if rep["damaged"]:
+        state = f"INCOMPLETE: {len(rep['damaged'])} committed vector files damaged or missing"
+    else:
+        state = "complete: _SUCCESS written" if rep["complete"] else "INCOMPLETE: no _SUCCESS"
     n = rep["norms"]
     lines = [
         f"beamvec output {rep['output']}  ({state})",

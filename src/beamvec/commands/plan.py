@@ -23,10 +23,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beamvec import __version__, pricing
 from beamvec.batch_phase import TURNAROUND, check_batch_flags
-from beamvec.commands import Parser, dump_json, fmt_int, fmt_seconds, progress, progress_done
-from beamvec.contract import Description, OutputState, read_state, total
+from beamvec.commands import Parser, dump_json, fmt_int, fmt_seconds, progress, progress_done, warn
+from beamvec.contract import Description, OutputState, damaged_message, read_state, total
 from beamvec.errors import UsageError
-from beamvec.inputs import JobInputs, conflict, resolve_inputs, split_work
+from beamvec.inputs import JobInputs, conflict, resolve_inputs, retry_reasons, split_work
 from beamvec.lookup import build_batch_index, build_index, check_reuse_source
 from beamvec.options import BeamvecOptions, expand_config, parse_pipeline_options
 from beamvec.records import DeadLetter, Shard
@@ -151,7 +151,8 @@ def _existing_output(
         "url": output.url,
         "exists": bool(manifest) or bool(state.committed),
         "manifest": manifest is not None,
-        "complete": state.success if manifest or state.committed else False,
+        "complete": (state.success and not state.damaged) if manifest or state.committed else False,
+        "damaged": sorted(state.damaged),
         "shards": len(state.committed),
         "records": 0,
         "embedded": 0,
@@ -159,6 +160,8 @@ def _existing_output(
         "model": None,
         "conflict": None,
     }
+    for path, why in state.damaged.items():  # a run would embed those shards again
+        warn(damaged_message(path, why))
     counts = total(rec.counts for rec in state.committed.values())
     info.update(records=counts.read, embedded=counts.embedded, dead_lettered=counts.dead_lettered)
     if state.description is not None:
@@ -183,7 +186,8 @@ def make_plan(options: PipelineOptions) -> dict[str, Any]:
     output, existing, state = _existing_output(bv.output, inputs.storage_options, description, bv.force)
     replacing = bv.force or existing.get("conflict") is not None
     empty = OutputState(None, {}, {}, False)
-    work = split_work(inputs.shards, state or empty, fingerprint, replacing)
+    work = split_work(inputs.shards, state or empty, fingerprint, replacing,
+                      retry_reasons(bv.retry_dead_letters))
     reuse_from = [Output(url, inputs.storage_options) for url in bv.reuse_from or ()]
     for other in reuse_from:
         check_reuse_source(description, other)

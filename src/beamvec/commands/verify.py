@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from beamvec.commands import (
@@ -31,7 +31,7 @@ from beamvec.commands import (
     vector_files,
     warn,
 )
-from beamvec.contract import dead_letter_path, vector_path
+from beamvec.contract import damaged_message, dead_letter_path, read_state, vector_path
 from beamvec.errors import NoInputError, UsageError
 from beamvec.sink import Output
 from beamvec.sources import FORMATS, ReaderConfig, list_shards, read_shard
@@ -83,7 +83,9 @@ def _key(record_id: str | None, position: int) -> str:
     return record_id if record_id is not None else f"(no id, record {position})"
 
 
-def _output_names(output: Output, manifest: dict[str, Any] | None) -> dict[str, str]:
+def _output_names(
+    output: Output, manifest: dict[str, Any] | None, damaged: Mapping[str, str]
+) -> dict[str, str]:
     """Input path -> output shard name, from the manifest and the footers of
     vector files it does not list (a crashed run's committed shards)."""
     names: dict[str, str] = {}
@@ -93,23 +95,30 @@ def _output_names(output: Output, manifest: dict[str, Any] | None) -> dict[str, 
             names[shard["input"]] = name
     for path in vector_files(output):
         name = shard_name(path)
-        if name not in listed:
+        if name not in listed and path not in damaged:
             found = footer(output, path).get("shard", {})
             if found.get("input"):
                 names[found["input"]] = name
     return names
 
 
-def _found(output: Output, name: str) -> tuple[Counter[str], int, int, bool]:
-    """(ids found, vector rows, dead-letter rows, whether the vector file exists)."""
+def _found(output: Output, name: str, damaged: Mapping[str, str]) -> tuple[Counter[str], int, int, bool]:
+    """(ids found, vector rows, dead-letter rows, whether the vector file
+    exists); an unreadable damaged vector file counts as absent (damaged
+    files are reported apart, readable ones are still matched id by id)."""
     found: Counter[str] = Counter()
     vectors = dead = 0
     path = vector_path(output, name)
     exists = bool(output.fs.exists(path))
     if exists:
-        for batch in iter_batches(output, path, ["id"]):
-            found.update(batch.column(0).to_pylist())
-            vectors += batch.num_rows
+        try:
+            for batch in iter_batches(output, path, ["id"]):
+                found.update(batch.column(0).to_pylist())
+                vectors += batch.num_rows
+        except Exception:  # noqa: BLE001 - pyarrow raises several types for a torn file
+            if path not in damaged:
+                raise
+            found, vectors, exists = Counter(), 0, False
     path = dead_letter_path(output, name)
     if output.fs.exists(path):
         for batch in iter_batches(output, path, ["id", "source_position"]):
@@ -150,7 +159,8 @@ def verify(args: Any) -> dict[str, Any]:
             "pass --input GLOB with where they are now (relative paths are relative to where "
             "`beamvec run` ran)"
         ) from exc
-    names = _output_names(output, manifest)
+    damaged = read_state(output).damaged  # trust, but check (contract.check_part)
+    names = _output_names(output, manifest, damaged)
     listed = (manifest or {}).get("shards", {})
 
     missing: list[dict[str, Any]] = []
@@ -166,11 +176,13 @@ def verify(args: Any) -> dict[str, Any]:
             _key(raw.id, raw.position)
             for raw in read_shard(dataclasses.replace(shard, name=name), reader, options)
         )
-        found, vectors, dead, exists = _found(output, name)
+        found, vectors, dead, exists = _found(output, name, damaged)
         counts["records"] += sum(expected.values())
         counts["vectors"] += vectors
         counts["dead_letters"] += dead
-        if not exists:
+        if vector_path(output, name) in damaged:
+            pass  # named below, with its repair
+        elif not exists:
             notes.append(f"{shard.path} has no vector file in the output (not committed yet): "
                          "run `beamvec run` again with the same flags to embed it")
         elif name in listed and listed[name].get("input_fingerprint") not in (None, shard.fingerprint):
@@ -192,7 +204,8 @@ def verify(args: Any) -> dict[str, Any]:
     others = sorted({shard_name(p) for p in vector_files(output) + dead_letter_files(output)} - checked_names)
     if others:
         notes.append(f"{len(others):,} output shards come from inputs not given here; not checked")
-    ok = counts["missing"] == 0 and counts["doubled"] == 0
+    notes += [damaged_message(path, why) for path, why in damaged.items()]
+    ok = counts["missing"] == 0 and counts["doubled"] == 0 and not damaged
     return {
         "ok": ok,
         "output": output.url,
@@ -207,6 +220,7 @@ def verify(args: Any) -> dict[str, Any]:
         "doubled_ids": doubled,
         "unchecked_output_shards": others,
         "notes": notes,
+        "damaged": sorted(damaged),
     }
 
 
@@ -217,6 +231,9 @@ def format_result(res: dict[str, Any]) -> str:
             f"once in {res['output']} ({res['vectors']:,} vectors, {res['dead_letters']:,} dead letters)"
         )
         return "\n".join([line, *(f"  note: {n}" for n in res["notes"])])
+    if res.get("damaged") and not res["missing"] and not res["doubled"]:
+        return "\n".join([f"FAILED: {len(res['damaged'])} committed vector files of {res['output']} "
+                          "are damaged or missing", *(f"  {n}" for n in res["notes"])])
     lines = [
         f"FAILED: {res['missing']:,} records missing and {res['doubled']:,} doubled in {res['output']} "
         f"(of {res['records']:,} input records in {res['shards']:,} shards; "
