@@ -80,7 +80,7 @@ def test_503s_and_hangs_are_retried(corpus, tmp_path, capsys):
     root, texts = corpus
     with Emulator(api_key=KEY, fail_503=0.2, hang=0.1, hang_s=3.0, reset=0.05, seed=11) as emu:
         code, _, err = beam_run(
-            capsys, *_args(root, tmp_path / "o", emu, "--request-timeout", "0.5",
+            capsys, *_args(root, tmp_path / "o", emu, "--request-timeout", "1.5",
                            "--max-attempts", "25", "--max-in-flight", "4"),
         )
         stats = emu.stats()
