@@ -56,7 +56,12 @@ def test_a_429_carries_its_hint_and_says_it_is_a_throttle() -> None:
     header = from_api_error(
         _api_error(503, "UNAVAILABLE", "later", [retry], {"retry-after": "7"}), "gemini", str
     )
-    assert (header.kind, header.retry_after, header.throttled) == (T, 7.0, False)
+    # both: RetryInfo's delay is the precise one (Retry-After is whole seconds)
+    assert (header.kind, header.retry_after, header.throttled) == (T, 2.5, False)
+    only_header = from_api_error(
+        _api_error(503, "UNAVAILABLE", "later", [], {"retry-after": "7"}), "gemini", str
+    )
+    assert only_header.retry_after == 7.0
     again = pickle.loads(pickle.dumps(exc))
     assert (again.kind, again.status, again.retry_after, again.throttled) == (T, 429, 2.5, True)
     assert isinstance(again, BackendError)

@@ -179,9 +179,11 @@ def from_api_error(exc: Any, label: str, clean: Callable[[str], str]) -> Backend
     code = int(exc.code or 0)
     message = str(exc.message or "")
     headers = getattr(getattr(exc, "response", None), "headers", None)
-    retry_after = parse_retry_after(headers.get("retry-after") if headers else None)
+    # RetryInfo's retryDelay carries milliseconds; Retry-After only whole seconds,
+    # which at a 1-s metering window would hold a whole window for nothing.
+    retry_after = parse_retry_info(exc.details)
     if retry_after is None:
-        retry_after = parse_retry_info(exc.details)
+        retry_after = parse_retry_after(headers.get("retry-after") if headers else None)
     reasons = error_reasons(exc.details)
     kind = kind_of_status(code, reasons)
     status = code or None
