@@ -83,6 +83,7 @@ class Embedder:
             if waited:
                 self.stats.add("throttled_ms", waited * 1000.0)
         self.stats.add("requests")
+        self.stats.add("in_flight")  # a gauge: up now, down when the answer is in
         try:
             titles = [item.title for item in items]
             vectors = self.backend.embed(
@@ -95,6 +96,8 @@ class Embedder:
                 if self.limiter is not None:
                     self.limiter.on_throttled(exc.retry_after)
             raise
+        finally:
+            self.stats.add("in_flight", -1)
         if self.limiter is not None:
             self.limiter.on_success()
         self.stats.add("texts", len(items))

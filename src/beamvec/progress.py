@@ -27,11 +27,27 @@ class Progress:
             self.records = 0
             self.shards = 0
             self.bytes = 0
+            self.reused = 0
+            self.done = 0
             self._sources: list[Callable[[], dict[str, float]]] = []
 
     def add_records(self, n: int = 1) -> None:
         with self._lock:
             self.records += n
+
+    def add_bytes(self, n: int) -> None:
+        """Stored input bytes read, inside shards and splits: what the ETA follows."""
+        with self._lock:
+            self.bytes += n
+
+    def add_reused(self, n: int = 1) -> None:
+        with self._lock:
+            self.reused += n
+
+    def add_done(self, n: int = 1) -> None:
+        """Records written: embedded or dead-lettered."""
+        with self._lock:
+            self.done += n
 
     def shard_done(self, size: int) -> None:
         with self._lock:
@@ -45,7 +61,10 @@ class Progress:
 
     def read(self) -> dict[str, float]:
         with self._lock:
-            out: dict[str, float] = {"records": self.records, "shards": self.shards, "bytes": self.bytes}
+            out: dict[str, float] = {
+                "records": self.records, "shards": self.shards, "bytes": self.bytes, "reused": self.reused,
+                "done": self.done,
+            }
             sources = list(self._sources)
         for snapshot in sources:
             for key, value in snapshot().items():
@@ -56,18 +75,38 @@ class Progress:
 PROGRESS = Progress()
 
 
-def format_line(state: dict[str, float], total_shards: int, total_bytes: int, elapsed: float) -> str:
+BAR = 20
+
+
+def format_line(
+    state: dict[str, float], total_shards: int, total_bytes: int, elapsed: float, bar: bool = False
+) -> str:
+    """One progress line. The ETA follows input bytes read inside shards, scaled
+    by the share of the records read that are written (reading runs ahead of
+    embedding by what is in flight), so it moves from the first seconds even
+    when the run is one large file."""
     rate = state["records"] / elapsed if elapsed > 0 else 0.0
-    done_fraction = state["bytes"] / total_bytes if total_bytes > 0 else 0.0
+    read_fraction = min(1.0, state["bytes"] / total_bytes) if total_bytes > 0 else 0.0
+    written = min(1.0, state.get("done", state["records"]) / state["records"]) if state["records"] else 0.0
+    done_fraction = read_fraction * written
     if 0 < done_fraction < 1:
         eta = f"ETA {elapsed * (1 - done_fraction) / done_fraction:,.0f} s"
     else:
         eta = "ETA --"
-    return (
-        f"beamvec: {state['records']:,.0f} records, shards {state['shards']:.0f}/{total_shards} "
-        f"({done_fraction:.0%} of input bytes), {rate:,.1f} records/s, {eta}, "
+    filled = round(done_fraction * BAR)
+    drawn = f"[{'#' * filled}{'.' * (BAR - filled)}] " if bar else ""
+    line = (
+        f"beamvec: {drawn}{state['records']:,.0f} records, shards {state['shards']:.0f}/{total_shards} "
+        f"({done_fraction:.0%} of input bytes done), {rate:,.1f} records/s, {eta}, "
         f"retries {state.get('retries', 0):,.0f}, 429s {state.get('throttled_429', 0):,.0f}"
     )
+    sent, reused = state.get("texts", 0), state.get("reused", 0)
+    if sent or reused or state.get("requests"):
+        line += (
+            f", texts sent {sent:,.0f} reused {reused:,.0f}, in flight {state.get('in_flight', 0):,.0f}, "
+            f"throttled {state.get('throttled_ms', 0) / 1000:,.1f} s"
+        )
+    return line
 
 
 class Reporter:
@@ -87,7 +126,9 @@ class Reporter:
         self._thread = threading.Thread(target=self._loop, name="beamvec-progress", daemon=True)
 
     def _line(self) -> str:
-        return format_line(PROGRESS.read(), self.total_shards, self.total_bytes, time.time() - self.started)
+        return format_line(
+            PROGRESS.read(), self.total_shards, self.total_bytes, time.time() - self.started, bar=self.tty
+        )
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):

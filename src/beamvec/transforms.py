@@ -111,6 +111,8 @@ class EmbedShards(beam.DoFn):
     def _report(self, result: CommitRecord | None = None) -> None:
         """Hand counts to Beam's metrics, on the DoFn's own thread."""
         for key, value in self.embedder.stats.snapshot().items():
+            if key == "in_flight":  # a gauge, not a count
+                continue
             delta = int(value - self.reported.get(key, 0))
             if delta:
                 name = THROTTLING_COUNTER if key == "throttled_ms" else key

@@ -97,6 +97,7 @@ class _Sink:
         self.truncated = 0
 
     def add(self, row: Embedded) -> None:
+        PROGRESS.add_done()
         self.rows.append(row)
         self.embedded += 1
         self.tokens += row.record.tokens
@@ -105,6 +106,7 @@ class _Sink:
             self.flush()
 
     def dead_letter(self, letter: DeadLetter) -> None:
+        PROGRESS.add_done()
         self.dead.append(letter)
         self.dead_lettered += 1
         if len(self.dead) >= FLUSH_ROWS:
@@ -293,13 +295,18 @@ class Worker:
         try:
             self.collector.reader_started()
             try:
-                for raw in read_split(split, self.config.reader, self.config.storage_options):
+                items = read_split(
+                    split, self.config.reader, self.config.storage_options, on_bytes=PROGRESS.add_bytes
+                )
+                for raw in items:
                     PROGRESS.add_records()
                     decision = router.route(raw)
                     if isinstance(decision, DeadLetter):
                         sink.dead_letter(decision)
                     elif isinstance(decision, Reuse) or (isinstance(decision, Send) and decision.vector is not None):
                         sink.add(Embedded(decision.record, decision.vector))
+                        if isinstance(decision, Reuse):
+                            PROGRESS.add_reused()
                     else:
                         landing.outstanding += 1
                         if isinstance(decision, Send):
@@ -320,7 +327,7 @@ class Worker:
                 self.output.remove(dead_letter_path(self.output, split.name))
             sink.vectors.commit(footer)
             record = replace(record, vector_bytes=self.output.fs.size(sink.vectors.final))
-            PROGRESS.shard_done(split.shard.size if split.count == 1 else 0)
+            PROGRESS.shard_done(0)  # its bytes were counted as they were read
             return record
         except BaseException:
             sink.abort()
