@@ -75,6 +75,10 @@ def config_fingerprint(description: dict[str, Any], reader: ReaderConfig, prepar
 
 
 MAX_BYTES_PER_TOKEN = 16
+#: Default split sizes: about 25 s of work for the local model on one core,
+#: about 10,000 texts for an API backend.
+LOCAL_SPLIT_BYTES = 256 * 1024
+API_SPLIT_BYTES = 4 * 1024 * 1024
 _PARTITION = re.compile(r"(?:^|/)(?:dt|date|day)=(\d{4}-\d{2}-\d{2})(?:/|$)")
 
 
@@ -213,3 +217,9 @@ def split_work(
         else:
             work.todo.append(shard)
     return work
+
+
+def split_bytes(bv: Any, backend_name: str) -> int:
+    if bv.split_bytes is not None:
+        return max(0, bv.split_bytes)
+    return LOCAL_SPLIT_BYTES if backend_name == "local" else API_SPLIT_BYTES

@@ -41,6 +41,7 @@ from beamvec.inputs import (
     parse_options,
     resolve_inputs,
     retry_reasons,
+    split_bytes,
     split_work,
     worker_processes,
 )
@@ -58,10 +59,6 @@ from beamvec.worker import WorkerConfig
 
 LOG = logging.getLogger("beamvec")
 PROBE = "_beamvec_probe"
-#: Default split sizes: about 25 s of work for the local model on one core,
-#: about 10,000 texts for an API backend.
-LOCAL_SPLIT_BYTES = 256 * 1024
-API_SPLIT_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
@@ -139,12 +136,6 @@ def _nothing_to_do(plan: JobPlan, out: Any) -> None:
         return
     plan.output.remove_tree(plan.output.path(PARTIAL_DIR))  # left by a crash after a commit
     plan.output.write_bytes(plan.output.path(SUCCESS), b"")
-
-
-def split_bytes(bv: Any, backend_name: str) -> int:
-    if bv.split_bytes is not None:
-        return max(0, bv.split_bytes)
-    return LOCAL_SPLIT_BYTES if backend_name == "local" else API_SPLIT_BYTES
 
 
 def worker_count(options: PipelineOptions, bv: Any) -> int:

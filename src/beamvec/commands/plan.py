@@ -24,15 +24,23 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beamvec import __version__, pricing
 from beamvec.batch_phase import TURNAROUND, check_batch_flags
 from beamvec.commands import Parser, dump_json, fmt_int, fmt_seconds, progress, progress_done, warn
+from beamvec.commands.plan_sample import EXACT_SHARDS, SAMPLE_SHARDS, choose, relative_error_95
 from beamvec.contract import Description, OutputState, damaged_message, read_state, total
 from beamvec.errors import UsageError
-from beamvec.inputs import JobInputs, conflict, resolve_inputs, retry_reasons, split_work
+from beamvec.inputs import (
+    JobInputs,
+    conflict,
+    resolve_inputs,
+    retry_reasons,
+    split_bytes,
+    split_work,
+)
 from beamvec.lookup import build_batch_index, build_index, check_reuse_source
 from beamvec.options import BeamvecOptions, expand_config, parse_pipeline_options
 from beamvec.records import DeadLetter, Shard
 from beamvec.routing import Lookup, NoLookup, Router, RunMemory, Send
 from beamvec.sink import Output
-from beamvec.sources import read_shard
+from beamvec.sources import read_shard, splittable
 
 DESCRIPTION = """\
 Scan the inputs and print what `beamvec run` would do with the same flags:
@@ -56,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     BeamvecOptions._add_argparse_args(parser)
     parser.add_argument("--config", metavar="FILE", help="read flags from a YAML file")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument("--exact", action="store_true",
+                        help=f"read every shard even past {EXACT_SHARDS:,} (else a sample, scaled)")
     return parser
 
 
@@ -71,8 +81,8 @@ def main(argv: Sequence[str]) -> int:
         return int(exc.code or 0)
     if not flags.input:
         raise UsageError("no --input given: pass a glob such as --input 'corpus/*.jsonl'")
-    options = parse_pipeline_options([a for a in expanded if a != "--json"])
-    plan = make_plan(options)
+    options = parse_pipeline_options([a for a in expanded if a not in ("--json", "--exact")])
+    plan = make_plan(options, flags.exact)
     print(dump_json(plan) if flags.json else format_plan(plan))
     return 0
 
@@ -176,7 +186,7 @@ def _existing_output(
     return output, info, state
 
 
-def make_plan(options: PipelineOptions) -> dict[str, Any]:
+def make_plan(options: PipelineOptions, exact_flag: bool = False) -> dict[str, Any]:
     """Everything `beamvec plan` prints, as one JSON-ready dict."""
     inputs = resolve_inputs(options)
     bv, backend, description = inputs.bv, inputs.backend, inputs.description
@@ -200,8 +210,9 @@ def make_plan(options: PipelineOptions) -> dict[str, Any]:
     memory = RunMemory(limits.dimension)
     requests = RequestCounter(limits.max_items, limits.max_request_tokens)
     results = []
-    for i, shard in enumerate(work.todo, start=1):
-        progress(f"beamvec plan: reading shard {i}/{len(work.todo)} {shard.name}", bv.quiet)
+    sample = choose(work.todo, exact_flag)
+    for i, shard in enumerate(sample.shards, start=1):
+        progress(f"beamvec plan: reading shard {i}/{len(sample.shards)} {shard.name}", bv.quiet)
         results.append(scan_shard(shard, inputs, lookup, memory, requests, batch))
     progress_done(bv.quiet)
     requests.done()
@@ -213,6 +224,14 @@ def make_plan(options: PipelineOptions) -> dict[str, Any]:
             if isinstance(value, int):
                 totals[key] += value
         reasons.update(res["dead_letters_by_reason"])
+    if not sample.exact:
+        totals = Counter({k: round(v * sample.factor) for k, v in totals.items()})
+        reasons = Counter({k: round(v * sample.factor) for k, v in reasons.items()})
+        requests.requests = round(requests.requests * sample.factor)
+    limit = split_bytes(bv, backend.name)
+    unsplittable = [
+        s.path for s in work.todo if limit and s.size > limit and not splittable(s, inputs.reader)
+    ]
 
     exact = backend.name == "local"
     window = bv.quota_window or 60.0
@@ -268,6 +287,16 @@ def make_plan(options: PipelineOptions) -> dict[str, Any]:
         ),
         "output": existing,
         "per_shard": results,
+        "sampled": None if sample.exact else {
+            "shards_read": len(sample.shards), "of": sample.of, "scaled_by_bytes": round(sample.factor, 3),
+            "sent_error_95": relative_error_95(
+                results, [max(0, s.size) for s in sample.shards], "sent", sample.of
+            ),
+            "note": f"more than {EXACT_SHARDS:,} shards to embed: {SAMPLE_SHARDS:,} read at random and "
+                    "scaled by input bytes (plan --exact reads them all); repeats across unread "
+                    "shards count as sent, so the estimate errs high",
+        },
+        "unsplittable": unsplittable,
         "skipped": work.skipped,
     }
     return plan
@@ -408,6 +437,17 @@ def format_plan(p: dict[str, Any]) -> str:
         if not o.get("manifest"):
             lines.append("                 no _manifest.json: a run crashed before writing it; "
                          "the next run finishes it")
+    if p.get("sampled"):
+        smp = p["sampled"]
+        err = smp["sent_error_95"]
+        lines.append(
+            f"  SAMPLED        {smp['shards_read']:,} of {smp['of']:,} shards read, counts scaled by "
+            f"input bytes" + (f" (texts to send ±{err:.1%} at 95 %)" if err is not None else "")
+            + "; plan --exact reads them all"
+        )
+    for path in p.get("unsplittable", [])[:5]:
+        lines.append(f"  WARNING        {path} is large and compressed: it cannot be split, one "
+                     "worker reads it whole; store it uncompressed or in several files to spread it")
     if o.get("conflict"):
         lines.append(f"  WARNING        {o['conflict']}")
     if p["shards_to_embed"] == 0 and p["shards"]:
