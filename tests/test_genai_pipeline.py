@@ -152,3 +152,25 @@ def test_wrong_key_fails_fast_without_leaking_it(emulator, corpus, tmp_path, cap
         assert wrong not in blob
     assert not (tmp_path / "out").exists()
     assert emulator.stats()["requests"] == 1  # the preflight, nothing more
+
+
+def test_one_text_under_two_titles_gets_two_vectors(emulator, tmp_path, capsys, monkeypatch):
+    """RETRIEVAL_DOCUMENT embeds the title with the text: a repeat of the text
+    under another title is another input, never a reused vector."""
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    (tmp_path / "in").mkdir()
+    rows = [("a", "Pumps", "how to prime it"), ("b", "Boats", "how to prime it"), ("c", "Pumps", "how to prime it")]
+    (tmp_path / "in" / "t.jsonl").write_text(
+        "".join(json.dumps({"id": i, "title": t, "text": x}) + "\n" for i, t, x in rows)
+    )
+    code, _, err = beam_run(
+        capsys, "--input", str(tmp_path / "in" / "*.jsonl"), "--output", str(tmp_path / "out"),
+        "--backend", "gemini", "--api-base-url", emulator.url, "--task-type", "RETRIEVAL_DOCUMENT",
+        "--title-field", "title", "--output-dimensionality", "768",
+    )
+    assert code == 0, err
+    got = vectors_by_id(read_output(str(tmp_path / "out")))
+    for rid, title, text in rows:
+        want = _normalized(expected_vector("gemini-embedding-001", "RETRIEVAL_DOCUMENT", 768, text, title))
+        np.testing.assert_allclose(got[rid], want, atol=1e-5, err_msg=rid)
+    assert emulator.stats()["texts_embedded"] == 2  # (Pumps, text) once, (Boats, text) once

@@ -95,7 +95,9 @@ def prepare(
     return Record(
         id=str(raw.id),
         text=text,
-        content_hash=r.content_hash(text),
+        # A title is embedded with its text (RETRIEVAL_DOCUMENT): the same text
+        # under two titles is two inputs, and must never share a vector.
+        content_hash=r.content_hash(text if raw.title is None else f"{raw.title}\x1f{text}"),
         tokens=tokens,
         truncated=truncated,
         position=raw.position,
