@@ -44,14 +44,13 @@ first set variable of ``api_key_env``. It is never an attribute before
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
 import numpy as np
 
-from beamvec.backends import google_errors
+from beamvec.backends import genai_auth, google_errors
 from beamvec.backends.base import PREFLIGHT_TEXT, TASK_TYPES, Backend, Limits, l2_normalize
 from beamvec.errors import BackendError, ErrorKind, SystemicError
 from beamvec.retry import RetriesExhausted, RetryPolicy
@@ -68,7 +67,6 @@ NATIVE_DIMENSIONS: dict[str, int] = {
 
 DEFAULT_MODEL = "gemini-embedding-001"
 DEFAULT_KEY_ENV = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
-DEFAULT_LOCATION = "us-central1"
 GEMINI_MAX_ITEMS = 100
 VERTEX_MAX_ITEMS = 250
 VERTEX_MAX_REQUEST_TOKENS = 20_000
@@ -229,105 +227,30 @@ class GenaiBackend(Backend):
 
     # -- credentials and client ----------------------------------------------
 
-    def _key_hint(self) -> str:
-        names = " or ".join(self.api_key_env) or "an API key variable"
-        return f"set {names}, or pass --api-key-file or --api-key-secret"
-
     def _read_key(self) -> str:
-        if self.api_key_secret:
-            return read_secret(self.api_key_secret, self.mode)
-        if self.api_key_file:
-            try:
-                with open(self.api_key_file, encoding="utf-8") as fh:
-                    key = fh.read().strip()
-            except OSError as exc:
-                raise SystemicError(
-                    f"{self.mode}: cannot read the API key file {self.api_key_file}: "
-                    f"{exc.strerror or exc}"
-                ) from None
-            if not key:
-                raise SystemicError(f"{self.mode}: the API key file {self.api_key_file} is empty")
-            return key
-        for name in self.api_key_env:
-            key = os.environ.get(name, "").strip()
-            if key:
-                return key
-        raise SystemicError(f"{self.mode}: no API key found; {self._key_hint()}")
+        return genai_auth.read_api_key(self.mode, self.api_key_secret, self.api_key_file, self.api_key_env)
 
     def read_api_key(self) -> str:
         """The API key, for the Batch API client (``--batch-api``); never logged."""
         return self._read_key()
 
-    def _http_options(self, api_version: str | None) -> Any:
-        from google.genai import types
-
-        return types.HttpOptions(
-            base_url=self.api_base_url,
-            api_version=api_version,
-            timeout=max(1, int(self.timeout_s * 1000)),  # milliseconds
-        )
-
     def load(self) -> None:
         if self._client is not None:
             return
-        try:
-            from google import genai
-        except ImportError as exc:
-            raise SystemicError(
-                f"{self.mode} backend: google-genai is not installed; "
-                "install it with `pip install 'beamvec[genai]'`"
-            ) from exc
-        if self.mode == "gemini":
-            key = self._read_key()
-            client = genai.Client(
-                vertexai=False, api_key=key, http_options=self._http_options(self.api_version)
-            )
-            self._secret = key
-        else:
-            client = self._vertex_client(genai)
-        self._client = client
-
-    def _vertex_client(self, genai: Any) -> Any:
-        version = self.api_version or "v1beta1"
-        if self.vertex_auth == "api_key":  # express mode: key, no project in the path
+        genai = genai_auth.import_genai(self.mode)
+        options = {"base_url": self.api_base_url, "timeout_s": self.timeout_s}
+        if self.mode == "gemini" or self.vertex_auth == "api_key":  # express mode: a key, no project
             key = self._read_key()
             self._secret = key
-            return genai.Client(
-                vertexai=True, api_key=key, http_options=self._http_options(version)
+            version = self.api_version or (None if self.mode == "gemini" else "v1beta1")
+            self._client = genai.Client(
+                vertexai=self.mode == "vertex", api_key=key,
+                http_options=genai_auth.http_options(api_version=version, **options),
             )
-        location = self.location or os.environ.get("GOOGLE_CLOUD_LOCATION") or DEFAULT_LOCATION
-        project = self.project or os.environ.get("GOOGLE_CLOUD_PROJECT")
-        credentials = None
-        if self.vertex_auth == "anonymous":
-            import google.oauth2.credentials
-
-            # A static token that never expires, so the SDK never tries to refresh it.
-            credentials = google.oauth2.credentials.Credentials(token="anonymous")
-            project = project or "emulator"
-        elif project is None:
-            project = self._adc_project()
-        return genai.Client(
-            vertexai=True,
-            project=project,
-            location=location,
-            credentials=credentials,
-            http_options=self._http_options(version),
+            return
+        self._client = genai_auth.vertex_client(
+            genai, self.project, self.location, self.vertex_auth, self.api_version or "v1beta1", **options
         )
-
-    def _adc_project(self) -> str:
-        try:
-            import google.auth
-
-            _, project = google.auth.default()
-        except Exception as exc:  # DefaultCredentialsError and friends
-            raise SystemicError(
-                "vertex: no Application Default Credentials "
-                f"({type(exc).__name__}); run `gcloud auth application-default login` "
-                "or set GOOGLE_APPLICATION_CREDENTIALS"
-            ) from None
-        if not project:
-            raise SystemicError("vertex: no project; pass --project or set GOOGLE_CLOUD_PROJECT")
-        return str(project)
 
     def close(self) -> None:
         """Close the HTTP client (optional; workers may simply exit)."""
@@ -503,25 +426,3 @@ class GenaiBackend(Backend):
                 f"{self.mode}: model {self._model!r} was not found ({detail}) — check --model"
             )
         return SystemicError(f"{self.mode}: the preflight call failed: {detail}")
-
-
-def read_secret(name: str, mode: str) -> str:
-    """The payload of a Secret Manager secret version, fetched on the worker
-    with its own credentials (the Dataflow worker service account)."""
-    try:
-        from google.cloud import secretmanager
-    except ImportError:
-        raise SystemicError(
-            f"{mode}: --api-key-secret needs google-cloud-secret-manager on the workers; "
-            "install beamvec[dataflow] or add it to the workers' requirements"
-        ) from None
-    if "/versions/" not in name:
-        name = f"{name.rstrip('/')}/versions/latest"
-    try:
-        response = secretmanager.SecretManagerServiceClient().access_secret_version(name=name)
-    except Exception as exc:  # noqa: BLE001 - any failure here is systemic and must be one line
-        raise SystemicError(f"{mode}: cannot read the API key secret {name}: {type(exc).__name__}") from None
-    key = response.payload.data.decode("utf-8").strip()
-    if not key:
-        raise SystemicError(f"{mode}: the API key secret {name} is empty")
-    return key
