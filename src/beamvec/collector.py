@@ -4,7 +4,9 @@ Shards hand the texts they must send to one ``Collector`` per process; it cuts
 API-sized batches across them (``batching.batches``), sends a partial batch
 only when no open shard is still reading, or after a short linger, and hands
 each result back to the shard that asked. Tiny shards thus share requests:
-1,000 shards of 20 texts cost 200 requests, not 1,000.
+1,000 shards of 20 texts cost 200 requests, not 1,000. The local model sorts
+a window of texts by length before cutting batches (less padding); a partial
+batch goes early only when the backend has a free slot.
 
 Back-pressure: ``add`` blocks while the process holds more unsent and
 in-flight texts than ``max_outstanding``, so memory stays bounded by what is
@@ -41,6 +43,7 @@ class Collector:
         max_outstanding: int,
         sort_window: int = 0,
         linger_s: float = LINGER_S,
+        max_in_flight: int = 1,
     ) -> None:
         self._submit = submit
         self._on_result = on_result
@@ -50,6 +53,8 @@ class Collector:
         self.window = max(sort_window, max_items)
         self.sort = sort_window > 0
         self.linger_s = linger_s
+        self.max_in_flight = max(1, max_in_flight)
+        self._batches = 0  # submitted and not yet done
         self._cond = threading.Condition()
         self._pending: list[Record] = []
         self._oldest = 0.0
@@ -116,6 +121,7 @@ class Collector:
         self._pending = keep
         self._oldest = time.monotonic()
         for batch in cut:
+            self._batches += 1
             future = self._submit(batch)
             future.add_done_callback(lambda f, b=batch: self._done(b, f))
 
@@ -129,6 +135,7 @@ class Collector:
         finally:
             with self._cond:
                 self._outstanding -= len(batch)
+                self._batches -= 1
                 self._cond.notify_all()
 
     def _linger(self) -> None:
@@ -136,7 +143,10 @@ class Collector:
             with self._cond:
                 if self._closed:
                     return
-                if self._pending and time.monotonic() - self._oldest >= self.linger_s:
+                # A partial batch goes early only to a backend with room for it:
+                # while every slot is busy, waiting costs nothing and fills it.
+                idle = self._batches < self.max_in_flight
+                if self._pending and idle and time.monotonic() - self._oldest >= self.linger_s:
                     self._send(flush=True)
             time.sleep(self.linger_s / 2)
 

@@ -179,8 +179,9 @@ class Worker:
         window = LOCAL_SORT_WINDOW if local else 0
         self.collector = Collector(
             embedder.submit, self._landed, limits.max_items, limits.max_request_tokens,
-            max_outstanding=limits.max_items * (max_in_flight + 1) + max(window, limits.max_items),
-            sort_window=window,
+            # room for a full sort window to gather while the previous one is embedded
+            max_outstanding=limits.max_items * (max_in_flight + 1) + 2 * max(window, limits.max_items),
+            sort_window=window, max_in_flight=max_in_flight,
         )
         self._index: Lookup | None = None
         self._batch_index: Lookup | None = None
