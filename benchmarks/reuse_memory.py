@@ -101,7 +101,8 @@ def child_run(argv: list[str]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- building inputs
 
 
-def write_output(root: Path, total: int, dimension: int, per_file: int = 10_000) -> None:
+def write_output(root: Path, total: int, dimension: int, per_file: int = 10_000,
+                 model: str = "bench-model") -> None:
     """An output of ``total`` vectors in the output's own format and contract."""
     import numpy as np
     import pyarrow as pa
@@ -120,7 +121,7 @@ def write_output(root: Path, total: int, dimension: int, per_file: int = 10_000)
     from beamvec.sink import Output, ParquetShardWriter, vector_schema
 
     out = Output(str(root))
-    description = Description("local", "bench-model", dimension, config_fingerprint=FINGERPRINT)
+    description = Description("local", model, dimension, config_fingerprint=FINGERPRINT)
     schema = vector_schema(dimension)
     base = np.random.default_rng(0).standard_normal((256, dimension)).astype(np.float32)
     records = []

@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["local_throughput.py", "quota_benchmark.py", "reuse_memory.py"]
+BENCHMARKS = [
+    "local_throughput.py", "quota_benchmark.py", "client_cost.py", "reuse_memory.py", "commands_scale.py",
+]
 
 
 def main() -> int:
