@@ -51,6 +51,7 @@ class NoLookup:
 class Reuse:
     record: Record
     vector: np.ndarray | None  # None only when planning (no vector is read)
+    embedded_before: bool = True  # False: a repeat of a text this run sent (or batched)
 
 
 @dataclass(frozen=True)
@@ -138,10 +139,10 @@ class RunMemory:
         with self._lock:
             seeded = self._seeds.get(digest)
             if seeded is not None:
-                return Reuse(record, seeded[0])
+                return Reuse(record, seeded[0], embedded_before=False)
             if digest in self._done:
                 self._done.move_to_end(digest)
-                return Reuse(record, self._done[digest])
+                return Reuse(record, self._done[digest], embedded_before=False)
             waiting = self._in_flight.get(digest)
             if waiting is not None:
                 waiting.append((record, deliver))
@@ -272,7 +273,7 @@ class Router:
             self.counts["batch_sent_tokens"] += item.tokens
         else:
             self.counts["deduplicated"] += 1
-        return Reuse(item, vector)
+        return Reuse(item, vector, embedded_before=False)
 
     def dead_letters(self) -> int:
         return sum(self.reasons.values())

@@ -306,7 +306,7 @@ class Worker:
                         sink.dead_letter(decision)
                     elif isinstance(decision, Reuse) or (isinstance(decision, Send) and decision.vector is not None):
                         sink.add(Embedded(decision.record, decision.vector))
-                        if isinstance(decision, Reuse):
+                        if isinstance(decision, Reuse) and decision.embedded_before:
                             PROGRESS.add_reused()
                     else:
                         landing.outstanding += 1
