@@ -161,8 +161,9 @@ def read_lease(output: Output) -> tuple[Lease | None, bool]:
     with contextlib.suppress(AttributeError, TypeError):
         output.fs.invalidate_cache(path)
     try:
-        with output.fs.open(path, "rb") as fh:
-            raw = fh.read()
+        # One GET, no cached ETag: a file object would check the ETag it saw at
+        # open, and the holder may rewrite the lease (renewal) in between.
+        raw = output.fs.cat_file(path)
     except FileNotFoundError:
         return None, False
     return Lease.decode(raw), True
