@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["local_throughput.py", "quota_benchmark.py", "reuse_memory.py"]
+BENCHMARKS = ["local_throughput.py", "quota_benchmark.py", "reuse_memory.py", "scale_benchmark.py"]
 
 
 def main() -> int:
