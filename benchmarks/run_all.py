@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 BENCHMARKS = [
-    "local_throughput.py", "quota_benchmark.py", "client_cost.py", "reuse_memory.py", "commands_scale.py",
+    "local_throughput.py", "quota_benchmark.py", "client_cost.py", "reuse_memory.py",
+    "commands_scale.py", "scale_benchmark.py",
 ]
 
 

@@ -95,8 +95,7 @@ def add_beamvec_flags(parser: Any) -> None:
                "so only those texts are billed")
     _flag(parser, "split-bytes", type=int, default=None, metavar="BYTES",
           help="cut uncompressed input files larger than this into splits that different "
-               "workers embed (default 256 KiB for the local model, 4 MiB for API backends; "
-               "0: never split)")
+               "workers embed (default 256 KiB; 0: never split)")
     # Gemini Batch API (half price, turnaround up to 24 h)
     _flag(parser, "batch-api", action="store_true", default=False,
           help="embed through Gemini Batch API jobs (--backend gemini): half the online price")

@@ -203,8 +203,9 @@ def make_plan(options: PipelineOptions, exact_flag: bool = False) -> dict[str, A
     for other in reuse_from:
         check_reuse_source(description, other)
     own = output if output is not None and not replacing else None
-    lookup: Lookup = (
-        build_index(own, reuse_from, fingerprint, limits.dimension) if not bv.force else NoLookup()
+    lookup: Lookup = (  # nothing to read, nothing to look up (a no-op plan stays fast)
+        build_index(own, reuse_from, fingerprint, limits.dimension)
+        if work.todo and not bv.force else NoLookup()
     )
     # vectors earlier --batch-api runs collected and did not commit yet
     batch = build_batch_index(own, fingerprint, limits.dimension) if own is not None else None
