@@ -201,3 +201,45 @@ def test_success_marker_is_withdrawn_while_a_run_changes_the_output(tmp_path, ca
     monkeypatch.setattr(job.EmbedCorpus, "expand", spy)
     assert beam_run(capsys, *args)[0] == 0
     assert seen == [False] and (tmp_path / "o" / "_SUCCESS").exists()
+
+
+def test_kill_9_mid_split_redoes_only_unfinished_splits(tmp_path):
+    """One large file cut into splits (issue 14): after kill -9 and a rerun,
+    exactly one row per record, and the parts committed before the kill are
+    kept as they are: neither rewritten nor their texts sent again."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    texts = {f"r{i:05d}": f"record {i} of the one large file, about topic {i % 17}" for i in range(3000)}
+    _write_shard(corpus / "big.jsonl", texts)
+    out_dir = tmp_path / "out"
+    env = {**os.environ, "GEMINI_API_KEY": KEY}
+    with Emulator(api_key=KEY, latency_ms=150) as emu:
+        cmd = [
+            sys.executable, "-m", "beamvec.cli", "run", "--runner=DirectRunner",
+            "--input", str(corpus / "*.jsonl"), "--output", str(out_dir), "--split-bytes", "16384",
+            "--backend", "gemini", "--api-base-url", emu.url, "--output-dimensionality", "768",
+            "--max-in-flight", "2", "--concurrent-shards", "2",
+        ]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 90
+        while time.time() < deadline and len(list(out_dir.glob("vectors/*.part-*.parquet"))) < 3:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kept = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in out_dir.glob("vectors/*.parquet")}
+        parts = int(next(iter(kept)).rsplit("-of-", 1)[1].removesuffix(".parquet"))
+        assert 3 <= len(kept) < parts, "the kill must land between splits"
+        done_ids = {i for name in kept for i in pq.read_table(out_dir / "vectors" / name).column("id").to_pylist()}
+        emu.reset()
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+        assert result.returncode == 0, result.stderr
+        second = _sent(emu)
+    out = read_output(str(out_dir))
+    assert_reconciled(out)
+    assert set(vectors_by_id(out)) == set(texts)  # one row per record (vectors_by_id refuses doubles)
+    assert len(out["vectors"]) == parts
+    for name, stat in kept.items():  # committed parts were kept, not redone
+        path = out_dir / "vectors" / name
+        assert (path.stat().st_mtime_ns, path.stat().st_size) == stat, name
+    assert not {content_hash(texts[i]) for i in done_ids} & set(second)  # nor their texts re-sent
+    assert not any("_tmp" in f or "_partial" in f for f in out["files"])
