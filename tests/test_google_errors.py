@@ -69,12 +69,12 @@ def test_a_429_carries_its_hint_and_says_it_is_a_throttle() -> None:
 
 def test_scrubber_masks_whole_realistic_keys_only() -> None:
     assert scrub("keep every k in this kind key", "k") == "keep every k in this kind key"
-    key = "AIzaSyA-fake-0123456789abcdefghijklmnop"  # 39 characters, like Google's keys
+    key = "fakekey-FAKE-scrubber-0123456789abcdefg"  # 39 characters, as long as Google's keys
     message = f"API key not valid: {key}; retry with {key}\n  at ?key={key}&alt=json"
     cleaned = scrub(message, key)
     assert key not in cleaned and cleaned.count("***") == 3
     assert "\n" not in cleaned  # one line
     # only whole occurrences: a fragment of the key is not the key
-    assert scrub("prefix AIzaSyA- of nothing", key) == "prefix AIzaSyA- of nothing"
+    assert scrub("prefix fakekey-FAKE- of nothing", key) == "prefix fakekey-FAKE- of nothing"
     # a key= URL parameter is masked whatever its value
     assert scrub("GET /v1?key=short&x=1", None) == "GET /v1?key=***&x=1"
