@@ -37,14 +37,13 @@ from beamvec.batch_api import BatchRequest, BatchSpec, LineError
 from beamvec.batch_client import BatchClient
 from beamvec.batch_journal import BatchJob, BatchJournal
 from beamvec.batch_run import BatchOutcome, BatchProgress, BatchSettings, cleanup_jobs, run_batch
-from beamvec.contract import SUCCESS, complete_shards, read_state
+from beamvec.contract import SUCCESS, OutputState, complete_shards, read_state
 from beamvec.errors import BackendError, UsageError
-from beamvec.inputs import JobInputs
-from beamvec.lookup import BATCH_PREFIX, build_batch_index, build_index, checkpoint_dir
+from beamvec.inputs import JobInputs, planning_router, reuse_lookup, routed
+from beamvec.lookup import BATCH_PREFIX, build_batch_index, checkpoint_dir
 from beamvec.records import BAD_REQUEST, EMBED_FAILED, Shard
-from beamvec.routing import Lookup, NoLookup, Refusals, Router, RunMemory, Send
+from beamvec.routing import Lookup, NoLookup, Refusals, RunMemory, Send
 from beamvec.sink import Output
-from beamvec.sources import read_shard
 
 LOG = logging.getLogger("beamvec")
 #: What Google states for Batch mode: a target turnaround, not a promise.
@@ -88,7 +87,8 @@ class BatchPhase:
 
 
 def collect_requests(
-    output: Output, inputs: JobInputs, todo: list[Shard], reuse: bool, quiet: bool = True
+    output: Output, inputs: JobInputs, todo: list[Shard], reuse: bool, quiet: bool = True,
+    state: OutputState | None = None,
 ) -> dict[str, list[BatchRequest]]:
     """Shard name -> the texts it would send, routed as the workers route them.
 
@@ -96,28 +96,18 @@ def collect_requests(
     checkpoints) or repeated is not listed again; no vector is read."""
     fingerprint = inputs.description.config_fingerprint
     dimension = inputs.backend.limits.dimension
-    lookup: Lookup = NoLookup()
-    if reuse:
-        others = [Output(url, inputs.storage_options) for url in inputs.bv.reuse_from or ()]
-        lookup = build_index(output, others, fingerprint, dimension)
+    lookup: Lookup = reuse_lookup(inputs, output, state) if reuse else NoLookup()
     batch = build_batch_index(output, fingerprint, dimension)
     memory = RunMemory(dimension)
     out: dict[str, list[BatchRequest]] = {}
     for i, shard in enumerate(todo, start=1):
         if not quiet:
             print(f"beamvec batch: reading shard {i}/{len(todo)} {shard.name}", file=sys.stderr)
-        router = Router(
-            inputs.prepare, inputs.backend.count_tokens, inputs.backend.truncate, lookup, memory,
-            lambda record, outcome: None, planning=True, batch=batch,
-        )
-        requests: list[BatchRequest] = []
-        for raw in read_shard(shard, inputs.reader, inputs.storage_options):
-            decision = router.route(raw)
-            if isinstance(decision, Send):
-                record = decision.record
-                memory.resolve(record.content_hash, None)  # remembered: a repeat follows it
-                requests.append(BatchRequest(record.content_hash, record.text, record.title))
-        out[shard.name] = requests
+        router = planning_router(inputs, lookup, memory, batch)
+        out[shard.name] = [
+            BatchRequest(d.record.content_hash, d.record.text, d.record.title)
+            for d in routed(router, shard, inputs) if isinstance(d, Send)
+        ]
     return out
 
 
@@ -193,13 +183,13 @@ def refusals_of(failures: Mapping[str, LineError]) -> Refusals:
 
 def run_batch_phase(
     output: Output, inputs: JobInputs, todo: list[Shard], out: TextIO | None = None,
-    client: BatchClient | None = None,
+    client: BatchClient | None = None, state: OutputState | None = None,
 ) -> BatchPhase:
     """Embed the run's texts through batch jobs; see the module docstring."""
     bv = inputs.bv
     out = out or sys.stdout
     live = not bv.quiet
-    requests = collect_requests(output, inputs, todo, reuse=not bv.force, quiet=bv.quiet)
+    requests = collect_requests(output, inputs, todo, reuse=not bv.force, quiet=bv.quiet, state=state)
     # The output is about to change: not complete again until this run commits.
     output.remove(output.path(SUCCESS))
     journal = BatchJournal(bv.output, inputs.storage_options)

@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +24,13 @@ from beamvec import __version__
 from beamvec.backends import Backend, backend_from_options
 from beamvec.contract import CommitRecord, Description, OutputState, RunConfig, complete_shards
 from beamvec.errors import UsageError
+from beamvec.lookup import VectorIndex, build_index
 from beamvec.options import BeamvecOptions, parse_pipeline_options, parse_storage_options
 from beamvec.prepare import PrepareConfig
 from beamvec.records import REASONS, TRANSIENT_REASONS, Shard
-from beamvec.sources import ReaderConfig, list_shards
+from beamvec.routing import Decision, Lookup, Router, RunMemory, Send
+from beamvec.sink import Output
+from beamvec.sources import ReaderConfig, list_shards, read_shard
 
 
 def retry_reasons(value: str | None) -> tuple[str, ...]:
@@ -225,3 +228,33 @@ def split_bytes(bv: Any, backend_name: str) -> int:
     if bv.split_bytes is not None:
         return max(0, bv.split_bytes)
     return LOCAL_SPLIT_BYTES if backend_name == "local" else API_SPLIT_BYTES
+
+
+# -- routing on the driver: plan, the preflight and the Batch API phase --------
+
+
+def reuse_lookup(inputs: JobInputs, own: Output | None, state: OutputState | None = None) -> VectorIndex:
+    """Vectors already embedded under this configuration: the output's (``own``,
+    whose ``state`` the caller may have read already) and every --reuse-from's."""
+    others = [Output(url, inputs.storage_options) for url in inputs.bv.reuse_from or ()]
+    return build_index(
+        own, others, inputs.description.config_fingerprint, inputs.backend.limits.dimension, state
+    )
+
+
+def planning_router(inputs: JobInputs, lookup: Lookup, memory: RunMemory, batch: Lookup | None = None) -> Router:
+    """A Router as the workers use it, with a null embedder: nothing is sent."""
+    return Router(
+        inputs.prepare, inputs.backend.count_tokens, inputs.backend.truncate, lookup, memory,
+        lambda record, outcome: None, planning=True, batch=batch,
+    )
+
+
+def routed(router: Router, shard: Shard, inputs: JobInputs) -> Iterator[Decision]:
+    """Every record of ``shard`` through a planning router. A text it would
+    send is remembered at once, so its repeats count as repeats, as in a run."""
+    for raw in read_shard(shard, inputs.reader, inputs.storage_options):
+        decision = router.route(raw)
+        if isinstance(decision, Send):
+            router.memory.resolve(decision.record.content_hash, None)
+        yield decision

@@ -168,10 +168,14 @@ def _run_planned(plan: JobPlan, options: PipelineOptions, started: float, out: A
     # Only when there is work: a no-op rerun sends nothing, and the text it
     # embeds is one the run needs, kept as a checkpoint (a run with k texts to send bills k).
     check_output_writable(plan.output)  # before any text is sent
-    batch = run_batch_phase(plan.output, inputs, plan.work.todo, out) if bv.batch_api else None
+    batch = (
+        run_batch_phase(plan.output, inputs, plan.work.todo, out, state=plan.state) if bv.batch_api else None
+    )
     if batch is not None and not batch.ready:  # --no-wait: jobs still running
         return {"output": plan.output.url, "complete": False, "waiting": True, "status": batch.status}
-    seed = None if batch else preflight(plan.output, inputs, plan.work.todo, reuse=not bv.force)
+    seed = None if batch else preflight(
+        plan.output, inputs, plan.work.todo, reuse=not bv.force, state=plan.state
+    )
     # The output is about to change: it is not complete again until this run commits.
     plan.output.remove(plan.output.path(SUCCESS))
     max_in_flight = bv.max_in_flight or (1 if inputs.backend.name == "local" else 8)

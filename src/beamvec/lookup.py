@@ -26,7 +26,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from beamvec.contract import PARTIAL_DIR, Description, description_of, read_state
+from beamvec.contract import (
+    PARTIAL_DIR,
+    Description,
+    OutputState,
+    description_of,
+    name_of,
+    read_state,
+)
 from beamvec.errors import UsageError
 from beamvec.sink import Output
 
@@ -63,12 +70,15 @@ def batch_checkpoint(output: Output, fingerprint: str, job_id: str) -> str:
     return f"{checkpoint_dir(output, fingerprint)}/{BATCH_PREFIX}{job_id}.parquet"
 
 
-def reusable_files(output: Output, fingerprint: str, dimension: int) -> list[str]:
-    """The vector files (and checkpoints) of ``output`` made with this configuration."""
-    state = read_state(output)
+def reusable_files(
+    output: Output, fingerprint: str, dimension: int, state: OutputState | None = None
+) -> list[str]:
+    """The vector files (and checkpoints) of ``output`` made with this
+    configuration; ``state``: the output's, when the caller has read it already."""
+    state = state or read_state(output)
     files = [
         path for path in state.files
-        if (rec := state.committed.get(path.rsplit("/", 1)[-1].removesuffix(".parquet")))
+        if (rec := state.committed.get(name_of(path)))
         and rec.config_fingerprint in (None, fingerprint)
         and (state.description is None or state.description.dimension == dimension)
     ]
@@ -209,9 +219,11 @@ def check_reuse_source(ours: Description, source: Output) -> None:
 
 
 def build_index(
-    own: Output | None, reuse_from: Sequence[Output], fingerprint: str, dimension: int
+    own: Output | None, reuse_from: Sequence[Output], fingerprint: str, dimension: int,
+    own_state: OutputState | None = None,
 ) -> VectorIndex:
-    sources = [(o, reusable_files(o, fingerprint, dimension)) for o in ([own] if own else []) + list(reuse_from)]
+    sources = [(own, reusable_files(own, fingerprint, dimension, own_state))] if own else []
+    sources += [(o, reusable_files(o, fingerprint, dimension)) for o in reuse_from]
     return VectorIndex.build(sources, dimension)
 
 

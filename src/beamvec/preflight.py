@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import logging
 
-from beamvec.inputs import JobInputs
-from beamvec.lookup import build_index
+from beamvec.contract import OutputState
+from beamvec.inputs import JobInputs, planning_router, reuse_lookup, routed
 from beamvec.records import Record, Shard
-from beamvec.routing import NoLookup, Router, RunMemory, Seed, Send
+from beamvec.routing import NoLookup, RunMemory, Seed, Send
 from beamvec.sink import Output
-from beamvec.sources import read_shard
 
 LOG = logging.getLogger("beamvec")
 #: Records scanned for a text to send before falling back to a probe text.
@@ -25,26 +24,15 @@ SCAN_LIMIT = 10_000
 
 
 def first_text_to_send(
-    output: Output, inputs: JobInputs, todo: list[Shard], reuse: bool
+    output: Output, inputs: JobInputs, todo: list[Shard], reuse: bool, state: OutputState | None = None
 ) -> tuple[Record | None, Shard | None, bool]:
     """(a record whose text the run will send, its shard, whether the scan saw all the work)."""
-    fingerprint = inputs.description.config_fingerprint
-    dimension = inputs.backend.limits.dimension
-    if reuse:
-        others = [Output(url, inputs.storage_options) for url in inputs.bv.reuse_from or ()]
-        lookup = build_index(output, others, fingerprint, dimension)
-    else:
-        lookup = NoLookup()
-    memory = RunMemory(dimension)
+    lookup = reuse_lookup(inputs, output, state) if reuse else NoLookup()
+    memory = RunMemory(inputs.backend.limits.dimension)
     scanned = 0
     for shard in todo:
-        router = Router(
-            inputs.prepare, inputs.backend.count_tokens, inputs.backend.truncate, lookup, memory,
-            lambda record, outcome: None, planning=True,
-        )
-        for raw in read_shard(shard, inputs.reader, inputs.storage_options):
+        for decision in routed(planning_router(inputs, lookup, memory), shard, inputs):
             scanned += 1
-            decision = router.route(raw)
             if isinstance(decision, Send):
                 return decision.record, shard, False
             if scanned >= SCAN_LIMIT:
@@ -52,7 +40,9 @@ def first_text_to_send(
     return None, None, True
 
 
-def preflight(output: Output, inputs: JobInputs, todo: list[Shard], reuse: bool) -> Seed | None:
+def preflight(
+    output: Output, inputs: JobInputs, todo: list[Shard], reuse: bool, state: OutputState | None = None
+) -> Seed | None:
     """Check the backend with a text the run needs; returns its content hash,
     vector and record for the workers: the record counts it as sent, and no
     worker sends that text again."""
@@ -60,7 +50,7 @@ def preflight(output: Output, inputs: JobInputs, todo: list[Shard], reuse: bool)
     if backend.name == "local":  # free: nothing worth keeping
         backend.preflight()
         return None
-    record, shard, all_seen = first_text_to_send(output, inputs, todo, reuse)
+    record, shard, all_seen = first_text_to_send(output, inputs, todo, reuse, state)
     if record is None and all_seen:
         LOG.info("every text to embed is already embedded: no preflight call")
         return None

@@ -31,17 +31,20 @@ from beamvec.errors import UsageError
 from beamvec.inputs import (
     JobInputs,
     conflict,
+    planning_router,
     resolve_inputs,
     retry_reasons,
+    reuse_lookup,
+    routed,
     split_bytes,
     split_work,
 )
-from beamvec.lookup import build_batch_index, build_index, check_reuse_source
+from beamvec.lookup import build_batch_index, check_reuse_source
 from beamvec.options import BeamvecOptions, expand_config, parse_pipeline_options
 from beamvec.records import DeadLetter, Shard
-from beamvec.routing import Lookup, NoLookup, Router, RunMemory, Send
+from beamvec.routing import Lookup, NoLookup, RunMemory, Send
 from beamvec.sink import Output
-from beamvec.sources import read_shard, splittable
+from beamvec.sources import splittable
 
 DESCRIPTION = """\
 Scan the inputs and print what `beamvec run` would do with the same flags:
@@ -121,13 +124,9 @@ class RequestCounter:
 def scan_shard(shard: Shard, inputs: JobInputs, lookup: Lookup, memory: RunMemory,
                requests: RequestCounter, batch: Lookup | None = None) -> dict[str, Any]:
     """One shard routed exactly as a worker routes it; nothing embedded."""
-    router = Router(
-        inputs.prepare, inputs.backend.count_tokens, inputs.backend.truncate, lookup, memory,
-        lambda record, outcome: None, planning=True, batch=batch,
-    )
+    router = planning_router(inputs, lookup, memory, batch)
     records = characters = tokens = truncated = 0
-    for raw in read_shard(shard, inputs.reader, inputs.storage_options):
-        decision = router.route(raw)
+    for decision in routed(router, shard, inputs):
         if isinstance(decision, DeadLetter):
             continue
         record = decision.record
@@ -136,7 +135,6 @@ def scan_shard(shard: Shard, inputs: JobInputs, lookup: Lookup, memory: RunMemor
         tokens += record.tokens
         truncated += record.truncated
         if isinstance(decision, Send):
-            memory.resolve(record.content_hash, None)  # a null embedder: sent, and remembered
             requests.add(record.tokens)
     counts = router.shard_counts(records, Counter(), tokens, truncated)
     return {
@@ -199,12 +197,11 @@ def make_plan(options: PipelineOptions, exact_flag: bool = False) -> dict[str, A
     empty = OutputState(None, {}, {}, False)
     work = split_work(inputs.shards, state or empty, fingerprint, replacing,
                       retry_reasons(bv.retry_dead_letters))
-    reuse_from = [Output(url, inputs.storage_options) for url in bv.reuse_from or ()]
-    for other in reuse_from:
-        check_reuse_source(description, other)
+    for url in bv.reuse_from or ():
+        check_reuse_source(description, Output(url, inputs.storage_options))
     own = output if output is not None and not replacing else None
     lookup: Lookup = (  # nothing to read, nothing to look up (a no-op plan stays fast)
-        build_index(own, reuse_from, fingerprint, limits.dimension)
+        reuse_lookup(inputs, own, state)
         if work.todo and not bv.force else NoLookup()
     )
     # vectors earlier --batch-api runs collected and did not commit yet
