@@ -598,6 +598,8 @@ def measure(shape: Shape, args: argparse.Namespace, tmp: Path, fail: float, coun
     with EmulatorProcess(shape.server_rpm(args.rpm), shape.window_s, fail, args.latency_ms,
                          args.jitter_ms) as emu:
         for key in shape.rows:
+            if args.rows and key not in args.rows:
+                continue
             label, extra = ROWS[key]
             label = label.format(rpm=args.rpm)
             counter[0] += 1
@@ -626,6 +628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rpm", type=int, default=600, help="the quota, requests per minute")
     parser.add_argument("--only", nargs="*", default=[],
                         help="only the shapes whose title starts with one of these (e.g. 'server meters')")
+    parser.add_argument("--rows", nargs="*", default=[],
+                        help="only these rows of each shape (told, two-processes, runinference, discover, two-jobs)")
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--jitter-ms", type=float, default=20.0)
     parser.add_argument("--max-in-flight", type=int, default=8)

@@ -481,3 +481,43 @@ def test_a_text_the_api_refuses_falls_back_to_the_probe(emu, key_env):
     b = make(emu, "vertex", model="text-embedding-005")
     assert b.preflight("x" * (2048 * 4 + 8)) is None  # over the limit: a 400 for that text
     assert emu.stats()["requests"] == 2  # the text, then the probe that checks the rest
+
+
+@pytest.mark.parametrize("mode", ["gemini", "vertex"])
+def test_the_send_gate_runs_before_each_request_leaves(emu, key_env, mode):
+    """Pacing is applied where the request leaves (httpx's request hook), once
+    per HTTP request: at each call of the gate the server has answered exactly
+    the requests before it, and a batch split by title passes it once a call."""
+    b = make(emu, mode=mode, task_type="RETRIEVAL_DOCUMENT", output_dimensionality=256)
+    seen = []
+    gate = lambda: seen.append(emu.stats(with_texts=False)["requests"])  # noqa: E731
+    titles = ["A", None, "B", "A"]
+    vecs = b.embed_paced(TEXTS, titles, gate)
+    np.testing.assert_allclose(
+        vecs, expected("gemini-embedding-001", "RETRIEVAL_DOCUMENT", 256, TEXTS, titles), atol=1e-6
+    )
+    assert seen == [0, 1, 2]
+    b.embed(TEXTS[:1])  # outside embed_paced: no gate
+    assert seen == [0, 1, 2]
+    assert pickle.loads(pickle.dumps(b))._sending is None  # the thread-local never travels
+
+
+def test_the_embedder_books_every_request_of_a_batch_with_the_limiter(emu, key_env):
+    from beamvec.embedder import Embedder, EmbedSettings
+    from beamvec.quota import Limiter
+    from beamvec.records import Record, content_hash
+
+    b = make(emu, task_type="RETRIEVAL_DOCUMENT", output_dimensionality=256)
+    limiter = Limiter(6000, 10**6)
+    embedder = Embedder(b, EmbedSettings(max_in_flight=1), limiter)
+    titles = ["A", None, "B", "A"]
+    batch = [Record(f"r{i}", t, content_hash(t), 10, False, i, title=ti)
+             for i, (t, ti) in enumerate(zip(TEXTS, titles, strict=True))]
+    done, failed = embedder.embed_batch(batch)
+    embedder.close()
+    assert not failed and len(done) == 4
+    stats = limiter.stats()
+    # three calls (one per title) booked as three requests, the batch's tokens once
+    assert (stats.requests, stats.tokens) == (3, 40.0)
+    assert emu.stats()["requests"] == embedder.stats.snapshot()["requests"] == 3
+    assert embedder.stats.snapshot()["in_flight"] == 0

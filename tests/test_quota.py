@@ -637,3 +637,16 @@ def test_a_ramp_up_before_saturation_is_not_mistaken_for_the_servers_limit() -> 
     clock.now += 2.0
     limiter.reserve()  # measures
     assert limiter.fraction >= 0.9
+
+
+def test_a_worker_accepted_at_its_own_pace_is_not_ratcheted_down() -> None:
+    """Measured after a cut, a worker alone is accepted at about its own pace
+    (less the margin): that is no reason to go lower. Others taking part of
+    the quota show as clearly less, and the worker settles there."""
+    aimd = AimdController(AimdSettings(), now=0.0)
+    assert aimd.on_throttled(100.0, asked_at=99.0) is Cut.EDGE
+    cut_to = aimd.fraction
+    assert not aimd.on_measured(cut_to * 0.97)
+    assert aimd.fraction == cut_to
+    assert aimd.on_measured(0.5)
+    assert aimd.fraction == pytest.approx(0.5)

@@ -78,17 +78,15 @@ class Embedder:
     # -- one request -------------------------------------------------------
 
     def _request(self, items: Sequence[Record]) -> np.ndarray:
-        if self.limiter is not None:
-            waited = self.limiter.acquire(sum(item.tokens for item in items))
-            if waited:
-                self.stats.add("throttled_ms", waited * 1000.0)
-        self.stats.add("requests")
-        self.stats.add("in_flight")  # a gauge: up now, down when the answer is in
+        gate = _Gate(self, sum(item.tokens for item in items))
+        titles = [item.title for item in items]
+        texts, titles_sent = [item.text for item in items], titles if any(titles) else None
         try:
-            titles = [item.title for item in items]
-            vectors = self.backend.embed(
-                [item.text for item in items], titles if any(titles) else None
-            )
+            if self.limiter is None:
+                gate()
+                vectors = self.backend.embed(texts, titles_sent)
+            else:
+                vectors = self.backend.embed_paced(texts, titles_sent, gate)
         except BackendError as exc:
             self.stats.add(f"status_{exc.status or 'error'}")
             if exc.throttled:
@@ -97,7 +95,7 @@ class Embedder:
                     self.limiter.on_throttled(exc.retry_after)
             raise
         finally:
-            self.stats.add("in_flight", -1)
+            self.stats.add("in_flight", -gate.sent)
         if self.limiter is not None:
             self.limiter.on_success()
         self.stats.add("texts", len(items))
@@ -155,3 +153,27 @@ class Embedder:
         if letters:
             self.stats.add("dead_letters", len(letters))
         return embedded, letters
+
+
+class _Gate:
+    """What runs right before each request of one batch leaves (see
+    ``Backend.embed_paced``): the limiter's wait, and the request counts.
+
+    A batch is usually one request; where a backend sends several (one per
+    title, or one per text), each waits its turn and the batch's tokens are
+    booked with the first."""
+
+    def __init__(self, embedder: Embedder, tokens: float) -> None:
+        self._embedder = embedder
+        self._tokens = tokens
+        self.sent = 0
+
+    def __call__(self) -> None:
+        embedder = self._embedder
+        if embedder.limiter is not None:
+            waited = embedder.limiter.acquire(0.0 if self.sent else self._tokens)
+            if waited:
+                embedder.stats.add("throttled_ms", waited * 1000.0)
+        self.sent += 1
+        embedder.stats.add("requests")
+        embedder.stats.add("in_flight")  # a gauge: up now, down when the answer is in

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from beamvec.errors import SystemicError as SystemicError  # re-exported: backends raise it
+
+#: Called right before each request leaves for the server: the limiter's wait.
+SendGate = Callable[[], None]
 
 #: What a preflight embeds when the run gives it no text of its own.
 PREFLIGHT_TEXT = "beamvec preflight"
@@ -92,6 +95,18 @@ class Backend(ABC):
     @abstractmethod
     def embed(self, texts: Sequence[str], titles: Sequence[str | None] | None = None) -> np.ndarray:
         """One float32 row per text, in order. Raises BackendError."""
+
+    def embed_paced(
+        self, texts: Sequence[str], titles: Sequence[str | None] | None, gate: SendGate
+    ) -> np.ndarray:
+        """``embed``, calling ``gate()`` before each request it sends.
+
+        Pacing is only as even as the moment requests leave: a network backend
+        overrides this to call the gate after its client has built the request,
+        so that the client's own work (and the threads it waits for) does not
+        shift the send times the limiter spaced. Here: once, before embedding."""
+        gate()
+        return self.embed(texts, titles)
 
     def describe(self) -> dict[str, Any]:
         """What the Parquet footer and the manifest say about the vectors."""

@@ -44,6 +44,7 @@ first set variable of ``api_key_env``. It is never an attribute before
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
@@ -51,7 +52,14 @@ from typing import Any
 import numpy as np
 
 from beamvec.backends import genai_auth, google_errors
-from beamvec.backends.base import PREFLIGHT_TEXT, TASK_TYPES, Backend, Limits, l2_normalize
+from beamvec.backends.base import (
+    PREFLIGHT_TEXT,
+    TASK_TYPES,
+    Backend,
+    Limits,
+    SendGate,
+    l2_normalize,
+)
 from beamvec.errors import BackendError, ErrorKind, SystemicError
 from beamvec.retry import RetriesExhausted, RetryPolicy
 
@@ -103,7 +111,7 @@ def native_dimension(model: str) -> int | None:
 class GenaiBackend(Backend):
     """``client.models.embed_content`` with limits, checks and error mapping."""
 
-    _unpicklable = ("_client", "_secret")
+    _unpicklable = ("_client", "_secret", "_sending")
 
     def __init__(
         self,
@@ -167,6 +175,7 @@ class GenaiBackend(Backend):
         self.name = mode
         self._client: Any = None
         self._secret: str | None = None
+        self._sending: threading.local | None = None  # this thread's send gate, while it embeds
 
     # -- description ---------------------------------------------------------
 
@@ -238,7 +247,9 @@ class GenaiBackend(Backend):
         if self._client is not None:
             return
         genai = genai_auth.import_genai(self.mode)
-        options = {"base_url": self.api_base_url, "timeout_s": self.timeout_s}
+        self._sending = threading.local()
+        options = {"base_url": self.api_base_url, "timeout_s": self.timeout_s,
+                   "on_request": self._on_request}
         if self.mode == "gemini" or self.vertex_auth == "api_key":  # express mode: a key, no project
             key = self._read_key()
             self._secret = key
@@ -260,6 +271,24 @@ class GenaiBackend(Backend):
             closer()
 
     # -- embedding -----------------------------------------------------------
+
+    def embed_paced(
+        self, texts: Sequence[str], titles: Sequence[str | None] | None, gate: SendGate
+    ) -> np.ndarray:
+        self.load()
+        assert self._sending is not None
+        self._sending.gate = gate
+        try:
+            return self.embed(texts, titles)
+        finally:
+            self._sending.gate = None
+
+    def _on_request(self, request: Any) -> None:
+        """httpx's request hook: runs in the sending thread once the SDK has
+        built the request, right before it is written to the connection."""
+        gate = getattr(self._sending, "gate", None)
+        if gate is not None:
+            gate()
 
     def embed(self, texts: Sequence[str], titles: Sequence[str | None] | None = None) -> np.ndarray:
         self.load()

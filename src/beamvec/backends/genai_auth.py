@@ -5,7 +5,7 @@ is one SystemicError line that never holds the key."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from beamvec.errors import SystemicError
@@ -70,17 +70,24 @@ def read_secret(name: str, mode: str) -> str:
     return key
 
 
-def http_options(base_url: str | None, api_version: str | None, timeout_s: float) -> Any:
+def http_options(
+    base_url: str | None, api_version: str | None, timeout_s: float,
+    on_request: Callable[[Any], None] | None = None,
+) -> Any:
+    """The SDK's HTTP options; ``on_request`` becomes the httpx client's request
+    hook (called in the sending thread just before each request goes out)."""
     from google.genai import types
 
+    hooks = {"event_hooks": {"request": [on_request]}} if on_request is not None else None
     return types.HttpOptions(
         base_url=base_url, api_version=api_version, timeout=max(1, int(timeout_s * 1000)),  # milliseconds
+        client_args=hooks,
     )
 
 
 def vertex_client(
     genai: Any, project: str | None, location: str | None, auth: str, api_version: str,
-    base_url: str | None, timeout_s: float,
+    base_url: str | None, timeout_s: float, on_request: Callable[[Any], None] | None = None,
 ) -> Any:
     """A Vertex AI client on ADC (or anonymous, for emulators)."""
     location = location or os.environ.get("GOOGLE_CLOUD_LOCATION") or DEFAULT_LOCATION
@@ -96,7 +103,7 @@ def vertex_client(
         project = adc_project()
     return genai.Client(
         vertexai=True, project=project, location=location, credentials=credentials,
-        http_options=http_options(base_url, api_version, timeout_s),
+        http_options=http_options(base_url, api_version, timeout_s, on_request),
     )
 
 

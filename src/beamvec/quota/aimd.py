@@ -5,8 +5,8 @@ discovered from the server). Three regimes, each for a reason:
 
 * **Edge.** A 429 that stands alone is the quota's edge, not congestion
   (pacing at the configured rate already, a short server window counts one
-  late arrival as one too many): cut a little (``edge_cut``, 7 %), lower the
-  target a quarter of that, and come back at ``1 / recovery_s`` of the
+  late arrival as one too many): cut a little (``edge_cut``, 5 %), lower the
+  target a fifth of that, and come back at ``1 / recovery_s`` of the
   reference per second, so a cut is made good within seconds.
 * **Congestion.** A second 429 event within ``congestion_s`` of the last one
   (time spent holding on the server's hint does not count) means others use
@@ -39,7 +39,7 @@ class Cut(Enum):
 
 @dataclass(frozen=True)
 class AimdSettings:
-    edge_cut: float = 0.07
+    edge_cut: float = 0.05
     decrease: float = 0.5
     congestion_s: float = 3.0
     cut_window: float = 1.0
@@ -48,6 +48,7 @@ class AimdSettings:
     probe_per_s: float = 0.0025
     probe_double_s: float = 30.0
     min_fraction: float = 0.05
+    measure_slack: float = 0.1
 
     def __post_init__(self) -> None:
         if not 0.0 < self.edge_cut < 1.0:
@@ -114,7 +115,7 @@ class AimdController:
             self.target = self.fraction
             kind = Cut.CONGESTION
         else:
-            self.target = max(s.min_fraction, self.target * (1.0 - s.edge_cut / 4))
+            self.target = max(s.min_fraction, self.target * (1.0 - s.edge_cut / 5))
             self.fraction = max(s.min_fraction, min(before, self.target) * (1.0 - s.edge_cut))
             kind = Cut.EDGE
         if self.fraction < before:
@@ -129,7 +130,10 @@ class AimdController:
         in a short window), not others' traffic; go back to a little under
         what was accepted, never above the rate before the cut."""
         s = self.settings
-        if fraction < self.fraction:
+        # A worker alone is accepted at its own pace, less the pacing margin and
+        # the arrivals still to come: settling there would ratchet it down at
+        # every edge. Only clearly less means others take part of the quota.
+        if fraction < self.fraction * (1.0 - s.measure_slack):
             self.fraction = max(s.min_fraction, fraction, self.fraction * s.decrease)
             self.target = self.fraction
             return True
