@@ -650,3 +650,17 @@ def test_a_worker_accepted_at_its_own_pace_is_not_ratcheted_down() -> None:
     assert aimd.fraction == cut_to
     assert aimd.on_measured(0.5)
     assert aimd.fraction == pytest.approx(0.5)
+
+
+def test_an_edge_429_while_probing_brings_the_target_below_the_refused_rate() -> None:
+    """Probing raises the target ahead of the rate (which follows at
+    1 / recovery_s a second); a 429 on the way up says the rate reached was
+    already too much, so the target comes down under it, not under itself."""
+    aimd = AimdController(AimdSettings(recovery_s=200.0), now=0.0, max_fraction=2.0, probe_scale=2.0)
+    for t in range(1, 60):
+        aimd.tick(float(t))
+    assert aimd.target > aimd.fraction + 0.05  # the target ran ahead
+    refused_at = aimd.fraction
+    assert aimd.on_throttled(60.5, asked_at=60.0) is Cut.EDGE
+    assert aimd.target < refused_at
+    assert aimd.fraction < aimd.target

@@ -115,7 +115,9 @@ class AimdController:
             self.target = self.fraction
             kind = Cut.CONGESTION
         else:
-            self.target = max(s.min_fraction, self.target * (1.0 - s.edge_cut / 5))
+            # The target never stays above the rate that was refused (probing may
+            # have taken it past the rate the worker had reached).
+            self.target = max(s.min_fraction, min(self.target, before) * (1.0 - s.edge_cut / 5))
             self.fraction = max(s.min_fraction, min(before, self.target) * (1.0 - s.edge_cut))
             kind = Cut.EDGE
         if self.fraction < before:
