@@ -80,13 +80,10 @@ class Embedder:
     def _request(self, items: Sequence[Record]) -> np.ndarray:
         gate = _Gate(self, sum(item.tokens for item in items))
         titles = [item.title for item in items]
-        texts, titles_sent = [item.text for item in items], titles if any(titles) else None
         try:
-            if self.limiter is None:
-                gate()
-                vectors = self.backend.embed(texts, titles_sent)
-            else:
-                vectors = self.backend.embed_paced(texts, titles_sent, gate)
+            vectors = self.backend.embed_paced(
+                [item.text for item in items], titles if any(titles) else None, gate
+            )
         except BackendError as exc:
             self.stats.add(f"status_{exc.status or 'error'}")
             if exc.throttled:

@@ -126,11 +126,12 @@ class AimdController:
         return kind
 
     def on_measured(self, fraction: float) -> bool:
-        """The server accepted ``fraction`` of the reference lately. Below the
-        current rate: settle there (at most ``decrease`` in one step). After a
-        congestion cut, well above it: the 429s were bad luck (a late arrival
-        in a short window), not others' traffic; go back to a little under
-        what was accepted, never above the rate before the cut."""
+        """The server accepted ``fraction`` of the reference lately. Clearly
+        (``measure_slack``) below the current rate: settle there (at most
+        ``decrease`` in one step). After a congestion cut, well above it: the
+        429s were bad luck (a late arrival in a short window), not others'
+        traffic; go back to a little under what was accepted, never above the
+        rate before the cut."""
         s = self.settings
         # A worker alone is accepted at its own pace, less the pacing margin and
         # the arrivals still to come: settling there would ratchet it down at
