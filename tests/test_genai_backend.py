@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 import types as pytypes
 from importlib.metadata import version
 
@@ -489,18 +490,30 @@ def test_the_send_gate_runs_before_each_request_leaves(emu, key_env, mode):
     per HTTP request: at each call of the gate the server has answered exactly
     the requests before it, and a batch sent as several calls passes it once a call."""
     b = make(emu, mode=mode, task_type="RETRIEVAL_DOCUMENT", output_dimensionality=256)
-    seen = []
-    gate = lambda: seen.append(emu.stats(with_texts=False)["requests"])  # noqa: E731
+    seen: list[int] = []
+    left: list[tuple[int, float]] = []  # (gate calls so far, when the request was written)
+
+    class Gate:
+        def __call__(self) -> None:
+            seen.append(emu.stats(with_texts=False)["requests"])
+            self.called = time.monotonic()
+
+        def left(self, at: float) -> None:
+            assert self.called <= at <= time.monotonic()
+            left.append((len(seen), at))
+
     titles = ["A", None, "B", "A"]
-    vecs = b.embed_paced(TEXTS, titles, gate)
+    vecs = b.embed_paced(TEXTS, titles, Gate())
     np.testing.assert_allclose(
         vecs, expected("gemini-embedding-001", "RETRIEVAL_DOCUMENT", 256, TEXTS, titles), atol=1e-6
     )
     calls = emu.stats(with_texts=False)["requests"]
     assert calls >= 3  # one per title (vertex through google-genai 2.x: one per text)
     assert seen == list(range(calls))
+    # each request reported written once, after its own gate call and before the next
+    assert [n for n, _ in left] == list(range(1, calls + 1))
     b.embed(TEXTS[:1])  # outside embed_paced: no gate
-    assert seen == list(range(calls))
+    assert seen == list(range(calls)) and len(left) == calls
     assert pickle.loads(pickle.dumps(b))._sending is None  # the thread-local never travels
 
 
@@ -511,6 +524,9 @@ def test_the_embedder_books_every_request_of_a_batch_with_the_limiter(emu, key_e
 
     b = make(emu, task_type="RETRIEVAL_DOCUMENT", output_dimensionality=256)
     limiter = Limiter(6000, 10**6)
+    left: list[float] = []
+    on_left = limiter.on_left
+    limiter.on_left = lambda at: (left.append(at), on_left(at))  # type: ignore[method-assign]
     embedder = Embedder(b, EmbedSettings(max_in_flight=1), limiter)
     titles = ["A", None, "B", "A"]
     batch = [Record(f"r{i}", t, content_hash(t), 10, False, i, title=ti)
@@ -521,5 +537,6 @@ def test_the_embedder_books_every_request_of_a_batch_with_the_limiter(emu, key_e
     stats = limiter.stats()
     # three calls (one per title) booked as three requests, the batch's tokens once
     assert (stats.requests, stats.tokens) == (3, 40.0)
+    assert len(left) == 3 and left == sorted(left)  # and each reported when it was written
     assert emu.stats()["requests"] == embedder.stats.snapshot()["requests"] == 3
     assert embedder.stats.snapshot()["in_flight"] == 0

@@ -664,3 +664,73 @@ def test_an_edge_429_while_probing_brings_the_target_below_the_refused_rate() ->
     assert aimd.on_throttled(60.5, asked_at=60.0) is Cut.EDGE
     assert aimd.target < refused_at
     assert aimd.fraction < aimd.target
+
+
+# -- requests that leave late -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_late_departures_never_squeeze_a_short_window(seed: int) -> None:
+    """A request written 30-120 ms after its slot (its thread waited for the
+    GIL) and its on-time successors would put 11 requests in a 1-s window of
+    a 600-RPM quota. Reported with ``on_left``, lateness pushes the later
+    slots back: every window holds its 10, and the delay is paid once."""
+    rng = random.Random(seed)
+    clock = FakeClock()
+    limiter = Limiter(600, clock=clock, sleep=clock.sleep)
+    departures = []
+    for _ in range(600):
+        limiter.acquire()
+        late = rng.uniform(0.03, 0.12) if rng.random() < 0.05 else rng.uniform(0.0, 0.003)
+        departures.append(clock.now + late)
+        limiter.on_left(clock.now + late)
+    assert max_in_window(departures, window=1.0) <= 10
+    assert max_in_window(departures, window=60.0) <= 600
+    # the pushes cost about the lateness (5 % of 600 requests × 75 ms ≈ 2.3 s), no more
+    assert departures[-1] - departures[0] <= 599 / (600 * 0.98 / 60) + 0.05 * 600 * 0.12 + 1.0
+
+
+def test_a_late_request_pushes_back_the_requests_already_booked() -> None:
+    """B booked its slot while A was still being written; A then leaves 50 ms
+    late: B, asleep until its slot, waits the excess more when it wakes."""
+    clock = FakeClock()
+    asleep, wake = threading.Event(), threading.Event()
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread().name == "B" and not asleep.is_set():
+            asleep.set()  # B sleeps until the test wakes it at its slot
+            assert wake.wait(5)
+            return
+        clock.sleep(seconds)
+
+    limiter = Limiter(600, clock=clock, sleep=sleep)
+    interval = 60 / (600 * 0.98 - 1)
+    limiter.acquire()
+    a_slot = clock.now
+    left_b: list[float] = []
+
+    def b() -> None:
+        limiter.acquire()
+        left_b.append(clock.now)
+        limiter.on_left(clock.now)  # on time (as pushed): no further push
+
+    thread = threading.Thread(target=b, name="B")
+    thread.start()
+    assert asleep.wait(5)
+    limiter.on_left(a_slot + 0.05)  # A leaves 50 ms after its slot
+    clock.now = a_slot + interval  # B's slot
+    wake.set()
+    thread.join(5)
+    assert left_b[0] == pytest.approx(a_slot + 0.05 - limiter.late_slack_s + interval)
+    limiter.acquire()  # C, booked after the push
+    assert clock.now == pytest.approx(left_b[0] + interval)
+
+
+def test_lateness_within_the_slack_moves_nothing() -> None:
+    clock = FakeClock()
+    limiter = Limiter(600, clock=clock, sleep=clock.sleep)
+    limiter.acquire()
+    first = clock.now
+    limiter.on_left(first + limiter.late_slack_s * 0.9)
+    limiter.acquire()
+    assert clock.now == pytest.approx(first + 60 / (600 * 0.98 - 1))

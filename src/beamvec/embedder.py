@@ -153,8 +153,9 @@ class Embedder:
 
 
 class _Gate:
-    """What runs right before each request of one batch leaves (see
-    ``Backend.embed_paced``): the limiter's wait, and the request counts.
+    """What runs around each request of one batch (see ``Backend.embed_paced``):
+    the limiter's wait and the request counts before it leaves, and the
+    limiter told when it left.
 
     A batch is usually one request; where a backend sends several (one per
     title, or one per text), each waits its turn and the batch's tokens are
@@ -174,3 +175,7 @@ class _Gate:
         self.sent += 1
         embedder.stats.add("requests")
         embedder.stats.add("in_flight")  # a gauge: up now, down when the answer is in
+
+    def left(self, at: float) -> None:
+        if self._embedder.limiter is not None:
+            self._embedder.limiter.on_left(at)

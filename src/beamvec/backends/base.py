@@ -9,17 +9,26 @@ heavy parts (sessions, clients) on the worker, and they are never pickled.
 from __future__ import annotations
 
 import math
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from beamvec.errors import SystemicError as SystemicError  # re-exported: backends raise it
 
-#: Called right before each request leaves for the server: the limiter's wait.
-SendGate = Callable[[], None]
+
+class SendGate(Protocol):
+    """What a backend calls around each request it sends (the embedder's pacing)."""
+
+    def __call__(self) -> None:
+        """Right before the request leaves: wait for its slot."""
+
+    def left(self, at: float) -> None:
+        """The request's last byte was written at ``at`` (``time.monotonic``):
+        a request that left late pushes the ones after it back."""
 
 #: What a preflight embeds when the run gives it no text of its own.
 PREFLIGHT_TEXT = "beamvec preflight"
@@ -104,8 +113,10 @@ class Backend(ABC):
         Pacing is only as even as the moment requests leave: a network backend
         overrides this to call the gate after its client has built the request,
         so that the client's own work (and the threads it waits for) does not
-        shift the send times the limiter spaced. Here: once, before embedding."""
+        shift the send times the limiter spaced, and to report when each left.
+        Here: once, before embedding, and the request leaves at once."""
         gate()
+        gate.left(time.monotonic())
         return self.embed(texts, titles)
 
     def describe(self) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
@@ -285,10 +286,22 @@ class GenaiBackend(Backend):
 
     def _on_request(self, request: Any) -> None:
         """httpx's request hook: runs in the sending thread once the SDK has
-        built the request, right before it is written to the connection."""
+        built the request, right before it is written to the connection. The
+        transport's trace (httpcore's ``trace`` extension, same thread) tells
+        the gate when the body was written."""
         gate = getattr(self._sending, "gate", None)
-        if gate is not None:
-            gate()
+        if gate is None:
+            return
+        gate()
+        chained = request.extensions.get("trace")
+
+        def trace(event: str, info: dict[str, Any]) -> None:
+            if chained is not None:
+                chained(event, info)
+            if event.endswith("send_request_body.complete"):
+                gate.left(time.monotonic())
+
+        request.extensions["trace"] = trace
 
     def embed(self, texts: Sequence[str], titles: Sequence[str | None] | None = None) -> np.ndarray:
         self.load()

@@ -98,6 +98,12 @@ class TokenBucket:
             self._book(amount, now)
             return True
 
+    def push_back(self, seconds: float) -> None:
+        """Move every send after the latest booked one ``seconds`` later (a
+        request left late: the ones after it keep their spacing from it)."""
+        with self._lock:
+            self._tat += max(0.0, seconds)
+
     def set_rate(self, rate_per_s: float, capacity: float | None = None) -> None:
         """Change the refill rate (and capacity), keeping outstanding debt in tokens.
 

@@ -8,10 +8,16 @@ AIMD brings it back when the server answers 429. Told nothing
 the server accepted (meter.py) and settles near it the same way.
 
 Interface for callers (the embedder): ``acquire(tokens) -> seconds waited``
-before a request, then ``on_success()`` or ``on_throttled(retry_after)`` from
-the same thread. The send time booked by ``acquire`` is remembered per thread,
-so that 429s of requests sent before a cut count as that cut's event, and
-successes measure the accepted rate.
+before a request, ``on_left(at)`` once it is written, then ``on_success()`` or
+``on_throttled(retry_after)`` from the same thread. The send time booked by
+``acquire`` is remembered per thread, so that 429s of requests sent before a
+cut count as that cut's event, and successes measure the accepted rate.
+
+A request that leaves later than booked (its thread waited for the GIL, its
+client was slow to write it) would squeeze the window it opens: the next
+requests still leave on time, and a short server window sees one too many.
+So lateness beyond ``late_slack_s`` pushes every later booking back by the
+excess: being late costs time, never a 429.
 
 Thread-safe; share one per process through Beam's ``Shared`` (settings.py).
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from beamvec.quota.aimd import AimdController, AimdSettings, Cut
@@ -66,6 +73,7 @@ class Limiter:
         aimd: AimdSettings | None = None,
         max_hold_s: float = 60.0,
         measure_s: float = 60.0,
+        late_slack_s: float = 0.005,
         clock: Clock = time.monotonic,
         sleep: Sleep = time.sleep,
     ) -> None:
@@ -77,11 +85,14 @@ class Limiter:
                 check_positive(value, name)
         if not 0.0 <= margin < 0.5:
             raise ValueError("margin must be in [0, 0.5)")
+        if not 0.0 <= late_slack_s < math.inf:
+            raise ValueError("late_slack_s must be a non-negative number of seconds")
         self.rpm, self.tpm, self.share = rpm, tpm, min(1.0, share)
         self.window_s = window_s
         self.burst_requests = burst_requests
         self.margin = margin
         self.max_hold_s = max_hold_s
+        self.late_slack_s = late_slack_s
         self.discover = discover and rpm is None and tpm is None
         self._clock, self._sleep = clock, sleep
         self._lock = threading.Lock()
@@ -100,6 +111,10 @@ class Limiter:
         # when pacing held every request, when to measure).
         self._pending: tuple[float, float, float | None, float] | None = None
         self._applied = (self._aimd.fraction, self._request_budget, self._largest_tokens)
+        # Pushes of late requests: (the late booking, the last booking made
+        # before the push, seconds); the bookings between them wait that much more.
+        self._pushes: deque[tuple[int, int, float]] = deque(maxlen=256)
+        self._pushed = 0  # pushes so far
         self._waited = 0.0
         self._requests = 0
         self._tokens = 0.0
@@ -162,6 +177,7 @@ class Limiter:
             self._last_send = max(self._last_send, at)
             self._meter.on_send(now, at)
             self._local.booked = (now, at)
+            self._local.due = (self._requests + 1, at, self._pushed)  # (booking, send time, pushes seen)
             wait = at - now
             self._waited += wait
             self._requests += 1
@@ -181,7 +197,42 @@ class Limiter:
                 # A 429 while this caller slept holds every request: book again after it.
                 held = self._hold_until > self._clock() and self._local.booked[0] < self._aimd.last_cut
             if not held:
-                return waited
+                return waited + self._wait_pushes()
+
+    def _wait_pushes(self) -> float:
+        """Wait as long as late requests booked before this one pushed it back."""
+        waited = 0.0
+        for _ in range(16):  # each round waits only for the pushes made during the last
+            with self._lock:
+                booking, at, seen = self._local.due
+                fresh = list(self._pushes)[seen - self._pushed:] if seen < self._pushed else []
+                extra = sum(seconds for late, last, seconds in fresh if late < booking <= last)
+                self._local.due = (booking, at + extra, self._pushed)
+                self._waited += extra
+            if extra <= 0:
+                break
+            self._sleep(extra)
+            waited += extra
+        return waited
+
+    def on_left(self, at: float) -> None:
+        """This thread's request (booked by ``acquire``) was written at ``at``.
+        Later than due by more than ``late_slack_s``: push later bookings back."""
+        due = getattr(self._local, "due", None)
+        if due is None:
+            return
+        booking, due_at, _ = due
+        excess = at - due_at - self.late_slack_s
+        if excess <= 0:
+            return
+        with self._lock:
+            if self._requests_bucket is None and self._tokens_bucket is None:
+                return
+            for bucket in (self._requests_bucket, self._tokens_bucket):
+                if bucket is not None:
+                    bucket.push_back(excess)
+            self._pushes.append((booking, self._requests, excess))
+            self._pushed += 1
 
     # -- adapting --------------------------------------------------------------
 
