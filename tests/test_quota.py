@@ -4,6 +4,7 @@ up, and concurrent callers never double-book. All on simulated time."""
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import pickle
 import random
@@ -734,3 +735,22 @@ def test_lateness_within_the_slack_moves_nothing() -> None:
     limiter.on_left(first + limiter.late_slack_s * 0.9)
     limiter.acquire()
     assert clock.now == pytest.approx(first + 60 / (600 * 0.98 - 1))
+
+
+def test_discovery_paces_from_the_first_429_before_any_reply_is_in() -> None:
+    """Unpaced, 10 requests leave within 0.1 s; the 11th is refused with
+    "retry in 0.8 s" before any reply is in. The server took those 10 and
+    takes more 0.8 s later: about 10 per 0.9 s. Requests booked during the
+    hold leave at that pace, not in one burst when it ends."""
+    clock = FakeClock()
+    limiter = Limiter(None, discover=True, clock=clock, sleep=clock.sleep)
+    booked = []
+    for _ in range(11):
+        booked.append((clock.now, clock.now + limiter.reserve()))
+        clock.now += 0.01
+    clock.now += 0.1
+    limiter.on_throttled(0.8, booked=booked[-1])
+    assert limiter.current_rpm == pytest.approx(10 / (0.1 + 0.8) * 60, rel=0.01)
+    waits = [limiter.reserve() for _ in range(5)]  # booked during the hold: spaced
+    assert waits[0] == pytest.approx(0.8)
+    assert all(b - a >= 0.09 for a, b in itertools.pairwise(waits))

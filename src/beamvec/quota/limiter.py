@@ -279,10 +279,10 @@ class Limiter:
                 at = max(self._hold_until, self._meter.settled_after(now))
                 self._pending = (now if sent_at is None else sent_at, hint, self._meter.held_since, at)
                 if self.discover and self._requests_bucket is None:
-                    # Requests booked during the hold need a pace now: a first,
-                    # low estimate (replies in flight are not in yet); the
-                    # measurement once they are in corrects it.
-                    self._settle(self._meter.accepted_rate(self._pending[0], hint), self._hold_until)
+                    # Requests booked during the hold need a pace now: a first
+                    # estimate from what was sent before this one (few replies
+                    # are in yet); the measurement once they are in corrects it.
+                    self._settle(self._meter.sent_rate(self._pending[0], hint), self._hold_until)
             self._apply()
             return self._aimd.fraction < before
 

@@ -59,6 +59,17 @@ class SuccessMeter:
         """Since when every booking waited for pacing (None: the last one did not)."""
         return self._held_since
 
+    def sent_rate(self, until: float, hint_s: float) -> float | None:
+        """Requests sent in ``[start, until)`` of the busy period, per second of
+        ``until - start + hint_s``: at the first 429 of a burst the server
+        accepted what arrived before it, though few replies are in yet."""
+        if self._busy_since is None:
+            return None
+        start = max(until - self.span_s, self._busy_since)
+        count = sum(1 for t, _ in self._booked if start <= t < until)
+        seconds = until - start + max(0.0, hint_s)
+        return count / seconds if count and seconds > 0 else None
+
     def accepted_rate(
         self, until: float, hint_s: float, since: float | None = None, min_count: int = 5,
         min_span_s: float = 0.2,
