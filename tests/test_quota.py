@@ -679,6 +679,9 @@ def test_late_departures_never_squeeze_a_short_window(seed: int) -> None:
     rng = random.Random(seed)
     clock = FakeClock()
     limiter = Limiter(600, clock=clock, sleep=clock.sleep)
+    limiter.acquire()
+    limiter.on_throttled(0.1)  # the short window's edge: from now on lateness matters
+    clock.now += 100.0  # recovered
     departures = []
     for _ in range(600):
         limiter.acquire()
@@ -705,8 +708,12 @@ def test_a_late_request_pushes_back_the_requests_already_booked() -> None:
         clock.sleep(seconds)
 
     limiter = Limiter(600, clock=clock, sleep=sleep)
+    limiter.acquire()
+    limiter.on_throttled(0.1)  # the short window's edge: from now on lateness matters
+    clock.now += 100.0
     interval = 60 / (600 * 0.98 - 1)
     limiter.acquire()
+    assert limiter.fraction == 1.0  # recovered
     a_slot = clock.now
     left_b: list[float] = []
 
@@ -727,14 +734,28 @@ def test_a_late_request_pushes_back_the_requests_already_booked() -> None:
     assert clock.now == pytest.approx(left_b[0] + interval)
 
 
-def test_lateness_within_the_slack_moves_nothing() -> None:
+def test_lateness_moves_nothing_within_the_slack_or_before_any_429() -> None:
+    """Before a 429 nothing says the server's window is short: over 60 s the
+    margin absorbs any lateness, and pushing would only lose time."""
     clock = FakeClock()
     limiter = Limiter(600, clock=clock, sleep=clock.sleep)
+    interval = 60 / (600 * 0.98 - 1)
+    limiter.acquire()
+    first = clock.now
+    limiter.on_left(first + 0.1)  # late, but no 429 yet
+    limiter.acquire()
+    assert clock.now == pytest.approx(first + interval)
+    limiter.on_throttled(0.1)
+    clock.now += 100.0
     limiter.acquire()
     first = clock.now
     limiter.on_left(first + limiter.late_slack_s * 0.9)
     limiter.acquire()
-    assert clock.now == pytest.approx(first + 60 / (600 * 0.98 - 1))
+    assert clock.now == pytest.approx(first + interval)
+    limiter.on_left(clock.now + 0.1)  # after the 429 it does push
+    late = clock.now
+    limiter.acquire()
+    assert clock.now == pytest.approx(late + 0.1 - limiter.late_slack_s + interval)
 
 
 def test_discovery_paces_from_the_first_429_before_any_reply_is_in() -> None:

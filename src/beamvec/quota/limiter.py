@@ -16,8 +16,10 @@ cut count as that cut's event, and successes measure the accepted rate.
 A request that leaves later than booked (its thread waited for the GIL, its
 client was slow to write it) would squeeze the window it opens: the next
 requests still leave on time, and a short server window sees one too many.
-So lateness beyond ``late_slack_s`` pushes every later booking back by the
-excess: being late costs time, never a 429.
+Once a 429 has come while pacing (the one sign that the server's window is
+short enough for that to matter: over 60 s, the margin absorbs any lateness),
+lateness beyond ``late_slack_s`` pushes every later booking back by the
+excess: being late costs time, not a 429.
 
 Thread-safe; share one per process through Beam's ``Shared`` (settings.py).
 """
@@ -115,6 +117,7 @@ class Limiter:
         # before the push, seconds); the bookings between them wait that much more.
         self._pushes: deque[tuple[int, int, float]] = deque(maxlen=256)
         self._pushed = 0  # pushes so far
+        self._guard_lateness = False  # set by the first 429 while paced
         self._waited = 0.0
         self._requests = 0
         self._tokens = 0.0
@@ -217,7 +220,8 @@ class Limiter:
 
     def on_left(self, at: float) -> None:
         """This thread's request (booked by ``acquire``) was written at ``at``.
-        Later than due by more than ``late_slack_s``: push later bookings back."""
+        Later than due by more than ``late_slack_s``, once lateness matters:
+        push later bookings back."""
         due = getattr(self._local, "due", None)
         if due is None:
             return
@@ -226,7 +230,7 @@ class Limiter:
         if excess <= 0:
             return
         with self._lock:
-            if self._requests_bucket is None and self._tokens_bucket is None:
+            if not self._guard_lateness:
                 return
             for bucket in (self._requests_bucket, self._tokens_bucket):
                 if bucket is not None:
@@ -283,6 +287,8 @@ class Limiter:
                     # estimate from what was sent before this one (few replies
                     # are in yet); the measurement once they are in corrects it.
                     self._settle(self._meter.sent_rate(self._pending[0], hint), self._hold_until)
+                paced = self._requests_bucket is not None or self._tokens_bucket is not None
+                self._guard_lateness = self._guard_lateness or paced
             self._apply()
             return self._aimd.fraction < before
 
