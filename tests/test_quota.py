@@ -420,11 +420,22 @@ def test_acquire_from_threads_accounts_every_wait() -> None:
         {"rpm": 60, "tpm": 0},
         {"rpm": 60, "share": 0},
         {"rpm": float("nan")},
+        {"rpm": 60, "late_slack_s": -0.001},
     ],
 )
 def test_limiter_rejects_nonsense(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         AdaptiveLimiter(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"edge_cut": 0.0}, {"decrease": 1.0}, {"min_fraction": 0.0}, {"recovery_s": 0.0},
+     {"measure_slack": 1.0}, {"measure_slack": -0.1}],
+)
+def test_aimd_settings_reject_nonsense(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        AimdSettings(**kwargs)
 
 
 def test_bucket_rejects_nonsense() -> None:

@@ -57,6 +57,8 @@ class AimdSettings:
             raise ValueError("decrease must be in (0, 1)")
         if not 0.0 < self.min_fraction <= 1.0:
             raise ValueError("min_fraction must be in (0, 1]")
+        if not 0.0 <= self.measure_slack < 1.0:
+            raise ValueError("measure_slack must be in [0, 1)")
         for name in ("congestion_s", "recovery_s", "probe_double_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
