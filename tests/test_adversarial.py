@@ -279,6 +279,40 @@ def test_a_damaged_vector_file_is_found_and_redone(kind, tmp_path, capsys, emula
     assert run_cli(capsys, "inspect", str(out))[0] == 0
 
 
+def test_a_damaged_dead_letter_file_is_named_with_its_repair(tmp_path, capsys):
+    """A torn dead-letter file: inspect and verify say which file and what to
+    do in one line (no traceback); doing it redoes the shard, dead letters and all."""
+    (tmp_path / "in").mkdir()
+    _write(str(tmp_path / "in" / "s.jsonl"), {"a": "hello there", "b": "general kenobi"})
+    with open(tmp_path / "in" / "s.jsonl", "a") as fh:
+        fh.write('{"id": "c", "text": ""}\n{"id": "d"}\n')  # two dead letters
+    out = tmp_path / "out"
+    args = ["--input", str(tmp_path / "in" / "*.jsonl"), "--output", str(out)]
+    assert beam_run(capsys, *args)[0] == 0
+    before = read_output(str(out))
+    (dead,) = (out / "dead_letters").glob("*.parquet")
+    vectors = out / "vectors" / dead.name
+    data = dead.read_bytes()
+    dead.write_bytes(data[: len(data) // 2])
+    for command in ("inspect", "verify"):
+        code, stdout, err = run_cli(capsys, command, str(out))
+        _no_traceback(stdout, err)
+        assert code == 2, stdout + err
+        (line,) = err.strip().splitlines()
+        assert f"{dead} is damaged" in line and f"remove it and {vectors}" in line, line
+    dead.unlink()
+    vectors.unlink()
+    assert beam_run(capsys, *args)[0] == 0
+    after = read_output(str(out))
+    assert_reconciled(after)
+    assert sorted(after["dead"][dead.stem].column("id").to_pylist()) == ["c", "d"]
+    want, got = vectors_by_id(before), vectors_by_id(after)
+    assert set(got) == {"a", "b"}
+    for record_id, vector in want.items():
+        np.testing.assert_allclose(got[record_id], vector, atol=1e-6)
+    assert run_cli(capsys, "verify", "--quiet", str(out))[0] == 0
+
+
 # --------------------------------------------------------------------------- 4. retry
 
 

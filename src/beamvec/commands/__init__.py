@@ -23,6 +23,7 @@ from beamvec.contract import (
     MANIFEST,
     SUCCESS,
     VECTORS_DIR,
+    DamagedFileError,
     read_footer,
     read_manifest,
 )
@@ -131,11 +132,17 @@ def iter_batches(
     output: Output, path: str, columns: Sequence[str], batch_size: int = SCAN_BATCH_ROWS
 ) -> Iterator[pa.RecordBatch]:
     """Record batches of some columns of one Parquet file; memory stays
-    bounded by one batch (pre_buffer off, so row groups are read one by one)."""
-    with output.fs.open(path, "rb") as fh:
-        pf = pq.ParquetFile(fh, pre_buffer=False)
-        present = [c for c in columns if c in pf.schema_arrow.names]
-        yield from pf.iter_batches(batch_size=batch_size, columns=present)
+    bounded by one batch (pre_buffer off, so row groups are read one by one).
+    A file that is not readable Parquet raises DamagedFileError, naming it."""
+    try:
+        with output.fs.open(path, "rb") as fh:
+            pf = pq.ParquetFile(fh, pre_buffer=False)
+            present = [c for c in columns if c in pf.schema_arrow.names]
+            yield from pf.iter_batches(batch_size=batch_size, columns=present)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, pa.ArrowException) as exc:  # pyarrow's several errors for a torn file
+        raise DamagedFileError(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
 
 
 def description_of(

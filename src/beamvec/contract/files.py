@@ -50,10 +50,16 @@ class DamagedFileError(UsageError):
     """A vector or dead-letter file that is not readable Parquet."""
 
     def __init__(self, path: str, reason: str) -> None:
-        super().__init__(
-            f"{path} is damaged ({reason}); remove it and rerun `beamvec run` with the same "
-            "flags to embed that shard again"
-        )
+        folder, _, file = path.rpartition("/")
+        root, _, kind = folder.rpartition("/")
+        if kind == DEAD_LETTERS_DIR:
+            # Its shard stands committed by its vector file: only without that
+            # file does a rerun redo the shard and write its dead letters again.
+            also = f" and {root}/{VECTORS_DIR}/{file}" if root else f" and {VECTORS_DIR}/{file}"
+            repair = f"remove it{also}, then rerun `beamvec run` with the same flags to redo that shard"
+        else:
+            repair = "remove it and rerun `beamvec run` with the same flags to embed that shard again"
+        super().__init__(f"{path} is damaged ({reason}); {repair}")
         self.path = path
         self.reason = reason
 
