@@ -32,7 +32,7 @@ from beamvec.contract import (
     read_state,
 )
 from beamvec.embedder import EmbedSettings
-from beamvec.errors import Interrupted, SystemicError, UsageError
+from beamvec.errors import Interrupted, SystemicError, UsageError, reason_of
 from beamvec.failures import clear_failures, raise_recorded_failure
 from beamvec.inputs import (
     JobInputs,
@@ -102,7 +102,7 @@ def check_output_writable(output: Output) -> None:
             fh.write(b"beamvec checks that it may write here\n")
     except OSError as exc:
         output.remove(probe)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = reason_of(exc)
         if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
             raise SystemicError(f"cannot write to the output {output.url}: {reason}; free some space") from None
         raise SystemicError(

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from beamvec.errors import SystemicError
+from beamvec.errors import SystemicError, reason_of
 from beamvec.sink import Output
 
 LOG = logging.getLogger("beamvec")
@@ -182,7 +182,7 @@ def _write(output: Output, lease: Lease) -> None:
 
 
 def _unwritable(output: Output, exc: OSError) -> SystemicError:
-    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    reason = reason_of(exc)
     if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
         return SystemicError(f"cannot write to the output {output.url}: {reason}; free some space")
     return SystemicError(

@@ -27,7 +27,7 @@ from beamvec.contract import (
     read_footer,
     read_manifest,
 )
-from beamvec.errors import UsageError
+from beamvec.errors import UsageError, reason_of
 from beamvec.sink import Output
 from beamvec.storage_options import parse_storage_options
 
@@ -142,7 +142,7 @@ def iter_batches(
     except FileNotFoundError:
         raise
     except (OSError, ValueError, pa.ArrowException) as exc:  # pyarrow's several errors for a torn file
-        raise DamagedFileError(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        raise DamagedFileError(path, reason_of(exc)) from None
 
 
 def description_of(

@@ -23,7 +23,7 @@ from beamvec.contract.model import (
     Footer,
     Manifest,
 )
-from beamvec.errors import UsageError
+from beamvec.errors import UsageError, reason_of
 from beamvec.sink import FOOTER_KEY, Output
 
 
@@ -37,7 +37,7 @@ def read_footer(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a torn file
-        raise DamagedFileError(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        raise DamagedFileError(path, reason_of(exc)) from None
     raw = meta.get(FOOTER_KEY)
     return json.loads(raw) if raw else {}
 
@@ -73,7 +73,7 @@ def footer_and_rows(fs: fsspec.AbstractFileSystem, path: str) -> tuple[Footer, i
     except FileNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a torn file
-        raise DamagedFileError(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        raise DamagedFileError(path, reason_of(exc)) from None
     raw = (metadata.metadata or {}).get(FOOTER_KEY)
     try:
         footer = Footer.from_json(json.loads(raw)) if raw else Footer(None, None)

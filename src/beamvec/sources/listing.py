@@ -20,7 +20,7 @@ import fsspec
 import fsspec.core
 from fsspec.implementations.local import LocalFileSystem
 
-from beamvec.errors import InputAccessError, NoInputError, UsageError
+from beamvec.errors import InputAccessError, NoInputError, UsageError, reason_of
 from beamvec.records import Shard, safe_shard_name
 from beamvec.sources.base import FORMATS, ReaderConfig, detect_format
 
@@ -200,7 +200,7 @@ def list_shards(
         try:
             base, files, hidden = _expand(fs, path)
         except PermissionError as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = reason_of(exc)
             raise InputAccessError(
                 f"cannot list input {pattern!r}: {reason}; check the credentials in the "
                 "environment (AWS_* variables, GOOGLE_APPLICATION_CREDENTIALS or gcloud ADC) "
