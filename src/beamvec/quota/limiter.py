@@ -139,6 +139,11 @@ class Limiter:
         return pace(self._token_budget, self.window_s, self._aimd.fraction, self.margin,
                     self._largest_tokens)
 
+    @property
+    def _paced(self) -> bool:
+        """Whether a bucket spaces requests (told a quota, or one discovered)."""
+        return self._requests_bucket is not None or self._tokens_bucket is not None
+
     def _bucket(self, p: Pace | None) -> TokenBucket | None:
         return None if p is None else TokenBucket(p.rate_per_s, p.capacity, self._clock)
 
@@ -167,7 +172,7 @@ class Limiter:
                 self._largest_tokens = tokens
             self._apply()
             at = max(now, self._hold_until)
-            if self._requests_bucket is not None or self._tokens_bucket is not None:
+            if self._paced:
                 at = max(at, self._last_send)  # paced sends keep their booked order
             if self._requests_bucket is not None:
                 at = self._requests_bucket.earliest(1.0, at)
@@ -287,8 +292,7 @@ class Limiter:
                     # estimate from what was sent before this one (few replies
                     # are in yet); the measurement once they are in corrects it.
                     self._settle(self._meter.sent_rate(self._pending[0], hint), self._hold_until)
-                paced = self._requests_bucket is not None or self._tokens_bucket is not None
-                self._guard_lateness = self._guard_lateness or paced
+                self._guard_lateness = self._guard_lateness or self._paced
             self._apply()
             return self._aimd.fraction < before
 
