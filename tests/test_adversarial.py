@@ -279,38 +279,65 @@ def test_a_damaged_vector_file_is_found_and_redone(kind, tmp_path, capsys, emula
     assert run_cli(capsys, "inspect", str(out))[0] == 0
 
 
-def test_a_damaged_dead_letter_file_is_named_with_its_repair(tmp_path, capsys):
-    """A torn dead-letter file: inspect and verify say which file and what to
-    do in one line (no traceback); doing it redoes the shard, dead letters and all."""
+@pytest.mark.parametrize("kind", ["truncate", "fewer-rows-same-footer", "delete"])
+def test_a_damaged_dead_letter_file_is_found_and_its_shard_redone(kind, tmp_path, capsys, caplog):
+    """The dead letters are the only copy of the refused records: a torn,
+    shortened or missing dead-letter file voids its shard's commit. inspect
+    and verify name it with the repair (rerun), plan plans that shard, and
+    the rerun redoes it alone, dead letters and all."""
     (tmp_path / "in").mkdir()
     _write(str(tmp_path / "in" / "s.jsonl"), {"a": "hello there", "b": "general kenobi"})
     with open(tmp_path / "in" / "s.jsonl", "a") as fh:
-        fh.write('{"id": "c", "text": ""}\n{"id": "d"}\n')  # two dead letters
+        fh.write('{"id": "c", "text": ""}\n{"id": "d"}\n{"id": "e", "text": 5}\n')  # three dead letters
+    _write(str(tmp_path / "in" / "t.jsonl"), {"f": "another shard", "g": "with no dead letters"})
     out = tmp_path / "out"
     args = ["--input", str(tmp_path / "in" / "*.jsonl"), "--output", str(out)]
     assert beam_run(capsys, *args)[0] == 0
     before = read_output(str(out))
     (dead,) = (out / "dead_letters").glob("*.parquet")
-    vectors = out / "vectors" / dead.name
-    data = dead.read_bytes()
-    dead.write_bytes(data[: len(data) // 2])
+    (shard,) = (s for name, s in before["manifest"]["shards"].items() if name == dead.stem)
+    assert shard["dead_letter_bytes"] == dead.stat().st_size  # the cheap check needs no read
+    if kind == "truncate":
+        data = dead.read_bytes()
+        dead.write_bytes(data[: len(data) // 2])
+    elif kind == "fewer-rows-same-footer":
+        pf = pq.ParquetFile(dead)
+        footer = pf.metadata.metadata[b"beamvec"]
+        table = pf.read().slice(0, 2)
+        writer = pq.ParquetWriter(str(dead), table.schema.remove_metadata())
+        writer.write_table(table.replace_schema_metadata(None))
+        writer.add_key_value_metadata({b"beamvec": footer})
+        writer.close()
+    else:
+        dead.unlink()
+
     for command in ("inspect", "verify"):
         code, stdout, err = run_cli(capsys, command, str(out))
         _no_traceback(stdout, err)
-        assert code == 2, stdout + err
-        (line,) = err.strip().splitlines()
-        assert f"{dead} is damaged" in line and f"remove it and {vectors}" in line, line
-    dead.unlink()
-    vectors.unlink()
-    assert beam_run(capsys, *args)[0] == 0
+        assert code != 0 or (kind, command) == ("delete", "inspect"), stdout + err  # the rest reads
+        assert str(dead) in stdout + err and "rerun `beamvec run`" in stdout + err, stdout + err
+    code, stdout, err = run_cli(capsys, "plan", "--json", *args)
+    _no_traceback(stdout, err)
+    assert code == 0 and str(dead) in err, err
+    planned = json.loads(stdout)
+    assert planned["shards_to_embed"] == 1 and planned["output"]["damaged"] == [str(dead)], planned
+
+    with caplog.at_level(logging.WARNING, logger="beamvec"):
+        code, stdout, err = beam_run(capsys, *args)
+    assert code == 0, err
+    _no_traceback(stdout, err)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and str(dead) in warnings[0] and "embedded again" in warnings[0], warnings
+    assert "1 run, 1 skipped" in stdout, stdout
     after = read_output(str(out))
     assert_reconciled(after)
-    assert sorted(after["dead"][dead.stem].column("id").to_pylist()) == ["c", "d"]
+    assert sorted(after["dead"][dead.stem].column("id").to_pylist()) == ["c", "d", "e"]
     want, got = vectors_by_id(before), vectors_by_id(after)
-    assert set(got) == {"a", "b"}
+    assert set(got) == {"a", "b", "f", "g"}
     for record_id, vector in want.items():
         np.testing.assert_allclose(got[record_id], vector, atol=1e-6)
     assert run_cli(capsys, "verify", "--quiet", str(out))[0] == 0
+    assert "1 run" not in beam_run(capsys, *args)[1]  # and the next run trusts it again
 
 
 # --------------------------------------------------------------------------- 4. retry

@@ -5,26 +5,34 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from beamvec.contract import (
     INLINE_PARTS,
     MANIFEST,
+    MISSING,
     SUCCESS,
     CommitRecord,
     Description,
+    Footer,
     Manifest,
     RunConfig,
     ShardCounts,
     complete_shards,
+    dead_letter_path,
     finalize,
     merge_manifest,
     read_manifest,
+    read_state,
     stale_parts,
+    vector_path,
 )
 from beamvec.errors import UsageError
-from beamvec.sink import Output
+from beamvec.sink import FOOTER_KEY, Output
 
 DESC = Description("local", "all-MiniLM-L6-v2", 384, None, True, config_fingerprint="f" * 16)
 
@@ -109,3 +117,37 @@ def test_a_shard_is_complete_only_with_every_part_of_one_input_version() -> None
     assert stale_parts(manifest, {"big": "v2"}) == ["big"]
     failed = _record("f", status="failed")
     assert "f" not in complete_shards([failed])
+
+
+def _parquet(output: Output, path: str, rows: int, rec: CommitRecord) -> int:
+    """A Parquet file of ``rows`` rows with ``rec``'s footer; returns its size."""
+    table = pa.table({"id": [str(i) for i in range(rows)]})
+    footer = json.dumps(Footer(DESC, rec).to_json()).encode()
+    with output.fs.open(path, "wb") as fh:
+        pq.write_table(table.replace_schema_metadata({FOOTER_KEY: footer}), fh)
+    return int(output.fs.size(path))
+
+
+@pytest.mark.parametrize("letters", ["good", "no size recorded", "short", "missing"])
+def test_a_part_stands_committed_only_with_its_dead_letters(output: Output, letters: str) -> None:
+    """The manifest's record, its vector file and its dead-letter file (one
+    dead letter, see _record) must agree; a manifest from before
+    dead_letter_bytes was recorded is checked by the file's row count."""
+    rec = _record("a")
+    vectors = _parquet(output, vector_path(output, "a"), rec.counts.embedded, rec)
+    dead = dead_letter_path(output, "a")
+    size = _parquet(output, dead, 1, rec)
+    if letters == "short":
+        assert _parquet(output, dead, 0, rec) != size
+    elif letters == "missing":
+        output.fs.rm(dead)
+    recorded = 0 if letters == "no size recorded" else size
+    rec = replace(rec, vector_bytes=vectors, dead_letter_bytes=recorded)
+    finalize(output, merge_manifest(None, [rec], RunConfig(), DESC, None), ["a"])
+    state = read_state(output)
+    if letters in ("good", "no size recorded"):
+        assert dict(state.committed) == {"a": replace(rec, dead_letter_bytes=size)} and not state.damaged
+    else:
+        assert "a" not in state.committed
+        why = {"short": "it holds 0 rows where its part's record says 1", "missing": MISSING}[letters]
+        assert dict(state.damaged) == {dead: why}

@@ -30,6 +30,7 @@ from beamvec.contract import (
     Description,
     Footer,
     ShardCounts,
+    check_dead_letters,
     dead_letter_path,
     footer_and_rows,
     vector_path,
@@ -254,7 +255,15 @@ class Worker:
             or any(rec.counts.dead_letters_by_reason.get(r) for r in self.config.retry_reasons)
         ):
             return None
-        return replace(rec, vector_bytes=self.output.fs.size(path))
+        letters = dead_letter_path(self.output, split.name)
+        try:
+            size: int | None = self.output.fs.size(letters)
+        except FileNotFoundError:
+            size = None
+        if check_dead_letters(self.output.fs, letters, rec, size) is not None:
+            return None
+        return replace(rec, vector_bytes=self.output.fs.size(path),
+                       dead_letter_bytes=size if rec.counts.dead_lettered and size else 0)
 
     def process(self, split: Split, on_read: Callable[[], None] | None = None) -> CommitRecord:
         """Embed one split (a whole shard or a part of one) and commit it;
@@ -322,12 +331,15 @@ class Worker:
             counts = router.shard_counts(sink.embedded, sink.failed, sink.tokens, sink.truncated)
             record = self._record(split, counts, time.time() - started)
             footer = Footer(self.config.description, record).to_json()
+            letter_bytes = 0
             if counts.dead_lettered:
                 sink.letters.commit(footer)
+                letter_bytes = self.output.fs.size(sink.letters.final)
             else:
                 self.output.remove(dead_letter_path(self.output, split.name))
             sink.vectors.commit(footer)
-            record = replace(record, vector_bytes=self.output.fs.size(sink.vectors.final))
+            record = replace(record, vector_bytes=self.output.fs.size(sink.vectors.final),
+                             dead_letter_bytes=letter_bytes)
             PROGRESS.shard_done(0)  # its bytes were counted as they were read
             return record
         except BaseException:

@@ -265,7 +265,7 @@ def _norm(value: float | None) -> str:
 
 def format_report(rep: dict[str, Any]) -> str:
     if rep["damaged"]:
-        state = f"INCOMPLETE: {len(rep['damaged'])} committed vector files damaged or missing"
+        state = f"INCOMPLETE: {len(rep['damaged'])} committed files damaged or missing"
     else:
         state = "complete: _SUCCESS written" if rep["complete"] else "INCOMPLETE: no _SUCCESS"
     n = rep["norms"]

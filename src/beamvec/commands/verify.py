@@ -232,7 +232,7 @@ def format_result(res: dict[str, Any]) -> str:
         )
         return "\n".join([line, *(f"  note: {n}" for n in res["notes"])])
     if res.get("damaged") and not res["missing"] and not res["doubled"]:
-        return "\n".join([f"FAILED: {len(res['damaged'])} committed vector files of {res['output']} "
+        return "\n".join([f"FAILED: {len(res['damaged'])} committed files of {res['output']} "
                           "are damaged or missing", *(f"  {n}" for n in res["notes"])])
     lines = [
         f"FAILED: {res['missing']:,} records missing and {res['doubled']:,} doubled in {res['output']} "

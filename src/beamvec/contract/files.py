@@ -50,15 +50,9 @@ class DamagedFileError(UsageError):
     """A vector or dead-letter file that is not readable Parquet."""
 
     def __init__(self, path: str, reason: str) -> None:
-        folder, _, file = path.rpartition("/")
-        root, _, kind = folder.rpartition("/")
-        if kind == DEAD_LETTERS_DIR:
-            # Its shard stands committed by its vector file: only without that
-            # file does a rerun redo the shard and write its dead letters again.
-            also = f" and {root}/{VECTORS_DIR}/{file}" if root else f" and {VECTORS_DIR}/{file}"
-            repair = f"remove it{also}, then rerun `beamvec run` with the same flags to redo that shard"
-        else:
-            repair = "remove it and rerun `beamvec run` with the same flags to embed that shard again"
+        # A run checks both files of every committed part (check_part,
+        # check_dead_letters) and redoes a part whose file is damaged.
+        repair = "rerun `beamvec run` with the same flags to embed that shard again"
         super().__init__(f"{path} is damaged ({reason}); {repair}")
         self.path = path
         self.reason = reason
@@ -112,13 +106,38 @@ def check_part(
     return replace(theirs, vector_bytes=size), None
 
 
+def check_dead_letters(
+    fs: fsspec.AbstractFileSystem, path: str, rec: CommitRecord, size: int | None
+) -> str | None:
+    """Trust, but check, a committed part's dead-letter file: why it cannot
+    be trusted (None: it can, or the part has no dead letters). The dead
+    letters are the only copy of the records that were refused, so a torn or
+    missing file makes the part's commit void. Cheap like check_part: a
+    listed size equal to the recorded one reads nothing."""
+    if not rec.counts.dead_lettered:
+        return None
+    if size is None:
+        return MISSING
+    if rec.dead_letter_bytes and size == rec.dead_letter_bytes:
+        return None
+    try:
+        _, rows = footer_and_rows(fs, path)
+    except FileNotFoundError:
+        return MISSING
+    except DamagedFileError as exc:
+        return exc.reason
+    if rows != rec.counts.dead_lettered:
+        return f"it holds {rows} rows where its part's record says {rec.counts.dead_lettered}"
+    return None
+
+
 MISSING = "it is missing"
 
 
 def damaged_message(path: str, reason: str) -> str:
     """One line naming a damaged or missing committed file, and the repair."""
     if reason == MISSING:
-        return (f"{path} is missing although the manifest lists it as committed; rerun "
+        return (f"{path} is missing although its shard is recorded as committed; rerun "
                 "`beamvec run` with the same flags to embed that shard again")
     return str(DamagedFileError(path, reason))
 

@@ -122,6 +122,7 @@ class CommitRecord:
     shard_fingerprint: str = ""  # the whole input file's fingerprint
     message: str = ""  # why a part failed
     vector_bytes: int = 0  # the committed vector file's size (0: unknown, check its footer)
+    dead_letter_bytes: int = 0  # its dead-letter file's size, when it has dead letters (0: unknown)
 
     @property
     def shard_name(self) -> str:

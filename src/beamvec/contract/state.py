@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from beamvec.contract.files import (
     DamagedFileError,
+    check_dead_letters,
     check_part,
     dead_letter_path,
     footer_and_rows,
@@ -19,6 +20,7 @@ from beamvec.contract.files import (
     write_manifest,
 )
 from beamvec.contract.model import (
+    DEAD_LETTERS_DIR,
     HISTORY_LIMIT,
     PARTIAL_DIR,
     SUCCESS,
@@ -41,7 +43,7 @@ class OutputState:
     committed: Mapping[str, CommitRecord]
     files: Mapping[str, int]  # vector file -> size
     success: bool
-    #: vector file -> why it cannot be trusted (its part is then not committed)
+    #: vector or dead-letter file -> why it cannot be trusted (its part is then not committed)
     damaged: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -52,7 +54,8 @@ class OutputState:
 def read_state(output: Output) -> OutputState:
     """The manifest answers for most shards; a shard committed by a run that
     crashed before writing its manifest is found by listing vectors/ and
-    reading only those footers."""
+    reading only those footers. A part stands committed only while both its
+    vector file and its dead-letter file (when it has dead letters) check out."""
     manifest = read_manifest(output)
     known = dict(manifest.shards) if manifest else {}
     files = list_parquet(output, VECTORS_DIR)
@@ -84,6 +87,15 @@ def read_state(output: Output) -> OutputState:
             damaged[path] = f"it holds {rows} rows where its footer says {footer.shard.counts.embedded}"
             continue
         committed[name] = replace(footer.shard, vector_bytes=files[path])
+    letters = list_parquet(output, DEAD_LETTERS_DIR)
+    for name, rec in list(committed.items()):
+        path = dead_letter_path(output, name)
+        why = check_dead_letters(output.fs, path, rec, letters.get(path))
+        if why is not None:
+            del committed[name]
+            damaged[path] = why
+        elif rec.counts.dead_lettered and not rec.dead_letter_bytes:
+            committed[name] = replace(rec, dead_letter_bytes=letters[path])
     return OutputState(
         manifest, committed, files, bool(output.fs.exists(output.path(SUCCESS))), damaged
     )
