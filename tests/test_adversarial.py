@@ -204,6 +204,29 @@ def _file_of(vectors: Path, shard: str) -> Path:
     return found
 
 
+def _keep_rows(path: Path, rows: int) -> None:
+    """Rewrite a Parquet file with its first ``rows`` rows and its footer unchanged."""
+    pf = pq.ParquetFile(path)
+    footer = pf.metadata.metadata[b"beamvec"]
+    table = pf.read().slice(0, rows)
+    writer = pq.ParquetWriter(str(path), table.schema.remove_metadata())
+    writer.write_table(table.replace_schema_metadata(None))
+    writer.add_key_value_metadata({b"beamvec": footer})
+    writer.close()
+
+
+def _rerun_redoes(victim: Path, capsys, caplog, args: list[str]) -> str:
+    """Rerun: it succeeds and says in one warning line that the shard of
+    ``victim`` is embedded again. Returns its stdout."""
+    with caplog.at_level(logging.WARNING, logger="beamvec"):
+        code, stdout, err = beam_run(capsys, *args)
+    assert code == 0, err
+    _no_traceback(stdout, err)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and str(victim) in warnings[0] and "embedded again" in warnings[0], warnings
+    return stdout
+
+
 def _damage(kind: str, vectors: Path) -> Path:
     victim = _file_of(vectors, "s1")
     if kind == "truncate":
@@ -212,13 +235,7 @@ def _damage(kind: str, vectors: Path) -> Path:
     elif kind == "copy-another":
         victim.write_bytes(_file_of(vectors, "s2").read_bytes())
     elif kind == "fewer-rows-same-footer":
-        pf = pq.ParquetFile(victim)
-        footer = pf.metadata.metadata[b"beamvec"]
-        table = pf.read().slice(0, SHARDS["s1"] - 5)
-        writer = pq.ParquetWriter(str(victim), table.schema.remove_metadata())
-        writer.write_table(table.replace_schema_metadata(None))
-        writer.add_key_value_metadata({b"beamvec": footer})
-        writer.close()
+        _keep_rows(victim, SHARDS["s1"] - 5)
         assert json.loads(pq.ParquetFile(victim).metadata.metadata[b"beamvec"])["shard"]["embedded"] == 45
     else:
         victim.unlink()
@@ -261,12 +278,7 @@ def test_a_damaged_vector_file_is_found_and_redone(kind, tmp_path, capsys, emula
 
     # The rerun redoes exactly that shard, and says so in one warning line.
     emulator.reset()
-    with caplog.at_level(logging.WARNING, logger="beamvec"):
-        code, stdout, err = beam_run(capsys, *args)
-    assert code == 0, err
-    _no_traceback(stdout, err)
-    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1 and str(victim) in warnings[0] and "embedded again" in warnings[0], warnings
+    stdout = _rerun_redoes(victim, capsys, caplog, args)
     assert "1 run, 3 skipped" in stdout, stdout
     assert _sent(emulator) == {content_hash(v): 1 for k, v in texts.items() if k.startswith("s1-")}
     after = read_output(str(out))
@@ -301,13 +313,7 @@ def test_a_damaged_dead_letter_file_is_found_and_its_shard_redone(kind, tmp_path
         data = dead.read_bytes()
         dead.write_bytes(data[: len(data) // 2])
     elif kind == "fewer-rows-same-footer":
-        pf = pq.ParquetFile(dead)
-        footer = pf.metadata.metadata[b"beamvec"]
-        table = pf.read().slice(0, 2)
-        writer = pq.ParquetWriter(str(dead), table.schema.remove_metadata())
-        writer.write_table(table.replace_schema_metadata(None))
-        writer.add_key_value_metadata({b"beamvec": footer})
-        writer.close()
+        _keep_rows(dead, 2)
     else:
         dead.unlink()
 
@@ -322,12 +328,7 @@ def test_a_damaged_dead_letter_file_is_found_and_its_shard_redone(kind, tmp_path
     planned = json.loads(stdout)
     assert planned["shards_to_embed"] == 1 and planned["output"]["damaged"] == [str(dead)], planned
 
-    with caplog.at_level(logging.WARNING, logger="beamvec"):
-        code, stdout, err = beam_run(capsys, *args)
-    assert code == 0, err
-    _no_traceback(stdout, err)
-    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1 and str(dead) in warnings[0] and "embedded again" in warnings[0], warnings
+    stdout = _rerun_redoes(dead, capsys, caplog, args)
     assert "1 run, 1 skipped" in stdout, stdout
     after = read_output(str(out))
     assert_reconciled(after)
