@@ -1,6 +1,7 @@
 """A discrete-event simulation of workers, their limiters and a metering server.
 
-Each worker has ``slots`` request threads: book (``reserve``), wait, send; the
+Each worker has ``slots`` request threads: book (``reserve``), wait, book
+again if a 429 came meanwhile (``held``, as ``Limiter.acquire`` does), send; the
 server meters accepted requests over a sliding window (the emulator's own
 ``SlidingWindowQuota``) and answers at once with a 429 and its retry hint, or
 after ``latency`` with a success; the thread then reports to its limiter, with
@@ -62,7 +63,7 @@ def simulate(
     server = SlidingWindowQuota(window_s, server_limit, None)
     start = clock.now
     out = Outcome()
-    # (time, seq, kind, worker, asked, sent, retry hint, ok): kind "book", "arrive" or "reply"
+    # (time, seq, kind, worker, asked, sent, retry hint, ok): kind "book", "send", "arrive" or "reply"
     events: list[tuple[float, int, str, int, float, float, float | None, bool]] = []
     seq = 0
 
@@ -85,9 +86,12 @@ def simulate(
         if kind == "book":
             if busy_until is not None and t - start > busy_until[w]:
                 continue
-            at = t + limiter.reserve()
-            arrival = at + abs(rng.gauss(0, jitter))
-            push(arrival, "arrive", w, sent=at, asked=t)
+            push(t + limiter.reserve(), "send", w, asked=t)
+        elif kind == "send":
+            if limiter.held(asked):  # as Limiter.acquire: a 429 while it waited, book again
+                push(t, "book", w)
+                continue
+            push(t + abs(rng.gauss(0, jitter)), "arrive", w, sent=t, asked=asked)
         elif kind == "arrive":
             accepted, wait, _ = server.try_acquire(t, 0)
             if accepted:

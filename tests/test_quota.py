@@ -582,6 +582,21 @@ def test_acquire_waits_for_a_hold_that_began_while_it_slept() -> None:
     assert waited >= 5.0 - 0.02
 
 
+def test_a_booking_made_before_a_429_is_held_until_the_hint_is_over() -> None:
+    """What acquire (and the simulation) ask before a booked request leaves."""
+    clock = FakeClock()
+    limiter = Limiter(600, clock=clock, sleep=clock.sleep)
+    before = clock.now
+    assert not limiter.held(before)  # no 429 yet
+    clock.now += 0.1
+    limiter.on_throttled(2.0, booked=(clock.now, clock.now))
+    clock.now += 0.1
+    assert limiter.held(before)  # booked before the cut: its slot is void
+    assert not limiter.held(clock.now)  # booked after it: the hold is in its slot already
+    clock.now += 2.0
+    assert not limiter.held(before)  # the hold is over
+
+
 # -- one limiter per process, through Beam's Shared -----------------------------------
 
 

@@ -12,6 +12,7 @@ before a request, ``on_left(at)`` once it is written, then ``on_success()`` or
 ``on_throttled(retry_after)`` from the same thread. The send time booked by
 ``acquire`` is remembered per thread, so that 429s of requests sent before a
 cut count as that cut's event, and successes measure the accepted rate.
+(``reserve`` books without sleeping; who uses it asks ``held`` before sending.)
 
 A request that leaves later than booked (its thread waited for the GIL, its
 client was slow to write it) would squeeze the window it opens: the next
@@ -201,11 +202,15 @@ class Limiter:
             if wait > 0:
                 self._sleep(wait)
             waited += wait
-            with self._lock:
-                # A 429 while this caller slept holds every request: book again after it.
-                held = self._hold_until > self._clock() and self._local.booked[0] < self._aimd.last_cut
-            if not held:
+            if not self.held(self._local.booked[0]):
                 return waited + self._wait_pushes()
+
+    def held(self, asked_at: float) -> bool:
+        """Whether a request booked at ``asked_at`` must book again before it
+        leaves: a 429 since then holds every request (the caller slept
+        through the cut and its booked slot is void)."""
+        with self._lock:
+            return self._hold_until > self._clock() and asked_at < self._aimd.last_cut
 
     def _wait_pushes(self) -> float:
         """Wait as long as late requests booked before this one pushed it back."""
