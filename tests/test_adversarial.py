@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,17 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "beamvec.cli", *args]
 
 
+@contextmanager
+def _killed_on_exit(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """A child run that a failed assertion must not leave running."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
@@ -153,7 +165,7 @@ def test_two_runs_on_one_output(where, order, tmp_path, request, capsys, monkeyp
             env=_env(**(AWS_ENV if where == "s3" else {})), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True,
         )
-        try:
+        with _killed_on_exit(proc):
             if order == "a-then-b":
                 _wait_for(lambda: "_lease.json" in _objects(fs, root), proc, "the lease")
             else:
@@ -167,10 +179,6 @@ def test_two_runs_on_one_output(where, order, tmp_path, request, capsys, monkeyp
             assert "another beamvec run is writing to" in line and out in line, line
             assert "wait" in line and "--break-lease" in line, line
             stdout, stderr = proc.communicate(timeout=300)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
         assert proc.returncode == 0, stderr[-3000:]
         _no_traceback(stdout, stderr)
         fs.invalidate_cache()  # written by another process
@@ -517,14 +525,10 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path):
         cmd = _cli("run", "--runner=DirectRunner", "--quiet", "--input", str(tmp_path / "in" / "*.jsonl"),
                    "--output", str(out), *_gemini(emu), "--max-in-flight", "1", "--concurrent-shards", "1")
         proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
+        with _killed_on_exit(proc):
             _wait_for(lambda: any((out / "vectors").glob("*.parquet")), proc, "a committed shard")
             proc.send_signal(signal.SIGINT)
             stdout, stderr = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
         assert proc.returncode == 130, stderr[-3000:]
         _no_traceback(stdout, stderr)
         line = _one_line(stderr)
