@@ -44,7 +44,7 @@ def _run(argv: Sequence[str]) -> int:
 
 
 def _emulator(argv: Sequence[str]) -> int:
-    from beamvec.emulator.server import main as emulator_main
+    from beamvec.emulator.cli import main as emulator_main
 
     return emulator_main(list(argv))
 
