@@ -64,9 +64,9 @@ from beamvec.contract.state import (
 __all__ = [
     "COMMITS_DIR", "DEAD_LETTERS_DIR", "HISTORY_LIMIT", "INLINE_PARTS", "MANIFEST", "MISSING",
     "PARTIAL_DIR", "SUCCESS", "VECTORS_DIR", "CommitRecord", "DamagedFileError", "Description",
-    "Footer", "Manifest", "OutputState", "RunConfig", "RunRecord", "ShardCounts", "check_dead_letters", "check_part",
-    "complete_shards", "damaged_message", "dead_letter_path", "description_of", "finalize",
-    "footer_and_rows", "footer_of", "list_parquet", "merge_manifest", "name_of", "partial_path",
-    "read_footer", "read_manifest", "read_state", "remove_parts", "stale_parts", "total",
-    "vector_path", "write_manifest",
+    "Footer", "Manifest", "OutputState", "RunConfig", "RunRecord", "ShardCounts",
+    "check_dead_letters", "check_part", "complete_shards", "damaged_message", "dead_letter_path",
+    "description_of", "finalize", "footer_and_rows", "footer_of", "list_parquet", "merge_manifest",
+    "name_of", "partial_path", "read_footer", "read_manifest", "read_state", "remove_parts",
+    "stale_parts", "total", "vector_path", "write_manifest",
 ]
