@@ -206,7 +206,7 @@ def check_reuse_source(ours: Description, source: Output) -> None:
     state = read_state(source)
     if state.manifest is None and not state.committed:
         raise UsageError(f"--reuse-from {source.url}: no beamvec output there; check the path")
-    theirs = description_of(source, state)
+    theirs = description_of(source, state.description, state.files)
     fingerprints = {rec.config_fingerprint for rec in state.committed.values()} - {None}
     if theirs is not None and theirs.config_fingerprint:
         fingerprints.add(theirs.config_fingerprint)

@@ -18,12 +18,14 @@ from typing import Any, NoReturn
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from beamvec import contract
 from beamvec.contract import (
     DEAD_LETTERS_DIR,
     MANIFEST,
     SUCCESS,
     VECTORS_DIR,
     DamagedFileError,
+    Description,
     read_footer,
     read_manifest,
 )
@@ -147,16 +149,11 @@ def iter_batches(
 
 def description_of(
     output: Output, manifest: dict[str, Any] | None, files: Sequence[str] | None = None
-) -> dict[str, Any]:
-    """Backend, model, dimension, task of the vectors: from the manifest, else
-    from the footer of the first vector file (of ``files``, default all)."""
-    if manifest and manifest.get("model"):
-        return manifest
-    for path in vector_files(output) if files is None else files:
-        found = footer(output, path)
-        if found.get("model"):
-            return found
-    return manifest or {}
+) -> Description | None:
+    """What the vectors are, for a command that holds the raw manifest: see
+    ``contract.description_of`` (``files`` default: every vector file)."""
+    known = Description.from_json(manifest or {})
+    return contract.description_of(output, known, vector_files(output) if files is None else files)
 
 
 def progress(message: str, quiet: bool = False) -> None:

@@ -37,13 +37,13 @@ from beamvec.commands import (
     storage_options,
     vector_files,
 )
-from beamvec.contract import MISSING, damaged_message, read_state, vector_path
+from beamvec.contract import MISSING, Description, damaged_message, read_state, vector_path
 
 DESCRIPTION = """\
 Describe a beamvec output: shards, rows, model, dimension, task, normalization,
 backend, vector norms (min/mean/max over every row), dead letters by reason,
 the run history, and whether _SUCCESS exists. Reads only; exits 0 when the
-output can be read, 1 when a committed vector file is damaged (use
+output can be read, 1 when a committed vector or dead-letter file is damaged (use
 `beamvec verify` to check it against its inputs).
 
 examples:
@@ -179,29 +179,29 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
                         "`beamvec run` with the same flags to finish it")
 
     norm_summary = norms.as_dict()
-    normalized = desc.get("normalized")
-    if normalized and norm_summary["not_unit"]:
+    if desc is not None and desc.normalized and norm_summary["not_unit"]:
         problems.append(f"{norm_summary['not_unit']:,} vectors are not unit length although the "
                         "output says its vectors are normalized")
     if norm_summary["non_finite"] or norm_summary["zero"]:
         problems.append(f"{norm_summary['non_finite']:,} vectors hold NaN/inf and "
                         f"{norm_summary['zero']:,} are all zeros")
     config = (manifest or {}).get("config", {})
+    about = desc.to_json() if desc else {}
     return {
         "output": output.url,
         "complete": has_success(output) and not damaged,
         "damaged": sorted(damaged),
         "unreadable": sorted(p for p, why in damaged.items() if why != MISSING),
         "manifest": manifest is not None,
-        "backend": desc.get("backend"),
-        "model": desc.get("model"),
-        "dimension": desc.get("dimension"),
-        "task_type": desc.get("task_type"),
-        "output_dimensionality": desc.get("output_dimensionality"),
+        "backend": about.get("backend"),
+        "model": about.get("model"),
+        "dimension": about.get("dimension"),
+        "task_type": about.get("task_type"),
+        "output_dimensionality": about.get("output_dimensionality"),
         "vector_normalization": _vector_normalization(desc),
         "text_normalization": config.get("normalization"),
-        "beamvec_version": desc.get("beamvec_version"),
-        "config_fingerprint": desc.get("config_fingerprint"),
+        "beamvec_version": about.get("beamvec_version"),
+        "config_fingerprint": about.get("config_fingerprint"),
         "updated_at": (manifest or {}).get("updated_at"),
         "shards": len(files),
         "shards_in_manifest": len(in_manifest),
@@ -214,8 +214,8 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
         "runs": (manifest or {}).get("runs", []),
         "inputs": config.get("inputs"),
         "problems": problems,
-        "duckdb_query": duckdb_query(output, desc["dimension"], example)
-        if desc.get("dimension") and (example := _first_id(output, files)) is not None else None,
+        "duckdb_query": duckdb_query(output, desc.dimension, example)
+        if desc and desc.dimension and (example := _first_id(output, files)) is not None else None,
     }
 
 
@@ -247,14 +247,16 @@ def _first_id(output: Output, files: list[str]) -> str | None:
     return None
 
 
-def _vector_normalization(desc: dict[str, Any]) -> str:
-    if desc.get("normalization") == "l2":
+def _vector_normalization(desc: Description | None) -> str:
+    if desc is None:
+        return "unknown"
+    if desc.normalization == "l2":
         return "L2-normalized by beamvec (reduced output_dimensionality)"
-    if desc.get("normalization") == "native":
+    if desc.normalization == "native":
         return "as returned by the API (native size: unit length)"
-    if desc.get("normalized"):
+    if desc.normalized:
         return "unit L2 norm"
-    if desc.get("normalized") is False:
+    if desc.normalized is False:
         return "not normalized"
     return "unknown"
 

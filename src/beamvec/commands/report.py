@@ -31,6 +31,7 @@ from beamvec.commands import (
     storage_options,
     vector_files,
 )
+from beamvec.contract import Description
 from beamvec.errors import UsageError
 from beamvec.pricing import estimate_cost, format_usd
 from beamvec.timeline import Sample, latest_timeline
@@ -66,7 +67,7 @@ class ReportData:
 
     url: str
     manifest: dict[str, Any]
-    description: dict[str, Any]
+    description: Description | None
     complete: bool
     vector_files: int
     run_id: str | None
@@ -152,7 +153,8 @@ def _norm_sample(output: Any, files: list[str], limit: int) -> np.ndarray:
 
 def render(data: ReportData) -> str:
     d, m = data.description, data.manifest
-    subtitle = (f"{data.url} · {d.get('backend')} {d.get('model')} · {d.get('dimension')} dims · "
+    what = f"{d.backend} {d.model} · {d.dimension} dims" if d else "no description (backend, model) found"
+    subtitle = (f"{data.url} · {what} · "
                 f"{'complete' if data.complete else 'INCOMPLETE (no _SUCCESS)'} · "
                 f"updated {m.get('updated_at', '?')}")
     sections = [
@@ -176,7 +178,7 @@ def _summary(data: ReportData) -> str:
         ("vectors", fmt_int(totals.get("embedded"))),
         ("records read", fmt_int(totals.get("read"))),
         ("dead letters", fmt_int(totals.get("dead_lettered"))),
-        ("task type", data.description.get("task_type") or "-"),
+        ("task type", (data.description.task_type if data.description else None) or "-"),
         ("quota", f"{_or_dash(config.get('quota_rpm'))} requests, {_or_dash(config.get('quota_tpm'))} "
                   f"tokens per {config.get('quota_window', 60):g} s"),
         ("inputs", ", ".join(config.get("inputs", [])) or "-"),
@@ -282,7 +284,7 @@ def _cost(data: ReportData) -> str:
     sent_tokens = sum(s.get("sent_tokens", 0) for s in shards)
     sent_chars = sum(s.get("sent_characters", 0) for s in shards)
     d = data.description
-    cost = estimate_cost(d.get("backend") or "", d.get("model") or "", sent_tokens, sent_chars)
+    cost = estimate_cost(d.backend if d else "", d.model if d else "", sent_tokens, sent_chars)
     runs = data.manifest.get("runs", [])
     spent = [r["estimated_cost_usd"] for r in runs if r.get("estimated_cost_usd") is not None]
     return h.key_values([

@@ -36,6 +36,7 @@ from beamvec.commands import (
     vector_files,
     warn,
 )
+from beamvec.contract import Description
 from beamvec.errors import BackendError, SystemicError, UsageError
 from beamvec.prepare import NORMALIZATIONS, normalize
 
@@ -97,10 +98,10 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-def query_backend(desc: dict[str, Any], args: Any, url: str) -> Backend:
+def query_backend(desc: Description | None, args: Any, url: str) -> Backend:
     """The output's backend and model, set up to embed a query."""
-    name = desc.get("backend")
-    model = desc.get("model")
+    name = desc.backend if desc else None
+    model = desc.model if desc else None
     if name == "local":
         from beamvec.backends.local import MODEL_NAME
 
@@ -110,8 +111,8 @@ def query_backend(desc: dict[str, Any], args: Any, url: str) -> Backend:
                 "pass --local-model-dir DIR pointing at that ONNX export"
             )
         return make_backend("local", model_dir=args.local_model_dir, threads=args.local_threads)
-    if name in ("gemini", "vertex"):
-        task = args.task_type or QUERY_TASK_FOR.get(desc.get("task_type"), desc.get("task_type"))
+    if desc is not None and name in ("gemini", "vertex"):
+        task = args.task_type or QUERY_TASK_FOR.get(desc.task_type, desc.task_type)
         config: dict[str, Any] = {
             "model": model,
             "task_type": task,
@@ -132,15 +133,14 @@ def query_backend(desc: dict[str, Any], args: Any, url: str) -> Backend:
     )
 
 
-def _dimensionality(desc: dict[str, Any]) -> int | None:
+def _dimensionality(desc: Description) -> int | None:
     """The output_dimensionality the documents were embedded with (None: native)."""
-    if desc.get("output_dimensionality") is not None:
-        return int(desc["output_dimensionality"])
+    if desc.output_dimensionality is not None:
+        return int(desc.output_dimensionality)
     from beamvec.backends.genai import native_dimension
 
-    dimension = desc.get("dimension")
-    if dimension is not None and native_dimension(str(desc.get("model"))) != dimension:
-        return int(dimension)
+    if native_dimension(desc.model) != desc.dimension:
+        return int(desc.dimension)
     return None
 
 
@@ -180,7 +180,7 @@ def search(args: Any) -> dict[str, Any]:
         raise UsageError("the query is empty; pass some text to search for")
     backend = query_backend(desc, args, output.url)
     query = embed_query(backend, text)
-    dimension = int(desc.get("dimension") or len(query))
+    dimension = int(desc.dimension if desc and desc.dimension else len(query))
     if len(query) != dimension:
         raise SystemicError(
             f"the query embedding has {len(query)} dimensions but {output.url} holds "
@@ -196,10 +196,10 @@ def search(args: Any) -> dict[str, Any]:
         progress(f"beamvec search: scanning {i}/{len(files)} {name}", args.quiet)
         meta = footer(output, path)
         if meta.get("dimension") not in (None, dimension) or (
-            meta.get("model") and meta.get("model") != desc.get("model")
+            meta.get("model") and desc and meta.get("model") != desc.model
         ):
             warn(f"skipping vectors/{name}.parquet: made with {meta.get('model')} "
-                 f"({meta.get('dimension')} dims), not {desc.get('model')} ({dimension} dims)")
+                 f"({meta.get('dimension')} dims), not {desc.model if desc else '?'} ({dimension} dims)")
             continue
         columns = ["id", "vector", "source_shard", "source_position", "metadata"]
         for batch in iter_batches(output, path, columns):

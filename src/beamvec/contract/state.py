@@ -101,11 +101,15 @@ def read_state(output: Output) -> OutputState:
     )
 
 
-def description_of(output: Output, state: OutputState) -> Description | None:
-    """From the manifest, else from the footer of the first vector file."""
-    if state.description is not None:
-        return state.description
-    for path in state.files:
+def description_of(
+    output: Output, known: Description | None, files: Iterable[str]
+) -> Description | None:
+    """What the vectors are: ``known`` (the manifest's), else the footer of
+    the first of ``files`` that has one (a run that crashed before its
+    manifest)."""
+    if known is not None:
+        return known
+    for path in files:
         found = footer_of(output.fs, path).description
         if found is not None:
             return found
