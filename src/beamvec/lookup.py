@@ -75,7 +75,7 @@ def reusable_files(
 ) -> list[str]:
     """The vector files (and checkpoints) of ``output`` made with this
     configuration; ``state``: the output's, when the caller has read it already."""
-    state = state or read_state(output)
+    state = state or read_state(output, check_letters=False)
     files = [
         path for path in state.files
         if (rec := state.committed.get(name_of(path)))

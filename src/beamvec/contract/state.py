@@ -51,11 +51,14 @@ class OutputState:
         return self.manifest.description if self.manifest else None
 
 
-def read_state(output: Output) -> OutputState:
+def read_state(output: Output, *, check_letters: bool = True) -> OutputState:
     """The manifest answers for most shards; a shard committed by a run that
     crashed before writing its manifest is found by listing vectors/ and
     reading only those footers. A part stands committed only while both its
-    vector file and its dead-letter file (when it has dead letters) check out."""
+    vector file and its dead-letter file (when it has dead letters) check out;
+    ``check_letters=False`` skips the latter, for callers that want only the
+    vectors (the reuse index: each worker builds one, and an output made
+    before dead-letter sizes were recorded would cost a read per file)."""
     manifest = read_manifest(output)
     known = dict(manifest.shards) if manifest else {}
     files = list_parquet(output, VECTORS_DIR)
@@ -87,8 +90,8 @@ def read_state(output: Output) -> OutputState:
             damaged[path] = f"it holds {rows} rows where its footer says {footer.shard.counts.embedded}"
             continue
         committed[name] = replace(footer.shard, vector_bytes=files[path])
-    letters = list_parquet(output, DEAD_LETTERS_DIR)
-    for name, rec in list(committed.items()):
+    letters = list_parquet(output, DEAD_LETTERS_DIR) if check_letters else {}
+    for name, rec in list(committed.items()) if check_letters else ():
         path = dead_letter_path(output, name)
         why = check_dead_letters(output.fs, path, rec, letters.get(path))
         if why is not None:
