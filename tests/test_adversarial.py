@@ -325,11 +325,12 @@ def test_a_damaged_dead_letter_file_is_found_and_its_shard_redone(kind, tmp_path
     else:
         dead.unlink()
 
-    for command in ("inspect", "verify"):
+    for command in ("inspect", "verify"):  # as for a damaged vector file: a problem named, exit 1
         code, stdout, err = run_cli(capsys, command, str(out))
         _no_traceback(stdout, err)
-        assert code != 0 or (kind, command) == ("delete", "inspect"), stdout + err  # the rest reads
-        assert str(dead) in stdout + err and "rerun `beamvec run`" in stdout + err, stdout + err
+        assert code == (0 if (kind, command) == ("delete", "inspect") else 1), stdout + err
+        assert str(dead) in stdout and "rerun `beamvec run`" in stdout, stdout + err
+        assert stdout.count(dead.name) == 1, stdout  # once, with its repair
     code, stdout, err = run_cli(capsys, "plan", "--json", *args)
     _no_traceback(stdout, err)
     assert code == 0 and str(dead) in err, err

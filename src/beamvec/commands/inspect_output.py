@@ -37,7 +37,14 @@ from beamvec.commands import (
     storage_options,
     vector_files,
 )
-from beamvec.contract import MISSING, Description, damaged_message, read_state, vector_path
+from beamvec.contract import (
+    MISSING,
+    Description,
+    damaged_message,
+    dead_letter_path,
+    read_state,
+    vector_path,
+)
 
 DESCRIPTION = """\
 Describe a beamvec output: shards, rows, model, dimension, task, normalization,
@@ -160,7 +167,7 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
 
     reasons: Counter[str] = Counter()
     dead_by_shard: dict[str, int] = {}
-    dead_files = dead_letter_files(output)
+    dead_files = [path for path in dead_letter_files(output) if path not in damaged]
     for path in dead_files:
         count = 0
         for batch in iter_batches(output, path, ["reason"]):
@@ -171,6 +178,8 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
         if name not in rows_by_shard and vector_path(output, name) not in damaged:
             problems.append(f"the manifest lists shard {name} but vectors/{name}.parquet is missing; "
                             "rerun `beamvec run` with the same flags to redo it")
+        if dead_letter_path(output, name) in damaged:
+            continue  # named above, with the repair
         if dead_by_shard.get(name, 0) != shard.get("dead_lettered", 0):
             problems.append(f"dead_letters/{name}.parquet has {dead_by_shard.get(name, 0):,} rows, "
                             f"the manifest says {shard.get('dead_lettered', 0):,}")

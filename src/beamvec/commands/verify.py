@@ -104,8 +104,9 @@ def _output_names(
 
 def _found(output: Output, name: str, damaged: Mapping[str, str]) -> tuple[Counter[str], int, int, bool]:
     """(ids found, vector rows, dead-letter rows, whether the vector file
-    exists); an unreadable damaged vector file counts as absent (damaged
-    files are reported apart, readable ones are still matched id by id)."""
+    exists); an unreadable damaged vector file, and any damaged dead-letter
+    file, counts as absent (damaged files are reported apart, readable
+    vector files are still matched id by id)."""
     found: Counter[str] = Counter()
     vectors = dead = 0
     path = vector_path(output, name)
@@ -120,7 +121,7 @@ def _found(output: Output, name: str, damaged: Mapping[str, str]) -> tuple[Count
                 raise
             found, vectors, exists = Counter(), 0, False
     path = dead_letter_path(output, name)
-    if output.fs.exists(path):
+    if path not in damaged and output.fs.exists(path):
         for batch in iter_batches(output, path, ["id", "source_position"]):
             ids = batch.column(0).to_pylist()
             positions = batch.column(1).to_pylist()
