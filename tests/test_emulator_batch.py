@@ -16,7 +16,7 @@ from google import genai
 from google.genai import errors, types
 
 from beamvec.emulator import Emulator, expected_vector
-from beamvec.emulator.server import build_parser
+from beamvec.emulator.cli import build_parser
 from beamvec.records import content_hash
 
 os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1,localhost"]))
