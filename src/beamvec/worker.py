@@ -260,10 +260,10 @@ class Worker:
             size: int | None = self.output.fs.size(letters)
         except FileNotFoundError:
             size = None
-        if check_dead_letters(self.output.fs, letters, rec, size) is not None:
+        checked, _ = check_dead_letters(self.output.fs, letters, rec, size)
+        if checked is None:
             return None
-        return replace(rec, vector_bytes=self.output.fs.size(path),
-                       dead_letter_bytes=size if rec.counts.dead_lettered and size else 0)
+        return replace(checked, vector_bytes=self.output.fs.size(path))
 
     def process(self, split: Split, on_read: Callable[[], None] | None = None) -> CommitRecord:
         """Embed one split (a whole shard or a part of one) and commit it;

@@ -89,12 +89,10 @@ def check_part(
         return None, MISSING
     if rec.vector_bytes and size == rec.vector_bytes:
         return rec, None
-    try:
-        footer, rows = footer_and_rows(fs, path)
-    except FileNotFoundError:
-        return None, MISSING
-    except DamagedFileError as exc:
-        return None, exc.reason
+    read = _read_or_why(fs, path)
+    if isinstance(read, str):
+        return None, read
+    footer, rows = read
     theirs = footer.shard
     if theirs is None or theirs.name != rec.name:
         named = theirs.name if theirs is not None else "no part"
@@ -108,27 +106,35 @@ def check_part(
 
 def check_dead_letters(
     fs: fsspec.AbstractFileSystem, path: str, rec: CommitRecord, size: int | None
-) -> str | None:
-    """Trust, but check, a committed part's dead-letter file: why it cannot
-    be trusted (None: it can, or the part has no dead letters). The dead
-    letters are the only copy of the records that were refused, so a torn or
-    missing file makes the part's commit void. Cheap like check_part: a
-    listed size equal to the recorded one reads nothing."""
+) -> tuple[CommitRecord | None, str | None]:
+    """Trust, but check, a committed part's dead-letter file, like check_part
+    its vector file: (the part's record, with the file's size filled in; why
+    the file cannot be trusted). The dead letters are the only copy of the
+    records that were refused, so a torn or missing file voids the part's
+    commit. A part without dead letters has no file to check."""
     if not rec.counts.dead_lettered:
-        return None
+        return rec, None
     if size is None:
-        return MISSING
+        return None, MISSING
     if rec.dead_letter_bytes and size == rec.dead_letter_bytes:
-        return None
+        return rec, None
+    read = _read_or_why(fs, path)
+    if isinstance(read, str):
+        return None, read
+    _, rows = read
+    if rows != rec.counts.dead_lettered:
+        return None, f"it holds {rows} rows where its part's record says {rec.counts.dead_lettered}"
+    return replace(rec, dead_letter_bytes=size), None
+
+
+def _read_or_why(fs: fsspec.AbstractFileSystem, path: str) -> tuple[Footer, int] | str:
+    """A committed file's footer and row count, or why they cannot be read."""
     try:
-        _, rows = footer_and_rows(fs, path)
+        return footer_and_rows(fs, path)
     except FileNotFoundError:
         return MISSING
     except DamagedFileError as exc:
         return exc.reason
-    if rows != rec.counts.dead_lettered:
-        return f"it holds {rows} rows where its part's record says {rec.counts.dead_lettered}"
-    return None
 
 
 MISSING = "it is missing"

@@ -90,15 +90,16 @@ def read_state(output: Output, *, check_letters: bool = True) -> OutputState:
             damaged[path] = f"it holds {rows} rows where its footer says {footer.shard.counts.embedded}"
             continue
         committed[name] = replace(footer.shard, vector_bytes=files[path])
-    letters = list_parquet(output, DEAD_LETTERS_DIR) if check_letters else {}
-    for name, rec in list(committed.items()) if check_letters else ():
-        path = dead_letter_path(output, name)
-        why = check_dead_letters(output.fs, path, rec, letters.get(path))
-        if why is not None:
-            del committed[name]
-            damaged[path] = why
-        elif rec.counts.dead_lettered and not rec.dead_letter_bytes:
-            committed[name] = replace(rec, dead_letter_bytes=letters[path])
+    if check_letters:
+        letters = list_parquet(output, DEAD_LETTERS_DIR)
+        for name, rec in list(committed.items()):
+            path = dead_letter_path(output, name)
+            checked, why = check_dead_letters(output.fs, path, rec, letters.get(path))
+            if checked is not None:
+                committed[name] = checked
+            else:
+                del committed[name]
+                damaged[path] = why or "damaged"
     return OutputState(
         manifest, committed, files, bool(output.fs.exists(output.path(SUCCESS))), damaged
     )
