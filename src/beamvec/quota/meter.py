@@ -59,15 +59,24 @@ class SuccessMeter:
         """Since when every booking waited for pacing (None: the last one did not)."""
         return self._held_since
 
+    def _span(self, until: float, hint_s: float, since: float | None = None) -> tuple[float, float] | None:
+        """(start, seconds) of a measurement up to ``until``: from the latest
+        of ``span_s`` ago, the start of the busy period and ``since``, to the
+        end of the server's hint. None before any request."""
+        if self._busy_since is None:
+            return None
+        start = max(until - self.span_s, self._busy_since, -math.inf if since is None else since)
+        return start, until - start + max(0.0, hint_s)
+
     def sent_rate(self, until: float, hint_s: float) -> float | None:
         """Requests sent in ``[start, until)`` of the busy period, per second of
         ``until - start + hint_s``: at the first 429 of a burst the server
         accepted what arrived before it, though few replies are in yet."""
-        if self._busy_since is None:
+        span = self._span(until, hint_s)
+        if span is None:
             return None
-        start = max(until - self.span_s, self._busy_since)
+        start, seconds = span
         count = sum(1 for t, _ in self._booked if start <= t < until)
-        seconds = until - start + max(0.0, hint_s)
         return count / seconds if count and seconds > 0 else None
 
     def accepted_rate(
@@ -77,11 +86,11 @@ class SuccessMeter:
         """Successes sent in ``[start, until]`` per second of ``until - start + hint_s``,
         where ``start`` is the latest of ``span_s`` ago, the start of the busy
         period and ``since``; None when too few requests were seen to say."""
-        if self._busy_since is None:
+        span = self._span(until, hint_s, since)
+        if span is None:
             return None
-        start = max(until - self.span_s, self._busy_since, since if since is not None else -math.inf)
+        start, seconds = span
         count = sum(1 for t in self._sent if start <= t <= until)
-        seconds = until - start + max(0.0, hint_s)
         if count < min_count or seconds < min_span_s:
             return None
         return count / seconds
