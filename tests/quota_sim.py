@@ -35,6 +35,7 @@ class Outcome:
     accepted: list[float] = field(default_factory=list)  # arrival times of accepted requests
     rejected: int = 0
     by_worker: dict[int, int] = field(default_factory=dict)  # accepted per worker
+    finished: dict[int, float] = field(default_factory=dict)  # when each worker's work was done
 
     def rate(self, start: float, end: float) -> float:
         return sum(1 for t in self.accepted if start <= t < end) / (end - start)
@@ -55,10 +56,12 @@ def simulate(
     latency: float = 0.2,
     jitter: float = 0.005,
     busy_until: list[float] | None = None,
+    work: list[int] | None = None,
     seed: int = 0,
 ) -> Outcome:
     """Run until ``seconds`` of simulated time have passed; worker w has work
-    until ``busy_until[w]`` seconds (default: all along)."""
+    until ``busy_until[w]`` seconds (default: all along), or until ``work[w]``
+    of its requests were accepted."""
     rng = random.Random(seed)
     server = SlidingWindowQuota(window_s, server_limit, None)
     start = clock.now
@@ -66,6 +69,7 @@ def simulate(
     # (time, seq, kind, worker, asked, sent, retry hint, ok): kind "book", "send", "arrive" or "reply"
     events: list[tuple[float, int, str, int, float, float, float | None, bool]] = []
     seq = 0
+    unbooked = list(work) if work is not None else [-1] * len(limiters)  # -1: no end
 
     def push(t: float, kind: str, w: int, sent: float = 0.0, asked: float = 0.0,
              hint: float | None = None, ok: bool = True) -> None:
@@ -84,11 +88,13 @@ def simulate(
         clock.now = t
         limiter = limiters[w]
         if kind == "book":
-            if busy_until is not None and t - start > busy_until[w]:
+            if busy_until is not None and t - start > busy_until[w] or unbooked[w] == 0:
                 continue
+            unbooked[w] -= 1
             push(t + limiter.reserve(), "send", w, asked=t)
         elif kind == "send":
             if limiter.held(asked):  # as Limiter.acquire: a 429 while it waited, book again
+                unbooked[w] += 1
                 push(t, "book", w)
                 continue
             push(t + abs(rng.gauss(0, jitter)), "arrive", w, sent=t, asked=asked)
@@ -104,8 +110,11 @@ def simulate(
         else:
             if ok:
                 limiter.on_success(booked=(asked, sent))
+                if work is not None and out.by_worker[w] == work[w]:
+                    out.finished[w] = t
                 push(t, "book", w)
             else:
                 limiter.on_throttled(hint, booked=(asked, sent))
+                unbooked[w] += 1
                 push(t + (hint or 0.0), "book", w)
     return out

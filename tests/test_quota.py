@@ -565,8 +565,28 @@ def test_a_worker_left_alone_grows_into_the_unused_share() -> None:
     workers = [Limiter(600, share=0.5, clock=clock, sleep=clock.sleep) for _ in range(2)]
     out = simulate(workers, clock, server_limit=60, window_s=6.0, seconds=200, busy_until=[1e9, 30.0])
     assert out.rate(1000.0, 1030.0) >= 0.95 * 10  # both busy: the told shares fill the quota
-    assert out.rate(1150.0, 1200.0) >= 0.95 * 10  # one alone: it took the other's share
+    # one alone: within 45 s it took the other's share (probing that doubled
+    # its speed every 30 s took 80 s; the cube of the quiet time, 25-45 s)
+    assert out.rate(1075.0, 1120.0) >= 0.95 * 10
+    assert out.rate(1150.0, 1200.0) >= 0.95 * 10
     assert out.throttled_fraction() < 0.02
+
+
+@pytest.mark.parametrize(("window", "seed", "bound"), [
+    (6.0, 1, 0.88), (6.0, 2, 0.88), (6.0, 3, 0.88), (1.0, 1, 0.91), (1.0, 2, 0.91), (1.0, 3, 0.91),
+])
+def test_two_unaware_jobs_with_the_same_work_finish_together(window: float, seed: int, bound: float) -> None:
+    """The benchmark's shape: two jobs each told the whole quota, 600
+    requests each. Unfair shares leave one finishing alone at its small
+    share; the whole run keeps the quota full only if they stay near equal."""
+    clock = FakeClock()
+    workers = [Limiter(600, clock=clock, sleep=clock.sleep) for _ in range(2)]
+    out = simulate(workers, clock, server_limit=int(600 * window / 60), window_s=window,
+                   seconds=400, work=[600, 600], seed=seed)
+    assert sorted(out.by_worker.values()) == [600, 600]
+    last = max(out.finished.values()) - 1000.0
+    assert 1200 / 10 / last >= bound  # of the quota, from the start to the last request
+    assert out.throttled_fraction() < 0.03
 
 
 def test_acquire_waits_for_a_hold_that_began_while_it_slept() -> None:
@@ -673,10 +693,36 @@ def test_a_worker_accepted_at_its_own_pace_is_not_ratcheted_down() -> None:
     aimd = AimdController(AimdSettings(), now=0.0)
     assert aimd.on_throttled(100.0, asked_at=99.0) is Cut.EDGE
     cut_to = aimd.fraction
-    assert not aimd.on_measured(cut_to * 0.97)
+    assert not aimd.on_measured(cut_to * 0.97, 100.5)
     assert aimd.fraction == cut_to
-    assert aimd.on_measured(0.5)
+    assert aimd.on_measured(0.5, 100.6)
     assert aimd.fraction == pytest.approx(0.5)
+
+
+def test_a_worker_that_sent_less_than_its_pace_is_not_ratcheted_down() -> None:
+    """Late sends (or a rate that grew during the measured span) leave a
+    worker alone accepted well under its rate. Compared with what it sent,
+    that is all of it: no reason to settle lower. Accepted clearly less than
+    it sent, others take part of the quota."""
+    aimd = AimdController(AimdSettings(), now=0.0)
+    assert aimd.on_throttled(100.0, asked_at=99.0) is Cut.EDGE
+    cut_to = aimd.fraction
+    assert not aimd.on_measured(0.7, 100.5, sent=0.72)  # 70 % of the rate, but all it sent
+    assert aimd.fraction == cut_to
+    assert aimd.on_measured(0.5, 100.6, sent=0.72)
+    assert aimd.fraction == pytest.approx(0.5)
+
+
+def test_settling_on_a_measurement_is_a_cut_that_earlier_bookings_report() -> None:
+    """A 429 of a request booked before the worker settled lower reports the
+    window that settling answered, not new congestion: the rate is not halved."""
+    aimd = AimdController(AimdSettings(), now=0.0)
+    assert aimd.on_throttled(100.0, asked_at=99.0) is Cut.EDGE
+    assert aimd.on_measured(0.5, 102.0, sent=0.95)
+    assert aimd.on_throttled(102.1, asked_at=101.9) is Cut.NONE
+    assert aimd.fraction == pytest.approx(0.5)
+    assert aimd.on_throttled(102.2, asked_at=102.1) is Cut.CONGESTION  # booked after it: a new event
+    assert aimd.fraction == pytest.approx(0.25)
 
 
 def test_an_edge_429_while_probing_brings_the_target_below_the_refused_rate() -> None:

@@ -5,22 +5,30 @@ discovered from the server). Three regimes, each for a reason:
 
 * **Edge.** A 429 that stands alone is the quota's edge, not congestion
   (pacing at the configured rate already, a short server window counts one
-  late arrival as one too many): cut a little (``edge_cut``, 5 %), lower the
-  target a fifth of that, and come back at ``1 / recovery_s`` of the
-  reference per second, so a cut is made good within seconds.
+  late arrival as one too many): put the target a little (``edge_cut``, 5 %)
+  under the rate that was refused and the rate as much under the target, and
+  come back to the target at ``1 / recovery_s`` of the reference per second,
+  within a second; probing makes up the rest. Workers that share a quota
+  unaware of each other take turns at the edge: a cut that is a share of the
+  rate takes more from the one that has more, so they drift towards equal
+  shares, and a target a fifth as far down (tried) kept them halving each
+  other at a one-second window.
 * **Congestion.** A second 429 event within ``congestion_s`` of the last one
   (time spent holding on the server's hint does not count) means others use
   the quota too: multiply by ``decrease`` and make that the new target. A
   measurement of what the server accepted (see meter.py) may set the rate
   directly, never below ``decrease`` of it in one step.
-* **Probing.** After ``probe_after_s`` without a 429 the target grows,
-  ``probe_per_s`` of the whole quota per second at first, doubling every
-  ``probe_double_s`` quiet seconds, up to ``max_fraction``. So workers that
-  were not told how many share the quota settle where 429s are rare, and a
-  worker left alone grows into the share the others no longer use.
+* **Probing.** After ``probe_after_s`` without a 429 the target grows: by
+  ``probe_per_s`` of the whole quota per second, plus a cube of the time
+  spent probing that reaches the whole quota after ``probe_cube_s`` (as TCP
+  CUBIC does): slowly at first, where the last 429 came, then fast. So
+  workers that were not told how many share the quota settle where 429s are
+  rare, and a worker left alone grows into the share the others no longer
+  use within about half a minute.
 
-One event per cut: 429s of requests sent before the last cut report the same
-event (when the send time is unknown, those within ``cut_window`` of it).
+One event per cut: 429s of requests sent before the last cut (a settling on a
+measurement is a cut too) report the same event (when the send time is
+unknown, those within ``cut_window`` of it).
 Pure and single-threaded: the limiter calls it under its lock.
 """
 
@@ -46,7 +54,7 @@ class AimdSettings:
     recovery_s: float = 20.0
     probe_after_s: float = 10.0
     probe_per_s: float = 0.0025
-    probe_double_s: float = 30.0
+    probe_cube_s: float = 40.0
     min_fraction: float = 0.05
     measure_slack: float = 0.1
 
@@ -59,7 +67,7 @@ class AimdSettings:
             raise ValueError("min_fraction must be in (0, 1]")
         if not 0.0 <= self.measure_slack < 1.0:
             raise ValueError("measure_slack must be in [0, 1)")
-        for name in ("congestion_s", "recovery_s", "probe_double_s"):
+        for name in ("congestion_s", "recovery_s", "probe_cube_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
 
@@ -117,30 +125,33 @@ class AimdController:
             self.target = self.fraction
             kind = Cut.CONGESTION
         else:
-            # The target never stays above the rate that was refused (probing may
-            # have taken it past the rate the worker had reached).
-            self.target = max(s.min_fraction, min(self.target, before) * (1.0 - s.edge_cut / 5))
-            self.fraction = max(s.min_fraction, min(before, self.target) * (1.0 - s.edge_cut))
+            # The target comes under the rate that was refused, not under itself
+            # (probing may have taken it past the rate the worker had reached).
+            self.target = max(s.min_fraction, min(self.target, before) * (1.0 - s.edge_cut))
+            self.fraction = max(s.min_fraction, self.target * (1.0 - s.edge_cut))
             kind = Cut.EDGE
         if self.fraction < before:
             self.cuts += 1
         self._last_kind = kind
         return kind
 
-    def on_measured(self, fraction: float) -> bool:
-        """The server accepted ``fraction`` of the reference lately. Clearly
-        (``measure_slack``) below the current rate: settle there (at most
-        ``decrease`` in one step). After a congestion cut, well above it: the
-        429s were bad luck (a late arrival in a short window), not others'
-        traffic; go back to a little under what was accepted, never above the
-        rate before the cut."""
+    def on_measured(self, fraction: float, now: float, sent: float | None = None) -> bool:
+        """The server accepted ``fraction`` of the reference lately, of
+        ``sent`` (default: the current rate). Clearly (``measure_slack``)
+        less: settle there (at most ``decrease`` in one step), a cut like a
+        429's. After a congestion cut, well above the rate: the 429s were bad
+        luck (a late arrival in a short window), not others' traffic; go back
+        to a little under what was accepted, never above the rate before the
+        cut."""
         s = self.settings
-        # A worker alone is accepted at its own pace, less the pacing margin and
-        # the arrivals still to come: settling there would ratchet it down at
-        # every edge. Only clearly less means others take part of the quota.
-        if fraction < self.fraction * (1.0 - s.measure_slack):
+        # A worker alone is accepted at what it sends, which is less than its
+        # pace by the pacing margin and any late sends, and less than its rate
+        # now when it grew since: settling on that would ratchet it down at
+        # every edge. Only clearly less than it sent means others take part.
+        if fraction < (self.fraction if sent is None else sent) * (1.0 - s.measure_slack):
             self.fraction = max(s.min_fraction, fraction, self.fraction * s.decrease)
             self.target = self.fraction
+            self._last_cut = max(self._last_cut, now)
             return True
         if self._last_kind is Cut.CONGESTION:
             restored = min(self._before_cut, fraction * (1.0 - s.edge_cut))
@@ -149,6 +160,11 @@ class AimdController:
                 return True
         return False
 
+    def _probed(self, seconds: float) -> float:
+        """How far ``seconds`` of probing take the target, in the whole quota."""
+        s = self.settings
+        return s.probe_per_s * seconds + (seconds / s.probe_cube_s) ** 3
+
     def tick(self, now: float) -> None:
         """Time passes without a 429: recover towards the target, probe above it."""
         s = self.settings
@@ -156,10 +172,8 @@ class AimdController:
         self._last_tick = now
         quiet = now - max(self._started, self._quiet_since, self._last_cut)
         if quiet > s.probe_after_s and self.target < self.max_fraction:
-            # The probing speed doubles every probe_double_s of quiet: integrate it over dt.
-            k = math.log(2.0) / s.probe_double_s
             q1, q0 = quiet - s.probe_after_s, max(0.0, quiet - s.probe_after_s - dt)
-            grown = self.probe_scale * s.probe_per_s * (math.exp(k * q1) - math.exp(k * q0)) / k
+            grown = self.probe_scale * (self._probed(q1) - self._probed(q0))
             self.target = min(self.max_fraction, self.target + grown)
         if self.fraction < self.target:
             self.fraction = min(self.target, self.fraction + dt / s.recovery_s)

@@ -20,7 +20,12 @@ requests still leave on time, and a short server window sees one too many.
 Once a 429 has come while pacing (the one sign that the server's window is
 short enough for that to matter: over 60 s, the margin absorbs any lateness),
 lateness beyond ``late_slack_s`` pushes every later booking back by the
-excess: being late costs time, not a 429.
+excess: being late costs time, not a 429. The slack is what the margin
+absorbs in the shortest window a quota is metered over (one second): paced
+``margin`` under the limit, ``L + 1`` requests span more than the window by
+at least ``margin`` of it, so a request that much late cannot squeeze it.
+Pushing for less would only cost time: with two jobs on two cores, most
+requests leave a few milliseconds late.
 
 Thread-safe; share one per process through Beam's ``Shared`` (settings.py).
 """
@@ -40,6 +45,9 @@ from beamvec.quota.pacing import Pace, pace
 
 #: (asked at, sent at) of one request: when a caller asked, and the send time it was given.
 Booking = tuple[float, float]
+
+#: The shortest window a quota is assumed to be metered over, for ``late_slack_s``.
+_SHORTEST_WINDOW_S = 1.0
 
 #: Without a server hint, a discovering limiter waits this long before measuring.
 _DEFAULT_HOLD_S = 1.0
@@ -76,7 +84,7 @@ class Limiter:
         aimd: AimdSettings | None = None,
         max_hold_s: float = 60.0,
         measure_s: float = 60.0,
-        late_slack_s: float = 0.005,
+        late_slack_s: float | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = time.sleep,
     ) -> None:
@@ -88,6 +96,8 @@ class Limiter:
                 check_positive(value, name)
         if not 0.0 <= margin < 0.5:
             raise ValueError("margin must be in [0, 0.5)")
+        if late_slack_s is None:
+            late_slack_s = margin * _SHORTEST_WINDOW_S
         if not 0.0 <= late_slack_s < math.inf:
             raise ValueError("late_slack_s must be a non-negative number of seconds")
         self.rpm, self.tpm, self.share = rpm, tpm, min(1.0, share)
@@ -304,35 +314,37 @@ class Limiter:
     def _measure(self, now: float) -> None:
         """After the hold of a 429 event (when the responses in flight are in):
         what rate did the server accept? Discovery paces there; a told limiter
-        settles there if that is below its current rate."""
+        settles there if that is clearly less than it sent (see aimd.py)."""
         if self._pending is None or now < self._pending[3]:
             return
         sent_at, hint, since, _ = self._pending
         self._pending = None
         if self.discover:
             self._settle(self._meter.accepted_rate(sent_at, hint), now)
-        elif since is not None:
+        elif since is not None and self._request_budget is not None:
             # Only while pacing held every request does the accepted rate say what
             # the server allows (otherwise it measures the work there was, or the
-            # ramp-up).
-            self._settle(self._meter.accepted_rate(sent_at, hint, since=since), now)
+            # ramp-up); it is compared with what was sent over the same span.
+            accepted = self._meter.accepted_rate(sent_at, hint, since=since)
+            sent = self._meter.sent_rate(sent_at, 0.0, since=since)
+            if accepted is not None:
+                per = self.window_s / self._request_budget
+                self._aimd.on_measured(accepted * per, now, None if sent is None else sent * per)
 
     def _settle(self, accepted: float | None, now: float) -> None:
+        """Discovery: pace at the rate the server accepted."""
         if accepted is None:
             return
-        if self.discover:
-            self._request_budget = accepted * self.window_s
-            self._aimd.fraction = self._aimd.target = 1.0
-            self._applied = (1.0, self._request_budget, self._largest_tokens)
-            if self._requests_bucket is None:
-                self._requests_bucket = self._bucket(self._request_pace())
-                self._last_send = max(self._last_send, now)
-            else:
-                p = self._request_pace()
-                if p is not None:
-                    self._requests_bucket.set_rate(p.rate_per_s, p.capacity)
-        elif self._request_budget is not None:
-            self._aimd.on_measured(accepted * self.window_s / self._request_budget)
+        self._request_budget = accepted * self.window_s
+        self._aimd.fraction = self._aimd.target = 1.0
+        self._applied = (1.0, self._request_budget, self._largest_tokens)
+        if self._requests_bucket is None:
+            self._requests_bucket = self._bucket(self._request_pace())
+            self._last_send = max(self._last_send, now)
+        else:
+            p = self._request_pace()
+            if p is not None:
+                self._requests_bucket.set_rate(p.rate_per_s, p.capacity)
 
     # -- reporting -------------------------------------------------------------
 
