@@ -5,14 +5,9 @@ discovered from the server). Three regimes, each for a reason:
 
 * **Edge.** A 429 that stands alone is the quota's edge, not congestion
   (pacing at the configured rate already, a short server window counts one
-  late arrival as one too many): put the target a little (``edge_cut``, 5 %)
-  under the rate that was refused and the rate as much under the target, and
-  come back to the target at ``1 / recovery_s`` of the reference per second,
-  within a second; probing makes up the rest. Workers that share a quota
-  unaware of each other take turns at the edge: a cut that is a share of the
-  rate takes more from the one that has more, so they drift towards equal
-  shares, and a target a fifth as far down (tried) kept them halving each
-  other at a one-second window.
+  late arrival as one too many): cut a little (``edge_cut``, 5 %), lower the
+  target a fifth of that, and come back at ``1 / recovery_s`` of the
+  reference per second, so a cut is made good within seconds.
 * **Congestion.** A second 429 event within ``congestion_s`` of the last one
   (time spent holding on the server's hint does not count) means others use
   the quota too: multiply by ``decrease`` and make that the new target. A
@@ -125,30 +120,28 @@ class AimdController:
             self.target = self.fraction
             kind = Cut.CONGESTION
         else:
-            # The target comes under the rate that was refused, not under itself
-            # (probing may have taken it past the rate the worker had reached).
-            self.target = max(s.min_fraction, min(self.target, before) * (1.0 - s.edge_cut))
-            self.fraction = max(s.min_fraction, self.target * (1.0 - s.edge_cut))
+            # The target never stays above the rate that was refused (probing may
+            # have taken it past the rate the worker had reached).
+            self.target = max(s.min_fraction, min(self.target, before) * (1.0 - s.edge_cut / 5))
+            self.fraction = max(s.min_fraction, min(before, self.target) * (1.0 - s.edge_cut))
             kind = Cut.EDGE
         if self.fraction < before:
             self.cuts += 1
         self._last_kind = kind
         return kind
 
-    def on_measured(self, fraction: float, now: float, sent: float | None = None) -> bool:
-        """The server accepted ``fraction`` of the reference lately, of
-        ``sent`` (default: the current rate). Clearly (``measure_slack``)
-        less: settle there (at most ``decrease`` in one step), a cut like a
-        429's. After a congestion cut, well above the rate: the 429s were bad
-        luck (a late arrival in a short window), not others' traffic; go back
-        to a little under what was accepted, never above the rate before the
-        cut."""
+    def on_measured(self, fraction: float, now: float) -> bool:
+        """The server accepted ``fraction`` of the reference lately. Clearly
+        (``measure_slack``) below the current rate: settle there (at most
+        ``decrease`` in one step), a cut like a 429's. After a congestion cut,
+        well above it: the 429s were bad luck (a late arrival in a short
+        window), not others' traffic; go back to a little under what was
+        accepted, never above the rate before the cut."""
         s = self.settings
-        # A worker alone is accepted at what it sends, which is less than its
-        # pace by the pacing margin and any late sends, and less than its rate
-        # now when it grew since: settling on that would ratchet it down at
-        # every edge. Only clearly less than it sent means others take part.
-        if fraction < (self.fraction if sent is None else sent) * (1.0 - s.measure_slack):
+        # A worker alone is accepted at its own pace, less the pacing margin and
+        # the arrivals still to come: settling there would ratchet it down at
+        # every edge. Only clearly less means others take part of the quota.
+        if fraction < self.fraction * (1.0 - s.measure_slack):
             self.fraction = max(s.min_fraction, fraction, self.fraction * s.decrease)
             self.target = self.fraction
             self._last_cut = max(self._last_cut, now)

@@ -314,7 +314,7 @@ class Limiter:
     def _measure(self, now: float) -> None:
         """After the hold of a 429 event (when the responses in flight are in):
         what rate did the server accept? Discovery paces there; a told limiter
-        settles there if that is clearly less than it sent (see aimd.py)."""
+        settles there if that is clearly below its current rate."""
         if self._pending is None or now < self._pending[3]:
             return
         sent_at, hint, since, _ = self._pending
@@ -324,12 +324,10 @@ class Limiter:
         elif since is not None and self._request_budget is not None:
             # Only while pacing held every request does the accepted rate say what
             # the server allows (otherwise it measures the work there was, or the
-            # ramp-up); it is compared with what was sent over the same span.
+            # ramp-up).
             accepted = self._meter.accepted_rate(sent_at, hint, since=since)
-            sent = self._meter.sent_rate(sent_at, 0.0, since=since)
             if accepted is not None:
-                per = self.window_s / self._request_budget
-                self._aimd.on_measured(accepted * per, now, None if sent is None else sent * per)
+                self._aimd.on_measured(accepted * self.window_s / self._request_budget, now)
 
     def _settle(self, accepted: float | None, now: float) -> None:
         """Discovery: pace at the rate the server accepted."""
