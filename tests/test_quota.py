@@ -755,6 +755,31 @@ def test_late_departures_never_squeeze_a_short_window(seed: int) -> None:
     assert departures[-1] - departures[0] <= 599 / (600 * 0.98 / 60) + 0.05 * 600 * 0.12 + 1.0
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lateness_within_the_margins_slack_never_squeezes_a_one_second_window(seed: int) -> None:
+    """The slack is what the 2 % margin absorbs in a one-second window (20 ms):
+    requests each up to that late are not pushed, and still no 1-s window of
+    a 600-RPM quota holds more than its 10."""
+    rng = random.Random(seed)
+    clock = FakeClock()
+    limiter = Limiter(600, clock=clock, sleep=clock.sleep)
+    assert limiter.late_slack_s == pytest.approx(0.02)
+    limiter.acquire()
+    limiter.on_throttled(0.1)  # lateness matters from now on
+    clock.now += 100.0
+    slots, departures = [], []
+    for _ in range(600):
+        limiter.acquire()
+        slots.append(clock.now)
+        late = rng.choice([0.0, limiter.late_slack_s]) * rng.uniform(0.9, 1.0)
+        departures.append(clock.now + late)
+        limiter.on_left(clock.now + late)
+    assert max_in_window(departures, window=1.0) <= 10
+    assert max_in_window(departures, window=6.0) <= 60
+    interval = 60 / (600 * 0.98 - 1)
+    assert slots[-1] - slots[0] == pytest.approx(599 * interval)  # nothing was pushed
+
+
 def test_a_late_request_pushes_back_the_requests_already_booked() -> None:
     """B booked its slot while A was still being written; A then leaves 50 ms
     late: B, asleep until its slot, waits the excess more when it wakes."""
