@@ -1,7 +1,10 @@
 """A discrete-event simulation of workers, their limiters and a metering server.
 
 Each worker has ``slots`` request threads: book (``reserve``), wait, book
-again if a 429 came meanwhile (``held``, as ``Limiter.acquire`` does), send; the
+again if a 429 came meanwhile (``held``), wait for what late requests pushed
+it back (``pushed``), as ``Limiter.acquire`` does; leave, ``late`` seconds late
+on average (exponentially; reported with ``on_left``, as the HTTP trace
+does), and arrive after a little jitter; the
 server meters accepted requests over a sliding window (the emulator's own
 ``SlidingWindowQuota``) and answers at once with a 429 and its retry hint, or
 after ``latency`` with a success; the thread then reports to its limiter, with
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 
 from beamvec.emulator.window import SlidingWindowQuota
 from beamvec.quota import Limiter
+from beamvec.quota.limiter import Due
 
 
 class FakeClock:
@@ -57,6 +61,7 @@ def simulate(
     jitter: float = 0.005,
     busy_until: list[float] | None = None,
     work: list[int] | None = None,
+    late: float = 0.0,
     seed: int = 0,
 ) -> Outcome:
     """Run until ``seconds`` of simulated time have passed; worker w has work
@@ -66,23 +71,23 @@ def simulate(
     server = SlidingWindowQuota(window_s, server_limit, None)
     start = clock.now
     out = Outcome()
-    # (time, seq, kind, worker, asked, sent, retry hint, ok): kind "book", "send", "arrive" or "reply"
-    events: list[tuple[float, int, str, int, float, float, float | None, bool]] = []
+    # (time, seq, kind, worker, asked, sent, retry hint, ok, due): kind "book", "send", "leave", "arrive" or "reply"
+    events: list[tuple[float, int, str, int, float, float, float | None, bool, Due | None]] = []
     seq = 0
     unbooked = list(work) if work is not None else [-1] * len(limiters)  # -1: no end
 
     def push(t: float, kind: str, w: int, sent: float = 0.0, asked: float = 0.0,
-             hint: float | None = None, ok: bool = True) -> None:
+             hint: float | None = None, ok: bool = True, due: Due | None = None) -> None:
         nonlocal seq
         seq += 1
-        heapq.heappush(events, (t, seq, kind, w, asked, sent, hint, ok))
+        heapq.heappush(events, (t, seq, kind, w, asked, sent, hint, ok, due))
 
     for w in range(len(limiters)):
         for _ in range(slots):
             push(start + rng.uniform(0, 0.05), "book", w)
     end = start + seconds
     while events:
-        t, _, kind, w, asked, sent, hint, ok = heapq.heappop(events)
+        t, _, kind, w, asked, sent, hint, ok, due = heapq.heappop(events)
         if t > end:
             break
         clock.now = t
@@ -91,13 +96,23 @@ def simulate(
             if busy_until is not None and t - start > busy_until[w] or unbooked[w] == 0:
                 continue
             unbooked[w] -= 1
-            push(t + limiter.reserve(), "send", w, asked=t)
+            wait = limiter.reserve()
+            push(t + wait, "send", w, asked=t, due=limiter.due())
         elif kind == "send":
             if limiter.held(asked):  # as Limiter.acquire: a 429 while it waited, book again
                 unbooked[w] += 1
                 push(t, "book", w)
                 continue
-            push(t + abs(rng.gauss(0, jitter)), "arrive", w, sent=t, asked=asked)
+            push(t, "leave", w, asked=asked, due=due)
+        elif kind == "leave":
+            assert due is not None
+            due, extra = limiter.pushed(due)
+            if extra > 0:  # late requests before it pushed it back: wait that
+                push(t + extra, "leave", w, asked=asked, due=due)
+                continue
+            left = t + (rng.expovariate(1.0 / late) if late > 0 else 0.0)
+            limiter.on_left(left, due=due)
+            push(left + abs(rng.gauss(0, jitter)), "arrive", w, sent=t, asked=asked)
         elif kind == "arrive":
             accepted, wait, _ = server.try_acquire(t, 0)
             if accepted:

@@ -12,7 +12,8 @@ before a request, ``on_left(at)`` once it is written, then ``on_success()`` or
 ``on_throttled(retry_after)`` from the same thread. The send time booked by
 ``acquire`` is remembered per thread, so that 429s of requests sent before a
 cut count as that cut's event, and successes measure the accepted rate.
-(``reserve`` books without sleeping; who uses it asks ``held`` before sending.)
+(``reserve`` books without sleeping; who uses it asks ``held`` and ``pushed``
+before sending, as ``acquire`` does, and passes ``due()`` to ``on_left``.)
 
 A request that leaves later than booked (its thread waited for the GIL, its
 client was slow to write it) would squeeze the window it opens: the next
@@ -37,6 +38,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from beamvec.quota.aimd import AimdController, AimdSettings, Cut
 from beamvec.quota.bucket import Clock, Sleep, TokenBucket, check_positive
@@ -45,6 +47,14 @@ from beamvec.quota.pacing import Pace, pace
 
 #: (asked at, sent at) of one request: when a caller asked, and the send time it was given.
 Booking = tuple[float, float]
+
+class Due(NamedTuple):
+    """One booking as the lateness rules see it."""
+
+    booking: int  # its number, in booking order
+    at: float  # when it is due to leave, pushes included
+    seen: int  # the pushes made before this was last brought up to date
+
 
 #: The shortest window a quota is assumed to be metered over, for ``late_slack_s``.
 _SHORTEST_WINDOW_S = 1.0
@@ -196,7 +206,7 @@ class Limiter:
             self._last_send = max(self._last_send, at)
             self._meter.on_send(now, at)
             self._local.booked = (now, at)
-            self._local.due = (self._requests + 1, at, self._pushed)  # (booking, send time, pushes seen)
+            self._local.due = Due(self._requests + 1, at, self._pushed)
             wait = at - now
             self._waited += wait
             self._requests += 1
@@ -222,27 +232,37 @@ class Limiter:
         with self._lock:
             return self._hold_until > self._clock() and asked_at < self._aimd.last_cut
 
+    def due(self) -> Due | None:
+        """This thread's last booking: for a caller that books several
+        requests with ``reserve`` (the simulation) and then reports each with
+        ``pushed`` and ``on_left(due=...)``, as ``acquire`` does for one."""
+        return getattr(self._local, "due", None)
+
+    def pushed(self, due: Due) -> tuple[Due, float]:
+        """The seconds that late requests booked before ``due`` pushed it back
+        since it was last brought up to date, and the booking brought up to date."""
+        with self._lock:
+            fresh = list(self._pushes)[due.seen - self._pushed:] if due.seen < self._pushed else []
+            extra = sum(seconds for late, last, seconds in fresh if late < due.booking <= last)
+            self._waited += extra
+            return Due(due.booking, due.at + extra, self._pushed), extra
+
     def _wait_pushes(self) -> float:
         """Wait as long as late requests booked before this one pushed it back."""
         waited = 0.0
         for _ in range(16):  # each round waits only for the pushes made during the last
-            with self._lock:
-                booking, at, seen = self._local.due
-                fresh = list(self._pushes)[seen - self._pushed:] if seen < self._pushed else []
-                extra = sum(seconds for late, last, seconds in fresh if late < booking <= last)
-                self._local.due = (booking, at + extra, self._pushed)
-                self._waited += extra
+            self._local.due, extra = self.pushed(self._local.due)
             if extra <= 0:
                 break
             self._sleep(extra)
             waited += extra
         return waited
 
-    def on_left(self, at: float) -> None:
-        """This thread's request (booked by ``acquire``) was written at ``at``.
-        Later than due by more than ``late_slack_s``, once lateness matters:
-        push later bookings back."""
-        due = getattr(self._local, "due", None)
+    def on_left(self, at: float, *, due: Due | None = None) -> None:
+        """A request (``due``, default this thread's booked by ``acquire``) was
+        written at ``at``. Later than due by more than ``late_slack_s``, once
+        lateness matters: push later bookings back."""
+        due = self.due() if due is None else due
         if due is None:
             return
         booking, due_at, _ = due
