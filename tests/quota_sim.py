@@ -103,16 +103,17 @@ def simulate(
                 unbooked[w] += 1
                 push(t, "book", w)
                 continue
-            push(t, "leave", w, asked=asked, due=due)
+            push(t, "leave", w, sent=t, asked=asked, due=due)
         elif kind == "leave":
             assert due is not None
             due, extra = limiter.pushed(due)
             if extra > 0:  # late requests before it pushed it back: wait that
-                push(t + extra, "leave", w, asked=asked, due=due)
+                push(t + extra, "leave", w, sent=sent, asked=asked, due=due)
                 continue
             left = t + (rng.expovariate(1.0 / late) if late > 0 else 0.0)
             limiter.on_left(left, due=due)
-            push(left + abs(rng.gauss(0, jitter)), "arrive", w, sent=t, asked=asked)
+            # reported with its booked send time, as acquire's on_success does
+            push(left + abs(rng.gauss(0, jitter)), "arrive", w, sent=sent, asked=asked)
         elif kind == "arrive":
             accepted, wait, _ = server.try_acquire(t, 0)
             if accepted:
