@@ -9,6 +9,7 @@ import math
 import pickle
 import random
 import threading
+from collections.abc import Callable
 
 import pytest
 from apache_beam.utils.shared import Shared
@@ -731,6 +732,29 @@ def test_an_edge_429_while_probing_brings_the_target_below_the_refused_rate() ->
 # -- requests that leave late -----------------------------------------------------------
 
 
+def _lateness_matters(limiter: Limiter, clock: FakeClock) -> None:
+    """A 429 while paced (the short window's edge: from now on lateness
+    matters), then 100 s, so the rate has recovered."""
+    limiter.acquire()
+    limiter.on_throttled(0.1)
+    clock.now += 100.0
+
+
+def _depart_late(
+    limiter: Limiter, clock: FakeClock, lateness: Callable[[], float], count: int = 600
+) -> tuple[list[float], list[float]]:
+    """``count`` requests, each leaving ``lateness()`` after its slot and
+    reported with ``on_left``: (their slots, when they left)."""
+    slots, departures = [], []
+    for _ in range(count):
+        limiter.acquire()
+        late = lateness()
+        slots.append(clock.now)
+        departures.append(clock.now + late)
+        limiter.on_left(clock.now + late)
+    return slots, departures
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_late_departures_never_squeeze_a_short_window(seed: int) -> None:
     """A request written 30-120 ms after its slot (its thread waited for the
@@ -740,15 +764,9 @@ def test_late_departures_never_squeeze_a_short_window(seed: int) -> None:
     rng = random.Random(seed)
     clock = FakeClock()
     limiter = Limiter(600, clock=clock, sleep=clock.sleep)
-    limiter.acquire()
-    limiter.on_throttled(0.1)  # the short window's edge: from now on lateness matters
-    clock.now += 100.0  # recovered
-    departures = []
-    for _ in range(600):
-        limiter.acquire()
-        late = rng.uniform(0.03, 0.12) if rng.random() < 0.05 else rng.uniform(0.0, 0.003)
-        departures.append(clock.now + late)
-        limiter.on_left(clock.now + late)
+    _lateness_matters(limiter, clock)
+    _, departures = _depart_late(
+        limiter, clock, lambda: rng.uniform(0.03, 0.12) if rng.random() < 0.05 else rng.uniform(0.0, 0.003))
     assert max_in_window(departures, window=1.0) <= 10
     assert max_in_window(departures, window=60.0) <= 600
     # the pushes cost about the lateness (5 % of 600 requests × 75 ms ≈ 2.3 s), no more
@@ -764,16 +782,9 @@ def test_lateness_within_the_margins_slack_never_squeezes_a_one_second_window(se
     clock = FakeClock()
     limiter = Limiter(600, clock=clock, sleep=clock.sleep)
     assert limiter.late_slack_s == pytest.approx(0.02)
-    limiter.acquire()
-    limiter.on_throttled(0.1)  # lateness matters from now on
-    clock.now += 100.0
-    slots, departures = [], []
-    for _ in range(600):
-        limiter.acquire()
-        slots.append(clock.now)
-        late = rng.choice([0.0, limiter.late_slack_s]) * rng.uniform(0.9, 1.0)
-        departures.append(clock.now + late)
-        limiter.on_left(clock.now + late)
+    _lateness_matters(limiter, clock)
+    slots, departures = _depart_late(
+        limiter, clock, lambda: rng.choice([0.0, limiter.late_slack_s]) * rng.uniform(0.9, 1.0))
     assert max_in_window(departures, window=1.0) <= 10
     assert max_in_window(departures, window=6.0) <= 60
     interval = 60 / (600 * 0.98 - 1)
@@ -807,9 +818,7 @@ def test_a_late_request_pushes_back_the_requests_already_booked() -> None:
         clock.sleep(seconds)
 
     limiter = Limiter(600, clock=clock, sleep=sleep)
-    limiter.acquire()
-    limiter.on_throttled(0.1)  # the short window's edge: from now on lateness matters
-    clock.now += 100.0
+    _lateness_matters(limiter, clock)
     interval = 60 / (600 * 0.98 - 1)
     limiter.acquire()
     assert limiter.fraction == 1.0  # recovered

@@ -48,6 +48,7 @@ from beamvec.quota.pacing import Pace, pace
 #: (asked at, sent at) of one request: when a caller asked, and the send time it was given.
 Booking = tuple[float, float]
 
+
 class Due(NamedTuple):
     """One booking as the lateness rules see it."""
 
@@ -265,8 +266,7 @@ class Limiter:
         due = self.due() if due is None else due
         if due is None:
             return
-        booking, due_at, _ = due
-        excess = at - due_at - self.late_slack_s
+        excess = at - due.at - self.late_slack_s
         if excess <= 0:
             return
         with self._lock:
@@ -275,7 +275,7 @@ class Limiter:
             for bucket in (self._requests_bucket, self._tokens_bucket):
                 if bucket is not None:
                     bucket.push_back(excess)
-            self._pushes.append((booking, self._requests, excess))
+            self._pushes.append((due.booking, self._requests, excess))
             self._pushed += 1
 
     # -- adapting --------------------------------------------------------------
