@@ -188,6 +188,14 @@ def test_unexpected_errors_are_one_line_and_debug_shows_them(capsys, monkeypatch
     )
     with pytest.raises(RuntimeError):
         cli.main(["--debug", "run"])
+    for message, shown in (("", "RuntimeError"), ("\n  the runner broke\n", "RuntimeError: the runner broke")):
+        def fails(argv, m=message):
+            raise RuntimeError(m)
+
+        monkeypatch.setitem(cli.COMMANDS, "run", (fails, "test"))
+        code, _, err = run_cli(capsys, "run")
+        assert code == 1 and _one_line(err) == (
+            f"beamvec run: unexpected error: {shown}; rerun with --debug for the traceback")
     monkeypatch.setitem(cli.COMMANDS, "run", (wrapped, "test"))
     code, _, err = run_cli(capsys, "run")
     assert code == 1 and _one_line(err) == "beamvec run: gemini: the API key was rejected"

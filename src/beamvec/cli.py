@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from beamvec.errors import SystemicError, UsageError
+from beamvec.errors import SystemicError, UsageError, reason_of
 
 RUN_HELP = """\
 Embed text shards into Parquet vector shards.
@@ -113,26 +113,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # storage: missing bucket, denied, bad credentials
         if debug:
             raise
-        return _fail(command, _first_line(exc) or type(exc).__name__, 1)
+        return _fail(command, reason_of(exc), 1)
     except Exception as exc:  # the runner's wrapping of a worker's failure, or a bug
         systemic = _find_systemic(exc)
         if systemic is not None:
             return _fail(command, str(systemic), 1)
         if debug:
             raise
-        return _fail(command, f"unexpected error: {type(exc).__name__}: {_first_line(exc)}; "
-                     "rerun with --debug for the traceback", 1)
+        name, reason = type(exc).__name__, reason_of(exc)
+        what = name if reason == name else f"{name}: {reason}"
+        return _fail(command, f"unexpected error: {what}; rerun with --debug for the traceback", 1)
 
 
 def _fail(command: str, message: str, code: int) -> int:
     """The one line a failure ends in."""
     print(f"beamvec {command}: {' '.join(message.split())}", file=sys.stderr)
     return code
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def _quiet_beam_import_noise(record: logging.LogRecord) -> bool:

@@ -23,7 +23,8 @@ from typing import Any
 def reason_of(exc: BaseException) -> str:
     """The first line of an exception's message (its type's name when it has
     none): the part of a library's error that fits in our one-line messages."""
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class ErrorKind(enum.Enum):
