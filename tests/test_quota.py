@@ -882,47 +882,6 @@ def test_lateness_moves_nothing_within_the_slack_or_before_any_429() -> None:
     assert clock.now == pytest.approx(late + 0.1 - limiter.late_slack_s + interval)
 
 
-def _send_until(limiter: Limiter, clock: FakeClock, until: float) -> None:
-    """Paced requests, each answered at once, until ``until``."""
-    while clock.now < until:
-        limiter.acquire()
-        limiter.on_left(clock.now)
-        limiter.on_success()
-
-
-def test_a_429_from_a_window_filled_by_a_burst_paces_at_what_the_server_took_at_once() -> None:
-    """Two jobs start at once, each told the whole quota (600 a minute, a
-    6-s window of 60). The window is full after 3 s, about 30 of them this
-    job's, and the server says "retry in 3 s": it takes this job's 30 per
-    6 s, half its pace. The limiter paces there now, rather than after more
-    429s of the requests it books meanwhile. A hint of one slot (a request
-    that arrived a little late at the quota's edge) cuts only a little."""
-    clock = FakeClock()
-    burst = Limiter(600, clock=clock, sleep=clock.sleep)
-    _send_until(burst, clock, 1003.0)
-    burst.acquire()
-    assert burst.on_throttled(3.0)
-    assert burst.fraction == pytest.approx(0.5, abs=0.03)
-    clock = FakeClock()
-    edge = Limiter(600, clock=clock, sleep=clock.sleep)
-    _send_until(edge, clock, 1003.0)
-    edge.acquire()
-    assert edge.on_throttled(0.1)
-    assert 0.9 <= edge.fraction <= 0.95
-
-
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_two_unaware_jobs_starting_together_meet_few_429s(seed: int) -> None:
-    """At a 1-s window the first 429s say at once that the window was full:
-    two 429s in the first 10 s (four when each job cut 5 % first, and halved
-    on the next 429)."""
-    clock = FakeClock()
-    workers = [Limiter(600, clock=clock, sleep=clock.sleep) for _ in range(2)]
-    out = simulate(workers, clock, server_limit=10, window_s=1.0, seconds=10, seed=seed)
-    assert out.rejected <= 2
-    assert out.rate(1002.0, 1010.0) >= 0.85 * 10
-
-
 def test_discovery_paces_from_the_first_429_before_any_reply_is_in() -> None:
     """Unpaced, 10 requests leave within 0.1 s; the 11th is refused with
     "retry in 0.8 s" before any reply is in. The server took those 10 and

@@ -28,12 +28,6 @@ at least ``margin`` of it, so a request that much late cannot squeeze it.
 Pushing for less would only cost time: with two jobs on two cores, most
 requests leave a few milliseconds late.
 
-A 429 whose hint is many of the worker's own request slots long says a
-burst filled the window (jobs that start at once, each at the whole quota):
-what the worker sent, over the time until the hint, is what the server takes
-from it, and a told limiter settles there at once, as discovery does, rather
-than cut 5 % and meet the next 429 before the measurement is in.
-
 Thread-safe; share one per process through Beam's ``Shared`` (settings.py).
 """
 
@@ -65,9 +59,6 @@ class Due(NamedTuple):
 
 #: The shortest window a quota is assumed to be metered over, for ``late_slack_s``.
 _SHORTEST_WINDOW_S = 1.0
-
-#: A 429's hint longer than this many of a worker's own request slots says a burst filled the window.
-_BURST_SLOTS = 3.0
 
 #: Without a server hint, a discovering limiter waits this long before measuring.
 _DEFAULT_HOLD_S = 1.0
@@ -336,23 +327,9 @@ class Limiter:
                     # estimate from what was sent before this one (few replies
                     # are in yet); the measurement once they are in corrects it.
                     self._settle(self._meter.sent_rate(self._pending[0], hint), self._hold_until)
-                elif self._burst_filled(hint) and self._meter.held_since is not None:
-                    # Only while pacing held every request (see _measure).
-                    first = self._meter.sent_rate(self._pending[0], hint, since=self._meter.held_since)
-                    if first is not None and self._request_budget is not None:
-                        self._aimd.on_measured(first * self.window_s / self._request_budget, now)
                 self._guard_lateness = self._guard_lateness or self._paced
             self._apply()
             return self._aimd.fraction < before
-
-    def _burst_filled(self, hint: float) -> bool:
-        """Whether a 429's hint says a burst filled the window: at the quota's
-        edge a slot frees within a request or so of this worker's pace, but a
-        window that jobs starting at once filled frees only when their first
-        requests leave it. Then the rate the server took is plain at once:
-        what this worker sent, over the time until the hint."""
-        bucket = self._requests_bucket
-        return bucket is not None and hint * bucket.rate > _BURST_SLOTS
 
     def _measure(self, now: float) -> None:
         """After the hold of a 429 event (when the responses in flight are in):

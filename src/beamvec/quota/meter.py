@@ -68,12 +68,11 @@ class SuccessMeter:
         start = max(until - self.span_s, self._busy_since, -math.inf if since is None else since)
         return start, until - start + max(0.0, hint_s)
 
-    def sent_rate(self, until: float, hint_s: float, since: float | None = None) -> float | None:
-        """Requests sent in ``[start, until)`` of the busy period (and after
-        ``since``), per second of ``until - start + hint_s``: at the first 429
-        of a burst the server accepted what arrived before it, though few
-        replies are in yet."""
-        span = self._span(until, hint_s, since)
+    def sent_rate(self, until: float, hint_s: float) -> float | None:
+        """Requests sent in ``[start, until)`` of the busy period, per second of
+        ``until - start + hint_s``: at the first 429 of a burst the server
+        accepted what arrived before it, though few replies are in yet."""
+        span = self._span(until, hint_s)
         if span is None:
             return None
         start, seconds = span
