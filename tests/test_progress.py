@@ -52,3 +52,22 @@ def test_run_shows_progress_unless_quiet(tmp_path, capsys):
     assert lines and "records/s" in lines[-1] and "shards" in lines[-1]
     code, _, err = run_cli(capsys, *args, "--output", str(tmp_path / "q"), "--quiet")
     assert code == 0 and "beamvec: " not in err
+
+
+def test_the_reporter_shows_the_share_done_forward_only():
+    """Reading 100 more records before any is written lowers the estimate
+    (half the records read are written, not all); the line keeps what it showed."""
+    reporter = Reporter(1, 1000, stream=io.StringIO())
+    PROGRESS.reset()
+    PROGRESS.add_records(100)
+    PROGRESS.add_done(100)
+    PROGRESS.add_bytes(500)
+    assert "(50% of input bytes done)" in reporter._line()
+    PROGRESS.add_records(100)
+    PROGRESS.add_bytes(100)
+    state = PROGRESS.read()
+    assert "(30% of input bytes done)" in format_line(state, 1, 1000, 1.0)  # the estimate dips
+    assert "(50% of input bytes done)" in reporter._line()
+    PROGRESS.add_done(100)
+    assert "(60% of input bytes done)" in reporter._line()
+    PROGRESS.reset()

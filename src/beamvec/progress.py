@@ -78,26 +78,31 @@ PROGRESS = Progress()
 BAR = 20
 
 
-def format_line(
-    state: dict[str, float], total_shards: int, total_bytes: int, elapsed: float, bar: bool = False
-) -> str:
-    """One progress line. The ETA follows input bytes read inside shards, scaled
-    by the share of the records read that are written (reading runs ahead of
+def done_fraction(state: dict[str, float], total_bytes: int) -> float:
+    """The share of the run done: input bytes read inside shards, scaled by the
+    share of the records read that are written (reading runs ahead of
     embedding by what is in flight), so it moves from the first seconds even
-    when the run is one large file."""
-    rate = state["records"] / elapsed if elapsed > 0 else 0.0
+    when the run is one large file. An estimate: a read that outruns the
+    writes can lower it for a moment."""
     read_fraction = min(1.0, state["bytes"] / total_bytes) if total_bytes > 0 else 0.0
     written = min(1.0, state.get("done", state["records"]) / state["records"]) if state["records"] else 0.0
-    done_fraction = read_fraction * written
-    if 0 < done_fraction < 1:
-        eta = f"ETA {elapsed * (1 - done_fraction) / done_fraction:,.0f} s"
-    else:
-        eta = "ETA --"
-    filled = round(done_fraction * BAR)
+    return read_fraction * written
+
+
+def format_line(
+    state: dict[str, float], total_shards: int, total_bytes: int, elapsed: float, bar: bool = False,
+    done: float | None = None,
+) -> str:
+    """One progress line; its bar, percentage and ETA follow ``done`` (by
+    default ``done_fraction`` of the state)."""
+    rate = state["records"] / elapsed if elapsed > 0 else 0.0
+    share = done_fraction(state, total_bytes) if done is None else done
+    eta = f"ETA {elapsed * (1 - share) / share:,.0f} s" if 0 < share < 1 else "ETA --"
+    filled = round(share * BAR)
     drawn = f"[{'#' * filled}{'.' * (BAR - filled)}] " if bar else ""
     line = (
         f"beamvec: {drawn}{state['records']:,.0f} records, shards {state['shards']:.0f}/{total_shards} "
-        f"({done_fraction:.0%} of input bytes done), {rate:,.1f} records/s, {eta}, "
+        f"({share:.0%} of input bytes done), {rate:,.1f} records/s, {eta}, "
         f"retries {state.get('retries', 0):,.0f}, 429s {state.get('throttled_429', 0):,.0f}"
     )
     sent, reused = state.get("texts", 0), state.get("reused", 0)
@@ -122,13 +127,16 @@ class Reporter:
         self.total_shards = total_shards
         self.total_bytes = total_bytes
         self.started = time.time()
+        self._done = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="beamvec-progress", daemon=True)
 
     def _line(self) -> str:
-        return format_line(
-            PROGRESS.read(), self.total_shards, self.total_bytes, time.time() - self.started, bar=self.tty
-        )
+        state = PROGRESS.read()
+        # Shown forward only: the estimate dips while reading outruns writing.
+        self._done = max(self._done, done_fraction(state, self.total_bytes))
+        return format_line(state, self.total_shards, self.total_bytes, time.time() - self.started,
+                           bar=self.tty, done=self._done)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
