@@ -1,6 +1,7 @@
 """A discrete-event simulation of workers, their limiters and a metering server.
 
-Each worker has ``slots`` request threads: book (``reserve``), wait, book
+Each worker has ``slots`` request threads (started at once, or over ``ramp``
+seconds): book (``reserve``), wait, book
 again if a 429 came meanwhile (``held``), wait for what late requests pushed
 it back (``pushed``), as ``Limiter.acquire`` does; leave, ``late`` seconds late
 on average (exponentially; reported with ``on_left``, as the HTTP trace
@@ -62,11 +63,16 @@ def simulate(
     busy_until: list[float] | None = None,
     work: list[int] | None = None,
     late: float = 0.0,
+    ramp: float = 0.0,
+    starts: list[float] | None = None,
     seed: int = 0,
 ) -> Outcome:
-    """Run until ``seconds`` of simulated time have passed; worker w has work
-    until ``busy_until[w]`` seconds (default: all along), or until ``work[w]``
-    of its requests were accepted."""
+    """Run until ``seconds`` of simulated time have passed; worker w starts
+    ``starts[w]`` seconds in (default: at once) and has work until
+    ``busy_until[w]`` seconds (default: all along), or until ``work[w]`` of its
+    requests were accepted. ``ramp``: a worker's threads start one by one over
+    that many seconds, as a pipeline's do while its shards open (pacing then
+    holds only the last of its first requests)."""
     rng = random.Random(seed)
     server = SlidingWindowQuota(window_s, server_limit, None)
     start = clock.now
@@ -83,8 +89,9 @@ def simulate(
         heapq.heappush(events, (t, seq, kind, w, asked, sent, hint, ok, due))
 
     for w in range(len(limiters)):
-        for _ in range(slots):
-            push(start + rng.uniform(0, 0.05), "book", w)
+        offset = starts[w] if starts is not None else 0.0
+        for k in range(slots):
+            push(start + offset + ramp * k / slots + rng.uniform(0, 0.05), "book", w)
     end = start + seconds
     while events:
         t, _, kind, w, asked, sent, hint, ok, due = heapq.heappop(events)
