@@ -10,6 +10,7 @@ import pickle
 import random
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from apache_beam.utils.shared import Shared
@@ -24,7 +25,7 @@ from beamvec.quota import (
     TokenBucket,
     pace,
 )
-from quota_sim import simulate
+from quota_sim import Outcome, simulate
 
 
 class FakeClock:
@@ -592,6 +593,18 @@ def test_a_worker_left_alone_grows_into_the_unused_share() -> None:
     assert out.throttled_fraction() < 0.02
 
 
+def _two_jobs_of_600_requests(window: float, seed: int, **start: Any) -> tuple[Outcome, float]:
+    """Two jobs each told the whole quota (600 a minute, metered over
+    ``window``), 600 requests each, all done: the outcome and the share of the
+    quota they kept from the start to the last request."""
+    clock = FakeClock()
+    workers = [Limiter(600, clock=clock, sleep=clock.sleep) for _ in range(2)]
+    out = simulate(workers, clock, server_limit=int(600 * window / 60), window_s=window,
+                   seconds=400, work=[600, 600], seed=seed, **start)
+    assert sorted(out.by_worker.values()) == [600, 600]
+    return out, 1200 / 10 / (max(out.finished.values()) - 1000.0)
+
+
 @pytest.mark.parametrize(("window", "seed", "bound"), [
     (6.0, 1, 0.88), (6.0, 2, 0.88), (6.0, 3, 0.88), (1.0, 1, 0.86), (1.0, 2, 0.86), (1.0, 3, 0.86),
 ])
@@ -599,13 +612,8 @@ def test_two_unaware_jobs_with_the_same_work_finish_together(window: float, seed
     """The benchmark's shape: two jobs each told the whole quota, 600
     requests each. Unfair shares leave one finishing alone at its small
     share; the whole run keeps the quota full only if they stay near equal."""
-    clock = FakeClock()
-    workers = [Limiter(600, clock=clock, sleep=clock.sleep) for _ in range(2)]
-    out = simulate(workers, clock, server_limit=int(600 * window / 60), window_s=window,
-                   seconds=400, work=[600, 600], seed=seed)
-    assert sorted(out.by_worker.values()) == [600, 600]
-    last = max(out.finished.values()) - 1000.0
-    assert 1200 / 10 / last >= bound  # of the quota, from the start to the last request
+    out, filled = _two_jobs_of_600_requests(window, seed)
+    assert filled >= bound
     assert out.throttled_fraction() < 0.03
 
 
@@ -619,12 +627,8 @@ def test_two_unaware_jobs_starting_apart_and_ramping_up_still_share(window: floa
     slowly, so this is where most of the loss is now: over 20 seeds 0.88 of
     the quota at 6 s and 0.80 at 1 s (0.86 and 0.80 before an edge 429 under
     the whole quota lowered the target). A guard, not a target."""
-    clock = FakeClock()
-    workers = [Limiter(600, clock=clock, sleep=clock.sleep) for _ in range(2)]
-    out = simulate(workers, clock, server_limit=int(600 * window / 60), window_s=window,
-                   seconds=400, work=[600, 600], ramp=3.0, starts=[0.0, 1.5], seed=seed)
-    assert sorted(out.by_worker.values()) == [600, 600]
-    assert 1200 / 10 / (max(out.finished.values()) - 1000.0) >= bound
+    out, filled = _two_jobs_of_600_requests(window, seed, ramp=3.0, starts=[0.0, 1.5])
+    assert filled >= bound
     assert out.throttled_fraction() < 0.03
 
 
