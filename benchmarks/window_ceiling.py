@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-from beamvec.emulator.window import SlidingWindowQuota  # noqa: E402
+from beamvec.emulator.window import SlidingWindowQuota
 
 #: (requests a second of one job, of the other), each pair at most 0.98 of 10 a second.
 PAIRS = [(4.9, 4.9), (5.88, 3.92), (5.0, 4.8), (5.2, 4.6), (5.4, 4.4), (5.3, 3.9), (4.5, 4.5)]
