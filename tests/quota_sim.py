@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import random
+import threading
 from dataclasses import dataclass, field
 
 from beamvec.emulator.window import SlidingWindowQuota
@@ -25,14 +26,20 @@ from beamvec.quota.limiter import Due
 
 
 class FakeClock:
+    """Simulated time: moves only when a test (or a fake sleep) moves it.
+    Sleeps from several threads add up (the lock), as real ones would not:
+    tests of concurrent callers count on each sleep moving time on."""
+
     def __init__(self, start: float = 1000.0) -> None:
         self.now = start
+        self._lock = threading.Lock()
 
     def __call__(self) -> float:
         return self.now
 
     def sleep(self, seconds: float) -> None:
-        self.now += seconds
+        with self._lock:
+            self.now += seconds
 
 
 @dataclass

@@ -25,22 +25,7 @@ from beamvec.quota import (
     TokenBucket,
     pace,
 )
-from quota_sim import Outcome, simulate
-
-
-class FakeClock:
-    """Simulated time: moves only when a test (or a fake sleep) moves it."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
+from quota_sim import FakeClock, Outcome, simulate
 
 
 def max_in_window(
