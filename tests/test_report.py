@@ -19,6 +19,7 @@ from beamvec import job
 from beamvec import report_html as h
 from beamvec.cli import main
 from beamvec.commands import report
+from beamvec.contract import CommitRecord, ShardCounts
 from beamvec.emulator.server import Emulator
 from beamvec.timeline import Timeline
 
@@ -80,7 +81,7 @@ def test_report_holds_every_chart_and_the_numbers(nightly, tmp_path, capsys):
     assert "<script" not in html and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
     manifest = json.loads((nightly / "_manifest.json").read_text())
     data = report.collect(str(nightly), {})
-    assert len(data.manifest["runs"]) == 2 and data.run_id and data.samples
+    assert data.manifest is not None and len(data.manifest.runs) == 2 and data.run_id and data.samples
     assert data.dead.by_reason == {"empty_text": 1, "invalid_json": 1, "duplicate_id": 1}
     assert data.dead.examples["duplicate_id"][0]["id"] == "r3000"
     assert len(data.norms) == manifest["totals"]["embedded"] == 200 + 1600 + 200 + 200
@@ -100,15 +101,16 @@ def test_report_holds_every_chart_and_the_numbers(nightly, tmp_path, capsys):
 
 
 def test_a_shard_over_twice_the_median_is_drawn_first_and_red():
-    shards = {"a": {"seconds": 1.0}, "b": {"seconds": 1.2}, "slow": {"seconds": 2.5}, "c": {"seconds": 0.9}}
-    bars = re.findall(r'<rect class="bar"[^>]*fill="([^"]+)"><title>([^:]+):',
-                      report._shards({"shards": shards}))
-    assert bars[0] == ("#d62728", "slow")  # 2.5 s > 2 x 1.1 s: red (matplotlib's tab:red)
-    assert {fill for fill, _ in bars[1:]} == {h.PURPLE}
-    shards["slow"]["seconds"] = 2.1  # under twice the median: not a straggler
-    bars = re.findall(r'<rect class="bar"[^>]*fill="([^"]+)"><title>([^:]+):',
-                      report._shards({"shards": shards}))
-    assert bars[0] == (h.PURPLE, "slow")
+    def bars(seconds: dict[str, float]) -> list[tuple[str, str]]:
+        records = [CommitRecord(name, f"in/{name}.jsonl", "", ShardCounts(), seconds=s)
+                   for name, s in seconds.items()]
+        return re.findall(r'<rect class="bar"[^>]*fill="([^"]+)"><title>([^:]+):', report._shards(records))
+
+    drawn = bars({"a": 1.0, "b": 1.2, "slow": 2.5, "c": 0.9})
+    assert drawn[0] == ("#d62728", "slow")  # 2.5 s > 2 x 1.1 s: red (matplotlib's tab:red)
+    assert {fill for fill, _ in drawn[1:]} == {h.PURPLE}
+    drawn = bars({"a": 1.0, "b": 1.2, "slow": 2.1, "c": 0.9})  # under twice the median: not a straggler
+    assert drawn[0] == (h.PURPLE, "slow")
 
 
 def test_report_without_a_timeline_says_so(nightly, tmp_path):

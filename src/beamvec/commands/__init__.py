@@ -26,6 +26,7 @@ from beamvec.contract import (
     VECTORS_DIR,
     DamagedFileError,
     Description,
+    Manifest,
     read_footer,
     read_manifest,
 )
@@ -85,13 +86,12 @@ def not_an_output(url: str) -> UsageError:
     )
 
 
-def open_output(url: str, options: dict[str, Any]) -> tuple[Output, dict[str, Any] | None]:
+def open_output(url: str, options: dict[str, Any]) -> tuple[Output, Manifest | None]:
     """An output root and its manifest (None when a first run crashed before
     writing it but vector files exist). Raises UsageError when it is no output."""
     try:
         output = Output(url, options)
-        found = read_manifest(output)  # the contract's reader: UsageError when damaged
-        manifest = found.to_json() if found is not None else None
+        manifest = read_manifest(output)  # the contract's reader: UsageError when damaged
     except (OSError, ValueError) as exc:
         raise UsageError(
             f"cannot read {url}: {type(exc).__name__}: {exc}; check the path, "
@@ -148,11 +148,11 @@ def iter_batches(
 
 
 def description_of(
-    output: Output, manifest: dict[str, Any] | None, files: Sequence[str] | None = None
+    output: Output, manifest: Manifest | None, files: Sequence[str] | None = None
 ) -> Description | None:
-    """What the vectors are, for a command that holds the raw manifest: see
-    ``contract.description_of`` (``files`` default: every vector file)."""
-    known = Description.from_json(manifest or {})
+    """What the vectors are: see ``contract.description_of`` (``files``
+    default: every vector file)."""
+    known = manifest.description if manifest is not None else None
     return contract.description_of(output, known, vector_files(output) if files is None else files)
 
 

@@ -40,6 +40,7 @@ from beamvec.commands import (
 from beamvec.contract import (
     MISSING,
     Description,
+    RunConfig,
     damaged_message,
     dead_letter_path,
     read_state,
@@ -136,7 +137,7 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
     problems: list[str] = [damaged_message(path, why) for path, why in damaged.items()]
     files = [path for path in vector_files(output) if path not in damaged]
     desc = description_of(output, manifest, files)
-    in_manifest = (manifest or {}).get("shards", {})
+    in_manifest = manifest.shards if manifest is not None else {}
     norms = NormStats()
     rows_by_shard: dict[str, int] = {}
     seen_models: set[tuple[Any, ...]] = set()
@@ -155,9 +156,9 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
         if name not in in_manifest and manifest is not None:
             problems.append(f"vectors/{name}.parquet is not in the manifest (committed by a run "
                             "that crashed before its manifest: the next `beamvec run` adds it)")
-        elif name in in_manifest and in_manifest[name].get("embedded") != rows:
+        elif name in in_manifest and in_manifest[name].counts.embedded != rows:
             problems.append(f"vectors/{name}.parquet has {rows:,} rows, the manifest says "
-                            f"{in_manifest[name].get('embedded'):,}")
+                            f"{in_manifest[name].counts.embedded:,}")
     progress_done(quiet)
     if len(seen_models) > 1:
         problems.append(
@@ -174,15 +175,15 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
             reasons.update(batch.column(0).to_pylist())
             count += batch.num_rows
         dead_by_shard[shard_name(path)] = count
-    for name, shard in in_manifest.items():
+    for name, record in in_manifest.items():
         if name not in rows_by_shard and vector_path(output, name) not in damaged:
             problems.append(f"the manifest lists shard {name} but vectors/{name}.parquet is missing; "
                             "rerun `beamvec run` with the same flags to redo it")
         if dead_letter_path(output, name) in damaged:
             continue  # named above, with the repair
-        if dead_by_shard.get(name, 0) != shard.get("dead_lettered", 0):
+        if dead_by_shard.get(name, 0) != record.counts.dead_lettered:
             problems.append(f"dead_letters/{name}.parquet has {dead_by_shard.get(name, 0):,} rows, "
-                            f"the manifest says {shard.get('dead_lettered', 0):,}")
+                            f"the manifest says {record.counts.dead_lettered:,}")
     if manifest is None:
         problems.append("no _manifest.json: the first run crashed before writing it; rerun "
                         "`beamvec run` with the same flags to finish it")
@@ -194,7 +195,7 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
     if norm_summary["non_finite"] or norm_summary["zero"]:
         problems.append(f"{norm_summary['non_finite']:,} vectors hold NaN/inf and "
                         f"{norm_summary['zero']:,} are all zeros")
-    config = (manifest or {}).get("config", {})
+    config = manifest.config if manifest is not None else RunConfig()
     about = desc.to_json() if desc else {}
     return {
         "output": output.url,
@@ -208,20 +209,20 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
         "task_type": about.get("task_type"),
         "output_dimensionality": about.get("output_dimensionality"),
         "vector_normalization": _vector_normalization(desc),
-        "text_normalization": config.get("normalization"),
+        "text_normalization": config.normalization,
         "beamvec_version": about.get("beamvec_version"),
         "config_fingerprint": about.get("config_fingerprint"),
-        "updated_at": (manifest or {}).get("updated_at"),
+        "updated_at": (manifest.updated_at or None) if manifest is not None else None,
         "shards": len(files),
         "shards_in_manifest": len(in_manifest),
         "rows": sum(rows_by_shard.values()),
         "dead_letters": sum(reasons.values()),
         "dead_letter_files": len(dead_files),
         "dead_letters_by_reason": dict(sorted(reasons.items())),
-        "totals": (manifest or {}).get("totals"),
+        "totals": manifest.totals() if manifest is not None else None,
         "norms": norm_summary,
-        "runs": (manifest or {}).get("runs", []),
-        "inputs": config.get("inputs"),
+        "runs": [run.to_json() for run in manifest.runs] if manifest is not None else [],
+        "inputs": list(config.inputs) if manifest is not None else None,
         "problems": problems,
         "duckdb_query": duckdb_query(output, desc.dimension, example)
         if desc and desc.dimension and (example := _first_id(output, files)) is not None else None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,15 @@ from beamvec.commands import (
     storage_options,
     vector_files,
 )
-from beamvec.contract import Description
+from beamvec.contract import (
+    CommitRecord,
+    Description,
+    Manifest,
+    RunConfig,
+    RunRecord,
+    ShardCounts,
+    total,
+)
 from beamvec.errors import UsageError
 from beamvec.pricing import estimate_cost, format_usd
 from beamvec.timeline import Sample, latest_timeline
@@ -66,7 +74,7 @@ class ReportData:
     """Everything the page shows, read from the output."""
 
     url: str
-    manifest: dict[str, Any]
+    manifest: Manifest | None
     description: Description | None
     complete: bool
     vector_files: int
@@ -105,7 +113,7 @@ def collect(url: str, options: dict[str, Any], norm_sample: int = NORM_SAMPLE) -
     found = latest_timeline(output.fs, output.root)
     return ReportData(
         url=output.url,
-        manifest=manifest or {},
+        manifest=manifest,
         description=description_of(output, manifest),
         complete=has_success(output),
         vector_files=len(files),
@@ -156,32 +164,33 @@ def render(data: ReportData) -> str:
     what = f"{d.backend} {d.model} · {d.dimension} dims" if d else "no description (backend, model) found"
     subtitle = (f"{data.url} · {what} · "
                 f"{'complete' if data.complete else 'INCOMPLETE (no _SUCCESS)'} · "
-                f"updated {m.get('updated_at', '?')}")
+                f"updated {(m.updated_at if m else '') or '?'}")
     sections = [
         ("Summary", _summary(data)),
         ("Rate against the quota" + (f" (run {data.run_id})" if data.run_id else ""), _rate(data)),
         ("429s, retries and requests in flight", _throttling(data)),
-        ("Shard durations", _shards(m)),
+        ("Shard durations", _shards(m.shards.values() if m else ())),
         ("Dead letters", _dead(data.dead)),
         ("Tokens and estimated cost", _cost(data)),
         ("Vector norms", _norms(data)),
-        ("Run history", _runs(m.get("runs", []))),
+        ("Run history", _runs(m.runs if m else ())),
     ]
     return h.page("beamvec run report", subtitle, sections)
 
 
 def _summary(data: ReportData) -> str:
-    m, config = data.manifest, data.manifest.get("config", {})
-    totals = m.get("totals", {})
+    m = data.manifest
+    config = m.config if m else RunConfig()
+    totals = m.totals() if m else {}
     return h.key_values([
         ("vector files", fmt_int(data.vector_files)),
         ("vectors", fmt_int(totals.get("embedded"))),
         ("records read", fmt_int(totals.get("read"))),
         ("dead letters", fmt_int(totals.get("dead_lettered"))),
         ("task type", (data.description.task_type if data.description else None) or "-"),
-        ("quota", f"{_or_dash(config.get('quota_rpm'))} requests, {_or_dash(config.get('quota_tpm'))} "
-                  f"tokens per {config.get('quota_window', 60):g} s"),
-        ("inputs", ", ".join(config.get("inputs", [])) or "-"),
+        ("quota", f"{_or_dash(config.quota_rpm)} requests, {_or_dash(config.quota_tpm)} "
+                  f"tokens per {config.quota_window or 60.0:g} s"),
+        ("inputs", ", ".join(config.inputs) or "-"),
     ])
 
 
@@ -206,11 +215,11 @@ def _rate(data: ReportData) -> str:
     if not pairs:
         return h.empty_panel("rate-requests", "requests per minute", NO_TIMELINE)
     ts = [b.t for _, b in pairs]
-    config = data.manifest.get("config", {})
-    quota = config.get("quota_rpm")
+    config = data.manifest.config if data.manifest else RunConfig()
+    quota = config.quota_rpm
     ref = None
     if quota:
-        per_minute = quota * 60.0 / (config.get("quota_window") or 60.0)
+        per_minute = quota * 60.0 / (config.quota_window or 60.0)
         ref = h.RefLine(f"quota {per_minute:,.0f}/min", per_minute)
     requests = h.line_chart("rate-requests", "requests per minute (all answers) vs the quota", [
         h.Series("requests/min", ts, _per(pairs, lambda s: s.requests, 60.0), h.GREEN),
@@ -245,11 +254,8 @@ def _throttling(data: ReportData) -> str:
     return f'<div class="grid2">{errors}{flight}</div>{totals}'
 
 
-def _shards(manifest: dict[str, Any]) -> str:
-    timed = sorted(
-        ((name, float(s["seconds"])) for name, s in manifest.get("shards", {}).items() if "seconds" in s),
-        key=lambda item: -item[1],
-    )
+def _shards(records: Iterable[CommitRecord]) -> str:
+    timed = sorted(((r.name, r.seconds) for r in records), key=lambda item: -item[1])
     if not timed:
         return h.empty_panel("shard-durations", "seconds per shard", "no shard durations in the manifest")
     median = statistics.median(v for _, v in timed)
@@ -280,15 +286,15 @@ def _dead(dead: DeadLetters) -> str:
 
 
 def _cost(data: ReportData) -> str:
-    shards = data.manifest.get("shards", {}).values()
-    sent_tokens = sum(s.get("sent_tokens", 0) for s in shards)
-    sent_chars = sum(s.get("sent_characters", 0) for s in shards)
+    m = data.manifest
+    counts = total(s.counts for s in m.shards.values()) if m else ShardCounts()
+    sent_tokens, sent_chars = counts.sent_tokens, counts.sent_characters
     d = data.description
     cost = estimate_cost(d.backend if d else "", d.model if d else "", sent_tokens, sent_chars)
-    runs = data.manifest.get("runs", [])
-    spent = [r["estimated_cost_usd"] for r in runs if r.get("estimated_cost_usd") is not None]
+    runs = m.runs if m else ()
+    spent = [r.estimated_cost_usd for r in runs if r.estimated_cost_usd is not None]
     return h.key_values([
-        ("tokens in the output's vectors", fmt_int(data.manifest.get("totals", {}).get("tokens"))),
+        ("tokens in the output's vectors", fmt_int(counts.tokens if m else None)),
         ("tokens sent to embed them", fmt_int(sent_tokens)),
         ("characters sent (no whitespace)", fmt_int(sent_chars)),
         ("estimated cost of these vectors", f"{format_usd(cost.standard)} online"
@@ -313,17 +319,17 @@ def _norms(data: ReportData) -> str:
             f"{int((np.abs(norms - 1) > 1e-3).sum()):,} of the sample further than 0.001 from 1</p>")
 
 
-def _runs(runs: list[dict[str, Any]]) -> str:
+def _runs(runs: Sequence[RunRecord]) -> str:
     if not runs:
         return h.empty_panel("runs", "runs", "no run history in the manifest")
     last = runs[-14:]
-    labels = [str(r.get("started_at", "?"))[:16].replace("T", " ") for r in last]
+    labels = [(r.started_at or "?")[:16].replace("T", " ") for r in last]
     chart = h.column_chart("runs", f"vectors embedded per run (last {len(last)})", labels,
-                           [float(r.get("embedded", 0)) for r in last], "run started (UTC)", color=h.BROWN)
+                           [float(r.embedded) for r in last], "run started (UTC)", color=h.BROWN)
     rows = [
-        (r.get("started_at", "?"), r.get("finished_at", "?"), fmt_int(r.get("shards")), fmt_int(r.get("read")),
-         fmt_int(r.get("embedded")), fmt_int(r.get("dead_lettered")), fmt_int(r.get("sent_tokens")),
-         format_usd(r.get("estimated_cost_usd")) if r.get("estimated_cost_usd") is not None else "-")
+        (r.started_at or "?", r.finished_at or "?", fmt_int(r.shards), fmt_int(r.read),
+         fmt_int(r.embedded), fmt_int(r.dead_lettered), fmt_int(r.sent_tokens),
+         format_usd(r.estimated_cost_usd) if r.estimated_cost_usd is not None else "-")
         for r in reversed(runs)
     ]
     return chart + h.table(

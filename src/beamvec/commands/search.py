@@ -174,7 +174,7 @@ def search(args: Any) -> dict[str, Any]:
     if not files:
         raise UsageError(f"{output.url} has no vector files yet; run `beamvec run ... --output "
                          f"{output.url}` to completion first")
-    mode = ((manifest or {}).get("config") or {}).get("normalization") or "nfc"
+    mode = (manifest.config.normalization if manifest is not None else None) or "nfc"
     text = normalize(args.query, mode if mode in NORMALIZATIONS else "nfc")
     if not text.strip():
         raise UsageError("the query is empty; pass some text to search for")

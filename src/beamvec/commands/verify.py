@@ -20,7 +20,6 @@ from beamvec.commands import (
     add_storage_option,
     dead_letter_files,
     dump_json,
-    footer,
     iter_batches,
     open_output,
     parse,
@@ -31,7 +30,15 @@ from beamvec.commands import (
     vector_files,
     warn,
 )
-from beamvec.contract import damaged_message, dead_letter_path, read_state, vector_path
+from beamvec.contract import (
+    Manifest,
+    RunConfig,
+    damaged_message,
+    dead_letter_path,
+    footer_of,
+    read_state,
+    vector_path,
+)
 from beamvec.errors import NoInputError, UsageError
 from beamvec.sink import Output
 from beamvec.sources import FORMATS, ReaderConfig, list_shards, read_shard
@@ -84,21 +91,18 @@ def _key(record_id: str | None, position: int) -> str:
 
 
 def _output_names(
-    output: Output, manifest: dict[str, Any] | None, damaged: Mapping[str, str]
+    output: Output, manifest: Manifest | None, damaged: Mapping[str, str]
 ) -> dict[str, str]:
     """Input path -> output shard name, from the manifest and the footers of
     vector files it does not list (a crashed run's committed shards)."""
-    names: dict[str, str] = {}
-    listed = (manifest or {}).get("shards", {})
-    for name, shard in listed.items():
-        if shard.get("input"):
-            names[shard["input"]] = name
+    listed = manifest.shards if manifest is not None else {}
+    names = {record.input: name for name, record in listed.items() if record.input}
     for path in vector_files(output):
         name = shard_name(path)
         if name not in listed and path not in damaged:
-            found = footer(output, path).get("shard", {})
-            if found.get("input"):
-                names[found["input"]] = name
+            found = footer_of(output.fs, path).shard
+            if found is not None and found.input:
+                names[found.input] = name
     return names
 
 
@@ -133,23 +137,24 @@ def _found(output: Output, name: str, damaged: Mapping[str, str]) -> tuple[Count
 def verify(args: Any) -> dict[str, Any]:
     options = storage_options(args.storage_option)
     output, manifest = open_output(args.output, options)
-    config = (manifest or {}).get("config", {})
-    inputs = args.input or config.get("inputs")
+    config = manifest.config if manifest is not None else RunConfig()
+    inputs = args.input or list(config.inputs)
     if not inputs:
         raise UsageError(
             f"{output.url} does not record its inputs; pass them with --input GLOB "
             "(as given to `beamvec run`)"
         )
     reader = ReaderConfig(
-        format=args.format or config.get("format"),
-        id_field=args.id_field or config.get("id_field") or "id",
-        text_field=args.text_field or config.get("text_field") or "text",
-        title_field=config.get("title_field"),
+        format=args.format or config.format,
+        id_field=args.id_field or config.id_field or "id",
+        text_field=args.text_field or config.text_field or "text",
+        title_field=config.title_field,
     )
-    for flag, ours, key in (("--format", args.format, "format"), ("--id-field", args.id_field, "id_field"),
-                            ("--text-field", args.text_field, "text_field")):
-        if ours and config.get(key) and ours != config.get(key):
-            warn(f"{flag} {ours} differs from the run's {config.get(key)}: ids may not match")
+    for flag, ours, theirs in (("--format", args.format, config.format),
+                               ("--id-field", args.id_field, config.id_field),
+                               ("--text-field", args.text_field, config.text_field)):
+        if ours and theirs and ours != theirs:
+            warn(f"{flag} {ours} differs from the run's {theirs}: ids may not match")
     try:
         shards = list_shards(inputs, options)
     except NoInputError as exc:
@@ -162,7 +167,7 @@ def verify(args: Any) -> dict[str, Any]:
         ) from exc
     damaged = read_state(output).damaged  # trust, but check (contract.check_part)
     names = _output_names(output, manifest, damaged)
-    listed = (manifest or {}).get("shards", {})
+    listed = manifest.shards if manifest is not None else {}
 
     missing: list[dict[str, Any]] = []
     doubled: list[dict[str, Any]] = []
@@ -186,7 +191,7 @@ def verify(args: Any) -> dict[str, Any]:
         elif not exists:
             notes.append(f"{shard.path} has no vector file in the output (not committed yet): "
                          "run `beamvec run` again with the same flags to embed it")
-        elif name in listed and listed[name].get("input_fingerprint") not in (None, shard.fingerprint):
+        elif name in listed and listed[name].input_fingerprint not in ("", shard.fingerprint):
             notes.append(f"{shard.path} changed since it was embedded: rerun `beamvec run` to "
                          "embed the new version, then verify again")
         for key, want in expected.items():
