@@ -123,6 +123,18 @@ def test_report_without_a_timeline_says_so(nightly, tmp_path):
         assert f'<svg class="chart" id="{chart}"' in html
 
 
+def test_report_of_an_output_whose_manifest_predates_its_config_fields(nightly, tmp_path):
+    """An older manifest has no quota window (nor quota, nor inputs): the
+    page says the 60-s default and dashes, rather than failing."""
+    old = tmp_path / "old"
+    shutil.copytree(nightly, old)
+    manifest = json.loads((old / "_manifest.json").read_text())
+    manifest["config"] = {}
+    (old / "_manifest.json").write_text(json.dumps(manifest))
+    html = report.render(report.collect(str(old), {}))
+    assert "- requests, - tokens per 60 s" in html
+
+
 def test_report_of_something_else_says_what_to_do(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
