@@ -215,6 +215,40 @@ def test_search_finds_the_nearest_record(capsys, embedded):
     assert re.search(r"1\. [0-9.]+\s+fin\s", text), text
 
 
+def _stray_from_another_model(out_dir, tmp_path):
+    """A copy of the output with one more vector file (as a crashed run of
+    another model would leave): the topics shard's rows, footer saying
+    ``other-model``. Returns the copy and the stray file's row count."""
+    copy, vectors = _copy_output(out_dir, tmp_path)
+    meta = pq.ParquetFile(vectors).metadata.metadata
+    footer = json.loads(meta[b"beamvec"])
+    assert footer["model"] == "all-MiniLM-L6-v2-onnx-int8"  # what the stray must differ from
+    footer["model"] = "other-model"
+    table = pq.read_table(vectors)
+    kept = {k: v for k, v in meta.items() if k not in (b"ARROW:schema", b"beamvec")}
+    pq.write_table(table.replace_schema_metadata({**kept, b"beamvec": json.dumps(footer).encode()}),
+                   copy / "vectors" / "stray.parquet")
+    return copy, table.num_rows
+
+
+def test_inspect_and_search_name_a_vector_file_of_another_model(capsys, embedded, tmp_path):
+    out_dir, _, _ = embedded
+    copy, stray_rows = _stray_from_another_model(out_dir, tmp_path)
+    code, text = _call(capsys, inspect_output, str(copy), "--json")
+    rep = json.loads(text)
+    assert code == 0 and rep["shards"] == 4
+    assert any(p.startswith("vector files disagree on backend/model/dimension/task") and "other-model" in p
+               for p in rep["problems"]), rep["problems"]
+    assert any("vectors/stray.parquet is not in the manifest" in p for p in rep["problems"])
+
+    embedded_rows = read_output(str(out_dir))["manifest"]["totals"]["embedded"]
+    code = search.main([str(copy), "kitten", "-k", "1", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0 and stray_rows > 0
+    assert json.loads(captured.out)["scanned"] == embedded_rows  # the stray's rows are not scored
+    assert "skipping vectors/stray.parquet: made with other-model (384 dims)" in captured.err
+
+
 # --------------------------------------------------------------------------- verify
 
 

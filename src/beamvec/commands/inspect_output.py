@@ -26,7 +26,6 @@ from beamvec.commands import (
     dead_letter_files,
     description_of,
     dump_json,
-    footer,
     has_success,
     iter_batches,
     open_output,
@@ -43,6 +42,7 @@ from beamvec.contract import (
     RunConfig,
     damaged_message,
     dead_letter_path,
+    footer_of,
     read_state,
     vector_path,
 )
@@ -144,8 +144,8 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
     for i, path in enumerate(files, start=1):
         name = shard_name(path)
         progress(f"beamvec inspect: reading vectors {i}/{len(files)} {name}", quiet)
-        meta = footer(output, path)
-        seen_models.add((meta.get("backend"), meta.get("model"), meta.get("dimension"), meta.get("task_type")))
+        made = footer_of(output.fs, path).description
+        seen_models.add((made.backend, made.model, made.dimension, made.task_type) if made else (None,) * 4)
         rows = 0
         for batch in iter_batches(output, path, ["vector"]):
             column = batch.column(0)

@@ -25,7 +25,6 @@ from beamvec.commands import (
     add_storage_option,
     description_of,
     dump_json,
-    footer,
     iter_batches,
     open_output,
     parse,
@@ -36,7 +35,7 @@ from beamvec.commands import (
     vector_files,
     warn,
 )
-from beamvec.contract import Description
+from beamvec.contract import Description, footer_of
 from beamvec.errors import BackendError, SystemicError, UsageError
 from beamvec.prepare import NORMALIZATIONS, normalize
 
@@ -194,12 +193,10 @@ def search(args: Any) -> dict[str, Any]:
     for i, path in enumerate(files, start=1):
         name = shard_name(path)
         progress(f"beamvec search: scanning {i}/{len(files)} {name}", args.quiet)
-        meta = footer(output, path)
-        if meta.get("dimension") not in (None, dimension) or (
-            meta.get("model") and desc and meta.get("model") != desc.model
-        ):
-            warn(f"skipping vectors/{name}.parquet: made with {meta.get('model')} "
-                 f"({meta.get('dimension')} dims), not {desc.model if desc else '?'} ({dimension} dims)")
+        made = footer_of(output.fs, path).description
+        if made is not None and (made.dimension != dimension or (desc and made.model != desc.model)):
+            warn(f"skipping vectors/{name}.parquet: made with {made.model} "
+                 f"({made.dimension} dims), not {desc.model if desc else '?'} ({dimension} dims)")
             continue
         columns = ["id", "vector", "source_shard", "source_position", "metadata"]
         for batch in iter_batches(output, path, columns):
