@@ -5,6 +5,7 @@ Worker with a fake backend."""
 from __future__ import annotations
 
 import json
+import pickle
 import threading
 import time
 from collections import Counter
@@ -22,10 +23,12 @@ from beamvec.contract import Description, read_state, vector_path
 from beamvec.embedder import Embedder, EmbedSettings
 from beamvec.lookup import VectorIndex
 from beamvec.prepare import PrepareConfig
+from beamvec.quota import QuotaSettings
 from beamvec.records import DeadLetter, Embedded, RawRecord, Record, Shard, Split, content_hash
 from beamvec.routing import Follow, NoLookup, Reuse, Router, RunMemory, Seed, Send
 from beamvec.sink import Output, vector_table
 from beamvec.sources import ReaderConfig
+from beamvec.transforms import EmbedShards
 from beamvec.worker import Worker, WorkerConfig
 
 DIM = 4
@@ -484,3 +487,45 @@ def test_worker_takes_the_preflight_seed_without_sending_it(tmp_path):
     assert (counts.sent, counts.deduplicated, counts.embedded) == (2, 1, 3)  # the seed counts as sent
     got = read_vectors(tmp_path / "out", "a")
     np.testing.assert_array_equal(got["3"], fake_vector("first"))
+
+
+def test_dofn_instances_of_one_process_share_one_reuse_index(tmp_path):
+    """Beam unpickles a DoFn once per thread; the copies in one process build
+    the output's reuse index once between them, and a new run builds anew."""
+    done = shard_file(tmp_path / "in" / "done.jsonl", [(f"d{k}", f"text {k}") for k in range(12)])
+    first = make_worker(tmp_path / "out", FakeBackend())
+    try:
+        first.process(done)  # the output now holds 12 vectors to reuse
+    finally:
+        first.close()
+        first.embedder.close()
+
+    def dofn(run_id: str) -> EmbedShards:
+        description = Description("fake", "fake-1", DIM, config_fingerprint="fp-fake")
+        config = WorkerConfig(
+            output=str(tmp_path / "out"), reader=ReaderConfig(), prepare=PrepareConfig(max_text_tokens=100),
+            description=description, run_id=run_id,
+        )
+        return EmbedShards(FakeBackend(), config, EmbedSettings(max_in_flight=2), QuotaSettings(discover=False))
+
+    shipped = pickle.dumps(dofn("run-1"))
+    copies = [pickle.loads(shipped) for _ in range(3)]
+    again = [shard_file(tmp_path / "in" / f"again{k}.jsonl", [(f"a{k}", f"text {k}")]) for k in range(3)]
+    try:
+        for copy in copies:
+            copy.setup()
+        lookups = copies[0].worker.lookups
+        assert all(copy.worker.lookups is lookups for copy in copies)
+        counts = [copy.worker.process(split).counts for copy, split in zip(copies, again, strict=True)]
+        assert [(c.reused, c.sent) for c in counts] == [(1, 0)] * 3
+        assert lookups.builds == 2  # the index and the batch index, once each for three copies
+
+        later = pickle.loads(pickle.dumps(dofn("run-2")))
+        later.setup()
+        try:
+            assert later.worker.lookups is not lookups
+        finally:
+            later.teardown()
+    finally:
+        for copy in copies:
+            copy.teardown()

@@ -235,3 +235,41 @@ def build_batch_index(own: Output, fingerprint: str, dimension: int) -> VectorIn
         if path.rsplit("/", 1)[-1].startswith(BATCH_PREFIX)
     ]
     return VectorIndex.build([(own, files)], dimension)
+
+
+class Lookups:
+    """A process's indexes of reusable vectors: built once, on first use.
+
+    Beam runs a DoFn instance per thread, several to a process (Dataflow: up
+    to 12); one ``Lookups`` per process (``Shared``, see transforms.py) reads
+    the outputs' hash columns once and holds one index and one row-group
+    cache, not one per thread."""
+
+    def __init__(
+        self, own: Output, reuse_from: Sequence[Output], fingerprint: str, dimension: int, reuse: bool = True
+    ) -> None:
+        self.own, self.reuse_from, self.reuse = own, tuple(reuse_from), reuse
+        self.fingerprint, self.dimension = fingerprint, dimension
+        self._index: VectorIndex | None = None
+        self._batch_index: VectorIndex | None = None
+        self._lock = threading.Lock()
+        self.builds = 0  # indexes built: what sharing saves
+
+    def index(self) -> VectorIndex | None:
+        """The output's committed vectors, its checkpoints and every
+        --reuse-from output of this configuration (None: reuse is off)."""
+        if not self.reuse:
+            return None
+        with self._lock:
+            if self._index is None:
+                self._index = build_index(self.own, self.reuse_from, self.fingerprint, self.dimension)
+                self.builds += 1
+            return self._index
+
+    def batch_index(self) -> VectorIndex:
+        """Vectors this output's batch jobs made (checkpoints ``batch-*.parquet``)."""
+        with self._lock:
+            if self._batch_index is None:
+                self._batch_index = build_batch_index(self.own, self.fingerprint, self.dimension)
+                self.builds += 1
+            return self._batch_index

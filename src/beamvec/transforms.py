@@ -80,13 +80,19 @@ class EmbedShards(beam.DoFn):
         self.quota_settings = quota_settings
         self.concurrent_shards = max(1, concurrent_shards)
         self._shared = Shared()  # one limiter per worker process, whatever the DoFn copies
+        self._shared_lookups = Shared()  # one reuse index per worker process and run
 
     def setup(self) -> None:
         with systemic_failures_recorded(self.config.output, self.config.storage_options):
             self.backend.load()
         limiter = self.quota_settings.limiter(self._shared, f"{self.backend.name}:{self.backend.model}")
         self.embedder = Embedder(self.backend, self.settings, limiter)
-        self.worker = Worker(self.backend, self.embedder, self.config, self.settings.max_in_flight)
+        config, dimension = self.config, self.backend.limits.dimension
+        lookups = self._shared_lookups.acquire(
+            lambda: Worker.lookups_for(config, dimension),
+            tag=(config.output, config.run_id, config.fingerprint, config.reuse, config.reuse_from, dimension),
+        )
+        self.worker = Worker(self.backend, self.embedder, config, self.settings.max_in_flight, lookups)
         PROGRESS.watch(self.embedder.stats.snapshot)
         # What is loaded by now (Beam, the SDK, pyarrow, the model) lives as
         # long as the process. Out of the collector's sight, a full collection

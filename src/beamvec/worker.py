@@ -1,9 +1,10 @@
 """What a worker process does with its shards: read, route, batch, embed, write, commit.
 
-One ``Worker`` per process holds what its open shards share: the embedder
-(requests in flight, quota), the ``Collector`` that fills requests across
-shards, the ``RunMemory`` of texts sent in this run, and the index of vectors
-already in the output. Each shard is read and written on its own thread,
+One ``Worker`` per DoFn instance holds what its open shards share: the
+embedder (requests in flight), the ``Collector`` that fills requests across
+shards, and the ``RunMemory`` of texts sent in this run. What the instances
+of one process share is per process (Beam's ``Shared``): the quota limiter
+and the ``Lookups`` of vectors already in the output. Each shard is read and written on its own thread,
 streaming; results come back to it through a queue, so only that thread
 touches its files. Memory is bounded by what is in flight, not shard size.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 import uuid
 from collections import Counter
@@ -37,11 +37,11 @@ from beamvec.contract import (
 )
 from beamvec.embedder import Embedder
 from beamvec.errors import InputVanishedError, UsageError
-from beamvec.lookup import build_batch_index, build_index, checkpoint_dir
+from beamvec.lookup import Lookups, checkpoint_dir
 from beamvec.prepare import PrepareConfig
 from beamvec.progress import PROGRESS
 from beamvec.records import DeadLetter, Embedded, Record, Split
-from beamvec.routing import Lookup, NoLookup, Refusals, Reuse, Router, RunMemory, Seed, Send
+from beamvec.routing import NoLookup, Refusals, Reuse, Router, RunMemory, Seed, Send
 from beamvec.sink import (
     DEAD_LETTER_SCHEMA,
     Output,
@@ -165,9 +165,12 @@ def _for(record: Record, letter: DeadLetter) -> DeadLetter:
 
 
 class Worker:
-    """The shared half of a worker process; ``process`` embeds one shard."""
+    """What the shards open in one DoFn instance share; ``process`` embeds one shard."""
 
-    def __init__(self, backend: Backend, embedder: Embedder, config: WorkerConfig, max_in_flight: int) -> None:
+    def __init__(
+        self, backend: Backend, embedder: Embedder, config: WorkerConfig, max_in_flight: int,
+        lookups: Lookups | None = None,
+    ) -> None:
         self.backend = backend
         self.embedder = embedder
         self.config = config
@@ -184,32 +187,17 @@ class Worker:
             max_outstanding=limits.max_items * (max_in_flight + 1) + 2 * max(window, limits.max_items),
             sort_window=window, max_in_flight=max_in_flight,
         )
-        self._index: Lookup | None = None
-        self._batch_index: Lookup | None = None
-        self._index_lock = threading.Lock()
+        self.lookups = lookups or Worker.lookups_for(config, limits.dimension)
 
-    def lookup(self) -> Lookup:
-        """Built once per process, on first use: the output's committed vectors,
-        its checkpoints and every --reuse-from output of this configuration."""
-        with self._index_lock:
-            if self._index is None:
-                if not self.config.reuse:
-                    self._index = NoLookup()
-                else:
-                    others = [Output(url, self.config.storage_options) for url in self.config.reuse_from]
-                    self._index = build_index(
-                        self.output, others, self.config.fingerprint, self.backend.limits.dimension
-                    )
-            return self._index
-
-    def batch_lookup(self) -> Lookup:
-        """Vectors this output's batch jobs made (checkpoints ``batch-*.parquet``)."""
-        with self._index_lock:
-            if self._batch_index is None:
-                self._batch_index = build_batch_index(
-                    self.output, self.config.fingerprint, self.backend.limits.dimension
-                )
-            return self._batch_index
+    @staticmethod
+    def lookups_for(config: WorkerConfig, dimension: int) -> Lookups:
+        """The indexes a worker of ``config`` reuses vectors from; share one per
+        process (``EmbedShards`` does, through Beam's ``Shared``)."""
+        return Lookups(
+            Output(config.output, config.storage_options, run_id=config.run_id),
+            [Output(url, config.storage_options) for url in config.reuse_from],
+            config.fingerprint, dimension, reuse=config.reuse,
+        )
 
     def close(self) -> None:
         self.collector.close()
@@ -299,8 +287,8 @@ class Worker:
         landing = _Landing()
         router = Router(
             self.config.prepare, self.backend.count_tokens, self.backend.truncate,
-            self.lookup(), self.memory, landing.deliver,
-            refusals=self.config.refusals, batch=self.batch_lookup(), shard=split.shard.path,
+            self.lookups.index() or NoLookup(), self.memory, landing.deliver,
+            refusals=self.config.refusals, batch=self.lookups.batch_index(), shard=split.shard.path,
         )
         try:
             self.collector.reader_started()
