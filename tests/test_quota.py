@@ -6,14 +6,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-import pickle
 import random
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from apache_beam.utils.shared import Shared
 
 from beamvec.quota import (
     AdaptiveLimiter,
@@ -645,32 +643,9 @@ def test_a_booking_made_before_a_429_is_held_until_the_hint_is_over() -> None:
     assert not limiter.held(before)  # the hold is over
 
 
-# -- one limiter per process, through Beam's Shared -----------------------------------
-
-
-def test_quota_settings_share_one_limiter_per_process_and_key() -> None:
-    settings = QuotaSettings(rpm=600, tpm=None, share=0.5)
-    assert settings == pickle.loads(pickle.dumps(settings))
-    shared = Shared()
-    got: list[Limiter | None] = []
-    pool = [threading.Thread(target=lambda: got.append(settings.limiter(shared, "gemini:m")))
-            for _ in range(8)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    first = got[0]
-    assert isinstance(first, Limiter) and all(x is first for x in got)
-    assert first.current_rpm == pytest.approx(300)
-    # a handle pickled with the DoFn is the same handle in the worker
-    assert pickle.loads(pickle.dumps(shared)).acquire(lambda: None, tag=("gemini:m", settings)) is first
-    assert settings.limiter(Shared(), "gemini:m") is not first  # another pipeline's DoFn
-    assert settings.limiter(shared, "vertex:m") is not first  # another key rebuilds
-
-
 def test_quota_settings_without_a_quota() -> None:
-    assert QuotaSettings(None, None, discover=False).limiter(Shared(), "k") is None
-    limiter = QuotaSettings(None, None).limiter(Shared(), "k")
+    assert QuotaSettings(None, None, discover=False).build() is None
+    limiter = QuotaSettings(None, None).build()
     assert isinstance(limiter, Limiter) and limiter.discover
     assert all(limiter.acquire(10_000) == 0 for _ in range(100))
 

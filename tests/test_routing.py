@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from beamvec import records as r
 from beamvec.backends.base import Backend, Limits
@@ -23,7 +24,7 @@ from beamvec.contract import Description, read_state, vector_path
 from beamvec.embedder import Embedder, EmbedSettings
 from beamvec.lookup import VectorIndex
 from beamvec.prepare import PrepareConfig
-from beamvec.quota import QuotaSettings
+from beamvec.quota import Limiter, QuotaSettings
 from beamvec.records import DeadLetter, Embedded, RawRecord, Record, Shard, Split, content_hash
 from beamvec.routing import Follow, NoLookup, Reuse, Router, RunMemory, Seed, Send
 from beamvec.sink import Output, vector_table
@@ -489,9 +490,10 @@ def test_worker_takes_the_preflight_seed_without_sending_it(tmp_path):
     np.testing.assert_array_equal(got["3"], fake_vector("first"))
 
 
-def test_dofn_instances_of_one_process_share_one_reuse_index(tmp_path):
-    """Beam unpickles a DoFn once per thread; the copies in one process build
-    the output's reuse index once between them, and a new run builds anew."""
+def test_dofn_copies_in_one_process_share_one_limiter_and_one_reuse_index(tmp_path):
+    """Beam unpickles a DoFn once per thread: the copies in one process draw
+    on one limiter (one share of the quota, not one each) and build the
+    output's reuse index once between them; another pipeline's DoFn has its own."""
     done = shard_file(tmp_path / "in" / "done.jsonl", [(f"d{k}", f"text {k}") for k in range(12)])
     first = make_worker(tmp_path / "out", FakeBackend())
     try:
@@ -506,26 +508,30 @@ def test_dofn_instances_of_one_process_share_one_reuse_index(tmp_path):
             output=str(tmp_path / "out"), reader=ReaderConfig(), prepare=PrepareConfig(max_text_tokens=100),
             description=description, run_id=run_id,
         )
-        return EmbedShards(FakeBackend(), config, EmbedSettings(max_in_flight=2), QuotaSettings(discover=False))
+        return EmbedShards(FakeBackend(), config, EmbedSettings(max_in_flight=2), QuotaSettings(rpm=600, share=0.5))
 
     shipped = pickle.dumps(dofn("run-1"))
-    copies = [pickle.loads(shipped) for _ in range(3)]
-    again = [shard_file(tmp_path / "in" / f"again{k}.jsonl", [(f"a{k}", f"text {k}")]) for k in range(3)]
+    copies = [pickle.loads(shipped) for _ in range(8)]
+    again = [shard_file(tmp_path / "in" / f"again{k}.jsonl", [(f"a{k}", f"text {k}")]) for k in range(8)]
     try:
-        for copy in copies:
-            copy.setup()
-        lookups = copies[0].worker.lookups
-        assert all(copy.worker.lookups is lookups for copy in copies)
+        threads = [threading.Thread(target=copy.setup) for copy in copies]  # at once, as Beam's threads do
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        limiter, lookups = copies[0].embedder.limiter, copies[0].worker.lookups
+        assert isinstance(limiter, Limiter) and limiter.current_rpm == pytest.approx(300)
+        assert all(c.embedder.limiter is limiter and c.worker.lookups is lookups for c in copies)
         counts = [copy.worker.process(split).counts for copy, split in zip(copies, again, strict=True)]
-        assert [(c.reused, c.sent) for c in counts] == [(1, 0)] * 3
-        assert lookups.builds == 2  # the index and the batch index, once each for three copies
+        assert [(c.reused, c.sent) for c in counts] == [(1, 0)] * 8
+        assert lookups.builds == 2  # the index and the batch index, once each for eight copies
 
-        later = pickle.loads(pickle.dumps(dofn("run-2")))
-        later.setup()
+        other = pickle.loads(pickle.dumps(dofn("run-2")))
+        other.setup()
         try:
-            assert later.worker.lookups is not lookups
+            assert other.embedder.limiter is not limiter and other.worker.lookups is not lookups
         finally:
-            later.teardown()
+            other.teardown()
     finally:
         for copy in copies:
             copy.teardown()

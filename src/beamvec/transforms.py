@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -41,9 +42,10 @@ from beamvec.contract import (
 from beamvec.embedder import Embedder, EmbedSettings
 from beamvec.errors import InputVanishedError
 from beamvec.failures import systemic_failures_recorded
+from beamvec.lookup import Lookups
 from beamvec.pricing import estimate_cost
 from beamvec.progress import PROGRESS
-from beamvec.quota import QuotaSettings
+from beamvec.quota import Limiter, QuotaSettings
 from beamvec.records import Shard, Split
 from beamvec.sink import Output
 from beamvec.sources import plan_splits
@@ -60,6 +62,21 @@ WORK_FILE = "work.jsonl"
 #: Shards a worker keeps open at once: reading, or waiting for their texts.
 #: Tiny shards finish reading at once, so many can share each request.
 MAX_OPEN_SHARDS = 64
+
+
+@dataclass
+class PerProcess:
+    """What every copy of ``EmbedShards`` in a worker process shares.
+
+    Beam unpickles a DoFn once per thread, several to a process: each copy
+    with its own limiter would take a whole share of the quota, and each with
+    its own index would read the output's hash columns and hold the index
+    again. Limiters hold locks and clocks, so this is built on the worker,
+    never pickled. One object behind one ``Shared`` token, because Beam keeps
+    only one token per stage alive between bundles."""
+
+    limiter: Limiter | None
+    lookups: Lookups
 
 
 class EmbedShards(beam.DoFn):
@@ -79,20 +96,18 @@ class EmbedShards(beam.DoFn):
         self.settings = settings
         self.quota_settings = quota_settings
         self.concurrent_shards = max(1, concurrent_shards)
-        self._shared = Shared()  # one limiter per worker process, whatever the DoFn copies
-        self._shared_lookups = Shared()  # one reuse index per worker process and run
+        self._shared = Shared()  # one PerProcess per worker process, whatever the DoFn copies
 
     def setup(self) -> None:
         with systemic_failures_recorded(self.config.output, self.config.storage_options):
             self.backend.load()
-        limiter = self.quota_settings.limiter(self._shared, f"{self.backend.name}:{self.backend.model}")
-        self.embedder = Embedder(self.backend, self.settings, limiter)
-        config, dimension = self.config, self.backend.limits.dimension
-        lookups = self._shared_lookups.acquire(
-            lambda: Worker.lookups_for(config, dimension),
-            tag=(config.output, config.run_id, config.fingerprint, config.reuse, config.reuse_from, dimension),
+        config, quota, dimension = self.config, self.quota_settings, self.backend.limits.dimension
+        shared: PerProcess = self._shared.acquire(
+            lambda: PerProcess(quota.build(), Worker.lookups_for(config, dimension)),
+            tag=(self.backend.name, self.backend.model, quota, config.output, config.run_id),
         )
-        self.worker = Worker(self.backend, self.embedder, config, self.settings.max_in_flight, lookups)
+        self.embedder = Embedder(self.backend, self.settings, shared.limiter)
+        self.worker = Worker(self.backend, self.embedder, config, self.settings.max_in_flight, shared.lookups)
         PROGRESS.watch(self.embedder.stats.snapshot)
         # What is loaded by now (Beam, the SDK, pyarrow, the model) lives as
         # long as the process. Out of the collector's sight, a full collection

@@ -4,7 +4,7 @@ Small parts, each tested without Beam: ``bucket`` (a reservation token
 bucket), ``pacing`` (rates from a quota and a fraction), ``aimd`` (how the
 fraction reacts to 429s and quiet), ``meter`` (the rate the server accepted),
 ``limiter`` (the per-process composition) and ``settings`` (what the
-pipeline carries, and the ``Shared`` limiter it builds on a worker).
+pipeline carries, and the limiter it builds on a worker).
 """
 
 from beamvec.quota.aimd import AimdController, AimdSettings, Cut

@@ -28,7 +28,7 @@ at least ``margin`` of it, so a request that much late cannot squeeze it.
 Pushing for less would only cost time: with two jobs on two cores, most
 requests leave a few milliseconds late.
 
-Thread-safe; share one per process through Beam's ``Shared`` (settings.py).
+Thread-safe; share one per process (``transforms.PerProcess``, through Beam's ``Shared``).
 """
 
 from __future__ import annotations

@@ -1,14 +1,11 @@
-"""The job's quota as the pipeline carries it, and the per-process limiter it builds."""
+"""The job's quota as the pipeline carries it, and the limiter it builds (one per
+worker process: see ``transforms.PerProcess``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from beamvec.quota.limiter import Limiter
-
-if TYPE_CHECKING:  # only the type: quota stays importable without Beam
-    from apache_beam.utils.shared import Shared
 
 
 @dataclass(frozen=True)
@@ -35,14 +32,3 @@ class QuotaSettings:
             self.rpm or None, self.tpm or None, share=self.share, window_s=self.window_s,
             elastic=self.elastic, discover=self.discover,
         )
-
-    def limiter(self, shared: Shared, key: str) -> Limiter | None:
-        """The process's one limiter for ``key`` (backend and model).
-
-        Beam runs several DoFn instances (and threads) in one worker process;
-        they must draw from one budget, or the process would take several
-        shares. Limiters hold locks and clocks, so they are built on the
-        worker (in ``DoFn.setup``), never pickled."""
-        if not self.rpm and not self.tpm and not self.discover:
-            return None
-        return shared.acquire(self.build, tag=(key, self))
