@@ -483,6 +483,62 @@ def test_an_edge_429_well_under_the_whole_quota_lowers_the_target_with_the_rate(
     assert alone.fraction == pytest.approx(0.99)
 
 
+def test_after_a_deep_cut_probing_waits_out_the_server_window() -> None:
+    """A congestion cut (or a settling on the accepted rate) leaves a hole in
+    the server's window; probing waits as long as the window before it grows
+    the target. An edge cut, or a window not known, waits the usual 10 s."""
+
+    def probes_after(window_s: float, deep: bool) -> float:
+        aimd = AimdController(AimdSettings(), now=0.0)
+        aimd.window_s = window_s
+        aimd.on_throttled(100.0, asked_at=99.0)
+        if deep:
+            aimd.on_throttled(101.0, asked_at=100.5)
+            assert aimd.last_kind is Cut.CONGESTION
+        cut, t = aimd.target, 101.0
+        while aimd.target <= cut:
+            t += 0.5
+            aimd.tick(t)
+        return t - 101.0
+
+    assert probes_after(60.0, deep=True) == pytest.approx(60.5, abs=0.6)
+    assert probes_after(0.0, deep=True) == pytest.approx(10.5, abs=0.6)
+    assert probes_after(60.0, deep=False) <= 11.0  # the edge cut at 100 s: 10 s of quiet
+
+    settled = AimdController(AimdSettings(), now=0.0)
+    settled.window_s = 60.0
+    assert settled.on_measured(0.5, now=100.0)  # the server accepted half: a deep cut too
+    settled.tick(150.0)
+    assert settled.target == pytest.approx(0.5)
+
+
+def test_a_429_tells_the_limiter_how_long_the_server_window_is_at_least() -> None:
+    """From an empty window, the first 429 comes when it is full and its hint
+    runs until the first request leaves it: busy time plus hint. After minutes
+    of steady sending the busy time says nothing, and twice the hint bounds
+    it. Never longer than the quota's stated window."""
+    clock = FakeClock()
+    fresh = Limiter(600, clock=clock, sleep=clock.sleep)
+    fresh.reserve()
+    clock.now += 30.0
+    fresh.on_throttled(30.0, booked=(clock.now, clock.now))
+    assert fresh._aimd.window_s == pytest.approx(60.0)
+
+    clock = FakeClock()
+    steady = Limiter(600, clock=clock, sleep=clock.sleep)
+    for _ in range(1200):  # two minutes at the quota
+        clock.now += steady.reserve()
+    steady.on_throttled(0.2, booked=(clock.now, clock.now))
+    assert steady._aimd.window_s == pytest.approx(0.4)
+
+    clock = FakeClock()
+    stated = Limiter(100, window_s=10.0, clock=clock, sleep=clock.sleep)
+    stated.reserve()
+    clock.now += 9.0
+    stated.on_throttled(9.0, booked=(clock.now, clock.now))
+    assert stated._aimd.window_s == pytest.approx(10.0)
+
+
 def test_429s_of_requests_booked_before_the_cut_are_the_same_event() -> None:
     aimd = AimdController(AimdSettings(), now=0.0)
     assert aimd.on_throttled(100.0, asked_at=99.0) is Cut.EDGE
@@ -574,6 +630,22 @@ def test_a_worker_left_alone_grows_into_the_unused_share() -> None:
     assert out.rate(1075.0, 1120.0) >= 0.95 * 10
     assert out.rate(1150.0, 1200.0) >= 0.95 * 10
     assert out.throttled_fraction() < 0.02
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_two_unaware_jobs_at_a_60_s_window_do_not_overshoot_every_minute(seed: int) -> None:
+    """Two jobs each told the whole quota, started together, metered over
+    60 s. Their first 429 shows the window is a minute long; after each deep
+    cut they wait it out before probing. When they probed after 10 s they
+    climbed into the hole the cut left in the window and back to the whole
+    quota each, every minute: 0.95-0.98 of the quota and 1.2-3.1 % 429s over
+    seeds 1-6 (now 0.98-0.99 and under 0.7 %)."""
+    clock = FakeClock()
+    workers = [Limiter(600, clock=clock, sleep=clock.sleep) for _ in range(2)]
+    out = simulate(workers, clock, server_limit=600, window_s=60.0, seconds=4000, work=[3000, 3000], seed=seed)
+    assert sorted(out.by_worker.values()) == [3000, 3000]
+    assert 6000 / 10 / (max(out.finished.values()) - 1000.0) >= 0.97
+    assert out.throttled_fraction() < 0.01
 
 
 def _two_jobs_of_600_requests(window: float, seed: int, **start: Any) -> tuple[Outcome, float]:

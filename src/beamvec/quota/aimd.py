@@ -18,6 +18,15 @@ discovered from the server). Three regimes, each for a reason:
   the quota too: multiply by ``decrease`` and make that the new target. A
   measurement of what the server accepted (see meter.py) may set the rate
   directly, never below ``decrease`` of it in one step.
+* **Deep cuts wait a window.** A congestion cut, or a settling on what the
+  server accepted, leaves a hole in the server's window: for as long as the
+  window, the requests sent before the cut leave it faster than new ones
+  come. Probing into that hole meets no 429 until the hole is filled, then
+  many at once: over a 60-s window two unaware jobs each climbed back to the
+  whole quota every minute (2.8 % 429s in the simulation). So after a deep
+  cut probing waits ``window_s`` (the server's window as far as the limiter
+  can tell; see limiter.py), never less than ``probe_after_s``. An edge cut
+  leaves no hole worth the wait.
 * **Probing.** After ``probe_after_s`` without a 429 the target grows: by
   ``probe_per_s`` of the whole quota per second, plus a cube of the time
   spent probing that reaches the whole quota after ``probe_cube_s`` (as TCP
@@ -90,6 +99,8 @@ class AimdController:
         self._before_cut = 1.0
         self._last_kind = Cut.NONE
         self._last_tick = now
+        self.window_s = 0.0  # the server's window, as far as the limiter can tell (0: unknown)
+        self._probe_after = settings.probe_after_s  # quiet before probing, since the last cut
 
     def quiet_after(self, until: float) -> None:
         """A hold on the server's hint runs until ``until``: quiet starts then."""
@@ -136,8 +147,14 @@ class AimdController:
             kind = Cut.EDGE
         if self.fraction < before:
             self.cuts += 1
+        self._probe_after = self._after(deep=kind is Cut.CONGESTION)
         self._last_kind = kind
         return kind
+
+    def _after(self, deep: bool) -> float:
+        """The quiet before probing after a cut: a deep one waits out the window."""
+        s = self.settings
+        return max(s.probe_after_s, self.window_s) if deep else s.probe_after_s
 
     def on_measured(self, fraction: float, now: float) -> bool:
         """The server accepted ``fraction`` of the reference lately. Clearly
@@ -154,6 +171,7 @@ class AimdController:
             self.fraction = max(s.min_fraction, fraction, self.fraction * s.decrease)
             self.target = self.fraction
             self._last_cut = max(self._last_cut, now)
+            self._probe_after = self._after(deep=True)
             return True
         if self._last_kind is Cut.CONGESTION:
             restored = min(self._before_cut, fraction * (1.0 - s.edge_cut))
@@ -173,8 +191,8 @@ class AimdController:
         dt = max(0.0, now - self._last_tick)
         self._last_tick = now
         quiet = now - max(self._started, self._quiet_since, self._last_cut)
-        if quiet > s.probe_after_s and self.target < self.max_fraction:
-            q1, q0 = quiet - s.probe_after_s, max(0.0, quiet - s.probe_after_s - dt)
+        if quiet > self._probe_after and self.target < self.max_fraction:
+            q1, q0 = quiet - self._probe_after, max(0.0, quiet - self._probe_after - dt)
             grown = self.probe_scale * (self._probed(q1) - self._probed(q0))
             self.target = min(self.max_fraction, self.target + grown)
         if self.fraction < self.target:

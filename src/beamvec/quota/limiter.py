@@ -316,6 +316,8 @@ class Limiter:
                 self._aimd.quiet_after(self._hold_until)
                 return False
             before = self._aimd.fraction
+            if hint is not None:
+                self._aimd.window_s = max(self._aimd.window_s, self._window_seen(now, hint))
             cut = self._aimd.on_throttled(now, asked_at)
             self._aimd.quiet_after(self._hold_until)
             if cut is not Cut.NONE:
@@ -330,6 +332,15 @@ class Limiter:
                 self._guard_lateness = self._guard_lateness or self._paced
             self._apply()
             return self._aimd.fraction < before
+
+    def _window_seen(self, now: float, hint: float) -> float:
+        """How long the server's window is, at least, by this 429. Filled from
+        empty, a window refuses once full, and its hint runs until the first
+        request leaves it: the busy time plus the hint is the window. The hint
+        alone (a window is never shorter than its wait) bounds that when the
+        window was not empty, as after minutes of pacing at the quota, where
+        the busy time says nothing. Never longer than the quota's stated window."""
+        return min(self.window_s, hint + min(hint, self._meter.busy_for(now)))
 
     def _measure(self, now: float) -> None:
         """After the hold of a 429 event (when the responses in flight are in):

@@ -54,6 +54,10 @@ class SuccessMeter:
         while self._sent and self._sent[0] < sent_at - 2 * self.span_s:
             self._sent.popleft()
 
+    def busy_for(self, now: float) -> float:
+        """Seconds since the current busy period began (0: none yet)."""
+        return 0.0 if self._busy_since is None else max(0.0, now - self._busy_since)
+
     @property
     def held_since(self) -> float | None:
         """Since when every booking waited for pacing (None: the last one did not)."""
