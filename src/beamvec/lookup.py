@@ -35,6 +35,7 @@ from beamvec.contract import (
     read_state,
 )
 from beamvec.errors import UsageError
+from beamvec.routing import Lookup, NoLookup
 from beamvec.sink import Output
 
 #: Decoded row groups kept per process, in bytes of vectors.
@@ -255,11 +256,11 @@ class Lookups:
         self._lock = threading.Lock()
         self.builds = 0  # indexes built: what sharing saves
 
-    def index(self) -> VectorIndex | None:
+    def index(self) -> Lookup:
         """The output's committed vectors, its checkpoints and every
-        --reuse-from output of this configuration (None: reuse is off)."""
+        --reuse-from output of this configuration (none when reuse is off)."""
         if not self.reuse:
-            return None
+            return NoLookup()
         with self._lock:
             if self._index is None:
                 self._index = build_index(self.own, self.reuse_from, self.fingerprint, self.dimension)

@@ -4,9 +4,9 @@ One ``Worker`` per DoFn instance holds what its open shards share: the
 embedder (requests in flight), the ``Collector`` that fills requests across
 shards, and the ``RunMemory`` of texts sent in this run. What the instances
 of one process share is per process (Beam's ``Shared``): the quota limiter
-and the ``Lookups`` of vectors already in the output. Each shard is read and written on its own thread,
-streaming; results come back to it through a queue, so only that thread
-touches its files. Memory is bounded by what is in flight, not shard size.
+and the ``Lookups`` of vectors already in the output. Each shard is read and
+written on its own thread, streaming; results come back to it through a
+queue, so only that thread touches its files. Memory is bounded by what is in flight, not shard size.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from beamvec.lookup import Lookups, checkpoint_dir
 from beamvec.prepare import PrepareConfig
 from beamvec.progress import PROGRESS
 from beamvec.records import DeadLetter, Embedded, Record, Split
-from beamvec.routing import NoLookup, Refusals, Reuse, Router, RunMemory, Seed, Send
+from beamvec.routing import Refusals, Reuse, Router, RunMemory, Seed, Send
 from beamvec.sink import (
     DEAD_LETTER_SCHEMA,
     Output,
@@ -287,7 +287,7 @@ class Worker:
         landing = _Landing()
         router = Router(
             self.config.prepare, self.backend.count_tokens, self.backend.truncate,
-            self.lookups.index() or NoLookup(), self.memory, landing.deliver,
+            self.lookups.index(), self.memory, landing.deliver,
             refusals=self.config.refusals, batch=self.lookups.batch_index(), shard=split.shard.path,
         )
         try:

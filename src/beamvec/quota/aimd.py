@@ -1,7 +1,7 @@
 """The rate controller: how a worker's rate reacts to 429s and to quiet.
 
 Fractions are of a reference rate (the worker's configured share, or the rate
-discovered from the server). Three regimes, each for a reason:
+discovered from the server). Four rules, each for a reason:
 
 * **Edge.** A 429 that stands alone is the quota's edge, not congestion
   (pacing at the configured rate already, a short server window counts one
