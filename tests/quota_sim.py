@@ -73,13 +73,16 @@ def simulate(
     ramp: float = 0.0,
     starts: list[float] | None = None,
     seed: int = 0,
+    preflight: float | None = None,
 ) -> Outcome:
     """Run until ``seconds`` of simulated time have passed; worker w starts
     ``starts[w]`` seconds in (default: at once) and has work until
     ``busy_until[w]`` seconds (default: all along), or until ``work[w]`` of its
     requests were accepted. ``ramp``: a worker's threads start one by one over
     that many seconds, as a pipeline's do while its shards open (pacing then
-    holds only the last of its first requests)."""
+    holds only the last of its first requests). ``preflight``: each job's
+    driver sent one request that many seconds before its worker started,
+    which the server counts and the limiter is told of (``sent_before``)."""
     rng = random.Random(seed)
     server = SlidingWindowQuota(window_s, server_limit, None)
     start = clock.now
@@ -99,6 +102,13 @@ def simulate(
         offset = starts[w] if starts is not None else 0.0
         for k in range(slots):
             push(start + offset + ramp * k / slots + rng.uniform(0, 0.05), "book", w)
+    if preflight is not None:  # sent before the simulation starts, in the order they were
+        offsets = sorted((starts[w] if starts is not None else 0.0, w) for w in range(len(limiters)))
+        assert preflight >= offsets[-1][0], "preflights are sent before the simulation starts"
+        for offset, w in offsets:
+            accepted, _, _ = server.try_acquire(start + offset - preflight, 0)
+            assert accepted, "a preflight into an empty window always fits"
+            limiters[w].sent_before(preflight - offset)
     end = start + seconds
     while events:
         t, _, kind, w, asked, sent, hint, ok, due = heapq.heappop(events)

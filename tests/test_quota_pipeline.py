@@ -4,10 +4,12 @@ nothing embedded twice, the shared quota respected in every window."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from beamvec.emulator.server import Emulator
+from beamvec.quota import Limiter
 from beamvec.records import content_hash
 
 from helpers import assert_reconciled, beam_run, read_output, vectors_by_id
@@ -56,6 +58,27 @@ def test_429_storm_ends_with_everything_embedded_once(corpus, tmp_path, capsys):
     out = read_output(str(tmp_path / "o"))
     assert_reconciled(out)
     assert out["manifest"]["totals"]["dead_lettered"] == 0
+
+
+def test_the_workers_limiter_is_told_when_the_preflight_was_sent(corpus, tmp_path, capsys, monkeypatch):
+    """The driver's preflight is a request in the server's window when the
+    worker starts: the limiter it builds is told how long ago it was sent."""
+    root, texts = corpus
+    told: list[float] = []
+    sent_before = Limiter.sent_before
+
+    def spy(self: Limiter, seconds_ago: float) -> None:
+        told.append(seconds_ago)
+        sent_before(self, seconds_ago)
+
+    monkeypatch.setattr(Limiter, "sent_before", spy)
+    with Emulator(api_key=KEY, rpm=600, window_s=6.0) as emu:
+        started = time.time()
+        code, _, err = beam_run(capsys, *_args(root, tmp_path / "o", emu, "--quota-rpm", "600"))
+        took = time.time() - started
+        _exactly_once(emu, texts)
+    assert code == 0, err
+    assert len(told) == 1 and 0.0 <= told[0] <= took
 
 
 def test_two_processes_share_the_quota(corpus, tmp_path, capsys):

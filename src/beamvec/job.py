@@ -173,7 +173,7 @@ def _run_planned(plan: JobPlan, options: PipelineOptions, started: float, out: A
     )
     if batch is not None and not batch.ready:  # --no-wait: jobs still running
         return {"output": plan.output.url, "complete": False, "waiting": True, "status": batch.status}
-    seed = None if batch else preflight(
+    checked = None if batch else preflight(
         plan.output, inputs, plan.work.todo, reuse=not bv.force, state=plan.state
     )
     # The output is about to change: it is not complete again until this run commits.
@@ -189,7 +189,7 @@ def _run_planned(plan: JobPlan, options: PipelineOptions, started: float, out: A
         reuse_from=tuple(bv.reuse_from or ()),
         # Checkpoints cost a small file per batch: worth it where a batch costs quota.
         checkpoint=checkpoint,
-        seed=seed,
+        seed=checked.seed if checked is not None else None,
         refusals=batch.refusals if batch is not None else Refusals(),
         run_id=run_id,
         retry_reasons=retry_reasons(bv.retry_dead_letters),
@@ -203,6 +203,7 @@ def _run_planned(plan: JobPlan, options: PipelineOptions, started: float, out: A
     quota = QuotaSettings(
         bv.quota_rpm, bv.quota_tpm, share=1.0 / workers, window_s=bv.quota_window,
         discover=inputs.backend.name != "local",  # a local model has no server limit to find
+        preflight_at=checked.sent_at if checked is not None else None,
     )
     plan.output.clean_staging(older_than=0.0)  # under the lease: only dead runs' files
     clear_failures(bv.output, inputs.storage_options)

@@ -11,6 +11,8 @@ nothing is sent at all.
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 
 from beamvec.contract import OutputState
 from beamvec.inputs import JobInputs, planning_router, reuse_lookup, routed
@@ -21,6 +23,16 @@ from beamvec.sink import Output
 LOG = logging.getLogger("beamvec")
 #: Records scanned for a text to send before falling back to a probe text.
 SCAN_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the driver's call leaves the workers: the text it embedded (None
+    when it sent a probe text) and when it was sent (wall clock), one request
+    already in the server's quota window when the workers start."""
+
+    seed: Seed | None
+    sent_at: float
 
 
 def first_text_to_send(
@@ -42,10 +54,11 @@ def first_text_to_send(
 
 def preflight(
     output: Output, inputs: JobInputs, todo: list[Shard], reuse: bool, state: OutputState | None = None
-) -> Seed | None:
+) -> Preflight | None:
     """Check the backend with a text the run needs; returns its content hash,
-    vector and record for the workers: the record counts it as sent, and no
-    worker sends that text again."""
+    vector and record for the workers (the record counts it as sent, and no
+    worker sends that text again), and when it was sent. None when nothing
+    was sent that the quota counts."""
     backend = inputs.backend
     if backend.name == "local":  # free: nothing worth keeping
         backend.preflight()
@@ -54,7 +67,8 @@ def preflight(
     if record is None and all_seen:
         LOG.info("every text to embed is already embedded: no preflight call")
         return None
+    sent_at = time.time()
     vector = backend.preflight(*((record.text, record.title) if record is not None else ()))
     if record is None or shard is None or vector is None:
-        return None
-    return Seed(record.content_hash, tuple(float(x) for x in vector), shard.path, record.position)
+        return Preflight(None, sent_at)
+    return Preflight(Seed(record.content_hash, tuple(float(x) for x in vector), shard.path, record.position), sent_at)

@@ -180,6 +180,14 @@ class Limiter:
             if bucket is not None and p is not None:
                 bucket.set_rate(p.rate_per_s, p.capacity)
 
+    def sent_before(self, seconds_ago: float) -> None:
+        """One request was sent for this quota ``seconds_ago``, before this
+        limiter's first (the driver's preflight, of which this worker counts
+        its share): still in a short server window, it is part of what the
+        first 429 measures (meter.py)."""
+        with self._lock:
+            self._meter.on_before(self._clock() - max(0.0, seconds_ago), weight=self.share)
+
     # -- acquiring -------------------------------------------------------------
 
     def reserve(self, tokens: float = 0.0) -> float:
@@ -308,10 +316,16 @@ class Limiter:
             now = self._clock()
             self._throttled += 1
             hint = min(retry_after, self.max_hold_s) if retry_after is not None and retry_after > 0 else None
+            extra = 0.0  # held past the hint
             if hint is not None:
-                self._hold_until = max(self._hold_until, now + hint)
+                if self._throttled == 1:
+                    # In a window the preflight opened, the first hint is when
+                    # its slot frees; ours free only from the gap after it.
+                    extra = min(self._meter.gap_before(now, hint), self.max_hold_s - hint)
+                self._hold_until = max(self._hold_until, now + hint + extra)
             elif self.discover and self._request_budget is None:
                 self._hold_until = max(self._hold_until, now + _DEFAULT_HOLD_S)
+            self._meter.on_refused(max(now, self._hold_until))
             if self._aimd.is_same_event(now, asked_at):
                 self._aimd.quiet_after(self._hold_until)
                 return False
@@ -321,7 +335,7 @@ class Limiter:
             cut = self._aimd.on_throttled(now, asked_at)
             self._aimd.quiet_after(self._hold_until)
             if cut is not Cut.NONE:
-                hint = max(0.0, self._hold_until - now)
+                hint = max(0.0, self._hold_until - extra - now)
                 at = max(self._hold_until, self._meter.settled_after(now))
                 self._pending = (now if sent_at is None else sent_at, hint, self._meter.held_since, at)
                 if self.discover and self._requests_bucket is None:

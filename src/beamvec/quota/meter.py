@@ -25,7 +25,9 @@ class SuccessMeter:
         self._booked: deque[tuple[float, bool]] = deque()  # (send time, whether pacing held it)
         self._held_since: float | None = None  # first send of the current run of held bookings
         self._busy_since: float | None = None
-        self._last_ask: float | None = None
+        self._demand_until: float | None = None  # the latest ask or booked send
+        self._before: float | None = None  # a request sent for this quota by someone else first
+        self._before_weight = 0.0  # how much of it counts as ours
         self.latency_s: float | None = None  # a moving average of send to success
 
     def settled_after(self, now: float) -> float:
@@ -34,7 +36,9 @@ class SuccessMeter:
 
     def on_send(self, asked: float, at: float) -> None:
         """A request asked for at ``asked`` is booked to leave at ``at``. Busy
-        periods go by when requests are asked for: a hold delays sends, not demand."""
+        periods go by demand: asks, and callers waiting for their booked
+        time. A hold delays sends, not demand: after a 429's 30-s hint the
+        busy period goes on, and the 429 can be measured."""
         held = at - asked > 1e-3
         if not held:
             self._held_since = None
@@ -43,9 +47,24 @@ class SuccessMeter:
         self._booked.append((at, held))
         while self._booked and self._booked[0][0] < at - 2 * self.span_s:
             self._booked.popleft()
-        if self._last_ask is None or asked - self._last_ask > self.idle_s:
+        if self._demand_until is None or asked - self._demand_until > self.idle_s:
             self._busy_since = at
-        self._last_ask = asked if self._last_ask is None else max(self._last_ask, asked)
+        self._demand_until = at if self._demand_until is None else max(self._demand_until, at)
+
+    def on_refused(self, retry_at: float) -> None:
+        """A request was refused and waits to be sent again at ``retry_at``: demand until then."""
+        if self._demand_until is not None:
+            self._demand_until = max(self._demand_until, retry_at)
+
+    def on_before(self, at: float, weight: float = 1.0) -> None:
+        """One request was sent for this quota at ``at``, before any of this
+        meter's (the driver's preflight; ``weight`` of it counts as ours: a
+        worker's share of its job). If the server's window began with it, a
+        measurement from the start of the busy period counts it and its time:
+        from ``at`` the window is the server's own, which two jobs share
+        exactly, where from the first request of ours it is short by the gap
+        between them (1 s before a 6-s window: 17 %)."""
+        self._before, self._before_weight = at, weight
 
     def on_success(self, sent_at: float, now: float) -> None:
         self._sent.append(sent_at)
@@ -63,14 +82,46 @@ class SuccessMeter:
         """Since when every booking waited for pacing (None: the last one did not)."""
         return self._held_since
 
-    def _span(self, until: float, hint_s: float, since: float | None = None) -> tuple[float, float] | None:
-        """(start, seconds) of a measurement up to ``until``: from the latest
-        of ``span_s`` ago, the start of the busy period and ``since``, to the
-        end of the server's hint. None before any request."""
+    def _span(self, until: float, hint_s: float, since: float | None = None) -> tuple[float, float, float] | None:
+        """(start, seconds, requests before ours) of a measurement up to
+        ``until``: from the latest of ``span_s`` ago, the start of the busy
+        period and ``since`` (or from the request before ours, see
+        ``_opened_by_before``), to the end of the server's hint. None before
+        any request."""
         if self._busy_since is None:
             return None
         start = max(until - self.span_s, self._busy_since, -math.inf if since is None else since)
-        return start, until - start + max(0.0, hint_s)
+        hint_s = max(0.0, hint_s)
+        before = self._opened_by_before(start, until, hint_s)
+        if before is not None:
+            return before, until - before + hint_s, self._before_weight
+        return start, until - start + hint_s, 0.0
+
+    def gap_before(self, until: float, hint_s: float) -> float:
+        """Seconds from the request before ours to our first, if the server's
+        window began with it (0 if not): after a 429 at ``until``, its slot
+        frees at the hint, and the next only this much later."""
+        busy = self._busy_since
+        if busy is None or self._opened_by_before(busy, until, max(0.0, hint_s)) is None:
+            return 0.0
+        return busy - (self._before or busy)
+
+    def _opened_by_before(self, start: float, until: float, hint_s: float) -> float | None:
+        """When the request before ours was sent, if the server's window began
+        with it. Our first request opened the window (the measurement's usual
+        assumption) only if the one before had left it by ``until``, which
+        its hint rules out when longer than the gap between the two: the
+        window then started with the request before. The measurement must
+        start with our busy period, which is the one right after that request
+        (only its first booking, let through at once, was not held)."""
+        before, busy = self._before, self._busy_since
+        if before is None or busy is None or until - self.span_s > before:
+            return None
+        if not 0.0 <= busy - before < min(hint_s, self.idle_s):
+            return None
+        if sum(1 for t, _ in self._booked if busy <= t < start) > 1:
+            return None
+        return before
 
     def sent_rate(self, until: float, hint_s: float) -> float | None:
         """Requests sent in ``[start, until)`` of the busy period, per second of
@@ -79,8 +130,8 @@ class SuccessMeter:
         span = self._span(until, hint_s)
         if span is None:
             return None
-        start, seconds = span
-        count = sum(1 for t, _ in self._booked if start <= t < until)
+        start, seconds, before = span
+        count = before + sum(1 for t, _ in self._booked if start <= t < until)
         return count / seconds if count and seconds > 0 else None
 
     def accepted_rate(
@@ -93,8 +144,8 @@ class SuccessMeter:
         span = self._span(until, hint_s, since)
         if span is None:
             return None
-        start, seconds = span
-        count = sum(1 for t in self._sent if start <= t <= until)
+        start, seconds, before = span
+        count = before + sum(1 for t in self._sent if start <= t <= until)
         if count < min_count or seconds < min_span_s:
             return None
         return count / seconds
