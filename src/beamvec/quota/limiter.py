@@ -9,7 +9,8 @@ the server accepted (meter.py) and settles near it the same way.
 
 Interface for callers (the embedder): ``acquire(tokens) -> seconds waited``
 before a request, ``on_left(at)`` once it is written, then ``on_success()`` or
-``on_throttled(retry_after)`` from the same thread. The send time booked by
+``on_throttled(retry_after)`` from the same thread; ``sent_before(seconds)``
+once, for the driver's preflight. The send time booked by
 ``acquire`` is remembered per thread, so that 429s of requests sent before a
 cut count as that cut's event, and successes measure the accepted rate.
 (``reserve`` books without sleeping; who uses it asks ``held`` and ``pushed``

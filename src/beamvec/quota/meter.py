@@ -5,6 +5,8 @@ is in the requests it accepted: those sent over the last ``span`` seconds,
 plus the server's hint of how long until it accepts again. From an empty
 window this is exact whatever the window's length: L requests accepted,
 the first at t0, the 429 at t1 saying "retry in h" mean L per (t1 + h - t0).
+The window is empty at t0 only if nobody sent before: the driver's preflight
+did, and when it is still in the window, t0 is its send time (``on_before``).
 """
 
 from __future__ import annotations
@@ -102,9 +104,8 @@ class SuccessMeter:
         window began with it (0 if not): after a 429 at ``until``, its slot
         frees at the hint, and the next only this much later."""
         busy = self._busy_since
-        if busy is None or self._opened_by_before(busy, until, max(0.0, hint_s)) is None:
-            return 0.0
-        return busy - (self._before or busy)
+        before = None if busy is None else self._opened_by_before(busy, until, max(0.0, hint_s))
+        return 0.0 if busy is None or before is None else busy - before
 
     def _opened_by_before(self, start: float, until: float, hint_s: float) -> float | None:
         """When the request before ours was sent, if the server's window began
