@@ -240,10 +240,7 @@ class Limiter:
         leaves: a 429 since then holds every request (the caller slept
         through the cut and its booked slot is void)."""
         with self._lock:
-            now = self._clock()
-            self._measure(now)
-            self._apply()
-            return self._hold_until > now and asked_at < self._aimd.last_cut
+            return self._hold_until > self._clock() and asked_at < self._aimd.last_cut
 
     def due(self) -> Due | None:
         """This thread's last booking: for a caller that books several
