@@ -937,6 +937,25 @@ def test_lateness_moves_nothing_within_the_slack_or_before_any_429() -> None:
     assert clock.now == pytest.approx(late + 0.1 - limiter.late_slack_s + interval)
 
 
+def _eleven_unpaced_the_last_refused(limiter: Limiter, clock: FakeClock) -> None:
+    """Eleven requests booked 0.01 s apart (unpaced, they leave at once); the
+    eleventh is refused 0.1 s later with "retry in 0.8 s", before any reply."""
+    booked = []
+    for _ in range(11):
+        booked.append((clock.now, clock.now + limiter.reserve()))
+        clock.now += 0.01
+    clock.now += 0.1
+    limiter.on_throttled(0.8, booked=booked[-1])
+
+
+def _paced_and_accepted(limiter: Limiter, clock: FakeClock, requests: int) -> None:
+    """``requests`` sent one after another as pacing lets them, each accepted."""
+    for _ in range(requests):
+        sent = clock.now + limiter.reserve()
+        limiter.on_success(booked=(clock.now, sent))
+        clock.now = sent
+
+
 def test_discovery_paces_from_the_first_429_before_any_reply_is_in() -> None:
     """Unpaced, 10 requests leave within 0.1 s; the 11th is refused with
     "retry in 0.8 s" before any reply is in. The server took those 10 and
@@ -944,12 +963,7 @@ def test_discovery_paces_from_the_first_429_before_any_reply_is_in() -> None:
     hold leave at that pace, not in one burst when it ends."""
     clock = FakeClock()
     limiter = Limiter(None, discover=True, clock=clock, sleep=clock.sleep)
-    booked = []
-    for _ in range(11):
-        booked.append((clock.now, clock.now + limiter.reserve()))
-        clock.now += 0.01
-    clock.now += 0.1
-    limiter.on_throttled(0.8, booked=booked[-1])
+    _eleven_unpaced_the_last_refused(limiter, clock)
     assert limiter.current_rpm == pytest.approx(10 / (0.1 + 0.8) * 60, rel=0.01)
     waits = [limiter.reserve() for _ in range(5)]  # booked during the hold: spaced
     assert waits[0] == pytest.approx(0.8)
@@ -967,12 +981,7 @@ def test_a_preflight_that_opened_the_window_is_measured_and_waited_for() -> None
     clock = FakeClock()
     limiter = Limiter(None, discover=True, clock=clock, sleep=clock.sleep)
     limiter.sent_before(0.5)
-    booked = []
-    for _ in range(11):
-        booked.append((clock.now, clock.now + limiter.reserve()))
-        clock.now += 0.01
-    clock.now += 0.1
-    limiter.on_throttled(0.8, booked=booked[-1])
+    _eleven_unpaced_the_last_refused(limiter, clock)
     assert limiter.current_rpm == pytest.approx(11 / (0.1 + 0.8 + 0.5) * 60, rel=0.01)
     assert limiter.reserve() == pytest.approx(0.8 + 0.5)
 
@@ -981,12 +990,7 @@ def test_a_preflight_that_opened_the_window_is_measured_and_waited_for() -> None
     clock = FakeClock()
     limiter = Limiter(None, discover=True, clock=clock, sleep=clock.sleep)
     limiter.sent_before(1.5)
-    booked = []
-    for _ in range(11):
-        booked.append((clock.now, clock.now + limiter.reserve()))
-        clock.now += 0.01
-    clock.now += 0.1
-    limiter.on_throttled(0.8, booked=booked[-1])
+    _eleven_unpaced_the_last_refused(limiter, clock)
     assert limiter.current_rpm == pytest.approx(10 / (0.1 + 0.8) * 60, rel=0.01)
     assert limiter.reserve() == pytest.approx(0.8)
 
@@ -1001,10 +1005,7 @@ def test_a_told_worker_measures_from_the_preflight_that_opened_the_window() -> N
     limiter = Limiter(600, clock=clock, sleep=clock.sleep)
     limiter.sent_before(0.9)
     start = clock.now
-    for _ in range(30):
-        sent = clock.now + limiter.reserve()
-        limiter.on_success(booked=(clock.now, sent))
-        clock.now = sent
+    _paced_and_accepted(limiter, clock, 30)
     clock.now = start + 3.0
     hint = start - 0.9 + 6.0 - clock.now
     limiter.on_throttled(hint, booked=(clock.now, clock.now))
@@ -1043,10 +1044,7 @@ def test_a_hold_longer_than_an_idle_gap_is_still_measured() -> None:
     clock = FakeClock()
     limiter = Limiter(600, clock=clock, sleep=clock.sleep)
     start = clock.now
-    for _ in range(300):
-        sent = clock.now + limiter.reserve()
-        limiter.on_success(booked=(clock.now, sent))
-        clock.now = sent
+    _paced_and_accepted(limiter, clock, 300)
     limiter.on_throttled(start + 60.0 - clock.now, booked=(clock.now, clock.now))
     assert limiter.fraction > 0.9  # one 429: an edge cut
     clock.now = start + 59.5  # a thread asks again, before the hold is over
