@@ -715,6 +715,30 @@ def test_a_booking_made_before_a_429_is_held_until_the_hint_is_over() -> None:
     assert not limiter.held(before)  # the hold is over
 
 
+def test_a_429_of_the_same_event_still_holds_what_was_booked_before_it() -> None:
+    """A 429 of a request sent before the last cut reports that cut's event and
+    cuts nothing, but its hint is the server's word: nothing accepted until
+    then. A request booked after the cut and due inside that hint must book
+    again; it used to leave into the hold and come back with a 429 of its
+    own, which counted as congestion and halved the rate (in the simulation
+    of two jobs starting slowly over a 6-s window, each job's second halving
+    came this way)."""
+    clock = FakeClock()
+    limiter = Limiter(600, clock=clock, sleep=clock.sleep)
+    cut_from = clock.now
+    clock.now += 0.1
+    limiter.on_throttled(0.1, booked=(clock.now, clock.now))  # the cut, a short hint
+    clock.now += 0.2
+    between = clock.now
+    limiter.reserve()  # booked after the cut, before the next 429
+    clock.now += 0.05
+    assert not limiter.on_throttled(1.5, booked=(cut_from, cut_from))  # the same event: no cut
+    assert limiter.held(between)  # but its hint holds the booking made before it
+    assert not limiter.held(clock.now)  # bookings from now on are after the hold already
+    clock.now += 1.5
+    assert not limiter.held(between)  # the hold is over
+
+
 def test_quota_settings_without_a_quota() -> None:
     assert QuotaSettings(None, None, discover=False).build() is None
     limiter = QuotaSettings(None, None).build()

@@ -132,6 +132,7 @@ class Limiter:
         self._largest_tokens = 1.0
         self._last_send = -math.inf
         self._hold_until = -math.inf
+        self._hold_set = -math.inf  # when a 429 last moved ``_hold_until`` on
         # A 429 event to measure from: (its request's send time, the hint, since
         # when pacing held every request, when to measure).
         self._pending: tuple[float, float, float | None, float] | None = None
@@ -238,9 +239,10 @@ class Limiter:
     def held(self, asked_at: float) -> bool:
         """Whether a request booked at ``asked_at`` must book again before it
         leaves: a 429 since then holds every request (the caller slept
-        through the cut and its booked slot is void)."""
+        through the cut, or through a hint that a 429 of the same event
+        gave, and its booked slot is void)."""
         with self._lock:
-            return self._hold_until > self._clock() and asked_at < self._aimd.last_cut
+            return self._hold_until > self._clock() and asked_at < max(self._aimd.last_cut, self._hold_set)
 
     def due(self) -> Due | None:
         """This thread's last booking: for a caller that books several
@@ -318,6 +320,7 @@ class Limiter:
             self._throttled += 1
             hint = min(retry_after, self.max_hold_s) if retry_after is not None and retry_after > 0 else None
             extra = 0.0  # held past the hint
+            held_before = self._hold_until
             if hint is not None:
                 if self._throttled == 1:
                     # In a window the preflight opened, the first hint is when
@@ -326,6 +329,8 @@ class Limiter:
                 self._hold_until = max(self._hold_until, now + hint + extra)
             elif self.discover and self._request_budget is None:
                 self._hold_until = max(self._hold_until, now + _DEFAULT_HOLD_S)
+            if self._hold_until > held_before:
+                self._hold_set = now
             self._meter.on_refused(max(now, self._hold_until))
             if self._aimd.is_same_event(now, asked_at):
                 self._aimd.quiet_after(self._hold_until)
