@@ -277,3 +277,25 @@ def test_other_model_into_same_output_is_refused(tmp_path, capsys):
     (out_dir / "_manifest.json").write_text(json.dumps(manifest))
     code, _, err = beam_run(capsys, "--input", str(tmp_path / "in" / "*"), "--output", str(out_dir))
     assert code == 2 and "another configuration" in err
+
+
+def test_the_summary_counts_a_file_committed_as_parts(tmp_path, capsys):
+    """A file over --split-bytes is embedded and committed as parts, each under
+    its own name. The summary matched manifest entries by the input's name,
+    so a run of large files said "0 run, records read 0, embedded 0"."""
+    corpus = tmp_path / "in"
+    corpus.mkdir()
+    with open(corpus / "big.jsonl", "w") as fh:
+        for i in range(240):
+            fh.write(json.dumps({"id": f"b{i}", "text": f"line {i} of a file cut into parts"}) + "\n")
+    (corpus / "small.jsonl").write_text(json.dumps({"id": "s0", "text": "one whole file"}) + "\n")
+    out_dir = tmp_path / "out"
+    code, stdout, err = beam_run(capsys, "--input", str(corpus / "*.jsonl"), "--output", str(out_dir),
+                                 "--split-bytes", "4096")
+    assert code == 0, err
+    out = read_output(str(out_dir))
+    assert_reconciled(out)
+    assert len(out["vectors"]) > 2  # big.jsonl is in parts
+    assert "shards         2 (2 run, 0 skipped as committed)" in stdout
+    assert "records read   241" in stdout
+    assert "embedded       241 " in stdout

@@ -291,8 +291,14 @@ def summarize(
 ) -> dict[str, Any]:
     """The end-of-run summary, read back from the manifest the pipeline wrote."""
     manifest = read_manifest(plan.output)
-    names = {s.name for s in plan.work.todo}
-    done = [rec.counts for name, rec in (manifest.shards.items() if manifest else []) if name in names]
+    # A large file is committed as parts, each under its own name: match a
+    # record by the input file it belongs to, not by its name.
+    todo = {s.name: s.fingerprint for s in plan.work.todo}
+    records = [
+        rec for rec in (manifest.shards.values() if manifest else [])
+        if todo.get(rec.shard_name) == rec.file_fingerprint
+    ]
+    done = [rec.counts for rec in records]
     reasons: dict[str, int] = {}
     for counts in done:
         for reason, count in counts.dead_letters_by_reason.items():
@@ -303,7 +309,7 @@ def summarize(
     summary = {
         "output": plan.output.url,
         "shards": len(plan.inputs.shards),
-        "shards_run": len(done),
+        "shards_run": len({rec.shard_name for rec in records}),
         "shards_skipped": len(plan.work.skipped),
         "read": read,
         "embedded": sum(c.embedded for c in done),
