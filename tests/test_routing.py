@@ -26,7 +26,7 @@ from beamvec.lookup import VectorIndex
 from beamvec.prepare import PrepareConfig
 from beamvec.quota import Limiter, QuotaSettings
 from beamvec.records import DeadLetter, Embedded, RawRecord, Record, Shard, Split, content_hash
-from beamvec.routing import Follow, NoLookup, Reuse, Router, RunMemory, Seed, Send
+from beamvec.routing import Fetch, Follow, NoLookup, Reuse, Router, RunMemory, Seed, Send
 from beamvec.sink import Output, vector_table
 from beamvec.sources import ReaderConfig
 from beamvec.transforms import EmbedShards
@@ -57,6 +57,9 @@ class DictLookup:
     def get(self, content_hash: str) -> np.ndarray | None:
         self.asked.append(content_hash)
         return self.vectors.get(content_hash)
+
+    def get_many(self, content_hashes) -> dict[str, np.ndarray]:
+        return {h: v for h in content_hashes if (v := self.get(h)) is not None}
 
     def __contains__(self, content_hash: object) -> bool:
         return content_hash in self.vectors
@@ -110,16 +113,39 @@ def test_router_reuses_from_the_lookup_before_memory():
     lookup = DictLookup({content_hash("seen before"): known})
     memory = RunMemory(DIM)
     rt = router(memory, lookup)
-    decision = rt.route(RawRecord(1, "a", "seen before"))
-    assert isinstance(decision, Reuse) and decision.vector is known
+    routed = rt.route(RawRecord(1, "a", "seen before"))
+    assert isinstance(routed, Fetch) and lookup.asked == []  # read later, with others
     assert isinstance(rt.route(RawRecord(2, "b", "never seen")), Send)
+    (decision,) = rt.fetch([routed.record])
+    assert isinstance(decision, Reuse) and decision.vector is known
     assert (rt.counts["reused"], rt.counts["sent"], rt.counts["deduplicated"]) == (1, 1, 0)
     assert memory.pending() == 1  # only the sent text is in flight
     # planning asks the index by key only and reads no vector
     plan = router(RunMemory(DIM), lookup, planning=True)
     decision = plan.route(RawRecord(1, "a", "seen before"))
     assert isinstance(decision, Reuse) and decision.vector is None
-    assert lookup.asked == [content_hash("seen before"), content_hash("never seen")]
+    assert lookup.asked == [content_hash("seen before")]  # the run's fetch above, no other read
+
+
+class PrefixLookup(DictLookup):
+    """Says yes to every hash, as a key prefix shared by another text would."""
+
+    def __contains__(self, content_hash: object) -> bool:
+        return True
+
+
+def test_a_text_the_lookup_only_seemed_to_hold_is_sent_once_and_billed():
+    """A prefix match that the full hash then refuses: the record is sent
+    (once, the second record of the text follows it) and counted as sent."""
+    memory = RunMemory(DIM)
+    rt = router(memory, PrefixLookup({}))
+    first = rt.route(RawRecord(1, "a", "not there after all"))
+    second = rt.route(RawRecord(2, "b", "not there after all"))
+    assert isinstance(first, Fetch) and isinstance(second, Fetch)
+    decisions = rt.fetch([first.record, second.record])
+    assert [type(d) for d in decisions] == [Send, Follow]
+    assert (rt.counts["reused"], rt.counts["sent"], rt.counts["deduplicated"]) == (0, 1, 1)
+    assert rt.counts["sent_tokens"] == 4 and memory.pending() == 1
 
 
 def test_a_text_in_flight_is_followed_across_shards_and_lands_on_both():
@@ -245,6 +271,35 @@ def test_a_64_bit_prefix_collision_is_resolved_by_the_full_hash(tmp_path):
     # ``in`` (what plan asks) looks at the 64-bit key only: a collision there is
     # a 1 in 2**64 chance per pair of texts, and the run still verifies.
     assert absent in index
+
+
+def test_a_window_in_random_order_reads_each_row_group_once_and_pins_none(tmp_path, monkeypatch):
+    """A re-export that shuffled the records: looked up one by one with a
+    cache of one row group, nearly every hit reads a row group; looked up as
+    one window, each row group is read once. The vectors are copies, so rows
+    waiting for their shard's flush do not keep whole row groups alive."""
+    out = Output(str(tmp_path))
+    hashes = [content_hash(f"text {i}") for i in range(256)]
+    write_vectors(tmp_path / "a.parquet", [(f"a{i}", hashes[i], vec(i)) for i in range(128)], row_group=16)
+    write_vectors(tmp_path / "b.parquet", [(f"b{i}", hashes[i], vec(i)) for i in range(128, 256)], row_group=16)
+    paths = [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")]
+    shuffled = list(np.random.default_rng(3).permutation(256))
+    wanted = [hashes[i] for i in shuffled] + [content_hash("never embedded")]
+
+    one_by_one = VectorIndex.build([(out, paths)], DIM)
+    monkeypatch.setattr(one_by_one, "_cache_rows", 16)  # room for one row group
+    for h in wanted:
+        one_by_one.get(h)
+    assert one_by_one.reads > 200  # 256 hits over 16 row groups, in random order
+
+    window = VectorIndex.build([(out, paths)], DIM)
+    monkeypatch.setattr(window, "_cache_rows", 16)
+    found = window.get_many(wanted)
+    assert window.reads == 16  # 2 files x 8 row groups of 16
+    assert sorted(found) == sorted(hashes)
+    for i in shuffled:
+        np.testing.assert_array_equal(found[hashes[i]], vec(i))
+        assert found[hashes[i]].base is None  # its own memory, not a view of a row group
 
 
 def test_a_file_rewritten_after_the_index_was_built_is_a_miss(tmp_path):

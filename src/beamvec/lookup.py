@@ -5,8 +5,10 @@ is in and its row: 20 bytes a vector in three sorted numpy arrays (20 MB for
 a million). A hit reads the row group that holds the vector (pyarrow, one
 range read on object stores) and checks the full hash there, so a prefix
 collision or a file rewritten since the index was built is a miss, never a
-wrong vector. A few decoded row groups are cached: reruns read the previous
-output roughly in order, so each row group is read about once.
+wrong vector. Workers look up a window of records at once (``get_many``),
+one read per row group the window falls in, and a few decoded row groups are
+cached: a rerun in the output's order reads each row group about once, and
+one in another order about once per window.
 
 Why not a dict of vectors: at a million 3,072-dim vectors that is 12 GB per
 worker. Why not a shuffle join on the hash: on the DirectRunner a GroupByKey
@@ -104,6 +106,7 @@ class VectorIndex:
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[int, int], tuple[list[str], np.ndarray]] = OrderedDict()
         self._cache_rows = max(4096, CACHE_BYTES // (4 * dimension))
+        self.reads = 0  # row groups read from storage (cache misses)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -157,26 +160,40 @@ class VectorIndex:
         return i < len(self._keys) and self._keys[i] == key
 
     def get(self, content_hash: str) -> np.ndarray | None:
+        return self.get_many([content_hash]).get(content_hash)
+
+    def get_many(self, content_hashes: Iterable[str]) -> dict[str, np.ndarray]:
+        """The vectors of those of ``content_hashes`` found, reading each row
+        group they fall in once, in file order: records in another order than
+        the output's (a re-export that shuffled them) cost a read per row
+        group per call, not one per record. Each vector is a copy, so that
+        rows kept until their shard flushes do not pin whole row groups."""
+        wanted: dict[tuple[int, int], list[tuple[int, str]]] = {}
+        for digest in set(content_hashes):
+            for file_no, group, at in self._candidates(digest):
+                wanted.setdefault((file_no, group), []).append((at, digest))
+        found: dict[str, np.ndarray] = {}
+        for file_no, group in sorted(wanted):
+            hashes, matrix = self._group(file_no, group)
+            for at, digest in wanted[(file_no, group)]:
+                if digest not in found and at < len(hashes) and hashes[at] == digest:
+                    found[digest] = matrix[at].copy()
+        return found
+
+    def _candidates(self, content_hash: str) -> list[tuple[int, int, int]]:
+        """(file, row group, row in it) of every vector whose key matches."""
         if not len(self._keys):
-            return None
+            return []
         key = np.uint64(hash_key(content_hash))
         lo = int(np.searchsorted(self._keys, key, "left"))
         hi = int(np.searchsorted(self._keys, key, "right"))
-        for i in range(lo, hi):
-            where = int(self._where[i])
-            found = self._row(where >> 40, where & ((1 << 40) - 1), content_hash)
-            if found is not None:
-                return found
-        return None
-
-    def _row(self, file_no: int, row: int, content_hash: str) -> np.ndarray | None:
-        output, path, starts = self._files[file_no]
-        group = int(np.searchsorted(starts, row, "right")) - 1
-        hashes, matrix = self._group(file_no, group)
-        at = row - int(starts[group])
-        if at >= len(hashes) or hashes[at] != content_hash:
-            return None
-        return matrix[at]
+        out = []
+        for where in self._where[lo:hi].tolist():
+            file_no, row = where >> 40, where & ((1 << 40) - 1)
+            starts = self._files[file_no][2]
+            group = int(np.searchsorted(starts, row, "right")) - 1
+            out.append((file_no, group, row - int(starts[group])))
+        return out
 
     def _group(self, file_no: int, group: int) -> tuple[list[str], np.ndarray]:
         with self._lock:
@@ -194,6 +211,7 @@ class VectorIndex:
             flat = np.asarray(table.column("vector").combine_chunks().flatten(), dtype=np.float32)
             matrix = flat.reshape(len(hashes), self.dimension)
         with self._lock:
+            self.reads += 1
             self._cache[(file_no, group)] = (hashes, matrix)
             rows = sum(len(h) for h, _ in self._cache.values())
             while rows > self._cache_rows and len(self._cache) > 1:

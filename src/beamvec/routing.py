@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -32,9 +32,12 @@ RUN_MEMORY_BYTES = 128 * 1024 * 1024
 
 
 class Lookup(Protocol):
-    """Vectors already embedded under this configuration, by content hash."""
+    """Vectors already embedded under this configuration, by content hash.
+    ``in`` may say yes to a hash ``get`` then misses (a key prefix matches)."""
 
     def get(self, content_hash: str) -> np.ndarray | None: ...
+
+    def get_many(self, content_hashes: Iterable[str]) -> Mapping[str, np.ndarray]: ...
 
     def __contains__(self, content_hash: object) -> bool: ...
 
@@ -42,6 +45,9 @@ class Lookup(Protocol):
 class NoLookup:
     def get(self, content_hash: str) -> np.ndarray | None:
         return None
+
+    def get_many(self, content_hashes: Iterable[str]) -> Mapping[str, np.ndarray]:
+        return {}
 
     def __contains__(self, content_hash: object) -> bool:
         return False
@@ -62,12 +68,21 @@ class Follow:
 
 
 @dataclass(frozen=True)
+class Fetch:
+    """The lookup probably holds the text's vector: read it together with
+    others (``Router.fetch``), which decides reuse, or send if it is not there."""
+
+    record: Record
+
+
+@dataclass(frozen=True)
 class Send:
     record: Record
     vector: np.ndarray | None = None  # set when the preflight already embedded it
 
 
 Decision = DeadLetter | Reuse | Follow | Send
+Routed = Decision | Fetch
 
 
 @dataclass(frozen=True)
@@ -215,7 +230,7 @@ class Router:
         self.counts: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
 
-    def route(self, raw: RawRecord) -> Decision:
+    def route(self, raw: RawRecord) -> Routed:
         self.counts["read"] += 1
         item = prepare(raw, self.config, self.count_tokens, self.truncate)
         if isinstance(item, DeadLetter):
@@ -243,11 +258,28 @@ class Router:
         else:
             decision = self.memory.take_seed(item, self.shard)
             if decision is None:
-                vector = self.lookup.get(item.content_hash)
-                if vector is not None:
-                    self.counts["reused"] += 1
-                    return Reuse(item, vector)
+                if item.content_hash in self.lookup:
+                    return Fetch(item)
                 decision = self.memory.claim(item, self.deliver)
+        return self._counted(decision)
+
+    def fetch(self, records: Sequence[Record]) -> list[Decision]:
+        """The decisions of records routed ``Fetch``: their vectors read in one
+        ``get_many``; one not there after all is sent (or follows) as if the
+        lookup had never known it."""
+        found = self.lookup.get_many(rec.content_hash for rec in records)
+        decisions: list[Decision] = []
+        for rec in records:
+            vector = found.get(rec.content_hash)
+            if vector is not None:
+                self.counts["reused"] += 1
+                decisions.append(Reuse(rec, vector))
+            else:
+                decisions.append(self._counted(self.memory.claim(rec, self.deliver)))
+        return decisions
+
+    def _counted(self, decision: Reuse | Follow | Send) -> Decision:
+        item = decision.record
         if isinstance(decision, Send):
             self.counts["sent"] += 1
             self.counts["sent_tokens"] += item.tokens

@@ -41,7 +41,7 @@ from beamvec.lookup import Lookups, checkpoint_dir
 from beamvec.prepare import PrepareConfig
 from beamvec.progress import PROGRESS
 from beamvec.records import DeadLetter, Embedded, Record, Split
-from beamvec.routing import Refusals, Reuse, Router, RunMemory, Seed, Send
+from beamvec.routing import Decision, Fetch, Refusals, Reuse, Router, RunMemory, Seed, Send
 from beamvec.sink import (
     DEAD_LETTER_SCHEMA,
     Output,
@@ -55,6 +55,9 @@ from beamvec.sources import ReaderConfig, read_split
 
 LOG = logging.getLogger("beamvec")
 FLUSH_ROWS = 2048
+#: Records whose reused vectors are read together (each row group they fall in
+#: once), whatever their order; they wait for it, a few MB of texts at most.
+FETCH_WINDOW = 4096
 #: Texts the local model sorts by length at a time (bounded memory, less padding).
 LOCAL_SORT_WINDOW = 1024
 
@@ -280,6 +283,23 @@ class Worker:
             shard_fingerprint=shard.fingerprint if split.count > 1 else "", **kw,
         )
 
+    def _take(self, decision: Decision, sink: _Sink, landing: _Landing) -> None:
+        """Write what is decided, or wait for what is sent or followed."""
+        if isinstance(decision, DeadLetter):
+            sink.dead_letter(decision)
+        elif isinstance(decision, Reuse) or (isinstance(decision, Send) and decision.vector is not None):
+            sink.add(Embedded(decision.record, decision.vector))
+            if isinstance(decision, Reuse) and decision.embedded_before:
+                PROGRESS.add_reused()
+        else:
+            landing.outstanding += 1
+            if isinstance(decision, Send):
+                self.collector.add(decision.record)
+
+    def _take_all(self, decisions: list[Decision], sink: _Sink, landing: _Landing) -> None:
+        for decision in decisions:
+            self._take(decision, sink, landing)
+
     def _embed(self, split: Split, on_read: Callable[[], None] | None) -> CommitRecord:
         started = time.time()
         dimension = self.backend.limits.dimension
@@ -296,20 +316,19 @@ class Worker:
                 items = read_split(
                     split, self.config.reader, self.config.storage_options, on_bytes=PROGRESS.add_bytes
                 )
+                fetching: list[Record] = []
                 for raw in items:
                     PROGRESS.add_records()
-                    decision = router.route(raw)
-                    if isinstance(decision, DeadLetter):
-                        sink.dead_letter(decision)
-                    elif isinstance(decision, Reuse) or (isinstance(decision, Send) and decision.vector is not None):
-                        sink.add(Embedded(decision.record, decision.vector))
-                        if isinstance(decision, Reuse) and decision.embedded_before:
-                            PROGRESS.add_reused()
+                    routed = router.route(raw)
+                    if isinstance(routed, Fetch):
+                        fetching.append(routed.record)
+                        if len(fetching) >= FETCH_WINDOW:
+                            self._take_all(router.fetch(fetching), sink, landing)
+                            fetching = []
                     else:
-                        landing.outstanding += 1
-                        if isinstance(decision, Send):
-                            self.collector.add(decision.record)
+                        self._take(routed, sink, landing)
                     landing.drain(sink, block=False)
+                self._take_all(router.fetch(fetching), sink, landing)
             finally:
                 self.collector.reader_done()
                 if on_read is not None:
