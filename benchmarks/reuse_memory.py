@@ -108,6 +108,13 @@ def child_run(argv: list[str]) -> dict[str, Any]:
 
     genai.GenaiBackend.load = lambda self: None  # type: ignore[method-assign]
     genai.GenaiBackend.embed = fake_embed  # type: ignore[method-assign]
+
+    def fake_embed_paced(self: Any, texts: Any, titles: Any, gate: Any) -> np.ndarray:
+        gate()  # the embedder's pacing, as the real call's request hook does
+        gate.left(time.monotonic())
+        return fake_embed(self, texts, titles)
+
+    genai.GenaiBackend.embed_paced = fake_embed_paced  # type: ignore[method-assign]
     genai.GenaiBackend.preflight = (  # type: ignore[method-assign]
         lambda self, text=None, title=None: fake_embed(self, [text or "x"])[0]
     )
