@@ -106,6 +106,9 @@ def test_router_counts_what_a_send_bills():
     assert rt.counts["sent_tokens"] == 3
     assert rt.counts["sent_characters"] == 14
     assert rt.counts["billable_characters"] == 11  # whitespace is not billed
+    # nor is any other whitespace: ideographic space, no-break space, the ASCII separators
+    rt.route(RawRecord(2, "b", "a\u3000b\u00a0c\x1cd\u2028e"))
+    assert rt.counts["billable_characters"] == 11 + 5
 
 
 def test_router_reuses_from_the_lookup_before_memory():

@@ -284,7 +284,7 @@ class Router:
             self.counts["sent"] += 1
             self.counts["sent_tokens"] += item.tokens
             self.counts["sent_characters"] += len(item.text)
-            self.counts["billable_characters"] += len(item.text) - sum(c.isspace() for c in item.text)
+            self.counts["billable_characters"] += len("".join(item.text.split()))  # split() drops what isspace() is
         else:
             self.counts["deduplicated"] += 1
         return decision
