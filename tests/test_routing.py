@@ -215,6 +215,19 @@ def test_the_preflight_seed_is_sent_by_its_own_record_once_across_processes():
     assert (c.counts["sent"], c.counts["reused"]) == (1, 0)
 
 
+def test_run_memory_keeps_a_row_not_the_batch_it_came_in():
+    """A response's vectors are rows of one matrix; the memory's budget counts
+    one row a text, so a remembered row must not keep the whole matrix alive."""
+    memory = RunMemory(DIM)
+    batch = np.stack([vec(i) for i in range(100)])
+    for i in range(100):
+        memory.claim(record(f"text {i}"), lambda *a: None)
+        memory.resolve(content_hash(f"text {i}"), batch[i])
+    hit = memory.claim(record("text 7"), lambda *a: None)
+    assert isinstance(hit, Reuse) and hit.vector.base is None
+    np.testing.assert_array_equal(hit.vector, vec(7))
+
+
 def test_run_memory_forgets_the_oldest_past_its_budget():
     memory = RunMemory(DIM, budget_bytes=1)  # floored at 1,000 vectors
     assert memory.capacity == 1000

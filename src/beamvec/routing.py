@@ -185,7 +185,10 @@ class RunMemory:
         with self._lock:
             waiting = self._in_flight.pop(digest, [])
             if not isinstance(outcome, (DeadLetter, BaseException)):
-                self._done[digest] = outcome
+                # A row of its batch's matrix would keep the whole matrix alive
+                # as long as the text is remembered (the budget counts one row).
+                owned = outcome is None or outcome.base is None
+                self._done[digest] = outcome if owned else outcome.copy()
                 while len(self._done) > self.capacity:
                     self._done.popitem(last=False)
         return waiting
