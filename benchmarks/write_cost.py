@@ -21,24 +21,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from beamvec.sink import vector_schema, write_options
-
-FLUSH_ROWS = 2048
+from beamvec.records import Embedded, Record, content_hash
+from beamvec.sink import vector_table, write_options
+from beamvec.worker import FLUSH_ROWS
 
 
 def table_of(rows: int, dim: int) -> pa.Table:
+    """Unit vectors in the worker's own table (``sink.vector_table``)."""
     matrix = np.random.default_rng(0).standard_normal((rows, dim)).astype(np.float32)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-    return pa.Table.from_arrays([
-        pa.array([f"id-{i}" for i in range(rows)]),
-        pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dim),
-        pa.array([f"{i:064x}" for i in range(rows)]),
-        pa.array(np.full(rows, 12, np.int32)),
-        pa.array(np.zeros(rows, bool)),
-        pa.array(["in/part-00001.jsonl"] * rows),
-        pa.array(np.arange(1, rows + 1, dtype=np.int64)),
-        pa.array([None] * rows, pa.string()),
-    ], schema=vector_schema(dim))
+    records = [Record(f"id-{i}", f"text {i}", content_hash(f"text {i}"), 12, False, i + 1) for i in range(rows)]
+    return vector_table([Embedded(r, v) for r, v in zip(records, matrix, strict=True)], "in/part-00001.jsonl", dim)
 
 
 def measure(table: pa.Table, options: dict[str, Any], repeat: int) -> tuple[float, float, float]:

@@ -38,8 +38,8 @@ def write_options(schema: pa.Schema) -> dict[str, Any]:
     statistics only on the columns they serve. A vector column's floats are
     all distinct and nobody filters on them: a dictionary fills, falls back to
     plain after it was paid for, and is kept in the file. With both on,
-    768-dim vectors took 2.9 times the CPU to write and the file was 1.03
-    times the raw floats, against 0.93 (benchmarks/write_cost.py)."""
+    768-dim vectors took 2.4 times the CPU to write and the file was 1.04
+    times the raw floats, against 0.94 (benchmarks/write_cost.py)."""
     keyed = [f.name for f in schema if not pa.types.is_fixed_size_list(f.type)]
     return {"compression": "zstd", "use_dictionary": keyed, "write_statistics": keyed}
 
