@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from beamvec import records as r
+from beamvec import worker as worker_module
 from beamvec.backends.base import Backend, Limits
 from beamvec.collector import Collector
 from beamvec.contract import Description, read_state, vector_path
@@ -543,6 +544,44 @@ def test_worker_sends_a_text_shared_by_its_shards_once_and_reuses_its_output(tmp
     assert again.texts == Counter({"brand new": 1})
     assert (rc.reused, rc.sent, rc.deduplicated) == (20, 1, 0)
     assert set(read_state(Output(str(tmp_path / "out"))).committed) == {"a", "b", "c"}
+
+
+def test_a_fetch_window_of_long_texts_closes_at_its_character_bound(tmp_path, monkeypatch):
+    """Records waiting for their reused vectors hold their texts: a window
+    closes at FETCH_WINDOW_CHARS as well as at FETCH_WINDOW records, and
+    every record is still reused with its own vector."""
+    texts = [f"{k:03d} " + " ".join(["long text"] * 19) for k in range(30)]  # 193 characters: 65 tokens
+    a = shard_file(tmp_path / "in" / "a.jsonl", [(f"a{k}", t) for k, t in enumerate(texts)])
+    worker = make_worker(tmp_path / "out", FakeBackend())
+    try:
+        worker.process(a)
+    finally:
+        worker.close()
+        worker.embedder.close()
+
+    windows: list[int] = []
+    get_many = VectorIndex.get_many
+
+    def spy(self: VectorIndex, content_hashes):
+        wanted = list(content_hashes)
+        windows.append(len(wanted))
+        return get_many(self, wanted)
+
+    monkeypatch.setattr(VectorIndex, "get_many", spy)
+    monkeypatch.setattr(worker_module, "FETCH_WINDOW_CHARS", 193 * 8)
+    b = shard_file(tmp_path / "in" / "b.jsonl", [(f"b{k}", t) for k, t in enumerate(reversed(texts))])
+    again = FakeBackend()
+    worker = make_worker(tmp_path / "out", again)
+    try:
+        counts = worker.process(b).counts
+    finally:
+        worker.close()
+        worker.embedder.close()
+    assert windows == [8, 8, 8, 6]  # 30 records, 8 to a window
+    assert not again.texts and (counts.reused, counts.sent) == (30, 0)
+    for rid, v in read_vectors(tmp_path / "out", "b").items():
+        np.testing.assert_array_equal(v, fake_vector(texts[29 - int(rid[1:])]))
+
 
 
 def test_worker_takes_the_preflight_seed_without_sending_it(tmp_path):

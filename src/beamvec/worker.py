@@ -56,8 +56,10 @@ from beamvec.sources import ReaderConfig, read_split
 LOG = logging.getLogger("beamvec")
 FLUSH_ROWS = 2048
 #: Records whose reused vectors are read together (each row group they fall in
-#: once), whatever their order; they wait for it, a few MB of texts at most.
+#: once), whatever their order; they wait for it, with their texts: a window
+#: also closes at ``FETCH_WINDOW_CHARS`` characters, so long texts stay a few MB.
 FETCH_WINDOW = 4096
+FETCH_WINDOW_CHARS = 4 * 1024 * 1024
 #: Texts the local model sorts by length at a time (bounded memory, less padding).
 LOCAL_SORT_WINDOW = 1024
 
@@ -317,14 +319,16 @@ class Worker:
                     split, self.config.reader, self.config.storage_options, on_bytes=PROGRESS.add_bytes
                 )
                 fetching: list[Record] = []
+                fetching_chars = 0
                 for raw in items:
                     PROGRESS.add_records()
                     routed = router.route(raw)
                     if isinstance(routed, Fetch):
                         fetching.append(routed.record)
-                        if len(fetching) >= FETCH_WINDOW:
+                        fetching_chars += len(routed.record.text)
+                        if len(fetching) >= FETCH_WINDOW or fetching_chars >= FETCH_WINDOW_CHARS:
                             self._take_all(router.fetch(fetching), sink, landing)
-                            fetching = []
+                            fetching, fetching_chars = [], 0
                     else:
                         self._take(routed, sink, landing)
                     landing.drain(sink, block=False)
