@@ -12,7 +12,8 @@
    the cores for onnxruntime.
 
 Prints records/s and the ratios the issue asks for (beamvec / bare model, 2
-processes / 1). Each pipeline run is its own process, timed from its start
+processes / 1), and the ceiling of the second: the bare model on one
+onnxruntime thread, times the number of cores. Each pipeline run is its own process, timed from its start
 (interpreter and imports included for both, so the ratio is fair).
 
     python benchmarks/local_throughput.py [--records 3000] [--shards 4] [--many-shards 32]
@@ -33,11 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def bare_model(texts: list[str]) -> float:
-    """records/s of the model alone on length-sorted texts."""
+def bare_model(texts: list[str], threads: int | None = None) -> float:
+    """records/s of the model alone on length-sorted texts (``threads``
+    onnxruntime threads; None: all cores, as one worker process alone)."""
     from beamvec.backends.local import LocalBackend
 
-    backend = LocalBackend()
+    backend = LocalBackend(threads=threads)
     backend.load()
     limits = backend.limits
     started = time.perf_counter()
@@ -90,6 +92,7 @@ def main() -> int:
         many = Path(tmp) / "many"
         reshard(texts, many, args.many_shards)
         direct = bare_model(texts)
+        single = bare_model(texts, threads=1)
         ours = pipeline(corpus, Path(tmp) / "out-1")
         one = pipeline(many, Path(tmp) / "out-2")
         two = pipeline(many, Path(tmp) / "out-3", "--direct_running_mode=multi_processing",
@@ -101,6 +104,12 @@ def main() -> int:
     print(f"  {f'beamvec run, DirectRunner, {args.shards} shards':<58}{ours:>10.1f}{ours / direct:>8.2f}")
     print(f"  {f'beamvec run, {args.many_shards} shards, 1 worker process':<58}{one:>10.1f}{1.0:>8.2f}")
     print(f"  {f'beamvec run, {args.many_shards} shards, 2 worker processes':<58}{two:>10.1f}{two / one:>8.2f}")
+    # Two processes of one thread each can at best run the one-thread model twice.
+    print(f"\n  ONNX model called directly, one onnxruntime thread: {single:.1f} records/s "
+          f"({direct / single:.2f} x slower than all {os.cpu_count()} cores)")
+    print(f"  so {os.cpu_count()} one-thread worker processes reach at most {os.cpu_count() * single:.1f} records/s: "
+          f"{os.cpu_count() * single / one:.2f} x one worker process here, "
+          f"{os.cpu_count() * single / (0.9 * direct):.2f} x one at 0.9 of the bare model")
     return 0
 
 
