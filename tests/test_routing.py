@@ -477,6 +477,9 @@ class FakeBackend(Backend):
     def __getstate__(self) -> dict:
         return {}
 
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()  # an unpickled copy counts its own texts
+
 
 def fake_vector(text: str) -> np.ndarray:
     return vec(int(content_hash(text)[:8], 16))
@@ -600,10 +603,11 @@ def test_worker_takes_the_preflight_seed_without_sending_it(tmp_path):
     np.testing.assert_array_equal(got["3"], fake_vector("first"))
 
 
-def test_dofn_copies_in_one_process_share_one_limiter_and_one_reuse_index(tmp_path):
+def test_dofn_copies_in_one_process_share_one_limiter_one_reuse_index_and_one_memory(tmp_path):
     """Beam unpickles a DoFn once per thread: the copies in one process draw
-    on one limiter (one share of the quota, not one each) and build the
-    output's reuse index once between them; another pipeline's DoFn has its own."""
+    on one limiter (one share of the quota, not one each), build the
+    output's reuse index once between them, and send a text their shards
+    share once; another pipeline's DoFn has its own."""
     done = shard_file(tmp_path / "in" / "done.jsonl", [(f"d{k}", f"text {k}") for k in range(12)])
     first = make_worker(tmp_path / "out", FakeBackend())
     try:
@@ -636,10 +640,25 @@ def test_dofn_copies_in_one_process_share_one_limiter_and_one_reuse_index(tmp_pa
         assert [(c.reused, c.sent) for c in counts] == [(1, 0)] * 8
         assert lookups.builds == 2  # the index and the batch index, once each for eight copies
 
+        # texts new to the output, in two shards that two copies embed
+        fresh = [f"fresh {k}" for k in range(5)]
+        x = shard_file(tmp_path / "in" / "x.jsonl", [(f"x{k}", t) for k, t in enumerate(fresh)])
+        y = shard_file(tmp_path / "in" / "y.jsonl", [(f"y{k}", t) for k, t in enumerate(fresh)])
+        cx, cy = copies[0].worker.process(x).counts, copies[1].worker.process(y).counts
+        billed = Counter[str]()
+        for copy in copies:
+            billed.update(copy.backend.texts)
+        assert billed == Counter(fresh)  # once each, for the two copies
+        assert (cx.sent, cy.sent, cy.deduplicated, cy.embedded) == (5, 0, 5, 5)
+        assert all(c.worker.memory is copies[0].worker.memory for c in copies)
+        for rid, v in read_vectors(tmp_path / "out", "y").items():
+            np.testing.assert_array_equal(v, fake_vector(fresh[int(rid[1:])]))
+
         other = pickle.loads(pickle.dumps(dofn("run-2")))
         other.setup()
         try:
             assert other.embedder.limiter is not limiter and other.worker.lookups is not lookups
+            assert other.worker.memory is not copies[0].worker.memory
         finally:
             other.teardown()
     finally:

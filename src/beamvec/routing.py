@@ -136,13 +136,13 @@ class RunMemory:
         """The preflight's text, when ``record`` (of the shard at input path
         ``shard``) is the record it was taken from: that record counts it as
         sent, in whatever process it lands and even when another shard has
-        committed the text meanwhile, because the preflight billed it once."""
+        committed the text meanwhile, because the preflight billed it once.
+        The seed stays: a bundle Beam retries reads that record again, in a
+        process whose memory (shared by its DoFn copies) outlived the failure."""
         with self._lock:
             seeded = self._seeds.get(record.content_hash)
             if seeded is None or seeded[1] != (shard, record.position):
                 return None
-            del self._seeds[record.content_hash]
-            self._done.setdefault(record.content_hash, seeded[0])
             return Send(record, seeded[0])
 
     def claim(self, record: Record, deliver: Deliver) -> Decision:

@@ -47,6 +47,7 @@ from beamvec.pricing import estimate_cost
 from beamvec.progress import PROGRESS
 from beamvec.quota import Limiter, QuotaSettings
 from beamvec.records import Shard, Split
+from beamvec.routing import RunMemory
 from beamvec.sink import Output
 from beamvec.sources import plan_splits
 from beamvec.worker import Worker, WorkerConfig
@@ -69,14 +70,17 @@ class PerProcess:
     """What every copy of ``EmbedShards`` in a worker process shares.
 
     Beam unpickles a DoFn once per thread, several to a process: each copy
-    with its own limiter would take a whole share of the quota, and each with
+    with its own limiter would take a whole share of the quota, each with
     its own index would read the output's hash columns and hold the index
-    again. Limiters hold locks and clocks, so this is built on the worker,
-    never pickled. One object behind one ``Shared`` token, because Beam keeps
-    only one token per stage alive between bundles."""
+    again, and each with its own run memory would send a text its shards
+    share with another copy's again, and hold its own budget of vectors.
+    Limiters hold locks and clocks, so this is built on the worker, never
+    pickled. One object behind one ``Shared`` token, because Beam keeps only
+    one token per stage alive between bundles."""
 
     limiter: Limiter | None
     lookups: Lookups
+    memory: RunMemory
 
 
 class EmbedShards(beam.DoFn):
@@ -103,11 +107,13 @@ class EmbedShards(beam.DoFn):
             self.backend.load()
         config, quota, dimension = self.config, self.quota_settings, self.backend.limits.dimension
         shared: PerProcess = self._shared.acquire(
-            lambda: PerProcess(quota.build(), Worker.lookups_for(config, dimension)),
+            lambda: PerProcess(quota.build(), Worker.lookups_for(config, dimension),
+                               Worker.memory_for(config, dimension)),
             tag=(self.backend.name, self.backend.model, quota, config.output, config.run_id),
         )
         self.embedder = Embedder(self.backend, self.settings, shared.limiter)
-        self.worker = Worker(self.backend, self.embedder, config, self.settings.max_in_flight, shared.lookups)
+        self.worker = Worker(self.backend, self.embedder, config, self.settings.max_in_flight,
+                             shared.lookups, shared.memory)
         PROGRESS.watch(self.embedder.stats.snapshot)
         # What is loaded by now (Beam, the SDK, pyarrow, the model) lives as
         # long as the process. Out of the collector's sight, a full collection

@@ -174,16 +174,14 @@ class Worker:
 
     def __init__(
         self, backend: Backend, embedder: Embedder, config: WorkerConfig, max_in_flight: int,
-        lookups: Lookups | None = None,
+        lookups: Lookups | None = None, memory: RunMemory | None = None,
     ) -> None:
         self.backend = backend
         self.embedder = embedder
         self.config = config
         limits = backend.limits
         self.output = Output(config.output, config.storage_options, run_id=config.run_id)
-        self.memory = RunMemory(limits.dimension)
-        if config.seed is not None:
-            self.memory.seed(config.seed)
+        self.memory = memory or Worker.memory_for(config, limits.dimension)
         local = backend.name == "local"
         window = LOCAL_SORT_WINDOW if local else 0
         self.collector = Collector(
@@ -193,6 +191,17 @@ class Worker:
             sort_window=window, max_in_flight=max_in_flight,
         )
         self.lookups = lookups or Worker.lookups_for(config, limits.dimension)
+
+    @staticmethod
+    def memory_for(config: WorkerConfig, dimension: int) -> RunMemory:
+        """The texts a worker of ``config`` sent in this run, seeded with the
+        preflight's; share one per process (``EmbedShards`` does, through
+        Beam's ``Shared``), so that a text is sent once a process, not once a
+        DoFn copy, and the memory's budget is a process's."""
+        memory = RunMemory(dimension)
+        if config.seed is not None:
+            memory.seed(config.seed)
+        return memory
 
     @staticmethod
     def lookups_for(config: WorkerConfig, dimension: int) -> Lookups:
