@@ -229,6 +229,24 @@ def test_repeats_across_two_worker_processes_are_sent_at_most_once_per_process(e
     assert set(vectors_by_id(read_output(str(output)))) == {f"s{s}-{k}" for s in range(4) for k in range(50)}
 
 
+def test_repeats_across_dofn_copies_in_one_process_are_sent_once(emu, tmp_path, capsys):
+    """The multi-threading DirectRunner runs bundles on separate copies of the
+    DoFn in one process, as Dataflow's SDK harness does: the copies share one
+    run memory, so a text their shards share is billed once."""
+    output = tmp_path / "out"
+    args = gemini(emu, four_shards_sharing_50_texts(tmp_path / "in"), output,
+                  "--direct_running_mode=multi_threading", "--direct_num_workers=4")
+    code, _, err = beam_run(capsys, *args)
+    assert code == 0, err
+    assert billed(emu) == {content_hash(t): 1 for t in SHARED}
+    run = last_run(output)
+    assert (run["sent"], run["sent"] + run["deduplicated"] + run["reused"]) == (50, 200)
+    got = vectors_by_id(read_output(str(output)))
+    for s in range(4):
+        for k in range(50):
+            np.testing.assert_allclose(got[f"s{s}-{k}"], want(SHARED[k]), atol=1e-6)
+
+
 # -- first run, unchanged rerun, one change --------------------------------------------
 
 
