@@ -1,6 +1,7 @@
 """Requests filled from every shard a worker process has open.
 
-Shards hand the texts they must send to one ``Collector`` per process; it cuts
+Shards hand the texts they must send to one ``Collector`` per process (shared
+by every copy of the DoFn there, each bundle counted); it cuts
 API-sized batches across them (``batching.batches``), sends a partial batch
 only when no open shard is still reading, or after a short linger, and hands
 each result back to the shard that asked. Tiny shards thus share requests:
@@ -60,6 +61,7 @@ class Collector:
         self._oldest = 0.0
         self._outstanding = 0  # pending + in flight
         self._readers = 0
+        self._bundles = 0  # bundles still handing over shards, of every DoFn copy sharing this
         self._draining = False
         self._closed = False
         self._timer = threading.Thread(target=self._linger, name="beamvec-linger", daemon=True)
@@ -85,6 +87,23 @@ class Collector:
             self._draining = on
             if on and self._readers <= 0:
                 self._send(flush=True)
+
+    def bundle_started(self) -> None:
+        """A bundle of shards is arriving, on any of the DoFn copies that share
+        this collector: a partial batch may still fill from it."""
+        with self._cond:
+            self._bundles += 1
+            self._draining = False
+
+    def bundle_ending(self) -> None:
+        """A bundle has handed over its last shard. Once every bundle has (and
+        no shard is reading), nothing can join the partial batch: it goes now."""
+        with self._cond:
+            self._bundles = max(0, self._bundles - 1)
+            if self._bundles == 0:
+                self._draining = True
+                if self._readers <= 0:
+                    self._send(flush=True)
 
     def add(self, record: Record) -> None:
         with self._cond:
