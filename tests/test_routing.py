@@ -21,7 +21,7 @@ from beamvec import records as r
 from beamvec import worker as worker_module
 from beamvec.backends.base import Backend, Limits
 from beamvec.collector import Collector
-from beamvec.contract import Description, read_state, vector_path
+from beamvec.contract import Description, ShardCounts, read_state, vector_path
 from beamvec.embedder import Embedder, EmbedSettings
 from beamvec.lookup import VectorIndex
 from beamvec.prepare import PrepareConfig
@@ -496,6 +496,16 @@ def make_worker(output: Path, backend: FakeBackend, seed: Seed | None = None, re
     return worker
 
 
+def embed_shard(output: Path, backend: FakeBackend, split: Split, seed: Seed | None = None) -> ShardCounts:
+    """One shard through a worker of its own, closed afterwards: its counts."""
+    worker = make_worker(output, backend, seed)
+    try:
+        return worker.process(split).counts
+    finally:
+        worker.close()
+        worker.embedder.close()
+
+
 def shard_file(path: Path, rows: list[tuple[str, str]]) -> Split:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in rows))
@@ -538,12 +548,7 @@ def test_worker_sends_a_text_shared_by_its_shards_once_and_reuses_its_output(tmp
     # another process, a re-cut input: everything is in the output already
     c = shard_file(tmp_path / "in" / "c.jsonl", [(f"c{k}", t) for k, t in enumerate([*shared, "brand new"])])
     again = FakeBackend()
-    worker = make_worker(tmp_path / "out", again)
-    try:
-        rc = worker.process(c).counts
-    finally:
-        worker.close()
-        worker.embedder.close()
+    rc = embed_shard(tmp_path / "out", again, c)
     assert again.texts == Counter({"brand new": 1})
     assert (rc.reused, rc.sent, rc.deduplicated) == (20, 1, 0)
     assert set(read_state(Output(str(tmp_path / "out"))).committed) == {"a", "b", "c"}
@@ -555,12 +560,7 @@ def test_a_fetch_window_of_long_texts_closes_at_its_character_bound(tmp_path, mo
     every record is still reused with its own vector."""
     texts = [f"{k:03d} " + " ".join(["long text"] * 19) for k in range(30)]  # 193 characters: 65 tokens
     a = shard_file(tmp_path / "in" / "a.jsonl", [(f"a{k}", t) for k, t in enumerate(texts)])
-    worker = make_worker(tmp_path / "out", FakeBackend())
-    try:
-        worker.process(a)
-    finally:
-        worker.close()
-        worker.embedder.close()
+    embed_shard(tmp_path / "out", FakeBackend(), a)
 
     windows: list[int] = []
     get_many = VectorIndex.get_many
@@ -574,12 +574,7 @@ def test_a_fetch_window_of_long_texts_closes_at_its_character_bound(tmp_path, mo
     monkeypatch.setattr(worker_module, "FETCH_WINDOW_CHARS", 193 * 8)
     b = shard_file(tmp_path / "in" / "b.jsonl", [(f"b{k}", t) for k, t in enumerate(reversed(texts))])
     again = FakeBackend()
-    worker = make_worker(tmp_path / "out", again)
-    try:
-        counts = worker.process(b).counts
-    finally:
-        worker.close()
-        worker.embedder.close()
+    counts = embed_shard(tmp_path / "out", again, b)
     assert windows == [8, 8, 8, 6]  # 30 records, 8 to a window
     assert not again.texts and (counts.reused, counts.sent) == (30, 0)
     for rid, v in read_vectors(tmp_path / "out", "b").items():
@@ -591,12 +586,7 @@ def test_worker_takes_the_preflight_seed_without_sending_it(tmp_path):
     a = shard_file(tmp_path / "in" / "a.jsonl", [("1", "first"), ("2", "second"), ("3", "first")])
     seed = Seed(content_hash("first"), tuple(float(x) for x in fake_vector("first")), a.shard.path, 1)
     backend = FakeBackend()
-    worker = make_worker(tmp_path / "out", backend, seed)
-    try:
-        counts = worker.process(a).counts
-    finally:
-        worker.close()
-        worker.embedder.close()
+    counts = embed_shard(tmp_path / "out", backend, a, seed)
     assert backend.texts == Counter({"second": 1})
     assert (counts.sent, counts.deduplicated, counts.embedded) == (2, 1, 3)  # the seed counts as sent
     got = read_vectors(tmp_path / "out", "a")
@@ -609,12 +599,7 @@ def test_dofn_copies_in_one_process_share_one_limiter_one_reuse_index_and_one_me
     output's reuse index once between them, and send a text their shards
     share once; another pipeline's DoFn has its own."""
     done = shard_file(tmp_path / "in" / "done.jsonl", [(f"d{k}", f"text {k}") for k in range(12)])
-    first = make_worker(tmp_path / "out", FakeBackend())
-    try:
-        first.process(done)  # the output now holds 12 vectors to reuse
-    finally:
-        first.close()
-        first.embedder.close()
+    embed_shard(tmp_path / "out", FakeBackend(), done)  # the output now holds 12 vectors to reuse
 
     def dofn(run_id: str) -> EmbedShards:
         description = Description("fake", "fake-1", DIM, config_fingerprint="fp-fake")
