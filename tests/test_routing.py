@@ -23,14 +23,14 @@ from beamvec.backends.base import Backend, Limits
 from beamvec.collector import Collector
 from beamvec.contract import Description, ShardCounts, read_state, vector_path
 from beamvec.embedder import Embedder, EmbedSettings
-from beamvec.lookup import VectorIndex
+from beamvec.lookup import Lookups, VectorIndex
 from beamvec.prepare import PrepareConfig
 from beamvec.quota import Limiter, QuotaSettings
 from beamvec.records import DeadLetter, Embedded, RawRecord, Record, Shard, Split, content_hash
 from beamvec.routing import Fetch, Follow, NoLookup, Reuse, Router, RunMemory, Seed, Send
 from beamvec.sink import Output, vector_table
 from beamvec.sources import ReaderConfig
-from beamvec.transforms import EmbedShards
+from beamvec.transforms import EmbedShards, PerProcess
 from beamvec.worker import Worker, WorkerConfig
 
 DIM = 4
@@ -391,6 +391,58 @@ def test_collector_fills_requests_across_shards_and_drains_the_partial_one():
         assert sorted(landed) == sorted(f"s{s}-{i}" for s in range(3) for i in range(30))
     finally:
         collector.close()
+
+
+def test_collector_shared_by_dofn_copies_drains_once_every_bundle_has_ended():
+    """Copies of the DoFn in one process share the collector: the partial
+    batch waits while any copy's bundle may still hand over shards, and a
+    copy torn down in a failed bundle ends it."""
+    submit = FakeSubmit()
+    collector = Collector(submit, lambda batch, res: None, max_items=25, max_tokens=10_000,
+                          max_outstanding=1000, linger_s=3600)
+    try:
+        collector.bundle_started()
+        collector.bundle_started()  # two copies, a bundle each
+        collector.reader_started()
+        for i in range(10):
+            collector.add(record(f"text {i}", f"t{i}", i + 1))
+        collector.reader_done()
+        collector.bundle_ending()
+        assert submit.batches == []  # the other bundle may still fill it
+        collector.bundle_ending()
+        assert [len(b) for b in submit.batches] == [10]
+        collector.bundle_started()
+        collector.add(record("late text", "late", 11))
+        assert len(submit.batches) == 1
+        collector.bundle_ending()  # as EmbedShards.teardown does for a bundle that failed
+        assert [len(b) for b in submit.batches] == [10, 1]
+    finally:
+        collector.close()
+
+
+def test_dofn_copies_attach_to_one_worker_and_the_last_to_detach_closes_it(tmp_path):
+    closed: list[str] = []
+
+    class Built:
+        def __init__(self, name: str) -> None:
+            self.name = name
+            self.embedder = self
+
+        def close(self) -> None:
+            closed.append(self.name)
+
+    per_process = PerProcess(None, Lookups(Output(str(tmp_path)), [], "fp", DIM), RunMemory(DIM))
+    names = iter(["first", "second"])
+    build = lambda: Built(next(names))  # noqa: E731
+    a, b = per_process.attach(build), per_process.attach(build)
+    assert a is b and a.name == "first"
+    per_process.detach()
+    assert closed == []  # one copy still uses it
+    per_process.detach()
+    assert closed == ["first", "first"]  # the worker (its collector), then its embedder
+    assert per_process.attach(build).name == "second"  # a copy set up later builds again
+    assert per_process.unreported({"requests": 3.0}) == {"requests": 3}
+    assert per_process.unreported({"requests": 5.0}) == {"requests": 2}  # whichever copy asks
 
 
 def test_collector_lingers_then_sends_a_partial_batch():
