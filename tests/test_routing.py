@@ -373,7 +373,7 @@ def test_collector_fills_requests_across_shards_and_drains_the_partial_one():
     collector = Collector(submit, lambda batch, res: landed.extend(e.record.id for e in res[0]),
                           max_items=25, max_tokens=10_000, max_outstanding=1000, linger_s=3600)
     try:
-        collector.draining(False)
+        collector.bundle_started()
         for _ in range(3):
             collector.reader_started()
         for i in range(30):  # three shards reading at once, interleaved
@@ -384,7 +384,7 @@ def test_collector_fills_requests_across_shards_and_drains_the_partial_one():
         collector.reader_done()
         collector.reader_done()
         assert len(submit.batches) == 3  # no partial batch while more shards may open
-        collector.draining(True)
+        collector.bundle_ending()
         assert len(submit.batches) == 3  # one shard still reading: it may fill the batch
         collector.reader_done()
         assert [len(b) for b in submit.batches] == [25, 25, 25, 15]
@@ -477,7 +477,7 @@ def test_collector_back_pressure_bounds_unsent_and_in_flight_texts():
             added += 1
         collector.reader_done()
 
-    collector.draining(True)
+    collector.bundle_ending()  # no more shards are coming
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
     try:
@@ -544,7 +544,7 @@ def make_worker(output: Path, backend: FakeBackend, seed: Seed | None = None, re
         description=description, reuse_from=tuple(reuse_from), seed=seed,
     )
     worker = Worker(backend, Embedder(backend, EmbedSettings(max_in_flight=2)), config, max_in_flight=2)
-    worker.collector.draining(True)
+    worker.collector.bundle_ending()  # no bundle: partial batches go once no shard is reading
     return worker
 
 

@@ -81,13 +81,6 @@ class Collector:
             if self._readers <= 0 and self._draining:
                 self._send(flush=True)
 
-    def draining(self, on: bool) -> None:
-        """Whether more shards may still open (a bundle is still arriving)."""
-        with self._cond:
-            self._draining = on
-            if on and self._readers <= 0:
-                self._send(flush=True)
-
     def bundle_started(self) -> None:
         """A bundle of shards is arriving, on any of the DoFn copies that share
         this collector: a partial batch may still fill from it."""
@@ -97,7 +90,8 @@ class Collector:
 
     def bundle_ending(self) -> None:
         """A bundle has handed over its last shard. Once every bundle has (and
-        no shard is reading), nothing can join the partial batch: it goes now."""
+        no shard is reading), nothing can join the partial batch: it goes now.
+        Called with no bundle open, it says no more shards are coming."""
         with self._cond:
             self._bundles = max(0, self._bundles - 1)
             if self._bundles == 0:
