@@ -104,12 +104,14 @@ def main() -> int:
     print(f"  {f'beamvec run, DirectRunner, {args.shards} shards':<58}{ours:>10.1f}{ours / direct:>8.2f}")
     print(f"  {f'beamvec run, {args.many_shards} shards, 1 worker process':<58}{one:>10.1f}{1.0:>8.2f}")
     print(f"  {f'beamvec run, {args.many_shards} shards, 2 worker processes':<58}{two:>10.1f}{two / one:>8.2f}")
-    # Two processes of one thread each can at best run the one-thread model twice.
+    # One-thread processes, one per core, can at best run the one-thread model that many times.
+    cores = os.cpu_count() or 1
+    ceiling = cores * single
     print(f"\n  ONNX model called directly, one onnxruntime thread: {single:.1f} records/s "
-          f"({direct / single:.2f} x slower than all {os.cpu_count()} cores)")
-    print(f"  so {os.cpu_count()} one-thread worker processes reach at most {os.cpu_count() * single:.1f} records/s: "
-          f"{os.cpu_count() * single / one:.2f} x one worker process here, "
-          f"{os.cpu_count() * single / (0.9 * direct):.2f} x one at 0.9 of the bare model")
+          f"({direct / single:.2f} x slower than all {cores} cores)")
+    print(f"  so {cores} one-thread worker processes reach at most {ceiling:.1f} records/s: "
+          f"{ceiling / one:.2f} x one worker process here, "
+          f"{ceiling / (0.9 * direct):.2f} x one at 0.9 of the bare model")
     return 0
 
 
