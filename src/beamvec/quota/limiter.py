@@ -392,10 +392,11 @@ class Limiter:
         self._pending = None
         if self.discover:
             self._settle(self._meter.accepted_rate(sent_at, hint), now)
-        elif since is not None and self._request_budget is not None:
+        elif since is not None and self._request_budget is not None and not self._token_bound:
             # Only while pacing held every request does the accepted rate say what
             # the server allows (otherwise it measures the work there was, or the
-            # ramp-up).
+            # ramp-up); held by the token bucket, it is the tokens' rate, not
+            # what the request quota allows.
             accepted = self._meter.accepted_rate(sent_at, hint, since=since)
             if accepted is not None:
                 self._aimd.on_measured(accepted * self.window_s / self._request_budget, now)
