@@ -17,6 +17,14 @@ against a fresh emulator, its rows one after the other (stats reset between):
 * two jobs for six minutes (18 x texts, in twice the shards), 60-s window: the
   two-jobs row again, long enough for the window to turn over six times (a
   20,000-text run fits in the first window: the server never pushes back).
+* issue 30, over 6 s: token-bound (`--tpm`, default 400,000 a minute, no
+  request limit; beamvec told `--quota-tpm` the same, or nothing), an English
+  and a Chinese corpus, the emulator counting tokens its own way; and bound by
+  requests, each window kind (sliding, fixed, bucket) with each retry hint
+  (to the millisecond, whole seconds, none). Shapes need the emulator's
+  `--quota-window`/`--retry-hint`; where it has none they are skipped, said so.
+  For token shapes the limit in texts/s is the TPM over the tokens a text
+  counted at the emulator.
 
 RunInference is what a user would write with Beam alone: Beam's
 `GeminiModelHandler`, a request_fn calling `client.models.embed_content`,
@@ -79,8 +87,17 @@ _PLACES = ("near the north gate", "before the storm", "after the market closed",
            "beside the canal", "under the clock tower", "at the ferry landing", "during the fair")
 
 
-def text_of(i: int) -> str:
-    """The i-th sentence: distinct for every i, deterministic."""
+_CJK = ("港务长", "夜班护士", "安静的邻居", "河上的领航员", "老装订匠", "车站职员", "旅行的大提琴手", "吹玻璃的人")
+_CJK_VERBS = ("修好了", "画下了", "数清了", "描述了", "搬走了", "量好了", "卖掉了", "忘记了")
+_CJK_OBJECTS = ("一把铜壶", "七盏蓝灯笼", "冬季账本", "一个裂开的罗盘", "两条羊毛毯", "果园地图", "一架黄铜望远镜",
+                "最后一张时刻表")
+
+
+def text_of(i: int, script: str = "latin") -> str:
+    """The i-th sentence (English, or Chinese with ``script="cjk"``): distinct for every i, deterministic."""
+    if script == "cjk":
+        return (f"{_CJK[i % 8]}在调查的第{i}天{_CJK_VERBS[i // 8 % 8]}{_CJK_OBJECTS[i // 64 % 8]}，"
+                f"就在北门附近，暴风雨之前，市场关门之后。")
     return (f"{_SUBJECTS[i % 8]} {_VERBS[i // 8 % 8]} {_OBJECTS[i // 64 % 8]} "
             f"{_PLACES[i // 512 % 8]} on day {i} of the survey.")
 
@@ -93,11 +110,12 @@ def index_of(rid: str) -> int:
     return int(rid[1:])
 
 
-def make_corpus(root: Path, texts: int, shards: int, only: range | None = None) -> None:
+def make_corpus(root: Path, texts: int, shards: int, only: range | None = None, script: str = "latin") -> None:
     """``texts`` sentences dealt round-robin into ``shards`` files (or only the shards in ``only``)."""
     root.mkdir(parents=True)
     for s in only if only is not None else range(shards):
-        lines = [json.dumps({"id": id_of(i), "text": text_of(i)}) for i in range(s, texts, shards)]
+        lines = [json.dumps({"id": id_of(i), "text": text_of(i, script)}, ensure_ascii=False)
+                 for i in range(s, texts, shards)]
         (root / f"part-{s:03d}.jsonl").write_text("\n".join(lines) + "\n")
 
 
@@ -105,12 +123,12 @@ def make_corpus(root: Path, texts: int, shards: int, only: range | None = None) 
 
 
 class EmulatorProcess:
-    def __init__(self, rpm: int, window_s: float, fail_503: float, latency_ms: float,
-                 jitter_ms: float) -> None:
+    def __init__(self, rpm: int | None, window_s: float, fail_503: float, latency_ms: float,
+                 jitter_ms: float, extra: Sequence[str] = ()) -> None:
         self.argv = [str(BIN / "beamvec"), "emulator", "--host", "127.0.0.1", "--port", "0",
-                     "--rpm", str(rpm), "--window-s", str(window_s),
+                     *(["--rpm", str(rpm)] if rpm else []), "--window-s", str(window_s),
                      "--latency-ms", str(latency_ms), "--jitter-ms", str(jitter_ms),
-                     "--fail-503", str(fail_503), "--seed", "7"]
+                     "--fail-503", str(fail_503), "--seed", "7", *extra]
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
 
@@ -210,15 +228,16 @@ class Row:
     cpu_runner: float | None = None
     cpu_emulator: float | None = None
     failed: bool = False  # a run that failed, lost or repeated a text, or mispaired a vector
+    server_tokens: int = 0  # tokens the emulator counted (its own tokenizer), for TPM shapes
 
 
-def _exactly_once(stats: dict[str, Any], texts: int, extra: Sequence[str]) -> tuple[str, bool]:
+def _exactly_once(stats: dict[str, Any], texts: int, extra: Sequence[str], script: str = "latin") -> tuple[str, bool]:
     from beamvec.records import content_hash
 
     counts = dict(stats.get("text_counts", {}))
     for text in extra:
         counts.pop(content_hash(text), None)
-    want = {content_hash(text_of(i)) for i in range(texts)}
+    want = {content_hash(text_of(i, script)) for i in range(texts)}
     missing = len(want - set(counts))
     stray = len(set(counts) - want)
     repeated = sum(1 for c in counts.values() if c > 1)
@@ -272,11 +291,13 @@ def _run_child(row: Row, emulator: EmulatorProcess, argv: list[str], env: dict[s
     return codes[0], stdouts[0], seconds
 
 
-def _fill(row: Row, emulator: EmulatorProcess, sampler: Sampler, texts: int, extra: Sequence[str]) -> bool:
+def _fill(row: Row, emulator: EmulatorProcess, sampler: Sampler, texts: int, extra: Sequence[str],
+          script: str = "latin") -> bool:
     stats = emulator.stats(texts=True)
+    row.server_tokens = int(stats.get("tokens", 0))
     row.requests = int(stats["requests"])
     row.by_status = {str(k): int(v) for k, v in stats["by_status"].items()}
-    row.exactly_once, ok = _exactly_once(stats, texts, extra)
+    row.exactly_once, ok = _exactly_once(stats, texts, extra, script)
     row.steady = sampler.steady_rate()
     return ok
 
@@ -285,7 +306,8 @@ def run_beamvec(label: str, emulator: EmulatorProcess, corpora: list[Path], out:
                 args: argparse.Namespace, extra: Sequence[str], log: Path) -> Row:
     """``beamvec run`` once per corpus, side by side (one corpus: one job)."""
     row = Row(label)
-    quota = [] if "--no-quota" in extra else ["--quota-rpm", str(args.rpm)]  # per minute, as quotas are stated
+    quota = ([] if "--no-quota" in extra else ["--quota-tpm", str(shape.tpm)] if shape.tpm
+             else ["--quota-rpm", str(args.rpm)])  # per minute, as quotas are stated
     argvs, outs = [], []
     for n, corpus in enumerate(corpora):
         outs.append(out / f"job-{n}")
@@ -299,7 +321,7 @@ def run_beamvec(label: str, emulator: EmulatorProcess, corpora: list[Path], out:
     logs = [log.with_suffix(f".{n}.log") for n in range(len(corpora))]
     with Sampler(emulator, ignore=len(corpora)) as sampler:
         codes, stdouts, process_s = _run_children(row, emulator, argvs, env, logs, run_timeout(shape.texts))
-    once = _fill(row, emulator, sampler, shape.texts, [PREFLIGHT])
+    once = _fill(row, emulator, sampler, shape.texts, [PREFLIGHT], shape.script)
     walls = [re.search(r"wall time\s+([\d.]+) s", stdout) for stdout in stdouts]
     row.seconds = max(float(m.group(1)) if m else process_s for m in walls)
     manifests = [o / "_manifest.json" for o in outs]
@@ -313,7 +335,7 @@ def run_beamvec(label: str, emulator: EmulatorProcess, corpora: list[Path], out:
     row.dead_letters = f"{sum(t['dead_lettered'] for t in totals):,}"
     seen, bad = 0, 0
     for o in outs:
-        s, b = _check_beamvec_vectors(o)
+        s, b = _check_beamvec_vectors(o, shape.script)
         seen, bad = seen + s, bad + b
     row.pairing = f"all {seen:,}" if seen == shape.texts and not bad else f"NO: {bad:,} of {seen:,} wrong"
     if not once or embedded != shape.texts:
@@ -322,7 +344,7 @@ def run_beamvec(label: str, emulator: EmulatorProcess, corpora: list[Path], out:
     return row
 
 
-def _check_beamvec_vectors(out: Path) -> tuple[int, int]:
+def _check_beamvec_vectors(out: Path, script: str = "latin") -> tuple[int, int]:
     """Every row's vector against the emulator's function of the row's own text: (seen, wrong)."""
     import numpy as np
     import pyarrow.parquet as pq
@@ -335,7 +357,7 @@ def _check_beamvec_vectors(out: Path) -> tuple[int, int]:
         ids = table.column("id").to_pylist()
         matrix = np.asarray(table.column("vector").combine_chunks().flatten()).reshape(len(ids), DIM)
         for rid, vec in zip(ids, matrix, strict=True):
-            want = expected_vector(MODEL, None, DIM, text_of(index_of(rid)))
+            want = expected_vector(MODEL, None, DIM, text_of(index_of(rid), script))
             want = want / np.linalg.norm(want)  # beamvec normalizes sub-native outputs
             seen += 1
             bad += not np.allclose(vec, want, atol=1e-5)
@@ -502,6 +524,8 @@ def table(rows: list[Row], shape: Shape, args: argparse.Namespace, fail: float) 
     limit = args.rpm * 100 / 60.0
     lines = [_line(HEADER), _line(ALIGN)]
     for r in rows:
+        if shape.tpm:  # texts/s the token limit allows, at the tokens a text counts at the server
+            limit = shape.tpm / 60.0 / (r.server_tokens / shape.texts) if r.server_tokens else float("nan")
         known = r.requests is not None
         total = (r.requests or 0)
         lines.append(_line([
@@ -521,6 +545,9 @@ def table(rows: list[Row], shape: Shape, args: argparse.Namespace, fail: float) 
             f"{_fmt(r.cpu_runner, '.1f')} / {_fmt(r.cpu_emulator, '.1f')}",
         ]))
     minimum = -(-shape.texts // 100)
+    if shape.tpm:
+        lines.append(_line([f"the limit: {shape.tpm:,} tokens a minute (texts/s at each row's counted tokens a text)"]))
+        return "\n".join(lines)
     lines.append(_line([f"the limit: {shape.server_rpm(args.rpm)} requests per {shape.window_s:g} s × 100 texts",
                         "", f"{limit:,.0f}", "1.00", f"{limit:,.0f}", "1.00", f"{minimum:,}"]))
     if fail:
@@ -568,10 +595,29 @@ class Shape:
     texts: int
     shards: int
     rows: tuple[str, ...]  # "told", "two-processes", "runinference", "discover", "two-jobs"
+    tpm: int | None = None  # a token-bound shape: the server's tokens a minute (and no request limit)
+    script: str = "latin"  # the corpus: English ("latin") or Chinese ("cjk")
+    window_kind: str | None = None  # the emulator's --quota-window (None: its default, sliding)
+    hint: str | None = None  # the emulator's --retry-hint (None: its default, to the millisecond)
 
-    def server_rpm(self, rpm: int) -> int:
-        """Requests per window for a quota of ``rpm`` per minute."""
-        return max(1, round(rpm * self.window_s / 60.0))
+    def server_rpm(self, rpm: int) -> int | None:
+        """Requests per window for a quota of ``rpm`` per minute (None: token-bound, no request limit)."""
+        return None if self.tpm else max(1, round(rpm * self.window_s / 60.0))
+
+    def emulator_args(self) -> list[str]:
+        extra = ["--tpm", str(round(self.tpm * self.window_s / 60.0))] if self.tpm else []
+        extra += ["--quota-window", self.window_kind] if self.window_kind else []
+        return extra + (["--retry-hint", self.hint] if self.hint else [])
+
+    def needs(self) -> list[str]:
+        """The emulator flags this shape needs beyond the basic ones."""
+        return [flag for flag, value in (("--quota-window", self.window_kind), ("--retry-hint", self.hint)) if value]
+
+
+def emulator_flags() -> str:
+    """The emulator's --help: which quota shapes it can meter (feature detection)."""
+    done = subprocess.run([str(BIN / "beamvec"), "emulator", "--help"], capture_output=True, text=True, timeout=60)
+    return done.stdout
 
 
 ROWS = {
@@ -595,23 +641,41 @@ def shapes(args: argparse.Namespace) -> list[Shape]:
         Shape(f"{t // 20:,} shards of 20, server meters over 6 s", 6.0, t, t // 20, ("told", "runinference")),
         Shape(f"two jobs for six minutes: {18 * t:,} texts, server meters over 60 s", 60.0, 18 * t, 2 * n,
               ("two-jobs",)),
+        *token_and_window_shapes(args),
     ]
     return [s for s in found if not args.only or any(s.title.startswith(word) for word in args.only)]
 
 
+def token_and_window_shapes(args: argparse.Namespace) -> list[Shape]:
+    """Issue 30: token-bound shapes (English, and Chinese that the server counts
+    per script) and, bound by requests, each window kind with each hint shape;
+    6-s windows, so that each run is short."""
+    t, n = args.texts, args.shards
+    found = [Shape(f"tokens, {name}: {args.tpm:,} a minute over 6 s", 6.0, t, n, ("told", "discover"),
+                   tpm=args.tpm, script=script) for name, script in (("English", "latin"), ("Chinese", "cjk"))]
+    for kind in ("sliding", "fixed", "bucket"):
+        for hint in ("exact", "seconds", "none"):
+            found.append(Shape(f"requests, window {kind}, hint {hint}: over 6 s", 6.0, t, n, ("told", "discover"),
+                               window_kind=kind, hint=hint))
+    return found
+
+
 def measure(shape: Shape, args: argparse.Namespace, tmp: Path, fail: float, counter: list[int]) -> list[Row]:
-    corpus = tmp / f"corpus-{shape.shards}"
+    corpus = tmp / f"corpus-{shape.shards}-{shape.script}"
     if not corpus.exists():
-        make_corpus(corpus, shape.texts, shape.shards)
+        make_corpus(corpus, shape.texts, shape.shards, script=shape.script)
     halves = [tmp / f"corpus-{shape.shards}-a", tmp / f"corpus-{shape.shards}-b"]
     rows = []
     with EmulatorProcess(shape.server_rpm(args.rpm), shape.window_s, fail, args.latency_ms,
-                         args.jitter_ms) as emu:
+                         args.jitter_ms, shape.emulator_args()) as emu:
         for key in shape.rows:
             if args.rows and key not in args.rows:
                 continue
             label, extra = ROWS[key]
             label = label.format(rpm=args.rpm)
+            if shape.tpm:
+                label = label.replace(f"--quota-rpm {args.rpm}", f"--quota-tpm {shape.tpm}").replace(
+                    "--quota-rpm", "--quota-tpm")
             counter[0] += 1
             out, log = tmp / f"out-{counter[0]}", tmp / f"run-{counter[0]}.log"
             print(f"  {shape.title}: {label} ...", flush=True)
@@ -642,6 +706,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="only these rows of each shape (told, two-processes, runinference, discover, two-jobs)")
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--jitter-ms", type=float, default=20.0)
+    parser.add_argument("--tpm", type=int, default=400_000,
+                        help="token-bound shapes: the server's tokens a minute (beamvec told --quota-tpm the same)")
     parser.add_argument("--max-in-flight", type=int, default=8)
     parser.add_argument("--concurrent-shards", type=int, default=8)
     parser.add_argument("--fail-503", type=float, default=0.0,
@@ -658,7 +724,14 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"100 texts a call, {args.latency_ms:g} ± {args.jitter_ms:g} ms, {DIM} dims; "
           f"beamvec --max-in-flight {args.max_in_flight} --concurrent-shards {args.concurrent_shards}",
           flush=True)
-    plan = [(shape, 0.0) for shape in shapes(args)]
+    supported = emulator_flags()
+    plan = []
+    for shape in shapes(args):
+        missing = [flag for flag in shape.needs() if flag not in supported]
+        if missing:
+            print(f"skipped ({shape.title}): this emulator has no {', '.join(missing)}", flush=True)
+        else:
+            plan.append((shape, 0.0))
     if args.fail_503 > 0:
         plan += [(Shape(f"server meters over 60 s, {args.fail_503:.0%} of requests answered 503", 60.0,
                         args.texts, args.shards, ("told", "runinference", "discover")), args.fail_503)]

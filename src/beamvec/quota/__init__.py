@@ -2,7 +2,8 @@
 
 Small parts, each tested without Beam: ``bucket`` (a reservation token
 bucket), ``pacing`` (rates from a quota and a fraction), ``aimd`` (how the
-fraction reacts to 429s and quiet), ``meter`` (the rate the server accepted),
+fraction reacts to 429s and quiet), ``scale`` (server-counted tokens per
+estimated token), ``meter`` (the rate the server accepted),
 ``limiter`` (the per-process composition) and ``settings`` (what the
 pipeline carries, and the limiter it builds on a worker).
 """
@@ -12,9 +13,10 @@ from beamvec.quota.bucket import TokenBucket
 from beamvec.quota.limiter import AdaptiveLimiter, Limiter, LimiterStats
 from beamvec.quota.meter import SuccessMeter
 from beamvec.quota.pacing import Pace, pace
+from beamvec.quota.scale import ScaleSettings, TokenScale
 from beamvec.quota.settings import QuotaSettings
 
 __all__ = [
     "AdaptiveLimiter", "AimdController", "AimdSettings", "Cut", "Limiter", "LimiterStats",
-    "Pace", "QuotaSettings", "SuccessMeter", "TokenBucket", "pace",
+    "Pace", "QuotaSettings", "ScaleSettings", "SuccessMeter", "TokenBucket", "TokenScale", "pace",
 ]

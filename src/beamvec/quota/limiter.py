@@ -45,6 +45,7 @@ from beamvec.quota.aimd import AimdController, AimdSettings, Cut
 from beamvec.quota.bucket import Clock, Sleep, TokenBucket, check_positive
 from beamvec.quota.meter import SuccessMeter
 from beamvec.quota.pacing import Pace, pace
+from beamvec.quota.scale import ScaleSettings, TokenScale
 
 #: (asked at, sent at) of one request: when a caller asked, and the send time it was given.
 Booking = tuple[float, float]
@@ -77,6 +78,7 @@ class LimiterStats:
     fraction: float  # current rate as a fraction of the configured (or discovered) rate
     rpm: float | None  # current requests per minute of this limiter (None: unlimited)
     tpm: float | None  # current tokens per minute of this limiter (None: unlimited)
+    token_factor: float = 1.0  # server-counted tokens per estimated token, as learnt (scale.py)
 
 
 class Limiter:
@@ -94,6 +96,7 @@ class Limiter:
         burst_requests: float = 1.0,
         margin: float = 0.02,
         aimd: AimdSettings | None = None,
+        scale: ScaleSettings | None = None,
         max_hold_s: float = 60.0,
         measure_s: float = 60.0,
         late_slack_s: float | None = None,
@@ -129,6 +132,8 @@ class Limiter:
         max_fraction = 1.0 / self.share if elastic else 1.0
         self._aimd = AimdController(aimd or AimdSettings(), now, max_fraction, probe_scale=1.0 / self.share)
         self._meter = SuccessMeter(measure_s)
+        self._scale = TokenScale(scale or ScaleSettings(), now)
+        self._token_bound = False  # the last held booking waited for the token bucket
         self._largest_tokens = 1.0
         self._last_send = -math.inf
         self._hold_until = -math.inf
@@ -200,20 +205,25 @@ class Limiter:
             now = self._clock()
             self._measure(now)
             self._aimd.tick(now)
-            if self._tokens_bucket is not None and tokens > self._largest_tokens:
-                self._largest_tokens = tokens
+            self._scale.tick(now, self._token_bound)
+            charge = tokens * self._scale.factor  # tokens as the server counts them
+            if self._tokens_bucket is not None and charge > self._largest_tokens:
+                self._largest_tokens = charge
             self._apply()
             at = max(now, self._hold_until)
             if self._paced:
                 at = max(at, self._last_send)  # paced sends keep their booked order
             if self._requests_bucket is not None:
                 at = self._requests_bucket.earliest(1.0, at)
-            if self._tokens_bucket is not None and tokens > 0:
-                at = self._tokens_bucket.earliest(tokens, at)
+            if self._tokens_bucket is not None and charge > 0:
+                by_tokens = self._tokens_bucket.earliest(charge, at)
+                if by_tokens > at + 1e-6 or at > now + 1e-6:
+                    self._token_bound = by_tokens > at + 1e-6
+                at = by_tokens
             if self._requests_bucket is not None:
                 self._requests_bucket.book(1.0, at)
-            if self._tokens_bucket is not None and tokens > 0:
-                self._tokens_bucket.book(tokens, at)
+            if self._tokens_bucket is not None and charge > 0:
+                self._tokens_bucket.book(charge, at)
             self._last_send = max(self._last_send, at)
             self._meter.on_send(now, at)
             self._local.booked = (now, at)
@@ -303,6 +313,7 @@ class Limiter:
         with self._lock:
             now = self._clock()
             self._meter.on_success(now if booked is None else booked[1], now)
+            self._scale.on_success(now)
             self._measure(now)
             self._aimd.tick(now)
             self._apply()
@@ -332,9 +343,12 @@ class Limiter:
             if self._hold_until > held_before:
                 self._hold_set = now
             self._meter.on_refused(max(now, self._hold_until))
+            self._scale.quiet_after(self._hold_until)
             if self._aimd.is_same_event(now, asked_at):
                 self._aimd.quiet_after(self._hold_until)
                 return False
+            if self._tokens_bucket is not None:
+                self._scale.on_throttled(now, self._token_bound)
             before = self._aimd.fraction
             if hint is not None:
                 self._aimd.window_s = max(self._aimd.window_s, self._window_seen(now, hint))
@@ -352,6 +366,12 @@ class Limiter:
                 self._guard_lateness = self._guard_lateness or self._paced
             self._apply()
             return self._aimd.fraction < before
+
+    def calibrate(self, estimated: float, counted: float) -> None:
+        """The server reported counting ``counted`` tokens for a request we
+        estimated at ``estimated``: pace tokens as it counts them."""
+        with self._lock:
+            self._scale.calibrate(estimated, counted)
 
     def _window_seen(self, now: float, hint: float) -> float:
         """How long the server's window is, at least, by this 429. Filled from
@@ -372,10 +392,11 @@ class Limiter:
         self._pending = None
         if self.discover:
             self._settle(self._meter.accepted_rate(sent_at, hint), now)
-        elif since is not None and self._request_budget is not None:
+        elif since is not None and self._request_budget is not None and not self._token_bound:
             # Only while pacing held every request does the accepted rate say what
             # the server allows (otherwise it measures the work there was, or the
-            # ramp-up).
+            # ramp-up); held by the token bucket, it is the tokens' rate, not
+            # what the request quota allows.
             accepted = self._meter.accepted_rate(sent_at, hint, since=since)
             if accepted is not None:
                 self._aimd.on_measured(accepted * self.window_s / self._request_budget, now)
@@ -428,6 +449,7 @@ class Limiter:
                 waited_s=self._waited, requests=self._requests, tokens=self._tokens,
                 throttled=self._throttled, cuts=self._aimd.cuts, fraction=self._aimd.fraction,
                 rpm=self._per_minute(self._request_budget), tpm=self._per_minute(self._token_budget),
+                token_factor=self._scale.factor,
             )
 
     def __repr__(self) -> str:
