@@ -2,7 +2,7 @@
 # Does beamvec install beside Beam's Google Cloud extra, and does the gemini backend
 # work there? (issue 14: "Installs beside apache-beam[gcp]")
 #
-# A fresh venv gets `apache-beam[gcp]==2.77.0` and beamvec's `genai` extra (built from
+# A fresh venv gets `apache-beam[gcp]==2.78.0` and beamvec's `genai` extra (built from
 # a copy of this checkout, so the working tree is never written to) in ONE resolver
 # run, as a user would type it. Then it checks:
 #   * google-cloud-aiplatform >= 1.150 (Beam's gcp extra caps it < 2; aiplatform
@@ -12,13 +12,13 @@
 #   * the gemini and vertex pipeline tests pass against beamvec's emulator on 127.0.0.1.
 #
 # Usage: scripts/check_gcp_install.sh [VENV_DIR]   (default: a new temp dir, removed after)
-# Env:   PYTHON (default python3), BEAM_VERSION (default 2.77.0).
+# Env:   PYTHON (default python3), BEAM_VERSION (default 2.78.0).
 # It downloads ~400 MB the first time (pip's cache makes later runs faster); it is not
 # part of `make test` -- see README "Install".
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
-BEAM_VERSION="${BEAM_VERSION:-2.77.0}"
+BEAM_VERSION="${BEAM_VERSION:-2.78.0}"
 MIN_AIPLATFORM="1.150"
 WORK="$(mktemp -d)"
 VENV="${1:-$WORK/venv}"
