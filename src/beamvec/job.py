@@ -26,6 +26,7 @@ from beamvec.batch_phase import check_batch_flags, finish_batch_phase, run_batch
 from beamvec.contract import (
     PARTIAL_DIR,
     SUCCESS,
+    CommitRecord,
     OutputState,
     complete_shards,
     read_manifest,
@@ -51,6 +52,7 @@ from beamvec.preflight import preflight
 from beamvec.progress import PROGRESS, Reporter
 from beamvec.quota import QuotaSettings
 from beamvec.retry import RetryPolicy
+from beamvec.retry_letters import kept_refusals, merged
 from beamvec.routing import Refusals
 from beamvec.sink import Output
 from beamvec.timeline import Timeline, new_run_id
@@ -138,6 +140,14 @@ def _nothing_to_do(plan: JobPlan, out: Any) -> None:
     plan.output.write_bytes(plan.output.path(SUCCESS), b"")
 
 
+def redone_parts(plan: JobPlan) -> list[CommitRecord]:
+    """The committed parts, under this configuration, of the shards this run redoes."""
+    todo = {shard.name for shard in plan.work.todo}
+    fingerprint = plan.inputs.description.config_fingerprint
+    return [rec for rec in plan.state.committed.values()
+            if rec.shard_name in todo and rec.config_fingerprint == fingerprint]
+
+
 def worker_count(options: PipelineOptions, bv: Any) -> int:
     """Workers sharing the quota, as far as the driver knows (see quota/)."""
     return max(1, bv.quota_workers, worker_processes(options))
@@ -190,7 +200,8 @@ def _run_planned(plan: JobPlan, options: PipelineOptions, started: float, out: A
         # Checkpoints cost a small file per batch: worth it where a batch costs quota.
         checkpoint=checkpoint,
         seed=checked.seed if checked is not None else None,
-        refusals=batch.refusals if batch is not None else Refusals(),
+        refusals=merged(kept_refusals(plan.output, redone_parts(plan), retry_reasons(bv.retry_dead_letters)),
+                        batch.refusals if batch is not None else Refusals()),
         run_id=run_id,
         retry_reasons=retry_reasons(bv.retry_dead_letters),
     )

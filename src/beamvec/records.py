@@ -153,7 +153,7 @@ class DeadLetter:
     raw: str = ""
     attempts: int = 0
     status: int | None = None
-    content_hash: str | None = None  # set when the text got that far; not written
+    content_hash: str | None = None  # set when the text got that far (a retry keeps refusals)
 
 
 @dataclass

@@ -69,6 +69,9 @@ DEAD_LETTER_SCHEMA = pa.schema(
         pa.field("raw", pa.string()),
         pa.field("attempts", pa.int32()),
         pa.field("status", pa.int32()),
+        # the hash of the text that was sent (null when it never got that far):
+        # a --retry-dead-letters run dead-letters it again instead of re-sending
+        pa.field("content_hash", pa.string()),
     ]
 )
 
@@ -110,6 +113,7 @@ def dead_letter_table(letters: Sequence[DeadLetter], source: str) -> pa.Table:
                 "raw": d.raw,
                 "attempts": d.attempts,
                 "status": d.status,
+                "content_hash": d.content_hash,
             }
             for d in letters
         ],
