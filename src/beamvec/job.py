@@ -32,6 +32,7 @@ from beamvec.contract import (
     read_manifest,
     read_state,
 )
+from beamvec.contract.layout import PROBE as PROBE
 from beamvec.embedder import EmbedSettings
 from beamvec.errors import Interrupted, SystemicError, UsageError, reason_of
 from beamvec.failures import clear_failures, raise_recorded_failure
@@ -60,7 +61,6 @@ from beamvec.transforms import EmbedCorpus, commit_run, write_work
 from beamvec.worker import WorkerConfig
 
 LOG = logging.getLogger("beamvec")
-PROBE = "_beamvec_probe"
 
 
 @dataclass

@@ -18,8 +18,8 @@ import time
 from dataclasses import asdict, dataclass
 
 from beamvec.commands import Output, footer, vector_files
+from beamvec.contract.layout import EXPORTS_DIR as EXPORTS_DIR
 
-EXPORTS_DIR = "_exports"
 STATE_VERSION = 1
 
 

@@ -20,6 +20,7 @@ import fsspec
 import fsspec.core
 from fsspec.implementations.local import LocalFileSystem
 
+from beamvec.contract import layout
 from beamvec.errors import InputAccessError, NoInputError, UsageError, reason_of
 from beamvec.records import Shard, safe_shard_name
 from beamvec.sources.base import FORMATS, ReaderConfig, detect_format
@@ -53,17 +54,12 @@ def _relative(path: str, base: str) -> str:
     return path.lstrip("/")
 
 
-#: Commit markers Hadoop, Spark and Databricks leave beside data, and beamvec's
-#: own bookkeeping (an older output under the input glob must not be re-read).
-_MARKER_NAMES = frozenset({
-    "_SUCCESS", "_FAILURE", ".DS_Store",
-    "_manifest.json", "_lease", "_leases", "_beamvec_probe",
-})
+#: Commit markers Hadoop, Spark and Databricks leave beside data. beamvec's
+#: own files are the contract's (``layout.is_own``): an older output under the
+#: input glob must not be re-read.
+_MARKER_NAMES = frozenset({"_SUCCESS", "_FAILURE", ".DS_Store"})
 _MARKER_PREFIXES = ("_started_", "_committed_")
-_MARKER_DIRS = frozenset({
-    "_temporary", "_spark_metadata",
-    "_tmp", "_partial", "_batch", "_runs", "_lease", "_leases",
-})
+_MARKER_DIRS = frozenset({"_temporary", "_spark_metadata"})
 
 
 def _is_hidden(relative_path: str) -> bool:
@@ -73,7 +69,8 @@ def _is_hidden(relative_path: str) -> bool:
     """
     *dirs, name = relative_path.split("/")
     return (
-        name in _MARKER_NAMES
+        layout.is_own(relative_path)
+        or name in _MARKER_NAMES
         or name.startswith(_MARKER_PREFIXES)
         or (name.startswith(".") and name.endswith(".crc"))
         or any(d in _MARKER_DIRS for d in dirs)
@@ -126,7 +123,12 @@ def _expand(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, dict[str, di
             files[name] = info
     hidden = 0
     if not explicit_hidden:
-        kept = {p: i for p, i in files.items() if not _is_hidden(_relative(p, base))}
+        # vectors/ and dead_letters/ of an older output (a folder with a manifest)
+        roots = layout.output_roots(list(files))
+        kept = {
+            p: i for p, i in files.items()
+            if not _is_hidden(_relative(p, base)) and not layout.in_output_data(p, roots)
+        }
         hidden = len(files) - len(kept)
         files = kept
     return base, files, hidden
