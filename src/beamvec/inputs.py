@@ -23,7 +23,7 @@ from apache_beam.options.pipeline_options import (
 from beamvec import __version__
 from beamvec.backends import Backend, backend_from_options
 from beamvec.contract import CommitRecord, Description, OutputState, RunConfig, complete_shards
-from beamvec.errors import UsageError
+from beamvec.errors import UsageError, redact_url
 from beamvec.lookup import VectorIndex, build_index
 from beamvec.options import BeamvecOptions, parse_pipeline_options, parse_storage_options
 from beamvec.prepare import PrepareConfig
@@ -156,7 +156,7 @@ def resolve_inputs(options: PipelineOptions) -> JobInputs:
     })
     assert description is not None  # every backend names its model
     run_config = RunConfig(
-        inputs=tuple(bv.input),
+        inputs=tuple(redact_url(pattern) for pattern in bv.input),
         format=bv.format,
         id_field=bv.id_field,
         text_field=bv.text_field,

@@ -21,7 +21,14 @@ import fsspec.core
 from fsspec.implementations.local import LocalFileSystem
 
 from beamvec.contract import layout
-from beamvec.errors import InputAccessError, NoInputError, UsageError, reason_of
+from beamvec.errors import (
+    InputAccessError,
+    NoInputError,
+    UsageError,
+    reason_of,
+    redact_url,
+    redact_urls,
+)
 from beamvec.records import Shard, safe_shard_name
 from beamvec.sources.base import FORMATS, ReaderConfig, detect_format
 
@@ -204,7 +211,7 @@ def list_shards(
         except PermissionError as exc:
             reason = reason_of(exc)
             raise InputAccessError(
-                f"cannot list input {pattern!r}: {reason}; check the credentials in the "
+                f"cannot list input {redact_url(pattern)!r}: {redact_urls(reason)}; check the credentials in the "
                 "environment (AWS_* variables, GOOGLE_APPLICATION_CREDENTIALS or gcloud ADC) "
                 "and that they may list and read it"
             ) from None
@@ -228,12 +235,13 @@ def list_shards(
             matched_by[full] = pattern
             found[full] = Shard(
                 path=full,
-                name=safe_shard_name(relative, full),
+                # a query (a signed URL's token) never reaches the name
+                name=safe_shard_name(relative.split("?", 1)[0], full),
                 size=_size(info),
                 version=_version(info),
             )
     if empty:
-        which = ", ".join(repr(p) for p in empty)
+        which = ", ".join(repr(redact_url(p)) for p in empty)
         raise NoInputError(
             f"input {which} matched no files; check the path and glob pattern "
             "(quote it so your shell does not expand it), that the bucket or directory "
@@ -260,11 +268,11 @@ def check_formats(shards: Sequence[Shard], format: str | None, matched_by: dict[
         try:
             detect_format(shard.path)
         except ValueError:
-            ext = posixpath.splitext(posixpath.basename(shard.path))[1] or "(none)"
+            ext = posixpath.splitext(posixpath.basename(shard.shown.split("?", 1)[0]))[1] or "(none)"
             pattern = (matched_by or {}).get(shard.path)
-            via = f" (matched by {pattern!r})" if pattern and pattern != shard.path else ""
+            via = f" (matched by {redact_url(pattern)!r})" if pattern and pattern != shard.path else ""
             raise UsageError(
-                f"input {shard.path}{via} has no known format (extension {ext}); pass "
+                f"input {shard.shown}{via} has no known format (extension {ext}); pass "
                 f"--format ({'/'.join(FORMATS)}) to read every input as one format, or narrow "
                 "the glob so it matches only data files"
             ) from None
