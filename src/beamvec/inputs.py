@@ -184,6 +184,24 @@ def conflict(state: OutputState, ours: Description) -> str | None:
     )
 
 
+def uncovered_by_force(state: OutputState, shards: Sequence[Shard]) -> str | None:
+    """Why ``--force`` with a new configuration cannot run on these inputs, or None.
+
+    A new configuration replaces every vector of the output: shards committed
+    before and not among this run's inputs would stay under the old one
+    beneath a new manifest and ``_SUCCESS`` (readers would see mixed sizes)."""
+    listed = {shard.name for shard in shards}
+    left = sorted({rec.shard_name for rec in state.committed.values()} - listed)
+    if not left:
+        return None
+    more = f" and {len(left) - 3} more" if len(left) > 3 else ""
+    return (
+        f"--force with a new configuration must cover the whole output, but {len(left)} committed "
+        f"shard(s) are not among --input ({', '.join(left[:3])}{more}); pass an --input that "
+        "covers them, or write to a new --output"
+    )
+
+
 @dataclass
 class Work:
     """Which shards a run embeds, and which it skips as committed."""

@@ -45,6 +45,7 @@ from beamvec.inputs import (
     retry_reasons,
     split_bytes,
     split_work,
+    uncovered_by_force,
     worker_processes,
 )
 from beamvec.lease import hold_lease
@@ -82,6 +83,9 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         raise UsageError(
             f"{output.url} {why}; write to a new --output, or pass --force to replace them"
         )
+    uncovered = uncovered_by_force(state, inputs.shards) if why else None
+    if uncovered:
+        raise UsageError(f"{output.url}: {uncovered}")
     for url in inputs.bv.reuse_from or ():
         check_reuse_source(inputs.description, Output(url, inputs.storage_options))
     for path, why in state.damaged.items():  # those shards are redone (contract.check_part)
