@@ -30,7 +30,6 @@ from beamvec.contract import VECTORS_DIR as VECTORS_DIR
 from beamvec.contract import dead_letter_files as dead_letter_files
 from beamvec.contract import has_success as has_success
 from beamvec.contract import name_of as shard_name  # noqa: F401 - the commands' name for it
-from beamvec.contract import read_footer as footer  # noqa: F401 - the commands' name for it
 from beamvec.contract import vector_files as vector_files
 from beamvec.errors import UsageError, reason_of
 from beamvec.sink import Output
