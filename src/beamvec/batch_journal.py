@@ -23,7 +23,8 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-JOURNAL_DIR = "_batch/jobs"
+from beamvec.contract.layout import JOURNAL_DIR as JOURNAL_DIR
+
 #: Service states (google-genai's JobState without the ``JOB_STATE_`` prefix).
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
 FAILED_STATES = frozenset({"FAILED", "CANCELLED", "EXPIRED"})

@@ -123,24 +123,16 @@ class Embedder:
         the offending texts are dead-lettered; a systemic fault stops the run
         with the backend's one-line message; exhausted retries dead-letter the
         batch (or stop the run with ``fail_on_exhausted``)."""
+        # With --fail-on-exhausted the first exhausted part stops the run at
+        # once; otherwise it is dead-lettered and its siblings carry on.
+        gave_up = None if self.settings.fail_on_exhausted else _is_exhausted
         try:
-            done, failed = embed_with_bisection(batch, self._call, is_bad_input)
+            done, failed = embed_with_bisection(batch, self._call, is_bad_input, gave_up)
         except RetriesExhausted as exc:
-            if self.settings.fail_on_exhausted:
-                raise SystemicError(
-                    f"retries exhausted ({exc}) and --fail-on-exhausted is set; committed "
-                    "shards stay committed: rerun the same command when the API is back"
-                ) from exc
-            letters = [
-                DeadLetter(
-                    rec.id, rec.position, r.EMBED_FAILED, f"retries exhausted: {exc.last_exception}",
-                    attempts=exc.attempts, status=exc.status if isinstance(exc.status, int) else None,
-                    content_hash=rec.content_hash,
-                )
-                for rec in batch
-            ]
-            self.stats.add("dead_letters", len(letters))
-            return [], letters
+            raise SystemicError(
+                f"retries exhausted ({exc}) and --fail-on-exhausted is set; committed "
+                "shards stay committed: rerun the same command when the API is back"
+            ) from exc
         except BackendError as exc:
             if exc.kind is ErrorKind.SYSTEMIC:
                 raise SystemicError(str(exc).splitlines()[0]) from exc
@@ -148,16 +140,29 @@ class Embedder:
         embedded = [
             Embedded(rec, vec) for items, vectors in done for rec, vec in zip(items, vectors, strict=True)
         ]
-        letters = [
-            DeadLetter(
-                rec.id, rec.position, r.BAD_REQUEST, f"rejected by the API: {exc}", rec.text[:200],
-                attempts=1, status=getattr(exc, "status", None), content_hash=rec.content_hash,
-            )
-            for rec, exc in failed
-        ]
+        letters = [_dead_letter(rec, exc) for rec, exc in failed]
         if letters:
             self.stats.add("dead_letters", len(letters))
         return embedded, letters
+
+
+def _is_exhausted(exc: BaseException) -> bool:
+    return isinstance(exc, RetriesExhausted)
+
+
+def _dead_letter(rec: Record, exc: BaseException) -> DeadLetter:
+    """Why ``rec`` was not embedded: its retries ran out (transient, worth a
+    retry later) or the API refused its text (for good)."""
+    if isinstance(exc, RetriesExhausted):
+        return DeadLetter(
+            rec.id, rec.position, r.EMBED_FAILED, f"retries exhausted: {exc.last_exception}",
+            attempts=exc.attempts, status=exc.status if isinstance(exc.status, int) else None,
+            content_hash=rec.content_hash,
+        )
+    return DeadLetter(
+        rec.id, rec.position, r.BAD_REQUEST, f"rejected by the API: {exc}", rec.text[:200],
+        attempts=1, status=getattr(exc, "status", None), content_hash=rec.content_hash,
+    )
 
 
 class _Gate:

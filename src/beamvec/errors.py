@@ -17,7 +17,9 @@ This module imports nothing from beamvec, so every other module may import it.
 from __future__ import annotations
 
 import enum
+import re
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 
 def reason_of(exc: BaseException) -> str:
@@ -25,6 +27,35 @@ def reason_of(exc: BaseException) -> str:
     none): the part of a library's error that fits in our one-line messages."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its secrets: the password of its userinfo and every
+    query value (signed URLs and ``?token=``) become ``***``. Inputs are
+    recorded (manifest, ``source_shard``, messages) only this way."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if not parts.scheme or not parts.netloc and not parts.query:
+        return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
+    query = "&".join(
+        f"{pair.split('=', 1)[0]}=***" if "=" in pair else pair for pair in parts.query.split("&")
+    ) if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_urls(text: str) -> str:
+    """Every URL in ``text`` through ``redact_url`` (for messages)."""
+    return _URL.sub(lambda m: redact_url(m.group(0)), text)
 
 
 class ErrorKind(enum.Enum):

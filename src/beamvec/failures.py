@@ -23,10 +23,10 @@ from typing import Any
 
 import fsspec
 
+from beamvec.contract.layout import FAILURES_DIR as FAILURES_DIR
 from beamvec.errors import SystemicError
 
 LOG = logging.getLogger("beamvec")
-FAILURES_DIR = "_failures"
 
 
 def _dir(output_url: str, storage_options: dict[str, Any]) -> tuple[Any, str]:

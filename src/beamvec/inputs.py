@@ -23,7 +23,7 @@ from apache_beam.options.pipeline_options import (
 from beamvec import __version__
 from beamvec.backends import Backend, backend_from_options
 from beamvec.contract import CommitRecord, Description, OutputState, RunConfig, complete_shards
-from beamvec.errors import UsageError
+from beamvec.errors import UsageError, redact_url
 from beamvec.lookup import VectorIndex, build_index
 from beamvec.options import BeamvecOptions, parse_pipeline_options, parse_storage_options
 from beamvec.prepare import PrepareConfig
@@ -156,7 +156,7 @@ def resolve_inputs(options: PipelineOptions) -> JobInputs:
     })
     assert description is not None  # every backend names its model
     run_config = RunConfig(
-        inputs=tuple(bv.input),
+        inputs=tuple(redact_url(pattern) for pattern in bv.input),
         format=bv.format,
         id_field=bv.id_field,
         text_field=bv.text_field,
@@ -181,6 +181,24 @@ def conflict(state: OutputState, ours: Description) -> str | None:
     return (
         f"holds vectors made with another configuration (backend {theirs.backend}, model "
         f"{theirs.model}, dimension {theirs.dimension}, task {theirs.task_type})"
+    )
+
+
+def uncovered_by_force(state: OutputState, shards: Sequence[Shard]) -> str | None:
+    """Why ``--force`` with a new configuration cannot run on these inputs, or None.
+
+    A new configuration replaces every vector of the output: shards committed
+    before and not among this run's inputs would stay under the old one
+    beneath a new manifest and ``_SUCCESS`` (readers would see mixed sizes)."""
+    listed = {shard.name for shard in shards}
+    left = sorted({rec.shard_name for rec in state.committed.values()} - listed)
+    if not left:
+        return None
+    more = f" and {len(left) - 3} more" if len(left) > 3 else ""
+    return (
+        f"--force with a new configuration must cover the whole output, but {len(left)} committed "
+        f"shard(s) are not among --input ({', '.join(left[:3])}{more}); pass an --input that "
+        "covers them, or write to a new --output"
     )
 
 

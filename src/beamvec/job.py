@@ -26,11 +26,13 @@ from beamvec.batch_phase import check_batch_flags, finish_batch_phase, run_batch
 from beamvec.contract import (
     PARTIAL_DIR,
     SUCCESS,
+    CommitRecord,
     OutputState,
     complete_shards,
     read_manifest,
     read_state,
 )
+from beamvec.contract.layout import PROBE as PROBE
 from beamvec.embedder import EmbedSettings
 from beamvec.errors import Interrupted, SystemicError, UsageError, reason_of
 from beamvec.failures import clear_failures, raise_recorded_failure
@@ -43,6 +45,7 @@ from beamvec.inputs import (
     retry_reasons,
     split_bytes,
     split_work,
+    uncovered_by_force,
     worker_processes,
 )
 from beamvec.lease import hold_lease
@@ -51,6 +54,7 @@ from beamvec.preflight import preflight
 from beamvec.progress import PROGRESS, Reporter
 from beamvec.quota import QuotaSettings
 from beamvec.retry import RetryPolicy
+from beamvec.retry_letters import kept_refusals, merged
 from beamvec.routing import Refusals
 from beamvec.sink import Output
 from beamvec.timeline import Timeline, new_run_id
@@ -58,7 +62,6 @@ from beamvec.transforms import EmbedCorpus, commit_run, write_work
 from beamvec.worker import WorkerConfig
 
 LOG = logging.getLogger("beamvec")
-PROBE = "_beamvec_probe"
 
 
 @dataclass
@@ -80,6 +83,9 @@ def plan_job(options: PipelineOptions) -> JobPlan:
         raise UsageError(
             f"{output.url} {why}; write to a new --output, or pass --force to replace them"
         )
+    uncovered = uncovered_by_force(state, inputs.shards) if why else None
+    if uncovered:
+        raise UsageError(f"{output.url}: {uncovered}")
     for url in inputs.bv.reuse_from or ():
         check_reuse_source(inputs.description, Output(url, inputs.storage_options))
     for path, why in state.damaged.items():  # those shards are redone (contract.check_part)
@@ -138,6 +144,14 @@ def _nothing_to_do(plan: JobPlan, out: Any) -> None:
     plan.output.write_bytes(plan.output.path(SUCCESS), b"")
 
 
+def redone_parts(plan: JobPlan) -> list[CommitRecord]:
+    """The committed parts, under this configuration, of the shards this run redoes."""
+    todo = {shard.name for shard in plan.work.todo}
+    fingerprint = plan.inputs.description.config_fingerprint
+    return [rec for rec in plan.state.committed.values()
+            if rec.shard_name in todo and rec.config_fingerprint == fingerprint]
+
+
 def worker_count(options: PipelineOptions, bv: Any) -> int:
     """Workers sharing the quota, as far as the driver knows (see quota/)."""
     return max(1, bv.quota_workers, worker_processes(options))
@@ -190,7 +204,8 @@ def _run_planned(plan: JobPlan, options: PipelineOptions, started: float, out: A
         # Checkpoints cost a small file per batch: worth it where a batch costs quota.
         checkpoint=checkpoint,
         seed=checked.seed if checked is not None else None,
-        refusals=batch.refusals if batch is not None else Refusals(),
+        refusals=merged(kept_refusals(plan.output, redone_parts(plan), retry_reasons(bv.retry_dead_letters)),
+                        batch.refusals if batch is not None else Refusals()),
         run_id=run_id,
         retry_reasons=retry_reasons(bv.retry_dead_letters),
     )

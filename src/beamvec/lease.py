@@ -44,11 +44,11 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from beamvec.contract.layout import LEASE as LEASE
 from beamvec.errors import SystemicError, reason_of
 from beamvec.sink import Output
 
 LOG = logging.getLogger("beamvec")
-LEASE = "_lease.json"
 #: A lease not renewed for this long is stale: its holder is gone.
 TTL_S = 120.0
 RENEW_S = 30.0

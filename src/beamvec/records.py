@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from beamvec.errors import redact_url
+
 #: Reason codes of dead letters. One place, so that tests, docs and `inspect` agree.
 EMPTY_TEXT = "empty_text"
 MISSING_TEXT = "missing_text"
@@ -58,6 +60,11 @@ class Shard:
     @property
     def fingerprint(self) -> str:
         return content_hash(f"{self.path}\x00{self.size}\x00{self.version}")[:32]
+
+    @property
+    def shown(self) -> str:
+        """The path as recorded and printed: without a URL's secrets."""
+        return redact_url(self.path)
 
 
 @dataclass(frozen=True)
@@ -153,7 +160,7 @@ class DeadLetter:
     raw: str = ""
     attempts: int = 0
     status: int | None = None
-    content_hash: str | None = None  # set when the text got that far; not written
+    content_hash: str | None = None  # set when the text got that far (a retry keeps refusals)
 
 
 @dataclass

@@ -267,6 +267,7 @@ def embed_with_bisection(
     items: Sequence[T],
     call: Callable[[list[T]], R],
     is_bad_request: Callable[[BaseException], bool] = is_bad_input,
+    gave_up: Callable[[BaseException], bool] | None = None,
 ) -> tuple[list[tuple[list[T], R]], list[tuple[T, BaseException]]]:
     """Call on the whole batch; on a bad request (by default: the backend's
     ``ErrorKind.BAD_INPUT``), split it in halves until the offending items
@@ -275,7 +276,12 @@ def embed_with_bisection(
     One bad text must not cost its whole batch: with k bad items among n this
     takes about ``2k·log2(n/k)`` extra calls. Returns the successful sub-batches
     with their results, in input order, and the single items that were still
-    rejected, with their errors. Any other error propagates unchanged."""
+    rejected, with their errors.
+
+    A part whose error ``gave_up`` accepts (the caller's retries ran out) fails
+    item by item with that error while the other parts carry on: a half that
+    was already paid for is never thrown away because its sibling gave up.
+    Any other error propagates unchanged."""
     done: list[tuple[list[T], R]] = []
     failed: list[tuple[T, BaseException]] = []
 
@@ -285,6 +291,9 @@ def embed_with_bisection(
         try:
             result = call(part)
         except Exception as exc:
+            if gave_up is not None and gave_up(exc):
+                failed.extend((item, exc) for item in part)
+                return
             if not is_bad_request(exc):
                 raise
             if len(part) == 1:

@@ -5,72 +5,30 @@ Commit rules, on every store:
 - object stores (gs://, s3://, memory://): write under the final name; the
   object becomes visible only when its upload completes, so no rename (which
   is copy + delete there) is ever needed.
-What the files mean (commit records, manifest, footer) is contract.py's.
+The output's layout, schemas and ``Output`` are contract/'s; they are
+re-exported here for the modules that write through the sink.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
+from beamvec.contract.layout import TMP_DIR as TMP_DIR
+from beamvec.contract.output import STALE_STAGING_S as STALE_STAGING_S
+from beamvec.contract.output import Output as Output
+from beamvec.contract.schema import DEAD_LETTER_SCHEMA as DEAD_LETTER_SCHEMA
+from beamvec.contract.schema import FOOTER_KEY as FOOTER_KEY
+from beamvec.contract.schema import vector_schema as vector_schema
+from beamvec.contract.schema import write_options as write_options
 from beamvec.records import DeadLetter, Embedded
 
-FOOTER_KEY = b"beamvec"
-TMP_DIR = "_tmp"
-#: Staged files of another run untouched this long belong to a dead run
-#: (a live run holds the output's lease and renews it every 30 s).
-STALE_STAGING_S = 120.0
 ROW_GROUP_ROWS = 4096
-
-
-def write_options(schema: pa.Schema) -> dict[str, Any]:
-    """How beamvec writes Parquet: zstd everywhere; dictionaries and min/max
-    statistics only on the columns they serve. A vector column's floats are
-    all distinct and nobody filters on them: a dictionary fills, falls back to
-    plain after it was paid for, and is kept in the file. With both on,
-    768-dim vectors took 2.4 times the CPU to write and the file was 1.04
-    times the raw floats, against 0.94 (benchmarks/write_cost.py)."""
-    keyed = [f.name for f in schema if not pa.types.is_fixed_size_list(f.type)]
-    return {"compression": "zstd", "use_dictionary": keyed, "write_statistics": keyed}
-
-
-def vector_schema(dimension: int) -> pa.Schema:
-    return pa.schema(
-        [
-            pa.field("id", pa.string(), nullable=False),
-            pa.field("vector", pa.list_(pa.float32(), dimension), nullable=False),
-            pa.field("content_hash", pa.string(), nullable=False),
-            pa.field("tokens", pa.int32(), nullable=False),
-            pa.field("truncated", pa.bool_(), nullable=False),
-            pa.field("source_shard", pa.string(), nullable=False),
-            pa.field("source_position", pa.int64(), nullable=False),
-            pa.field("metadata", pa.string()),  # JSON object of pass-through fields
-        ]
-    )
-
-
-DEAD_LETTER_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string()),
-        pa.field("reason", pa.string(), nullable=False),
-        pa.field("message", pa.string(), nullable=False),
-        pa.field("source_shard", pa.string(), nullable=False),
-        pa.field("source_position", pa.int64(), nullable=False),
-        pa.field("raw", pa.string()),
-        pa.field("attempts", pa.int32()),
-        pa.field("status", pa.int32()),
-    ]
-)
 
 
 def vector_table(rows: Sequence[Embedded], source: str, dimension: int) -> pa.Table:
@@ -110,20 +68,12 @@ def dead_letter_table(letters: Sequence[DeadLetter], source: str) -> pa.Table:
                 "raw": d.raw,
                 "attempts": d.attempts,
                 "status": d.status,
+                "content_hash": d.content_hash,
             }
             for d in letters
         ],
         schema=DEAD_LETTER_SCHEMA,
     )
-
-
-def _newest_mtime(fs: Any, entry: dict[str, Any]) -> float:
-    """The latest modification time of a staged file, or of anything in a run's folder."""
-    times = [float(entry.get("mtime") or 0)]
-    if entry.get("type") == "directory":
-        with contextlib.suppress(FileNotFoundError):
-            times += [float(i.get("mtime") or 0) for i in fs.find(entry["name"], detail=True).values()]
-    return max(times)
 
 
 def _metadata_json(metadata: dict[str, Any], title: str | None) -> str | None:
@@ -132,96 +82,6 @@ def _metadata_json(metadata: dict[str, Any], title: str | None) -> str | None:
     if not metadata:
         return None
     return json.dumps(metadata, ensure_ascii=False, default=str, sort_keys=True)
-
-
-class Output:
-    """An output root on any fsspec store, and the paths inside it."""
-
-    def __init__(
-        self, root: str, storage_options: dict[str, Any] | None = None, run_id: str = ""
-    ) -> None:
-        self.fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
-        self.root = path.rstrip("/")
-        self.url = root.rstrip("/")
-        self.renames = isinstance(self.fs, LocalFileSystem)
-        #: Files are staged under ``_tmp/<run_id>/``: one run never touches another's.
-        self.run_id = run_id
-
-    def path(self, *parts: str) -> str:
-        return "/".join([self.root, *parts])
-
-    def write_table(self, final: str, table: pa.Table) -> None:
-        """Write a small Parquet file atomically."""
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, **write_options(table.schema))
-        self.write_bytes(final, sink.getvalue().to_pybytes())
-
-    def remove_tree(self, path: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            if self.fs.exists(path):
-                self.fs.rm(path, recursive=True)
-
-    def staging(self, final: str) -> str:
-        """Where to write ``final`` before it is committed."""
-        if not self.renames:
-            return final
-        name = final.rsplit("/", 1)[-1]
-        return self.path(TMP_DIR, *([self.run_id] if self.run_id else []), f"{uuid.uuid4().hex}.{name}")
-
-    def commit(self, staged: str, final: str) -> None:
-        if staged != final:
-            self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
-            self.fs.mv(staged, final)
-
-    def makedirs(self, path: str) -> None:
-        if self.renames:
-            self.fs.makedirs(path, exist_ok=True)
-
-    def write_bytes(self, final: str, data: bytes) -> None:
-        """Write a small file atomically (manifest, _SUCCESS)."""
-        staged = self.staging(final)
-        self.makedirs(staged.rsplit("/", 1)[0])
-        with self.fs.open(staged, "wb") as fh:
-            fh.write(data)
-        self.commit(staged, final)
-
-    def read_json(self, final: str) -> dict[str, Any] | None:
-        try:
-            with self.fs.open(final, "rb") as fh:
-                return json.loads(fh.read())
-        except FileNotFoundError:
-            return None
-
-    def remove(self, path: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.fs.rm(path)
-
-    def clean_staging(self, older_than: float = STALE_STAGING_S) -> list[str]:
-        """Remove what crashed runs left under ``_tmp/`` (local disk only):
-        entries of other runs untouched for ``older_than`` seconds, never this
-        run's nor a live one's (a run holding the lease renews it far more
-        often). Returns what was removed."""
-        tmp = self.path(TMP_DIR)
-        if not self.renames or not self.fs.exists(tmp):
-            return []
-        removed = []
-        cutoff = time.time() - older_than
-        for entry in self.fs.ls(tmp, detail=True):
-            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-            if name == self.run_id or _newest_mtime(self.fs, entry) > cutoff:
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.rm(entry["name"], recursive=True)
-                removed.append(entry["name"])
-        return removed
-
-    def finish_staging(self) -> None:
-        """Remove this run's staging folder, and ``_tmp/`` when it is empty."""
-        if not self.renames or not self.run_id:
-            return
-        self.remove_tree(self.path(TMP_DIR, self.run_id))
-        with contextlib.suppress(OSError):
-            self.fs.rmdir(self.path(TMP_DIR))
 
 
 class ParquetShardWriter:

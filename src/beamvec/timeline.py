@@ -21,9 +21,10 @@ from typing import Any
 
 import fsspec
 
+from beamvec.contract.layout import RUNS_DIR as RUNS_DIR
+from beamvec.contract.layout import TIMELINE as TIMELINE
+
 LOG = logging.getLogger("beamvec")
-RUNS_DIR = "_runs"
-TIMELINE = "timeline.jsonl"
 
 #: Counters never go down: samples hold them relative to the first reading, so
 #: counts left in a process by an earlier run (tests, notebooks) do not leak in.

@@ -38,6 +38,8 @@ from beamvec.contract import (
     stale_parts,
     total,
 )
+from beamvec.contract.layout import RUNS_DIR as RUNS_DIR
+from beamvec.contract.layout import WORK_FILE as WORK_FILE
 from beamvec.embedder import Embedder, EmbedSettings
 from beamvec.errors import InputVanishedError
 from beamvec.failures import systemic_failures_recorded
@@ -57,8 +59,6 @@ NAMESPACE = "beamvec"
 THROTTLING_COUNTER = "throttling-msecs"
 
 
-RUNS_DIR = "_runs"
-WORK_FILE = "work.jsonl"
 #: Shards a worker keeps open at once: reading, or waiting for their texts.
 #: Tiny shards finish reading at once, so many can share each request.
 MAX_OPEN_SHARDS = 64

@@ -120,10 +120,10 @@ class _Sink:
 
     def flush(self) -> None:
         if self.rows:
-            self.vectors.write(vector_table(self.rows, self.shard.path, self.dimension))
+            self.vectors.write(vector_table(self.rows, self.shard.shown, self.dimension))
             self.rows = []
         if self.dead:
-            self.letters.write(dead_letter_table(self.dead, self.shard.path))
+            self.letters.write(dead_letter_table(self.dead, self.shard.shown))
             self.dead = []
 
     def abort(self) -> None:
@@ -287,7 +287,7 @@ class Worker:
     def _record(self, split: Split, counts: ShardCounts, seconds: float, **kw: str) -> CommitRecord:
         shard = split.shard
         return CommitRecord(
-            name=split.name, input=shard.path, input_fingerprint=split.fingerprint,
+            name=split.name, input=shard.shown, input_fingerprint=split.fingerprint,
             counts=counts, input_size=shard.size, input_version=shard.version,
             config_fingerprint=self.config.fingerprint, seconds=round(seconds, 3),
             shard=shard.name if split.count > 1 else "", part=split.index, parts=split.count,

@@ -20,16 +20,17 @@ import pyarrow.parquet as pq
 
 from beamvec import contract
 from beamvec.contract import (
-    DEAD_LETTERS_DIR,
     MANIFEST,
-    SUCCESS,
-    VECTORS_DIR,
     DamagedFileError,
     Description,
     Manifest,
-    read_footer,
     read_manifest,
 )
+from beamvec.contract import VECTORS_DIR as VECTORS_DIR
+from beamvec.contract import dead_letter_files as dead_letter_files
+from beamvec.contract import has_success as has_success
+from beamvec.contract import name_of as shard_name  # noqa: F401 - the commands' name for it
+from beamvec.contract import vector_files as vector_files
 from beamvec.errors import UsageError, reason_of
 from beamvec.sink import Output
 from beamvec.storage_options import parse_storage_options
@@ -100,34 +101,6 @@ def open_output(url: str, options: dict[str, Any]) -> tuple[Output, Manifest | N
     if manifest is None and not vector_files(output):
         raise not_an_output(url)
     return output, manifest
-
-
-def _parquet_files(output: Output, folder: str) -> list[str]:
-    try:
-        found = output.fs.find(output.path(folder))
-    except FileNotFoundError:
-        return []
-    return sorted(p for p in found if p.endswith(".parquet"))
-
-
-def vector_files(output: Output) -> list[str]:
-    return _parquet_files(output, VECTORS_DIR)
-
-
-def dead_letter_files(output: Output) -> list[str]:
-    return _parquet_files(output, DEAD_LETTERS_DIR)
-
-
-def shard_name(path: str) -> str:
-    return path.rsplit("/", 1)[-1].removesuffix(".parquet")
-
-
-def has_success(output: Output) -> bool:
-    return bool(output.fs.exists(output.path(SUCCESS)))
-
-
-def footer(output: Output, path: str) -> dict[str, Any]:
-    return read_footer(output.fs, path)
 
 
 def iter_batches(

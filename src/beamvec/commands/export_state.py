@@ -17,9 +17,10 @@ import json
 import time
 from dataclasses import asdict, dataclass
 
-from beamvec.commands import Output, footer, vector_files
+from beamvec.commands import Output, vector_files
+from beamvec.contract import read_footer
+from beamvec.contract.layout import EXPORTS_DIR as EXPORTS_DIR
 
-EXPORTS_DIR = "_exports"
 STATE_VERSION = 1
 
 
@@ -81,7 +82,7 @@ def absolute(output: Output, rel: str) -> str:
 
 
 def file_state(output: Output, path: str) -> FileState:
-    meta = footer(output, path)
+    meta = read_footer(output.fs, path)
     digest = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()
     rows = int((meta.get("shard") or {}).get("embedded", -1))
     return FileState(size=int(output.fs.info(path)["size"]), footer=digest, rows=rows)

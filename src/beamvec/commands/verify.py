@@ -175,7 +175,7 @@ def verify(args: Any) -> dict[str, Any]:
     notes: list[str] = []
     checked_names: set[str] = set()
     for i, shard in enumerate(shards, start=1):
-        name = names.get(shard.path, shard.name)
+        name = names.get(shard.shown, shard.name)
         checked_names.add(name)
         progress(f"beamvec verify: shard {i}/{len(shards)} {name}", args.quiet)
         expected: Counter[str] = Counter(
@@ -189,10 +189,10 @@ def verify(args: Any) -> dict[str, Any]:
         if vector_path(output, name) in damaged:
             pass  # named below, with its repair
         elif not exists:
-            notes.append(f"{shard.path} has no vector file in the output (not committed yet): "
+            notes.append(f"{shard.shown} has no vector file in the output (not committed yet): "
                          "run `beamvec run` again with the same flags to embed it")
         elif name in listed and listed[name].input_fingerprint not in ("", shard.fingerprint):
-            notes.append(f"{shard.path} changed since it was embedded: rerun `beamvec run` to "
+            notes.append(f"{shard.shown} changed since it was embedded: rerun `beamvec run` to "
                          "embed the new version, then verify again")
         for key, want in expected.items():
             got = found.get(key, 0)

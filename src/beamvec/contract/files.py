@@ -14,17 +14,20 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from beamvec.contract.layout import COMMITS_DIR
 from beamvec.contract.model import (
     DEAD_LETTERS_DIR,
     MANIFEST,
     PARTIAL_DIR,
+    SUCCESS,
     VECTORS_DIR,
     CommitRecord,
     Footer,
     Manifest,
 )
+from beamvec.contract.output import Output
+from beamvec.contract.schema import FOOTER_KEY
 from beamvec.errors import UsageError, reason_of
-from beamvec.sink import FOOTER_KEY, Output
 
 
 def read_footer(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:
@@ -152,7 +155,6 @@ def damaged_message(path: str, reason: str) -> str:
 #: Past this many parts, commit records leave _manifest.json for a Parquet
 #: table: a 100,000-shard output's manifest stays a few kilobytes.
 INLINE_PARTS = 1_000
-COMMITS_DIR = "_commits"
 
 
 def _commits_table(records: Iterable[CommitRecord]) -> pa.Table:
@@ -252,6 +254,20 @@ def list_parquet(output: Output, folder: str) -> dict[str, int]:
         for path, info in sorted(found.items())
         if path.endswith(".parquet")
     }
+
+
+def vector_files(output: Output) -> list[str]:
+    """The output's vector files, sorted."""
+    return list(list_parquet(output, VECTORS_DIR))
+
+
+def dead_letter_files(output: Output) -> list[str]:
+    """The output's dead-letter files, sorted."""
+    return list(list_parquet(output, DEAD_LETTERS_DIR))
+
+
+def has_success(output: Output) -> bool:
+    return bool(output.fs.exists(output.path(SUCCESS)))
 
 
 def name_of(path: str) -> str:

@@ -7,13 +7,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from beamvec.contract.layout import DEAD_LETTERS_DIR as DEAD_LETTERS_DIR
+from beamvec.contract.layout import MANIFEST as MANIFEST
+from beamvec.contract.layout import PARTIAL_DIR as PARTIAL_DIR
+from beamvec.contract.layout import SUCCESS as SUCCESS
+from beamvec.contract.layout import VECTORS_DIR as VECTORS_DIR
 from beamvec.errors import UsageError
 
-MANIFEST = "_manifest.json"
-SUCCESS = "_SUCCESS"
-VECTORS_DIR = "vectors"
-DEAD_LETTERS_DIR = "dead_letters"
-PARTIAL_DIR = "_partial"
 HISTORY_LIMIT = 20
 
 

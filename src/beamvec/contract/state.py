@@ -32,7 +32,7 @@ from beamvec.contract.model import (
     RunRecord,
     now,
 )
-from beamvec.sink import Output
+from beamvec.contract.output import Output
 
 
 @dataclass(frozen=True)

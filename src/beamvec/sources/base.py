@@ -132,7 +132,7 @@ def bytes_excerpt(data: bytes) -> str:
 
 def missing_column(shard: Shard, kind: str, field: str, columns: Iterable[str], flag: str) -> ValueError:
     return ValueError(
-        f"{shard.path}: no {kind} column {field!r}; the file has columns {list(columns)}; "
+        f"{shard.shown}: no {kind} column {field!r}; the file has columns {list(columns)}; "
         f"pass {flag} with one of them"
     )
 

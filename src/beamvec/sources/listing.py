@@ -20,7 +20,15 @@ import fsspec
 import fsspec.core
 from fsspec.implementations.local import LocalFileSystem
 
-from beamvec.errors import InputAccessError, NoInputError, UsageError, reason_of
+from beamvec.contract import layout
+from beamvec.errors import (
+    InputAccessError,
+    NoInputError,
+    UsageError,
+    reason_of,
+    redact_url,
+    redact_urls,
+)
 from beamvec.records import Shard, safe_shard_name
 from beamvec.sources.base import FORMATS, ReaderConfig, detect_format
 
@@ -53,17 +61,12 @@ def _relative(path: str, base: str) -> str:
     return path.lstrip("/")
 
 
-#: Commit markers Hadoop, Spark and Databricks leave beside data, and beamvec's
-#: own bookkeeping (an older output under the input glob must not be re-read).
-_MARKER_NAMES = frozenset({
-    "_SUCCESS", "_FAILURE", ".DS_Store",
-    "_manifest.json", "_lease", "_leases", "_beamvec_probe",
-})
+#: Commit markers Hadoop, Spark and Databricks leave beside data. beamvec's
+#: own files are the contract's (``layout.is_own``): an older output under the
+#: input glob must not be re-read.
+_MARKER_NAMES = frozenset({"_SUCCESS", "_FAILURE", ".DS_Store"})
 _MARKER_PREFIXES = ("_started_", "_committed_")
-_MARKER_DIRS = frozenset({
-    "_temporary", "_spark_metadata",
-    "_tmp", "_partial", "_batch", "_runs", "_lease", "_leases",
-})
+_MARKER_DIRS = frozenset({"_temporary", "_spark_metadata"})
 
 
 def _is_hidden(relative_path: str) -> bool:
@@ -73,7 +76,8 @@ def _is_hidden(relative_path: str) -> bool:
     """
     *dirs, name = relative_path.split("/")
     return (
-        name in _MARKER_NAMES
+        layout.is_own(relative_path)
+        or name in _MARKER_NAMES
         or name.startswith(_MARKER_PREFIXES)
         or (name.startswith(".") and name.endswith(".crc"))
         or any(d in _MARKER_DIRS for d in dirs)
@@ -126,7 +130,12 @@ def _expand(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, dict[str, di
             files[name] = info
     hidden = 0
     if not explicit_hidden:
-        kept = {p: i for p, i in files.items() if not _is_hidden(_relative(p, base))}
+        # vectors/ and dead_letters/ of an older output (a folder with a manifest)
+        roots = layout.output_roots(list(files))
+        kept = {
+            p: i for p, i in files.items()
+            if not _is_hidden(_relative(p, base)) and not layout.in_output_data(p, roots)
+        }
         hidden = len(files) - len(kept)
         files = kept
     return base, files, hidden
@@ -202,7 +211,7 @@ def list_shards(
         except PermissionError as exc:
             reason = reason_of(exc)
             raise InputAccessError(
-                f"cannot list input {pattern!r}: {reason}; check the credentials in the "
+                f"cannot list input {redact_url(pattern)!r}: {redact_urls(reason)}; check the credentials in the "
                 "environment (AWS_* variables, GOOGLE_APPLICATION_CREDENTIALS or gcloud ADC) "
                 "and that they may list and read it"
             ) from None
@@ -226,12 +235,13 @@ def list_shards(
             matched_by[full] = pattern
             found[full] = Shard(
                 path=full,
-                name=safe_shard_name(relative, full),
+                # a query (a signed URL's token) never reaches the name
+                name=safe_shard_name(relative.split("?", 1)[0], full),
                 size=_size(info),
                 version=_version(info),
             )
     if empty:
-        which = ", ".join(repr(p) for p in empty)
+        which = ", ".join(repr(redact_url(p)) for p in empty)
         raise NoInputError(
             f"input {which} matched no files; check the path and glob pattern "
             "(quote it so your shell does not expand it), that the bucket or directory "
@@ -258,11 +268,11 @@ def check_formats(shards: Sequence[Shard], format: str | None, matched_by: dict[
         try:
             detect_format(shard.path)
         except ValueError:
-            ext = posixpath.splitext(posixpath.basename(shard.path))[1] or "(none)"
+            ext = posixpath.splitext(posixpath.basename(shard.shown.split("?", 1)[0]))[1] or "(none)"
             pattern = (matched_by or {}).get(shard.path)
-            via = f" (matched by {pattern!r})" if pattern and pattern != shard.path else ""
+            via = f" (matched by {redact_url(pattern)!r})" if pattern and pattern != shard.path else ""
             raise UsageError(
-                f"input {shard.path}{via} has no known format (extension {ext}); pass "
+                f"input {shard.shown}{via} has no known format (extension {ext}); pass "
                 f"--format ({'/'.join(FORMATS)}) to read every input as one format, or narrow "
                 "the glob so it matches only data files"
             ) from None
