@@ -110,25 +110,54 @@ def test_multimodal_model_gets_one_vector_per_text(emu, key_env, mode):
     np.testing.assert_allclose(vecs, expected(model, None, 768, TEXTS), atol=1e-6)
 
 
+#: google-genai's Vertex routing for gemini models, read in each release's
+#: models.py: from 3.4 several contents go to :batchEmbedContents; 2.x and
+#: 3.0-3.3 send gemini-embedding-001 to :predict and other gemini models to
+#: :embedContent. Written here, not read from the code under test.
+SDK_BATCHES_FROM = (3, 4)
+
+
+def _installed_sdk() -> tuple[int, int]:
+    major, minor = version("google-genai").split(".")[:2]
+    return int(major), int(minor)
+
+
 @pytest.mark.parametrize("model", ["gemini-embedding-001", "gemini-embedding-2-preview"])
 def test_vertex_gemini_calls_follow_the_installed_sdk(emu, model):
-    """google-genai 3 sends a Vertex gemini model's texts in one :batchEmbedContents
-    call; 2.x sends gemini-embedding-001 to :predict (one instance per request on
-    Vertex) and other gemini models to :embedContent (one content per call), so with
-    2.x beamvec sends one text per call and says so in its limits.
-    (scripts/test_genai_floor.sh runs this with the lowest 2.x.)"""
-    major = int(version("google-genai").split(".")[0])
+    """From google-genai 3.4 a Vertex gemini-embedding-001 batch is one
+    :batchEmbedContents call; below 3.4 (2.x and 3.0-3.3) it goes to :predict,
+    one instance per request on Vertex, so beamvec sends one text per call and
+    says so in its limits. gemini-embedding-2 on Vertex is served one content
+    per :embedContent call (Google's model page), whatever the SDK.
+    (scripts/test_genai_floor.sh runs this at 2.0, 3.3, 3.4 and the newest.)"""
+    batches = _installed_sdk() >= SDK_BATCHES_FROM
     b = make(emu, "vertex", model=model, output_dimensionality=768)
     vecs = b.embed(TEXTS)
     np.testing.assert_allclose(vecs, expected(model, None, 768, TEXTS), atol=1e-6)
     routes = emu.stats()["by_route"]
-    if major >= 3:
+    if model.startswith("gemini-embedding-2"):
+        assert routes == {"vertex:embedContent": len(TEXTS)}
+        assert b.limits.max_items == 1
+    elif batches:
         assert routes == {"vertex:batchEmbedContents": 1}
         assert b.limits.max_items == 250
     else:
-        method = "predict" if model == "gemini-embedding-001" else "embedContent"
-        assert routes == {f"vertex:{method}": len(TEXTS)}
+        assert routes == {"vertex:predict": len(TEXTS)}
         assert (b.limits.max_items, b.limits.max_request_tokens) == (1, 2048)
+
+
+@pytest.mark.parametrize(
+    ("installed", "batches"),
+    [("2.0.0", False), ("2.34.0", False), ("3.0.0", False), ("3.3.0", False),
+     ("3.4.0", True), ("3.4.0rc1", True), ("3.6.1", True), ("4.0.0", True)],
+)
+def test_routing_is_decided_by_the_full_version_not_the_major(monkeypatch, installed, batches):
+    genai_backend.sdk_batches_vertex_gemini.cache_clear()
+    monkeypatch.setattr(genai_backend.metadata, "version", lambda name: installed)
+    try:
+        assert genai_backend.sdk_batches_vertex_gemini() is batches
+    finally:
+        genai_backend.sdk_batches_vertex_gemini.cache_clear()
 
 
 def test_one_text_per_call_where_the_sdk_cannot_batch(emu, monkeypatch):
