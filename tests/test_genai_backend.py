@@ -569,3 +569,100 @@ def test_the_embedder_books_every_request_of_a_batch_with_the_limiter(emu, key_e
     assert len(left) == 3 and left == sorted(left)  # and each reported when it was written
     assert emu.stats()["requests"] == embedder.stats.snapshot()["requests"] == 3
     assert embedder.stats.snapshot()["in_flight"] == 0
+
+
+# -- gemini-embedding-2: the task in the text -----------------------------------
+
+#: Google's gemini-embedding-2 prompt formats (ai.google.dev/gemini-api/docs/embeddings,
+#: task types), written here from the page.
+GEMINI_2_FORMATS = {
+    "RETRIEVAL_QUERY": "task: search result | query: {content}",
+    "QUESTION_ANSWERING": "task: question answering | query: {content}",
+    "FACT_VERIFICATION": "task: fact checking | query: {content}",
+    "CODE_RETRIEVAL_QUERY": "task: code retrieval | query: {content}",
+    "CLASSIFICATION": "task: classification | query: {content}",
+    "CLUSTERING": "task: clustering | query: {content}",
+    "SEMANTIC_SIMILARITY": "task: sentence similarity | query: {content}",
+    "RETRIEVAL_DOCUMENT": "title: {title} | text: {content}",
+}
+
+
+def _documented(task, text, title=None):
+    return GEMINI_2_FORMATS[task].format(content=text, title=title or "none")
+
+
+@pytest.mark.parametrize("mode", ["gemini", "vertex"])
+@pytest.mark.parametrize("task", sorted(GEMINI_2_FORMATS))
+def test_gemini_2_gets_the_documented_prompt_and_no_task_type(emu, key_env, mode, task):
+    """What the emulator receives is the documented text; and the vector is the
+    one for NO task type (the emulator mixes a received task_type into it)."""
+    from beamvec.records import content_hash
+
+    model = "gemini-embedding-2"
+    b = make(emu, mode, model=model, task_type=task, output_dimensionality=256)
+    titles = ["Cats", None, "Markets", None]
+    vecs = b.embed(TEXTS, titles)
+    sent = [_documented(task, t, ti) for t, ti in zip(TEXTS, titles, strict=True)]
+    received = emu.stats()["text_counts"]
+    assert set(received) == {content_hash(s) for s in sent}
+    np.testing.assert_allclose(vecs, expected(model, None, 256, sent), atol=1e-6)
+    assert b.describe()["prompt_format"] == GEMINI_2_FORMATS[task]
+    assert b.describe()["task_type"] == task
+
+
+def test_gemini_2_query_and_document_vectors_of_one_text_differ(emu, key_env):
+    text = ["why is the sky blue"]
+    query = make(emu, model="gemini-embedding-2", task_type="RETRIEVAL_QUERY").embed(text)
+    document = make(emu, model="gemini-embedding-2", task_type="RETRIEVAL_DOCUMENT").embed(text)
+    assert float(query[0] @ document[0]) < 0.999
+
+
+def test_gemini_2_input_limit_leaves_room_for_the_prompt(emu, key_env):
+    """8,192 tokens for gemini-embedding-2 (Google's model table), 2,048 for 001;
+    the text's own share is less the template's."""
+    two = make(emu, model="gemini-embedding-2", task_type="RETRIEVAL_DOCUMENT").limits
+    assert 8192 - 300 < two.max_text_tokens < 8192
+    assert make(emu, model="gemini-embedding-2").limits.max_text_tokens == 8192
+    assert make(emu).limits.max_text_tokens == 2048
+
+
+def test_gemini_2_token_count_includes_the_prompt(emu, key_env):
+    plain = make(emu, model="gemini-embedding-2")
+    prompted = make(emu, model="gemini-embedding-2", task_type="RETRIEVAL_QUERY")
+    text = "the cat sat on the mat " * 20
+    prefix = "task: search result | query: "
+    assert prompted.count_tokens(text) - plain.count_tokens(text) == pytest.approx(len(prefix) / 4, abs=2)
+
+
+def test_vertex_predict_reports_the_servers_token_count(emu, key_env):
+    b = make(emu, "vertex", model="text-embedding-005")
+    b.embed(TEXTS)
+    assert b.server_tokens() == emu.stats()["tokens"] > 0
+    g = make(emu)
+    g.embed(TEXTS)  # :batchEmbedContents carries no statistics
+    assert g.server_tokens() is None
+
+
+def test_a_change_of_prompt_format_is_a_new_configuration(emu, key_env):
+    """The template is in the footer and the fingerprint; models without one
+    keep the fingerprint they had (no key added), so old outputs stay reusable."""
+    from beamvec.contract import Description
+    from beamvec.inputs import config_fingerprint
+    from beamvec.prepare import PrepareConfig
+    from beamvec.sources import ReaderConfig
+
+    def described(**kw):
+        return make(emu, model="gemini-embedding-2", output_dimensionality=256, **kw).describe()
+
+    query, document = described(task_type="RETRIEVAL_QUERY"), described(task_type="RETRIEVAL_DOCUMENT")
+    reader, prep = ReaderConfig(), PrepareConfig()
+    changed = {**query, "prompt_format": "task: search result | query:{content}"}
+    prints = {config_fingerprint(d, reader, prep) for d in (query, document, changed)}
+    assert len(prints) == 3
+    old = make(emu).describe()
+    assert "prompt_format" not in old
+    assert config_fingerprint(old, reader, prep) == config_fingerprint({**old, "prompt_format": None}, reader, prep)
+    footer = Description.from_json({**query, "config_fingerprint": "f"})
+    assert footer is not None and footer.to_json()["prompt_format"] == GEMINI_2_FORMATS["RETRIEVAL_QUERY"]
+    other = Description.from_json({**changed, "config_fingerprint": "g"})
+    assert any("prompt_format" in d for d in footer.differences(other))
