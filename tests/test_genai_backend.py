@@ -666,3 +666,43 @@ def test_a_change_of_prompt_format_is_a_new_configuration(emu, key_env):
     assert footer is not None and footer.to_json()["prompt_format"] == GEMINI_2_FORMATS["RETRIEVAL_QUERY"]
     other = Description.from_json({**changed, "config_fingerprint": "g"})
     assert any("prompt_format" in d for d in footer.differences(other))
+
+
+# -- a 400 about length: the named text alone, no bisection ----------------------
+
+
+@pytest.mark.parametrize(("mode", "model"), [("gemini", "gemini-embedding-001"), ("vertex", "text-embedding-005")])
+def test_a_too_long_400_names_its_text_and_is_not_bisected(emu, key_env, mode, model):
+    """A text the server counts over the limit (here: one never cut, sent raw)
+    costs one extra request, not a bisection: the error names the text, it
+    alone is failed, and the other texts are sent again together."""
+    from beamvec.backends.google_errors import TextTooLong
+    from beamvec.retry import embed_with_bisection
+
+    b = make(emu, mode, model=model, output_dimensionality=256)
+    texts = [f"short text {i}" for i in range(10)]
+    texts[6] = "x" * (2048 * 4 * 3)  # several times over 2,048 tokens at Google's 4 characters a token
+    calls = []
+
+    def call(part):
+        calls.append(len(part))
+        return b.embed(part)
+
+    done, failed = embed_with_bisection(texts, call)
+    assert [t for t, _ in failed] == [texts[6]]
+    assert isinstance(failed[0][1], TextTooLong) and "too long" in str(failed[0][1])
+    assert calls == [10, 9]
+    assert sorted(t for part, _ in done for t in part) == sorted(texts[:6] + texts[7:])
+    assert emu.stats()["by_status"].get("400") == 1
+    err = pickle.loads(pickle.dumps(failed[0][1]))
+    assert isinstance(err, TextTooLong) and err.culprit == failed[0][1].culprit
+
+
+def test_a_too_long_text_is_named_in_the_callers_numbering_when_split_by_title(emu, key_env):
+    from beamvec.backends.google_errors import TextTooLong
+
+    b = make(emu, task_type="RETRIEVAL_DOCUMENT", output_dimensionality=256)
+    texts = ["a", "b", "x" * 40_000, "c"]
+    with pytest.raises(TextTooLong) as err:
+        b.embed(texts, ["T1", "T2", "T2", "T1"])
+    assert err.value.culprit == 2

@@ -360,7 +360,11 @@ class GenaiBackend(Backend):
         assert self._sending is not None
         self._sending.server_tokens = 0
         for title, rows in self._title_groups(n, titles).items():
-            out[rows] = self._checked(self._call([texts[i] for i in rows], title), len(rows))
+            try:
+                out[rows] = self._checked(self._call([texts[i] for i in rows], title), len(rows))
+            except google_errors.TextTooLong as exc:  # the text it names, as the caller numbers them
+                exc.culprit = rows[exc.culprit] if exc.culprit is not None and exc.culprit < len(rows) else None
+                raise
         return l2_normalize(out) if self.renormalized else out
 
     def _title_groups(
@@ -378,7 +382,14 @@ class GenaiBackend(Backend):
         """One embed_content call (one per text where the SDK sends one text per
         call); returns the response's embeddings or raises BackendError."""
         if len(texts) > 1 and self.one_text_per_call:
-            return [e for text in texts for e in self._call([text], title)]
+            embeddings: list[Any] = []
+            for i, text in enumerate(texts):
+                try:
+                    embeddings += self._call([text], title)
+                except google_errors.TextTooLong as exc:
+                    exc.culprit = i
+                    raise
+            return embeddings
         from google.genai import types
 
         config = types.EmbedContentConfig(
