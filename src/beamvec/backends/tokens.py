@@ -41,8 +41,9 @@ for the older models' tokenizer). Their input limits are in ``MAX_TEXT_TOKENS``.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
+
+import numpy as np
 
 #: Input tokens a text may hold, per model id (a key covers ``<id>-…`` and
 #: ``<id>@…`` variants). Google: gemini-embedding-001 and the text-embedding /
@@ -62,41 +63,67 @@ DEFAULT_MAX_TEXT_TOKENS = 2048
 
 @dataclass(frozen=True)
 class Script:
-    """A class of characters and its two weights, in tokens per character."""
+    """A class of characters (code point ranges, inclusive) and its two
+    weights, in tokens per character."""
 
     name: str
-    pattern: re.Pattern[str]
+    ranges: tuple[tuple[int, int], ...]
     estimate: float
     upper: float
 
 
-def _chars(ranges: str) -> re.Pattern[str]:
-    return re.compile(f"[{ranges}]")
+def _ranges(*spans: str) -> tuple[tuple[int, int], ...]:
+    """``"az"`` -> (ord("a"), ord("z")); a one-character span is itself."""
+    return tuple((ord(span[0]), ord(span[-1])) for span in spans)
 
 
-#: The classes, tested in this order; a character in none of them is ``OTHER``.
+#: The classes; ranges never overlap. A character in none of them is "other".
 SCRIPTS: tuple[Script, ...] = (
-    Script("digits", _chars("0-9"), 1.0, 1.0),
-    Script("newline", _chars("\n"), 1.0, 1.0),
-    Script("latin", _chars(
-        "A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u1e00-\u1eff"  # letters
-        " \t\r\u00a0!-/:-@\\[-`{-~"  # spaces, ASCII punctuation
+    Script("digits", _ranges("09"), 1.0, 1.0),
+    Script("newline", _ranges("\n"), 1.0, 1.0),
+    Script("latin", _ranges(
+        "AZ", "az", "\u00c0\u00d6", "\u00d8\u00f6", "\u00f8\u024f", "\u1e00\u1eff",  # letters
+        " ", "\t", "\r", "\u00a0", "!/", ":@", "[`", "{~",  # spaces, ASCII punctuation
     ), 1 / 4, 1 / 3),
-    Script("cjk", _chars(
-        "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # Han
-        "\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f"  # kana
-        "\uac00-\ud7af\u1100-\u11ff\u3130-\u318f"  # Hangul
-        "\u3000-\u303f\uff01-\uff65"  # CJK and full-width punctuation
+    Script("cjk", _ranges(
+        "\u3400\u4dbf", "\u4e00\u9fff", "\uf900\ufaff",  # Han
+        "\u3040\u30ff", "\u31f0\u31ff", "\uff66\uff9f",  # kana
+        "\uac00\ud7af", "\u1100\u11ff", "\u3130\u318f",  # Hangul
+        "\u3000\u303f", "\uff01\uff65",  # CJK and full-width punctuation
     ), 1.0, 1.25),
-    Script("cyrillic-greek-semitic", _chars(
-        "\u0370-\u058f"  # Greek, Cyrillic, Armenian
-        "\u0590-\u07bf\u0860-\u08ff\ufb1d-\ufdff\ufe70-\ufefe"  # Hebrew, Arabic, Syriac, Thaana
+    Script("cyrillic-greek-semitic", _ranges(
+        "\u0370\u058f",  # Greek, Cyrillic, Armenian
+        "\u0590\u07bf", "\u0860\u08ff", "\ufb1d\ufdff", "\ufe70\ufefe",  # Hebrew, Arabic, …
     ), 1 / 3, 1 / 2),
-    Script("indic-sea", _chars("\u0900-\u0fff\u1000-\u109f"), 1 / 2.5, 1.0),
-    Script("astral", _chars("\U00010000-\U0010ffff"), 2.0, 4.0),
+    Script("indic-sea", _ranges("\u0900\u0fff", "\u1000\u109f"), 1 / 2.5, 1.0),
+    Script("astral", ((0x10000, 0x10FFFF),), 2.0, 4.0),
 )
 OTHER_ESTIMATE = 1.0
 OTHER_UPPER = 3.0
+#: Sums of thirds are not exact in floating point: a bound this close to an
+#: integer is that integer.
+_EPS = 1e-6
+
+
+def _class_table() -> np.ndarray:
+    """The class of every code point below 0x10000, then one entry for all
+    above (astral), as a lookup array (64 KiB, built once)."""
+    table = np.full(0x10001, len(SCRIPTS), dtype=np.uint8)  # "other" unless a script claims it
+    for i, script in enumerate(SCRIPTS):
+        for lo, hi in script.ranges:
+            table[min(lo, 0x10000):min(hi, 0x10000) + 1] = i
+    return table
+
+
+_CLASS_OF = _class_table()
+_ESTIMATE = np.array([s.estimate for s in SCRIPTS] + [OTHER_ESTIMATE])
+_UPPER = np.array([s.upper for s in SCRIPTS] + [OTHER_UPPER])
+
+
+def _weights(text: str, per_class: np.ndarray) -> np.ndarray:
+    """Each character's weight (vectorized: a 10,000-character text in well under 1 ms)."""
+    points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    return per_class[_CLASS_OF[np.minimum(points, 0x10000)]]
 
 
 def _model_id(model: str) -> str:
@@ -112,43 +139,26 @@ def max_text_tokens(model: str) -> int:
     return DEFAULT_MAX_TEXT_TOKENS
 
 
-def _weighed(text: str, upper: bool) -> float:
-    """Σ weight × characters over the scripts (each a C-speed regex pass)."""
-    total = 0.0
-    counted = 0
-    for script in SCRIPTS:
-        n = len(script.pattern.findall(text)) if text else 0
-        counted += n
-        total += n * (script.upper if upper else script.estimate)
-    return total + (len(text) - counted) * (OTHER_UPPER if upper else OTHER_ESTIMATE)
-
-
 def estimate(text: str, model: str = "gemini-embedding-001") -> int:
     """The expected token count of ``text`` (unbiased: for pacing and ``plan``).
 
     ``model`` selects the weights; all Google models share them today."""
     del model  # one tokenizer family; the parameter keeps callers per-model
-    return max(1, round(_weighed(text, upper=False))) if text else 0
+    return max(1, round(float(_weights(text, _ESTIMATE).sum()))) if text else 0
 
 
 def upper_bound(text: str, model: str = "gemini-embedding-001") -> int:
     """A count the server's should not exceed (for cutting; see module doc)."""
     del model
-    return math.ceil(_weighed(text, upper=True)) if text else 0
+    return math.ceil(float(_weights(text, _UPPER).sum()) - _EPS) if text else 0
 
 
 def cut(text: str, max_tokens: int, model: str = "gemini-embedding-001") -> str:
     """The longest prefix of ``text`` whose ``upper_bound`` is at most ``max_tokens``.
 
-    ``text`` itself when it fits. The weights are additive, so the bound of a
-    prefix grows with its length and a binary search finds the cut."""
-    if upper_bound(text, model) <= max_tokens:
-        return text
-    low, high = 0, len(text)  # upper_bound(text[:low]) fits; text[:high] does not
-    while high - low > 1:
-        middle = (low + high) // 2
-        if upper_bound(text[:middle], model) <= max_tokens:
-            low = middle
-        else:
-            high = middle
-    return text[:low]
+    ``text`` itself when it fits. The weights are additive: the prefix ends
+    where their running sum passes ``max_tokens``."""
+    del model
+    running = np.cumsum(_weights(text, _UPPER))
+    keep = int(np.searchsorted(running, max_tokens + _EPS, side="right"))
+    return text if keep >= len(text) else text[:keep]
