@@ -110,25 +110,54 @@ def test_multimodal_model_gets_one_vector_per_text(emu, key_env, mode):
     np.testing.assert_allclose(vecs, expected(model, None, 768, TEXTS), atol=1e-6)
 
 
+#: google-genai's Vertex routing for gemini models, read in each release's
+#: models.py: from 3.4 several contents go to :batchEmbedContents; 2.x and
+#: 3.0-3.3 send gemini-embedding-001 to :predict and other gemini models to
+#: :embedContent. Written here, not read from the code under test.
+SDK_BATCHES_FROM = (3, 4)
+
+
+def _installed_sdk() -> tuple[int, int]:
+    major, minor = version("google-genai").split(".")[:2]
+    return int(major), int(minor)
+
+
 @pytest.mark.parametrize("model", ["gemini-embedding-001", "gemini-embedding-2-preview"])
 def test_vertex_gemini_calls_follow_the_installed_sdk(emu, model):
-    """google-genai 3 sends a Vertex gemini model's texts in one :batchEmbedContents
-    call; 2.x sends gemini-embedding-001 to :predict (one instance per request on
-    Vertex) and other gemini models to :embedContent (one content per call), so with
-    2.x beamvec sends one text per call and says so in its limits.
-    (scripts/test_genai_floor.sh runs this with the lowest 2.x.)"""
-    major = int(version("google-genai").split(".")[0])
+    """From google-genai 3.4 a Vertex gemini-embedding-001 batch is one
+    :batchEmbedContents call; below 3.4 (2.x and 3.0-3.3) it goes to :predict,
+    one instance per request on Vertex, so beamvec sends one text per call and
+    says so in its limits. gemini-embedding-2 on Vertex is served one content
+    per :embedContent call (Google's model page), whatever the SDK.
+    (scripts/test_genai_floor.sh runs this at 2.0, 3.3, 3.4 and the newest.)"""
+    batches = _installed_sdk() >= SDK_BATCHES_FROM
     b = make(emu, "vertex", model=model, output_dimensionality=768)
     vecs = b.embed(TEXTS)
     np.testing.assert_allclose(vecs, expected(model, None, 768, TEXTS), atol=1e-6)
     routes = emu.stats()["by_route"]
-    if major >= 3:
+    if model.startswith("gemini-embedding-2"):
+        assert routes == {"vertex:embedContent": len(TEXTS)}
+        assert b.limits.max_items == 1
+    elif batches:
         assert routes == {"vertex:batchEmbedContents": 1}
         assert b.limits.max_items == 250
     else:
-        method = "predict" if model == "gemini-embedding-001" else "embedContent"
-        assert routes == {f"vertex:{method}": len(TEXTS)}
+        assert routes == {"vertex:predict": len(TEXTS)}
         assert (b.limits.max_items, b.limits.max_request_tokens) == (1, 2048)
+
+
+@pytest.mark.parametrize(
+    ("installed", "batches"),
+    [("2.0.0", False), ("2.34.0", False), ("3.0.0", False), ("3.3.0", False),
+     ("3.4.0", True), ("3.4.0rc1", True), ("3.6.1", True), ("4.0.0", True)],
+)
+def test_routing_is_decided_by_the_full_version_not_the_major(monkeypatch, installed, batches):
+    genai_backend.sdk_batches_vertex_gemini.cache_clear()
+    monkeypatch.setattr(genai_backend.metadata, "version", lambda name: installed)
+    try:
+        assert genai_backend.sdk_batches_vertex_gemini() is batches
+    finally:
+        genai_backend.sdk_batches_vertex_gemini.cache_clear()
 
 
 def test_one_text_per_call_where_the_sdk_cannot_batch(emu, monkeypatch):
@@ -540,3 +569,140 @@ def test_the_embedder_books_every_request_of_a_batch_with_the_limiter(emu, key_e
     assert len(left) == 3 and left == sorted(left)  # and each reported when it was written
     assert emu.stats()["requests"] == embedder.stats.snapshot()["requests"] == 3
     assert embedder.stats.snapshot()["in_flight"] == 0
+
+
+# -- gemini-embedding-2: the task in the text -----------------------------------
+
+#: Google's gemini-embedding-2 prompt formats (ai.google.dev/gemini-api/docs/embeddings,
+#: task types), written here from the page.
+GEMINI_2_FORMATS = {
+    "RETRIEVAL_QUERY": "task: search result | query: {content}",
+    "QUESTION_ANSWERING": "task: question answering | query: {content}",
+    "FACT_VERIFICATION": "task: fact checking | query: {content}",
+    "CODE_RETRIEVAL_QUERY": "task: code retrieval | query: {content}",
+    "CLASSIFICATION": "task: classification | query: {content}",
+    "CLUSTERING": "task: clustering | query: {content}",
+    "SEMANTIC_SIMILARITY": "task: sentence similarity | query: {content}",
+    "RETRIEVAL_DOCUMENT": "title: {title} | text: {content}",
+}
+
+
+def _documented(task, text, title=None):
+    return GEMINI_2_FORMATS[task].format(content=text, title=title or "none")
+
+
+@pytest.mark.parametrize("mode", ["gemini", "vertex"])
+@pytest.mark.parametrize("task", sorted(GEMINI_2_FORMATS))
+def test_gemini_2_gets_the_documented_prompt_and_no_task_type(emu, key_env, mode, task):
+    """What the emulator receives is the documented text; and the vector is the
+    one for NO task type (the emulator mixes a received task_type into it)."""
+    from beamvec.records import content_hash
+
+    model = "gemini-embedding-2"
+    b = make(emu, mode, model=model, task_type=task, output_dimensionality=256)
+    titles = ["Cats", None, "Markets", None]
+    vecs = b.embed(TEXTS, titles)
+    sent = [_documented(task, t, ti) for t, ti in zip(TEXTS, titles, strict=True)]
+    received = emu.stats()["text_counts"]
+    assert set(received) == {content_hash(s) for s in sent}
+    np.testing.assert_allclose(vecs, expected(model, None, 256, sent), atol=1e-6)
+    assert b.describe()["prompt_format"] == GEMINI_2_FORMATS[task]
+    assert b.describe()["task_type"] == task
+
+
+def test_gemini_2_query_and_document_vectors_of_one_text_differ(emu, key_env):
+    text = ["why is the sky blue"]
+    query = make(emu, model="gemini-embedding-2", task_type="RETRIEVAL_QUERY").embed(text)
+    document = make(emu, model="gemini-embedding-2", task_type="RETRIEVAL_DOCUMENT").embed(text)
+    assert float(query[0] @ document[0]) < 0.999
+
+
+def test_gemini_2_input_limit_leaves_room_for_the_prompt(emu, key_env):
+    """8,192 tokens for gemini-embedding-2 (Google's model table), 2,048 for 001;
+    the text's own share is less the template's."""
+    two = make(emu, model="gemini-embedding-2", task_type="RETRIEVAL_DOCUMENT").limits
+    assert 8192 - 300 < two.max_text_tokens < 8192
+    assert make(emu, model="gemini-embedding-2").limits.max_text_tokens == 8192
+    assert make(emu).limits.max_text_tokens == 2048
+
+
+def test_gemini_2_token_count_includes_the_prompt(emu, key_env):
+    plain = make(emu, model="gemini-embedding-2")
+    prompted = make(emu, model="gemini-embedding-2", task_type="RETRIEVAL_QUERY")
+    text = "the cat sat on the mat " * 20
+    prefix = "task: search result | query: "
+    assert prompted.count_tokens(text) - plain.count_tokens(text) == pytest.approx(len(prefix) / 4, abs=2)
+
+
+def test_vertex_predict_reports_the_servers_token_count(emu, key_env):
+    b = make(emu, "vertex", model="text-embedding-005")
+    b.embed(TEXTS)
+    assert b.server_tokens() == emu.stats()["tokens"] > 0
+    g = make(emu)
+    g.embed(TEXTS)  # :batchEmbedContents carries no statistics
+    assert g.server_tokens() is None
+
+
+def test_a_change_of_prompt_format_is_a_new_configuration(emu, key_env):
+    """The template is in the footer and the fingerprint; models without one
+    keep the fingerprint they had (no key added), so old outputs stay reusable."""
+    from beamvec.contract import Description
+    from beamvec.inputs import config_fingerprint
+    from beamvec.prepare import PrepareConfig
+    from beamvec.sources import ReaderConfig
+
+    def described(**kw):
+        return make(emu, model="gemini-embedding-2", output_dimensionality=256, **kw).describe()
+
+    query, document = described(task_type="RETRIEVAL_QUERY"), described(task_type="RETRIEVAL_DOCUMENT")
+    reader, prep = ReaderConfig(), PrepareConfig()
+    changed = {**query, "prompt_format": "task: search result | query:{content}"}
+    prints = {config_fingerprint(d, reader, prep) for d in (query, document, changed)}
+    assert len(prints) == 3
+    old = make(emu).describe()
+    assert "prompt_format" not in old
+    assert config_fingerprint(old, reader, prep) == config_fingerprint({**old, "prompt_format": None}, reader, prep)
+    footer = Description.from_json({**query, "config_fingerprint": "f"})
+    assert footer is not None and footer.to_json()["prompt_format"] == GEMINI_2_FORMATS["RETRIEVAL_QUERY"]
+    other = Description.from_json({**changed, "config_fingerprint": "g"})
+    assert any("prompt_format" in d for d in footer.differences(other))
+
+
+# -- a 400 about length: the named text alone, no bisection ----------------------
+
+
+@pytest.mark.parametrize(("mode", "model"), [("gemini", "gemini-embedding-001"), ("vertex", "text-embedding-005")])
+def test_a_too_long_400_names_its_text_and_is_not_bisected(emu, key_env, mode, model):
+    """A text the server counts over the limit (here: one never cut, sent raw)
+    costs one extra request, not a bisection: the error names the text, it
+    alone is failed, and the other texts are sent again together."""
+    from beamvec.backends.google_errors import TextTooLong
+    from beamvec.retry import embed_with_bisection
+
+    b = make(emu, mode, model=model, output_dimensionality=256)
+    texts = [f"short text {i}" for i in range(10)]
+    texts[6] = "x" * (2048 * 4 * 3)  # several times over 2,048 tokens at Google's 4 characters a token
+    calls = []
+
+    def call(part):
+        calls.append(len(part))
+        return b.embed(part)
+
+    done, failed = embed_with_bisection(texts, call)
+    assert [t for t, _ in failed] == [texts[6]]
+    assert isinstance(failed[0][1], TextTooLong) and "too long" in str(failed[0][1])
+    assert calls == [10, 9]
+    assert sorted(t for part, _ in done for t in part) == sorted(texts[:6] + texts[7:])
+    assert emu.stats()["by_status"].get("400") == 1
+    err = pickle.loads(pickle.dumps(failed[0][1]))
+    assert isinstance(err, TextTooLong) and err.culprit == failed[0][1].culprit
+
+
+def test_a_too_long_text_is_named_in_the_callers_numbering_when_split_by_title(emu, key_env):
+    from beamvec.backends.google_errors import TextTooLong
+
+    b = make(emu, task_type="RETRIEVAL_DOCUMENT", output_dimensionality=256)
+    texts = ["a", "b", "x" * 40_000, "c"]
+    with pytest.raises(TextTooLong) as err:
+        b.embed(texts, ["T1", "T2", "T2", "T1"])
+    assert err.value.culprit == 2

@@ -59,8 +59,9 @@ def parse_options(argv: Sequence[str]) -> PipelineOptions:
 
 
 def config_fingerprint(description: dict[str, Any], reader: ReaderConfig, prepare: PrepareConfig) -> str:
-    """What makes two outputs' vectors comparable: model, task, dimension,
-    and the rules that decide which text and id a record gets."""
+    """What makes two outputs' vectors comparable: model, task (and the prompt
+    template it is written in), dimension, and the rules that decide which
+    text and id a record gets."""
     keyed = {
         "backend": description.get("backend"),
         "model": description.get("model"),
@@ -74,6 +75,8 @@ def config_fingerprint(description: dict[str, Any], reader: ReaderConfig, prepar
         },
         "prepare": {"normalization": prepare.normalization, "on_long_text": prepare.on_long_text},
     }
+    if description.get("prompt_format") is not None:  # absent keeps older fingerprints as they were
+        keyed["prompt_format"] = description["prompt_format"]
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -54,6 +54,9 @@ def prepare(
 
     A text the reader ``cut`` (too long to hold) is flagged truncated, or
     dead-lettered as ``text_too_long`` under ``on_long_text=dead-letter``.
+    A text is over the limit when ``truncate`` (the backend's safe cut) keeps
+    less than all of it; ``count_tokens`` (its unbiased count) is the token
+    figure recorded, for pacing and plans.
     """
     if isinstance(raw, ReadError):
         return DeadLetter(raw.id, raw.position, raw.reason, raw.detail or raw.reason, raw.raw)
@@ -80,18 +83,20 @@ def prepare(
             raw.id, raw.position, r.INVALID_UTF8, "text holds unpaired surrogates",
             _excerpt(repr(text)),
         )
-    tokens = count_tokens(text)
     truncated = raw.cut
-    if tokens > config.max_text_tokens:
+    kept = truncate(text, config.max_text_tokens)
+    if kept != text:  # over the limit by the backend's safe count, in any script
         if config.on_long_text == "dead-letter":
             return DeadLetter(
                 raw.id, raw.position, r.TEXT_TOO_LONG,
-                f"{tokens} tokens, over the backend's {config.max_text_tokens}",
+                f"too long: about {count_tokens(text):,} tokens, and the backend takes "
+                f"{config.max_text_tokens:,} (only its first {len(kept):,} of {len(text):,} "
+                "characters surely fit); --on-long-text truncate keeps those",
                 _excerpt(text),
             )
-        text = truncate(text, config.max_text_tokens)
-        tokens = min(count_tokens(text), config.max_text_tokens)
+        text = kept
         truncated = True
+    tokens = min(count_tokens(text), config.max_text_tokens)
     return Record(
         id=str(raw.id),
         text=text,

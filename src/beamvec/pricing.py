@@ -8,10 +8,11 @@ before you plan a budget on them. A model missing here gets no estimate
 rather than a guess.
 
 How each unit is counted:
-- per token (gemini-embedding-001): the input tokens the API counts. For API
-  backends beamvec does not have the tokenizer and estimates tokens at 3
-  characters each (``backends.base.estimate_tokens``, an over-estimate for
-  most text), so token-priced estimates err high.
+- per token (gemini-embedding-001, gemini-embedding-2): the input tokens the
+  API counts. beamvec does not have Google's tokenizer and estimates them per
+  script (``backends.tokens.estimate``: about 4 characters a token in English,
+  one a character in Chinese, Japanese and Korean), unbiased, so estimates err
+  either way by the estimate's error, which ``plan`` states.
 - per character (Vertex text-embedding-00x): Vertex counts characters of the
   input, whitespace excluded; callers pass that count.
 
@@ -52,6 +53,18 @@ PRICES: tuple[Price, ...] = (
         backends=("vertex",),
         unit="token", per=1_000_000, standard=0.15, batch=None,
         source="Vertex AI pricing: $0.15 / 1M input tokens",
+    ),
+    Price(
+        models=("gemini-embedding-2",),
+        backends=("gemini",),
+        unit="token", per=1_000_000, standard=0.20, batch=0.10,
+        source="Gemini API pricing: gemini-embedding-2 $0.20 / 1M text input tokens, Batch API $0.10",
+    ),
+    Price(
+        models=("gemini-embedding-2",),
+        backends=("vertex",),
+        unit="token", per=1_000_000, standard=0.20, batch=None,
+        source="Vertex AI pricing: gemini-embedding-2 $0.20 / 1M text input tokens",
     ),
     Price(
         models=("text-embedding-005", "text-embedding-004", "text-multilingual-embedding-002"),

@@ -263,6 +263,15 @@ class RetryPolicy:
 # -- bisection of bad requests --------------------------------------------------
 
 
+def culprit_of(exc: BaseException, size: int) -> int | None:
+    """The index of the one item the backend named as the cause (its error's
+    ``culprit``, e.g. a text too long), when it is inside a part of ``size``."""
+    culprit = getattr(exc, "culprit", None)
+    if isinstance(culprit, int) and not isinstance(culprit, bool) and 0 <= culprit < size:
+        return culprit
+    return None
+
+
 def embed_with_bisection(
     items: Sequence[T],
     call: Callable[[list[T]], R],
@@ -271,7 +280,8 @@ def embed_with_bisection(
 ) -> tuple[list[tuple[list[T], R]], list[tuple[T, BaseException]]]:
     """Call on the whole batch; on a bad request (by default: the backend's
     ``ErrorKind.BAD_INPUT``), split it in halves until the offending items
-    stand alone.
+    stand alone. When the error names its item (``culprit_of``), that item is
+    failed and the others are sent again together: no bisection.
 
     One bad text must not cost its whole batch: with k bad items among n this
     takes about ``2k·log2(n/k)`` extra calls. Returns the successful sub-batches
@@ -298,6 +308,11 @@ def embed_with_bisection(
                 raise
             if len(part) == 1:
                 failed.append((part[0], exc))
+                return
+            named = culprit_of(exc, len(part))
+            if named is not None:
+                failed.append((part[named], exc))
+                run(part[:named] + part[named + 1:])
                 return
             middle = len(part) // 2
             run(part[:middle])

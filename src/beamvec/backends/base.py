@@ -8,7 +8,6 @@ heavy parts (sessions, clients) on the worker, and they are never pickled.
 
 from __future__ import annotations
 
-import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from beamvec.backends import tokens
 from beamvec.errors import SystemicError as SystemicError  # re-exported: backends raise it
 
 
@@ -94,12 +94,17 @@ class Backend(ABC):
         return check_preflight_vector(self, vectors)
 
     def count_tokens(self, text: str) -> int:
-        """Token count (or a safe over-estimate) of ``text``."""
-        return estimate_tokens(text)
+        """The tokens the model will count for ``text``: exact where the backend
+        has the tokenizer, else an unbiased estimate (``tokens.estimate``), since
+        pacing and plans add these up and must not drift high or low."""
+        return tokens.estimate(text, self.model)
 
     def truncate(self, text: str, max_tokens: int) -> str:
-        """The longest prefix of ``text`` within ``max_tokens``."""
-        return text[: max_tokens * CHARS_PER_TOKEN_LOW]
+        """``text`` itself when it fits ``max_tokens``, else its longest prefix
+        that surely does (``tokens.cut``: by the safe upper bound, so the API
+        never refuses it as too long). Prepare calls a text too long exactly
+        when this returns something shorter."""
+        return tokens.cut(text, max_tokens, self.model)
 
     @abstractmethod
     def embed(self, texts: Sequence[str], titles: Sequence[str | None] | None = None) -> np.ndarray:
@@ -137,11 +142,6 @@ class Backend(ABC):
         return state
 
 
-#: Conservative characters-per-token for estimates on APIs whose tokenizer we
-#: do not have: 3 for truncation (so a cut text fits), 4 for cost estimates.
-CHARS_PER_TOKEN_LOW = 3
-
-
 def check_preflight_vector(backend: Backend, vectors: np.ndarray) -> np.ndarray:
     """The one row of a preflight answer, or SystemicError when it has the
     wrong size or is not finite."""
@@ -154,11 +154,6 @@ def check_preflight_vector(backend: Backend, vectors: np.ndarray) -> np.ndarray:
     if not np.isfinite(vectors).all():
         raise SystemicError(f"{backend.name}: model {backend.model} returned non-finite values")
     return vectors[0]
-
-
-def estimate_tokens(text: str) -> int:
-    """A safe over-estimate of the tokens of ``text`` for API backends."""
-    return max(1, math.ceil(len(text) / CHARS_PER_TOKEN_LOW))
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:

@@ -8,16 +8,28 @@ What the SDK does, and how we use it:
 
 * Gemini API: always ``POST /{version}/models/{model}:batchEmbedContents``.
   Vertex: ``:predict`` for ``text-*`` models. For model ids containing
-  ``gemini``, 3.x sends ``:batchEmbedContents`` (``:embedContent`` when there
-  is one content); 2.x sends gemini-embedding-001 to ``:predict``, which takes
-  one instance per request for it on Vertex, and other gemini models to
-  ``:embedContent``, one content per call (the SDK raises ValueError for more).
-  So with 2.x a Vertex gemini model is sent one text per call: ``limits``
-  says ``max_items=1`` (the request counts the quota sees), and ``embed``
-  splits any larger group (``sdk_batches_vertex_gemini``).
+  ``gemini``, google-genai 3.4 and later send ``:batchEmbedContents``
+  (``:embedContent`` when there is one content); 2.x and 3.0–3.3 send
+  gemini-embedding-001 to ``:predict``, which takes one instance per request
+  for it on Vertex, and other gemini models to ``:embedContent``, one content
+  per call (the SDK raises ValueError for more). So below 3.4 a Vertex gemini
+  model is sent one text per call: ``limits`` says ``max_items=1`` (the
+  request counts the quota sees), and ``embed`` splits any larger group
+  (``sdk_batches_vertex_gemini``, decided by the full version, not the major).
+* gemini-embedding-2 on Vertex is documented with one content per
+  ``:embedContent`` call, so it is sent one text per call with any SDK.
 * For multimodal models (``gemini-embedding-2…``) the SDK merges a list of
-  plain strings into ONE content and returns ONE embedding, so every text is
-  sent as its own ``Content``.
+  plain strings into ONE content and returns ONE embedding (python-genai
+  issue 2523), so every text is sent as its own ``Content``.
+* gemini-embedding-2 takes no ``task_type``: the task is written into each
+  text as Google documents (``prompts``), and the template is part of
+  ``describe()`` (footer, fingerprint). Its input limit is 8,192 tokens;
+  the others take 2,048 (``tokens.max_text_tokens``).
+* Token counts: ``count_tokens`` estimates what is sent, template included
+  (``tokens.estimate``); ``truncate`` cuts by the safe upper bound, leaving
+  room for the template. Where the response carries the server's count
+  (Vertex ``:predict``: ``statistics.token_count`` per instance), the last
+  call's total is ``server_tokens()`` in the thread that made it.
 * ``config.title`` applies to a whole call, so a batch whose titles differ is
   sent as one call per distinct title, and the rows are put back in order.
   Titles are only sent with ``RETRIEVAL_DOCUMENT``, the one task that uses them.
@@ -44,6 +56,7 @@ first set variable of ``api_key_env``. It is never an attribute before
 from __future__ import annotations
 
 import functools
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -52,7 +65,7 @@ from typing import Any
 
 import numpy as np
 
-from beamvec.backends import genai_auth, google_errors
+from beamvec.backends import genai_auth, google_errors, prompts, tokens
 from beamvec.backends.base import (
     PREFLIGHT_TEXT,
     TASK_TYPES,
@@ -79,20 +92,31 @@ DEFAULT_KEY_ENV = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 GEMINI_MAX_ITEMS = 100
 VERTEX_MAX_ITEMS = 250
 VERTEX_MAX_REQUEST_TOKENS = 20_000
-MAX_TEXT_TOKENS = 2048
 VERTEX_AUTH_MODES = ("adc", "api_key", "anonymous")
+#: The first google-genai that sends a Vertex gemini model's texts to
+#: ``:batchEmbedContents`` (3.0–3.3 still use ``:predict``/``:embedContent``).
+SDK_BATCHES_VERTEX_GEMINI_FROM = (3, 4)
+#: Vertex serves these one content per ``:embedContent`` call, whatever the SDK.
+VERTEX_ONE_CONTENT_MODELS = ("gemini-embedding-2",)
+
+
+def sdk_version_tuple(version: str) -> tuple[int, ...]:
+    """``"3.4.0"`` -> (3, 4, 0); a suffix is ignored (``"3.4.0rc1"`` -> (3, 4, 0))."""
+    match = re.match(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?", version.strip())
+    return tuple(int(p) for p in match.groups() if p is not None) if match else ()
 
 
 @functools.lru_cache(maxsize=1)
 def sdk_batches_vertex_gemini() -> bool:
     """Whether the installed google-genai sends many texts of a Vertex gemini
-    model in one call (3.x: ``:batchEmbedContents``); 2.x does not (see above).
-    Read on the worker, where the SDK that makes the calls is installed."""
+    model in one call (3.4 and later: ``:batchEmbedContents``); 2.x and
+    3.0–3.3 do not (see above). Read on the worker, where the SDK that makes
+    the calls is installed."""
     try:
         version = metadata.version("google-genai")
     except metadata.PackageNotFoundError:  # load() says how to install it
         return True
-    return int(version.split(".", 1)[0]) >= 3
+    return sdk_version_tuple(version) >= SDK_BATCHES_VERTEX_GEMINI_FROM
 
 
 def model_id(model: str) -> str:
@@ -160,6 +184,8 @@ class GenaiBackend(Backend):
         self.mode = mode
         self._model = model
         self._task_type = task_type
+        # gemini-embedding-2: the task is written into the text (prompts), never sent
+        self._prompt = prompts.prompt_format(model, task_type)
         self.output_dimensionality = output_dimensionality
         self.native_dimension = native
         self.api_key_file = api_key_file
@@ -198,42 +224,56 @@ class GenaiBackend(Backend):
         return self.dimension != self.native_dimension
 
     @property
+    def prompt_format(self) -> str | None:
+        """The template each text is written into (gemini-embedding-2), or None."""
+        return None if self._prompt is None else self._prompt.template
+
+    @property
     def one_text_per_call(self) -> bool:
-        """Vertex with a gemini model through google-genai 2.x: one text per call."""
-        return (
-            self.mode == "vertex"
-            and "gemini" in model_id(self._model)
-            and not sdk_batches_vertex_gemini()
-        )
+        """Vertex with a gemini model through google-genai below 3.4, or with a
+        model Vertex serves one content a call: one text per call."""
+        mid = model_id(self._model)
+        if self.mode != "vertex" or "gemini" not in mid:
+            return False
+        one_content = any(mid == m or mid.startswith(m + "-") for m in VERTEX_ONE_CONTENT_MODELS)
+        return one_content or not sdk_batches_vertex_gemini()
 
     @property
     def limits(self) -> Limits:
+        model_limit = tokens.max_text_tokens(self._model)
+        # what the text itself may hold: the model's limit less the template's share
+        per_text = model_limit - (self._prompt.overhead() if self._prompt is not None else 0)
         if self.one_text_per_call:
-            return Limits(
-                max_items=1,
-                max_request_tokens=MAX_TEXT_TOKENS,
-                max_text_tokens=MAX_TEXT_TOKENS,
-                dimension=self.dimension,
-            )
-        if self.mode == "gemini":
-            return Limits(
-                max_items=GEMINI_MAX_ITEMS,
-                max_request_tokens=GEMINI_MAX_ITEMS * MAX_TEXT_TOKENS,
-                max_text_tokens=MAX_TEXT_TOKENS,
-                dimension=self.dimension,
-            )
+            items, request_tokens = 1, model_limit
+        elif self.mode == "gemini":
+            items, request_tokens = GEMINI_MAX_ITEMS, GEMINI_MAX_ITEMS * model_limit
+        else:
+            items, request_tokens = VERTEX_MAX_ITEMS, VERTEX_MAX_REQUEST_TOKENS
         return Limits(
-            max_items=VERTEX_MAX_ITEMS,
-            max_request_tokens=VERTEX_MAX_REQUEST_TOKENS,
-            max_text_tokens=MAX_TEXT_TOKENS,
-            dimension=self.dimension,
+            max_items=items, max_request_tokens=request_tokens,
+            max_text_tokens=per_text, dimension=self.dimension,
         )
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["output_dimensionality"] = self.output_dimensionality
         info["normalization"] = "l2" if self.renormalized else "native"
+        if self._prompt is not None:
+            info["prompt_format"] = self._prompt.template
         return info
+
+    # -- tokens ----------------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        """An unbiased estimate of what the model counts: the text as sent,
+        template included (without a title, which is not known here)."""
+        return tokens.estimate(self._prompt.apply(text) if self._prompt else text, self._model)
+
+    def server_tokens(self) -> int | None:
+        """The tokens the server counted for the last ``embed`` in this thread,
+        when every response of it said (Vertex ``:predict``), else None."""
+        sending = self._sending
+        return getattr(sending, "server_tokens", None) if sending is not None else None
 
     # -- credentials and client ----------------------------------------------
 
@@ -314,15 +354,24 @@ class GenaiBackend(Backend):
             # Vertex :predict drops empty parts, which would misalign the rows.
             raise BackendError(f"{self.mode}: empty text", kind=ErrorKind.BAD_INPUT, status=400)
         out = np.empty((n, self.dimension), dtype=np.float32)
+        if self._prompt is not None:  # titles go into each text: one group
+            texts = [self._prompt.apply(t, titles[i] if titles else None) for i, t in enumerate(texts)]
+            titles = None
+        assert self._sending is not None
+        self._sending.server_tokens = 0
         for title, rows in self._title_groups(n, titles).items():
-            out[rows] = self._checked(self._call([texts[i] for i in rows], title), len(rows))
+            try:
+                out[rows] = self._checked(self._call([texts[i] for i in rows], title), len(rows))
+            except google_errors.TextTooLong as exc:  # the text it names, as the caller numbers them
+                exc.culprit = rows[exc.culprit] if exc.culprit is not None and exc.culprit < len(rows) else None
+                raise
         return l2_normalize(out) if self.renormalized else out
 
     def _title_groups(
         self, n: int, titles: Sequence[str | None] | None
     ) -> dict[str | None, list[int]]:
         """Rows per distinct title, in first-seen order (one API call each)."""
-        if titles is None or self._task_type != "RETRIEVAL_DOCUMENT":
+        if titles is None or self._task_type != "RETRIEVAL_DOCUMENT" or self._prompt is not None:
             return {None: list(range(n))}
         groups: dict[str | None, list[int]] = {}
         for i, title in enumerate(titles):
@@ -333,11 +382,18 @@ class GenaiBackend(Backend):
         """One embed_content call (one per text where the SDK sends one text per
         call); returns the response's embeddings or raises BackendError."""
         if len(texts) > 1 and self.one_text_per_call:
-            return [e for text in texts for e in self._call([text], title)]
+            embeddings: list[Any] = []
+            for i, text in enumerate(texts):
+                try:
+                    embeddings += self._call([text], title)
+                except google_errors.TextTooLong as exc:
+                    exc.culprit = i
+                    raise
+            return embeddings
         from google.genai import types
 
         config = types.EmbedContentConfig(
-            task_type=self._task_type,
+            task_type=None if self._prompt is not None else self._task_type,
             title=title,
             output_dimensionality=self.output_dimensionality,
             auto_truncate=False if self.mode == "vertex" else None,
@@ -355,7 +411,21 @@ class GenaiBackend(Backend):
             if mapped is None:
                 raise
             raise mapped from None
-        return list(response.embeddings or [])
+        embeddings = list(response.embeddings or [])
+        self._note_server_tokens(embeddings)
+        return embeddings
+
+    def _note_server_tokens(self, embeddings: list[Any]) -> None:
+        """Add the server's own counts (``statistics.token_count``) to this
+        thread's ``server_tokens``; None once any response leaves them out."""
+        sending = self._sending
+        if sending is None or getattr(sending, "server_tokens", None) is None:
+            return
+        counts = [getattr(getattr(e, "statistics", None), "token_count", None) for e in embeddings]
+        if not counts or any(c is None for c in counts):
+            sending.server_tokens = None
+            return
+        sending.server_tokens += int(sum(counts))
 
     def _checked(self, embeddings: list[Any], expected: int) -> np.ndarray:
         """The rows of a response, or BackendError if it cannot be trusted."""
@@ -441,6 +511,8 @@ class GenaiBackend(Backend):
     ) -> np.ndarray:
         """One preflight attempt; notes the dimension it got, for the verdict."""
         send_title = title if self._task_type == "RETRIEVAL_DOCUMENT" else None
+        if self._prompt is not None:
+            text, send_title = self._prompt.apply(text, send_title), None
         embeddings = self._call([text], send_title)
         values = getattr(embeddings[0], "values", None) if len(embeddings) == 1 else None
         got = None if values is None else len(values)

@@ -8,7 +8,11 @@ what to do with the request, with the server's wait hint:
 * 408, 409, 425, 429 and 5xx (but 501): transient, retried with backoff.
 * 400, 413, 422: bad input, bisected so only the culprit texts are
   dead-lettered; except a 400 whose ErrorInfo reason says the API key is bad
-  (Google answers a bad key with 400 INVALID_ARGUMENT): systemic.
+  (Google answers a bad key with 400 INVALID_ARGUMENT): systemic. A 400 about
+  a text's length ("input token count … exceeds the maximum number of tokens")
+  is ``TextTooLong``, carrying the index of the text when the message names it
+  (``requests[i]``, ``instances[i]``), so that text alone is dead-lettered and
+  the rest resent at once, with no bisection.
 * 401, 403, 404, 501 and any other status: systemic, the run stops.
 * timeouts and broken connections: transient; a bad URL (unsupported
   scheme) and google-auth failures: systemic; a 200 whose body does not
@@ -45,6 +49,12 @@ RATE_LIMIT_REASONS = frozenset({"RATE_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED"})
 #: Keys shorter than this are not scrubbed by value (masking every "k" of a
 #: message helps nobody); real Google API keys are 39 characters.
 MIN_SCRUBBED_KEY = 8
+#: How Google words a 400 about an input's length (Gemini API and Vertex).
+_TOO_LONG = re.compile(
+    r"token count|exceeds the maximum number of tokens|supports up to \d+ tokens|too long",
+    re.IGNORECASE,
+)
+_NAMED_ITEM = re.compile(r"\b(?:requests|instances|contents)\[(\d+)\]")
 _KEY_IN_URL = re.compile(r"([?&]key=)[^&\s'\"]+")
 MAX_MESSAGE = 400
 
@@ -169,6 +179,33 @@ def scrub(message: str, secret: str | None) -> str:
 # -- exceptions to BackendError ---------------------------------------------------
 
 
+class TextTooLong(BackendError):
+    """A 400 about an input's length; ``culprit``: the index of the text in the
+    request when the server named it, else None (then bisection finds it)."""
+
+    def __init__(self, message: str, *, status: int | None = 400, culprit: int | None = None) -> None:
+        super().__init__(message, kind=ErrorKind.BAD_INPUT, status=status)
+        self.culprit = culprit
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_too_long, (str(self), self.status, self.culprit))
+
+
+def _rebuild_too_long(message: str, status: int | None, culprit: int | None) -> TextTooLong:
+    return TextTooLong(message, status=status, culprit=culprit)
+
+
+def too_long(code: int, message: str, label: str, clean: Callable[[str], str]) -> TextTooLong | None:
+    """A TextTooLong for a 400 whose message is about length, else None."""
+    if code != 400 or not _TOO_LONG.search(message):
+        return None
+    named = _NAMED_ITEM.search(message)
+    return TextTooLong(
+        clean(f"{label}: text too long: {message}"), culprit=int(named.group(1)) if named else None
+    )
+
+
+
 def malformed(label: str, what: str) -> BackendError:
     """A 200 that cannot be trusted: asked again, never written misaligned."""
     return BackendError(f"{label}: malformed response: {what}", kind=ErrorKind.TRANSIENT)
@@ -186,6 +223,10 @@ def from_api_error(exc: Any, label: str, clean: Callable[[str], str]) -> Backend
         retry_after = parse_retry_after(headers.get("retry-after") if headers else None)
     reasons = error_reasons(exc.details)
     kind = kind_of_status(code, reasons)
+    if kind is ErrorKind.BAD_INPUT:
+        length = too_long(code, message, label, clean)
+        if length is not None:
+            return length
     status = code or None
     if code == 400 and kind is ErrorKind.SYSTEMIC:
         status = 401  # a bad key: counted and reported as the authentication failure it is

@@ -42,10 +42,12 @@ class Description:
     normalization: str | None = None
     beamvec_version: str = ""
     config_fingerprint: str = ""
+    # the template the task was written into each text with (gemini-embedding-2)
+    prompt_format: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        for optional in ("output_dimensionality", "normalization"):
+        for optional in ("output_dimensionality", "normalization", "prompt_format"):
             if data[optional] is None:
                 del data[optional]
         return data
@@ -60,7 +62,7 @@ class Description:
         """What makes ``other``'s vectors incomparable with ours, in words."""
         return [
             f"{name} {getattr(other, name)} (here {getattr(self, name)})"
-            for name in ("backend", "model", "dimension", "task_type", "normalization")
+            for name in ("backend", "model", "dimension", "task_type", "normalization", "prompt_format")
             if getattr(other, name) != getattr(self, name)
         ] or [f"configuration {other.config_fingerprint} (here {self.config_fingerprint})"]
 
