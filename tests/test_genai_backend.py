@@ -571,6 +571,26 @@ def test_the_embedder_books_every_request_of_a_batch_with_the_limiter(emu, key_e
     assert embedder.stats.snapshot()["in_flight"] == 0
 
 
+
+def test_the_embedder_paces_tokens_as_vertex_reports_it_counted_them(emu, key_env):
+    """Vertex `:predict` says how many tokens it counted: the limiter's token
+    factor becomes the server's count over the request's estimate."""
+    from beamvec.embedder import Embedder, EmbedSettings
+    from beamvec.quota import Limiter
+    from beamvec.records import Record, content_hash
+
+    b = make(emu, "vertex", model="text-embedding-005")
+    limiter = Limiter(6000, 10**6)
+    embedder = Embedder(b, EmbedSettings(max_in_flight=1), limiter)
+    # Booked at 50 tokens a text: four times what the server counts for these short texts.
+    batch = [Record(f"r{i}", t, content_hash(t), 50, False, i) for i, t in enumerate(TEXTS)]
+    done, failed = embedder.embed_batch(batch)
+    embedder.close()
+    assert not failed and len(done) == 4
+    counted = emu.stats()["tokens"]
+    assert 0 < counted < 200
+    assert limiter.stats().token_factor == pytest.approx(counted / 200, rel=1e-6)
+
 # -- gemini-embedding-2: the task in the text -----------------------------------
 
 #: Google's gemini-embedding-2 prompt formats (ai.google.dev/gemini-api/docs/embeddings,

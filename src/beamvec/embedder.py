@@ -57,8 +57,8 @@ class Stats:
 def estimated_tokens(items: Sequence[Record]) -> float:
     """What a request will count against a tokens-per-minute quota, as the
     limiter books it: the records' token estimates (``prepare``). The limiter
-    learns how the server's count differs (``quota/scale.py``); a better
-    estimate (per model and script) is swapped in here, in one line."""
+    learns how the server's count differs (``quota/scale.py``), from the
+    counts the backend reports where the service tells them."""
     return float(sum(item.tokens for item in items))
 
 
@@ -86,7 +86,8 @@ class Embedder:
     # -- one request -------------------------------------------------------
 
     def _request(self, items: Sequence[Record]) -> np.ndarray:
-        gate = _Gate(self, estimated_tokens(items))
+        estimate = estimated_tokens(items)
+        gate = _Gate(self, estimate)
         titles = [item.title for item in items]
         try:
             vectors = self.backend.embed_paced(
@@ -103,6 +104,9 @@ class Embedder:
             self.stats.add("in_flight", -gate.sent)
         if self.limiter is not None:
             self.limiter.on_success()
+            counted = self.backend.server_tokens()
+            if counted is not None:
+                self.limiter.calibrate(estimate, counted)
         self.stats.add("texts", len(items))
         self.stats.add("tokens", sum(item.tokens for item in items))
         return vectors

@@ -99,6 +99,11 @@ class Backend(ABC):
         pacing and plans add these up and must not drift high or low."""
         return tokens.estimate(text, self.model)
 
+    def server_tokens(self) -> int | None:
+        """The tokens the service counted for this thread's last ``embed``,
+        where it says (None: it does not, or the backend is local)."""
+        return None
+
     def truncate(self, text: str, max_tokens: int) -> str:
         """``text`` itself when it fits ``max_tokens``, else its longest prefix
         that surely does (``tokens.cut``: by the safe upper bound, so the API
