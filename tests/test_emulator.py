@@ -18,8 +18,9 @@ except ImportError:  # pragma: no cover - depends on the installed extras
     import httpx2 as httpx
 
 from beamvec.emulator import Emulator, EmulatorConfig, expected_vector
-from beamvec.emulator.window import SlidingWindowQuota, WindowPeak
-from beamvec.records import content_hash
+from beamvec.emulator.quota import SlidingWindowQuota
+from beamvec.emulator.stats import content_hash
+from beamvec.emulator.window import WindowPeak
 
 # Loopback only: never through a proxy, whatever the host says.
 os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1,localhost"]))
@@ -98,7 +99,7 @@ def test_vertex_predict_shape_with_statistics(client):
     assert len(preds) == 2
     emb = preds[0]["embeddings"]
     assert len(emb["values"]) == 256
-    assert emb["statistics"] == {"token_count": 2, "truncated": False}
+    assert emb["statistics"] == {"token_count": 3, "truncated": False}  # "a", "b", "c": a token each
     np.testing.assert_array_equal(
         np.float32(emb["values"]),
         expected_vector("text-embedding-005", "RETRIEVAL_QUERY", 256, "a b c"),
