@@ -56,7 +56,8 @@ def count_tokens(text: str) -> int:
 
 
 def truncate(text: str, max_tokens: int) -> str:
-    """The longest prefix of ``text`` that counts at most ``max_tokens``."""
+    """The longest prefix of ``text`` that counts at most ``max_tokens``, without
+    the whitespace the cut left at its end."""
     total = 0
     for m in _PATTERN.finditer(text):
         kind = m.lastgroup or "other"
@@ -64,6 +65,6 @@ def truncate(text: str, max_tokens: int) -> str:
         if total + cost > max_tokens:
             room = max_tokens - total
             per = _PER_TOKEN[kind]
-            return text[: m.start() + room * max(per, 1)]
+            return text[: m.start() + room * max(per, 1)].rstrip()
         total += cost
     return text
