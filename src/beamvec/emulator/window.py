@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections import deque
 
+from beamvec.emulator.quota import SlidingWindowQuota  # noqa: F401 - its old home, still imported
+
 
 class WindowPeak:
     """The most events, and the largest weight, seen in any one window."""
