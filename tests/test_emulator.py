@@ -584,6 +584,8 @@ def test_gemini_embedding_2_ignores_the_task_type(emu):
     assert received[0].texts == ("task: search result | query: pumps",)
     assert received[0].tokens == (count_tokens("task: search result | query: pumps"),)
     assert {r.route for r in received} == {"gemini:batchEmbedContents"}
+    over_http = httpx.get(f"{emu.url}/stats/received").json()["received"]
+    assert [r["task_types"] for r in over_http] == [list(r.task_types) for r in received]
 
 
 def test_count_tokens_is_served_and_free():

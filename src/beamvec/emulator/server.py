@@ -3,10 +3,13 @@ protocol, with real limits, quotas, latency and injected faults.
 
 Point google-genai at it with ``http_options=HttpOptions(base_url=emu.url)``.
 Per request, in order: route (404) -> auth (Gemini: 403 missing key, 400
-API_KEY_INVALID wrong key; Vertex: 401 without credentials) -> model (404) ->
-body and limits (400) -> quota (429 with RetryInfo and Retry-After) -> latency
+API_KEY_INVALID wrong key; Vertex: 401 without credentials) -> model on this
+endpoint (404/400) -> strict body and limits (400) -> quota (429, metered and
+hinted as the config says; countTokens is free) -> latency
 -> an injected fault, or the vectors. ``GET /stats`` and ``POST /stats/reset``
-report and reset what it saw.
+report and reset what it saw; ``GET /stats/received`` lists every request it
+parsed (texts, task types and titles as sent, tokens, status), as
+``Emulator.received()`` does in process.
 
 The stdlib ThreadingHTTPServer (one daemon thread per connection, HTTP/1.1
 keep-alive) is enough: the work per request is small and tests need no extra
@@ -132,6 +135,10 @@ class _Handler(BaseHTTPRequestHandler):
                 snap = state.stats.snapshot(with_texts)
             snap["batch"] = state.batch.snapshot(state.config, with_texts)
             self._send_json(200, snap)
+        elif url.path == "/stats/received":
+            with state.lock:
+                log = [dataclasses.asdict(r) for r in state.stats.log]
+            self._send_json(200, {"received": log})
         elif self._batch("GET"):
             pass
         elif url.path in ("/", "/healthz"):
@@ -246,11 +253,10 @@ class _Handler(BaseHTTPRequestHandler):
         (the billing FAQ: token counting is not charged or metered as inference)."""
         texts = protocol.parse_count(body)
         counts = [count_tokens(t) for t in texts]
+        record = Received.of(route.name, route.model, texts, [], 200)
+        record = dataclasses.replace(record, tokens=tuple(counts), truncated=(False,) * len(texts))
         with self.server.state.lock:
-            self.server.state.stats.received(
-                Received(route.name, route.model, tuple(texts), (None,) * len(texts),
-                         (None,) * len(texts), tuple(counts), (False,) * len(texts), 200)
-            )  # fmt: skip
+            self.server.state.stats.received(record)
         return 200, protocol.render_count(sum(counts)), {}, None
 
     def _log(
@@ -261,16 +267,7 @@ class _Handler(BaseHTTPRequestHandler):
         status: int | str,
     ) -> None:
         items = req.items if req is not None else []
-        record = Received(
-            route=route.name,
-            model=route.model,
-            texts=tuple(sent),
-            task_types=tuple(i.task_type for i in items),
-            titles=tuple(i.title for i in items),
-            tokens=tuple(i.tokens for i in items),
-            truncated=tuple(i.truncated for i in items),
-            status=status,
-        )
+        record = Received.of(route.name, route.model, sent, items, status)
         with self.server.state.lock:
             self.server.state.stats.received(record)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,20 @@ class Received:
     tokens: tuple[int, ...]
     truncated: tuple[bool, ...]
     status: int | str
+
+    @classmethod
+    def of(cls, route: str, model: str, texts: Sequence[str], items: Sequence[Any],
+           status: int | str) -> Received:  # fmt: skip
+        """A record of texts as sent and the parsed items (``EmbedItem``s, or
+        none when the body never parsed)."""
+        return cls(
+            route, model, tuple(texts),
+            tuple(getattr(i, "task_type", None) for i in items) or (None,) * len(texts),
+            tuple(getattr(i, "title", None) for i in items) or (None,) * len(texts),
+            tuple(getattr(i, "tokens", 0) for i in items),
+            tuple(getattr(i, "truncated", False) for i in items),
+            status,
+        )  # fmt: skip
 
 
 class Stats:
