@@ -1,10 +1,13 @@
 """The emulator speaks the Gemini API and Vertex AI protocol: shapes, limits,
-keys, quota (429 + RetryInfo + Retry-After), faults and stats. Plain httpx."""
+keys, quota (three meters, three 429 hints), faults and stats; strict JSON,
+models only where Google serves them, tokens per script. Raw httpx where it is
+about strictness, google-genai where it is about the API."""
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,9 +20,16 @@ try:  # google-genai >= 3 ships httpx2, a drop-in fork of httpx
 except ImportError:  # pragma: no cover - depends on the installed extras
     import httpx2 as httpx
 
+from google import genai  # the real client, for what is about the API
+from google.genai import errors as genai_errors
+from google.genai import types
+
 from beamvec.emulator import Emulator, EmulatorConfig, expected_vector
-from beamvec.emulator.window import SlidingWindowQuota, WindowPeak
-from beamvec.records import content_hash
+from beamvec.emulator.cli import build_parser
+from beamvec.emulator.quota import FixedWindowQuota, SlidingWindowQuota, TokenBucketQuota
+from beamvec.emulator.stats import content_hash
+from beamvec.emulator.tokens import count_tokens, truncate
+from beamvec.emulator.window import WindowPeak
 
 # Loopback only: never through a proxy, whatever the host says.
 os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1,localhost"]))
@@ -98,7 +108,7 @@ def test_vertex_predict_shape_with_statistics(client):
     assert len(preds) == 2
     emb = preds[0]["embeddings"]
     assert len(emb["values"]) == 256
-    assert emb["statistics"] == {"token_count": 2, "truncated": False}
+    assert emb["statistics"] == {"token_count": 3, "truncated": False}  # "a", "b", "c": a token each
     np.testing.assert_array_equal(
         np.float32(emb["values"]),
         expected_vector("text-embedding-005", "RETRIEVAL_QUERY", 256, "a b c"),
@@ -444,3 +454,222 @@ def test_local_vectors_carry_meaning():
     assert v.shape == (3, 768)
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     assert v[0] @ v[2] > v[0] @ v[1] + 0.3
+
+
+# -- Google's stand-in (issue 30): strict JSON, endpoints, tokens, meters, hints --
+
+def gemini_client(emu):
+    return genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=emu.url))
+
+
+def test_unknown_field_is_400_in_googles_words(client):
+    url = f"{GEMINI}:batchEmbedContents"
+    body = gemini_body(["a"])
+    body["requests"][0]["taskTyp"] = "CLUSTERING"
+    r = client.post(url, json=body)
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["status"] == "INVALID_ARGUMENT"
+    want = "Invalid JSON payload received. Unknown name \"taskTyp\" at 'requests[0]': Cannot find field."
+    assert err["message"] == want
+    assert err["details"][0]["fieldViolations"] == [{"field": "requests[0]", "description": want}]
+    body = gemini_body(["a"])
+    body["requests"][0]["content"]["text"] = "a"  # a field of Part put on Content
+    r = client.post(url, json=body)
+    assert r.json()["error"]["message"] == (
+        "Invalid JSON payload received. Unknown name \"text\" at 'requests[0].content': Cannot find field."
+    )
+    r = client.post(url, json={**gemini_body(["a"]), "dimension": 8})
+    assert r.json()["error"]["message"] == 'Invalid JSON payload received. Unknown name "dimension": Cannot find field.'
+    r = client.post(
+        f"{VERTEX}/text-embedding-005:predict",
+        json={"instances": [{"content": "a"}], "parameters": {"auto_truncat": False}},
+        headers=bearer(),
+    )
+    assert r.status_code == 400
+    assert "Unknown name \"auto_truncat\" at 'parameters'" in r.json()["error"]["message"]
+    assert emu_texts(client) == 0  # nothing was embedded
+
+
+def emu_texts(client):
+    return client.get("/stats").json()["texts_embedded"]
+
+
+def test_snake_case_is_the_same_field(client):
+    body = {"requests": [{"content": {"parts": [{"text": "x"}]}, "task_type": "CLUSTERING",
+                          "output_dimensionality": 8}]}  # fmt: skip
+    r = client.post(f"{GEMINI}:batchEmbedContents", json=body)
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(
+        np.float32(r.json()["embeddings"][0]["values"]),
+        expected_vector("gemini-embedding-001", "CLUSTERING", 8, "x"),
+    )
+
+
+def test_each_model_only_where_google_serves_it(emu, client):
+    # text-embedding-005 is a Vertex AI model: the Gemini API does not know it
+    r = client.post(
+        "/v1beta/models/text-embedding-005:batchEmbedContents",
+        json=gemini_body(["a"], "text-embedding-005"),
+    )
+    assert r.status_code == 404 and r.json()["error"]["status"] == "NOT_FOUND"
+    assert "not found for API version v1beta" in r.json()["error"]["message"]
+    sdk = gemini_client(emu)  # held: a client garbage-collected mid-call closes its connection
+    with pytest.raises(genai_errors.ClientError) as err:
+        sdk.models.embed_content(model="text-embedding-005", contents="a")
+    assert err.value.code == 404
+    # gemini-embedding-2 is not served on Vertex :predict
+    r = client.post(f"{VERTEX}/gemini-embedding-2:predict", json={"instances": [{"content": "a"}]},
+                    headers=bearer())  # fmt: skip
+    assert r.status_code == 400
+    # and Vertex :embedContent takes one content
+    assert client.post(
+        f"{VERTEX}/gemini-embedding-2:embedContent",
+        json={"content": {"parts": [{"text": "a"}]}}, headers=bearer(),
+    ).is_success  # fmt: skip
+
+
+def test_tokens_per_script_by_hand():
+    # Latin words: ceil(len / 4) each; punctuation one each; spaces free.
+    # Tokens(6)=2 cost=1 money(5)=2 ","=1 so=1 count(5)=2 them=1 wisely(6)=2 "."=1
+    english = "Tokens cost money, so count them wisely."
+    assert len(english) == 40 and count_tokens(english) == 13
+    chinese = "今天天气很好，我们一起去公园散步。明天可能会下雨，记得带伞。"  # one token a character
+    assert len(chinese) == 30 and count_tokens(chinese) == 30
+    assert count_tokens("東京タワー") == 5 and count_tokens("안녕하세요") == 5  # kana, hangul
+    assert count_tokens("Привет мир") == 3  # Cyrillic ~3 a token: 6 -> 2, 3 -> 1
+    assert count_tokens("नमस्ते") == 3  # Devanagari ~2 a token: 6 code points
+    assert count_tokens("2024") == 4 and count_tokens("👍👍") == 2  # digits, emoji: one each
+    assert count_tokens(truncate(chinese, 7)) == 7 and truncate(chinese, 7) == chinese[:7]
+    assert truncate(english, 3) == "Tokens cost"  # no trailing space kept
+
+
+def test_vertex_statistics_count_per_script_and_truncate(client):
+    url = f"{VERTEX}/text-multilingual-embedding-002:predict"
+    han = "字" * 3000  # 3,000 tokens, over the 2,048 a text
+    r = client.post(url, json={"instances": [{"content": "Привет мир"}, {"content": han}]},
+                    headers=bearer())  # fmt: skip
+    assert r.status_code == 200, r.text
+    stats = [p["embeddings"]["statistics"] for p in r.json()["predictions"]]
+    assert stats == [{"token_count": 3, "truncated": False}, {"token_count": 2048, "truncated": True}]
+    np.testing.assert_array_equal(  # the vector of what was kept
+        np.float32(r.json()["predictions"][1]["embeddings"]["values"]),
+        expected_vector("text-multilingual-embedding-002", None, 768, "字" * 2048),
+    )
+    r = client.post(url, json={"instances": [{"content": han}], "parameters": {"autoTruncate": False}},
+                    headers=bearer())  # fmt: skip
+    assert r.status_code == 400
+    assert "input token count (3000) exceeds the maximum number of tokens allowed (2048)" in r.text
+
+
+def test_gemini_embedding_2_ignores_the_task_type(emu):
+    client = gemini_client(emu)
+    content = [types.Content(parts=[types.Part(text="task: search result | query: pumps")])]
+
+    def vector(model, **config):
+        got = client.models.embed_content(
+            model=model, contents=content,
+            config=types.EmbedContentConfig(output_dimensionality=768, **config),
+        )  # fmt: skip
+        return np.float32(got.embeddings[0].values)
+
+    plain = vector("gemini-embedding-2")
+    np.testing.assert_array_equal(vector("gemini-embedding-2", task_type="RETRIEVAL_QUERY"), plain)
+    # gemini-embedding-001 takes the task type into its vector
+    assert not np.array_equal(
+        vector("gemini-embedding-001", task_type="RETRIEVAL_QUERY"), vector("gemini-embedding-001")
+    )
+    received = emu.received()
+    assert [r.task_types for r in received[:2]] == [(None,), ("RETRIEVAL_QUERY",)]
+    assert received[0].texts == ("task: search result | query: pumps",)
+    assert received[0].tokens == (count_tokens("task: search result | query: pumps"),)
+    assert {r.route for r in received} == {"gemini:batchEmbedContents"}
+    over_http = httpx.get(f"{emu.url}/stats/received").json()["received"]
+    assert [r["task_types"] for r in over_http] == [list(r.task_types) for r in received]
+
+
+def test_count_tokens_is_served_and_free():
+    text = "Tokens cost money, so count them wisely."
+    with Emulator(api_key=KEY, rpm=1, window_s=60) as emu:
+        client = gemini_client(emu)
+        for _ in range(3):  # over the 1 request a minute, and never throttled
+            got = client.models.count_tokens(model="gemini-embedding-2", contents=text)
+            assert got.total_tokens == 13
+        stats = emu.stats()
+        assert stats["by_status"] == {"200": 3} and stats["texts_embedded"] == stats["tokens"] == 0
+        client.models.embed_content(model="gemini-embedding-2", contents=text)  # quota intact
+        r = httpx.post(
+            f"{emu.url}{VERTEX}/gemini-embedding-001:countTokens",
+            json={"contents": [{"parts": [{"text": text}]}]}, headers=bearer(),
+        )  # fmt: skip
+        assert r.status_code == 400
+        assert r.json()["error"]["message"] == "Should provide instances for text model prediction."
+
+
+def test_fixed_window_resets_at_the_boundary():
+    q = FixedWindowQuota(window_s=10, max_requests=2, max_tokens=None)
+    assert q.try_acquire(3.0, 1)[0] and q.try_acquire(4.0, 1)[0]
+    ok, wait, limit = q.try_acquire(5.0, 1)
+    assert (ok, limit) == (False, "requests") and wait == pytest.approx(5.0)  # until t=10
+    assert not q.try_acquire(9.99, 1)[0]
+    assert q.try_acquire(10.0, 1)[0] and q.try_acquire(10.5, 1)[0]  # a new window: two more
+    # a sliding window would still hold t=3 and t=4 at t=10
+    sliding = SlidingWindowQuota(10, 2, None)
+    assert sliding.try_acquire(3.0, 1)[0] and sliding.try_acquire(4.0, 1)[0]
+    assert not sliding.try_acquire(10.0, 1)[0]
+
+
+def test_bucket_refills_continuously():
+    q = TokenBucketQuota(window_s=10, max_requests=2, max_tokens=100)
+    assert q.try_acquire(0.0, 80)[0] and q.try_acquire(0.0, 10)[0]  # starts full: a burst
+    ok, wait, limit = q.try_acquire(0.0, 1)
+    assert (ok, limit) == (False, "requests") and wait == pytest.approx(5.0)  # 0.2 a second
+    ok, wait, limit = q.try_acquire(5.0, 40)  # one request back; tokens 10 + 50 = 60 >= 40
+    assert ok
+    ok, wait, limit = q.try_acquire(10.0, 60)  # requests 1, tokens 20 + 50 = 70 >= 60
+    assert ok
+    ok, wait, limit = q.try_acquire(10.0, 50)  # tokens 10: 40 more at 10 a second
+    assert (ok, limit) == (False, "requests") and wait == pytest.approx(5.0)
+    ok, wait, limit = q.try_acquire(15.0, 70)  # tokens 60 < 70: 1 s more
+    assert (ok, limit) == (False, "tokens") and wait == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kind", ["sliding", "fixed", "bucket"])
+def test_each_meter_holds_a_burst_to_the_quota(kind):
+    with Emulator(rpm=3, window_s=30, quota_window=kind) as emu, httpx.Client() as c:
+        url = f"{emu.url}{GEMINI}:batchEmbedContents"
+        codes = [c.post(url, json=gemini_body([f"b{i}"])).status_code for i in range(8)]
+    # a fixed window may turn over once during the burst: at most one quota more
+    assert 3 <= codes.count(200) <= (6 if kind == "fixed" else 3)
+    assert set(codes) == {200, 429}
+
+
+@pytest.mark.parametrize("hint", ["exact", "seconds", "none"])
+def test_the_429_hint(hint):
+    with Emulator(rpm=1, window_s=30, retry_hint=hint) as emu, httpx.Client() as c:
+        url = f"{emu.url}{GEMINI}:batchEmbedContents"
+        assert c.post(url, json=gemini_body(["a"])).is_success
+        r = c.post(url, json=gemini_body(["b"]))
+    assert r.status_code == 429 and r.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
+    infos = [d for d in r.json()["error"].get("details", []) if d["@type"].endswith("RetryInfo")]
+    if hint == "none":
+        assert infos == [] and "Retry-After" not in r.headers
+        return
+    delay = infos[0]["retryDelay"]
+    precise = float(r.json()["error"]["message"].rsplit("Please retry in ", 1)[1].rstrip("s."))
+    assert 0 < precise <= 30
+    if hint == "exact":
+        assert re.fullmatch(r"\d+\.\d{3}s", delay) and float(delay[:-1]) == pytest.approx(precise, abs=1e-3)
+        assert r.headers["Retry-After"] == str(math.ceil(precise))
+    else:  # whole seconds, cut down, as the Gemini API words it
+        assert re.fullmatch(r"\d+s", delay) and int(delay[:-1]) == math.floor(precise)
+        assert "Retry-After" not in r.headers
+
+
+def test_cli_takes_the_meter_and_hint_flags(capsys):
+    args = build_parser().parse_args(["--quota-window", "bucket", "--retry-hint", "seconds"])
+    assert (args.quota_window, args.retry_hint) == ("bucket", "seconds")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--quota-window", "leaky"])
+    with pytest.raises(ValueError):
+        EmulatorConfig(retry_hint="sometimes")

@@ -74,3 +74,25 @@ def test_errors_is_the_bottom_and_backends_stay_below_the_core() -> None:
         if name.startswith("beamvec.backends"):
             assert not targets & core, f"{name} imports {targets & core}"
     assert not graph["beamvec.retry"] & {m for m in graph if m.startswith("beamvec.backends")}
+
+
+def test_the_emulator_imports_nothing_of_the_client() -> None:
+    """Issue 30: the emulator is Google's stand-in, written from Google's docs;
+    it may import itself, the stdlib and third-party packages, never beamvec's
+    client (backends, records, …), so it cannot mirror the client's mistakes."""
+    emulator = [p for p in SRC.joinpath("emulator").rglob("*.py")]
+    assert len(emulator) >= 10
+    for path in emulator:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: inside beamvec; must stay in the emulator
+                    depth = len(path.relative_to(SRC).parts) - 1
+                    assert node.level <= depth, f"{path.name} reaches out of the emulator"
+                    continue
+                names = [node.module or ""]
+            for name in names:
+                if name == "beamvec" or name.startswith("beamvec."):
+                    assert name.startswith("beamvec.emulator"), f"{path.name} imports {name}"

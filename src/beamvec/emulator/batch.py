@@ -49,7 +49,6 @@ drawn from a generator seeded by (seed, job number), so a run replays.
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
 import secrets
@@ -78,8 +77,10 @@ from beamvec.emulator.batch_shapes import (
     pick,
 )
 from beamvec.emulator.config import EmulatorConfig
+from beamvec.emulator.limits import text_token_limit
+from beamvec.emulator.stats import content_hash
+from beamvec.emulator.tokens import count_tokens
 from beamvec.emulator.vectors import Item
-from beamvec.records import content_hash
 
 _V = r"(v1|v1beta|v1alpha)"
 _UPLOAD = re.compile(rf"^/upload/{_V}/files$")
@@ -272,9 +273,10 @@ class BatchService:
     # -- jobs ----------------------------------------------------------------
 
     def _create(self, model: str, raw: bytes, config: EmulatorConfig) -> Answer:
-        native = protocol.check_model(
+        spec = protocol.find_model(
             protocol.Route("gemini", "v1beta", model, "asyncBatchEmbedContent")
         )
+        native, limit = spec.dimension, text_token_limit(spec, config)
         try:
             batch = (json.loads(raw or b"null") or {}).get("batch") or {}
             source = batch.get("inputConfig") or batch.get("input_config") or {}
@@ -289,13 +291,14 @@ class BatchService:
             file = self._files.get(file_name)
             if file is None:
                 raise not_found(f"File {file_name}")
-            lines, failure = file_lines(file.data, native, config)
+            lines, failure = file_lines(file.data, native, config, limit)
         else:
             raw_lines = inlined.get("requests") if isinstance(inlined, dict) else None
             if not isinstance(raw_lines, list) or not raw_lines:
                 raise protocol.invalid("* batch.input_config.requests: requests must not be empty")
             lines = [
-                parse_line(r.get("request"), r.get("metadata"), native, config) for r in raw_lines
+                parse_line(r.get("request"), r.get("metadata"), native, config, limit)
+                for r in raw_lines
             ]
         active = sum(1 for j in self._jobs.values() if j.state not in TERMINAL)
         if config.batch_max_concurrent is not None and active >= config.batch_max_concurrent:
@@ -378,7 +381,7 @@ class BatchService:
             vec = full[row, : line.dimension or full.shape[1]]  # type: ignore[index]
             values[i] = "[" + ",".join(["%.9g" % x for x in vec.tolist()]) + "]"  # noqa: UP031
             self._billed[content_hash(line.text)] += 1
-            self._tokens += math.ceil(len(line.text) / config.chars_per_token)
+            self._tokens += count_tokens(line.text)
         job.ok, job.failed = len(good), len(errors) - len(good)
         self._lines_failed += job.failed
         order = list(range(len(job.lines)))

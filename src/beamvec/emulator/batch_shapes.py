@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from beamvec.emulator import protocol
 from beamvec.emulator.config import EmulatorConfig
+from beamvec.emulator.tokens import count_tokens
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
 STATES = ("PENDING", "RUNNING", *sorted(TERMINAL))
@@ -142,7 +142,9 @@ def operation(job: Job) -> dict[str, Any]:
     return op
 
 
-def file_lines(data: bytes, native: int, config: EmulatorConfig) -> tuple[list[Line], str | None]:
+def file_lines(
+    data: bytes, native: int, config: EmulatorConfig, max_tokens: int = 2048
+) -> tuple[list[Line], str | None]:
     """The requests of an input file, or why the whole job fails."""
     lines: list[Line] = []
     for number, raw in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
@@ -154,13 +156,15 @@ def file_lines(data: bytes, native: int, config: EmulatorConfig) -> tuple[list[L
             return [], f"Invalid JSON on line {number} of the input file."
         if not isinstance(obj, dict):
             return [], f"Line {number} of the input file is not a JSON object."
-        lines.append(parse_line(obj.get("request"), obj.get("key"), native, config))
+        lines.append(parse_line(obj.get("request"), obj.get("key"), native, config, max_tokens))
     if not lines:
         return [], "The input file holds no requests."
     return lines, None
 
 
-def parse_line(request: Any, key: Any, native: int, config: EmulatorConfig) -> Line:
+def parse_line(
+    request: Any, key: Any, native: int, config: EmulatorConfig, max_tokens: int = 2048
+) -> Line:
     """One EmbedContentRequest, checked as the online method checks it; a bad
     request becomes a per-line INVALID_ARGUMENT error, as in a result file."""
     line = Line(key)
@@ -176,11 +180,11 @@ def parse_line(request: Any, key: Any, native: int, config: EmulatorConfig) -> L
         )
         if not line.text.strip():
             raise protocol.invalid("* request.content: The text content is empty.")
-        tokens = math.ceil(len(line.text) / config.chars_per_token)
-        if tokens > config.max_text_tokens:
+        tokens = count_tokens(line.text)
+        if tokens > max_tokens:
             raise protocol.invalid(
                 f"The input token count ({tokens}) exceeds the maximum number of tokens "
-                f"allowed ({config.max_text_tokens})."
+                f"allowed ({max_tokens})."
             )
     except protocol.ApiError as exc:
         line.error = {"code": 3, "message": exc.message}

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from beamvec.emulator.config import EmulatorConfig
+from beamvec.emulator.config import RETRY_HINTS, WINDOW_KINDS, EmulatorConfig
 from beamvec.emulator.server import Emulator
 
 
@@ -35,6 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpm", type=int, default=None, help="requests per window (default: no limit)")
     p.add_argument("--tpm", type=int, default=None, help="tokens per window (default: no limit)")
     p.add_argument("--window-s", type=float, default=60.0, help="quota window in seconds")
+    p.add_argument(
+        "--quota-window",
+        choices=WINDOW_KINDS,
+        default="sliding",
+        help="how quota is metered: a sliding window, a fixed window reset at wall-clock "
+        "boundaries, or a token bucket refilled continuously (default: sliding)",
+    )
+    p.add_argument(
+        "--retry-hint",
+        choices=RETRY_HINTS,
+        default="exact",
+        help="a 429's hint: RetryInfo to the millisecond and Retry-After (exact), RetryInfo in "
+        "whole seconds as the Gemini API words it (seconds), or none as Vertex often does",
+    )
     p.add_argument("--latency-ms", type=float, default=0.0)
     p.add_argument("--jitter-ms", type=float, default=0.0)
     p.add_argument("--fail-500", type=_rate, default=0.0, help="rate of 500 INTERNAL answers")
@@ -76,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rpm=args.rpm,
             tpm=args.tpm,
             window_s=args.window_s,
+            quota_window=args.quota_window,
+            retry_hint=args.retry_hint,
             latency_ms=args.latency_ms,
             jitter_ms=args.jitter_ms,
             fail_500=args.fail_500,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 MALFORMED_KINDS = ("missing", "dimension", "nan")
+WINDOW_KINDS = ("sliding", "fixed", "bucket")
+RETRY_HINTS = ("exact", "seconds", "none")
 
 
 @dataclass(frozen=True)
@@ -12,9 +14,15 @@ class EmulatorConfig:
     """Emulator settings. Rates are probabilities per accepted request.
 
     ``rpm`` and ``tpm`` are requests and tokens per ``window_s`` (60 s by
-    default, hence the names); None means unlimited. ``api_key`` None accepts
+    default, hence the names); None means unlimited. ``quota_window`` says how
+    they are metered (quota.py: "sliding", "fixed" at wall-clock boundaries, or
+    a "bucket" refilling continuously) and ``retry_hint`` how a 429 says when
+    to come back ("exact": RetryInfo to the millisecond and Retry-After;
+    "seconds": RetryInfo in whole seconds, cut down, as the Gemini API words
+    it; "none": no hint, as Vertex often answers). ``api_key`` None accepts
     any key or none. ``hang_s`` is how long a hung request holds the
-    connection before closing it without an answer.
+    connection before closing it without an answer. The limits below None
+    are the model's own (models.py); set them to make a stricter server.
     """
 
     host: str = "127.0.0.1"
@@ -24,6 +32,8 @@ class EmulatorConfig:
     rpm: int | None = None
     tpm: int | None = None
     window_s: float = 60.0
+    quota_window: str = "sliding"
+    retry_hint: str = "exact"
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
     fail_500: float = 0.0
@@ -35,11 +45,10 @@ class EmulatorConfig:
     hang_s: float = 30.0
     seed: int = 0
     vectors: str = "hash"  # "hash" | "local"
-    gemini_max_items: int = 100
-    vertex_max_items: int = 250
-    vertex_max_request_tokens: int = 20_000
-    max_text_tokens: int = 2048
-    chars_per_token: int = 4
+    gemini_max_items: int | None = None
+    vertex_max_items: int | None = None
+    vertex_max_request_tokens: int | None = None
+    max_text_tokens: int | None = None
     # Batch API (emulator/batch.py): job duration, result order, faults, cap.
     batch_job_s: float = 2.0
     batch_shuffle: bool = True
@@ -72,6 +81,10 @@ class EmulatorConfig:
             raise ValueError("batch_job_s and batch_fail_first must not be negative")
         if self.batch_max_concurrent is not None and self.batch_max_concurrent < 1:
             raise ValueError("batch_max_concurrent must be at least 1 (or None: no cap)")
+        if self.quota_window not in WINDOW_KINDS:
+            raise ValueError(f"quota_window must be one of {', '.join(WINDOW_KINDS)}")
+        if self.retry_hint not in RETRY_HINTS:
+            raise ValueError(f"retry_hint must be one of {', '.join(RETRY_HINTS)}")
         if self.vectors not in ("hash", "local"):
             raise ValueError("vectors must be 'hash' or 'local'")
 

@@ -2,71 +2,54 @@
 
 Pure functions: a path and a JSON body in, an ``EmbedRequest`` out (or an
 ``ApiError`` in Google's error shape); vectors in, the response body out.
-The shapes are the ones google-genai 3.4 sends and parses:
+Written from the REST references (ai.google.dev/api/embeddings,
+ai.google.dev/api/tokens; Vertex AI ``PredictionService``):
 
 Gemini API  ``POST /{v1|v1beta|v1alpha}/models/{m}:batchEmbedContents``
-    ``{"requests": [{"model": "models/m", "content": {"parts": [{"text"}]},
-    "taskType", "title", "outputDimensionality"}]}`` -> ``{"embeddings": [{"values"}]}``;
-    ``:embedContent`` takes one such request and answers ``{"embedding": {"values"}}``.
+    ``{"requests": [{"model", "content": {"parts": [{"text"}]}, "taskType", "title",
+    "outputDimensionality"}]}`` -> ``{"embeddings": [{"values"}]}``; ``:embedContent``
+    takes one such request -> ``{"embedding": {"values"}}``; ``:countTokens``
+    ``{"contents": [...]}`` -> ``{"totalTokens", "promptTokensDetails"}``.
 Vertex AI   ``POST /{v1|v1beta1}/projects/{p}/locations/{l}/publishers/google/models/{m}:…``
     (express mode drops ``projects/{p}/locations/{l}/``)
-    ``:predict`` (one instance for gemini models) ``{"instances": [{"content", "task_type", "title"}], "parameters":
+    ``:predict`` ``{"instances": [{"content", "task_type", "title"}], "parameters":
     {"outputDimensionality", "autoTruncate"}}`` -> ``{"predictions": [{"embeddings":
     {"values", "statistics": {"token_count", "truncated"}}}], "metadata"}``;
-    ``:batchEmbedContents`` ``{"requests": [{"content", "embedContentConfig": {"taskType",
-    "title", "outputDimensionality", "autoTruncate"}}]}`` -> ``{"embeddings": [{"values"}]}``;
-    ``:embedContent`` ``{"content", "embedContentConfig"}`` -> ``{"embedding": {"values"},
-    "usageMetadata": {"promptTokenCount"}, "truncated"}``.
+    ``:embedContent`` ``{"content", "embedContentConfig": {"taskType", "title",
+    "outputDimensionality", "autoTruncate"}}`` -> ``{"embedding": {"values"},
+    "usageMetadata": {"promptTokenCount"}, "truncated"}``; ``:batchEmbedContents``
+    takes ``{"requests": [...]}`` of those -> ``{"embeddings": [{"values"}], "usageMetadata"}``.
+
+Every body is checked field by field first (schema.py): an unknown field is 400.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from beamvec.backends.genai import TASK_TYPES, native_dimension
-from beamvec.emulator.config import EmulatorConfig
+from beamvec.emulator import schema
+from beamvec.emulator.errors import (  # noqa: F401 - batch.py reaches them here
+    ApiError,
+    bad_key,
+    bad_token,
+    invalid,
+    missing_key,
+    quota_exceeded,
+    server_error,
+    unknown_fields,
+)
+from beamvec.emulator.models import GEMINI, TASK_TYPES, ModelSpec, lookup
 
 _GEMINI_PATH = re.compile(
-    r"^/(v1|v1beta|v1alpha)/models/([^/:]+):(batchEmbedContents|embedContent)$"
+    r"^/(v1|v1beta|v1alpha)/models/([^/:]+):(batchEmbedContents|embedContent|countTokens)$"
 )
 _VERTEX_PATH = re.compile(
     r"^/(v1|v1beta1)/(?:projects/([^/]+)/locations/([^/]+)/)?"
-    r"publishers/google/models/([^/:]+):(predict|embedContent|batchEmbedContents)$"
+    r"publishers/google/models/([^/:]+):(predict|embedContent|batchEmbedContents|countTokens)$"
 )
-ACCEPTED_TASK_TYPES = frozenset(TASK_TYPES) | {"TASK_TYPE_UNSPECIFIED"}
-
-
-class ApiError(Exception):
-    """An error answer: HTTP code, canonical status, message, details, headers."""
-
-    def __init__(
-        self,
-        code: int,
-        status: str,
-        message: str,
-        details: list[dict[str, Any]] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(f"{code} {status}: {message}")
-        self.code = code
-        self.status = status
-        self.message = message
-        self.details = details or []
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message, "status": self.status}
-        if self.details:
-            error["details"] = self.details
-        return {"error": error}
-
-
-def invalid(message: str) -> ApiError:
-    return ApiError(400, "INVALID_ARGUMENT", message)
 
 
 @dataclass(frozen=True)
@@ -74,7 +57,7 @@ class Route:
     api: str  # "gemini" | "vertex"
     version: str
     model: str
-    method: str  # "batchEmbedContents" | "embedContent" | "predict"
+    method: str  # "batchEmbedContents" | "embedContent" | "predict" | "countTokens"
     project: str | None = None
     location: str | None = None
 
@@ -86,9 +69,10 @@ class Route:
 @dataclass
 class EmbedItem:
     text: str
-    task_type: str | None = None
+    task_type: str | None = None  # as sent (None: absent)
     title: str | None = None
     dimension: int | None = None  # requested output_dimensionality
+    auto_truncate: bool = False
     tokens: int = 0
     truncated: bool = False
 
@@ -96,6 +80,7 @@ class EmbedItem:
 @dataclass
 class EmbedRequest:
     route: Route
+    spec: ModelSpec
     items: list[EmbedItem] = field(default_factory=list)
 
     @property
@@ -114,23 +99,37 @@ def parse_route(path: str) -> Route:
     raise ApiError(404, "NOT_FOUND", f"The requested URL {path} was not found on this server.")
 
 
-def check_model(route: Route) -> int:
-    """The model's native size, or 404 as the real services word it."""
-    native = native_dimension(route.model)
-    if native is not None:
-        return native
-    if route.api == "gemini":
-        message = (
-            f"models/{route.model} is not found for API version {route.version}, or is not "
-            f"supported for {route.method}. Call ListModels to see the list of available "
-            "models and their supported methods."
-        )
-    else:
-        message = (
+def find_model(route: Route) -> ModelSpec:
+    """The model the route names, if this endpoint serves it for this method;
+    else Google's 404 (unknown or not on this API) or 400 (not this method)."""
+    spec = lookup(route.model)
+    if route.api == GEMINI:
+        if spec is None or not spec.serves(route.api, route.method):
+            raise ApiError(
+                404,
+                "NOT_FOUND",
+                f"models/{route.model} is not found for API version {route.version}, or is not "
+                f"supported for {route.method}. Call ListModels to see the list of available "
+                "models and their supported methods.",
+            )
+        return spec
+    if spec is None or not spec.vertex_methods:
+        raise ApiError(
+            404,
+            "NOT_FOUND",
             f"Publisher Model `projects/{route.project}/locations/{route.location}/publishers/"
-            f"google/models/{route.model}` was not found or your project does not have access to it."
+            f"google/models/{route.model}` was not found or your project does not have access to it.",
         )
-    raise ApiError(404, "NOT_FOUND", message)
+    if route.method == "countTokens":  # googleapis/python-genai#1541
+        raise invalid("Should provide instances for text model prediction.")
+    if not spec.serves(route.api, route.method):
+        raise invalid(f"Model {spec.name} does not support the {route.method} method.")
+    return spec
+
+
+def check_model(route: Route) -> int:
+    """The native size of the model the route names (or Google's error)."""
+    return find_model(route).dimension
 
 
 def _text_of(content: Any, where: str) -> str:
@@ -150,9 +149,9 @@ def _text_of(content: Any, where: str) -> str:
 def _task(value: Any, where: str) -> str | None:
     if value is None:
         return None
-    if value not in ACCEPTED_TASK_TYPES:
+    if value not in TASK_TYPES:
         raise invalid(f"Invalid value at '{where}' (TaskType), \"{value}\"")
-    return None if value == "TASK_TYPE_UNSPECIFIED" else str(value)
+    return str(value)
 
 
 def _dimension(value: Any, native: int, where: str) -> int | None:
@@ -169,116 +168,95 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def parse_body(route: Route, body: Any, native: int) -> tuple[EmbedRequest, bool]:
-    """The texts of a request body, and whether it asked for auto-truncation."""
+def _strict(body: Any, message: schema.Message) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise invalid("Invalid JSON payload received.")
-    req = EmbedRequest(route)
-    auto_truncate = False
-    if route.api == "gemini":
+    fixed, unknown = schema.normalize(body, message)
+    if unknown:
+        raise unknown_fields(unknown)
+    return fixed
+
+
+def _items(raw: Any, where: str) -> list[Any]:
+    if not isinstance(raw, list) or not raw:
+        raise invalid(f"* {where}: {where} must not be empty")
+    return raw
+
+
+def _gemini_item(r: Any, where: str, route: Route, native: int) -> EmbedItem:
+    if not isinstance(r, dict):
+        raise invalid(f"* {where}: must be an object")
+    model = r.get("model")
+    if model is not None and str(model).rsplit("/", 1)[-1] != route.model:
+        raise invalid(
+            f"* BatchEmbedContentsRequest.{where}.model: model in the request "
+            f"({model}) does not match the model in the URL (models/{route.model})"
+        )
+    return EmbedItem(
+        text=_text_of(r.get("content"), where),
+        task_type=_task(r.get("taskType"), f"{where}.task_type"),
+        title=_str(r.get("title")),
+        dimension=_dimension(r.get("outputDimensionality"), native, where),
+    )
+
+
+def _vertex_item(r: Any, where: str, native: int) -> EmbedItem:
+    if not isinstance(r, dict):
+        raise invalid(f"* {where}: must be an object")
+    cfg = {k: v for k, v in r.items() if k not in ("content", "embedContentConfig", "model")}
+    cfg.update(r.get("embedContentConfig") or {})
+    return EmbedItem(
+        text=_text_of(r.get("content"), where),
+        task_type=_task(cfg.get("taskType"), f"{where}.task_type"),
+        title=_str(cfg.get("title")),
+        dimension=_dimension(cfg.get("outputDimensionality"), native, where),
+        auto_truncate=bool(cfg.get("autoTruncate", True)),  # Vertex defaults to true
+    )
+
+
+def parse_body(route: Route, body: Any, spec: ModelSpec) -> EmbedRequest:
+    """The texts of an embedding request body, checked as Google checks them."""
+    req = EmbedRequest(route, spec)
+    native = spec.dimension
+    if route.api == GEMINI:
         if route.method == "embedContent":
-            raw = [body]
+            raw = [_strict(body, schema.GEMINI_EMBED)]
         else:
-            raw = body.get("requests")
-            if not isinstance(raw, list) or not raw:
-                raise invalid("* BatchEmbedContentsRequest.requests: requests must not be empty")
-        for i, r in enumerate(raw):
-            where = f"requests[{i}]"
-            if not isinstance(r, dict):
-                raise invalid(f"* {where}: must be an object")
-            model = r.get("model")
-            if model is not None and model.rsplit("/", 1)[-1] != route.model:
-                raise invalid(
-                    f"* BatchEmbedContentsRequest.{where}.model: model in the request "
-                    f"({model}) does not match the model in the URL (models/{route.model})"
-                )
-            req.items.append(
-                EmbedItem(
-                    text=_text_of(r.get("content"), where),
-                    task_type=_task(r.get("taskType"), f"{where}.task_type"),
-                    title=_str(r.get("title")),
-                    dimension=_dimension(r.get("outputDimensionality"), native, where),
-                )
-            )
-        return req, False
+            raw = _items(_strict(body, schema.GEMINI_BATCH).get("requests"), "requests")
+        req.items = [_gemini_item(r, f"requests[{i}]", route, native) for i, r in enumerate(raw)]
+        return req
     if route.method == "predict":
-        instances = body.get("instances")
-        if not isinstance(instances, list) or not instances:
-            raise invalid("instances must be a non-empty list")
-        params = body.get("parameters") or {}
+        fixed = _strict(body, schema.VERTEX_PREDICT)
+        instances = _items(fixed.get("instances"), "instances")
+        params = fixed.get("parameters") or {}
         dim = _dimension(params.get("outputDimensionality"), native, "parameters")
-        auto_truncate = bool(params.get("autoTruncate", True))  # Vertex defaults to true
+        auto = bool(params.get("autoTruncate", True))  # Vertex defaults to true
         for i, inst in enumerate(instances):
             if not isinstance(inst, dict) or not isinstance(inst.get("content"), str):
                 raise invalid(f"instances[{i}].content must be a string")
-            req.items.append(
-                EmbedItem(
-                    text=inst["content"],
-                    task_type=_task(inst.get("task_type"), f"instances[{i}].task_type"),
-                    title=_str(inst.get("title")),
-                    dimension=dim,
-                )
-            )
-        return req, auto_truncate
-    raw = [body] if route.method == "embedContent" else body.get("requests")
-    if not isinstance(raw, list) or not raw:
-        raise invalid("requests must not be empty")
-    truncates = []
-    for i, r in enumerate(raw):
-        where = f"requests[{i}]"
-        if not isinstance(r, dict):
-            raise invalid(f"* {where}: must be an object")
-        cfg = r.get("embedContentConfig") or {}
-        truncates.append(bool(cfg.get("autoTruncate", True)))
-        req.items.append(
-            EmbedItem(
-                text=_text_of(r.get("content"), where),
-                task_type=_task(cfg.get("taskType"), f"{where}.task_type"),
-                title=_str(cfg.get("title")),
-                dimension=_dimension(cfg.get("outputDimensionality"), native, where),
-            )
-        )
-    return req, all(truncates)
+            task = _task(inst.get("taskType"), f"instances[{i}].task_type")
+            req.items.append(EmbedItem(inst["content"], task, _str(inst.get("title")), dim, auto))
+        return req
+    if route.method == "embedContent":
+        raw = [_strict(body, schema.VERTEX_EMBED)]
+    else:
+        raw = _items(_strict(body, schema.VERTEX_BATCH).get("requests"), "requests")
+    req.items = [_vertex_item(r, f"requests[{i}]", native) for i, r in enumerate(raw)]
+    return req
 
 
-def apply_limits(req: EmbedRequest, auto_truncate: bool, config: EmulatorConfig) -> None:
-    """Count tokens, truncate or refuse over-long texts, and refuse over-full
-    requests (400 INVALID_ARGUMENT, as the real services do)."""
-    per_text = config.max_text_tokens
-    cpt = config.chars_per_token
-    max_items = config.gemini_max_items if req.route.api == "gemini" else config.vertex_max_items
-    if req.route.method == "predict" and "gemini" in req.route.model:
-        # Vertex docs ("Get text embeddings"): gemini-embedding-001 supports one
-        # instance per request on :predict (google-genai 2.x sends it there).
-        max_items = 1
-    if len(req.items) > max_items:
-        if req.route.api == "gemini":
-            raise invalid(
-                f"* BatchEmbedContentsRequest.requests: at most {max_items} requests can be in one batch"
-            )
-        raise invalid(
-            f"The number of instances ({len(req.items)}) exceeds the limit of {max_items}."
-        )
-    for i, item in enumerate(req.items):
-        if not item.text.strip():
-            raise invalid(f"* requests[{i}].content: The text content is empty.")
-        tokens = math.ceil(len(item.text) / cpt)
-        if tokens > per_text:
-            if not auto_truncate:
-                raise invalid(
-                    f"The input token count ({tokens}) of requests[{i}] exceeds the maximum "
-                    f"number of tokens allowed ({per_text})."
-                )
-            item.text = item.text[: per_text * cpt]
-            item.truncated = True
-            tokens = per_text
-        item.tokens = tokens
-    if req.route.api == "vertex" and req.tokens > config.vertex_max_request_tokens:
-        raise invalid(
-            f"Unable to submit request because the input token count is {req.tokens} but the "
-            f"model supports up to {config.vertex_max_request_tokens}. Reduce the input token "
-            "count and try again."
-        )
+def parse_count(body: Any) -> list[str]:
+    """The texts of a Gemini API ``:countTokens`` body (one per content)."""
+    fixed = _strict(body, schema.GEMINI_COUNT)
+    contents = _items(fixed.get("contents"), "contents")
+    return [_text_of(c, f"contents[{i}]") for i, c in enumerate(contents)]
+
+
+def render_count(tokens: int) -> dict[str, Any]:
+    return {
+        "totalTokens": tokens,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": tokens}],
+    }
 
 
 def render(req: EmbedRequest, vectors: Sequence[Any]) -> dict[str, Any]:
@@ -308,88 +286,3 @@ def render(req: EmbedRequest, vectors: Sequence[Any]) -> dict[str, Any]:
     if route.api == "vertex":
         body["usageMetadata"] = {"promptTokenCount": req.tokens}
     return body
-
-
-# -- canned errors -------------------------------------------------------------
-
-_SERVICE = {"gemini": "generativelanguage.googleapis.com", "vertex": "aiplatform.googleapis.com"}
-
-
-def missing_key(api: str) -> ApiError:
-    if api == "vertex":
-        return ApiError(
-            401,
-            "UNAUTHENTICATED",
-            "Request is missing required authentication credential. Expected OAuth 2 access "
-            "token, login cookie or other valid authentication credential.",
-        )
-    return ApiError(
-        403,
-        "PERMISSION_DENIED",
-        "Method doesn't allow unregistered callers (callers without established identity). "
-        "Please use API key or other form of API consumer identity to call this API.",
-    )
-
-
-def bad_key(api: str) -> ApiError:
-    """Google answers a wrong API key with 400, not 401/403."""
-    message = "API key not valid. Please pass a valid API key."
-    return ApiError(
-        400,
-        "INVALID_ARGUMENT",
-        message,
-        [
-            {
-                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                "reason": "API_KEY_INVALID",
-                "domain": "googleapis.com",
-                "metadata": {"service": _SERVICE[api]},
-            },
-            {
-                "@type": "type.googleapis.com/google.rpc.LocalizedMessage",
-                "locale": "en-US",
-                "message": message,
-            },
-        ],
-    )
-
-
-def bad_token() -> ApiError:
-    return ApiError(
-        401,
-        "UNAUTHENTICATED",
-        "Request had invalid authentication credentials. Expected OAuth 2 access token, login "
-        "cookie or other valid authentication credential.",
-    )
-
-
-def quota_exceeded(api: str, limit: str, retry_s: float, config: EmulatorConfig) -> ApiError:
-    """429 with RetryInfo in the body and Retry-After (whole seconds) in the headers."""
-    metric = "requests" if limit == "requests" else "input_token_count"
-    value = config.rpm if limit == "requests" else config.tpm
-    return ApiError(
-        429,
-        "RESOURCE_EXHAUSTED",
-        f"You exceeded your current quota ({value} {limit} per {config.window_s:g}s). "
-        f"Please retry in {retry_s:.3f}s.",
-        [
-            {
-                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
-                "violations": [
-                    {
-                        "quotaMetric": f"{_SERVICE[api]}/embed_content_{metric}",
-                        "quotaId": f"EmbedContent{metric.title().replace('_', '')}PerWindow",
-                        "quotaValue": str(value),
-                    }
-                ],
-            },
-            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_s:.3f}s"},
-        ],
-        headers={"Retry-After": str(max(1, math.ceil(retry_s)))},
-    )
-
-
-def server_error(code: int) -> ApiError:
-    if code == 503:
-        return ApiError(503, "UNAVAILABLE", "The model is overloaded. Please try again later.")
-    return ApiError(500, "INTERNAL", "An internal error has occurred. Please retry or report.")

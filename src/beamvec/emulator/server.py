@@ -3,10 +3,13 @@ protocol, with real limits, quotas, latency and injected faults.
 
 Point google-genai at it with ``http_options=HttpOptions(base_url=emu.url)``.
 Per request, in order: route (404) -> auth (Gemini: 403 missing key, 400
-API_KEY_INVALID wrong key; Vertex: 401 without credentials) -> model (404) ->
-body and limits (400) -> quota (429 with RetryInfo and Retry-After) -> latency
+API_KEY_INVALID wrong key; Vertex: 401 without credentials) -> model on this
+endpoint (404/400) -> strict body and limits (400) -> quota (429, metered and
+hinted as the config says; countTokens is free) -> latency
 -> an injected fault, or the vectors. ``GET /stats`` and ``POST /stats/reset``
-report and reset what it saw.
+report and reset what it saw; ``GET /stats/received`` lists every request it
+parsed (texts, task types and titles as sent, tokens, status), as
+``Emulator.received()`` does in process.
 
 The stdlib ThreadingHTTPServer (one daemon thread per connection, HTTP/1.1
 keep-alive) is enough: the work per request is small and tests need no extra
@@ -18,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
-import re
 import socket
 import struct
 import sys
@@ -30,59 +31,15 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from beamvec.emulator import protocol
-from beamvec.emulator.batch import BatchService
 from beamvec.emulator.config import EmulatorConfig
-from beamvec.emulator.faults import FaultInjector
-from beamvec.emulator.stats import Stats
-from beamvec.emulator.vectors import Item, make_vectors
-from beamvec.emulator.window import SlidingWindowQuota
-from beamvec.records import content_hash
+from beamvec.emulator.encode import corrupt, fill_vectors, placeholders
+from beamvec.emulator.limits import apply_limits
+from beamvec.emulator.state import State
+from beamvec.emulator.stats import Received, content_hash
+from beamvec.emulator.tokens import count_tokens
+from beamvec.emulator.vectors import Item
 
 MAX_BODY_BYTES = 64 << 20
-
-
-class _State:
-    """Everything the handlers share; the lock guards quota and stats."""
-
-    def __init__(self, config: EmulatorConfig) -> None:
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.config = config
-        self.faults = FaultInjector(config.seed)
-        self.vectors = make_vectors(config.vectors)
-        self.connections: set[socket.socket] = set()
-        self.batch = BatchService(lambda: self.vectors)
-        self._fresh_windows()
-
-    def _fresh_windows(self) -> None:
-        c = self.config
-        self.quota = SlidingWindowQuota(c.window_s, c.rpm, c.tpm)
-        self.stats = Stats(c.window_s)
-
-    def reset(self) -> None:
-        with self.lock:
-            self._fresh_windows()
-        self.batch.reset()
-        self.faults.reseed(self.config.seed)
-
-    def update(self, **changes: Any) -> None:
-        with self.lock:
-            old = self.config
-            self.config = dataclasses.replace(old, **changes)
-            if (old.window_s, old.rpm, old.tpm) != (
-                self.config.window_s,
-                self.config.rpm,
-                self.config.tpm,
-            ):
-                self.quota = SlidingWindowQuota(
-                    self.config.window_s, self.config.rpm, self.config.tpm
-                )
-            if old.window_s != self.config.window_s:
-                self.stats = Stats(self.config.window_s)
-            if old.vectors != self.config.vectors:
-                self.vectors = make_vectors(self.config.vectors)
-        if "seed" in changes:
-            self.faults.reseed(self.config.seed)
 
 
 class _Server(ThreadingHTTPServer):
@@ -90,7 +47,7 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 512
 
-    def __init__(self, address: tuple[str, int], state: _State) -> None:
+    def __init__(self, address: tuple[str, int], state: State) -> None:
         self.state = state
         super().__init__(address, _Handler)
 
@@ -131,7 +88,7 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> None:
         text = json.dumps(body, allow_nan=True, separators=(",", ":"))
         if vectors is not None:
-            text = _fill_vectors(text, vectors)
+            text = fill_vectors(text, vectors)
         data = text.encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json; charset=UTF-8")
@@ -178,6 +135,10 @@ class _Handler(BaseHTTPRequestHandler):
                 snap = state.stats.snapshot(with_texts)
             snap["batch"] = state.batch.snapshot(state.config, with_texts)
             self._send_json(200, snap)
+        elif url.path == "/stats/received":
+            with state.lock:
+                log = [dataclasses.asdict(r) for r in state.stats.log]
+            self._send_json(200, {"received": log})
         elif self._batch("GET"):
             pass
         elif url.path in ("/", "/healthz"):
@@ -225,24 +186,36 @@ class _Handler(BaseHTTPRequestHandler):
             return exc.code, exc.body(), exc.headers, None
         with state.lock:
             state.stats.arrived(time.monotonic(), route.name)
+        req: protocol.EmbedRequest | None = None
+        sent: list[str] = []
         try:
             self._authorize(route, query, config)
-            native = protocol.check_model(route)
+            spec = protocol.find_model(route)
             try:
                 body = json.loads(raw or b"null")
             except ValueError:
                 raise protocol.invalid("Invalid JSON payload received.") from None
-            req, auto_truncate = protocol.parse_body(route, body, native)
-            protocol.apply_limits(req, auto_truncate, config)
-            now = time.monotonic()
-            with state.lock:
-                ok, wait, limit = state.quota.try_acquire(now, req.tokens)
+            if route.method == "countTokens":
+                return self._count(route, body)
+            req = protocol.parse_body(route, body, spec)
+            sent = [item.text for item in req.items]
+            apply_limits(req, config)
+            with state.lock:  # wall-clock time: fixed windows start on the minute
+                ok, wait, limit = state.quota.try_acquire(time.time(), req.tokens)
                 if ok:
-                    state.stats.accepted(now)
+                    state.stats.accepted(time.monotonic())
             if not ok:
                 raise protocol.quota_exceeded(route.api, limit, wait, config)
         except protocol.ApiError as exc:
+            self._log(route, req, sent, exc.code)
             return exc.code, exc.body(), exc.headers, None
+        return self._answer(req, sent)
+
+    def _answer(self, req: protocol.EmbedRequest, sent: list[str]) -> _Outcome | None:
+        """Latency, then an injected fault or the vectors."""
+        state = self.server.state
+        config = state.config
+        route = req.route
         fault, latency, kind = state.faults.draw(config)
         if latency and state.stopping.wait(latency):
             return None
@@ -250,31 +223,53 @@ class _Handler(BaseHTTPRequestHandler):
             with state.lock:
                 state.stats.fault(fault)
             error = protocol.server_error(500 if fault == "fail_500" else 503)
+            self._log(route, req, sent, error.code)
             return error.code, error.body(), error.headers, None
-        if fault == "hang":
+        if fault in ("hang", "reset"):
             with state.lock:
-                state.stats.fault("hang")
-                state.stats.answered("hang")
+                state.stats.fault(fault)
+                state.stats.answered(fault)
+            self._log(route, req, sent, fault)
+            if fault == "reset":
+                self._reset_connection()
+                return None
             state.stopping.wait(config.hang_s)
             self.close_connection = True
             return None
-        if fault == "reset":
-            with state.lock:
-                state.stats.fault("reset")
-                state.stats.answered("reset")
-            self._reset_connection()
-            return None
-        vectors = self._vectors(req, native)
+        vectors = self._vectors(req)
         if fault == "malformed":
-            vectors = _corrupt(vectors, kind or "missing")
+            vectors = corrupt(vectors, kind or "missing")
             with state.lock:
                 state.stats.fault(f"malformed_{kind}")
         else:
             hashes = [content_hash(i.text) for i in req.items]
             with state.lock:
                 state.stats.embedded(time.monotonic(), route.model, hashes, req.tokens)
-        placeholders = [f"__beamvec_vector_{i}__" for i in range(len(vectors))]
-        return 200, protocol.render(req, placeholders), {}, vectors
+        self._log(route, req, sent, 200)
+        return 200, protocol.render(req, placeholders(len(vectors))), {}, vectors
+
+    def _count(self, route: protocol.Route, body: Any) -> _Outcome:
+        """Gemini API countTokens: free, and outside the embedding quota
+        (the billing FAQ: token counting is not charged or metered as inference)."""
+        texts = protocol.parse_count(body)
+        counts = [count_tokens(t) for t in texts]
+        record = Received.of(route.name, route.model, texts, [], 200)
+        record = dataclasses.replace(record, tokens=tuple(counts), truncated=(False,) * len(texts))
+        with self.server.state.lock:
+            self.server.state.stats.received(record)
+        return 200, protocol.render_count(sum(counts)), {}, None
+
+    def _log(
+        self,
+        route: protocol.Route,
+        req: protocol.EmbedRequest | None,
+        sent: list[str],
+        status: int | str,
+    ) -> None:
+        items = req.items if req is not None else []
+        record = Received.of(route.name, route.model, sent, items, status)
+        with self.server.state.lock:
+            self.server.state.stats.received(record)
 
     def do_DELETE(self) -> None:  # noqa: N802 - stdlib name
         self._read_body()
@@ -313,42 +308,16 @@ class _Handler(BaseHTTPRequestHandler):
         if key != config.api_key:
             raise protocol.bad_key(route.api)
 
-    def _vectors(self, req: protocol.EmbedRequest, native: int) -> list[list[float]]:
+    def _vectors(self, req: protocol.EmbedRequest) -> list[list[float]]:
         items = [Item(i.text, i.task_type, i.title) for i in req.items]
         full = self.server.state.vectors.native(req.route.model, items)
+        native = req.spec.dimension
         return [
             full[row, : (item.dimension or native)].tolist() for row, item in enumerate(req.items)
         ]
 
 
 _Outcome = tuple[int, Any, dict[str, str], "list[list[float]] | None"]
-# render() bodies hold no texts, only numbers, so this marker cannot collide.
-_PLACEHOLDER = re.compile(r'"__beamvec_vector_(\d+)__"')
-
-
-def _numbers(values: list[float]) -> str:
-    """A JSON array with 9 significant digits: exact for float32, as the real API
-    sends them, and about twice as fast to write and to parse as ``repr``."""
-    text = ",".join(["%.9g" % x for x in values])  # noqa: UP031 - fastest formatter here
-    if "n" in text:  # nan or inf from a malformed answer: JSON's spellings
-        text = text.replace("-inf", "-Infinity").replace("inf", "Infinity").replace("nan", "NaN")
-    return "[" + text + "]"
-
-
-def _fill_vectors(text: str, vectors: list[list[float]]) -> str:
-    """Put the value arrays where render() left placeholders, in one pass."""
-    return _PLACEHOLDER.sub(lambda m: _numbers(vectors[int(m.group(1))]), text)
-
-
-def _corrupt(vectors: list[list[float]], kind: str) -> list[list[float]]:
-    """A 200 body a careless client would trust."""
-    if kind == "missing" or not vectors:
-        return vectors[:-1]
-    if kind == "dimension":
-        return [vectors[0][:-1], *vectors[1:]]
-    first = list(vectors[0])
-    first[len(first) // 2] = math.nan
-    return [first, *vectors[1:]]
 
 
 class Emulator:
@@ -358,7 +327,7 @@ class Emulator:
         config = config or EmulatorConfig()
         if overrides:
             config = dataclasses.replace(config, **overrides)
-        self._state = _State(config)
+        self._state = State(config)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -390,6 +359,12 @@ class Emulator:
     def url(self) -> str:
         """Base URL for ``HttpOptions(base_url=...)``."""
         return f"http://{self._state.config.host}:{self.port}"
+
+    def received(self) -> list[Received]:
+        """Every embedding and countTokens request the server parsed, oldest
+        first: texts, task types and titles as sent, tokens, status."""
+        with self._state.lock:
+            return list(self._state.stats.log)
 
     def stats(self, with_texts: bool = True) -> dict[str, Any]:
         with self._state.lock:

@@ -8,10 +8,54 @@ counted as faults.
 
 from __future__ import annotations
 
-from collections import Counter
+import hashlib
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from beamvec.emulator.window import WindowPeak
+
+#: Requests the log keeps (the oldest are dropped first).
+LOG_LIMIT = 100_000
+
+
+def content_hash(text: str) -> str:
+    """sha256 of the UTF-8 bytes of ``text``: how stats name a text."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Received:
+    """One embedding or countTokens request as the server parsed it.
+
+    ``task_types`` and ``titles`` hold, per text, what the request sent
+    (None: the field was absent); ``tokens`` is the emulator tokenizer's count
+    per text after any truncation; ``status`` is the answer's HTTP code (or
+    "hang" / "reset")."""
+
+    route: str
+    model: str
+    texts: tuple[str, ...]
+    task_types: tuple[str | None, ...]
+    titles: tuple[str | None, ...]
+    tokens: tuple[int, ...]
+    truncated: tuple[bool, ...]
+    status: int | str
+
+    @classmethod
+    def of(cls, route: str, model: str, texts: Sequence[str], items: Sequence[Any],
+           status: int | str) -> Received:  # fmt: skip
+        """A record of texts as sent and the parsed items (``EmbedItem``s, or
+        none when the body never parsed)."""
+        return cls(
+            route, model, tuple(texts),
+            tuple(getattr(i, "task_type", None) for i in items) or (None,) * len(texts),
+            tuple(getattr(i, "title", None) for i in items) or (None,) * len(texts),
+            tuple(getattr(i, "tokens", 0) for i in items),
+            tuple(getattr(i, "truncated", False) for i in items),
+            status,
+        )  # fmt: skip
 
 
 class Stats:
@@ -29,6 +73,7 @@ class Stats:
         self.peak_all = WindowPeak(window_s)
         self.peak_accepted = WindowPeak(window_s)
         self.peak_ok = WindowPeak(window_s)
+        self.log: deque[Received] = deque(maxlen=LOG_LIMIT)
 
     def arrived(self, now: float, route: str) -> None:
         self.peak_all.add(now)
@@ -39,6 +84,9 @@ class Stats:
 
     def answered(self, status: int | str) -> None:
         self.by_status[str(status)] += 1
+
+    def received(self, record: Received) -> None:
+        self.log.append(record)
 
     def fault(self, kind: str) -> None:
         self.faults[kind] += 1

@@ -1,11 +1,13 @@
 """The vectors the emulator returns, reproducible by tests.
 
 ``hash`` vectors: for each (model, task type, title, text) a native-size unit
-vector drawn from a generator seeded with sha256 of those fields. A smaller
+vector drawn from a generator seeded with sha256 of those fields; a model that
+takes no task type (gemini-embedding-2: the task goes in the text) ignores the
+task type and the title, so its vector depends on the text alone. A smaller
 ``output_dimensionality`` returns the PREFIX of that vector, not normalized,
 as the real API does for Matryoshka outputs (the backend normalizes).
 
-``local`` vectors: beamvec's local ONNX model (384-d, unit length), padded
+``local`` vectors: the MiniLM ONNX model (local_model.py; 384-d, unit length), padded
 with zeros to the model's native size, so cosine similarity is the local
 model's for any output size of 384 or more. Semantic search demos work.
 """
@@ -13,17 +15,33 @@ model's for any output size of 384 or more. Semantic search demos work.
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from beamvec.backends.genai import model_id, native_dimension
+from beamvec.emulator.local_model import MiniLM
+from beamvec.emulator.models import lookup, model_id
+
+
+def native_dimension(model: str) -> int | None:
+    spec = lookup(model)
+    return spec.dimension if spec else None
+
+
+def effective(model: str, task_type: str | None, title: str | None) -> tuple[str | None, str | None]:
+    """The task type and title that shape a model's vectors: none for a model
+    that takes no task type, and TASK_TYPE_UNSPECIFIED is no task type."""
+    spec = lookup(model)
+    if spec is not None and not spec.honours_task_type:
+        return None, None
+    return (None if task_type == "TASK_TYPE_UNSPECIFIED" else task_type), title
 
 
 def _seed(model: str, task_type: str | None, title: str | None, text: str) -> int:
-    fields = [model_id(model), task_type or ""]
+    task_type, title = effective(model, task_type, title)
+    spec = lookup(model)
+    fields = [spec.name if spec else model_id(model), task_type or ""]
     if title:
         fields.append(title)
     fields.append(text)
@@ -72,26 +90,16 @@ class HashVectors:
 
 
 class LocalVectors:
-    """beamvec's local ONNX model, loaded on first use."""
+    """The MiniLM ONNX model, loaded on first use."""
 
     def __init__(self) -> None:
-        self._backend = None
-        self._lock = threading.Lock()
-
-    def _model(self):
-        with self._lock:
-            if self._backend is None:
-                from beamvec.backends.local import LocalBackend
-
-                backend = LocalBackend()
-                backend.load()
-                self._backend = backend
-            return self._backend
+        self._model = MiniLM()
 
     def native(self, model: str, items: Sequence[Item]) -> np.ndarray:
         native = native_dimension(model) or 0
-        texts = [f"{i.title}\n{i.text}" if i.title else i.text for i in items]
-        local = np.asarray(self._model().embed(texts), dtype=np.float32)
+        titles = [effective(model, i.task_type, i.title)[1] for i in items]
+        texts = [f"{t}\n{i.text}" if t else i.text for i, t in zip(items, titles, strict=True)]
+        local = np.asarray(self._model.embed(texts), dtype=np.float32)
         out = np.zeros((len(items), max(native, local.shape[1])), dtype=np.float32)
         out[:, : local.shape[1]] = local
         return out[:, :native] if native else out
