@@ -136,7 +136,7 @@ def test_vertex_embed_content_routes(client):
     )
     assert r.status_code == 200
     assert len(r.json()["embedding"]["values"]) == 128
-    assert r.json()["usageMetadata"]["promptTokenCount"] == 2
+    assert r.json()["usageMetadata"]["promptTokenCount"] == 1  # "hello"
 
 
 def test_vertex_express_mode_path_takes_the_api_key(client):
@@ -168,7 +168,7 @@ def test_vertex_predict_items_and_tokens(client):
     assert client.post(
         url, json={"instances": [{"content": "x"}] * 250}, headers=bearer()
     ).is_success
-    long = "y" * (2048 * 4)  # 2048 tokens at 4 chars a token
+    long = "y" * (2048 * 6)  # 2048 tokens: a Latin word counts one token per 6 letters
     r = client.post(url, json={"instances": [{"content": long}] * 10}, headers=bearer())
     assert r.status_code == 400 and "20000" in r.json()["error"]["message"]
     assert client.post(
@@ -187,7 +187,7 @@ def test_vertex_predict_takes_one_instance_of_a_gemini_model(client):
 
 
 def test_text_over_2048_tokens(client):
-    long = "z" * (2048 * 4 + 1)
+    long = "z" * (2048 * 6 + 1)
     r = client.post(f"{GEMINI}:batchEmbedContents", json=gemini_body([long]))
     assert r.status_code == 400
     url = f"{VERTEX}/text-embedding-005:predict"
@@ -277,8 +277,8 @@ def test_tpm_quota_counts_tokens():
         httpx.Client(base_url=emu.url, headers={"x-goog-api-key": "any"}) as c,
     ):
         url = f"{GEMINI}:batchEmbedContents"
-        assert c.post(url, json=gemini_body(["x" * 32])).is_success  # 8 tokens
-        r = c.post(url, json=gemini_body(["y" * 32]))
+        assert c.post(url, json=gemini_body(["x" * 48])).is_success  # 8 tokens
+        r = c.post(url, json=gemini_body(["y" * 48]))
         assert r.status_code == 429
         assert "tokens" in r.json()["error"]["message"]
         assert emu.stats()["peak_window_tokens"] == 8
@@ -400,7 +400,7 @@ def test_stats_count_texts_and_reset(emu, client):
     assert stats["text_counts"][content_hash("same")] == 2
     assert stats["texts"] == {"distinct": 2, "max_count": 2, "embedded_more_than_once": 1}
     assert stats["by_route"] == {"gemini:batchEmbedContents": 2}
-    assert stats["tokens"] == 4
+    assert stats["tokens"] == 3  # three short words
     assert stats["models"] == {"gemini-embedding-001": 3}
     assert "text_counts" not in client.get("/stats", params={"texts": "0"}).json()
     assert client.post("/stats/reset").is_success
@@ -530,10 +530,11 @@ def test_each_model_only_where_google_serves_it(emu, client):
 
 
 def test_tokens_per_script_by_hand():
-    # Latin words: ceil(len / 4) each; punctuation one each; spaces free.
-    # Tokens(6)=2 cost=1 money(5)=2 ","=1 so=1 count(5)=2 them=1 wisely(6)=2 "."=1
+    # Latin words: ceil(len / 6) each; punctuation one each; spaces free.
+    # Tokens cost money "," so count them wisely "." : nine tokens of one
     english = "Tokens cost money, so count them wisely."
-    assert len(english) == 40 and count_tokens(english) == 13
+    assert len(english) == 40 and count_tokens(english) == 9
+    assert count_tokens("tokenizer") == 2
     chinese = "今天天气很好，我们一起去公园散步。明天可能会下雨，记得带伞。"  # one token a character
     assert len(chinese) == 30 and count_tokens(chinese) == 30
     assert count_tokens("東京タワー") == 5 and count_tokens("안녕하세요") == 5  # kana, hangul
@@ -541,7 +542,24 @@ def test_tokens_per_script_by_hand():
     assert count_tokens("नमस्ते") == 3  # Devanagari ~2 a token: 6 code points
     assert count_tokens("2024") == 4 and count_tokens("👍👍") == 2  # digits, emoji: one each
     assert count_tokens(truncate(chinese, 7)) == 7 and truncate(chinese, 7) == chinese[:7]
-    assert truncate(english, 3) == "Tokens cost"  # no trailing space kept
+    assert truncate(english, 3) == "Tokens cost money"  # no trailing space kept
+
+
+PROSE = (
+    "The committee met on Tuesday to review the budget for the coming year. Several members "
+    "argued that the old bridge should be repaired first, because inspectors had found cracks "
+    "in two of its supports last winter. Others wanted the money spent on the library, which "
+    "has not been renovated since it opened. After a long discussion, they asked the engineers "
+    "for a detailed estimate and agreed to meet again in March."
+)
+
+
+def test_english_prose_counts_as_google_says_tokens_go():
+    """Google: "a token is about 4 characters" and "100 tokens are about 60-80
+    English words" (ai.google.dev/gemini-api/docs/tokens)."""
+    tokens = count_tokens(PROSE)
+    assert 3.5 <= len(PROSE) / tokens <= 4.6
+    assert 60 <= 100 * len(PROSE.split()) / tokens <= 80
 
 
 def test_vertex_statistics_count_per_script_and_truncate(client):
@@ -594,7 +612,7 @@ def test_count_tokens_is_served_and_free():
         client = gemini_client(emu)
         for _ in range(3):  # over the 1 request a minute, and never throttled
             got = client.models.count_tokens(model="gemini-embedding-2", contents=text)
-            assert got.total_tokens == 13
+            assert got.total_tokens == 9
         stats = emu.stats()
         assert stats["by_status"] == {"200": 3} and stats["texts_embedded"] == stats["tokens"] == 0
         client.models.embed_content(model="gemini-embedding-2", contents=text)  # quota intact

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
-
 from beamvec.backends.genai import GenaiBackend
 from beamvec.commands import plan
 from beamvec.emulator import Emulator
@@ -66,11 +64,6 @@ def test_plan_tokens_match_what_the_api_counts_in_english(tmp_path, capsys, monk
     assert abs(planned - billed) <= 0.10 * billed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the current emulator counts 4 characters a token in every script; "
-    "remove this mark once its per-script counter lands (issue #30)",
-)
 def test_plan_tokens_match_what_the_api_counts_in_cjk(tmp_path, capsys, monkeypatch):
     planned, billed = _plan_and_bill(tmp_path, capsys, monkeypatch, _corpus(CJK, 300))
     assert abs(planned - billed) <= 0.10 * billed

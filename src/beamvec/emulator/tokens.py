@@ -3,9 +3,12 @@
 Google meters quotas and limits with its own SentencePiece tokenizer, which
 beamvec cannot run; the emulator stands in with these rules:
 
-- Latin-script words: about 4 characters a token ("a token is about 4
-  characters", ai.google.dev/gemini-api/docs/tokens); each word costs
-  ceil(len / 4), so "the" is 1 token and "tokenizer" is 3.
+- Latin-script words: "a token is about 4 characters" and "100 tokens are
+  about 60-80 English words" (ai.google.dev/gemini-api/docs/tokens). Both
+  count spaces and punctuation: a vocabulary of 256k pieces holds most English
+  words whole, so a word costs ceil(len / 6) ("the" and "wisely" 1 token,
+  "tokenizer" 2), punctuation one each; on prose that is 4-4.5 characters and
+  about 75 words per 100 tokens, inside both published figures.
 - Han, Hiragana, Katakana and Hangul: one token a character (SentencePiece
   vocabularies hold CJK mostly as single characters).
 - Cyrillic, Greek, Armenian, Georgian, Hebrew, Arabic: about 3 characters a token;
@@ -28,7 +31,7 @@ _CLASSES: tuple[tuple[str, str, int], ...] = (
     ("space", r"\s+", -1),
     ("cjk", r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003134f]", 0),
     ("digit", r"[0-9]", 0),
-    ("latin", r"[A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u1e00-\u1eff\u0300-\u036f']+", 4),
+    ("latin", r"[A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u1e00-\u1eff\u0300-\u036f']+", 6),
     ("alpha3", r"[\u0370-\u03ff\u0400-\u052f\u0530-\u058f\u10a0-\u10ff\u0590-\u05ff\u0600-\u06ff\u0750-\u077f]+", 3),
     ("alpha2", r"[\u0900-\u0dff\u0e00-\u0e7f]+", 2),
     ("other", r".", 0),
