@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -103,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         return _fail(command, str(exc), 2)
     except SystemicError as exc:
-        return _fail(command, str(exc), 1)
+        return _fail(command, _unwrapped(exc), 1)
     except KeyboardInterrupt as exc:
         if debug:
             raise
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the runner's wrapping of a worker's failure, or a bug
         systemic = _find_systemic(exc)
         if systemic is not None:
-            return _fail(command, str(systemic), 1)
+            return _fail(command, _unwrapped(systemic), 1)
         if debug:
             raise
         name, reason = type(exc).__name__, reason_of(exc)
@@ -133,6 +134,11 @@ def _fail(command: str, message: str, code: int) -> int:
     """The one line a failure ends in."""
     print(f"beamvec {command}: {' '.join(message.split())}", file=sys.stderr)
     return code
+
+
+def _unwrapped(exc: BaseException) -> str:
+    """A worker's message without the "[while running 'Step']" Beam adds to it."""
+    return re.sub(r"\s*\[while running '[^']*'\]\s*$", "", str(exc))
 
 
 def _quiet_beam_import_noise(record: logging.LogRecord) -> bool:
