@@ -244,3 +244,32 @@ def test_staging_is_per_run_and_only_dead_runs_are_cleaned(tmp_path):
     ours.finish_staging()
     assert not (tmp_path / "out" / "_tmp").exists()
 
+
+
+def test_a_stalled_run_is_told_to_stop_and_renews_no_more(tmp_path):
+    """Renewed while progress moves; once it has not moved for ``stall_s``,
+    on_stall is called once and the lease's expiry stays where it was."""
+    output = Output(str(tmp_path / "out"))
+    moving = {"count": 0, "on": True}
+    stalls: list[float] = []
+
+    def progress() -> int:
+        if moving["on"]:
+            moving["count"] += 1
+        return moving["count"]
+
+    with hold_lease(output, ttl=120, renew_every=0.05, progress=progress, stall_s=0.5,
+                    on_stall=lambda: stalls.append(time.time())):
+        first = _raw(output)["expires"]
+        deadline = time.time() + 30
+        while _raw(output)["expires"] == first and time.time() < deadline:
+            time.sleep(0.1)
+        assert _raw(output)["expires"] > first  # renewed while it moved
+        moving["on"] = False
+        while not stalls and time.time() < deadline:
+            time.sleep(0.05)
+        assert len(stalls) == 1
+        frozen = _raw(output)["expires"]
+        time.sleep(1.2)  # a second passes: a renewal would show in expires
+        assert _raw(output)["expires"] == frozen and len(stalls) == 1
+    assert read_lease(output) == (None, False)  # still released at the end

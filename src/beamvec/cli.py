@@ -9,10 +9,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
+import threading
+import time
 from collections.abc import Sequence
 
 from beamvec.errors import SystemicError, UsageError, reason_of
+from beamvec.interrupt import Terminated
 
 RUN_HELP = """\
 Embed text shards into Parquet vector shards.
@@ -100,16 +104,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         return _fail(command, str(exc), 2)
     except SystemicError as exc:
-        return _fail(command, str(exc), 1)
+        return _fail(command, _unwrapped(exc), 1)
     except KeyboardInterrupt as exc:
         if debug:
             raise
+        code, what = (143, "terminated") if isinstance(exc, Terminated) else (130, "interrupted")
         if str(exc):  # job.py's line: how many shards are committed
-            return _fail(command, str(exc), 130)
+            return _fail(command, str(exc), code)
         if command == "run":
-            return _fail(command, "interrupted; committed shards stay committed, "
-                         "rerun the same command to resume", 130)
-        return _fail(command, "interrupted", 130)
+            return _fail(command, f"{what}; committed shards stay committed, "
+                         "rerun the same command to resume", code)
+        return _fail(command, what, code)
     except OSError as exc:  # storage: missing bucket, denied, bad credentials
         if debug:
             raise
@@ -117,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the runner's wrapping of a worker's failure, or a bug
         systemic = _find_systemic(exc)
         if systemic is not None:
-            return _fail(command, str(systemic), 1)
+            return _fail(command, _unwrapped(systemic), 1)
         if debug:
             raise
         name, reason = type(exc).__name__, reason_of(exc)
@@ -129,6 +134,11 @@ def _fail(command: str, message: str, code: int) -> int:
     """The one line a failure ends in."""
     print(f"beamvec {command}: {' '.join(message.split())}", file=sys.stderr)
     return code
+
+
+def _unwrapped(exc: BaseException) -> str:
+    """A worker's message without the "[while running 'Step']" Beam adds to it."""
+    return re.sub(r"\s*\[while running '[^']*'\]\s*$", "", str(exc))
 
 
 def _quiet_beam_import_noise(record: logging.LogRecord) -> bool:
@@ -157,5 +167,29 @@ def _find_systemic(exc: BaseException) -> SystemicError | None:
     return None
 
 
+def entry() -> None:
+    """The program: ``main``, then an exit that no stuck worker thread can hold
+    up (the interpreter would join them): the run has said its one line, and
+    every commit is atomic."""
+    code = main()
+    if code and _threads_linger(timeout=2.0):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _threads_linger(timeout: float) -> bool:
+    """Whether non-daemon threads are still alive after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread is threading.current_thread() or thread.daemon:
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            return True
+    return False
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

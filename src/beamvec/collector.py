@@ -9,6 +9,11 @@ each result back to the shard that asked. Tiny shards thus share requests:
 a window of texts by length before cutting batches (less padding); a partial
 batch goes early only when the backend has a free slot.
 
+A stopping run (``interrupt.STOP``) sends nothing more: texts not yet sent
+are handed back to their shards as ``Interrupted`` at once, so no shard
+waits for them. A result callback that raises is kept as ``fault``: the
+shards waiting on this collector raise it rather than wait forever.
+
 Back-pressure: ``add`` blocks while the process holds more unsent and
 in-flight texts than ``max_outstanding``, so memory stays bounded by what is
 in flight whatever the shard sizes.
@@ -22,6 +27,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 from beamvec.batching import batches, by_length
+from beamvec.errors import Interrupted
+from beamvec.interrupt import STOP
 from beamvec.records import DeadLetter, Embedded, Record
 
 #: Seconds a partial batch waits for more texts while some shard is still reading.
@@ -64,6 +71,8 @@ class Collector:
         self._bundles = 0  # bundles still handing over shards, of every DoFn copy sharing this
         self._draining = False
         self._closed = False
+        #: What a result callback raised: the shards waiting here raise it.
+        self.fault: BaseException | None = None
         self._timer = threading.Thread(target=self._linger, name="beamvec-linger", daemon=True)
         self._timer.start()
 
@@ -102,7 +111,9 @@ class Collector:
     def add(self, record: Record) -> None:
         with self._cond:
             while self._outstanding >= self.max_outstanding and not self._closed:
+                STOP.check()
                 self._cond.wait(0.5)
+            STOP.check()
             if not self._pending:
                 self._oldest = time.monotonic()
             self._pending.append(record)
@@ -135,16 +146,24 @@ class Collector:
         self._oldest = time.monotonic()
         for batch in cut:
             self._batches += 1
+            if STOP.requested:  # nothing more leaves: its shards learn it now
+                self._finish(batch, Interrupted("the run stopped before this batch was sent"))
+                continue
             future = self._submit(batch)
             future.add_done_callback(lambda f, b=batch: self._done(b, f))
 
     def _done(self, batch: list[Record], future: Future[Result]) -> None:
+        if future.cancelled():
+            self._finish(batch, RuntimeError("the batch was cancelled"))
+        else:
+            exc = future.exception()
+            self._finish(batch, exc if exc is not None else future.result())
+
+    def _finish(self, batch: list[Record], result: Result | BaseException) -> None:
         try:
-            if future.cancelled():
-                self._on_result(batch, RuntimeError("the batch was cancelled"))
-            else:
-                exc = future.exception()
-                self._on_result(batch, exc if exc is not None else future.result())
+            self._on_result(batch, result)
+        except BaseException as exc:  # noqa: BLE001 - kept: the waiting shards raise it
+            self.fault = self.fault or exc
         finally:
             with self._cond:
                 self._outstanding -= len(batch)
@@ -159,7 +178,8 @@ class Collector:
                 # A partial batch goes early only to a backend with room for it:
                 # while every slot is busy, waiting costs nothing and fills it.
                 idle = self._batches < self.max_in_flight
-                if self._pending and idle and time.monotonic() - self._oldest >= self.linger_s:
+                stale = time.monotonic() - self._oldest >= self.linger_s
+                if self._pending and (STOP.requested or (idle and stale)):
                     self._send(flush=True)
             time.sleep(self.linger_s / 2)
 

@@ -19,7 +19,8 @@ import numpy as np
 
 from beamvec import records as r
 from beamvec.backends.base import Backend
-from beamvec.errors import BackendError, ErrorKind, SystemicError
+from beamvec.errors import BackendError, ErrorKind, Interrupted, SystemicError
+from beamvec.interrupt import STOP
 from beamvec.quota import AdaptiveLimiter
 from beamvec.records import DeadLetter, Embedded, Record
 from beamvec.retry import (
@@ -116,7 +117,7 @@ class Embedder:
         self.stats.add("retries")
 
     def _call(self, items: list[Record]) -> np.ndarray:
-        return self.settings.retry.call(self._request, items, on_retry=self._on_retry)
+        return self.settings.retry.call(self._request, items, on_retry=self._on_retry, sleep=_sleep)
 
     # -- one batch ---------------------------------------------------------
 
@@ -169,6 +170,12 @@ def _dead_letter(rec: Record, exc: BaseException) -> DeadLetter:
     )
 
 
+def _sleep(seconds: float) -> None:
+    """A wait between retries that a stopping run cuts short."""
+    if STOP.wait(seconds):
+        raise Interrupted("the run stopped while a batch waited to be retried")
+
+
 class _Gate:
     """What runs around each request of one batch (see ``Backend.embed_paced``):
     the limiter's wait and the request counts before it leaves, and the
@@ -185,10 +192,12 @@ class _Gate:
 
     def __call__(self) -> None:
         embedder = self._embedder
+        STOP.check()
         if embedder.limiter is not None:
             waited = embedder.limiter.acquire(0.0 if self.sent else self._tokens)
             if waited:
                 embedder.stats.add("throttled_ms", waited * 1000.0)
+        STOP.check()  # nothing leaves once the run is stopping
         self.sent += 1
         embedder.stats.add("requests")
         embedder.stats.add("in_flight")  # a gauge: up now, down when the answer is in

@@ -17,6 +17,7 @@ This module imports nothing from beamvec, so every other module may import it.
 from __future__ import annotations
 
 import enum
+import errno
 import re
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -56,6 +57,19 @@ def redact_url(url: str) -> str:
 def redact_urls(text: str) -> str:
     """Every URL in ``text`` through ``redact_url`` (for messages)."""
     return _URL.sub(lambda m: redact_url(m.group(0)), text)
+
+
+def unwritable(where: str, exc: BaseException, what: str = "") -> SystemicError:
+    """The one line a write that the store refused ends the run in: a full
+    disk, a denied grant, a store answering 503 after every retry."""
+    target = f"{what} to {where}" if what else f"to the output {where}"
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        advice = "free some space"
+    else:
+        advice = ("check that the bucket exists and that the credentials in the environment "
+                  "may create and delete objects in it")
+    return SystemicError(f"cannot write {target}: {reason_of(exc)}; {advice}"
+                         + ("; committed shards stay committed: rerun the same command" if what else ""))
 
 
 class ErrorKind(enum.Enum):

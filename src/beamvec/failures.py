@@ -47,7 +47,8 @@ def record_failure(output_url: str, storage_options: dict[str, Any], message: st
         with fs.open(name, "wb") as fh:
             fh.write(json.dumps(body).encode())
     except Exception as exc:  # noqa: BLE001 - best effort; the worker's error still propagates
-        LOG.warning("could not record the failure under %s: %s", output_url, type(exc).__name__)
+        # and says what is wrong (a full disk refuses this record too): no second line
+        LOG.debug("could not record the failure under %s: %s", output_url, type(exc).__name__)
 
 
 def read_failures(output_url: str, storage_options: dict[str, Any]) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -48,7 +49,8 @@ from beamvec.inputs import (
     uncovered_by_force,
     worker_processes,
 )
-from beamvec.lease import hold_lease
+from beamvec.interrupt import STOP, Terminated, signals_handled
+from beamvec.lease import STALL_S, hold_lease
 from beamvec.lookup import check_reuse_source
 from beamvec.preflight import preflight
 from beamvec.progress import PROGRESS, Reporter
@@ -163,12 +165,54 @@ def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
     started = time.time()
     options = parse_options(argv)
     plan = plan_job(options)
-    # One writer per output: a second run refuses here, naming the holder (lease.py).
-    with hold_lease(plan.output, plan.inputs.bv.break_lease):
-        return _run_planned(plan, options, started, out)
+    # One writer per output: a second run refuses here, naming the holder (lease.py),
+    # renewed while this process's workers make progress (in-process runners).
+    liveness = _Liveness(_in_process(options))
+    with signals_handled(), hold_lease(plan.output, plan.inputs.bv.break_lease, progress=liveness,
+                                       on_stall=_stalled):
+        return _run_planned(plan, options, started, out, liveness)
 
 
-def _run_planned(plan: JobPlan, options: PipelineOptions, started: float, out: Any) -> dict[str, Any]:
+class _Liveness:
+    """What the lease's renewer asks: has the run moved since it last asked?
+    Only while the pipeline runs in this process, where its workers count
+    into ``PROGRESS``; before (planning, batch jobs) it always has."""
+
+    def __init__(self, in_process: bool) -> None:
+        self.in_process = in_process
+        self.watching = False
+
+    def __call__(self) -> object:
+        return PROGRESS.read() if self.watching and self.in_process else object()
+
+
+def _stalled() -> None:
+    """The run made no progress for ``STALL_S``: stop it (the lease stops being renewed)."""
+    import _thread
+
+    STOP.request("stalled")
+    _thread.interrupt_main()  # the driver ends the run in one line (``_stopped``)
+
+
+def _stopped(plan: JobPlan, cause: BaseException) -> BaseException:
+    """After the pipeline failed or was stopped: let the workers settle, then
+    say why in one line (what stays committed, when it was a signal)."""
+    if not STOP.requested:
+        STOP.request("a worker failed")
+    STOP.settle()  # no shard commits after this: the count below is the truth
+    if STOP.reason == "stalled":
+        return SystemicError(
+            f"the run made no progress for {STALL_S:.0f} s and was stopped; committed shards "
+            "stay committed: rerun the same command (with --debug to see where it stalled)"
+        )
+    if STOP.signum is not None or isinstance(cause, KeyboardInterrupt) or _interrupted(cause):
+        return _interruption(plan)
+    return cause
+
+
+def _run_planned(
+    plan: JobPlan, options: PipelineOptions, started: float, out: Any, liveness: _Liveness
+) -> dict[str, Any]:
     inputs, bv = plan.inputs, plan.inputs.bv
     check_batch_flags(bv)
     run_id = new_run_id(started)
@@ -239,15 +283,18 @@ def _run_planned(plan: JobPlan, options: PipelineOptions, started: float, out: A
     )
     with reporter if live else nullcontext(), timeline:  # inside: the reporter resets PROGRESS
         try:
+            liveness.watching = True
             result = pipeline.run()
             result.wait_until_finish()
-        except Exception as exc:  # a worker's SystemicError reaches here as text on most runners
-            raise_recorded_failure(bv.output, inputs.storage_options, exc)
-            if _interrupted(exc):  # Ctrl-C inside a bundle, wrapped by the runner
-                raise _interruption(plan) from None
-            raise
-        except KeyboardInterrupt:
-            raise _interruption(plan) from None
+        except BaseException as exc:  # noqa: BLE001 - Ctrl-C, SIGTERM, a stall, a worker's fault
+            stopped = _stopped(plan, exc)
+            if stopped is exc and isinstance(exc, Exception):
+                # a worker's SystemicError reaches here as text on most runners
+                raise_recorded_failure(bv.output, inputs.storage_options, exc)
+                raise
+            raise stopped from None
+        finally:
+            liveness.watching = False
     clear_failures(bv.output, inputs.storage_options)  # left by bundles the runner retried
     if batch is not None:
         finish_batch_phase(plan.output, inputs)  # the jobs' files off the service
@@ -277,7 +324,8 @@ def _interruption(plan: JobPlan) -> Interrupted:
         what = f"{count} of {len(names)} shards are committed in {plan.output.url}"
     except Exception:  # noqa: BLE001 - the line must come out whatever the output's state
         what = f"the shards committed in {plan.output.url} stay committed"
-    return Interrupted(f"interrupted; {what}; rerun the same command to embed the rest")
+    kind = Terminated if STOP.signum == signal.SIGTERM else Interrupted
+    return kind(f"{STOP.reason or 'interrupted'}; {what}; rerun the same command to embed the rest")
 
 
 def _in_process(options: PipelineOptions) -> bool:

@@ -20,7 +20,10 @@ as they may on an S3-compatible store or a GCS emulator that ignores the
 precondition (gcp-storage-emulator does); the first one's renewal then finds
 the lease taken and the run ends in an error that says so. The
 holder renews the lease from a daemon thread (read, compare the owner, write)
-and releases it at the end, also on failure and Ctrl-C. A lease past its
+only while the run makes progress, and releases it at the end, also on
+failure, Ctrl-C and SIGTERM. A run that made no progress for ``STALL_S`` is
+told to stop (``on_stall``) and renews no more: if it cannot even stop, the
+lease expires ``TTL_S`` later and the next run takes it over. A lease past its
 expiry (its holder died without releasing it), or one whose holder process
 on this very host is gone (kill -9), is taken over with a warning;
 ``--break-lease`` takes over a live-looking one (its holder is known dead).
@@ -31,7 +34,6 @@ within the lease's two minutes.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -39,19 +41,22 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from beamvec.contract.layout import LEASE as LEASE
-from beamvec.errors import SystemicError, reason_of
+from beamvec.errors import SystemicError, unwritable
+from beamvec.interrupt import STOP
 from beamvec.sink import Output
 
 LOG = logging.getLogger("beamvec")
 #: A lease not renewed for this long is stale: its holder is gone.
 TTL_S = 120.0
 RENEW_S = 30.0
+#: A run whose progress has not moved for this long is stuck: it loses the lease.
+STALL_S = 180.0
 #: Stores whose fsspec filesystem turns ``pipe_file(mode="create")`` into an
 #: atomic conditional create (the store refuses it when the object exists).
 ATOMIC_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "memory"})
@@ -181,16 +186,6 @@ def _write(output: Output, lease: Lease) -> None:
         output.fs.pipe_file(path, lease.encode())
 
 
-def _unwritable(output: Output, exc: OSError) -> SystemicError:
-    reason = reason_of(exc)
-    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
-        return SystemicError(f"cannot write to the output {output.url}: {reason}; free some space")
-    return SystemicError(
-        f"cannot write to the output {output.url}: {reason}; check that the bucket exists "
-        "and that the credentials in the environment may create and delete objects in it"
-    )
-
-
 def acquire(output: Output, break_lease: bool = False, ttl: float = TTL_S) -> Lease:
     """Take the output's lease, or raise LeaseHeldError naming its holder."""
     for _ in range(5):
@@ -198,7 +193,7 @@ def acquire(output: Output, break_lease: bool = False, ttl: float = TTL_S) -> Le
         try:
             created = create_if_absent(output, output.path(LEASE), mine.encode())
         except OSError as exc:
-            raise _unwritable(output, exc) from None
+            raise unwritable(output.url, exc) from None
         held, exists = read_lease(output)
         if created:
             if held is not None and held.owner == mine.owner:
@@ -272,19 +267,45 @@ def release(output: Output, lease: Lease) -> None:
 
 
 class _Renewer(threading.Thread):
-    """Rewrites ``expires`` every ``every`` seconds while the run works."""
+    """Rewrites ``expires`` every ``every`` seconds while the run makes
+    progress: ``progress()`` returns something else than the time before
+    within ``stall_s``. Past that, it calls ``on_stall`` once and renews no more."""
 
-    def __init__(self, output: Output, lease: Lease, ttl: float, every: float) -> None:
+    def __init__(
+        self, output: Output, lease: Lease, ttl: float, every: float,
+        progress: Callable[[], object] | None = None, stall_s: float = STALL_S,
+        on_stall: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(name="beamvec-lease", daemon=True)
         self.output = output
         self.lease = lease
         self.ttl = ttl
         self.every = every
+        self.progress = progress
+        self.stall_s = stall_s
+        self.on_stall = on_stall
         self.stopped = threading.Event()
         self.lost: Lease | None = None
+        self.stalled = False
+
+    def _moving(self, seen: object, moved: float) -> tuple[object, float]:
+        """(what progress says now, when it last changed)."""
+        if self.progress is None:
+            return seen, time.monotonic()
+        now = self.progress()
+        return now, (time.monotonic() if now != seen else moved)
 
     def run(self) -> None:
+        seen, moved = self._moving(object(), 0.0)
         while not self.stopped.wait(self.every):
+            seen, moved = self._moving(seen, moved)
+            if time.monotonic() - moved > self.stall_s:
+                self.stalled = True
+                LOG.debug("no progress for %.0f s: the lease of %s is no longer renewed",
+                          self.stall_s, self.output.url)
+                if self.on_stall is not None:
+                    self.on_stall()
+                return
             try:
                 held, _ = read_lease(self.output)
                 if held is None or held.owner != self.lease.owner:
@@ -304,17 +325,22 @@ class _Renewer(threading.Thread):
 
 @contextlib.contextmanager
 def hold_lease(
-    output: Output, break_lease: bool = False, ttl: float = TTL_S, renew_every: float = RENEW_S
+    output: Output, break_lease: bool = False, ttl: float = TTL_S, renew_every: float = RENEW_S,
+    progress: Callable[[], object] | None = None, stall_s: float = STALL_S,
+    on_stall: Callable[[], None] | None = None,
 ) -> Iterator[Lease]:
     """Hold the output's lease for the ``with`` block: taken on entry (or
-    LeaseHeldError), renewed meanwhile, released on exit whatever happens."""
+    LeaseHeldError), renewed while ``progress()`` moves (always, without it),
+    released on exit whatever happens, and on a second Ctrl-C's way out."""
     existed = output.renames and os.path.isdir(output.root)
     lease = acquire(output, break_lease, ttl)
-    renewer = _Renewer(output, lease, ttl, renew_every)
+    renewer = _Renewer(output, lease, ttl, renew_every, progress, stall_s, on_stall)
     renewer.start()
+    forget = STOP.on_hard_exit(lambda: release(output, renewer.lease))
     try:
         yield lease
     finally:
+        forget()
         renewer.stop()
         release(output, renewer.lease)
         if output.renames and not existed:  # leave no empty directory behind a refused run

@@ -118,15 +118,16 @@ class Timeline:
         self.samples.append(taken)
         return taken
 
-    def write(self) -> None:
-        """Rewrite the whole file: small (a night is ~10k lines), and always whole."""
+    def write(self, failing: bool = False) -> None:
+        """Rewrite the whole file: small (a night is ~10k lines), and always whole.
+        When the run is ``failing`` (a full disk), its own one line says why."""
         body = "".join(json.dumps(asdict(s), separators=(",", ":")) + "\n" for s in self.samples)
         try:
             self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
             with self.fs.open(self.path, "wb") as fh:
                 fh.write(body.encode())
         except OSError as exc:  # the timeline is for people: it never fails a run
-            LOG.warning("could not write the run timeline %s: %s", self.path, exc)
+            (LOG.debug if failing else LOG.warning)("could not write the run timeline %s: %s", self.path, exc)
 
     def _loop(self) -> None:
         last_write = time.time()
@@ -146,7 +147,7 @@ class Timeline:
         self._stop.set()
         self._thread.join()
         self.sample()
-        self.write()
+        self.write(failing=exc[0] is not None)
 
 
 def read_timeline(fs: fsspec.AbstractFileSystem, path: str) -> list[Sample]:

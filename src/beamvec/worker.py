@@ -36,7 +36,8 @@ from beamvec.contract import (
     vector_path,
 )
 from beamvec.embedder import Embedder
-from beamvec.errors import InputVanishedError, UsageError
+from beamvec.errors import InputVanishedError, SystemicError, UsageError, unwritable
+from beamvec.interrupt import SETTLE_S, STOP
 from beamvec.lookup import Lookups, checkpoint_dir
 from beamvec.prepare import PrepareConfig
 from beamvec.progress import PROGRESS
@@ -91,6 +92,7 @@ class _Sink:
 
     def __init__(self, output: Output, split: Split, dimension: int) -> None:
         self.shard = split.shard
+        self.url = output.url
         self.dimension = dimension
         self.vectors = ParquetShardWriter(output, vector_path(output, split.name), vector_schema(dimension))
         self.letters = ParquetShardWriter(output, dead_letter_path(output, split.name), DEAD_LETTER_SCHEMA)
@@ -119,12 +121,15 @@ class _Sink:
             self.flush()
 
     def flush(self) -> None:
-        if self.rows:
-            self.vectors.write(vector_table(self.rows, self.shard.shown, self.dimension))
-            self.rows = []
-        if self.dead:
-            self.letters.write(dead_letter_table(self.dead, self.shard.shown))
-            self.dead = []
+        try:
+            if self.rows:
+                self.vectors.write(vector_table(self.rows, self.shard.shown, self.dimension))
+                self.rows = []
+            if self.dead:
+                self.letters.write(dead_letter_table(self.dead, self.shard.shown))
+                self.dead = []
+        except OSError as exc:  # a full disk: the run stops, in one line
+            raise unwritable(self.url, exc, what=f"the shard {self.shard.name}") from exc
 
     def abort(self) -> None:
         self.vectors.abort()
@@ -132,21 +137,40 @@ class _Sink:
 
 
 class _Landing:
-    """Where a shard's sent and followed texts land, from any thread."""
+    """Where a shard's sent and followed texts land, from any thread.
 
-    def __init__(self) -> None:
+    A shard waiting for its texts never waits on a worker that failed
+    (``fault``) and, once the run is stopping, at most ``SETTLE_S`` more:
+    whatever cannot land by then is not coming."""
+
+    def __init__(self, fault: Callable[[], BaseException | None] = lambda: None) -> None:
         self.queue: queue.SimpleQueue[tuple[Record, Any]] = queue.SimpleQueue()
         self.outstanding = 0  # touched by the shard's own thread only
+        self.fault = fault
 
     def deliver(self, record: Record, outcome: np.ndarray | DeadLetter | BaseException) -> None:
         self.queue.put((record, outcome))
 
+    def _waited(self, stopping_since: float | None) -> float | None:
+        """After a second with nothing landed: raise what ended the wait, if anything did."""
+        fault = self.fault()
+        if fault is not None:
+            raise fault
+        if not STOP.requested:
+            return None
+        now = time.monotonic()
+        if stopping_since is not None and now - stopping_since > SETTLE_S:
+            STOP.check()
+        return stopping_since if stopping_since is not None else now
+
     def drain(self, sink: _Sink, block: bool) -> None:
+        stopping_since: float | None = None
         while self.outstanding:
             try:
                 record, outcome = self.queue.get(block=block, timeout=1.0 if block else None)
             except queue.Empty:
                 if block:
+                    stopping_since = self._waited(stopping_since)
                     continue
                 return
             self.outstanding -= 1
@@ -191,6 +215,8 @@ class Worker:
             sort_window=window, max_in_flight=max_in_flight,
         )
         self.lookups = lookups or Worker.lookups_for(config, limits.dimension)
+        #: What broke in a result callback: every shard waiting on this worker raises it.
+        self.fault: BaseException | None = None
 
     @staticmethod
     def memory_for(config: WorkerConfig, dimension: int) -> RunMemory:
@@ -219,18 +245,36 @@ class Worker:
     # -- results, on the thread that finished the batch ---------------------------
 
     def _landed(self, batch: list[Record], result: Result | BaseException) -> None:
+        """Hand a finished batch to the shards waiting for its texts. Whatever
+        goes wrong here (a checkpoint that cannot be written) reaches them as
+        an error: a shard must never wait for results that will not come."""
+        try:
+            if not isinstance(result, BaseException) and self.config.checkpoint and result[0]:
+                self._checkpoint(result[0])
+        except Exception as exc:  # noqa: BLE001 - every failure must reach the waiting shards
+            result = exc if isinstance(exc, SystemicError) else SystemicError(str(exc))
+        try:
+            self._deliver(batch, result)
+        except BaseException as exc:
+            self.fault = exc
+            raise
+
+    def _checkpoint(self, embedded: list[Embedded]) -> None:
+        """Save a finished batch's vectors so that a stopped run loses none of them."""
+        path = f"{checkpoint_dir(self.output, self.config.fingerprint)}/{uuid.uuid4().hex}.parquet"
+        try:
+            self.output.write_table(path, checkpoint_table(embedded, self.backend.limits.dimension))
+        except Exception as exc:  # noqa: BLE001 - a full disk, a store answering 503, ...
+            raise unwritable(f"{self.output.url}/{path[len(self.output.root) + 1:]}", exc,
+                             what="a checkpoint") from exc
+
+    def _deliver(self, batch: list[Record], result: Result | BaseException) -> None:
         if isinstance(result, BaseException):
             for record in batch:
                 for waiting, deliver in self.memory.resolve(record.content_hash, result):
                     deliver(waiting, result)
             return
         embedded, letters = result
-        if self.config.checkpoint and embedded:
-            name = f"{uuid.uuid4().hex}.parquet"
-            self.output.write_table(
-                f"{checkpoint_dir(self.output, self.config.fingerprint)}/{name}",
-                checkpoint_table(embedded, self.backend.limits.dimension),
-            )
         for row in embedded:
             for waiting, deliver in self.memory.resolve(row.record.content_hash, row.vector):
                 deliver(waiting, row.vector)
@@ -279,7 +323,8 @@ class Worker:
                 on_read()
             return done
         try:
-            return self._embed(split, on_read)
+            with STOP.shard():
+                return self._embed(split, on_read)
         except InputVanishedError as exc:
             LOG.warning("%s", exc)
             return self._record(split, ShardCounts(), 0.0, status="failed", message=str(exc))
@@ -315,7 +360,7 @@ class Worker:
         started = time.time()
         dimension = self.backend.limits.dimension
         sink = _Sink(self.output, split, dimension)
-        landing = _Landing()
+        landing = _Landing(lambda: self.fault or self.collector.fault)
         router = Router(
             self.config.prepare, self.backend.count_tokens, self.backend.truncate,
             self.lookups.index(), self.memory, landing.deliver,
@@ -330,6 +375,7 @@ class Worker:
                 fetching: list[Record] = []
                 fetching_chars = 0
                 for raw in items:
+                    STOP.check()  # a stopping run reads no further
                     PROGRESS.add_records()
                     routed = router.route(raw)
                     if isinstance(routed, Fetch):
@@ -347,24 +393,32 @@ class Worker:
                 if on_read is not None:
                     on_read()
             landing.drain(sink, block=True)
-            sink.flush()
             counts = router.shard_counts(sink.embedded, sink.failed, sink.tokens, sink.truncated)
             record = self._record(split, counts, time.time() - started)
-            footer = Footer(self.config.description, record).to_json()
-            letter_bytes = 0
-            if counts.dead_lettered:
-                sink.letters.commit(footer)
-                letter_bytes = self.output.fs.size(sink.letters.final)
-            else:
-                self.output.remove(dead_letter_path(self.output, split.name))
-            sink.vectors.commit(footer)
-            record = replace(record, vector_bytes=self.output.fs.size(sink.vectors.final),
-                             dead_letter_bytes=letter_bytes)
+            with STOP.committing():  # a stopped run's count of committed shards stays true
+                record = self._commit(split, sink, record)
             PROGRESS.shard_done(0)  # its bytes were counted as they were read
             return record
         except BaseException:
             sink.abort()
             raise
+
+    def _commit(self, split: Split, sink: _Sink, record: CommitRecord) -> CommitRecord:
+        """Dead letters first, then the vector file, whose commit is the shard's."""
+        footer = Footer(self.config.description, record).to_json()
+        sink.flush()
+        try:
+            letter_bytes = 0
+            if record.counts.dead_lettered:
+                sink.letters.commit(footer)
+                letter_bytes = self.output.fs.size(sink.letters.final)
+            else:
+                self.output.remove(dead_letter_path(self.output, split.name))
+            sink.vectors.commit(footer)
+            return replace(record, vector_bytes=self.output.fs.size(sink.vectors.final),
+                           dead_letter_bytes=letter_bytes)
+        except OSError as exc:  # a full disk, a store refusing writes: the run stops
+            raise unwritable(self.output.url, exc, what="the shard " + split.name) from exc
 
 
 def plan_requests(records: Iterable[Record], max_items: int, max_tokens: int) -> tuple[int, int]:
