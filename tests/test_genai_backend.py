@@ -591,6 +591,33 @@ def test_the_embedder_paces_tokens_as_vertex_reports_it_counted_them(emu, key_en
     assert 0 < counted < 200
     assert limiter.stats().token_factor == pytest.approx(counted / 200, rel=1e-6)
 
+
+def test_gemini_embedding_2_on_the_gemini_api_is_paced_by_counted_tokens(emu, key_env):
+    """The Gemini API returns no counts with embeddings; its free :countTokens
+    answers for gemini-embedding-2, so a worker's first calls are counted there
+    too (three of them, a sample) and the limiter's token factor follows."""
+    from beamvec.embedder import Embedder, EmbedSettings
+    from beamvec.quota import Limiter
+    from beamvec.records import Record, content_hash
+
+    b = make(emu, model="gemini-embedding-2", output_dimensionality=128)
+    limiter = Limiter(6000, 10**6)
+    embedder = Embedder(b, EmbedSettings(max_in_flight=1), limiter)
+    booked = 0
+    for n in range(5):
+        batch = [Record(f"r{n}-{i}", f"{t} {n}", content_hash(f"{t} {n}"), 40, False, i)
+                 for i, t in enumerate(TEXTS)]
+        done, failed = embedder.embed_batch(batch)
+        assert not failed and len(done) == 4
+        booked += 160
+        if n == 0:  # after the first call: the server's count over the estimate
+            first = emu.stats()["tokens"]
+            assert limiter.stats().token_factor == pytest.approx(first / 160, rel=1e-6)
+    embedder.close()
+    counted = [r for r in emu.received() if r.route.endswith("countTokens")]
+    assert len(counted) == 3  # a sample, not every call
+    assert emu.stats()["requests"] >= 5
+
 # -- gemini-embedding-2: the task in the text -----------------------------------
 
 #: Google's gemini-embedding-2 prompt formats (ai.google.dev/gemini-api/docs/embeddings,

@@ -29,7 +29,11 @@ What the SDK does, and how we use it:
   (``tokens.estimate``); ``truncate`` cuts by the safe upper bound, leaving
   room for the template. Where the response carries the server's count
   (Vertex ``:predict``: ``statistics.token_count`` per instance), the last
-  call's total is ``server_tokens()`` in the thread that made it.
+  call's total is ``server_tokens()`` in the thread that made it. The Gemini
+  API reports no counts with embeddings, but its free ``:countTokens``
+  answers for gemini-embedding-2 (not for gemini-embedding-001 on Vertex:
+  python-genai#1541): the first ``COUNTED_CALLS`` calls of a worker are also
+  counted there, so its limiter paces tokens as the server counts them.
 * ``config.title`` applies to a whole call, so a batch whose titles differ is
   sent as one call per distinct title, and the rows are put back in order.
   Titles are only sent with ``RETRIEVAL_DOCUMENT``, the one task that uses them.
@@ -93,6 +97,11 @@ GEMINI_MAX_ITEMS = 100
 VERTEX_MAX_ITEMS = 250
 VERTEX_MAX_REQUEST_TOKENS = 20_000
 VERTEX_AUTH_MODES = ("adc", "api_key", "anonymous")
+#: Models whose token counts the Gemini API's ``:countTokens`` gives (a free call):
+#: gemini-embedding-2 (BerriAI/litellm#24339 shows its answer, per modality).
+COUNT_TOKENS_MODELS = ("gemini-embedding-2",)
+#: Calls of a worker whose texts are also counted by ``:countTokens`` (a sample).
+COUNTED_CALLS = 3
 #: The first google-genai that sends a Vertex gemini model's texts to
 #: ``:batchEmbedContents`` (3.0–3.3 still use ``:predict``/``:embedContent``).
 SDK_BATCHES_VERTEX_GEMINI_FROM = (3, 4)
@@ -203,6 +212,7 @@ class GenaiBackend(Backend):
         self._client: Any = None
         self._secret: str | None = None
         self._sending: threading.local | None = None  # this thread's send gate, while it embeds
+        self._counted_calls = 0  # calls whose texts :countTokens also counted
 
     # -- description ---------------------------------------------------------
 
@@ -412,16 +422,37 @@ class GenaiBackend(Backend):
                 raise
             raise mapped from None
         embeddings = list(response.embeddings or [])
-        self._note_server_tokens(embeddings)
+        self._note_server_tokens(embeddings, contents)
         return embeddings
 
-    def _note_server_tokens(self, embeddings: list[Any]) -> None:
-        """Add the server's own counts (``statistics.token_count``) to this
-        thread's ``server_tokens``; None once any response leaves them out."""
+    def _counts_tokens(self) -> bool:
+        """Whether this call's texts are also sent to the free ``:countTokens``."""
+        if self.mode != "gemini" or self._counted_calls >= COUNTED_CALLS:
+            return False
+        mid = model_id(self._model)
+        return any(mid == m or mid.startswith(m + "-") for m in COUNT_TOKENS_MODELS)
+
+    def _counted(self, contents: list[Any]) -> int | None:
+        """The server's count of ``contents`` by ``:countTokens``, or None when
+        it does not answer (a sample is worth no failed run)."""
+        self._counted_calls += 1
+        try:
+            answer = self._client.models.count_tokens(model=self._model, contents=contents)
+        except Exception:  # noqa: BLE001 - the estimate stands
+            return None
+        total = getattr(answer, "total_tokens", None)
+        return int(total) if total else None
+
+    def _note_server_tokens(self, embeddings: list[Any], contents: list[Any]) -> None:
+        """Add the server's own counts (``statistics.token_count``, or
+        ``:countTokens`` for a sample of calls) to this thread's
+        ``server_tokens``; None once any response leaves them out."""
         sending = self._sending
         if sending is None or getattr(sending, "server_tokens", None) is None:
             return
         counts = [getattr(getattr(e, "statistics", None), "token_count", None) for e in embeddings]
+        if counts and any(c is None for c in counts) and self._counts_tokens():
+            counts = [self._counted(contents)]
         if not counts or any(c is None for c in counts):
             sending.server_tokens = None
             return
