@@ -118,3 +118,29 @@ def test_bisection_reports_an_exhausted_part_item_by_item() -> None:
     # without gave_up, the exhausted part still propagates (the caller stops)
     with pytest.raises(RetriesExhausted):
         embed_with_bisection(list(range(8)), call, is_bad_input)
+
+
+class TooLong(HalfDown):
+    """The server names the text it counts over its limit (a 400 about length)."""
+
+    def embed(self, texts: Sequence[str], titles: Sequence[str | None] | None = None) -> np.ndarray:
+        from beamvec.backends.google_errors import TextTooLong
+
+        self.requests += 1
+        if BAD in texts:
+            raise TextTooLong("400 the input token count exceeds the maximum", culprit=texts.index(BAD))
+        self.billed.append(list(texts))
+        return np.stack([vector_of(t) for t in texts])
+
+
+def test_a_text_the_server_counts_too_long_is_dead_lettered_as_too_long_without_bisection() -> None:
+    backend = TooLong()
+    embedder = Embedder(backend, EmbedSettings(max_in_flight=1, retry=FAST))
+    try:
+        embedded, letters = embedder.embed_batch(batch())
+    finally:
+        embedder.close()
+    assert [d.reason for d in letters] == [r.TEXT_TOO_LONG] and letters[0].id == "r1"
+    assert "too long" in letters[0].message
+    assert sorted(e.record.id for e in embedded) == [f"r{i}" for i in range(8) if i != 1]
+    assert backend.requests == 2  # the batch, then the rest together: no bisection

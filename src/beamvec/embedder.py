@@ -19,6 +19,7 @@ import numpy as np
 
 from beamvec import records as r
 from beamvec.backends.base import Backend
+from beamvec.backends.google_errors import TextTooLong
 from beamvec.errors import BackendError, ErrorKind, Interrupted, SystemicError
 from beamvec.interrupt import STOP
 from beamvec.quota import AdaptiveLimiter
@@ -163,6 +164,11 @@ def _dead_letter(rec: Record, exc: BaseException) -> DeadLetter:
             rec.id, rec.position, r.EMBED_FAILED, f"retries exhausted: {exc.last_exception}",
             attempts=exc.attempts, status=exc.status if isinstance(exc.status, int) else None,
             content_hash=rec.content_hash,
+        )
+    if isinstance(exc, TextTooLong):  # cut by the safe bound, yet over the server's count
+        return DeadLetter(
+            rec.id, rec.position, r.TEXT_TOO_LONG, f"too long for the API: {exc}", rec.text[:200],
+            attempts=1, status=exc.status, content_hash=rec.content_hash,
         )
     return DeadLetter(
         rec.id, rec.position, r.BAD_REQUEST, f"rejected by the API: {exc}", rec.text[:200],

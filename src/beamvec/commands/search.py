@@ -147,9 +147,10 @@ def embed_query(backend: Backend, text: str) -> np.ndarray:
     try:
         backend.load()
         limit = backend.limits.max_text_tokens
-        if backend.count_tokens(text) > limit:
-            warn(f"the query is over {limit} tokens; its end is cut off, as run cuts long texts")
-            text = backend.truncate(text, limit)
+        kept = backend.truncate(text, limit)  # by the safe bound, as run cuts long texts
+        if kept != text:
+            warn(f"the query may be over {limit} tokens; its end is cut off, as run cuts long texts")
+            text = kept
         vector = np.asarray(backend.embed([text])[0], dtype=np.float32)
     except BackendError as exc:
         raise SystemicError(
