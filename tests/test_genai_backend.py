@@ -274,7 +274,7 @@ def test_connection_reset_is_retryable(key_env, mode):
 def test_over_long_text_is_a_400_on_vertex(emu, key_env):
     b = make(emu, "vertex", model="text-embedding-005")
     with pytest.raises(BackendError) as err:
-        b.embed(["x" * (2048 * 4 + 8)])  # Vertex would truncate silently; we ask it not to
+        b.embed(["x" * (2048 * 6 + 8)])  # over 2,048 tokens; Vertex would truncate silently, we ask it not to
     assert err.value.status == 400 and not err.value.retryable
 
 
@@ -509,7 +509,7 @@ def test_rejected_credentials_at_preflight_are_one_systemic_line_without_the_key
 
 def test_a_text_the_api_refuses_falls_back_to_the_probe(emu, key_env):
     b = make(emu, "vertex", model="text-embedding-005")
-    assert b.preflight("x" * (2048 * 4 + 8)) is None  # over the limit: a 400 for that text
+    assert b.preflight("字" * 2100) is None  # over the limit (one token a Han character): a 400 for that text
     assert emu.stats()["requests"] == 2  # the text, then the probe that checks the rest
 
 
@@ -719,10 +719,11 @@ def test_a_change_of_prompt_format_is_a_new_configuration(emu, key_env):
 
 
 @pytest.mark.parametrize(("mode", "model"), [("gemini", "gemini-embedding-001"), ("vertex", "text-embedding-005")])
-def test_a_too_long_400_names_its_text_and_is_not_bisected(emu, key_env, mode, model):
-    """A text the server counts over the limit (here: one never cut, sent raw)
-    costs one extra request, not a bisection: the error names the text, it
-    alone is failed, and the other texts are sent again together."""
+def test_a_too_long_400_costs_two_calls_not_a_bisection(emu, key_env, mode, model):
+    """A text the server counts over the limit (here: one never cut, sent raw).
+    Google's message names no text ("The input token count (N) exceeds the
+    maximum number of tokens allowed (M)."), so the longest is sent alone, then
+    the others together: two extra calls, not a bisection."""
     from beamvec.backends.google_errors import TextTooLong
     from beamvec.retry import embed_with_bisection
 
@@ -735,21 +736,30 @@ def test_a_too_long_400_names_its_text_and_is_not_bisected(emu, key_env, mode, m
         calls.append(len(part))
         return b.embed(part)
 
-    done, failed = embed_with_bisection(texts, call)
+    done, failed = embed_with_bisection(texts, call, suspect=lambda part: max(range(len(part)), key=lambda i: len(part[i])))
     assert [t for t, _ in failed] == [texts[6]]
     assert isinstance(failed[0][1], TextTooLong) and "too long" in str(failed[0][1])
-    assert calls == [10, 9]
+    assert calls == [10, 1, 9]
     assert sorted(t for part, _ in done for t in part) == sorted(texts[:6] + texts[7:])
-    assert emu.stats()["by_status"].get("400") == 1
+    assert emu.stats()["by_status"].get("400") == 2
     err = pickle.loads(pickle.dumps(failed[0][1]))
     assert isinstance(err, TextTooLong) and err.culprit == failed[0][1].culprit
 
 
-def test_a_too_long_text_is_named_in_the_callers_numbering_when_split_by_title(emu, key_env):
-    from beamvec.backends.google_errors import TextTooLong
+def test_a_too_long_text_in_a_batch_split_by_title_is_the_one_dead_letter(emu, key_env):
+    from beamvec import records as r
+    from beamvec.embedder import Embedder, EmbedSettings
+    from beamvec.records import Record, content_hash
 
     b = make(emu, task_type="RETRIEVAL_DOCUMENT", output_dimensionality=256)
-    texts = ["a", "b", "x" * 40_000, "c"]
-    with pytest.raises(TextTooLong) as err:
-        b.embed(texts, ["T1", "T2", "T2", "T1"])
-    assert err.value.culprit == 2
+    texts, titles = ["a", "b", "x" * 40_000, "c"], ["T1", "T2", "T2", "T1"]
+    batch = [Record(f"r{i}", t, content_hash(t), 1, False, i, title=ti)
+             for i, (t, ti) in enumerate(zip(texts, titles, strict=True))]
+    embedder = Embedder(b, EmbedSettings(max_in_flight=1))
+    try:
+        done, failed = embedder.embed_batch(batch)
+    finally:
+        embedder.close()
+    assert [(d.id, d.reason) for d in failed] == [("r2", r.TEXT_TOO_LONG)]
+    assert sorted(e.record.id for e in done) == ["r0", "r1", "r3"]
+    assert emu.stats()["by_status"].get("400", 0) <= 3  # never a bisection of the batch

@@ -133,7 +133,7 @@ class Embedder:
         # once; otherwise it is dead-lettered and its siblings carry on.
         gave_up = None if self.settings.fail_on_exhausted else _is_exhausted
         try:
-            done, failed = embed_with_bisection(batch, self._call, is_bad_input, gave_up)
+            done, failed = embed_with_bisection(batch, self._call, is_bad_input, gave_up, _longest)
         except RetriesExhausted as exc:
             raise SystemicError(
                 f"retries exhausted ({exc}) and --fail-on-exhausted is set; committed "
@@ -174,6 +174,11 @@ def _dead_letter(rec: Record, exc: BaseException) -> DeadLetter:
         rec.id, rec.position, r.BAD_REQUEST, f"rejected by the API: {exc}", rec.text[:200],
         attempts=1, status=getattr(exc, "status", None), content_hash=rec.content_hash,
     )
+
+
+def _longest(part: list[Record]) -> int:
+    """The record likeliest to be the one a server counts over its limit."""
+    return max(range(len(part)), key=lambda i: (part[i].tokens, len(part[i].text)))
 
 
 def _sleep(seconds: float) -> None:

@@ -277,6 +277,7 @@ def embed_with_bisection(
     call: Callable[[list[T]], R],
     is_bad_request: Callable[[BaseException], bool] = is_bad_input,
     gave_up: Callable[[BaseException], bool] | None = None,
+    suspect: Callable[[list[T]], int] | None = None,
 ) -> tuple[list[tuple[list[T], R]], list[tuple[T, BaseException]]]:
     """Call on the whole batch; on a bad request (by default: the backend's
     ``ErrorKind.BAD_INPUT``), split it in halves until the offending items
@@ -291,6 +292,12 @@ def embed_with_bisection(
     A part whose error ``gave_up`` accepts (the caller's retries ran out) fails
     item by item with that error while the other parts carry on: a half that
     was already paid for is never thrown away because its sibling gave up.
+    A 400 about length (an error with a ``culprit`` attribute) that names no
+    item (Google's "The input token count (N) exceeds the maximum…" does not)
+    sends the item ``suspect`` points at (the longest) alone, then the others
+    together: two calls an over-long text, and a suspect that was fine keeps
+    its vector.
+
     Any other error propagates unchanged."""
     done: list[tuple[list[T], R]] = []
     failed: list[tuple[T, BaseException]] = []
@@ -313,6 +320,11 @@ def embed_with_bisection(
             if named is not None:
                 failed.append((part[named], exc))
                 run(part[:named] + part[named + 1:])
+                return
+            if suspect is not None and hasattr(exc, "culprit"):
+                alone = suspect(part)
+                run([part[alone]])
+                run(part[:alone] + part[alone + 1:])
                 return
             middle = len(part) // 2
             run(part[:middle])
