@@ -149,7 +149,7 @@ def test_900_records_with_5_percent_line_errors(tmp_path):
 
 def test_a_failed_job_is_resubmitted_and_permanent_line_errors_are_not(tmp_path):
     todo = corpus(shards=1, per_shard=50)
-    long_text = "y" * 9000  # over 2048 tokens: INVALID_ARGUMENT, never retried
+    long_text = "y" * 13_000  # over 2048 tokens (one per 6 letters of a word): INVALID_ARGUMENT, never retried
     todo["shard-0"].append(BatchRequest(request_key(long_text, None, SPEC), long_text))
     with Emulator(api_key=KEY, batch_job_s=0.3, batch_fail_first=1) as emu:
         outcome = run_batch(todo, client_for(emu), BatchJournal(str(tmp_path)), SPEC, FAST)

@@ -108,7 +108,7 @@ def test_no_shuffle_keeps_input_order_and_native_size_by_default():
 
 
 def test_line_errors_and_bad_lines_are_error_objects_not_billed():
-    texts = [f"t{i}" for i in range(200)] + ["x" * 9000]  # 2250 tokens > 2048
+    texts = [f"t{i}" for i in range(200)] + ["x" * 13_000]  # 2167 tokens (a Latin word: one per 6 letters) > 2048
     with Emulator(api_key=KEY, batch_job_s=0, batch_line_error_rate=0.1) as emu:
         client = sdk(emu)
         job = client.batches.create_embeddings(

@@ -729,7 +729,7 @@ def test_a_too_long_400_costs_two_calls_not_a_bisection(emu, key_env, mode, mode
 
     b = make(emu, mode, model=model, output_dimensionality=256)
     texts = [f"short text {i}" for i in range(10)]
-    texts[6] = "x" * (2048 * 4 * 3)  # several times over 2,048 tokens at Google's 4 characters a token
+    texts[6] = "x" * (2048 * 4 * 3)  # 24,576 letters: twice the 2,048 tokens a text (a word: one token per 6 letters)
     calls = []
 
     def call(part):
