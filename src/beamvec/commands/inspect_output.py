@@ -198,6 +198,7 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
     config = manifest.config if manifest is not None else RunConfig()
     about = desc.to_json() if desc else {}
     return {
+        "schema": "beamvec.inspect/1",  # docs/cli.md: fields are only ever added
         "output": output.url,
         "complete": has_success(output) and not damaged,
         "damaged": sorted(damaged),
