@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from helpers import run_cli
@@ -381,3 +382,45 @@ def test_light_commands_do_not_import_beam(args):
         env=dict(os.environ, PYTHONPATH=SRC), cwd=ROOT,
     )
     assert result.stdout.strip().splitlines()[-1].startswith("NO-BEAM"), result.stdout + result.stderr
+
+
+def test_the_run_json_schema_is_the_documented_one():
+    """docs/cli.md lists every field of `beamvec run --json`; the code and the
+    page cannot drift apart."""
+    import dataclasses
+    import re
+
+    from beamvec.run_summary import SCHEMA, RunSummary
+
+    page = (ROOT / "docs" / "cli.md").read_text()
+    section = page.split(f"(`{SCHEMA}`)", 1)[1].split("\n### ", 1)[0]
+    documented = re.findall(r"^\| `(\w+)` \|", section, flags=re.M)
+    summary = RunSummary("out", "complete", 0)
+    assert documented == list(json.loads(summary.to_json()))
+    assert documented[1:] == [f.name for f in dataclasses.fields(RunSummary)]
+
+
+def test_a_damaged_gzip_is_named_in_the_summary(tmp_path, capsys):
+    """Issue #33: a damaged .gz passed with exit 0 and `corrupt_file 2`, naming
+    no file. The summary names each damaged input; --fail-on-dead-letters
+    turns it into exit 3 for a scheduler."""
+    import gzip
+
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    lines = [json.dumps({"id": f"g{i}", "text": f"good line {i}"}) for i in range(20)]
+    (corpus / "good.jsonl").write_text("\n".join(lines) + "\n")
+    members = [gzip.compress(("\n".join(lines[i:i + 5]) + "\n").replace("g", "d").encode()) for i in (0, 5, 10)]
+    members[1] = members[1][:12] + b"\xff" * 40 + members[1][52:]  # the middle member is damaged
+    (corpus / "damaged.jsonl.gz").write_bytes(b"".join(members))
+    code, stdout, _ = run_cli(capsys, "run", "--input", str(corpus / "*"), "--output", str(tmp_path / "o"),
+                              "--json", "--fail-on-dead-letters", "--progress-interval=0")
+    summary = json.loads(stdout)
+    assert code == 3 and summary["status"] == "complete" and summary["exit_code"] == 3
+    (damaged,) = summary["damaged_inputs"]
+    assert damaged["input"].endswith("damaged.jsonl.gz") and damaged["reasons"] == {"corrupt_file": 1}
+    # The first member's 5 records are kept, and the last member's but its first
+    # line (a member may start mid-line: the line after damage is dropped).
+    assert (summary["read"], summary["embedded"], summary["dead_lettered"]) == (20 + 5 + 4 + 1, 29, 1)
+    dead = pq.read_table(next((tmp_path / "o" / "dead_letters").rglob("*.parquet"))).to_pylist()
+    assert "reading went on at the next gzip member" in dead[0]["message"]

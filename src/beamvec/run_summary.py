@@ -93,14 +93,13 @@ class RunSummary:
     dimension: int | None = None
     requests: Requests | None = None  # None where the runner reports no metrics
     batch_status: str | None = None  # the Batch API's one line, with --no-wait
-    schema: str = SCHEMA
 
     @property
     def complete(self) -> bool:
         return self.status == "complete"
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
+        return json.dumps({"schema": SCHEMA, **dataclasses.asdict(self)}, indent=2)
 
 
 def exit_code(status: str, dead_lettered: int, fail_on_dead_letters: bool) -> int:
