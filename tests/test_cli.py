@@ -12,7 +12,7 @@ import pytest
 
 from helpers import run_cli
 
-COMMANDS = ["run", "plan", "inspect", "search", "verify", "emulator"]
+COMMANDS = ["run", "plan", "inspect", "search", "embed", "verify", "emulator"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -201,3 +201,55 @@ def test_lancedb_index_is_skipped_on_a_small_table(out, tmp_path, capsys):
     assert "IVF_PQ needs at least 256" in captured.err and len(captured.err.strip().splitlines()) == 1
     table = lancedb.connect(uri).open_table("small")
     assert table.count_rows() == 100 and not table.list_indices()
+
+
+def test_the_lancedb_snippet_of_the_docs_runs_as_written(out, tmp_path):
+    """docs/operators.md's LanceDB example, with its two paths replaced: the
+    query embedded by `beamvec embed` finds the records of its topic."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    page = (root / "docs" / "operators.md").read_text()
+    section = page.split("## LanceDB", 1)[1]
+    (snippet,) = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], flags=re.S)
+    uri = str(tmp_path / "lance")
+    assert export.main([str(out), "--to", "lancedb", uri, "--table", "docs"]) == 0
+    code = snippet.replace('"out/"', repr(str(out))).replace('"./lance"', repr(uri))
+    bindir = str(Path(sys.executable).parent)
+    env = dict(os.environ, PATH=bindir + os.pathsep + os.environ.get("PATH", ""),
+               PYTHONPATH=os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    hits = eval(result.stdout)  # noqa: S307 - the snippet prints a list of (id, distance)
+    assert len(hits) == 5
+    pasta = {f"{s}{i}" for s in SHARDS for i in range(SHARDS[s]) if i % 5 == 0}  # "cooking pasta" records
+    assert {rid for rid, _ in hits} <= pasta
+    assert all(0 <= d < 1 for _, d in hits)
+
+
+def test_embed_prints_the_vectors_search_uses(out, tmp_path, capsys):
+    """`beamvec embed` as JSON and as .npy: the same unit vectors, the nearest
+    stored vector to one of them is a record of its topic, and the exact text
+    of a record embeds to that record's stored vector."""
+    from helpers import run_cli
+
+    text = "cooking pasta: note 0 of shard a"  # record a0's text
+    code, stdout, _ = run_cli(capsys, "embed", str(out), text, "interest rates")
+    assert code == 0
+    result = json.loads(stdout)
+    assert result["schema"] == "beamvec.embed/1" and result["dimension"] == 384
+    vectors = np.asarray(result["vectors"], dtype=np.float32)
+    assert vectors.shape == (2, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    stored = _vectors(_file(out, "a"))
+    np.testing.assert_allclose(vectors[0], stored["a0"], atol=1e-5)  # embedded as run embedded it
+    code, _, _ = run_cli(capsys, "embed", str(out), text, "interest rates", "--format", "npy",
+                         "--to", str(tmp_path / "q.npy"))
+    assert code == 0
+    np.testing.assert_allclose(np.load(tmp_path / "q.npy"), vectors, atol=1e-6)
+    code, _, err = run_cli(capsys, "embed", str(tmp_path / "nothing"), "x")
+    assert code == 2 and len(err.strip().splitlines()) == 1

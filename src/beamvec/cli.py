@@ -75,6 +75,7 @@ COMMANDS = {
     "plan": (_command("plan"), "scan inputs and estimate records, tokens, requests, time and cost"),
     "inspect": (_command("inspect_output"), "describe an output: shards, rows, model, norms, dead letters"),
     "search": (_command("search"), "nearest records of an output to a query"),
+    "embed": (_command("embed"), "print query vectors made as an output's were (JSON or .npy), for LanceDB, DuckDB, ..."),
     "verify": (_command("verify"), "check every input record is in the output exactly once"),
     "export": (_command("export"), "send vectors to LanceDB or Vertex AI Vector Search, only what changed"),
     "report": (_command("report"), "write an HTML report: rate vs quota, 429s, stragglers, dead letters, cost"),
