@@ -122,7 +122,8 @@ def add_beamvec_flags(parser: Any) -> None:
     _flag(parser, "quiet", action="store_true", default=False,
           help="print nothing but warnings and errors (the exit code says how it ended)")
     _flag(parser, "json", action="store_true", default=False,
-          help="print the run summary as JSON on stdout (schema: docs/cli.md); other lines go to stderr")
+          help="print the summary (run) or the plan (plan) as JSON on stdout, schema in docs/cli.md; "
+               "other lines go to stderr")
     _flag(parser, "fail-on-dead-letters", action="store_true", default=False,
           help="exit 3 instead of 0 when the run completed but dead-lettered records (for schedulers)")
     _flag(parser, "progress-interval", type=float, default=None,
