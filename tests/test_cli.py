@@ -34,7 +34,7 @@ def test_help_lists_the_commands_and_the_exit_codes(capsys):
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0 and all(f"  {c}" in out for c in COMMANDS)
     for code_, meaning in (("0", "done"), ("1", "failed"), ("2", "usage"), ("3", "--fail-on-dead-letters"),
-                           ("75", "--no-wait"), ("130", "interrupted")):
+                           ("75", "--no-wait"), ("130", "interrupted"), ("143", "terminated")):
         assert any(line.split()[:1] == [code_] and meaning in line for line in out.splitlines()), code_
 
 
