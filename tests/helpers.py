@@ -20,7 +20,7 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def beam_run(capsys, *args: str) -> tuple[int, str, str]:
-    return run_cli(capsys, "run", "--runner=DirectRunner", "--quiet", *args)
+    return run_cli(capsys, "run", "--runner=DirectRunner", "--progress-interval=0", *args)
 
 
 def read_output(root: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:

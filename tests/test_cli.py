@@ -7,11 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from helpers import run_cli
 
-COMMANDS = ["run", "plan", "inspect", "search", "verify", "emulator"]
+COMMANDS = ["run", "plan", "inspect", "search", "embed", "verify", "emulator"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -21,9 +22,44 @@ def test_every_command_has_help_with_an_example(capsys, command):
     assert "usage: beamvec" in out and "example" in out.lower()
 
 
-def test_unknown_command_lists_the_commands(capsys):
+def test_unknown_command_is_named_with_a_suggestion(capsys):
+    code, out, err = run_cli(capsys, "runn", "--input", "x")
+    assert code == 2 and out == ""
+    assert err.strip() == "beamvec: unknown command 'runn'; did you mean `beamvec run`?"
     code, _, err = run_cli(capsys, "frobnicate")
-    assert code == 2 and all(c in err for c in COMMANDS)
+    assert code == 2 and "'frobnicate'" in err and "beamvec --help" in err and len(err.splitlines()) == 1
+
+
+def test_help_lists_the_commands_and_the_exit_codes(capsys):
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0 and all(f"  {c}" in out for c in COMMANDS)
+    for code_, meaning in (("0", "done"), ("1", "failed"), ("2", "usage"), ("3", "--fail-on-dead-letters"),
+                           ("75", "--no-wait"), ("130", "interrupted"), ("143", "terminated")):
+        assert any(line.split()[:1] == [code_] and meaning in line for line in out.splitlines()), code_
+
+
+def test_version_prints_the_package_version(capsys):
+    declared = next(line.split('"')[1] for line in (ROOT / "pyproject.toml").read_text().splitlines()
+                    if line.startswith("version = "))
+    for flag in ("--version", "-V"):
+        code, out, err = run_cli(capsys, flag)
+        assert (code, out, err) == (0, f"beamvec {declared}\n", "")
+
+
+def test_log_level_sets_the_level_and_a_bad_one_is_named(capsys):
+    import logging
+
+    root = logging.getLogger()
+    before = root.level
+    try:
+        code, _, _ = run_cli(capsys, "--log-level", "debug", "--version")
+        assert code == 0 and root.level == logging.DEBUG
+        code, _, _ = run_cli(capsys, "--version", "--log-level=error")
+        assert code == 0 and root.level == logging.ERROR
+    finally:
+        root.setLevel(before)
+    code, _, err = run_cli(capsys, "--log-level", "loud", "run")
+    assert code == 2 and "--log-level 'loud'" in _one_line(err) and "debug, info, warning, error" in err
 
 
 def test_plan_run_inspect_search_verify_through_the_cli(tmp_path, capsys):
@@ -58,7 +94,71 @@ def test_console_script_and_pipeline_module_run_the_same_job(tmp_path):
             capture_output=True, text=True, timeout=180, cwd=repo,
         )
         assert result.returncode == 0, result.stderr
-        assert "records read   2" in result.stdout
+        assert result.stdout == "" and result.stderr == ""  # --quiet: the exit code says it
+
+
+# -- scripting: --quiet, --json, exit codes ---------------------------------------------
+
+
+def _mixed_corpus(root: Path, name: str, good: int, bad: int) -> None:
+    """``good`` embeddable lines and ``bad`` lines that are not JSON."""
+    root.mkdir(exist_ok=True)
+    lines = [json.dumps({"id": f"{name}{i}", "text": f"sentence {i} of {name}"}) for i in range(good)]
+    lines += ["{not json"] * bad
+    (root / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_run_json_summary_reconciles_with_the_manifest(tmp_path, capsys):
+    corpus, out = tmp_path / "c", str(tmp_path / "o")
+    _mixed_corpus(corpus, "a", 6, 2)
+    code, stdout, _ = run_cli(capsys, "run", "--input", str(corpus / "*.jsonl"), "--output", out, "--json",
+                              "--progress-interval=0")
+    assert code == 0
+    first = json.loads(stdout)  # stdout holds the JSON alone
+    assert first["schema"] == "beamvec.run/1" and first["status"] == "complete" and first["exit_code"] == 0
+    assert (first["read"], first["embedded"], first["dead_lettered"]) == (8, 6, 2)
+    assert (first["sent"], first["reused"]) == (6, 0)
+    assert first["dead_letters_by_reason"] == {"invalid_json": 2}
+    # A second file repeats three of the first file's texts: reused, not sent.
+    (corpus / "b.jsonl").write_text("".join(
+        json.dumps({"id": f"b{i}", "text": f"sentence {i} of a"}) + "\n" for i in range(3)
+    ) + json.dumps({"id": "b9", "text": "a text of its own"}) + "\n")
+    code, stdout, _ = run_cli(capsys, "run", "--input", str(corpus / "*.jsonl"), "--output", out, "--json",
+                              "--progress-interval=0")
+    second = json.loads(stdout)
+    assert code == 0 and (second["shards_run"], second["shards_skipped"]) == (1, 1)
+    assert (second["read"], second["embedded"], second["sent"], second["reused"]) == (4, 4, 1, 3)
+    manifest = json.loads((tmp_path / "o" / "_manifest.json").read_text())
+    run = manifest["runs"][-1]
+    for key in ("read", "embedded", "sent", "reused", "dead_lettered"):
+        assert second[key] == run[key], key
+    text = subprocess.run(  # the text summary says the same
+        [sys.executable, "-m", "beamvec.cli", "run", "--input", str(corpus / "*.jsonl"),
+         "--output", out, "--force", "--progress-interval=0"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=_env(),
+    )
+    # --force: 10 vectors, 7 texts sent and 3 repeats of them, none reused
+    assert "embedded       10  (7 sent, 0 reused, 3 repeats" in text.stdout, text.stdout + text.stderr
+
+
+def test_quiet_prints_nothing_and_dead_letters_exit_3_only_when_asked(tmp_path, capsys):
+    corpus = tmp_path / "c"
+    _mixed_corpus(corpus, "a", 3, 1)
+    args = ["run", "--input", str(corpus / "*.jsonl"), "--quiet"]
+    code, out, err = run_cli(capsys, *args, "--output", str(tmp_path / "o1"))
+    assert (code, out, err) == (0, "", "")  # dead letters are data: done
+    code, out, err = run_cli(capsys, *args, "--output", str(tmp_path / "o2"), "--fail-on-dead-letters")
+    assert (code, out, err) == (3, "", "")
+    assert (tmp_path / "o2" / "_SUCCESS").exists()  # the run did complete
+    _mixed_corpus(corpus, "a", 3, 0)
+    code, _, _ = run_cli(capsys, *args, "--output", str(tmp_path / "o3"), "--fail-on-dead-letters")
+    assert code == 0
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ, PYTHONPATH=SRC)
 
 
 # -- strict flags: a typo is a usage error, never a silent default ----------------------
@@ -282,3 +382,45 @@ def test_light_commands_do_not_import_beam(args):
         env=dict(os.environ, PYTHONPATH=SRC), cwd=ROOT,
     )
     assert result.stdout.strip().splitlines()[-1].startswith("NO-BEAM"), result.stdout + result.stderr
+
+
+def test_the_run_json_schema_is_the_documented_one():
+    """docs/cli.md lists every field of `beamvec run --json`; the code and the
+    page cannot drift apart."""
+    import dataclasses
+    import re
+
+    from beamvec.run_summary import SCHEMA, RunSummary
+
+    page = (ROOT / "docs" / "cli.md").read_text()
+    section = page.split(f"(`{SCHEMA}`)", 1)[1].split("\n### ", 1)[0]
+    documented = re.findall(r"^\| `(\w+)` \|", section, flags=re.M)
+    summary = RunSummary("out", "complete", 0)
+    assert documented == list(json.loads(summary.to_json()))
+    assert documented[1:] == [f.name for f in dataclasses.fields(RunSummary)]
+
+
+def test_a_damaged_gzip_is_named_in_the_summary(tmp_path, capsys):
+    """Issue #33: a damaged .gz passed with exit 0 and `corrupt_file 2`, naming
+    no file. The summary names each damaged input; --fail-on-dead-letters
+    turns it into exit 3 for a scheduler."""
+    import gzip
+
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    lines = [json.dumps({"id": f"g{i}", "text": f"good line {i}"}) for i in range(20)]
+    (corpus / "good.jsonl").write_text("\n".join(lines) + "\n")
+    members = [gzip.compress(("\n".join(lines[i:i + 5]) + "\n").replace("g", "d").encode()) for i in (0, 5, 10)]
+    members[1] = members[1][:12] + b"\xff" * 40 + members[1][52:]  # the middle member is damaged
+    (corpus / "damaged.jsonl.gz").write_bytes(b"".join(members))
+    code, stdout, _ = run_cli(capsys, "run", "--input", str(corpus / "*"), "--output", str(tmp_path / "o"),
+                              "--json", "--fail-on-dead-letters", "--progress-interval=0")
+    summary = json.loads(stdout)
+    assert code == 3 and summary["status"] == "complete" and summary["exit_code"] == 3
+    (damaged,) = summary["damaged_inputs"]
+    assert damaged["input"].endswith("damaged.jsonl.gz") and damaged["reasons"] == {"corrupt_file": 1}
+    # The first member's 5 records are kept, and the last member's but its first
+    # line (a member may start mid-line: the line after damage is dropped).
+    assert (summary["read"], summary["embedded"], summary["dead_lettered"]) == (20 + 5 + 4 + 1, 29, 1)
+    dead = pq.read_table(next((tmp_path / "o" / "dead_letters").rglob("*.parquet"))).to_pylist()
+    assert "reading went on at the next gzip member" in dead[0]["message"]

@@ -186,9 +186,17 @@ def test_inspect_a_real_output(capsys, embedded):
     assert norms["min"] == pytest.approx(1, abs=1e-3) and norms["max"] == pytest.approx(1, abs=1e-3)
     assert len(rep["runs"]) == 1 and rep["runs"][0]["embedded"] == rep["rows"]
 
+    assert rep["schema"] == "beamvec.inspect/1"
+
     code, text = _call(capsys, inspect_output, str(out_dir))
     assert code == 0
     assert "complete: _SUCCESS written" in text and "vector norms" in text and "invalid_json" in text
+    # Issue #33: "embedded" alone hid what was billed. Each run says sent,
+    # reused and repeats, as the manifest's run record counts them.
+    run = manifest["runs"][0]
+    assert run["embedded"] == run["sent"] + run["reused"] + run["deduplicated"]
+    assert (f"{run['embedded']:,} embedded ({run['sent']:,} sent, {run['reused']:,} reused, "
+            f"{run['deduplicated']:,} repeats)") in text
 
 
 def test_inspect_of_something_else_says_what_to_do(tmp_path):

@@ -6,7 +6,17 @@ import io
 import json
 import threading
 
-from beamvec.progress import PROGRESS, Progress, Reporter, format_line
+import pytest
+
+from beamvec.progress import (
+    PROGRESS,
+    Estimate,
+    Progress,
+    Reporter,
+    Window,
+    done_fraction,
+    format_line,
+)
 
 from helpers import run_cli
 
@@ -25,9 +35,73 @@ def test_counters_add_up_across_threads():
 
 
 def test_line_has_rate_eta_retries_and_429s():
-    line = format_line({"records": 500, "shards": 1, "bytes": 250, "retries": 3, "throttled_429": 2}, 4, 1000, 10.0)
+    state = {"records": 500, "shards": 1, "bytes": 250, "retries": 3, "throttled_429": 2}
+    line = format_line(state, 4, 0.25, Estimate(50.0, 30.0))
     assert "500 records" in line and "shards 1/4" in line and "25%" in line
     assert "50.0 records/s" in line and "ETA 30 s" in line and "retries 3" in line and "429s 2" in line
+    assert "ETA --" in format_line(state, 4, 0.25, Estimate(0.0, None))
+
+
+def _simulate(progress_at, seconds: float, step: float = 0.5) -> list[tuple[float, Estimate, float]]:
+    """A Window fed every ``step`` s with the share done ``progress_at(t)``
+    and records written in proportion (1,000 in all)."""
+    window, seen = Window(), []
+    t = 0.0
+    while t < seconds:
+        share = progress_at(t)
+        seen.append((t, window.add(t, 1000 * share, share), share))
+        t += step
+    return seen
+
+
+@pytest.mark.parametrize("stall", [0.0, 10.0, 40.0])
+def test_eta_converges_on_a_run_of_known_length(stall):
+    """A 60 s run of steady work after ``stall`` s of start-up (model load,
+    a reused stretch): once a window of work is seen, the ETA is within a
+    fifth of the time truly left, or within 2 s at the very end. An ETA
+    from the average since the start is off by the stall's share."""
+    total = stall + 60.0
+
+    def share(t: float) -> float:
+        return min(1.0, max(0.0, (t - stall) / 60.0))
+
+    checked = 0
+    for t, estimate, done in _simulate(share, total):
+        if t < stall + 20.0 or done >= 1.0:
+            continue
+        left = total - t
+        assert estimate.eta is not None and abs(estimate.eta - left) <= max(0.2 * left, 2.0), (t, estimate)
+        assert estimate.rate == pytest.approx(1000 / 60.0, rel=0.05)  # records/s now, not on average
+        checked += 1
+    assert checked > 20
+
+
+def test_rate_does_not_halve_while_the_run_goes_on():
+    """Issue #33: the rate since the start halved as the run went on (49.8,
+    then 24.9): at a steady 50 records/s the window says 50 at any time."""
+    seen = _simulate(lambda t: min(1.0, t / 400.0), 400.0)
+    rates = [e.rate for t, e, _ in seen if t >= 30]
+    assert min(rates) == pytest.approx(1000 / 400, rel=0.01) and max(rates) == pytest.approx(1000 / 400, rel=0.01)
+
+
+def test_a_stalled_run_has_no_eta_after_a_window_of_nothing():
+    window = Window(seconds=10)
+    window.add(0.0, 0, 0.0)
+    assert window.add(5.0, 100, 0.5).eta == pytest.approx(5.0)
+    assert window.add(16.0, 100, 0.5).eta is None  # nothing moved for a whole window
+    assert window.add(16.0, 100, 0.5).rate == 0.0
+
+
+def test_quota_waits_of_threads_count_as_wall_time():
+    """Four threads each waiting the same 10 s wait 10 s of the run, not 40
+    (issue #33: "throttled 517.6 s" in a 78.7 s run)."""
+    progress = Progress()
+    for _ in range(4):
+        progress.waited(10.0, now=110.0)  # [100, 110] four times
+    progress.waited(5.0, now=112.0)  # [107, 112]: 2 s more
+    progress.waited(1.0, now=111.0)  # inside what is counted
+    progress.waited(3.0, now=120.0)  # [117, 120]: 3 s more
+    assert progress.read()["throttled_wall_ms"] == pytest.approx(15_000.0)
 
 
 def test_reporter_prints_plain_lines_when_not_a_terminal():
@@ -66,7 +140,7 @@ def test_the_reporter_shows_the_share_done_forward_only():
     PROGRESS.add_records(100)
     PROGRESS.add_bytes(100)
     state = PROGRESS.read()
-    assert "(30% of input bytes done)" in format_line(state, 1, 1000, 1.0)  # the estimate dips
+    assert done_fraction(state, 1000) == pytest.approx(0.3)  # the estimate dips
     assert "(50% of input bytes done)" in reporter._line()
     PROGRESS.add_done(100)
     assert "(60% of input bytes done)" in reporter._line()

@@ -185,3 +185,63 @@ def test_report_renders_in_headless_chromium(nightly, tmp_path):
         assert painted(color) > 100 * swatches + 150, (name, painted(color), swatches)
     assert (pixels != 255).any(axis=2).sum() > 0.05 * 1400 * 3000
     # docs/report.png, the README's picture, is a copy of this PNG (see docs/operators.md)
+
+
+def _short_run(out: Path, run_id: str, samples: list[dict]) -> None:
+    """A run that left a timeline of ``samples`` (a 3-second incremental run leaves one or none)."""
+    folder = out / "_runs" / run_id
+    folder.mkdir(parents=True)
+    (folder / "timeline.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+
+
+def test_a_run_too_short_to_chart_is_named_and_the_newest_long_one_is_charted(nightly, tmp_path):
+    """Issue #33: a 3-second incremental run left every chart empty. The page
+    charts the newest run long enough, says why, and lists the runs."""
+    out = tmp_path / "out"
+    shutil.copytree(nightly, out)
+    longer = sorted(p.name for p in (out / "_runs").iterdir() if (p / "timeline.jsonl").exists())
+    assert len(longer) == 2
+    _short_run(out, "29991231T235959Z-abcdef", [])  # sorts last: the newest
+    data = report.collect(str(out), {})
+    assert data.run_id == longer[-1] and data.samples
+    assert data.run_note.startswith("run 29991231T235959Z-abcdef was too short to chart: its timeline holds no sample")
+    assert f"showing {longer[-1]}" in data.run_note
+    html = report.render(data)
+    assert "was too short to chart" in html and "--run" in html
+    for run_id in [*longer, "29991231T235959Z-abcdef"]:
+        assert run_id in html  # the history lists every run that can be charted
+    for chart in ("rate-requests", "rate-texts", "throttling", "in-flight"):
+        assert f'<svg class="chart" id="{chart}"' in html
+
+
+def test_report_charts_the_run_asked_for(nightly, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(nightly, out)
+    first, second = sorted(p.name for p in (out / "_runs").iterdir() if (p / "timeline.jsonl").exists())
+    data = report.collect(str(out), {}, run=first)
+    assert data.run_id == first and data.run_note == ""
+    # The first night embedded 200 of 201 records (one blank): its timeline, not the second's.
+    assert data.samples[-1].records <= 201 < report.collect(str(out), {}, run=second).samples[-1].records
+    _short_run(out, "29991231T235959Z-abcdef", [{"t": 0.0, "records": 3}])
+    data = report.collect(str(out), {}, run="29991231T235959Z-abcdef")
+    html = report.render(data)
+    assert html.count("was too short to chart") == 2  # both timeline panels say it, in place of a chart
+    assert main(["report", str(out), "--run", "nope", "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert "--run nope" in err and second in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_tokens_sent_agree_with_the_run_table(nightly):
+    """Issue #33: the page's "tokens sent" (17,675) disagreed with its own run
+    table (27,874 + 666). Each figure now says what it sums, and the runs'
+    sum is the run table's column."""
+    data = report.collect(str(nightly), {})
+    html = report.render(data)
+    runs = data.manifest.runs
+    by_runs = sum(r.sent_tokens + r.batch_sent_tokens for r in runs)
+    assert f"<td>tokens sent by the last {len(runs)} runs (online + batch)</td><td>{by_runs:,}</td>" in html
+    table = re.search(r"<table><thead><tr>(.*?)</tr></thead><tbody>(.*?)</tbody>", html.split("Run history")[1], re.S)
+    headers = re.findall(r"<th>(.*?)</th>", table.group(1))
+    column = headers.index("tokens sent")
+    cells = [re.findall(r"<td>(.*?)</td>", row)[column] for row in re.findall(r"<tr>(.*?)</tr>", table.group(2))]
+    assert sum(int(c.replace(",", "")) for c in cells) == by_runs

@@ -141,7 +141,7 @@ def test_runner_writes_what_the_in_process_runner_writes(
         return real_popen(args, *rest, **kwargs)
 
     monkeypatch.setattr(subprocess, "Popen", popen)
-    code, stdout = run(corpus, tmp_path / "out", "--config", str(CONFIGS / config), "--quiet")
+    code, stdout = run(corpus, tmp_path / "out", "--config", str(CONFIGS / config), "--progress-interval=0")
     assert code == 0, stdout
     workers = [cmd for cmd in started if "sdk_worker_main" in cmd]
     assert len(workers) == (2 if config == "local-multiprocess.yaml" else 0), started

@@ -1,12 +1,14 @@
-"""The `beamvec` command: run | emulator (and more to come).
+"""The `beamvec` command: run, plan, inspect, ... and the emulator.
 
 Every failure the user can fix ends in one line on stderr that says what to
-do next, and a non-zero exit: 2 for a usage problem, 1 for a systemic fault.
+do next, and a non-zero exit: 2 for a usage problem, 1 for a systemic fault;
+the other exit codes are in ``run_summary.EXIT_CODES`` (docs/cli.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import re
@@ -15,8 +17,12 @@ import threading
 import time
 from collections.abc import Sequence
 
+from beamvec import __version__
 from beamvec.errors import SystemicError, UsageError, reason_of
 from beamvec.interrupt import Terminated
+from beamvec.run_summary import EXIT_CODES, EXIT_INTERRUPTED, EXIT_TERMINATED
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 RUN_HELP = """\
 Embed text shards into Parquet vector shards.
@@ -43,8 +49,7 @@ def _run_help() -> str:
 def _run(argv: Sequence[str]) -> int:
     from beamvec.job import run_job
 
-    summary = run_job(argv)
-    return 0 if summary["complete"] or summary.get("waiting") else 1  # --no-wait: jobs running
+    return run_job(argv).exit_code
 
 
 def _emulator(argv: Sequence[str]) -> int:
@@ -70,6 +75,7 @@ COMMANDS = {
     "plan": (_command("plan"), "scan inputs and estimate records, tokens, requests, time and cost"),
     "inspect": (_command("inspect_output"), "describe an output: shards, rows, model, norms, dead letters"),
     "search": (_command("search"), "nearest records of an output to a query"),
+    "embed": (_command("embed"), "print query vectors made as an output's were (JSON or .npy), for LanceDB, DuckDB, ..."),
     "verify": (_command("verify"), "check every input record is in the output exactly once"),
     "export": (_command("export"), "send vectors to LanceDB or Vertex AI Vector Search, only what changed"),
     "report": (_command("report"), "write an HTML report: rate vs quota, 429s, stragglers, dead letters, cost"),
@@ -77,22 +83,61 @@ COMMANDS = {
 }
 
 
+def usage() -> str:
+    lines = ["usage: beamvec [--version] [--debug] [--log-level LEVEL] COMMAND [flags]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "--debug (or BEAMVEC_DEBUG=1) shows the traceback of an unexpected error.",
+              f"--log-level {'|'.join(LOG_LEVELS)} (default warning) sets how much beamvec and Beam log.",
+              "", "exit codes:"]
+    lines += [f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES]
+    lines += ["", "example: beamvec run --input 'corpus/*.jsonl' --output out/"]
+    return "\n".join(lines)
+
+
+def _log_level(argv: list[str]) -> tuple[list[str], int]:
+    """``--log-level LEVEL`` (anywhere on the line) taken out of ``argv``."""
+    rest, level = [], "warning"
+    items = iter(argv)
+    for arg in items:
+        if arg == "--log-level" or arg.startswith("--log-level="):
+            level = arg.partition("=")[2] if "=" in arg else next(items, "")
+            if level.lower() not in LOG_LEVELS:
+                raise UsageError(f"--log-level {level!r} is not one of {', '.join(LOG_LEVELS)}")
+            level = level.lower()
+        else:
+            rest.append(arg)
+    return rest, getattr(logging, level.upper())
+
+
+def _unknown_command(command: str) -> str:
+    close = difflib.get_close_matches(command, list(COMMANDS), n=1, cutoff=0.6)
+    hint = f"did you mean `beamvec {close[0]}`?" if close else "see `beamvec --help` for the commands"
+    return f"beamvec: unknown command {command!r}; {hint}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("BEAMVEC_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        argv, level = _log_level(argv)
+    except UsageError as exc:
+        return _fail("", str(exc), 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_quiet_beam_import_noise)
         if not debug:  # the failure reaches the user as one line below
             handler.addFilter(_quiet_runner_tracebacks)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        lines = ["usage: beamvec [--debug] COMMAND [flags]", "", "commands:"]
-        lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
-        lines += ["", "--debug (or BEAMVEC_DEBUG=1) shows the traceback of an unexpected error.",
-                  "", "example: beamvec run --input 'corpus/*.jsonl' --output out/"]
-        print("\n".join(lines), file=sys.stdout if argv and argv[0] in ("-h", "--help") else sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv and argv[0] in ("--version", "-V"):
+        print(f"beamvec {__version__}")
+        return 0
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(_unknown_command(argv[0]), file=sys.stderr)
+        return 2
     command, rest = argv[0], argv[1:]
     if command == "run" and any(a in ("-h", "--help") for a in rest):
         print(_run_help())
@@ -108,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         if debug:
             raise
-        code, what = (143, "terminated") if isinstance(exc, Terminated) else (130, "interrupted")
+        code, what = ((EXIT_TERMINATED, "terminated") if isinstance(exc, Terminated)
+                      else (EXIT_INTERRUPTED, "interrupted"))
         if str(exc):  # job.py's line: how many shards are committed
             return _fail(command, str(exc), code)
         if command == "run":
@@ -132,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fail(command: str, message: str, code: int) -> int:
     """The one line a failure ends in."""
-    print(f"beamvec {command}: {' '.join(message.split())}", file=sys.stderr)
+    print(f"beamvec{' ' + command if command else ''}: {' '.join(message.split())}", file=sys.stderr)
     return code
 
 

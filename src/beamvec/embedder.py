@@ -22,6 +22,7 @@ from beamvec.backends.base import Backend
 from beamvec.backends.google_errors import TextTooLong
 from beamvec.errors import BackendError, ErrorKind, Interrupted, SystemicError
 from beamvec.interrupt import STOP
+from beamvec.progress import PROGRESS
 from beamvec.quota import AdaptiveLimiter
 from beamvec.records import DeadLetter, Embedded, Record
 from beamvec.retry import (
@@ -207,7 +208,8 @@ class _Gate:
         if embedder.limiter is not None:
             waited = embedder.limiter.acquire(0.0 if self.sent else self._tokens)
             if waited:
-                embedder.stats.add("throttled_ms", waited * 1000.0)
+                embedder.stats.add("throttled_ms", waited * 1000.0)  # summed over threads
+                PROGRESS.waited(waited)  # as wall time, for the line and the summary
         STOP.check()  # nothing leaves once the run is stopping
         self.sent += 1
         embedder.stats.add("requests")

@@ -119,6 +119,12 @@ def add_beamvec_flags(parser: Any) -> None:
     _flag(parser, "until", default=None, help="last dt=YYYY-MM-DD partition to embed (backfills)")
     _flag(parser, "checkpoint", type=boolean, default=None,
           help="save each finished batch so a crashed shard resumes (default: on for API backends)")
-    _flag(parser, "quiet", action="store_true", default=False, help="no progress output")
+    _flag(parser, "quiet", action="store_true", default=False,
+          help="print nothing but warnings and errors (the exit code says how it ended)")
+    _flag(parser, "json", action="store_true", default=False,
+          help="print the summary (run) or the plan (plan) as JSON on stdout, schema in docs/cli.md; "
+               "other lines go to stderr")
+    _flag(parser, "fail-on-dead-letters", action="store_true", default=False,
+          help="exit 3 instead of 0 when the run completed but dead-lettered records (for schedulers)")
     _flag(parser, "progress-interval", type=float, default=None,
-          help="seconds between progress lines (default 0.5 on a terminal, 10 otherwise)")
+          help="seconds between progress lines (default 0.5 on a terminal, 10 otherwise; 0: none)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import logging
 import signal
 import sys
@@ -32,6 +33,7 @@ from beamvec.contract import (
     complete_shards,
     read_manifest,
     read_state,
+    total,
 )
 from beamvec.contract.layout import PROBE as PROBE
 from beamvec.embedder import EmbedSettings
@@ -52,15 +54,24 @@ from beamvec.inputs import (
 from beamvec.interrupt import STOP, Terminated, signals_handled
 from beamvec.lease import STALL_S, hold_lease
 from beamvec.lookup import check_reuse_source
+from beamvec.options import BeamvecOptions
 from beamvec.preflight import preflight
 from beamvec.progress import PROGRESS, Reporter
 from beamvec.quota import QuotaSettings
 from beamvec.retry import RetryPolicy
 from beamvec.retry_letters import kept_refusals, merged
 from beamvec.routing import Refusals
+from beamvec.run_summary import (
+    READ_ERRORS,
+    DamagedInput,
+    Requests,
+    RunSummary,
+    exit_code,
+    format_summary,
+)
 from beamvec.sink import Output
 from beamvec.timeline import Timeline, new_run_id
-from beamvec.transforms import EmbedCorpus, commit_run, write_work
+from beamvec.transforms import THROTTLING_COUNTER, EmbedCorpus, commit_run, write_work
 from beamvec.worker import WorkerConfig
 
 LOG = logging.getLogger("beamvec")
@@ -159,18 +170,27 @@ def worker_count(options: PipelineOptions, bv: Any) -> int:
     return max(1, bv.quota_workers, worker_processes(options))
 
 
-def run_job(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
-    """Plan, run and summarize; returns the summary. Raises UsageError or SystemicError."""
-    out = out or sys.stdout
+def run_job(argv: Sequence[str], out: Any = None) -> RunSummary:
+    """Plan, run and summarize; prints the summary (text, or JSON with --json)
+    and returns it. Raises UsageError or SystemicError."""
     started = time.time()
     options = parse_options(argv)
+    bv = options.view_as(BeamvecOptions)
+    # --json: stdout holds the JSON alone; --quiet: no lines but warnings and errors.
+    stdout = out or sys.stdout
+    lines = io.StringIO() if bv.quiet else (sys.stderr if bv.json else stdout)
     plan = plan_job(options)
     # One writer per output: a second run refuses here, naming the holder (lease.py),
     # renewed while this process's workers make progress (in-process runners).
     liveness = _Liveness(_in_process(options))
     with signals_handled(), hold_lease(plan.output, plan.inputs.bv.break_lease, progress=liveness,
                                        on_stall=_stalled):
-        return _run_planned(plan, options, started, out, liveness)
+        summary = _run_planned(plan, options, started, lines, liveness)
+    if bv.json:
+        print(summary.to_json(), file=stdout)
+    elif not bv.quiet and summary.status != "pending":  # pending: the batch phase said so
+        print(format_summary(summary), file=stdout)
+    return summary
 
 
 class _Liveness:
@@ -212,7 +232,7 @@ def _stopped(plan: JobPlan, cause: BaseException) -> BaseException:
 
 def _run_planned(
     plan: JobPlan, options: PipelineOptions, started: float, out: Any, liveness: _Liveness
-) -> dict[str, Any]:
+) -> RunSummary:
     inputs, bv = plan.inputs, plan.inputs.bv
     check_batch_flags(bv)
     run_id = new_run_id(started)
@@ -221,7 +241,7 @@ def _run_planned(
         _nothing_to_do(plan, out)
         if bv.batch_api:  # a run killed after its commit left the jobs' files on the service
             finish_batch_phase(plan.output, inputs)
-        return summarize(plan, started, out)
+        return summarize(plan, started)
     checkpoint = bv.checkpoint if bv.checkpoint is not None else inputs.backend.name != "local"
     # Only when there is work: a no-op rerun sends nothing, and the text it
     # embeds is one the run needs, kept as a checkpoint (a run with k texts to send bills k).
@@ -230,7 +250,8 @@ def _run_planned(
         run_batch_phase(plan.output, inputs, plan.work.todo, out, state=plan.state) if bv.batch_api else None
     )
     if batch is not None and not batch.ready:  # --no-wait: jobs still running
-        return {"output": plan.output.url, "complete": False, "waiting": True, "status": batch.status}
+        return RunSummary(plan.output.url, "pending", exit_code("pending", 0, False),
+                          shards=len(inputs.shards), batch_status=batch.status)
     checked = None if batch else preflight(
         plan.output, inputs, plan.work.todo, reuse=not bv.force, state=plan.state
     )
@@ -274,13 +295,14 @@ def _run_planned(
         work, inputs.backend, config, settings, quota, inputs.run_config, bv.concurrent_shards,
         split_bytes(bv, inputs.backend.name), bv.prune,
     )
-    live = not bv.quiet and _in_process(options)
+    live = not bv.quiet and bv.progress_interval != 0 and _in_process(options)
     total_bytes = sum(max(0, s.size) for s in plan.work.todo)
     reporter = Reporter(len(plan.work.todo), total_bytes, interval=bv.progress_interval)
     timeline = (
         Timeline(bv.output, PROGRESS.read, inputs.storage_options, run_id=run_id)
         if _in_process(options) else nullcontext()
     )
+    PROGRESS.reset()  # the summary reads the quota's wall-clock wait from it
     with reporter if live else nullcontext(), timeline:  # inside: the reporter resets PROGRESS
         try:
             liveness.watching = True
@@ -299,7 +321,7 @@ def _run_planned(
     if batch is not None:
         finish_batch_phase(plan.output, inputs)  # the jobs' files off the service
     plan.output.finish_staging()
-    return summarize(plan, started, out, beam_counters(result))
+    return summarize(plan, started, beam_counters(result), _in_process(options))
 
 
 def _interrupted(exc: BaseException) -> bool:
@@ -350,8 +372,8 @@ def beam_counters(result: Any) -> dict[str, int]:
 
 
 def summarize(
-    plan: JobPlan, started: float, out: Any, counters: dict[str, int] | None = None
-) -> dict[str, Any]:
+    plan: JobPlan, started: float, counters: dict[str, int] | None = None, in_process: bool = False,
+) -> RunSummary:
     """The end-of-run summary, read back from the manifest the pipeline wrote."""
     manifest = read_manifest(plan.output)
     # A large file is committed as parts, each under its own name: match a
@@ -361,62 +383,60 @@ def summarize(
         rec for rec in (manifest.shards.values() if manifest else [])
         if todo.get(rec.shard_name) == rec.file_fingerprint
     ]
-    done = [rec.counts for rec in records]
-    reasons: dict[str, int] = {}
-    for counts in done:
-        for reason, count in counts.dead_letters_by_reason.items():
-            reasons[reason] = reasons.get(reason, 0) + count
+    done = total(rec.counts for rec in records)
     wall = time.time() - started
-    read = sum(c.read for c in done)
     description = plan.inputs.description
-    summary = {
-        "output": plan.output.url,
-        "shards": len(plan.inputs.shards),
-        "shards_run": len({rec.shard_name for rec in records}),
-        "shards_skipped": len(plan.work.skipped),
-        "read": read,
-        "embedded": sum(c.embedded for c in done),
-        "dead_lettered": sum(c.dead_lettered for c in done),
-        "dead_letters_by_reason": reasons,
-        "reused": sum(c.reused for c in done),
-        "sent": sum(c.sent for c in done),
-        "batch_sent": sum(c.batch_sent for c in done),
-        "deduplicated": sum(c.deduplicated for c in done),
-        "tokens": sum(c.tokens for c in done),
-        "wall_seconds": round(wall, 2),
-        "records_per_second": round(read / wall, 1) if wall else 0.0,
-        "complete": plan.output.fs.exists(plan.output.path(SUCCESS)),
-        "model": description.model,
-        "dimension": description.dimension,
-        "counters": counters or {},
-    }
-    print(format_summary(summary), file=out)
-    return summary
+    status = "complete" if plan.output.fs.exists(plan.output.path(SUCCESS)) else "incomplete"
+    return RunSummary(
+        output=plan.output.url,
+        status=status,
+        exit_code=exit_code(status, done.dead_lettered, plan.inputs.bv.fail_on_dead_letters),
+        shards=len(plan.inputs.shards),
+        shards_run=len({rec.shard_name for rec in records}),
+        shards_skipped=len(plan.work.skipped),
+        read=done.read,
+        embedded=done.embedded,
+        sent=done.sent,
+        batch_sent=done.batch_sent,
+        reused=done.reused,
+        deduplicated=done.deduplicated,
+        dead_lettered=done.dead_lettered,
+        dead_letters_by_reason=dict(sorted(done.dead_letters_by_reason.items())),
+        damaged_inputs=damaged_inputs(records),
+        tokens=done.tokens,
+        sent_tokens=done.sent_tokens + done.batch_sent_tokens,
+        wall_seconds=round(wall, 2),
+        records_per_second=round(done.read / wall, 1) if wall else 0.0,
+        model=description.model,
+        dimension=description.dimension,
+        requests=_requests(counters, in_process) if counters else None,
+    )
 
 
-def format_summary(s: dict[str, Any]) -> str:
-    lines = [
-        "beamvec run summary",
-        f"  shards         {s['shards']} ({s['shards_run']} run, {s['shards_skipped']} skipped as committed)",
-        f"  records read   {s['read']:,}",
-        f"  embedded       {s['embedded']:,}  ({s['model']}, {s['dimension']} dims, {s['tokens']:,} tokens)",
-        f"  dead-lettered  {s['dead_lettered']:,}",
-    ]
-    for reason, count in sorted(s["dead_letters_by_reason"].items()):
-        lines.append(f"    {reason:<14} {count:,}")
-    if s.get("batch_sent"):
-        lines.append(f"  billed         {s['batch_sent']:,} texts through batch jobs, {s['sent']:,} online")
-    counters = s.get("counters") or {}
-    if counters.get("requests"):
-        retries = {k.removeprefix("retries_"): v for k, v in counters.items() if k.startswith("retries_")}
-        lines.append(
-            f"  requests       {counters['requests']:,}  (retries {counters.get('retries', 0):,}"
-            + (" by status " + ", ".join(f"{k}: {v}" for k, v in sorted(retries.items())) if retries else "")
-            + f"; 429s {counters.get('throttled_429', 0):,}; throttled "
-            f"{counters.get('throttling-msecs', 0) / 1000:.1f} s)"
-        )
-    lines += [
-        f"  wall time      {s['wall_seconds']:.1f} s  ({s['records_per_second']:,.1f} records/s)",
-        f"  output         {s['output']}  ({'complete: _SUCCESS written' if s['complete'] else 'INCOMPLETE'})",
-    ]
-    return "\n".join(lines)
+def damaged_inputs(records: Sequence[CommitRecord]) -> tuple[DamagedInput, ...]:
+    """The input files whose bytes could not all be read, each once (a large
+    file is committed as several parts)."""
+    by_input: dict[str, dict[str, int]] = {}
+    for rec in records:
+        for reason, count in rec.counts.dead_letters_by_reason.items():
+            if reason in READ_ERRORS and count:
+                reasons = by_input.setdefault(rec.input, {})
+                reasons[reason] = reasons.get(reason, 0) + count
+    return tuple(
+        DamagedInput(path, sum(reasons.values()), dict(sorted(reasons.items())))
+        for path, reasons in sorted(by_input.items())
+    )
+
+
+def _requests(counters: dict[str, int], in_process: bool) -> Requests:
+    """The API calls, from Beam's counters; the quota's wait as wall time where
+    the workers ran in this process (the counter sums it over threads)."""
+    return Requests(
+        requests=counters.get("requests", 0),
+        retries=counters.get("retries", 0),
+        throttled_429=counters.get("throttled_429", 0),
+        retries_by_status={k.removeprefix("retries_"): v for k, v in sorted(counters.items())
+                           if k.startswith("retries_")},
+        throttled_seconds=round(PROGRESS.read()["throttled_wall_ms"] / 1000, 2) if in_process else 0.0,
+        throttled_thread_seconds=round(counters.get(THROTTLING_COUNTER, 0) / 1000, 2),
+    )

@@ -125,7 +125,7 @@ def validate(bv: BeamvecOptions) -> None:
     _check_number(bv.request_timeout, "--request-timeout", 0, strict=True)
     _check_number(bv.local_threads, "--local-threads", 0, strict=False, hint="; 0 means all cores")
     _check_number(bv.output_dimensionality, "--output-dimensionality", 1, strict=False)
-    _check_number(bv.progress_interval, "--progress-interval", 0, strict=True)
+    _check_number(bv.progress_interval, "--progress-interval", 0, strict=False, hint="; 0 shows none")
     _check_number(bv.split_bytes, "--split-bytes", 0, strict=False, hint="; 0 never splits")
     _check_number(bv.batch_poll_interval, "--batch-poll-interval", 0, strict=True)
     _check_number(bv.batch_max_resubmits, "--batch-max-resubmits", 0, strict=False)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO
 
 
@@ -29,6 +31,8 @@ class Progress:
             self.bytes = 0
             self.reused = 0
             self.done = 0
+            self.throttled_wall = 0.0  # seconds during which some request waited on the quota
+            self._throttled_until = 0.0  # monotonic end of the waits counted so far
             self._sources: list[Callable[[], dict[str, float]]] = []
 
     def add_records(self, n: int = 1) -> None:
@@ -54,6 +58,16 @@ class Progress:
             self.shards += 1
             self.bytes += max(0, size)
 
+    def waited(self, seconds: float, now: float | None = None) -> None:
+        """A request waited ``seconds`` on the quota, ending now. Waits of
+        threads that overlap count once: this is wall time, not a sum."""
+        end = time.monotonic() if now is None else now
+        with self._lock:
+            start = max(end - seconds, self._throttled_until)
+            if end > start:
+                self.throttled_wall += end - start
+            self._throttled_until = max(self._throttled_until, end)
+
     def watch(self, snapshot: Callable[[], dict[str, float]]) -> None:
         """Also report another counter source (an Embedder's stats)."""
         with self._lock:
@@ -63,7 +77,7 @@ class Progress:
         with self._lock:
             out: dict[str, float] = {
                 "records": self.records, "shards": self.shards, "bytes": self.bytes, "reused": self.reused,
-                "done": self.done,
+                "done": self.done, "throttled_wall_ms": self.throttled_wall * 1000.0,
             }
             sources = list(self._sources)
         for snapshot in sources:
@@ -89,27 +103,62 @@ def done_fraction(state: dict[str, float], total_bytes: int) -> float:
     return read_fraction * written
 
 
+#: Seconds of recent progress that rates and the ETA are taken over: long
+#: enough to smooth batches, short enough to follow a run that speeds up or stalls.
+WINDOW_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What the line says about speed: records written per second and the
+    seconds left, both over the recent window (``eta`` None: not yet known)."""
+
+    rate: float
+    eta: float | None
+
+
+class Window:
+    """Rates over the last ``seconds`` of samples, not since the start: a rate
+    since the start halves whenever the run waits (model load, a reused
+    stretch, the quota), and an ETA from it grows instead of converging."""
+
+    def __init__(self, seconds: float = WINDOW_SECONDS) -> None:
+        self.seconds = seconds
+        self._samples: deque[tuple[float, float, float]] = deque()  # (at, written, share)
+
+    def add(self, at: float, written: float, share: float) -> Estimate:
+        samples = self._samples
+        samples.append((at, written, share))
+        while len(samples) > 2 and samples[1][0] <= at - self.seconds:
+            samples.popleft()  # keep one sample at or before the window's start
+        then, written_then, share_then = samples[0]
+        span = at - then
+        if span <= 0:
+            return Estimate(0.0, None)
+        rate = max(0.0, written - written_then) / span
+        share_rate = (share - share_then) / span
+        eta = (1.0 - share) / share_rate if share_rate > 0 and 0 < share < 1 else None
+        return Estimate(rate, eta)
+
+
 def format_line(
-    state: dict[str, float], total_shards: int, total_bytes: int, elapsed: float, bar: bool = False,
-    done: float | None = None,
+    state: dict[str, float], total_shards: int, share: float, estimate: Estimate, bar: bool = False,
 ) -> str:
-    """One progress line; its bar, percentage and ETA follow ``done`` (by
-    default ``done_fraction`` of the state)."""
-    rate = state["records"] / elapsed if elapsed > 0 else 0.0
-    share = done_fraction(state, total_bytes) if done is None else done
-    eta = f"ETA {elapsed * (1 - share) / share:,.0f} s" if 0 < share < 1 else "ETA --"
+    """One progress line: bar and percentage from ``share`` (see
+    ``done_fraction``), rate and ETA from ``estimate`` (see ``Window``)."""
+    eta = f"ETA {estimate.eta:,.0f} s" if estimate.eta is not None else "ETA --"
     filled = round(share * BAR)
     drawn = f"[{'#' * filled}{'.' * (BAR - filled)}] " if bar else ""
     line = (
         f"beamvec: {drawn}{state['records']:,.0f} records, shards {state['shards']:.0f}/{total_shards} "
-        f"({share:.0%} of input bytes done), {rate:,.1f} records/s, {eta}, "
+        f"({share:.0%} of input bytes done), {estimate.rate:,.1f} records/s, {eta}, "
         f"retries {state.get('retries', 0):,.0f}, 429s {state.get('throttled_429', 0):,.0f}"
     )
     sent, reused = state.get("texts", 0), state.get("reused", 0)
     if sent or reused or state.get("requests"):
         line += (
             f", texts sent {sent:,.0f} reused {reused:,.0f}, in flight {state.get('in_flight', 0):,.0f}, "
-            f"throttled {state.get('throttled_ms', 0) / 1000:,.1f} s"
+            f"waited on quota {state.get('throttled_wall_ms', 0) / 1000:,.1f} s"
         )
     return line
 
@@ -119,15 +168,17 @@ class Reporter:
 
     def __init__(
         self, total_shards: int, total_bytes: int, stream: IO[str] | None = None,
-        interval: float | None = None,
+        interval: float | None = None, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.interval = interval or (0.5 if self.tty else 10.0)
         self.total_shards = total_shards
         self.total_bytes = total_bytes
-        self.started = time.time()
+        self.clock = clock
         self._done = 0.0
+        self._window = Window()
+        self._window.add(clock(), 0.0, 0.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="beamvec-progress", daemon=True)
 
@@ -135,9 +186,8 @@ class Reporter:
         state = PROGRESS.read()
         # Shown forward only: the estimate dips while reading outruns writing.
         self._done = max(self._done, done_fraction(state, self.total_bytes))
-        return format_line(state, self.total_shards, self.total_bytes, time.time() - self.started,
-                           bar=self.tty, done=self._done)
-
+        estimate = self._window.add(self.clock(), state.get("done", 0.0), self._done)
+        return format_line(state, self.total_shards, self._done, estimate, bar=self.tty)
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             if self.tty:

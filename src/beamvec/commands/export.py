@@ -29,7 +29,8 @@ the last export to the same place.
   --to lancedb URI --table NAME [--index]
       upsert by id into a LanceDB table (created when missing); rows of
       vector files that left the output are deleted; --index builds an
-      IVF_PQ cosine index (needs 256 rows or more).
+      IVF_PQ cosine index with one partition per 8,192 rows (from 16,384
+      rows; a smaller table is searched exactly, without one).
   --to vertex-vector-search DIR [--restrict FIELD ...] [--export-name NAME]
       write a Vertex AI Vector Search batch root: .json files of
       {"id", "embedding", "restricts"} and delete/ files for an incremental

@@ -21,8 +21,12 @@ from beamvec.errors import UsageError
 FILE_COLUMN = "beamvec_file"
 EXPORT_COLUMN = "beamvec_export"
 COLUMNS = ["id", "vector", "content_hash", "tokens", "truncated", "source_shard", "source_position", "metadata"]
-#: IVF_PQ trains 2**8 centroids per sub-vector: fewer rows than that cannot train it.
-MIN_INDEX_ROWS = 256
+#: Rows per IVF partition: lancedb's own default target (``IvfPq.target_partition_size``).
+PARTITION_ROWS = 8192
+#: Below two partitions' worth an IVF index only adds PQ's error: the table is
+#: searched exactly (brute force) instead, which is fast at that size. (On 505
+#: rows, sqrt(rows) = 22 partitions trained 1 and put a row 0.09 from itself.)
+MIN_INDEX_ROWS = 2 * PARTITION_ROWS
 
 
 def _lancedb() -> Any:
@@ -89,16 +93,22 @@ def export_to_lancedb(
     )
 
 
+def index_partitions(rows: int) -> int:
+    """IVF partitions for a table of ``rows``: 0 when an index would not pay off."""
+    return 0 if rows < MIN_INDEX_ROWS else rows // PARTITION_ROWS
+
+
 def _index(table: Any) -> str:
     rows = table.count_rows()
-    if rows < MIN_INDEX_ROWS:
-        warn(f"no ANN index built: the table has {rows:,} rows and IVF_PQ needs at least "
-             f"{MIN_INDEX_ROWS} to train; searches are exact (brute force) until then")
-        return f"no index ({rows:,} rows < {MIN_INDEX_ROWS})"
+    partitions = index_partitions(rows)
+    if not partitions:
+        warn(f"no ANN index built: {rows:,} rows are searched exactly, which is fast at this size; "
+             f"an IVF_PQ index pays off from {MIN_INDEX_ROWS:,} rows ({PARTITION_ROWS:,} per partition)")
+        return f"no index ({rows:,} rows < {MIN_INDEX_ROWS:,}: exact search)"
     dimension = table.schema.field("vector").type.list_size
     sub_vectors = dimension // 16 if dimension % 16 == 0 else max(1, dimension // 8)
     config = _lancedb().index.IvfPq(
-        distance_type="cosine", num_partitions=max(1, min(256, int(rows**0.5))), num_sub_vectors=sub_vectors,
+        distance_type="cosine", num_partitions=partitions, num_sub_vectors=sub_vectors,
     )
     table.create_index("vector", config=config, replace=True)
-    return f"IVF_PQ index (cosine) over {rows:,} rows"
+    return f"IVF_PQ index (cosine) over {rows:,} rows in {partitions} partitions"

@@ -198,6 +198,7 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
     config = manifest.config if manifest is not None else RunConfig()
     about = desc.to_json() if desc else {}
     return {
+        "schema": "beamvec.inspect/1",  # docs/cli.md: fields are only ever added
         "output": output.url,
         "complete": has_success(output) and not damaged,
         "damaged": sorted(damaged),
@@ -306,8 +307,9 @@ def format_report(rep: dict[str, Any]) -> str:
         lines.append(
             f"    {run.get('started_at', '?')} .. {run.get('finished_at', '?')}  "
             f"{run.get('shards', 0):,} shards, {run.get('read', 0):,} read, "
-            f"{run.get('embedded', 0):,} embedded, {run.get('dead_lettered', 0):,} dead-lettered, "
-            f"{run.get('tokens', 0):,} tokens"
+            f"{run.get('embedded', 0):,} embedded ({run.get('sent', 0) + run.get('batch_sent', 0):,} sent, "
+            f"{run.get('reused', 0):,} reused, {run.get('deduplicated', 0):,} repeats), "
+            f"{run.get('dead_lettered', 0):,} dead-lettered, {run.get('tokens', 0):,} tokens"
         )
     if rep.get("duckdb_query"):
         lines.append("  query in DuckDB (cosine top 5 of one record; change the id):")

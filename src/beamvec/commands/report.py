@@ -1,7 +1,8 @@
 """`beamvec report OUTPUT`: one self-contained HTML page about an output and its runs.
 
-Rate against the configured quota, 429s and retries (from the newest run's
-timeline, ``_runs/<run_id>/timeline.jsonl``), per-shard durations with the
+Rate against the configured quota, 429s and retries (from one run's timeline,
+``_runs/<run_id>/timeline.jsonl``: ``--run``, else the newest run long enough
+to chart, saying so when a newer one was too short), per-shard durations with the
 stragglers marked, dead letters by reason with examples, tokens and cost,
 a histogram of vector norms over a sample, and the run history. Reads only.
 """
@@ -12,6 +13,7 @@ import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from html import escape
 from typing import Any
 
 import fsspec
@@ -42,7 +44,7 @@ from beamvec.contract import (
 )
 from beamvec.errors import UsageError
 from beamvec.pricing import estimate_cost, format_usd
-from beamvec.timeline import Sample, latest_timeline
+from beamvec.timeline import RUNS_DIR, TIMELINE, Sample, read_timeline, timeline_path
 
 DESCRIPTION = """\
 Write one self-contained HTML report of an output (no network needed to view it):
@@ -53,6 +55,7 @@ of vector norms, and the history of the last runs.
 examples:
   beamvec report out/                       # writes report.html
   beamvec report gs://bucket/vectors --out /tmp/nightly.html
+  beamvec report out/ --run 20261206T020000Z-1a2b3c   # an earlier run's charts
 """
 
 NORM_SAMPLE = 20_000  # vectors read for the norm histogram
@@ -61,6 +64,7 @@ MAX_SHARD_BARS = 40  # the slowest shards drawn; the rest summarized
 STRAGGLER = 2.0  # a shard slower than this many times the median stands out
 NO_TIMELINE = ("no timeline recorded: the run predates timelines, or ran on a remote runner "
                "(timelines are recorded where workers run in the driver's process)")
+LOOK_BACK = 20  # timelines read, newest first, for one long enough to chart
 
 
 @dataclass(frozen=True)
@@ -82,12 +86,17 @@ class ReportData:
     samples: list[Sample]
     dead: DeadLetters
     norms: np.ndarray
+    timelines: tuple[str, ...] = ()  # run ids with a timeline, oldest first
+    run_note: str = ""  # why the charts show this run, or why they are empty
 
 
 def build_parser() -> Parser:
     parser = Parser("beamvec report", DESCRIPTION)
     parser.add_argument("output", metavar="OUTPUT", help="output root written by `beamvec run`")
     parser.add_argument("--out", default="report.html", help="where to write the HTML (default report.html)")
+    parser.add_argument("--run", metavar="RUN_ID", default=None,
+                        help="chart this run (an id under OUTPUT/_runs/, listed in the report); "
+                        "default: the newest run long enough to chart")
     add_storage_option(parser)
     return parser
 
@@ -97,7 +106,7 @@ def main(argv: Sequence[str]) -> int:
     if isinstance(args, int):
         return args
     options = storage_options(args.storage_option)
-    page = render(collect(args.output, options))
+    page = render(collect(args.output, options, run=args.run))
     try:
         with fsspec.open(args.out, "wb") as fh:
             fh.write(page.encode())
@@ -107,21 +116,69 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-def collect(url: str, options: dict[str, Any], norm_sample: int = NORM_SAMPLE) -> ReportData:
+def collect(url: str, options: dict[str, Any], norm_sample: int = NORM_SAMPLE, run: str | None = None) -> ReportData:
     output, manifest = open_output(url, options)
     files = vector_files(output)
-    found = latest_timeline(output.fs, output.root)
+    ids = run_ids(output)
+    run_id, samples, note = choose_run(output, ids, run)
     return ReportData(
         url=output.url,
         manifest=manifest,
         description=description_of(output, manifest),
         complete=has_success(output),
         vector_files=len(files),
-        run_id=found[0] if found else None,
-        samples=found[1] if found else [],
+        run_id=run_id,
+        samples=samples,
         dead=_dead_letters(output),
         norms=_norm_sample(output, files, norm_sample),
+        timelines=tuple(ids),
+        run_note=note,
     )
+
+
+def run_ids(output: Any) -> list[str]:
+    """Runs that left a timeline, oldest first (run ids sort by start time)."""
+    try:
+        found = output.fs.glob("/".join([output.root.rstrip("/"), RUNS_DIR, "*", TIMELINE]))
+    except FileNotFoundError:
+        return []
+    return sorted(path.rsplit("/", 2)[-2] for path in found)
+
+
+def chartable(samples: Sequence[Sample]) -> bool:
+    return bool(_intervals(list(samples)))
+
+
+def _too_short(run_id: str, samples: Sequence[Sample]) -> str:
+    lasted = f"{samples[-1].t:,.0f} s of samples" if samples else "no sample"
+    return f"run {run_id} was too short to chart: its timeline holds {lasted}"
+
+
+def choose_run(output: Any, ids: Sequence[str], run: str | None) -> tuple[str | None, list[Sample], str]:
+    """The run to chart, its samples, and a note for the reader: ``run`` when
+    given, else the newest run long enough to chart (a 3-second incremental
+    run leaves nothing to draw)."""
+    def samples_of(run_id: str) -> list[Sample]:
+        return read_timeline(output.fs, timeline_path(output.root, run_id))
+
+    if run is not None:
+        if run not in ids:
+            listed = ", ".join(ids[-5:]) or "none"
+            raise UsageError(f"--run {run}: {output.url} holds no timeline for that run; "
+                             f"runs with one (newest last): {listed}")
+        samples = samples_of(run)
+        return run, samples, "" if chartable(samples) else _too_short(run, samples)
+    if not ids:
+        return None, [], ""
+    newest = samples_of(ids[-1])
+    if chartable(newest):
+        return ids[-1], newest, ""
+    for run_id in reversed(ids[-LOOK_BACK:-1]):
+        samples = samples_of(run_id)
+        if chartable(samples):
+            return run_id, samples, (f"{_too_short(ids[-1], newest)}; showing {run_id}, the newest run "
+                                     "long enough (choose another with --run)")
+    return ids[-1], newest, _too_short(ids[-1], newest)
 
 
 def _dead_letters(output: Any) -> DeadLetters:
@@ -173,7 +230,7 @@ def render(data: ReportData) -> str:
         ("Dead letters", _dead(data.dead)),
         ("Tokens and estimated cost", _cost(data)),
         ("Vector norms", _norms(data)),
-        ("Run history", _runs(m.runs if m else ())),
+        ("Run history", _runs(m.runs if m else ()) + _timelines(data)),
     ]
     return h.page("beamvec run report", subtitle, sections)
 
@@ -210,10 +267,14 @@ def _per(pairs: list[tuple[Sample, Sample]], value, scale: float) -> list[float]
     return [max(0.0, (value(b) - value(a)) * scale / (b.t - a.t)) for a, b in pairs]
 
 
+def _note(data: ReportData) -> str:
+    return f'<p class="note">{escape(data.run_note)}</p>' if data.run_note else ""
+
+
 def _rate(data: ReportData) -> str:
     pairs = _intervals(data.samples)
     if not pairs:
-        return h.empty_panel("rate-requests", "requests per minute", NO_TIMELINE)
+        return h.empty_panel("rate-requests", "requests per minute", data.run_note or NO_TIMELINE)
     ts = [b.t for _, b in pairs]
     config = data.manifest.config if data.manifest else RunConfig()
     quota = config.quota_rpm
@@ -230,13 +291,13 @@ def _rate(data: ReportData) -> str:
         h.Series("reused", ts, _per(pairs, lambda s: s.texts_reused, 1.0), h.GREY),
         h.Series("records read", ts, _per(pairs, lambda s: s.records, 1.0), h.BROWN),
     ])
-    return f'<div class="grid2">{requests}{texts}</div>'
+    return f'{_note(data)}<div class="grid2">{requests}{texts}</div>'
 
 
 def _throttling(data: ReportData) -> str:
     pairs = _intervals(data.samples)
     if not pairs:
-        return h.empty_panel("throttling", "429s and retries", NO_TIMELINE)
+        return h.empty_panel("throttling", "429s and retries", data.run_note or NO_TIMELINE)
     ts = [b.t for _, b in pairs]
     last = data.samples[-1]
     errors = h.line_chart("throttling", "429s, 5xx and retries per minute", [
@@ -293,9 +354,14 @@ def _cost(data: ReportData) -> str:
     cost = estimate_cost(d.backend if d else "", d.model if d else "", sent_tokens, sent_chars)
     runs = m.runs if m else ()
     spent = [r.estimated_cost_usd for r in runs if r.estimated_cost_usd is not None]
+    # The shards hold what made today's vectors; the runs, everything ever
+    # sent (vectors since redone or pruned included): two different sums, named so.
     return h.key_values([
         ("tokens in the output's vectors", fmt_int(counts.tokens if m else None)),
-        ("tokens sent to embed them", fmt_int(sent_tokens)),
+        ("tokens sent to make these vectors (online + batch)",
+         fmt_int(sent_tokens + counts.batch_sent_tokens if m else None)),
+        (f"tokens sent by the last {len(runs)} runs (online + batch)",
+         fmt_int(sum(r.sent_tokens + r.batch_sent_tokens for r in runs)) if runs else "-"),
         ("characters sent (no whitespace)", fmt_int(sent_chars)),
         ("estimated cost of these vectors", f"{format_usd(cost.standard)} online"
          + (f", {format_usd(cost.batch)} in batch mode" if cost.batch is not None else "")),
@@ -328,10 +394,21 @@ def _runs(runs: Sequence[RunRecord]) -> str:
                            [float(r.embedded) for r in last], "run started (UTC)", color=h.BROWN)
     rows = [
         (r.started_at or "?", r.finished_at or "?", fmt_int(r.shards), fmt_int(r.read),
-         fmt_int(r.embedded), fmt_int(r.dead_lettered), fmt_int(r.sent_tokens),
+         fmt_int(r.embedded), fmt_int(r.sent + r.batch_sent), fmt_int(r.reused), fmt_int(r.dead_lettered),
+         fmt_int(r.sent_tokens + r.batch_sent_tokens),
          format_usd(r.estimated_cost_usd) if r.estimated_cost_usd is not None else "-")
         for r in reversed(runs)
     ]
     return chart + h.table(
-        ["started", "finished", "shards", "read", "embedded", "dead letters", "tokens sent", "est. cost"], rows
+        ["started", "finished", "shards", "read", "embedded", "sent", "reused", "dead letters",
+         "tokens sent", "est. cost"], rows,
     )
+
+
+def _timelines(data: ReportData) -> str:
+    if not data.timelines:
+        return ""
+    shown = list(reversed(data.timelines[-LOOK_BACK:]))
+    return (f"<p>timelines kept for {len(data.timelines):,} runs (newest first, charted: "
+            f"{escape(data.run_id or '-')}); chart another with <code>beamvec report OUTPUT --run ID</code>: "
+            f"{escape(', '.join(shown))}</p>")

@@ -65,6 +65,12 @@ def build_parser() -> Parser:
     add_storage_option(parser)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_query_backend_flags(parser)
+    return parser
+
+
+def add_query_backend_flags(parser: Parser) -> None:
+    """How to reach the output's backend for a query (search, embed)."""
     local = parser.add_argument_group("local backend")
     local.add_argument("--local-model-dir", "--local_model_dir", dest="local_model_dir", default=None,
                        help="the ONNX export the output was made with, if not the built-in model")
@@ -83,7 +89,6 @@ def build_parser() -> Parser:
     api.add_argument("--location", default=None, help="Vertex AI location")
     api.add_argument("--vertex-auth", "--vertex_auth", dest="vertex_auth", default="adc",
                      choices=("adc", "api_key", "anonymous"))
-    return parser
 
 
 def main(argv: Sequence[str]) -> int:
@@ -144,14 +149,25 @@ def _dimensionality(desc: Description) -> int | None:
 
 
 def embed_query(backend: Backend, text: str) -> np.ndarray:
+    return embed_texts(backend, [text])[0]
+
+
+def embed_texts(backend: Backend, texts: Sequence[str]) -> np.ndarray:
+    """Unit vectors of ``texts`` (rows, float32), as `run` would embed them:
+    cut at the backend's token limit, sent a request's worth at a time."""
+    rows: list[np.ndarray] = []
     try:
         backend.load()
         limit = backend.limits.max_text_tokens
-        kept = backend.truncate(text, limit)  # by the safe bound, as run cuts long texts
-        if kept != text:
-            warn(f"the query may be over {limit} tokens; its end is cut off, as run cuts long texts")
-            text = kept
-        vector = np.asarray(backend.embed([text])[0], dtype=np.float32)
+        cut = []
+        for text in texts:
+            kept = backend.truncate(text, limit)  # by the safe bound, as run cuts long texts
+            if kept != text:
+                warn(f"a query may be over {limit} tokens; its end is cut off, as run cuts long texts")
+            cut.append(kept)
+        step = max(1, backend.limits.max_items)
+        for i in range(0, len(cut), step):
+            rows.extend(np.asarray(v, dtype=np.float32) for v in backend.embed(cut[i : i + step]))
     except BackendError as exc:
         raise SystemicError(
             f"could not embed the query with {backend.name} {backend.model}: {exc}; "
@@ -161,10 +177,11 @@ def embed_query(backend: Backend, text: str) -> np.ndarray:
         close = getattr(backend, "close", None)
         if callable(close):
             close()
-    norm = float(np.linalg.norm(vector))
-    if not np.isfinite(norm) or norm == 0:
-        raise SystemicError(f"{backend.name} returned an empty vector for the query; try another query")
-    return vector / norm
+    matrix = np.vstack(rows)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+        raise SystemicError(f"{backend.name} returned an empty vector for a query; try another query")
+    return matrix / norms
 
 
 def search(args: Any) -> dict[str, Any]:

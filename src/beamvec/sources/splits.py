@@ -24,6 +24,7 @@ from beamvec.sources.delimited import data_rows, read_csv, read_tsv
 from beamvec.sources.jsonl import read_jsonl
 from beamvec.sources.lines import line_cuts
 from beamvec.sources.parquet import read_parquet, row_groups
+from beamvec.sources.resync import Gap, line_stream
 from beamvec.sources.txt import read_txt
 
 READERS: dict[str, Reader] = {
@@ -75,13 +76,21 @@ def read_split(
             if not raw.read(1):
                 return  # an empty file is an empty shard, even when named .gz or .bz2
             raw.seek(0)
-            fh = decompressed(raw, compression)
+            gaps: list[Gap] = []
             if fmt == "parquet" and compression:
-                fh = io.BytesIO(fh.read())  # Parquet needs to seek; decompressed streams cannot
+                fh = io.BytesIO(decompressed(raw, compression).read())  # Parquet needs to seek
+            elif compression:  # lines: a damaged member loses only itself (sources/resync.py)
+                fh, gaps = line_stream(raw, compression)
+            else:
+                fh = raw
             if on_bytes is None:
                 yield from READERS[fmt](fh, split, config, cursor)
             else:
                 yield from _counted(READERS[fmt](fh, split, config, cursor), raw, split, on_bytes)
+            for gap in gaps:
+                yield ReadError(cursor.next, None, r.CORRUPT_FILE,
+                                excerpt(f"{shard.path}: {gap.describe(compression or '')}", 500))
+                cursor.next += 1
     except Exception as exc:
         if not is_corrupt(exc):
             raise
