@@ -4,7 +4,9 @@ Each row carries two columns besides the output's own: ``beamvec_file``,
 the vector file it came from, and ``beamvec_export``, when it was sent.
 A changed file's rows are upserted (``merge_insert`` on ``id``), then the
 rows still tagged with that file and an older export are deleted: records
-that left the shard. A vanished file's rows are deleted by ``beamvec_file``.
+that left the shard. A vanished file's rows are deleted by ``beamvec_file``;
+after ``--full``, every row this export did not send is deleted, so the table
+matches the output even when the export's state was lost.
 """
 
 from __future__ import annotations
@@ -75,18 +77,35 @@ def export_to_lancedb(
             stale = f"{FILE_COLUMN} = {_quote(rel)} AND {EXPORT_COLUMN} < {generation}"
             ids_deleted += table.count_rows(stale)
             table.delete(stale)
+    removed = set(plan.removed)
     for rel in plan.removed:
         if table is not None:
             gone = f"{FILE_COLUMN} = {_quote(rel)}"
             ids_deleted += table.count_rows(gone)
             table.delete(gone)
+    if plan.full and table is not None:
+        files, swept = _sweep(table, generation)
+        removed |= files
+        ids_deleted += swept
     note = ""
     if build_index and table is not None:
         note = _index(table)
     return ExportResult(
         f"lancedb {uri} table {table_name}", len(plan.changed), rows_sent, len(plan.unchanged),
-        len(plan.removed), ids_deleted, note,
+        len(removed), ids_deleted, note,
     )
+
+
+def _sweep(table: Any, generation: int) -> tuple[set[str], int]:
+    """After a full export, rows this export did not send: files that left
+    the output though no state remembers them (a lost or older ``_exports/``).
+    Returns their files and how many rows were deleted."""
+    stale = f"{EXPORT_COLUMN} < {generation}"
+    files = table.search().where(stale).select([FILE_COLUMN]).limit(None).to_arrow().column(FILE_COLUMN)
+    if not len(files):
+        return set(), 0
+    table.delete(stale)
+    return {f for f in files.to_pylist() if f}, len(files)
 
 
 def _index(table: Any) -> str:
