@@ -18,11 +18,13 @@ import pyarrow as pa
 
 from beamvec.commands import Output, iter_batches, warn
 from beamvec.commands.export_state import ExportPlan, ExportResult, absolute
+from beamvec.contract import columns as col
+from beamvec.contract.schema import vector_schema
 from beamvec.errors import UsageError
 
 FILE_COLUMN = "beamvec_file"
 EXPORT_COLUMN = "beamvec_export"
-COLUMNS = ["id", "vector", "content_hash", "tokens", "truncated", "source_shard", "source_position", "metadata"]
+COLUMNS = vector_schema(1).names  # the output's columns, in its order
 #: IVF_PQ trains 2**8 centroids per sub-vector: fewer rows than that cannot train it.
 MIN_INDEX_ROWS = 256
 
@@ -66,7 +68,7 @@ def export_to_lancedb(
             if table is None:
                 table = db.create_table(table_name, schema=data.schema)
             try:
-                table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+                table.merge_insert(col.ID).when_matched_update_all().when_not_matched_insert_all().execute(data)
             except Exception as exc:  # noqa: BLE001 - lance reports schema clashes as plain errors
                 raise UsageError(
                     f"cannot upsert into LanceDB table {table_name} at {uri}: {str(exc).splitlines()[0]}; "
@@ -114,10 +116,10 @@ def _index(table: Any) -> str:
         warn(f"no ANN index built: the table has {rows:,} rows and IVF_PQ needs at least "
              f"{MIN_INDEX_ROWS} to train; searches are exact (brute force) until then")
         return f"no index ({rows:,} rows < {MIN_INDEX_ROWS})"
-    dimension = table.schema.field("vector").type.list_size
+    dimension = table.schema.field(col.VECTOR).type.list_size
     sub_vectors = dimension // 16 if dimension % 16 == 0 else max(1, dimension // 8)
     config = _lancedb().index.IvfPq(
         distance_type="cosine", num_partitions=max(1, min(256, int(rows**0.5))), num_sub_vectors=sub_vectors,
     )
-    table.create_index("vector", config=config, replace=True)
+    table.create_index(col.VECTOR, config=config, replace=True)
     return f"IVF_PQ index (cosine) over {rows:,} rows"

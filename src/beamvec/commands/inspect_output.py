@@ -53,6 +53,7 @@ from beamvec.contract import (
     vector_path,
     vector_schema,
 )
+from beamvec.contract import columns as col
 
 DESCRIPTION = """\
 Describe a beamvec output: shards, rows, model, dimension, task, normalization,
@@ -180,7 +181,7 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
         # every column: dead-letter files are small, and a torn page of any column is damage
         found: Counter[str] = Counter()
         count = _read_through(output, path, list(DEAD_LETTER_SCHEMA.names), damaged,
-                              lambda b, found=found: found.update(b.column("reason").to_pylist()))
+                              lambda b, found=found: found.update(b.column(col.REASON).to_pylist()))
         if count is not None:  # a torn file's reasons are not counted: it is named apart
             reasons.update(found)
             dead_by_shard[shard_name(path)] = count
@@ -240,7 +241,7 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
 
 
 def _matrix(batch: pa.RecordBatch) -> np.ndarray:
-    column = batch.column("vector")
+    column = batch.column(col.VECTOR)
     return vectors_matrix(column, column.type.list_size)
 
 
@@ -287,7 +288,7 @@ def _sql_string(value: str) -> str:
 
 def _first_id(output: Output, files: list[str]) -> str | None:
     for path in files:
-        for batch in iter_batches(output, path, ["id"], batch_size=1):
+        for batch in iter_batches(output, path, [col.ID], batch_size=1):
             if batch.num_rows:
                 return str(batch.column(0)[0].as_py())
     return None

@@ -40,6 +40,7 @@ from beamvec.contract import (
     read_state,
     vector_path,
 )
+from beamvec.contract import columns as col
 from beamvec.errors import NoInputError, UsageError
 from beamvec.sink import Output
 from beamvec.sources import FORMATS, ReaderConfig, list_shards, read_shard
@@ -116,11 +117,11 @@ def _found(output: Output, name: str, damaged: dict[str, str]) -> tuple[Counter[
     disagree) is still matched id by id; a damaged dead-letter file is not."""
     path = vector_path(output, name)
     exists = bool(output.fs.exists(path))
-    vectors = _ids(output, path, ["id"], damaged) if exists else None
+    vectors = _ids(output, path, [col.ID], damaged) if exists else None
     exists = vectors is not None
     letters = dead_letter_path(output, name)
     readable = letters not in damaged and output.fs.exists(letters)
-    dead = _ids(output, letters, ["id", "source_position"], damaged) if readable else None
+    dead = _ids(output, letters, [col.ID, col.SOURCE_POSITION], damaged) if readable else None
     found = (vectors or Counter()) + (dead or Counter())
     return found, sum((vectors or {}).values()), sum((dead or {}).values()), exists
 
@@ -131,9 +132,9 @@ def _ids(output: Output, path: str, columns: list[str], damaged: dict[str, str])
     found: Counter[str] = Counter()
     try:
         for batch in iter_batches(output, path, columns):
-            ids = batch.column("id").to_pylist()
-            if "source_position" in batch.schema.names:
-                positions = batch.column("source_position").to_pylist()
+            ids = batch.column(col.ID).to_pylist()
+            if col.SOURCE_POSITION in batch.schema.names:
+                positions = batch.column(col.SOURCE_POSITION).to_pylist()
                 found.update(_key(i, p) for i, p in zip(ids, positions, strict=True))
             else:
                 found.update(ids)
