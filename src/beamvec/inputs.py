@@ -28,7 +28,8 @@ from beamvec.lookup import VectorIndex, build_index
 from beamvec.options import BeamvecOptions, parse_pipeline_options, parse_storage_options
 from beamvec.prepare import PrepareConfig
 from beamvec.records import REASONS, TRANSIENT_REASONS, Shard
-from beamvec.routing import Decision, Lookup, Router, RunMemory, Send
+from beamvec.retry_letters import kept_refusals
+from beamvec.routing import Decision, Lookup, Refusals, Router, RunMemory, Send
 from beamvec.sink import Output
 from beamvec.sources import ReaderConfig, list_shards, read_shard
 
@@ -263,11 +264,30 @@ def reuse_lookup(inputs: JobInputs, own: Output | None, state: OutputState | Non
     )
 
 
-def planning_router(inputs: JobInputs, lookup: Lookup, memory: RunMemory, batch: Lookup | None = None) -> Router:
+def retry_refusals(
+    output: Output | None, state: OutputState | None, todo: Sequence[Shard], fingerprint: str,
+    retry: Sequence[str],
+) -> Refusals:
+    """The texts a `--retry-dead-letters` run dead-letters again instead of
+    sending (``retry_letters``): those its redone shards' committed parts
+    (under this configuration) hold refused for a reason not retried. The
+    workers, the preflight and `plan` route with the same ones."""
+    if output is None or state is None or not retry:
+        return Refusals()
+    redone = {shard.name for shard in todo}
+    parts = [rec for rec in state.committed.values()
+             if rec.shard_name in redone and rec.config_fingerprint == fingerprint]
+    return kept_refusals(output, parts, retry)
+
+
+def planning_router(
+    inputs: JobInputs, lookup: Lookup, memory: RunMemory, batch: Lookup | None = None,
+    refusals: Refusals | None = None,
+) -> Router:
     """A Router as the workers use it, with a null embedder: nothing is sent."""
     return Router(
         inputs.prepare, inputs.backend.count_tokens, inputs.backend.truncate, lookup, memory,
-        lambda record, outcome: None, planning=True, batch=batch,
+        lambda record, outcome: None, planning=True, refusals=refusals, batch=batch,
     )
 
 

@@ -46,6 +46,7 @@ from beamvec.inputs import (
     parse_options,
     resolve_inputs,
     retry_reasons,
+    retry_refusals,
     split_bytes,
     split_work,
     uncovered_by_force,
@@ -59,7 +60,7 @@ from beamvec.preflight import preflight
 from beamvec.progress import PROGRESS, Reporter
 from beamvec.quota import QuotaSettings
 from beamvec.retry import RetryPolicy
-from beamvec.retry_letters import kept_refusals, merged
+from beamvec.retry_letters import merged
 from beamvec.routing import Refusals
 from beamvec.run_summary import (
     READ_ERRORS,
@@ -157,14 +158,6 @@ def _nothing_to_do(plan: JobPlan, out: Any) -> None:
     plan.output.write_bytes(plan.output.path(SUCCESS), b"")
 
 
-def redone_parts(plan: JobPlan) -> list[CommitRecord]:
-    """The committed parts, under this configuration, of the shards this run redoes."""
-    todo = {shard.name for shard in plan.work.todo}
-    fingerprint = plan.inputs.description.config_fingerprint
-    return [rec for rec in plan.state.committed.values()
-            if rec.shard_name in todo and rec.config_fingerprint == fingerprint]
-
-
 def worker_count(options: PipelineOptions, bv: Any) -> int:
     """Workers sharing the quota, as far as the driver knows (see quota/)."""
     return max(1, bv.quota_workers, worker_processes(options))
@@ -252,8 +245,10 @@ def _run_planned(
     if batch is not None and not batch.ready:  # --no-wait: jobs still running
         return RunSummary(plan.output.url, "pending", exit_code("pending", 0, False),
                           shards=len(inputs.shards), batch_status=batch.status)
+    refused = retry_refusals(plan.output, plan.state, plan.work.todo, inputs.description.config_fingerprint,
+                             retry_reasons(bv.retry_dead_letters))
     checked = None if batch else preflight(
-        plan.output, inputs, plan.work.todo, reuse=not bv.force, state=plan.state
+        plan.output, inputs, plan.work.todo, reuse=not bv.force, state=plan.state, refusals=refused
     )
     # The output is about to change: it is not complete again until this run commits.
     plan.output.remove(plan.output.path(SUCCESS))
@@ -269,8 +264,7 @@ def _run_planned(
         # Checkpoints cost a small file per batch: worth it where a batch costs quota.
         checkpoint=checkpoint,
         seed=checked.seed if checked is not None else None,
-        refusals=merged(kept_refusals(plan.output, redone_parts(plan), retry_reasons(bv.retry_dead_letters)),
-                        batch.refusals if batch is not None else Refusals()),
+        refusals=merged(refused, batch.refusals if batch is not None else Refusals()),
         run_id=run_id,
         retry_reasons=retry_reasons(bv.retry_dead_letters),
     )

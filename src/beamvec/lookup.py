@@ -36,6 +36,7 @@ from beamvec.contract import (
     name_of,
     read_state,
 )
+from beamvec.contract import columns as col
 from beamvec.errors import UsageError
 from beamvec.routing import Lookup, NoLookup
 from beamvec.sink import Output
@@ -138,12 +139,12 @@ class VectorIndex:
         try:
             with output.fs.open(path, "rb") as fh:
                 pf = pq.ParquetFile(fh, pre_buffer=False)
-                if pf.schema_arrow.field("vector").type != pa.list_(pa.float32(), self.dimension):
+                if pf.schema_arrow.field(col.VECTOR).type != pa.list_(pa.float32(), self.dimension):
                     return None
                 sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
                 keys = [
                     np.fromiter((hash_key(h) for h in batch.column(0).to_pylist()), np.uint64)
-                    for batch in pf.iter_batches(SCAN_ROWS, columns=["content_hash"])
+                    for batch in pf.iter_batches(SCAN_ROWS, columns=[col.CONTENT_HASH])
                 ]
         except (FileNotFoundError, KeyError):
             return None  # replaced or removed meanwhile; a miss is always safe
@@ -206,9 +207,9 @@ class VectorIndex:
         matrix = np.zeros((0, self.dimension), np.float32)
         with contextlib.suppress(FileNotFoundError, OSError, IndexError):
             with output.fs.open(path, "rb") as fh:
-                table = pq.ParquetFile(fh).read_row_group(group, columns=["content_hash", "vector"])
-            hashes = table.column("content_hash").to_pylist()
-            flat = np.asarray(table.column("vector").combine_chunks().flatten(), dtype=np.float32)
+                table = pq.ParquetFile(fh).read_row_group(group, columns=[col.CONTENT_HASH, col.VECTOR])
+            hashes = table.column(col.CONTENT_HASH).to_pylist()
+            flat = np.asarray(table.column(col.VECTOR).combine_chunks().flatten(), dtype=np.float32)
             matrix = flat.reshape(len(hashes), self.dimension)
         with self._lock:
             self.reads += 1

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from beamvec.contract import OutputState
 from beamvec.inputs import JobInputs, planning_router, reuse_lookup, routed
 from beamvec.records import Record, Shard
-from beamvec.routing import NoLookup, RunMemory, Seed, Send
+from beamvec.routing import NoLookup, Refusals, RunMemory, Seed, Send
 from beamvec.sink import Output
 
 LOG = logging.getLogger("beamvec")
@@ -36,14 +36,17 @@ class Preflight:
 
 
 def first_text_to_send(
-    output: Output, inputs: JobInputs, todo: list[Shard], reuse: bool, state: OutputState | None = None
+    output: Output, inputs: JobInputs, todo: list[Shard], reuse: bool, state: OutputState | None = None,
+    refusals: Refusals | None = None,
 ) -> tuple[Record | None, Shard | None, bool]:
-    """(a record whose text the run will send, its shard, whether the scan saw all the work)."""
+    """(a record whose text the run will send, its shard, whether the scan saw
+    all the work). ``refusals``: texts the run dead-letters unsent (never the
+    preflight's text: it would be billed, and refused)."""
     lookup = reuse_lookup(inputs, output, state) if reuse else NoLookup()
     memory = RunMemory(inputs.backend.limits.dimension)
     scanned = 0
     for shard in todo:
-        for decision in routed(planning_router(inputs, lookup, memory), shard, inputs):
+        for decision in routed(planning_router(inputs, lookup, memory, refusals=refusals), shard, inputs):
             scanned += 1
             if isinstance(decision, Send):
                 return decision.record, shard, False
@@ -53,7 +56,8 @@ def first_text_to_send(
 
 
 def preflight(
-    output: Output, inputs: JobInputs, todo: list[Shard], reuse: bool, state: OutputState | None = None
+    output: Output, inputs: JobInputs, todo: list[Shard], reuse: bool, state: OutputState | None = None,
+    refusals: Refusals | None = None,
 ) -> Preflight | None:
     """Check the backend with a text the run needs; returns its content hash,
     vector and record for the workers (the record counts it as sent, and no
@@ -63,7 +67,7 @@ def preflight(
     if backend.name == "local":  # free: nothing worth keeping
         backend.preflight()
         return None
-    record, shard, all_seen = first_text_to_send(output, inputs, todo, reuse, state)
+    record, shard, all_seen = first_text_to_send(output, inputs, todo, reuse, state, refusals)
     if record is None and all_seen:
         LOG.info("every text to embed is already embedded: no preflight call")
         return None

@@ -17,11 +17,12 @@ from collections.abc import Iterable, Sequence
 import pyarrow.parquet as pq
 
 from beamvec.contract import CommitRecord, dead_letter_path
+from beamvec.contract import columns as col
 from beamvec.routing import Refusals
 from beamvec.sink import Output
 
 LOG = logging.getLogger("beamvec")
-COLUMNS = ["reason", "message", "content_hash"]
+COLUMNS = [col.REASON, col.MESSAGE, col.CONTENT_HASH]
 
 
 def kept_refusals(output: Output, parts: Iterable[CommitRecord], retry: Sequence[str]) -> Refusals:

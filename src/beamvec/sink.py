@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from beamvec.contract import columns as col
 from beamvec.contract.layout import TMP_DIR as TMP_DIR
 from beamvec.contract.output import STALE_STAGING_S as STALE_STAGING_S
 from beamvec.contract.output import Output as Output
@@ -60,15 +61,15 @@ def dead_letter_table(letters: Sequence[DeadLetter], source: str) -> pa.Table:
     return pa.Table.from_pylist(
         [
             {
-                "id": d.id,
-                "reason": d.reason,
-                "message": d.message,
-                "source_shard": source,
-                "source_position": d.position,
-                "raw": d.raw,
-                "attempts": d.attempts,
-                "status": d.status,
-                "content_hash": d.content_hash,
+                col.ID: d.id,
+                col.REASON: d.reason,
+                col.MESSAGE: d.message,
+                col.SOURCE_SHARD: source,
+                col.SOURCE_POSITION: d.position,
+                col.RAW: d.raw,
+                col.ATTEMPTS: d.attempts,
+                col.STATUS: d.status,
+                col.CONTENT_HASH: d.content_hash,
             }
             for d in letters
         ],
@@ -129,7 +130,7 @@ def checkpoint_table(rows: Sequence[Embedded], dimension: int) -> pa.Table:
     matrix = np.ascontiguousarray(np.stack([row.vector for row in rows]), dtype=np.float32)
     return pa.table(
         {
-            "content_hash": pa.array([row.record.content_hash for row in rows], pa.string()),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dimension),
+            col.CONTENT_HASH: pa.array([row.record.content_hash for row in rows], pa.string()),
+            col.VECTOR: pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dimension),
         }
     )

@@ -57,7 +57,8 @@ def build_parser() -> Parser:
                         help="names the state of a vertex-vector-search export (one per index)")
     parser.add_argument("--max-file-mb", type=float, default=256.0,
                         help="size of each vertex-vector-search data file (default 256)")
-    parser.add_argument("--full", action="store_true", help="forget the state: send every vector file")
+    parser.add_argument("--full", action="store_true",
+                        help="send every vector file again (files that left the output are still deleted)")
     add_storage_option(parser)
     return parser
 
@@ -84,7 +85,7 @@ def export_lancedb(output: Output, uri: str, table: str | None, index: bool, ful
     if not table:
         raise UsageError("--to lancedb needs --table NAME")
     key = state_key("lancedb", uri, table)
-    plan = plan_export(output, {} if full else load_state(output, key))
+    plan = plan_export(output, load_state(output, key), full)
     result = export_to_lancedb(output, plan, uri, table, index)
     save_state(output, key, f"lancedb {uri} table {table}", plan.current)
     return result
@@ -98,9 +99,9 @@ def export_vertex(
     if bad := [f for f in restrict if not f or "," in f]:
         raise UsageError(f"--restrict takes one metadata field name per flag, got {bad}")
     key = state_key("vertex-vector-search", name, *sorted(restrict))
-    before = {} if full else previous_ids(output, key)
+    before = previous_ids(output, key)  # kept by --full too: its delete/ file needs them
     state = load_state(output, key) if before else {}  # both, or neither: resend everything
-    plan = plan_export(output, state)
+    plan = plan_export(output, state, full)
     result, after = export_to_vertex(output, plan, directory, restrict, before, options, max_bytes)
     save_ids(output, key, after)
     save_state(output, key, f"vertex-vector-search {name}", plan.current)

@@ -39,6 +39,9 @@ class ExportPlan:
     unchanged: tuple[str, ...]
     removed: tuple[str, ...]
     current: dict[str, FileState]
+    #: ``--full``: every file is sent again and the destination is left
+    #: holding those files' rows only, whatever the state remembers.
+    full: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,10 +108,12 @@ def save_state(output: Output, key: str, destination: str, files: dict[str, File
     output.write_bytes(state_path(output, key), json.dumps(body, indent=1).encode())
 
 
-def plan_export(output: Output, previous: dict[str, FileState]) -> ExportPlan:
+def plan_export(output: Output, previous: dict[str, FileState], full: bool = False) -> ExportPlan:
+    """What to send and delete. ``full`` sends every file again but still
+    deletes the files the previous state holds and the output no longer does."""
     current = {relative(output, p): file_state(output, p) for p in vector_files(output)}
-    changed = tuple(rel for rel, state in current.items() if previous.get(rel) != state)
+    changed = tuple(rel for rel, state in current.items() if full or previous.get(rel) != state)
     unchanged = tuple(rel for rel in current if rel not in changed)
     removed = tuple(rel for rel in previous if rel not in current)
-    return ExportPlan(changed, unchanged, removed, current)
+    return ExportPlan(changed, unchanged, removed, current, full)
 

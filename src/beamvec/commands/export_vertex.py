@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from beamvec.commands import Output, iter_batches
 from beamvec.commands.export_state import ExportPlan, ExportResult, absolute, state_path
+from beamvec.contract import columns as col
 from beamvec.errors import UsageError
 
 MAX_OBJECTS = 5000  # documented: objects in a batch root directory
@@ -41,7 +42,7 @@ def previous_ids(output: Output, key: str) -> dict[str, list[str]]:
     with output.fs.open(path, "rb") as fh:
         table = pq.read_table(fh)
     found: dict[str, list[str]] = {}
-    for rel, rid in zip(table.column("file").to_pylist(), table.column("id").to_pylist(), strict=True):
+    for rel, rid in zip(table.column("file").to_pylist(), table.column(col.ID).to_pylist(), strict=True):
         found.setdefault(rel, []).append(rid)
     return found
 
@@ -50,7 +51,7 @@ def save_ids(output: Output, key: str, ids: dict[str, list[str]]) -> None:
     files = [rel for rel, values in ids.items() for _ in values]
     flat = [rid for values in ids.values() for rid in values]
     sink = pa.BufferOutputStream()
-    pq.write_table(pa.table({"file": pa.array(files, pa.string()), "id": pa.array(flat, pa.string())}), sink)
+    pq.write_table(pa.table({"file": pa.array(files, pa.string()), col.ID: pa.array(flat, pa.string())}), sink)
     output.write_bytes(state_path(output, key, IDS_SUFFIX), sink.getvalue().to_pybytes())
 
 
@@ -99,11 +100,11 @@ class _Files:
 
 
 def _rows(output: Output, rel: str) -> Iterator[tuple[str, np.ndarray, str | None]]:
-    for batch in iter_batches(output, absolute(output, rel), ["id", "vector", "metadata"]):
-        ids = batch.column("id").to_pylist()
-        column = batch.column("vector")
+    for batch in iter_batches(output, absolute(output, rel), [col.ID, col.VECTOR, col.METADATA]):
+        ids = batch.column(col.ID).to_pylist()
+        column = batch.column(col.VECTOR)
         matrix = column.flatten().to_numpy(zero_copy_only=False).reshape(len(ids), column.type.list_size)
-        metadata = (batch.column("metadata").to_pylist() if "metadata" in batch.schema.names
+        metadata = (batch.column(col.METADATA).to_pylist() if col.METADATA in batch.schema.names
                     else [None] * len(ids))
         yield from zip(ids, matrix, metadata, strict=True)
 

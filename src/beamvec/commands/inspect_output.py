@@ -4,19 +4,23 @@ Model, dimension, task and normalization from the manifest (or a footer);
 rows and dead letters counted in the Parquet files themselves; a summary of
 vector norms read in record batches (memory bounded by one batch, whatever
 the output's size); the run history; whether _SUCCESS is there; and where
-the files and the manifest disagree. A committed vector file that is damaged
-or missing is named with its repair, and the output is then INCOMPLETE; exits
-1 when one is damaged, 0 otherwise (a missing one leaves a readable output).
+the files and the manifest disagree. A committed vector or dead-letter file
+that is damaged or missing is named with its repair, and the output is then
+INCOMPLETE: exit 1, as for any output that does not hold what its manifest
+says. The checks of ``read_state`` are cheap (a file of the recorded size is
+not read); inspect reads every file anyway, so a file torn within its size
+is found here too.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from beamvec.commands import (
     VECTORS_DIR,
@@ -37,7 +41,9 @@ from beamvec.commands import (
     vector_files,
 )
 from beamvec.contract import (
+    DEAD_LETTER_SCHEMA,
     MISSING,
+    DamagedFileError,
     Description,
     RunConfig,
     damaged_message,
@@ -45,14 +51,16 @@ from beamvec.contract import (
     footer_of,
     read_state,
     vector_path,
+    vector_schema,
 )
+from beamvec.contract import columns as col
 
 DESCRIPTION = """\
 Describe a beamvec output: shards, rows, model, dimension, task, normalization,
 backend, vector norms (min/mean/max over every row), dead letters by reason,
 the run history, and whether _SUCCESS exists. Reads only; exits 0 when the
-output can be read, 1 when a committed vector or dead-letter file is damaged (use
-`beamvec verify` to check it against its inputs).
+output holds what its manifest says, 1 when a committed vector or dead-letter
+file is damaged or missing (use `beamvec verify` to check it against its inputs).
 
 examples:
   beamvec inspect out/
@@ -60,6 +68,7 @@ examples:
   beamvec inspect s3://bucket/vectors --storage-option client_kwargs.endpoint_url=http://127.0.0.1:9000
 """
 
+VECTOR_COLUMNS = vector_schema(1).names
 #: Norms further than this from 1 count as "not unit" for normalized outputs.
 UNIT_TOLERANCE = 1e-3
 
@@ -79,7 +88,7 @@ def main(argv: Sequence[str]) -> int:
         return args
     report = inspect_output(args.output, storage_options(args.storage_option), quiet=args.quiet)
     print(dump_json(report) if args.json else format_report(report))
-    return 1 if report["unreadable"] else 0
+    return 1 if report["damaged"] else 0
 
 
 class NormStats:
@@ -132,13 +141,14 @@ def vectors_matrix(column: Any, dimension: int) -> np.ndarray:
 
 def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
     output, manifest = open_output(url, options)
-    # Trust, but check: a committed file that does not match its commit record.
-    damaged = read_state(output).damaged
-    problems: list[str] = [damaged_message(path, why) for path, why in damaged.items()]
+    # Trust, but check: a committed file that does not match its commit record;
+    # and, below, any file that cannot be read through (its size was the recorded one).
+    damaged = dict(read_state(output).damaged)
     files = [path for path in vector_files(output) if path not in damaged]
     desc = description_of(output, manifest, files)
     in_manifest = manifest.shards if manifest is not None else {}
     norms = NormStats()
+    problems: list[str] = []
     rows_by_shard: dict[str, int] = {}
     seen_models: set[tuple[Any, ...]] = set()
     for i, path in enumerate(files, start=1):
@@ -146,12 +156,10 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
         progress(f"beamvec inspect: reading vectors {i}/{len(files)} {name}", quiet)
         made = footer_of(output.fs, path).description
         seen_models.add((made.backend, made.model, made.dimension, made.task_type) if made else (None,) * 4)
-        rows = 0
-        for batch in iter_batches(output, path, ["vector"]):
-            column = batch.column(0)
-            dimension = column.type.list_size
-            norms.add(vectors_matrix(column, dimension))
-            rows += batch.num_rows
+        # every column, not just the vectors: a torn page of any of them is damage
+        rows = _read_through(output, path, VECTOR_COLUMNS, damaged, lambda b: norms.add(_matrix(b)))
+        if rows is None:
+            continue
         rows_by_shard[name] = rows
         if name not in in_manifest and manifest is not None:
             problems.append(f"vectors/{name}.parquet is not in the manifest (committed by a run "
@@ -170,11 +178,14 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
     dead_by_shard: dict[str, int] = {}
     dead_files = [path for path in dead_letter_files(output) if path not in damaged]
     for path in dead_files:
-        count = 0
-        for batch in iter_batches(output, path, ["reason"]):
-            reasons.update(batch.column(0).to_pylist())
-            count += batch.num_rows
-        dead_by_shard[shard_name(path)] = count
+        # every column: dead-letter files are small, and a torn page of any column is damage
+        found: Counter[str] = Counter()
+        count = _read_through(output, path, list(DEAD_LETTER_SCHEMA.names), damaged,
+                              lambda b, found=found: found.update(b.column(col.REASON).to_pylist()))
+        if count is not None:  # a torn file's reasons are not counted: it is named apart
+            reasons.update(found)
+            dead_by_shard[shard_name(path)] = count
+    problems[:0] = [damaged_message(path, why) for path, why in damaged.items()]
     for name, record in in_manifest.items():
         if name not in rows_by_shard and vector_path(output, name) not in damaged:
             problems.append(f"the manifest lists shard {name} but vectors/{name}.parquet is missing; "
@@ -214,11 +225,11 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
         "beamvec_version": about.get("beamvec_version"),
         "config_fingerprint": about.get("config_fingerprint"),
         "updated_at": (manifest.updated_at or None) if manifest is not None else None,
-        "shards": len(files),
+        "shards": len(rows_by_shard),
         "shards_in_manifest": len(in_manifest),
         "rows": sum(rows_by_shard.values()),
         "dead_letters": sum(reasons.values()),
-        "dead_letter_files": len(dead_files),
+        "dead_letter_files": len(dead_by_shard),
         "dead_letters_by_reason": dict(sorted(reasons.items())),
         "totals": manifest.totals() if manifest is not None else None,
         "norms": norm_summary,
@@ -226,8 +237,34 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
         "inputs": list(config.inputs) if manifest is not None else None,
         "problems": problems,
         "duckdb_query": duckdb_query(output, desc.dimension, example)
-        if desc and desc.dimension and (example := _first_id(output, files)) is not None else None,
+        if desc and desc.dimension and (example := _first_id(output, [p for p in files if p not in damaged])) is not None else None,
     }
+
+
+def _matrix(batch: pa.RecordBatch) -> np.ndarray:
+    column = batch.column(col.VECTOR)
+    return vectors_matrix(column, column.type.list_size)
+
+
+def _read_through(
+    output: Output, path: str, columns: list[str], damaged: dict[str, str],
+    each: Callable[[pa.RecordBatch], object],
+) -> int | None:
+    """Rows of a file read to its end, each batch handed to ``each``; None,
+    with the file added to ``damaged``, when it cannot be read through (the
+    norms keep what a torn vector file's first batches held)."""
+    rows = 0
+    try:
+        for batch in iter_batches(output, path, columns):
+            each(batch)
+            rows += batch.num_rows
+    except DamagedFileError as exc:
+        damaged[path] = exc.reason
+        return None
+    except FileNotFoundError:
+        damaged[path] = MISSING
+        return None
+    return rows
 
 
 def duckdb_query(output: Output, dimension: int, record_id: str, k: int = 5) -> str:
@@ -252,7 +289,7 @@ def _sql_string(value: str) -> str:
 
 def _first_id(output: Output, files: list[str]) -> str | None:
     for path in files:
-        for batch in iter_batches(output, path, ["id"], batch_size=1):
+        for batch in iter_batches(output, path, [col.ID], batch_size=1):
             if batch.num_rows:
                 return str(batch.column(0)[0].as_py())
     return None

@@ -35,15 +35,17 @@ from beamvec.inputs import (
     planning_router,
     resolve_inputs,
     retry_reasons,
+    retry_refusals,
     reuse_lookup,
     routed,
     split_bytes,
     split_work,
+    uncovered_by_force,
 )
 from beamvec.lookup import build_batch_index, check_reuse_source
 from beamvec.options import BeamvecOptions, expand_config, parse_pipeline_options
 from beamvec.records import DeadLetter, Shard
-from beamvec.routing import Lookup, NoLookup, RunMemory, Send
+from beamvec.routing import Lookup, NoLookup, Refusals, RunMemory, Send
 from beamvec.sink import Output
 from beamvec.sources import splittable
 
@@ -134,9 +136,10 @@ class RequestCounter:
 
 
 def scan_shard(shard: Shard, inputs: JobInputs, lookup: Lookup, memory: RunMemory,
-               requests: RequestCounter, batch: Lookup | None = None) -> dict[str, Any]:
+               requests: RequestCounter, batch: Lookup | None = None,
+               refusals: Refusals | None = None) -> dict[str, Any]:
     """One shard routed exactly as a worker routes it; nothing embedded."""
-    router = planning_router(inputs, lookup, memory, batch)
+    router = planning_router(inputs, lookup, memory, batch, refusals)
     records = characters = tokens = truncated = 0
     for decision in routed(router, shard, inputs):
         if isinstance(decision, DeadLetter):
@@ -160,9 +163,12 @@ def scan_shard(shard: Shard, inputs: JobInputs, lookup: Lookup, memory: RunMemor
 
 
 def _existing_output(
-    url: str | None, storage_options: dict[str, Any], ours: Description, force: bool
+    url: str | None, storage_options: dict[str, Any], ours: Description, force: bool,
+    shards: Sequence[Shard] = (),
 ) -> tuple[Output | None, dict[str, Any], OutputState | None]:
-    """(output, what it holds, its state) of --output, read-only."""
+    """(output, what it holds, its state) of --output, read-only; and whether
+    a run would be refused there, by the rules `run` applies (inputs.conflict,
+    inputs.uncovered_by_force)."""
     if not url:
         return None, {"url": None, "exists": False}, None
     output = Output(url, storage_options)
@@ -180,6 +186,7 @@ def _existing_output(
         "dead_lettered": 0,
         "model": None,
         "conflict": None,
+        "refused": False,
     }
     for path, why in state.damaged.items():  # a run would embed those shards again
         warn(damaged_message(path, why))
@@ -189,11 +196,14 @@ def _existing_output(
         info.update(model=state.description.model, backend=state.description.backend,
                     dimension=state.description.dimension)
     why = conflict(state, ours)
-    if why:
-        info["conflict"] = f"{output.url} {why}" + (
+    uncovered = uncovered_by_force(state, shards) if why and force else None
+    if uncovered:
+        info.update(conflict=f"{output.url} {why}; a run would be refused: {uncovered}", refused=True)
+    elif why:
+        info.update(conflict=f"{output.url} {why}" + (
             "; --force: a run would replace them" if force else
             "; a run would be refused: write to a new --output, or pass --force to replace them"
-        )
+        ), refused=not force)
     return output, info, state
 
 
@@ -204,7 +214,9 @@ def make_plan(options: PipelineOptions, exact_flag: bool = False) -> dict[str, A
     check_batch_flags(bv)
     limits = backend.limits
     fingerprint = description.config_fingerprint
-    output, existing, state = _existing_output(bv.output, inputs.storage_options, description, bv.force)
+    output, existing, state = _existing_output(
+        bv.output, inputs.storage_options, description, bv.force, inputs.shards
+    )
     replacing = bv.force or existing.get("conflict") is not None
     empty = OutputState(None, {}, {}, False)
     work = split_work(inputs.shards, state or empty, fingerprint, replacing,
@@ -218,13 +230,15 @@ def make_plan(options: PipelineOptions, exact_flag: bool = False) -> dict[str, A
     )
     # vectors earlier --batch-api runs collected and did not commit yet
     batch = build_batch_index(own, fingerprint, limits.dimension) if own is not None else None
+    # texts --retry-dead-letters dead-letters again unsent, as the run will
+    refusals = retry_refusals(output, state, work.todo, fingerprint, retry_reasons(bv.retry_dead_letters))
     memory = RunMemory(limits.dimension)
     requests = RequestCounter(limits.max_items, limits.max_request_tokens)
     results = []
     sample = choose(work.todo, exact_flag)
     for i, shard in enumerate(sample.shards, start=1):
         progress(f"beamvec plan: reading shard {i}/{len(sample.shards)} {shard.name}", bv.quiet)
-        results.append(scan_shard(shard, inputs, lookup, memory, requests, batch))
+        results.append(scan_shard(shard, inputs, lookup, memory, requests, batch, refusals))
     progress_done(bv.quiet)
     requests.done()
 

@@ -42,6 +42,7 @@ from beamvec.contract import (
     ShardCounts,
     total,
 )
+from beamvec.contract import columns as col
 from beamvec.errors import UsageError
 from beamvec.pricing import estimate_cost, format_usd
 from beamvec.timeline import RUNS_DIR, TIMELINE, Sample, read_timeline, timeline_path
@@ -185,10 +186,10 @@ def _dead_letters(output: Any) -> DeadLetters:
     counts: Counter[str] = Counter()
     examples: dict[str, list[dict[str, Any]]] = {}
     for path in dead_letter_files(output):
-        for batch in iter_batches(output, path, ["id", "reason", "message", "source_shard", "raw"]):
+        for batch in iter_batches(output, path, [col.ID, col.REASON, col.MESSAGE, col.SOURCE_SHARD, col.RAW]):
             for row in batch.to_pylist():
-                counts[row["reason"]] += 1
-                kept = examples.setdefault(row["reason"], [])
+                counts[row[col.REASON]] += 1
+                kept = examples.setdefault(row[col.REASON], [])
                 if len(kept) < EXAMPLES:
                     kept.append(row)
     return DeadLetters(dict(counts.most_common()), examples)
@@ -202,7 +203,7 @@ def _norm_sample(output: Any, files: list[str], limit: int) -> np.ndarray:
     norms: list[np.ndarray] = []
     for path in files[:limit]:
         taken = 0
-        for batch in iter_batches(output, path, ["vector"], batch_size=min(per_file, 8192)):
+        for batch in iter_batches(output, path, [col.VECTOR], batch_size=min(per_file, 8192)):
             column = batch.column(0)
             flat = column.flatten().to_numpy(zero_copy_only=False)
             matrix = flat.reshape(len(column), column.type.list_size)[: per_file - taken]

@@ -36,6 +36,7 @@ from beamvec.commands import (
     warn,
 )
 from beamvec.contract import Description, footer_of
+from beamvec.contract import columns as col
 from beamvec.errors import BackendError, SystemicError, UsageError
 from beamvec.prepare import NORMALIZATIONS, normalize
 
@@ -216,9 +217,9 @@ def search(args: Any) -> dict[str, Any]:
             warn(f"skipping vectors/{name}.parquet: made with {made.model} "
                  f"({made.dimension} dims), not {desc.model if desc else '?'} ({dimension} dims)")
             continue
-        columns = ["id", "vector", "source_shard", "source_position", "metadata"]
+        columns = [col.ID, col.VECTOR, col.SOURCE_SHARD, col.SOURCE_POSITION, col.METADATA]
         for batch in iter_batches(output, path, columns):
-            vectors = batch.column("vector")
+            vectors = batch.column(col.VECTOR)
             n = batch.num_rows
             if not n:
                 continue
@@ -234,10 +235,10 @@ def search(args: Any) -> dict[str, Any]:
                 if len(heap) >= args.k and score <= heap[0][0]:
                     continue
                 row = {
-                    "id": batch.column("id")[idx].as_py(),
+                    "id": batch.column(col.ID)[idx].as_py(),
                     "score": round(score, 6),
-                    "source": batch.column("source_shard")[idx].as_py(),
-                    "position": batch.column("source_position")[idx].as_py(),
+                    "source": batch.column(col.SOURCE_SHARD)[idx].as_py(),
+                    "position": batch.column(col.SOURCE_POSITION)[idx].as_py(),
                     "shard": name,
                     "metadata": _metadata(batch, idx),
                 }
@@ -262,9 +263,9 @@ def search(args: Any) -> dict[str, Any]:
 
 
 def _metadata(batch: Any, idx: int) -> Any:
-    if "metadata" not in batch.schema.names:
+    if col.METADATA not in batch.schema.names:
         return None
-    raw = batch.column("metadata")[idx].as_py()
+    raw = batch.column(col.METADATA)[idx].as_py()
     if raw is None:
         return None
     try:

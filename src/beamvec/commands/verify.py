@@ -31,6 +31,7 @@ from beamvec.commands import (
     warn,
 )
 from beamvec.contract import (
+    DamagedFileError,
     Manifest,
     RunConfig,
     damaged_message,
@@ -39,6 +40,7 @@ from beamvec.contract import (
     read_state,
     vector_path,
 )
+from beamvec.contract import columns as col
 from beamvec.errors import NoInputError, UsageError
 from beamvec.sink import Output
 from beamvec.sources import FORMATS, ReaderConfig, list_shards, read_shard
@@ -106,32 +108,40 @@ def _output_names(
     return names
 
 
-def _found(output: Output, name: str, damaged: Mapping[str, str]) -> tuple[Counter[str], int, int, bool]:
+def _found(output: Output, name: str, damaged: dict[str, str]) -> tuple[Counter[str], int, int, bool]:
     """(ids found, vector rows, dead-letter rows, whether the vector file
-    exists); an unreadable damaged vector file, and any damaged dead-letter
-    file, counts as absent (damaged files are reported apart, readable
-    vector files are still matched id by id)."""
-    found: Counter[str] = Counter()
-    vectors = dead = 0
+    exists). A file that cannot be read through counts as absent and is
+    added to ``damaged`` (reported apart, with its repair): the contract's
+    check reads no file of its recorded size, verify reads each to its end.
+    A vector file the contract found damaged but readable (rows and footer
+    disagree) is still matched id by id; a damaged dead-letter file is not."""
     path = vector_path(output, name)
     exists = bool(output.fs.exists(path))
-    if exists:
-        try:
-            for batch in iter_batches(output, path, ["id"]):
-                found.update(batch.column(0).to_pylist())
-                vectors += batch.num_rows
-        except Exception:  # noqa: BLE001 - pyarrow raises several types for a torn file
-            if path not in damaged:
-                raise
-            found, vectors, exists = Counter(), 0, False
-    path = dead_letter_path(output, name)
-    if path not in damaged and output.fs.exists(path):
-        for batch in iter_batches(output, path, ["id", "source_position"]):
-            ids = batch.column(0).to_pylist()
-            positions = batch.column(1).to_pylist()
-            found.update(_key(i, p) for i, p in zip(ids, positions, strict=True))
-            dead += batch.num_rows
-    return found, vectors, dead, exists
+    vectors = _ids(output, path, [col.ID], damaged) if exists else None
+    exists = vectors is not None
+    letters = dead_letter_path(output, name)
+    readable = letters not in damaged and output.fs.exists(letters)
+    dead = _ids(output, letters, [col.ID, col.SOURCE_POSITION], damaged) if readable else None
+    found = (vectors or Counter()) + (dead or Counter())
+    return found, sum((vectors or {}).values()), sum((dead or {}).values()), exists
+
+
+def _ids(output: Output, path: str, columns: list[str], damaged: dict[str, str]) -> Counter[str] | None:
+    """The ids of one file (dead letters without an id by position), or None
+    when it cannot be read through (then named in ``damaged``)."""
+    found: Counter[str] = Counter()
+    try:
+        for batch in iter_batches(output, path, columns):
+            ids = batch.column(col.ID).to_pylist()
+            if col.SOURCE_POSITION in batch.schema.names:
+                positions = batch.column(col.SOURCE_POSITION).to_pylist()
+                found.update(_key(i, p) for i, p in zip(ids, positions, strict=True))
+            else:
+                found.update(ids)
+    except DamagedFileError as exc:
+        damaged.setdefault(path, exc.reason)
+        return None
+    return found
 
 
 def verify(args: Any) -> dict[str, Any]:
@@ -165,7 +175,7 @@ def verify(args: Any) -> dict[str, Any]:
             "pass --input GLOB with where they are now (relative paths are relative to where "
             "`beamvec run` ran)"
         ) from exc
-    damaged = read_state(output).damaged  # trust, but check (contract.check_part)
+    damaged = dict(read_state(output).damaged)  # trust, but check (contract.check_part)
     names = _output_names(output, manifest, damaged)
     listed = manifest.shards if manifest is not None else {}
 

@@ -15,6 +15,7 @@ read an output through ``read_state``. Every name of the layout (bookkeeping
 folders included) is in ``layout``, the schemas in ``schema``.
 """
 
+from beamvec.contract import columns as columns
 from beamvec.contract import layout as layout
 from beamvec.contract.files import (
     COMMITS_DIR,

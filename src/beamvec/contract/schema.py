@@ -6,6 +6,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from beamvec.contract import columns as col
+
 #: The key of beamvec's footer in a Parquet file's key-value metadata.
 FOOTER_KEY = b"beamvec"
 
@@ -24,30 +26,30 @@ def write_options(schema: pa.Schema) -> dict[str, Any]:
 def vector_schema(dimension: int) -> pa.Schema:
     return pa.schema(
         [
-            pa.field("id", pa.string(), nullable=False),
-            pa.field("vector", pa.list_(pa.float32(), dimension), nullable=False),
-            pa.field("content_hash", pa.string(), nullable=False),
-            pa.field("tokens", pa.int32(), nullable=False),
-            pa.field("truncated", pa.bool_(), nullable=False),
-            pa.field("source_shard", pa.string(), nullable=False),
-            pa.field("source_position", pa.int64(), nullable=False),
-            pa.field("metadata", pa.string()),  # JSON object of pass-through fields
+            pa.field(col.ID, pa.string(), nullable=False),
+            pa.field(col.VECTOR, pa.list_(pa.float32(), dimension), nullable=False),
+            pa.field(col.CONTENT_HASH, pa.string(), nullable=False),
+            pa.field(col.TOKENS, pa.int32(), nullable=False),
+            pa.field(col.TRUNCATED, pa.bool_(), nullable=False),
+            pa.field(col.SOURCE_SHARD, pa.string(), nullable=False),
+            pa.field(col.SOURCE_POSITION, pa.int64(), nullable=False),
+            pa.field(col.METADATA, pa.string()),  # JSON object of pass-through fields
         ]
     )
 
 
 DEAD_LETTER_SCHEMA = pa.schema(
     [
-        pa.field("id", pa.string()),
-        pa.field("reason", pa.string(), nullable=False),
-        pa.field("message", pa.string(), nullable=False),
-        pa.field("source_shard", pa.string(), nullable=False),
-        pa.field("source_position", pa.int64(), nullable=False),
-        pa.field("raw", pa.string()),
-        pa.field("attempts", pa.int32()),
-        pa.field("status", pa.int32()),
+        pa.field(col.ID, pa.string()),
+        pa.field(col.REASON, pa.string(), nullable=False),
+        pa.field(col.MESSAGE, pa.string(), nullable=False),
+        pa.field(col.SOURCE_SHARD, pa.string(), nullable=False),
+        pa.field(col.SOURCE_POSITION, pa.int64(), nullable=False),
+        pa.field(col.RAW, pa.string()),
+        pa.field(col.ATTEMPTS, pa.int32()),
+        pa.field(col.STATUS, pa.int32()),
         # the hash of the text that was sent (null when it never got that far):
         # a --retry-dead-letters run dead-letters it again instead of re-sending
-        pa.field("content_hash", pa.string()),
+        pa.field(col.CONTENT_HASH, pa.string()),
     ]
 )

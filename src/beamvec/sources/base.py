@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
 from beamvec import records as r
+from beamvec.errors import SystemicError
 from beamvec.records import RawRecord, ReadError, Shard, Split, line_id
 
 FORMATS = ("txt", "jsonl", "csv", "tsv", "parquet")
@@ -130,8 +131,14 @@ def bytes_excerpt(data: bytes) -> str:
     return excerpt(repr(data[: EXCERPT + 1])[2:-1])
 
 
-def missing_column(shard: Shard, kind: str, field: str, columns: Iterable[str], flag: str) -> ValueError:
-    return ValueError(
+class MissingColumnError(SystemicError, ValueError):
+    """A file without the column a flag names: no record of it can be read,
+    so the run stops with this one line (a SystemicError reaches the driver
+    from any runner's worker)."""
+
+
+def missing_column(shard: Shard, kind: str, field: str, columns: Iterable[str], flag: str) -> MissingColumnError:
+    return MissingColumnError(
         f"{shard.shown}: no {kind} column {field!r}; the file has columns {list(columns)}; "
         f"pass {flag} with one of them"
     )

@@ -13,6 +13,7 @@ import logging
 import os
 import posixpath
 import re
+import stat
 from collections.abc import Sequence
 from typing import Any
 
@@ -115,6 +116,10 @@ def _expand(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, dict[str, di
             info = fs.info(path)
         except FileNotFoundError:
             return path, {}, 0
+        except OSError:
+            if isinstance(fs, LocalFileSystem):
+                _followed(path)  # a named link that loops: one line
+            raise
         if info.get("type") != "directory":
             return posixpath.dirname(path), {path: info}, 0
         base, matched, explicit_hidden = path, {path: info}, False
@@ -128,6 +133,8 @@ def _expand(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, dict[str, di
             )
         else:
             files[name] = info
+    if isinstance(fs, LocalFileSystem):
+        files = {p: _regular(p, i) if i.get("type") == "other" else i for p, i in files.items()}
     hidden = 0
     if not explicit_hidden:
         # vectors/ and dead_letters/ of an older output (a folder with a manifest)
@@ -140,6 +147,50 @@ def _expand(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, dict[str, di
         files = kept
     return base, files, hidden
 
+
+
+def _regular(path: str, info: dict[str, Any]) -> dict[str, Any]:
+    """The info of a listed entry that is neither file nor directory (local
+    disk: a symbolic link, a fifo): a link to a file stands for its file;
+    anything else stops the listing with one line (a loop would never end,
+    a dangling link has nothing to read)."""
+    shown = _shown_path(path)
+    target = _followed(path)
+    if stat.S_ISDIR(target.st_mode):
+        raise UsageError(f"input {shown} is a symbolic link to a directory, which listing does not "
+                         "follow (a link may loop); pass that directory as an --input of its own")
+    if not stat.S_ISREG(target.st_mode):
+        raise UsageError(f"input {shown} is not a regular file (a fifo, socket or device); "
+                         "remove it from the input or narrow the glob")
+    return {**info, "type": "file", "size": target.st_size, "mtime": target.st_mtime}
+
+
+def _followed(path: str) -> os.stat_result:
+    """What a local path's links lead to; a loop or a dangling link is a UsageError."""
+    try:
+        return os.stat(path)  # follows links; a loop raises ELOOP
+    except FileNotFoundError:
+        raise UsageError(f"input {_shown_path(path)} is a symbolic link to a file that does not exist; "
+                         "remove the link or point it at a file") from None
+    except OSError as exc:
+        raise UsageError(f"input {_shown_path(path)} cannot be followed ({exc.strerror or reason_of(exc)}): "
+                         "a symbolic link that loops; remove the link or point it at a file") from None
+
+
+def _shown_path(path: str) -> str:
+    """A listed path as text that prints: bytes of a name that is not UTF-8
+    (held by Python as surrogates) as \\x escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _check_name(path: str) -> None:
+    """Refuse a file whose name is not UTF-8: its name is written as text into
+    the manifest, the vector files and every record's ``source_shard``."""
+    if _shown_path(path) != path:
+        raise UsageError(
+            f"input {redact_url(_shown_path(path))} has a file name that is not valid UTF-8; rename it "
+            "(e.g. `convmv -f latin1 -t utf8`), or narrow the glob so it does not match it"
+        )
 
 
 def _normalized(fs: fsspec.AbstractFileSystem, path: str) -> str:
@@ -228,6 +279,7 @@ def list_shards(
             log.info("input %s: skipped %d commit-marker files (_SUCCESS, .crc, ...)", pattern, hidden)
         for file_path, info in files.items():
             full = file_path if local else fs.unstrip_protocol(file_path)
+            _check_name(full)
             relative = _relative(file_path, base)
             if full in found and len(relative) <= len(seen_as[full]):
                 continue  # matched twice: the name comes from the widest pattern, whatever the order

@@ -1,0 +1,78 @@
+"""The Batch API client masks the API key in Google's error text, as the
+online path does (issue #32 item 9): a refusal, a 5xx past its retries and a
+failed job's message never carry the key, nor a ``key=`` URL parameter."""
+
+from __future__ import annotations
+
+import secrets
+import types
+
+import pytest
+
+from beamvec.batch_client import BatchClient
+from beamvec.errors import BackendError, ErrorKind
+
+genai_errors = pytest.importorskip("google.genai.errors")
+
+KEY = "AIzaFAKE-" + secrets.token_hex(15)  # 39 characters, like a real Google API key
+
+
+def _api_error(code: int, status: str) -> Exception:
+    message = (f"request to https://generativelanguage.googleapis.com/v1beta/files?key={KEY}&alt=json "
+               f"failed for key {KEY}")
+    return genai_errors.APIError(code, {"error": {"code": code, "status": status, "message": message}})
+
+
+class _Files:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.calls = 0
+
+    def upload(self, **_: object) -> object:
+        self.calls += 1
+        raise self.error
+
+    def list(self, **_: object) -> list[object]:
+        return []
+
+
+class _Batches:
+    def get(self, name: str) -> object:
+        error = types.SimpleNamespace(message=f"input file unreadable with key={KEY} ({KEY})")
+        return types.SimpleNamespace(name=name, state="JOB_STATE_FAILED", dest=None, display_name="d",
+                                     error=error)
+
+
+def _client(error: Exception) -> tuple[BatchClient, _Files]:
+    files = _Files(error)
+    fake = types.SimpleNamespace(files=files, batches=_Batches())
+    return BatchClient(fake, "models/x", attempts=3, sleep=lambda _: None, secret=KEY), files
+
+
+@pytest.mark.parametrize(("code", "status", "kind", "calls"), [
+    (400, "INVALID_ARGUMENT", ErrorKind.BAD_INPUT, 1),
+    (503, "UNAVAILABLE", ErrorKind.TRANSIENT, 3),  # retried, then given up
+])
+def test_a_refusal_carries_googles_text_without_the_key(code, status, kind, calls):
+    client, files = _client(_api_error(code, status))
+    with pytest.raises(BackendError) as raised:
+        client.upload(b"{}\n", "beamvec-test")
+    text = str(raised.value)
+    assert KEY not in text and KEY[-12:] not in text
+    assert "key=***" in text and "failed for key ***" in text  # the rest of Google's text stays
+    assert raised.value.kind is kind and raised.value.status == code
+    assert files.calls == calls
+
+
+def test_a_failed_jobs_message_is_scrubbed():
+    client, _ = _client(_api_error(400, "INVALID_ARGUMENT"))
+    status = client.get("batches/1")
+    assert status.state == "FAILED"
+    assert status.error is not None and KEY not in status.error
+    assert status.error == "input file unreadable with key=*** (***)"
+
+
+def test_connect_hands_the_key_to_the_scrub():
+    pytest.importorskip("google.genai")
+    client = BatchClient.connect(KEY, "models/x", base_url="http://127.0.0.1:9")
+    assert client._secret == KEY
