@@ -49,10 +49,11 @@ def output_roots(paths: list[str]) -> list[str]:
 
 
 def in_output_data(path: str, roots: list[str]) -> bool:
-    """Whether ``path`` is a vector or dead-letter file of one of ``roots``."""
+    """Whether ``path`` is a vector or dead-letter file of one of ``roots``, or
+    any ``_…`` entry there (the files of older beamvec versions included)."""
     for root in roots:
         if path.startswith(root + "/"):
             first = path[len(root) + 1:].split("/", 1)[0]
-            if first in DATA_DIRS:
+            if first in DATA_DIRS or first.startswith("_"):
                 return True
     return False
