@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from beamvec import counters as c
 from beamvec import records as r
 from beamvec.backends.base import Backend
 from beamvec.backends.google_errors import TextTooLong
@@ -97,26 +98,26 @@ class Embedder:
                 [item.text for item in items], titles if any(titles) else None, gate
             )
         except BackendError as exc:
-            self.stats.add(f"status_{exc.status or 'error'}")
+            self.stats.add(c.status_of(exc.status))
             if exc.throttled:
-                self.stats.add("throttled_429")
+                self.stats.add(c.THROTTLED_429)
                 if self.limiter is not None:
                     self.limiter.on_throttled(exc.retry_after)
             raise
         finally:
-            self.stats.add("in_flight", -gate.sent)
+            self.stats.add(c.IN_FLIGHT, -gate.sent)
         if self.limiter is not None:
             self.limiter.on_success()
             counted = self.backend.server_tokens()
             if counted is not None:
                 self.limiter.calibrate(estimate, counted)
-        self.stats.add("texts", len(items))
-        self.stats.add("tokens", sum(item.tokens for item in items))
+        self.stats.add(c.TEXTS, len(items))
+        self.stats.add(c.TOKENS, sum(item.tokens for item in items))
         return vectors
 
     def _on_retry(self, exc: BaseException, attempt: int, wait: float) -> None:
-        self.stats.add(f"retries_{error_status(exc) or type(exc).__name__}")
-        self.stats.add("retries")
+        self.stats.add(c.retries_of(error_status(exc) or type(exc).__name__))
+        self.stats.add(c.RETRIES)
 
     def _call(self, items: list[Record]) -> np.ndarray:
         return self.settings.retry.call(self._request, items, on_retry=self._on_retry, sleep=_sleep)
@@ -149,7 +150,7 @@ class Embedder:
         ]
         letters = [_dead_letter(rec, exc) for rec, exc in failed]
         if letters:
-            self.stats.add("dead_letters", len(letters))
+            self.stats.add(c.DEAD_LETTERS, len(letters))
         return embedded, letters
 
 
@@ -208,12 +209,12 @@ class _Gate:
         if embedder.limiter is not None:
             waited = embedder.limiter.acquire(0.0 if self.sent else self._tokens)
             if waited:
-                embedder.stats.add("throttled_ms", waited * 1000.0)  # summed over threads
+                embedder.stats.add(c.THROTTLED_MS, waited * 1000.0)  # summed over threads
                 PROGRESS.waited(waited)  # as wall time, for the line and the summary
         STOP.check()  # nothing leaves once the run is stopping
         self.sent += 1
-        embedder.stats.add("requests")
-        embedder.stats.add("in_flight")  # a gauge: up now, down when the answer is in
+        embedder.stats.add(c.REQUESTS)
+        embedder.stats.add(c.IN_FLIGHT)  # a gauge: up now, down when the answer is in
 
     def left(self, at: float) -> None:
         if self._embedder.limiter is not None:

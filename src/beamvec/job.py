@@ -24,6 +24,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
+from beamvec import counters as c
 from beamvec.batch_phase import check_batch_flags, finish_batch_phase, run_batch_phase
 from beamvec.contract import (
     PARTIAL_DIR,
@@ -36,6 +37,7 @@ from beamvec.contract import (
     total,
 )
 from beamvec.contract.layout import PROBE as PROBE
+from beamvec.counters import THROTTLING_COUNTER
 from beamvec.embedder import EmbedSettings
 from beamvec.errors import Interrupted, SystemicError, UsageError, reason_of
 from beamvec.failures import clear_failures, raise_recorded_failure
@@ -72,7 +74,7 @@ from beamvec.run_summary import (
 )
 from beamvec.sink import Output
 from beamvec.timeline import Timeline, new_run_id
-from beamvec.transforms import THROTTLING_COUNTER, EmbedCorpus, commit_run, write_work
+from beamvec.transforms import EmbedCorpus, commit_run, write_work
 from beamvec.worker import WorkerConfig
 
 LOG = logging.getLogger("beamvec")
@@ -426,11 +428,10 @@ def _requests(counters: dict[str, int], in_process: bool) -> Requests:
     """The API calls, from Beam's counters; the quota's wait as wall time where
     the workers ran in this process (the counter sums it over threads)."""
     return Requests(
-        requests=counters.get("requests", 0),
-        retries=counters.get("retries", 0),
-        throttled_429=counters.get("throttled_429", 0),
-        retries_by_status={k.removeprefix("retries_"): v for k, v in sorted(counters.items())
-                           if k.startswith("retries_")},
-        throttled_seconds=round(PROGRESS.read()["throttled_wall_ms"] / 1000, 2) if in_process else 0.0,
+        requests=counters.get(c.REQUESTS, 0),
+        retries=counters.get(c.RETRIES, 0),
+        throttled_429=counters.get(c.THROTTLED_429, 0),
+        retries_by_status=c.retries_by_status(counters),
+        throttled_seconds=round(PROGRESS.read()[c.THROTTLED_WALL_MS] / 1000, 2) if in_process else 0.0,
         throttled_thread_seconds=round(counters.get(THROTTLING_COUNTER, 0) / 1000, 2),
     )

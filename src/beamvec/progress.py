@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
 
+from beamvec import counters as c
+
 
 class Progress:
     """Thread-safe counters the shard workers add to."""
@@ -76,8 +78,8 @@ class Progress:
     def read(self) -> dict[str, float]:
         with self._lock:
             out: dict[str, float] = {
-                "records": self.records, "shards": self.shards, "bytes": self.bytes, "reused": self.reused,
-                "done": self.done, "throttled_wall_ms": self.throttled_wall * 1000.0,
+                c.RECORDS: self.records, c.SHARDS: self.shards, c.BYTES: self.bytes, c.REUSED: self.reused,
+                c.DONE: self.done, c.THROTTLED_WALL_MS: self.throttled_wall * 1000.0,
             }
             sources = list(self._sources)
         for snapshot in sources:
@@ -99,7 +101,7 @@ def done_fraction(state: dict[str, float], total_bytes: int) -> float:
     when the run is one large file. An estimate: a read that outruns the
     writes can lower it for a moment."""
     read_fraction = min(1.0, state["bytes"] / total_bytes) if total_bytes > 0 else 0.0
-    written = min(1.0, state.get("done", state["records"]) / state["records"]) if state["records"] else 0.0
+    written = min(1.0, state.get(c.DONE, state[c.RECORDS]) / state[c.RECORDS]) if state[c.RECORDS] else 0.0
     return read_fraction * written
 
 
@@ -152,13 +154,13 @@ def format_line(
     line = (
         f"beamvec: {drawn}{state['records']:,.0f} records, shards {state['shards']:.0f}/{total_shards} "
         f"({share:.0%} of input bytes done), {estimate.rate:,.1f} records/s, {eta}, "
-        f"retries {state.get('retries', 0):,.0f}, 429s {state.get('throttled_429', 0):,.0f}"
+        f"retries {state.get(c.RETRIES, 0):,.0f}, 429s {state.get(c.THROTTLED_429, 0):,.0f}"
     )
-    sent, reused = state.get("texts", 0), state.get("reused", 0)
-    if sent or reused or state.get("requests"):
+    sent, reused = state.get(c.TEXTS, 0), state.get(c.REUSED, 0)
+    if sent or reused or state.get(c.REQUESTS):
         line += (
-            f", texts sent {sent:,.0f} reused {reused:,.0f}, in flight {state.get('in_flight', 0):,.0f}, "
-            f"waited on quota {state.get('throttled_wall_ms', 0) / 1000:,.1f} s"
+            f", texts sent {sent:,.0f} reused {reused:,.0f}, in flight {state.get(c.IN_FLIGHT, 0):,.0f}, "
+            f"waited on quota {state.get(c.THROTTLED_WALL_MS, 0) / 1000:,.1f} s"
         )
     return line
 
@@ -186,7 +188,7 @@ class Reporter:
         state = PROGRESS.read()
         # Shown forward only: the estimate dips while reading outruns writing.
         self._done = max(self._done, done_fraction(state, self.total_bytes))
-        estimate = self._window.add(self.clock(), state.get("done", 0.0), self._done)
+        estimate = self._window.add(self.clock(), state.get(c.DONE, 0.0), self._done)
         return format_line(state, self.total_shards, self._done, estimate, bar=self.tty)
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):

@@ -21,6 +21,7 @@ from typing import Any
 
 import fsspec
 
+from beamvec import counters as c
 from beamvec.contract.layout import RUNS_DIR as RUNS_DIR
 from beamvec.contract.layout import TIMELINE as TIMELINE
 
@@ -28,7 +29,7 @@ LOG = logging.getLogger("beamvec")
 
 #: Counters never go down: samples hold them relative to the first reading, so
 #: counts left in a process by an earlier run (tests, notebooks) do not leak in.
-_GAUGES = ("in_flight",)
+_GAUGES = c.GAUGES
 
 
 @dataclass(frozen=True)
@@ -63,16 +64,16 @@ def sample_from(state: Mapping[str, float], t: float) -> Sample:
     failed = sum(statuses.values())
     return Sample(
         t=round(t, 2),
-        records=int(state.get("records", 0)),
-        texts_sent=int(state.get("texts", 0)),
-        texts_reused=int(state.get("reused", 0)),
-        requests_ok=int(state.get("requests_ok", max(0, state.get("requests", 0) - failed))),
+        records=int(state.get(c.RECORDS, 0)),
+        texts_sent=int(state.get(c.TEXTS, 0)),
+        texts_reused=int(state.get(c.REUSED, 0)),
+        requests_ok=int(state.get(c.REQUESTS_OK, max(0, state.get(c.REQUESTS, 0) - failed))),
         requests_429=int(r429),
         requests_5xx=int(r5xx),
         requests_other=int(failed - r429 - r5xx),
-        retries=int(state.get("retries", 0)),
-        throttled_ms=int(state.get("throttled_ms", 0)),
-        in_flight=int(state.get("in_flight", 0)),
+        retries=int(state.get(c.RETRIES, 0)),
+        throttled_ms=int(state.get(c.THROTTLED_MS, 0)),
+        in_flight=int(state.get(c.IN_FLIGHT, 0)),
     )
 
 

@@ -25,6 +25,7 @@ from apache_beam.utils.shared import Shared
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
+from beamvec import counters as c
 from beamvec.backends.base import Backend
 from beamvec.contract import (
     CommitRecord,
@@ -40,6 +41,7 @@ from beamvec.contract import (
 )
 from beamvec.contract.layout import RUNS_DIR as RUNS_DIR
 from beamvec.contract.layout import WORK_FILE as WORK_FILE
+from beamvec.counters import NAMESPACE, THROTTLING_COUNTER
 from beamvec.embedder import Embedder, EmbedSettings
 from beamvec.errors import InputVanishedError
 from beamvec.failures import systemic_failures_recorded
@@ -54,9 +56,6 @@ from beamvec.sources import plan_splits
 from beamvec.worker import Worker, WorkerConfig
 
 LOG = logging.getLogger("beamvec")
-NAMESPACE = "beamvec"
-#: Beam's well-known counter name; Dataflow's autoscaler reads it.
-THROTTLING_COUNTER = "throttling-msecs"
 
 
 #: Shards a worker keeps open at once: reading, or waiting for their texts.
@@ -160,10 +159,10 @@ class EmbedShards(beam.DoFn):
         self.shard_pool = ThreadPoolExecutor(max_open, thread_name_prefix="beamvec-shard")
         self.reading = threading.Semaphore(self.concurrent_shards)
         self.open = threading.Semaphore(max_open)
-        self.shards_done = Metrics.counter(NAMESPACE, "shards")
-        self.records_read = Metrics.counter(NAMESPACE, "records_read")
-        self.records_embedded = Metrics.counter(NAMESPACE, "records_embedded")
-        self.records_dead = Metrics.counter(NAMESPACE, "dead_letters")
+        self.shards_done = Metrics.counter(NAMESPACE, c.SHARDS)
+        self.records_read = Metrics.counter(NAMESPACE, c.RECORDS_READ)
+        self.records_embedded = Metrics.counter(NAMESPACE, c.RECORDS_EMBEDDED)
+        self.records_dead = Metrics.counter(NAMESPACE, c.DEAD_LETTERS)
 
     def _build_worker(self) -> Worker:
         shared = self.shared
@@ -187,9 +186,10 @@ class EmbedShards(beam.DoFn):
     def _report(self, result: CommitRecord | None = None) -> None:
         """Hand counts to Beam's metrics, on the DoFn's own thread."""
         counts = self.embedder.stats.snapshot()
-        counts.pop("in_flight", None)  # a gauge, not a count
+        for gauge in c.GAUGES:  # levels, not counts
+            counts.pop(gauge, None)
         for key, delta in self.shared.unreported(counts).items():
-            Metrics.counter(NAMESPACE, THROTTLING_COUNTER if key == "throttled_ms" else key).inc(delta)
+            Metrics.counter(NAMESPACE, THROTTLING_COUNTER if key == c.THROTTLED_MS else key).inc(delta)
         if result is not None:
             self.shards_done.inc()
             self.records_read.inc(result.counts.read)
