@@ -15,7 +15,7 @@ normalization (``backends.base.l2_normalize``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,15 +144,11 @@ def request_files(
     return files
 
 
-def parse_results(
-    lines: Iterable[str | bytes], spec: BatchSpec, expected: Sequence[str] | None = None
-) -> dict[str, np.ndarray | LineError]:
-    """Vectors (float32, checked, normalized below native size) or errors by key.
-
-    With ``expected``, a key the file does not answer becomes a retryable
-    LineError, and keys the job never held are ignored."""
-    wanted = set(expected) if expected is not None else None
-    out: dict[str, np.ndarray | LineError] = {}
+def iter_results(
+    lines: Iterable[str | bytes], spec: BatchSpec
+) -> Iterator[tuple[str, np.ndarray | LineError]]:
+    """Each readable line's key and its vector or error, as the lines come: a
+    result file is read from a stream, never held (3,072 dims: ~60 KB a line)."""
     for raw in lines:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         if not text.strip():
@@ -162,15 +158,33 @@ def parse_results(
         except ValueError:
             continue  # a line we cannot read names no key; its key is reported missing
         key = obj.get("key") if isinstance(obj, dict) else None
-        if not isinstance(key, str) or (wanted is not None and key not in wanted):
+        if isinstance(key, str):
+            yield key, _parse_line(key, obj, spec)
+
+
+def parse_results(
+    lines: Iterable[str | bytes], spec: BatchSpec, expected: Sequence[str] | None = None
+) -> dict[str, np.ndarray | LineError]:
+    """Vectors (float32, checked, normalized below native size) or errors by key.
+
+    With ``expected``, a key the file does not answer becomes a retryable
+    LineError, and keys the job never held are ignored."""
+    wanted = set(expected) if expected is not None else None
+    out: dict[str, np.ndarray | LineError] = {}
+    for key, result in iter_results(lines, spec):
+        if wanted is not None and key not in wanted:
             continue
         if key in out and not isinstance(out[key], LineError):
             continue  # a repeated answer: keep the first good one
-        out[key] = _parse_line(key, obj, spec)
+        out[key] = result
     for key in expected or ():
         if key not in out:
-            out[key] = LineError(key, "the result file has no line for this request")
+            out[key] = missing_line(key)
     return out
+
+
+def missing_line(key: str) -> LineError:
+    return LineError(key, "the result file has no line for this request")
 
 
 def _parse_line(key: str, obj: dict, spec: BatchSpec) -> np.ndarray | LineError:
