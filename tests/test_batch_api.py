@@ -25,6 +25,7 @@ from beamvec.batch_api import (
     parse_results,
     request_files,
     request_key,
+    spooled_request_files,
 )
 from beamvec.batch_client import BatchClient
 from beamvec.batch_journal import BatchJournal
@@ -91,6 +92,21 @@ def test_request_files_split_by_count_and_bytes_and_send_repeats_once():
     assert all(len(f.data) <= 2 * len(files[0].data.splitlines()[0]) + 2 for f in by_bytes)
     no_title = json.loads(request_files(reqs[:1], BatchSpec(MODEL, "CLUSTERING"))[0].data)
     assert "title" not in no_title["request"] and "outputDimensionality" not in no_title["request"]
+
+
+def test_request_files_are_spooled_to_disk_one_at_a_time():
+    reqs = [BatchRequest(f"k{i}", f"text {i}") for i in range(10)] + [BatchRequest("k3", "again")]
+    seen = []
+    for keys, spool in spooled_request_files(reqs, SPEC, max_requests=4):
+        assert not seen or seen[-1][1].closed  # the previous file is gone once the next is made
+        assert not spool.closed and spool.fileno() >= 0  # a file on disk, not bytes in memory
+        seen.append((keys, spool, spool.read()))
+    assert all(spool.closed for _, spool, _ in seen)
+    assert [keys for keys, _, _ in seen] == [
+        ("k0", "k1", "k2", "k3"), ("k4", "k5", "k6", "k7"), ("k8", "k9"),
+    ]  # fmt: skip
+    assert [data for _, _, data in seen] == [f.data for f in request_files(reqs, SPEC, 4)]
+    assert json.loads(seen[0][2].splitlines()[3])["request"]["content"]["parts"][0]["text"] == "text 3"
 
 
 def test_parse_results_checks_like_the_online_path():

@@ -186,14 +186,17 @@ class BatchClient:
 
     # -- files ---------------------------------------------------------------
 
-    def upload(self, data: bytes, display_name: str) -> str:
-        """Upload a JSONL input file; its name (``files/...``)."""
+    def upload(self, data: bytes | BinaryIO, display_name: str) -> str:
+        """Upload a JSONL input file (bytes, or a file read from its start, in
+        the SDK's chunks); its name (``files/...``)."""
         config = {"mime_type": MIME_TYPE, "display_name": display_name}
-        file = self._call(
-            "upload",
-            lambda: self._client.files.upload(file=io.BytesIO(data), config=config),
-            lambda: self.find_file(display_name),
-        )
+        stream = io.BytesIO(data) if isinstance(data, bytes) else data
+
+        def upload() -> Any:
+            stream.seek(0)
+            return self._client.files.upload(file=stream, config=config)
+
+        file = self._call("upload", upload, lambda: self.find_file(display_name))
         return file if isinstance(file, str) else str(file.name)
 
     def download(self, file_name: str) -> BinaryIO:

@@ -35,8 +35,8 @@ from beamvec.batch_api import (
     BatchRequest,
     BatchSpec,
     LineError,
-    request_files,
     request_line,
+    spooled_request_files,
 )
 from beamvec.batch_client import BatchClient
 from beamvec.batch_journal import FAILED_STATES, BatchJob, BatchJournal
@@ -101,11 +101,14 @@ class _Run:
         self.memory = MemoryWriter()  # vectors kept only without a sink
         self.sink: VectorSink = sink or (lambda job: self.memory)
         self.requests: dict[str, BatchRequest] = {}
-        self.shards: dict[str, set[str]] = {}
+        self.shard: dict[str, str] = {}  # the first shard of each key
+        self.more_shards: dict[str, set[str]] = {}  # others, for the few repeated texts
         for shard, requests in todo.items():
             for request in requests:
+                first = self.shard.setdefault(request.key, shard)
                 self.requests.setdefault(request.key, request)
-                self.shards.setdefault(request.key, set()).add(shard)
+                if first != shard:
+                    self.more_shards.setdefault(request.key, set()).add(shard)
         self.jobs = {job.id: job for job in journal.pending()}
         self.keys: dict[str, tuple[str, ...]] = {}  # of the jobs holding a wanted key
         self.in_flight: Counter[str] = Counter()  # jobs holding a key, not read yet
@@ -221,21 +224,29 @@ class _Run:
     def submit(self, keys: list[str]) -> None:
         """Record, upload and create one job per input file; keys not submitted
         (the service is at its job cap) are decided on again next pass."""
-        files = request_files(
+        files = spooled_request_files(
             (self.requests[k] for k in keys),
             self.spec,
             self.settings.max_requests_per_file,
             self.settings.max_file_bytes,
         )
-        for i, file in enumerate(files):
-            tries = max(self.line_errors[k] + self.job_failures[k] for k in file.keys)
-            shards = sorted({s for k in file.keys for s in self.shards[k]})
-            job = self.journal.new_job(file.keys, shards, attempt=1 + tries)
-            self._hold(job, file.keys)
-            job = self._save(job, input_file=self.client.upload(file.data, job.display_name))
+        submitted: set[str] = set()
+        for file_keys, spool in files:
+            tries = max(self.line_errors[k] + self.job_failures[k] for k in file_keys)
+            job = self.journal.new_job(file_keys, self._shards_of(file_keys), attempt=1 + tries)
+            self._hold(job, file_keys)
+            submitted.update(file_keys)
+            job = self._save(job, input_file=self.client.upload(spool, job.display_name))
             if not self._create(job):
-                self.candidates.extend(k for later in files[i + 1 :] for k in later.keys)
-                return  # the service is at its job cap: the rest waits for a later pass
+                files.close()  # the service is at its job cap: the rest waits for a later pass
+                self.candidates.extend(k for k in keys if k not in submitted)
+                return
+
+    def _shards_of(self, keys: Sequence[str]) -> list[str]:
+        shards = {self.shard[k] for k in keys}
+        for key in keys:
+            shards.update(self.more_shards.get(key, ()))
+        return sorted(shards)
 
     def _create(self, job: BatchJob) -> bool:
         try:
