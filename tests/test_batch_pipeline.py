@@ -161,7 +161,7 @@ def test_900_records_in_3_shards_with_5_percent_failing_lines(tmp_path, capsys):
     assert sum(s["deduplicated"] for s in shards) == 900 - distinct
     tokens = run["batch_sent_tokens"] * 0.075 / 1e6 + run["sent_tokens"] * 0.15 / 1e6  # published
     assert run["estimated_cost_usd"] == pytest.approx(tokens, abs=1e-6)
-    assert f"{batch['texts_billed']:,} texts through batch jobs" in stdout
+    assert f"{batch['texts_billed']:,} through batch jobs" in stdout  # run_summary's wording
     # uploaded inputs and results are deleted from the service once committed
     assert batch["files"]["stored"] == [] and batch["jobs"]["deleted"] == batch["jobs"]["created"]
     assert not list((out / "_partial").glob("**/*.parquet"))
