@@ -25,6 +25,7 @@ from beamvec.batch_api import (
     parse_results,
     request_files,
     request_key,
+    spooled_request_files,
 )
 from beamvec.batch_client import BatchClient
 from beamvec.batch_journal import BatchJournal
@@ -91,6 +92,21 @@ def test_request_files_split_by_count_and_bytes_and_send_repeats_once():
     assert all(len(f.data) <= 2 * len(files[0].data.splitlines()[0]) + 2 for f in by_bytes)
     no_title = json.loads(request_files(reqs[:1], BatchSpec(MODEL, "CLUSTERING"))[0].data)
     assert "title" not in no_title["request"] and "outputDimensionality" not in no_title["request"]
+
+
+def test_request_files_are_spooled_to_disk_one_at_a_time():
+    reqs = [BatchRequest(f"k{i}", f"text {i}") for i in range(10)] + [BatchRequest("k3", "again")]
+    seen = []
+    for keys, spool in spooled_request_files(reqs, SPEC, max_requests=4):
+        assert not seen or seen[-1][1].closed  # the previous file is gone once the next is made
+        assert not spool.closed and spool.fileno() >= 0  # a file on disk, not bytes in memory
+        seen.append((keys, spool, spool.read()))
+    assert all(spool.closed for _, spool, _ in seen)
+    assert [keys for keys, _, _ in seen] == [
+        ("k0", "k1", "k2", "k3"), ("k4", "k5", "k6", "k7"), ("k8", "k9"),
+    ]  # fmt: skip
+    assert [data for _, _, data in seen] == [f.data for f in request_files(reqs, SPEC, 4)]
+    assert json.loads(seen[0][2].splitlines()[3])["request"]["content"]["parts"][0]["text"] == "text 3"
 
 
 def test_parse_results_checks_like_the_online_path():
@@ -306,3 +322,71 @@ def test_a_download_that_fails_for_now_is_retried_not_resubmitted(tmp_path):
         assert emu.stats()["batch"]["jobs"]["created"] == 1
     assert_all_vectors(outcome, todo)
     assert len(calls) == 2
+
+
+# -- streaming result files ---------------------------------------------------
+
+
+class _ChunkWriter:
+    def __init__(self) -> None:
+        self.chunks: list[list[str]] = []
+        self.vectors: dict[str, np.ndarray] = {}
+        self.committed = self.aborted = False
+
+    def write(self, keys, vectors) -> None:
+        assert len(keys) == len(vectors)
+        self.chunks.append(list(keys))
+        self.vectors.update(zip(keys, vectors, strict=True))
+
+    def commit(self) -> None:
+        self.committed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_read_results_streams_lines_into_bounded_chunks(monkeypatch):
+    from beamvec import batch_results
+
+    monkeypatch.setattr(batch_results, "CHUNK_BYTES", 4 * DIM * 3)  # three vectors a chunk
+    good = [float(x) for x in np.linspace(1, 2, DIM)]
+
+    def ok(key: str) -> bytes:
+        return (json.dumps({"key": key, "response": {"embedding": {"values": good}}}) + "\n").encode()
+
+    def err(key: str, code: int = 13) -> bytes:
+        return (json.dumps({"key": key, "error": {"code": code, "message": "boom"}}) + "\n").encode()
+
+    lines = iter([  # a generator: read once, front to back, as from a file
+        ok("a"), err("b"), ok("b"), ok("c"), ok("a"), ok("d"), ok("e"), ok("f"), ok("g"),
+        err("h"), err("h", 3), ok("not-ours"), b"not json\n", ok("done-before"),
+    ])  # fmt: skip
+    keys = {"a", "b", "c", "d", "e", "f", "g", "h", "missing", "done-before"}
+    writer = _ChunkWriter()
+    out = batch_results.read_results(lines, keys, SPEC, writer, skip={"done-before"})
+    assert writer.committed and not writer.aborted
+    assert [len(c) for c in writer.chunks] == [3, 3, 1]  # 7 vectors, never more than 3 held
+    assert set(writer.vectors) == set("abcdefg")  # b's later good answer beats its error
+    assert out.good == frozenset("abcdefg") | {"done-before"}  # answered, not written twice
+    assert set(out.errors) == {"h", "missing"}
+    assert out.errors["h"].code == 3 and not out.errors["h"].retryable  # the last error counts
+    assert out.errors["missing"].retryable and "no line" in out.errors["missing"].message
+    norm = float(np.linalg.norm(writer.vectors["a"]))
+    assert abs(norm - 1.0) < 1e-6  # the online path's checks and normalization
+
+
+def test_a_result_file_is_downloaded_to_disk_not_held(tmp_path):
+    todo = corpus(shards=1, per_shard=40)
+    with Emulator(api_key=KEY, batch_job_s=0) as emu:
+        client = client_for(emu)
+        real, seen = client._client.files.download, []
+
+        def download(*, file, destination=None, config=None):
+            seen.append(destination)
+            return real(file=file, destination=destination, config=config)
+
+        client._client.files.download = download
+        outcome = run_batch(todo, client, BatchJournal(str(tmp_path)), SPEC, FAST)
+    assert_all_vectors(outcome, todo)
+    assert len(seen) == 1 and seen[0] is not None  # streamed in chunks to a file
+    assert not isinstance(seen[0], (bytes, bytearray)) and seen[0].closed  # removed once read

@@ -161,7 +161,7 @@ def test_900_records_in_3_shards_with_5_percent_failing_lines(tmp_path, capsys):
     assert sum(s["deduplicated"] for s in shards) == 900 - distinct
     tokens = run["batch_sent_tokens"] * 0.075 / 1e6 + run["sent_tokens"] * 0.15 / 1e6  # published
     assert run["estimated_cost_usd"] == pytest.approx(tokens, abs=1e-6)
-    assert f"{batch['texts_billed']:,} texts through batch jobs" in stdout
+    assert f"{batch['texts_billed']:,} through batch jobs" in stdout  # run_summary's wording
     # uploaded inputs and results are deleted from the service once committed
     assert batch["files"]["stored"] == [] and batch["jobs"]["deleted"] == batch["jobs"]["created"]
     assert not list((out / "_partial").glob("**/*.parquet"))
@@ -283,3 +283,27 @@ def test_plan_prices_at_the_batch_rate_and_states_the_turnaround(tmp_path, capsy
     assert "24 h" in batch["batch_api"]["turnaround"] and batch["batch_api"]["jobs"] == 1
     code, text, _ = run_cli(capsys, *base[:-1], "--batch-api")
     assert "at the Batch API price" in text and "turnaround up to 24 h" in text
+
+
+def test_checkpoint_sink_streams_a_job_in_row_groups_and_leaves_nothing_for_an_empty_job(tmp_path):
+    import pyarrow.parquet as pq
+
+    from beamvec.batch_journal import BatchJob
+    from beamvec.batch_phase import CheckpointSink
+    from beamvec.sink import Output
+
+    output = Output(str(tmp_path / "out"), run_id="r1")
+    sink = CheckpointSink(output, "fp", 4)
+    job, empty = BatchJob("j1", "j1.keys", 5, ("s",), "t"), BatchJob("j2", "j2.keys", 1, ("s",), "t")
+    writer = sink(job)
+    vectors = np.arange(20, dtype=np.float32).reshape(5, 4)
+    writer.write(["a", "b", "c"], vectors[:3])
+    assert not list((tmp_path / "out" / "_partial").glob("**/*.parquet"))  # not visible yet
+    writer.write(["d", "e"], vectors[3:])
+    writer.commit()
+    sink(empty).commit()
+    (path,) = (tmp_path / "out" / "_partial").glob("**/*.parquet")
+    assert path.name == "batch-j1.parquet"
+    table = pq.read_table(path)
+    assert table.column("content_hash").to_pylist() == list("abcde")
+    np.testing.assert_array_equal(np.stack(table.column("vector").to_pylist()), vectors)

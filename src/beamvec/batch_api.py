@@ -15,8 +15,10 @@ normalization (``backends.base.l2_normalize``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
@@ -66,7 +68,7 @@ class BatchSpec:
         return model_id(self.model)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BatchRequest:
     """One text to embed, under its key (the text's content hash)."""
 
@@ -113,35 +115,73 @@ def request_line(request: BatchRequest, spec: BatchSpec) -> str:
     return json.dumps({"key": request.key, "request": body}, ensure_ascii=False)
 
 
+def spooled_request_files(
+    requests: Iterable[BatchRequest],
+    spec: BatchSpec,
+    max_requests: int = MAX_REQUESTS_PER_FILE,
+    max_bytes: int = MAX_FILE_BYTES,
+) -> Iterator[tuple[tuple[str, ...], BinaryIO]]:
+    """The requests as input files of at most ``max_requests`` lines and
+    ``max_bytes`` bytes each, written to temporary files on disk (an input file
+    may be 100 MB): each file's keys and the file, read from its start and
+    closed (removed) when the next is made. A key seen before is not sent again."""
+    if max_requests < 1 or max_bytes < 1:
+        raise ValueError("max_requests and max_bytes must be positive")
+    keys: list[str] = []
+    spool = tempfile.TemporaryFile(prefix="beamvec-requests-")  # noqa: SIM115 - closed below
+    size = 0
+    seen: set[str] = set()
+    try:
+        for request in requests:
+            if request.key in seen:
+                continue
+            seen.add(request.key)
+            line = (request_line(request, spec) + "\n").encode("utf-8", "surrogatepass")
+            if keys and (len(keys) >= max_requests or size + len(line) > max_bytes):
+                spool.seek(0)
+                yield tuple(keys), spool
+                spool.close()
+                keys, size = [], 0
+                spool = tempfile.TemporaryFile(prefix="beamvec-requests-")  # noqa: SIM115
+            keys.append(request.key)
+            spool.write(line)
+            size += len(line)
+        if keys:
+            spool.seek(0)
+            yield tuple(keys), spool
+    finally:
+        spool.close()
+
+
 def request_files(
     requests: Iterable[BatchRequest],
     spec: BatchSpec,
     max_requests: int = MAX_REQUESTS_PER_FILE,
     max_bytes: int = MAX_FILE_BYTES,
 ) -> list[RequestFile]:
-    """The requests as input files of at most ``max_requests`` lines and
-    ``max_bytes`` bytes each; a key seen before is not sent again."""
-    if max_requests < 1 or max_bytes < 1:
-        raise ValueError("max_requests and max_bytes must be positive")
-    files: list[RequestFile] = []
-    keys: list[str] = []
-    chunks: list[bytes] = []
-    size = 0
-    seen: set[str] = set()
-    for request in requests:
-        if request.key in seen:
+    """``spooled_request_files`` held in memory: for small runs and tests."""
+    return [
+        RequestFile(keys, spool.read())
+        for keys, spool in spooled_request_files(requests, spec, max_requests, max_bytes)
+    ]
+
+
+def iter_results(
+    lines: Iterable[str | bytes], spec: BatchSpec
+) -> Iterator[tuple[str, np.ndarray | LineError]]:
+    """Each readable line's key and its vector or error, as the lines come: a
+    result file is read from a stream, never held (3,072 dims: ~60 KB a line)."""
+    for raw in lines:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        if not text.strip():
             continue
-        seen.add(request.key)
-        line = (request_line(request, spec) + "\n").encode("utf-8", "surrogatepass")
-        if keys and (len(keys) >= max_requests or size + len(line) > max_bytes):
-            files.append(RequestFile(tuple(keys), b"".join(chunks)))
-            keys, chunks, size = [], [], 0
-        keys.append(request.key)
-        chunks.append(line)
-        size += len(line)
-    if keys:
-        files.append(RequestFile(tuple(keys), b"".join(chunks)))
-    return files
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            continue  # a line we cannot read names no key; its key is reported missing
+        key = obj.get("key") if isinstance(obj, dict) else None
+        if isinstance(key, str):
+            yield key, _parse_line(key, obj, spec)
 
 
 def parse_results(
@@ -153,24 +193,20 @@ def parse_results(
     LineError, and keys the job never held are ignored."""
     wanted = set(expected) if expected is not None else None
     out: dict[str, np.ndarray | LineError] = {}
-    for raw in lines:
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except ValueError:
-            continue  # a line we cannot read names no key; its key is reported missing
-        key = obj.get("key") if isinstance(obj, dict) else None
-        if not isinstance(key, str) or (wanted is not None and key not in wanted):
+    for key, result in iter_results(lines, spec):
+        if wanted is not None and key not in wanted:
             continue
         if key in out and not isinstance(out[key], LineError):
             continue  # a repeated answer: keep the first good one
-        out[key] = _parse_line(key, obj, spec)
+        out[key] = result
     for key in expected or ():
         if key not in out:
-            out[key] = LineError(key, "the result file has no line for this request")
+            out[key] = missing_line(key)
     return out
+
+
+def missing_line(key: str) -> LineError:
+    return LineError(key, "the result file has no line for this request")
 
 
 def _parse_line(key: str, obj: dict, spec: BatchSpec) -> np.ndarray | LineError:

@@ -2,8 +2,8 @@
 
 ``client.files.upload`` (resumable), ``client.batches.create_embeddings``
 (REST ``models/{m}:asyncBatchEmbedContent``; experimental in the SDK),
-``client.batches.get``, ``client.files.download``, ``client.batches.delete``
-and ``client.files.delete``. Calls are retried with tenacity on transient
+``client.batches.get``, ``client.files.download`` (streamed to disk),
+``client.batches.delete`` and ``client.files.delete``. Calls are retried with tenacity on transient
 faults (429, 5xx, timeouts, broken connections); job creation backs off on 429
 (too many concurrent jobs) and, before each retry, looks the job up by display
 name so a create whose answer was lost is never made twice. Bad credentials
@@ -12,12 +12,14 @@ become one-line ``SystemicError``s; the API key never reaches a message.
 
 from __future__ import annotations
 
+import inspect
 import io
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from tenacity import (
     Retrying,
@@ -77,6 +79,14 @@ def _status(job: Any, secret: str | None = None) -> JobStatus:
         display_name=getattr(job, "display_name", None),
         error=scrub(str(message), secret) if message else None,  # Google's text: no key in it
     )
+
+
+def _streams(download: Callable[..., Any]) -> bool:
+    """Whether ``files.download`` writes to a ``destination`` in chunks."""
+    try:
+        return "destination" in inspect.signature(download).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a builtin or a mock
+        return False
 
 
 class BatchClient:
@@ -181,18 +191,41 @@ class BatchClient:
 
     # -- files ---------------------------------------------------------------
 
-    def upload(self, data: bytes, display_name: str) -> str:
-        """Upload a JSONL input file; its name (``files/...``)."""
+    def upload(self, data: bytes | BinaryIO, display_name: str) -> str:
+        """Upload a JSONL input file (bytes, or a file read from its start, in
+        the SDK's chunks); its name (``files/...``)."""
         config = {"mime_type": MIME_TYPE, "display_name": display_name}
-        file = self._call(
-            "upload",
-            lambda: self._client.files.upload(file=io.BytesIO(data), config=config),
-            lambda: self.find_file(display_name),
-        )
+        stream = io.BytesIO(data) if isinstance(data, bytes) else data
+
+        def upload() -> Any:
+            stream.seek(0)
+            return self._client.files.upload(file=stream, config=config)
+
+        file = self._call("upload", upload, lambda: self.find_file(display_name))
         return file if isinstance(file, str) else str(file.name)
 
-    def download(self, file_name: str) -> bytes:
-        return self._call("download", lambda: self._client.files.download(file=file_name))
+    def download(self, file_name: str) -> BinaryIO:
+        """A result file, streamed in chunks to a temporary file on disk (read
+        from its start; closing it removes it): a result file of 3,072-dim
+        vectors is GBs and is never held in memory. SDKs before ``destination=``
+        hand over bytes, which are written out at once."""
+        spool = tempfile.TemporaryFile(prefix="beamvec-batch-")  # noqa: SIM115 - the caller closes it
+
+        def fetch() -> BinaryIO:
+            spool.seek(0)
+            spool.truncate()
+            if _streams(self._client.files.download):
+                self._client.files.download(file=file_name, destination=spool)
+            else:
+                spool.write(self._client.files.download(file=file_name))
+            spool.seek(0)
+            return spool
+
+        try:
+            return self._call("download", fetch)
+        except BaseException:
+            spool.close()
+            raise
 
     def file_exists(self, file_name: str) -> bool:
         try:

@@ -9,8 +9,8 @@ API jobs from the driver, before the normal pipeline runs.
 2. ``batch_run.run_batch`` submits, records, polls and collects them (the
    journal lives in the output: a killed run's rerun collects, never
    resubmits); each finished job's vectors are written at once as a
-   checkpoint ``_partial/<fingerprint>/batch-<job id>.parquet``, so vectors
-   are never all held in memory.
+   checkpoint ``_partial/<fingerprint>/batch-<job id>.parquet`` as its result
+   file streams in, so neither vectors nor a result file are held in memory.
 3. When every text is resolved, the ordinary pipeline runs: each record finds
    its vector in the checkpoints (counted as ``batch_sent``), nothing is sent
    online except, with ``--batch-fallback online``, the texts the batch
@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -44,7 +44,7 @@ from beamvec.inputs import JobInputs, planning_router, reuse_lookup, routed
 from beamvec.lookup import BATCH_PREFIX, build_batch_index, checkpoint_dir
 from beamvec.records import BAD_REQUEST, EMBED_FAILED, Shard
 from beamvec.routing import Lookup, NoLookup, Refusals, RunMemory, Send
-from beamvec.sink import Output
+from beamvec.sink import Output, ParquetShardWriter
 
 LOG = logging.getLogger("beamvec")
 #: What Google states for Batch mode: a target turnaround, not a promise.
@@ -147,23 +147,42 @@ def connect(inputs: JobInputs) -> BatchClient:
 
 
 class CheckpointSink:
-    """Writes each finished job's vectors to ``batch-<job id>.parquet``."""
+    """Streams each finished job's vectors to ``batch-<job id>.parquet``, one
+    row group per chunk, visible once the job is read whole."""
 
     def __init__(self, output: Output, fingerprint: str, dimension: int) -> None:
         self.output, self.dimension = output, dimension
+        self.schema = pa.schema([
+            (col.CONTENT_HASH, pa.string()), (col.VECTOR, pa.list_(pa.float32(), dimension)),
+        ])  # fmt: skip
         self.dir = checkpoint_dir(output, fingerprint)
 
-    def __call__(self, job: BatchJob, vectors: Mapping[str, np.ndarray]) -> None:
+    def __call__(self, job: BatchJob) -> CheckpointWriter:
         path = f"{self.dir}/{BATCH_PREFIX}{job.id}.parquet"
         if self.output.fs.exists(path):  # a job read again for keys it failed: keep both files
             path = f"{self.dir}/{BATCH_PREFIX}{job.id}-{secrets.token_hex(4)}.parquet"
-        keys = list(vectors)
-        matrix = np.ascontiguousarray(np.stack([vectors[k] for k in keys]), dtype=np.float32)
-        table = pa.table({
+        return CheckpointWriter(ParquetShardWriter(self.output, path, self.schema), job.id)
+
+
+class CheckpointWriter:
+    """One job's checkpoint file; a job without a vector leaves none."""
+
+    def __init__(self, parquet: ParquetShardWriter, job_id: str) -> None:
+        self.parquet, self.job_id = parquet, job_id
+
+    def write(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        flat = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1)
+        self.parquet.write(pa.table({
             col.CONTENT_HASH: pa.array(keys, pa.string()),
-            col.VECTOR: pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), self.dimension),
-        })
-        self.output.write_table(path, table)
+            col.VECTOR: pa.FixedSizeListArray.from_arrays(pa.array(flat), vectors.shape[1]),
+        }, schema=self.parquet.schema))  # fmt: skip
+
+    def commit(self) -> None:
+        if self.parquet.rows:
+            self.parquet.commit({"batch_job": self.job_id})
+
+    def abort(self) -> None:
+        self.parquet.abort()
 
 
 def format_progress(p: BatchProgress) -> str:

@@ -35,12 +35,12 @@ from beamvec.batch_api import (
     BatchRequest,
     BatchSpec,
     LineError,
-    parse_results,
-    request_files,
     request_line,
+    spooled_request_files,
 )
 from beamvec.batch_client import BatchClient
 from beamvec.batch_journal import FAILED_STATES, BatchJob, BatchJournal
+from beamvec.batch_results import MemoryWriter, VectorWriter, read_results
 from beamvec.errors import BackendError, SystemicError
 
 
@@ -56,8 +56,8 @@ class BatchSettings:
     max_wait_s: float | None = None  # stop waiting after this long (None: until done)
 
 
-#: Where a finished job's vectors go (job, key -> vector), e.g. a checkpoint file.
-VectorSink = Callable[[BatchJob, Mapping[str, np.ndarray]], None]
+#: Where a finished job's vectors go: a writer per job (e.g. a checkpoint file).
+VectorSink = Callable[[BatchJob], VectorWriter]
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,8 @@ class BatchOutcome:
 
 
 class _Run:
-    """The state of one ``run_batch`` call."""
+    """The state of one ``run_batch`` call. A poll pass costs per job: keys are
+    looked at only when their job is submitted or read."""
 
     def __init__(
         self,
@@ -97,17 +98,26 @@ class _Run:
         sink: VectorSink | None = None,
     ) -> None:
         self.client, self.journal, self.spec, self.settings = client, journal, spec, settings
-        self.sink = sink
+        self.memory = MemoryWriter()  # vectors kept only without a sink
+        self.sink: VectorSink = sink or (lambda job: self.memory)
         self.requests: dict[str, BatchRequest] = {}
-        self.shards: dict[str, set[str]] = {}
+        self.shard: dict[str, str] = {}  # the first shard of each key
+        self.more_shards: dict[str, set[str]] = {}  # others, for the few repeated texts
         for shard, requests in todo.items():
             for request in requests:
+                first = self.shard.setdefault(request.key, shard)
                 self.requests.setdefault(request.key, request)
-                self.shards.setdefault(request.key, set()).add(shard)
+                if first != shard:
+                    self.more_shards.setdefault(request.key, set()).add(shard)
         self.jobs = {job.id: job for job in journal.pending()}
-        self.keys = {job_id: journal.keys(job) for job_id, job in self.jobs.items()}
+        self.keys: dict[str, tuple[str, ...]] = {}  # of the jobs holding a wanted key
+        self.in_flight: Counter[str] = Counter()  # jobs holding a key, not read yet
+        for job in list(self.jobs.values()):
+            keys = journal.keys(job)
+            if any(key in self.requests for key in keys):  # jobs of other texts: not ours
+                self._hold(job, keys)
+        self.candidates: list[str] = list(self.requests)  # keys to decide on next
         self.read: set[str] = set()
-        self.vectors: dict[str, np.ndarray] = {}  # kept only without a sink
         self.done: set[str] = set()  # keys with a vector
         self.last_error: dict[str, LineError] = {}
         self.line_errors: Counter[str] = Counter()
@@ -116,21 +126,29 @@ class _Run:
         self.submitted = 0
         self.lines_failed = 0
 
+    def _hold(self, job: BatchJob, keys: tuple[str, ...]) -> None:
+        self.jobs[job.id], self.keys[job.id] = job, keys
+        self.in_flight.update(keys)
+
+    def _release(self, job: BatchJob) -> None:
+        """The job is read: its keys are free to decide on again."""
+        self.read.add(job.id)
+        keys = self.keys[job.id]
+        self.in_flight.subtract(keys)
+        self.candidates.extend(k for k in keys if k in self.requests and k not in self.done)
+
     def _save(self, job: BatchJob, **changes: object) -> BatchJob:
         job = dataclasses.replace(job, **changes)  # type: ignore[arg-type]
         self.journal.save(job)
         self.jobs[job.id] = job
         return job
 
-    def _relevant(self, job: BatchJob) -> bool:
-        return any(key in self.requests for key in self.keys[job.id])
-
     # -- one pass ------------------------------------------------------------
 
     def refresh(self) -> None:
         """Ask the service about every unfinished job that holds a wanted key."""
-        for job in list(self.jobs.values()):
-            if job.terminal or not self._relevant(job):
+        for job in [self.jobs[job_id] for job_id in self.keys]:
+            if job.terminal:
                 continue
             try:
                 self._refresh(job)
@@ -153,54 +171,44 @@ class _Run:
 
     def collect(self) -> None:
         """Read every finished job once: vectors, line errors, failed jobs."""
-        for job in list(self.jobs.values()):
-            if not job.terminal or job.id in self.read or not self._relevant(job):
-                continue
-            keys = [k for k in self.keys[job.id] if k in self.requests]
-            if job.state in FAILED_STATES or not job.result_file:
-                self.read.add(job.id)
-                for key in keys:
-                    self.job_failures[key] += 1
-                    reason = f"batch job {job.name} {job.state}: {job.error or 'no message'}"
-                    self.last_error[key] = LineError(key, reason)
-                continue
-            try:
-                data = self.client.download(job.result_file)
-            except BackendError as exc:
-                if exc.retryable:
-                    continue  # busy: download it next pass, never resubmit for this
-                self.read.add(job.id)  # gone (48 h) or refused: these keys go again
-                for key in keys:
-                    self.job_failures[key] += 1
-                    self.last_error[key] = LineError(key, f"result file unreadable: {exc}")
-                continue
-            results = parse_results(data.splitlines(), self.spec, expected=keys)
-            good: dict[str, np.ndarray] = {}
-            for key, result in results.items():
-                if isinstance(result, LineError):
-                    self.lines_failed += 1
-                    self.line_errors[key] += 1
-                    self.last_error[key] = result
-                elif key not in self.done:
-                    good[key] = result
-            if self.sink is not None and good:
-                self.sink(job, good)  # stored before the job counts as read
-            else:
-                self.vectors.update(good)
-            self.done.update(good)
-            self.read.add(job.id)
+        for job in [self.jobs[job_id] for job_id in self.keys]:
+            if job.terminal and job.id not in self.read:
+                self._collect(job)
+
+    def _collect(self, job: BatchJob) -> None:
+        keys = [k for k in self.keys[job.id] if k in self.requests]
+        if job.state in FAILED_STATES or not job.result_file:
+            reason = f"batch job {job.name} {job.state}: {job.error or 'no message'}"
+            self._job_failed(job, keys, reason)
+            return
+        try:
+            stream = self.client.download(job.result_file)
+        except BackendError as exc:
+            if not exc.retryable:  # gone (48 h) or refused: these keys go again
+                self._job_failed(job, keys, f"result file unreadable: {exc}")
+            return  # busy: download it next pass, never resubmit for this
+        with stream:  # stored before the job counts as read
+            results = read_results(stream, set(keys), self.spec, self.sink(job), self.done)
+        for key, error in results.errors.items():
+            self.lines_failed += 1
+            self.line_errors[key] += 1
+            self.last_error[key] = error
+        self.done.update(results.good)
+        self._release(job)
+
+    def _job_failed(self, job: BatchJob, keys: Sequence[str], reason: str) -> None:
+        for key in keys:
+            self.job_failures[key] += 1
+            self.last_error[key] = LineError(key, reason)
+        self._release(job)
 
     def decide(self) -> list[str]:
-        """Keys to submit now; keys out of tries become final failures."""
-        in_flight = {  # running, or finished but not read yet (a download to retry)
-            key
-            for job in self.jobs.values()
-            if not job.cleaned and (not job.terminal or job.id not in self.read)
-            for key in self.keys[job.id]
-        }
+        """Keys to submit now, from the keys freed since the last pass; keys
+        out of tries become final failures."""
         out = []
-        for key in self.requests:
-            if key in self.done or key in self.final or key in in_flight:
+        candidates, self.candidates = self.candidates, []
+        for key in dict.fromkeys(candidates):
+            if key in self.done or key in self.final or self.in_flight[key] > 0:
                 continue
             error = self.last_error.get(key)
             if error is not None and (
@@ -214,21 +222,31 @@ class _Run:
         return out
 
     def submit(self, keys: list[str]) -> None:
-        """Record, upload and create one job per input file."""
-        files = request_files(
+        """Record, upload and create one job per input file; keys not submitted
+        (the service is at its job cap) are decided on again next pass."""
+        files = spooled_request_files(
             (self.requests[k] for k in keys),
             self.spec,
             self.settings.max_requests_per_file,
             self.settings.max_file_bytes,
         )
-        for file in files:
-            tries = max(self.line_errors[k] + self.job_failures[k] for k in file.keys)
-            shards = sorted({s for k in file.keys for s in self.shards[k]})
-            job = self.journal.new_job(file.keys, shards, attempt=1 + tries)
-            self.jobs[job.id], self.keys[job.id] = job, file.keys
-            job = self._save(job, input_file=self.client.upload(file.data, job.display_name))
+        submitted: set[str] = set()
+        for file_keys, spool in files:
+            tries = max(self.line_errors[k] + self.job_failures[k] for k in file_keys)
+            job = self.journal.new_job(file_keys, self._shards_of(file_keys), attempt=1 + tries)
+            self._hold(job, file_keys)
+            submitted.update(file_keys)
+            job = self._save(job, input_file=self.client.upload(spool, job.display_name))
             if not self._create(job):
-                return  # the service is at its job cap: the rest waits for a later pass
+                files.close()  # the service is at its job cap: the rest waits for a later pass
+                self.candidates.extend(k for k in keys if k not in submitted)
+                return
+
+    def _shards_of(self, keys: Sequence[str]) -> list[str]:
+        shards = {self.shard[k] for k in keys}
+        for key in keys:
+            shards.update(self.more_shards.get(key, ()))
+        return sorted(shards)
 
     def _create(self, job: BatchJob) -> bool:
         try:
@@ -267,6 +285,9 @@ class _Run:
     def by_state(self) -> dict[str, int]:
         return dict(Counter(job.state for job in self.jobs.values() if not job.cleaned))
 
+    def remaining(self) -> int:
+        return len(self.requests) - len(self.done) - len(self.final)
+
     def pending(self) -> frozenset[str]:
         return frozenset(k for k in self.requests if k not in self.done and k not in self.final)
 
@@ -277,7 +298,7 @@ class _Run:
 
     def outcome(self) -> BatchOutcome:
         return BatchOutcome(
-            vectors=dict(self.vectors),
+            vectors=dict(self.memory.vectors),
             failures={
                 k: dataclasses.replace(e, message=_tried(e, self, k)) for k, e in self.final.items()
             },
@@ -308,8 +329,8 @@ def run_batch(
 ) -> BatchOutcome:
     """Vectors and failures by key for ``todo`` (shard name -> requests), through
     batch jobs recorded in ``journal``; see the module docstring. With ``sink``,
-    each finished job's vectors go to it as the job is read (and are not kept:
-    memory stays bounded by one result file)."""
+    each finished job's vectors go to a writer of its own as the job's result
+    file is streamed (and are not kept: memory stays bounded by one chunk)."""
     settings = settings or BatchSettings()
     run = _Run(todo, client, journal, spec, settings, sink)
     interval = settings.poll_interval_s
@@ -323,7 +344,7 @@ def run_batch(
             run.submit(keys)
         if progress is not None:
             progress(run.progress())
-        if not run.pending() or not settings.wait:
+        if not run.remaining() or not settings.wait:
             break
         if deadline is not None and clock() >= deadline:
             break

@@ -1,0 +1,140 @@
+"""Memory of `beamvec run --batch-api` (issue 31), as peak RSS of the driver process.
+
+For each corpus size, a fresh corpus (JSONL shards of distinct texts) is run
+through `beamvec run --backend gemini --batch-api` against the emulator (its
+own process, `beamvec emulator`, short jobs, 64 dims so that the emulator's
+JSON stays small). The run is a child process; it reports ru_maxrss twice:
+right after the Batch API phase (submit, poll, collect: the driver's part) and
+at the end of the run (with the DirectRunner in process, the workers that
+route and write the shards run in the same process). os.wait4 gives the
+child's peak as the OS saw it. Printed: a table and the large/small ratios.
+
+    python benchmarks/batch_api_memory.py [--sizes 10000 500000] [--shards 10]
+        [--dim 64] [--text-chars 120]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+KEY = "bench-batch-key"
+MiB = 1024 * 1024
+
+_CHILD = """
+import json, resource, sys
+from beamvec import batch_phase, job
+peak = {}
+real = batch_phase.run_batch_phase
+def measured(*args, **kwargs):
+    phase = real(*args, **kwargs)
+    peak["batch_phase_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return phase
+job.run_batch_phase = measured
+summary = job.run_job(sys.argv[1:], out=sys.stderr)
+peak["run_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak["complete"] = bool(summary.get("complete", True))
+print(json.dumps(peak))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_corpus(root: Path, records: int, shards: int, chars: int) -> None:
+    root.mkdir(parents=True)
+    per = -(-records // shards)
+    pad = "lorem ipsum dolor sit amet " * (chars // 27 + 1)
+    n = 0
+    for s in range(shards):
+        with open(root / f"part-{s:03d}.jsonl", "w") as fh:
+            for _ in range(min(per, records - n)):
+                text = f"record {n} " + pad[: max(0, chars - 12)]
+                fh.write(json.dumps({"id": f"r{n}", "text": text}) + "\n")
+                n += 1
+
+
+def wait_for(port: int, deadline_s: float = 30.0) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"the emulator did not listen on port {port}")
+
+
+def run_one(records: int, args: argparse.Namespace, env: dict[str, str]) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="beamvec-bench-batch-") as tmp:
+        root = Path(tmp)
+        write_corpus(root / "in", records, args.shards, args.text_chars)
+        port = free_port()
+        emulator = subprocess.Popen(
+            [sys.executable, "-m", "beamvec.cli", "emulator", "--port", str(port),
+             "--api-key", KEY, "--batch-job-s", str(args.job_s)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_for(port)
+            argv = [
+                "--input", str(root / "in" / "*.jsonl"), "--output", str(root / "out"),
+                "--backend", "gemini", "--api-base-url", f"http://127.0.0.1:{port}",
+                "--output-dimensionality", str(args.dim), "--batch-api",
+                "--batch-poll-interval", "1", "--quiet",
+            ]  # fmt: skip
+            started = time.monotonic()
+            child = subprocess.Popen(
+                [sys.executable, "-c", _CHILD, *argv], env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            out, err = child.communicate()
+            elapsed = time.monotonic() - started
+            if child.returncode != 0:
+                raise SystemExit(f"the run of {records:,} records failed: {err.decode()[-2000:]}")
+            peak = json.loads(out.decode().strip().splitlines()[-1])
+        finally:
+            emulator.terminate()
+            emulator.wait()
+    return {
+        "records": records,
+        "batch_phase_mib": peak["batch_phase_kib"] / 1024,
+        "run_mib": peak["run_kib"] / 1024,
+        "seconds": elapsed,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 500_000])
+    parser.add_argument("--shards", type=int, default=10)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--text-chars", type=int, default=120)
+    parser.add_argument("--job-s", type=float, default=1.0)
+    args = parser.parse_args()
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, GEMINI_API_KEY=KEY, NO_PROXY="127.0.0.1,localhost",
+               PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))  # fmt: skip
+    rows = [run_one(n, args, env) for n in args.sizes]
+    print(f"{'records':>10} {'driver after batch phase':>25} {'whole run (in-process workers)':>31} {'s':>7}")
+    for r in rows:
+        print(f"{r['records']:>10,} {r['batch_phase_mib']:>21.0f} MiB {r['run_mib']:>27.0f} MiB "
+              f"{r['seconds']:>7.1f}")  # fmt: skip
+    if len(rows) > 1:
+        small, large = rows[0], rows[-1]
+        print(f"ratio {large['records']:,} / {small['records']:,}: batch phase "
+              f"{large['batch_phase_mib'] / small['batch_phase_mib']:.2f}x, whole run "
+              f"{large['run_mib'] / small['run_mib']:.2f}x (target: batch phase within 1.2x)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
