@@ -390,3 +390,17 @@ def test_a_result_file_is_downloaded_to_disk_not_held(tmp_path):
     assert_all_vectors(outcome, todo)
     assert len(seen) == 1 and seen[0] is not None  # streamed in chunks to a file
     assert not isinstance(seen[0], (bytes, bytearray)) and seen[0].closed  # removed once read
+
+
+def test_gemini_embedding_2_lines_carry_the_task_in_the_text_and_no_task_type():
+    """As online: Google's documented prompt (ai.google.dev, gemini-embedding-2
+    task types), no taskType and no title field."""
+    from beamvec.batch_api import BatchRequest, BatchSpec, request_line
+
+    query = json.loads(request_line(BatchRequest("k", "where is the station"),
+                                    BatchSpec("gemini-embedding-2", "RETRIEVAL_QUERY", 256)))
+    assert query["request"] == {"content": {"parts": [{"text": "task: search result | query: where is the station"}]},
+                                "outputDimensionality": 256}
+    doc = json.loads(request_line(BatchRequest("k", "trains leave hourly", "Timetable"),
+                                  BatchSpec("gemini-embedding-2", "RETRIEVAL_DOCUMENT")))
+    assert doc["request"] == {"content": {"parts": [{"text": "title: Timetable | text: trains leave hourly"}]}}

@@ -109,3 +109,23 @@ def test_plan_force_with_a_new_configuration_on_part_of_the_inputs_says_a_run_is
     whole = ["--input", str(src / "*.jsonl"), "--output", str(out), "--normalization", "collapse", "--force"]
     existing = json.loads(run_cli(capsys, "plan", "--json", *whole)[1])["output"]
     assert existing["refused"] is False and "--force: a run would replace them" in existing["conflict"]
+
+
+def test_the_batch_api_never_lists_a_refused_text(refused_output):
+    """`--batch-api` routes as the workers do: a text kept refused is not put
+    in a request file (it would be billed again at the batch rate)."""
+    from beamvec.batch_phase import collect_requests
+
+    options = parse_options([*refused_output, "--retry-dead-letters"])
+    inputs = resolve_inputs(options)
+    output = Output(inputs.bv.output)
+    state = read_state(output)
+    fingerprint = inputs.description.config_fingerprint
+    retry = retry_reasons(inputs.bv.retry_dead_letters)
+    work = split_work(inputs.shards, state, fingerprint, False, retry)
+    refusals = retry_refusals(output, state, work.todo, fingerprint, retry)
+
+    listed = collect_requests(output, inputs, work.todo, True, state=state, refusals=refusals)
+    assert [r.text for reqs in listed.values() for r in reqs] == [FLAKY]
+    unrefused = collect_requests(output, inputs, work.todo, True, state=state)
+    assert sorted(r.text for reqs in unrefused.values() for r in reqs) == sorted([POISON, FLAKY])

@@ -24,6 +24,7 @@ import numpy as np
 
 from beamvec.backends.base import TASK_TYPES, l2_normalize
 from beamvec.backends.genai import DEFAULT_MODEL, model_id, native_dimension
+from beamvec.backends.prompts import PromptFormat, prompt_format
 from beamvec.records import content_hash
 
 #: Well under the published limits (2 GB a file, 20 GB a project).
@@ -67,6 +68,11 @@ class BatchSpec:
     def model_id(self) -> str:
         return model_id(self.model)
 
+    @property
+    def prompt(self) -> PromptFormat | None:
+        """gemini-embedding-2's task, written into each text (as online)."""
+        return prompt_format(self.model, self.task_type)
+
 
 @dataclass(frozen=True, slots=True)
 class BatchRequest:
@@ -104,8 +110,17 @@ def request_key(text: str, title: str | None, spec: BatchSpec) -> str:
 
 
 def request_line(request: BatchRequest, spec: BatchSpec) -> str:
-    """One JSONL line. Titles go only with RETRIEVAL_DOCUMENT, as online."""
-    body: dict[str, object] = {"content": {"parts": [{"text": request.text}]}}
+    """One JSONL line. Titles go only with RETRIEVAL_DOCUMENT, as online; a
+    model that takes its task in the text (gemini-embedding-2) gets the text
+    with its prompt and neither task type nor title, as online."""
+    prompt = spec.prompt
+    if prompt is not None:
+        text = prompt.apply(request.text, request.title)
+        body: dict[str, object] = {"content": {"parts": [{"text": text}]}}
+        if spec.output_dimensionality is not None:
+            body["outputDimensionality"] = spec.output_dimensionality
+        return json.dumps({"key": request.key, "request": body}, ensure_ascii=False)
+    body = {"content": {"parts": [{"text": request.text}]}}
     if spec.task_type:
         body["taskType"] = spec.task_type
     if request.title and spec.task_type == "RETRIEVAL_DOCUMENT":

@@ -89,7 +89,7 @@ class BatchPhase:
 
 def collect_requests(
     output: Output, inputs: JobInputs, todo: list[Shard], reuse: bool, quiet: bool = True,
-    state: OutputState | None = None,
+    state: OutputState | None = None, refusals: Refusals | None = None,
 ) -> dict[str, list[BatchRequest]]:
     """Shard name -> the texts it would send, routed as the workers route them.
 
@@ -104,7 +104,7 @@ def collect_requests(
     for i, shard in enumerate(todo, start=1):
         if not quiet:
             print(f"beamvec batch: reading shard {i}/{len(todo)} {shard.name}", file=sys.stderr)
-        router = planning_router(inputs, lookup, memory, batch)
+        router = planning_router(inputs, lookup, memory, batch, refusals)
         out[shard.name] = [
             BatchRequest(d.record.content_hash, d.record.text, d.record.title)
             for d in routed(router, shard, inputs) if isinstance(d, Send)
@@ -204,12 +204,15 @@ def refusals_of(failures: Mapping[str, LineError]) -> Refusals:
 def run_batch_phase(
     output: Output, inputs: JobInputs, todo: list[Shard], out: TextIO | None = None,
     client: BatchClient | None = None, state: OutputState | None = None,
+    refusals: Refusals | None = None,
 ) -> BatchPhase:
-    """Embed the run's texts through batch jobs; see the module docstring."""
+    """Embed the run's texts through batch jobs; see the module docstring.
+    ``refusals``: texts `--retry-dead-letters` keeps refused, never sent."""
     bv = inputs.bv
     out = out or sys.stdout
     live = not bv.quiet
-    requests = collect_requests(output, inputs, todo, reuse=not bv.force, quiet=bv.quiet, state=state)
+    requests = collect_requests(output, inputs, todo, reuse=not bv.force, quiet=bv.quiet, state=state,
+                                refusals=refusals)
     # The output is about to change: not complete again until this run commits.
     output.remove(output.path(SUCCESS))
     journal = BatchJournal(bv.output, inputs.storage_options)

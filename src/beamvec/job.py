@@ -241,14 +241,15 @@ def _run_planned(
     # Only when there is work: a no-op rerun sends nothing, and the text it
     # embeds is one the run needs, kept as a checkpoint (a run with k texts to send bills k).
     check_output_writable(plan.output)  # before any text is sent
+    refused = retry_refusals(plan.output, plan.state, plan.work.todo, inputs.description.config_fingerprint,
+                             retry_reasons(bv.retry_dead_letters))
     batch = (
-        run_batch_phase(plan.output, inputs, plan.work.todo, out, state=plan.state) if bv.batch_api else None
+        run_batch_phase(plan.output, inputs, plan.work.todo, out, state=plan.state, refusals=refused)
+        if bv.batch_api else None
     )
     if batch is not None and not batch.ready:  # --no-wait: jobs still running
         return RunSummary(plan.output.url, "pending", exit_code("pending", 0, False),
                           shards=len(inputs.shards), batch_status=batch.status)
-    refused = retry_refusals(plan.output, plan.state, plan.work.todo, inputs.description.config_fingerprint,
-                             retry_reasons(bv.retry_dead_letters))
     checked = None if batch else preflight(
         plan.output, inputs, plan.work.todo, reuse=not bv.force, state=plan.state, refusals=refused
     )
