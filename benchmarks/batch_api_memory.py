@@ -30,7 +30,7 @@ MiB = 1024 * 1024
 
 _CHILD = """
 import json, resource, sys
-from beamvec import batch_phase, job
+from beamvec.driver import batch_phase, job
 peak = {}
 real = batch_phase.run_batch_phase
 def measured(*args, **kwargs):

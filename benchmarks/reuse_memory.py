@@ -43,9 +43,9 @@ FINGERPRINT = "bench-reuse-0001"
 
 def child_lookup(output: str, dimension: int, lookups: int, random_lookups: int, total: int) -> dict[str, Any]:
     """Build the index as a worker does, then look hashes up."""
-    from beamvec.lookup import build_index
     from beamvec.records import content_hash
-    from beamvec.sink import Output
+    from beamvec.route.lookup import build_index
+    from beamvec.write.sink import Output
 
     started = time.perf_counter()
     index = build_index(Output(output), [], FINGERPRINT, dimension)
@@ -71,7 +71,7 @@ def child_lookup(output: str, dimension: int, lookups: int, random_lookups: int,
     run(random.Random(2).sample(range(total), random_lookups), "random_order")
 
     # what a worker does: a window of records at once (get_many), here in random order
-    from beamvec.worker import FETCH_WINDOW
+    from beamvec.pipeline.worker import FETCH_WINDOW
 
     numbers = random.Random(3).sample(range(total), random_lookups * 10)
     t0 = time.perf_counter()
@@ -144,7 +144,7 @@ def write_output(root: Path, total: int, dimension: int, per_file: int = 10_000,
         write_manifest,
     )
     from beamvec.records import content_hash
-    from beamvec.sink import Output, ParquetShardWriter, vector_schema
+    from beamvec.write.sink import Output, ParquetShardWriter, vector_schema
 
     out = Output(str(root))
     description = Description("local", model, dimension, config_fingerprint=FINGERPRINT)

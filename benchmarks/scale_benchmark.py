@@ -300,10 +300,10 @@ def synthesize(glob: str, out: Path) -> tuple[float, int]:
         merge_manifest,
         vector_path,
     )
-    from beamvec.inputs import parse_options, resolve_inputs
-    from beamvec.prepare import prepare
+    from beamvec.driver.resolve import parse_options, resolve_inputs
     from beamvec.records import Embedded, RawRecord, Split
-    from beamvec.sink import Output, ParquetShardWriter, vector_schema, vector_table
+    from beamvec.route.prepare import prepare
+    from beamvec.write.sink import Output, ParquetShardWriter, vector_schema, vector_table
 
     started = time.perf_counter()
     inputs = resolve_inputs(parse_options(["--input", glob, "--output", str(out)]))

@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from beamvec.pipeline.worker import FLUSH_ROWS
 from beamvec.records import Embedded, Record, content_hash
-from beamvec.sink import vector_table, write_options
-from beamvec.worker import FLUSH_ROWS
+from beamvec.write.sink import vector_table, write_options
 
 
 def table_of(rows: int, dim: int) -> pa.Table:

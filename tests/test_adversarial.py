@@ -443,7 +443,7 @@ def test_a_vanished_input_fails_its_shard_only(tmp_path, capsys, emulator, monke
     """Deleted after planning (here: right after the preflight): the other
     shards commit, the run exits non-zero with a line naming the file, and
     a rerun with the file back completes, sending only its texts."""
-    import beamvec.job as job
+    import beamvec.driver.job as job
 
     texts: dict[str, dict[str, str]] = {}
     for name, count in {"a": 20, "b": 25, "c": 30}.items():

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 import beamvec
-from beamvec.batch_api import (
+from beamvec.batchapi.client import BatchClient
+from beamvec.batchapi.journal import BatchJournal
+from beamvec.batchapi.jsonl import (
     BatchRequest,
     BatchSpec,
     LineError,
@@ -27,9 +29,7 @@ from beamvec.batch_api import (
     request_key,
     spooled_request_files,
 )
-from beamvec.batch_client import BatchClient
-from beamvec.batch_journal import BatchJournal
-from beamvec.batch_run import BatchSettings, cleanup_jobs, run_batch
+from beamvec.batchapi.run import BatchSettings, cleanup_jobs, run_batch
 from beamvec.emulator import Emulator, expected_vector
 
 os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1,localhost"]))
@@ -228,10 +228,10 @@ def test_no_wait_submits_and_a_later_call_collects_then_cleanup(tmp_path):
 
 _CHILD = """
 import sys
-from beamvec.batch_api import BatchRequest, BatchSpec, request_key
-from beamvec.batch_client import BatchClient
-from beamvec.batch_journal import BatchJournal
-from beamvec.batch_run import BatchSettings, run_batch
+from beamvec.batchapi.jsonl import BatchRequest, BatchSpec, request_key
+from beamvec.batchapi.client import BatchClient
+from beamvec.batchapi.journal import BatchJournal
+from beamvec.batchapi.run import BatchSettings, run_batch
 url, out = sys.argv[1], sys.argv[2]
 spec = BatchSpec("gemini-embedding-001", "RETRIEVAL_DOCUMENT", 64)
 todo = {f"shard-{s}": [BatchRequest(request_key(f"record {s}-{i}", None, spec), f"record {s}-{i}")
@@ -346,7 +346,7 @@ class _ChunkWriter:
 
 
 def test_read_results_streams_lines_into_bounded_chunks(monkeypatch):
-    from beamvec import batch_results
+    from beamvec.batchapi import results as batch_results
 
     monkeypatch.setattr(batch_results, "CHUNK_BYTES", 4 * DIM * 3)  # three vectors a chunk
     good = [float(x) for x in np.linspace(1, 2, DIM)]
@@ -395,7 +395,7 @@ def test_a_result_file_is_downloaded_to_disk_not_held(tmp_path):
 def test_gemini_embedding_2_lines_carry_the_task_in_the_text_and_no_task_type():
     """As online: Google's documented prompt (ai.google.dev, gemini-embedding-2
     task types), no taskType and no title field."""
-    from beamvec.batch_api import BatchRequest, BatchSpec, request_line
+    from beamvec.batchapi.jsonl import BatchRequest, BatchSpec, request_line
 
     query = json.loads(request_line(BatchRequest("k", "where is the station"),
                                     BatchSpec("gemini-embedding-2", "RETRIEVAL_QUERY", 256)))

@@ -20,7 +20,7 @@ import beamvec
 from beamvec.emulator.server import Emulator
 from beamvec.emulator.vectors import expected_vector
 from beamvec.records import BAD_REQUEST, DUPLICATE_ID, EMBED_FAILED, RawRecord, content_hash
-from beamvec.routing import Refusals, Reuse, Router, RunMemory, Send
+from beamvec.route.router import Refusals, Reuse, Router, RunMemory, Send
 
 from helpers import assert_reconciled, beam_run, read_output, run_cli, vectors_by_id
 
@@ -84,7 +84,7 @@ def api_key(monkeypatch):
 
 
 def _router(refusals=None, batch=None, memory=None):
-    from beamvec.prepare import PrepareConfig
+    from beamvec.route.prepare import PrepareConfig
 
     return Router(
         PrepareConfig(), lambda t: len(t) // 3 + 1, lambda t, n: t, _Dict({}), memory or RunMemory(4),
@@ -288,9 +288,9 @@ def test_plan_prices_at_the_batch_rate_and_states_the_turnaround(tmp_path, capsy
 def test_checkpoint_sink_streams_a_job_in_row_groups_and_leaves_nothing_for_an_empty_job(tmp_path):
     import pyarrow.parquet as pq
 
-    from beamvec.batch_journal import BatchJob
-    from beamvec.batch_phase import CheckpointSink
-    from beamvec.sink import Output
+    from beamvec.batchapi.journal import BatchJob
+    from beamvec.driver.batch_phase import CheckpointSink
+    from beamvec.write.sink import Output
 
     output = Output(str(tmp_path / "out"), run_id="r1")
     sink = CheckpointSink(output, "fp", 4)

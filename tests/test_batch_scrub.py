@@ -9,7 +9,7 @@ import types
 
 import pytest
 
-from beamvec.batch_client import BatchClient
+from beamvec.batchapi.client import BatchClient
 from beamvec.errors import BackendError, ErrorKind
 
 genai_errors = pytest.importorskip("google.genai.errors")

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from beamvec.batching import batches
+from beamvec.embed.batching import batches
 from beamvec.records import Record
 
 

@@ -14,10 +14,11 @@ import pytest
 
 from beamvec import records as r
 from beamvec.backends.base import Backend, Limits
-from beamvec.embedder import Embedder, EmbedSettings
+from beamvec.embed.bisection import embed_with_bisection
+from beamvec.embed.embedder import Embedder, EmbedSettings
 from beamvec.errors import BackendError, ErrorKind, SystemicError
 from beamvec.records import Record, content_hash
-from beamvec.retry import RetriesExhausted, RetryPolicy, embed_with_bisection, is_bad_input
+from beamvec.retry import RetriesExhausted, RetryPolicy, is_bad_input
 
 TEXTS = [f"text number {i}" for i in range(8)]
 BAD = "text number 1"  # the one text the API refuses (a 400)

@@ -247,7 +247,7 @@ def test_a_typo_sends_nothing_to_the_api(tmp_path, capsys, monkeypatch):
 def test_beam_flags_still_pass():
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
-    from beamvec.options import BeamvecOptions, parse_pipeline_options
+    from beamvec.driver.options import BeamvecOptions, parse_pipeline_options
 
     options = parse_pipeline_options([
         "--input", "in/*.jsonl", "--output", "out", "--runner", "DirectRunner",
@@ -390,7 +390,7 @@ def test_the_run_json_schema_is_the_documented_one():
     import dataclasses
     import re
 
-    from beamvec.run_summary import SCHEMA, RunSummary
+    from beamvec.driver.run_summary import SCHEMA, RunSummary
 
     page = (ROOT / "docs" / "cli.md").read_text()
     section = page.split(f"(`{SCHEMA}`)", 1)[1].split("\n### ", 1)[0]

@@ -32,7 +32,7 @@ from beamvec.contract import (
     vector_path,
 )
 from beamvec.errors import UsageError
-from beamvec.sink import FOOTER_KEY, Output
+from beamvec.write.sink import FOOTER_KEY, Output
 
 DESC = Description("local", "all-MiniLM-L6-v2", 384, None, True, config_fingerprint="f" * 16)
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from beamvec.errors import SystemicError
-from beamvec.failures import (
+from beamvec.contract.failures import (
     clear_failures,
     raise_recorded_failure,
     read_failures,
     record_failure,
     systemic_failures_recorded,
 )
+from beamvec.errors import SystemicError
 
 
 @pytest.mark.parametrize("kind", ["local", "memory"])

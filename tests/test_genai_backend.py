@@ -547,7 +547,7 @@ def test_the_send_gate_runs_before_each_request_leaves(emu, key_env, mode):
 
 
 def test_the_embedder_books_every_request_of_a_batch_with_the_limiter(emu, key_env):
-    from beamvec.embedder import Embedder, EmbedSettings
+    from beamvec.embed.embedder import Embedder, EmbedSettings
     from beamvec.quota import Limiter
     from beamvec.records import Record, content_hash
 
@@ -575,7 +575,7 @@ def test_the_embedder_books_every_request_of_a_batch_with_the_limiter(emu, key_e
 def test_the_embedder_paces_tokens_as_vertex_reports_it_counted_them(emu, key_env):
     """Vertex `:predict` says how many tokens it counted: the limiter's token
     factor becomes the server's count over the request's estimate."""
-    from beamvec.embedder import Embedder, EmbedSettings
+    from beamvec.embed.embedder import Embedder, EmbedSettings
     from beamvec.quota import Limiter
     from beamvec.records import Record, content_hash
 
@@ -596,7 +596,7 @@ def test_gemini_embedding_2_on_the_gemini_api_is_paced_by_counted_tokens(emu, ke
     """The Gemini API returns no counts with embeddings; its free :countTokens
     answers for gemini-embedding-2, so a worker's first calls are counted there
     too (three of them, a sample) and the limiter's token factor follows."""
-    from beamvec.embedder import Embedder, EmbedSettings
+    from beamvec.embed.embedder import Embedder, EmbedSettings
     from beamvec.quota import Limiter
     from beamvec.records import Record, content_hash
 
@@ -694,8 +694,8 @@ def test_a_change_of_prompt_format_is_a_new_configuration(emu, key_env):
     """The template is in the footer and the fingerprint; models without one
     keep the fingerprint they had (no key added), so old outputs stay reusable."""
     from beamvec.contract import Description
-    from beamvec.inputs import config_fingerprint
-    from beamvec.prepare import PrepareConfig
+    from beamvec.driver.resolve import config_fingerprint
+    from beamvec.route.prepare import PrepareConfig
     from beamvec.sources import ReaderConfig
 
     def described(**kw):
@@ -725,7 +725,7 @@ def test_a_too_long_400_costs_two_calls_not_a_bisection(emu, key_env, mode, mode
     maximum number of tokens allowed (M)."), so the longest is sent alone, then
     the others together: two extra calls, not a bisection."""
     from beamvec.backends.google_errors import TextTooLong
-    from beamvec.retry import embed_with_bisection
+    from beamvec.embed.bisection import embed_with_bisection
 
     b = make(emu, mode, model=model, output_dimensionality=256)
     texts = [f"short text {i}" for i in range(10)]
@@ -748,7 +748,7 @@ def test_a_too_long_400_costs_two_calls_not_a_bisection(emu, key_env, mode, mode
 
 def test_a_too_long_text_in_a_batch_split_by_title_is_the_one_dead_letter(emu, key_env):
     from beamvec import records as r
-    from beamvec.embedder import Embedder, EmbedSettings
+    from beamvec.embed.embedder import Embedder, EmbedSettings
     from beamvec.records import Record, content_hash
 
     b = make(emu, task_type="RETRIEVAL_DOCUMENT", output_dimensionality=256)

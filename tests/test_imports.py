@@ -68,8 +68,8 @@ def test_no_module_imports_itself_back_through_others() -> None:
 def test_errors_is_the_bottom_and_backends_stay_below_the_core() -> None:
     graph = _graph()
     assert graph["beamvec.errors"] == set()
-    core = {"beamvec.worker", "beamvec.transforms", "beamvec.job", "beamvec.embedder", "beamvec.routing",
-            "beamvec.contract", "beamvec.collector", "beamvec.inputs"}  # retry.py sits below backends
+    core = {"beamvec.pipeline.worker", "beamvec.pipeline.transforms", "beamvec.driver.job", "beamvec.embed.embedder", "beamvec.route.router",
+            "beamvec.contract", "beamvec.embed.collector", "beamvec.driver.resolve"}  # retry.py sits below backends
     for name, targets in graph.items():
         if name.startswith("beamvec.backends"):
             assert not targets & core, f"{name} imports {targets & core}"

@@ -189,7 +189,7 @@ def test_success_marker_is_withdrawn_while_a_run_changes_the_output(tmp_path, ca
     args = ("--input", str(tmp_path / "in" / "*"), "--output", str(tmp_path / "o"))
     assert beam_run(capsys, *args)[0] == 0
     _write_shard(tmp_path / "in" / "b.jsonl", {"2": "two"})
-    from beamvec import job
+    from beamvec.driver import job
 
     seen = []
     real = job.EmbedCorpus.expand

@@ -22,8 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from beamvec.errors import SystemicError
-from beamvec.lease import (
+from beamvec.driver.lease import (
     LEASE,
     Lease,
     LeaseHeldError,
@@ -33,7 +32,8 @@ from beamvec.lease import (
     read_lease,
     release,
 )
-from beamvec.sink import Output, ParquetShardWriter
+from beamvec.errors import SystemicError
+from beamvec.write.sink import Output, ParquetShardWriter
 
 pytest_plugins = ["servers"]
 

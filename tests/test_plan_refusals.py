@@ -14,10 +14,16 @@ import pytest
 from beamvec.backends.base import PREFLIGHT_TEXT
 from beamvec.backends.local import LocalBackend
 from beamvec.contract import read_state
+from beamvec.driver.preflight import first_text_to_send
+from beamvec.driver.resolve import (
+    parse_options,
+    resolve_inputs,
+    retry_reasons,
+    retry_refusals,
+    split_work,
+)
 from beamvec.errors import BackendError, ErrorKind
-from beamvec.inputs import parse_options, resolve_inputs, retry_reasons, retry_refusals, split_work
-from beamvec.preflight import first_text_to_send
-from beamvec.sink import Output
+from beamvec.write.sink import Output
 
 from helpers import beam_run, read_output, run_cli
 
@@ -114,7 +120,7 @@ def test_plan_force_with_a_new_configuration_on_part_of_the_inputs_says_a_run_is
 def test_the_batch_api_never_lists_a_refused_text(refused_output):
     """`--batch-api` routes as the workers do: a text kept refused is not put
     in a request file (it would be billed again at the batch rate)."""
-    from beamvec.batch_phase import collect_requests
+    from beamvec.driver.batch_phase import collect_requests
 
     options = parse_options([*refused_output, "--retry-dead-letters"])
     inputs = resolve_inputs(options)

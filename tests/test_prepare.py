@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from beamvec import records as r
-from beamvec.prepare import PrepareConfig, normalize, prepare
 from beamvec.records import DeadLetter, RawRecord, ReadError, Record
+from beamvec.route.prepare import PrepareConfig, normalize, prepare
 
 
 def count(text: str) -> int:

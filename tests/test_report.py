@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beamvec import job
-from beamvec import report_html as h
 from beamvec.cli import main
 from beamvec.commands import report
+from beamvec.commands import report_html as h
 from beamvec.contract import CommitRecord, ShardCounts
+from beamvec.driver import job
+from beamvec.driver.timeline import Timeline
 from beamvec.emulator.server import Emulator
-from beamvec.timeline import Timeline
 
 from helpers import beam_run
 

@@ -12,12 +12,12 @@ import pytest
 from tenacity import RetryCallState, Retrying
 
 from beamvec.backends.google_errors import parse_retry_after, parse_retry_info
+from beamvec.embed.bisection import embed_with_bisection
 from beamvec.errors import BackendError, ErrorKind
 from beamvec.retry import (
     Deadline,
     RetriesExhausted,
     RetryPolicy,
-    embed_with_bisection,
     error_status,
     is_bad_input,
     is_retryable,

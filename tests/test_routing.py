@@ -18,20 +18,20 @@ import pyarrow.parquet as pq
 import pytest
 
 from beamvec import records as r
-from beamvec import worker as worker_module
 from beamvec.backends.base import Backend, Limits
-from beamvec.collector import Collector
 from beamvec.contract import Description, ShardCounts, read_state, vector_path
-from beamvec.embedder import Embedder, EmbedSettings
-from beamvec.lookup import Lookups, VectorIndex
-from beamvec.prepare import PrepareConfig
+from beamvec.embed.collector import Collector
+from beamvec.embed.embedder import Embedder, EmbedSettings
+from beamvec.pipeline import worker as worker_module
+from beamvec.pipeline.transforms import EmbedShards, PerProcess
+from beamvec.pipeline.worker import Worker, WorkerConfig
 from beamvec.quota import Limiter, QuotaSettings
 from beamvec.records import DeadLetter, Embedded, RawRecord, Record, Shard, Split, content_hash
-from beamvec.routing import Fetch, Follow, NoLookup, Reuse, Router, RunMemory, Seed, Send
-from beamvec.sink import Output, vector_table
+from beamvec.route.lookup import Lookups, VectorIndex
+from beamvec.route.prepare import PrepareConfig
+from beamvec.route.router import Fetch, Follow, NoLookup, Reuse, Router, RunMemory, Seed, Send
 from beamvec.sources import ReaderConfig
-from beamvec.transforms import EmbedShards, PerProcess
-from beamvec.worker import Worker, WorkerConfig
+from beamvec.write.sink import Output, vector_table
 
 DIM = 4
 

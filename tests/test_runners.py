@@ -31,8 +31,8 @@ from apache_beam.options.pipeline_options import (
 )
 
 from beamvec.cli import main
-from beamvec.job import parse_options
-from beamvec.options import BeamvecOptions, expand_config
+from beamvec.driver.job import parse_options
+from beamvec.driver.options import BeamvecOptions, expand_config
 
 from helpers import assert_reconciled, read_output, vectors_by_id
 

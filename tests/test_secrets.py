@@ -8,7 +8,7 @@ key were there. ``layers()`` peels every base64 run and compressed stream,
 recursively, and each check proves it can see through them with a marker
 that *is* pickled into the DoFns (part of the output path).
 
-The pipeline checked is the one ``beamvec.job.run_job`` builds: ``beam.Pipeline``
+The pipeline checked is the one ``beamvec.driver.job.run_job`` builds: ``beam.Pipeline``
 is replaced by a subclass that records ``to_runner_api()`` when ``run()`` is
 called. By then run_job has run the backend's preflight, so the GenaiBackend
 in the pipeline is loaded and holds the key in memory (asserted): the state
@@ -37,7 +37,7 @@ from apache_beam.pipeline import PipelineVisitor
 from beamvec.backends.genai import GenaiBackend
 from beamvec.cli import main
 from beamvec.emulator.server import Emulator
-from beamvec.transforms import EmbedCorpus
+from beamvec.pipeline.transforms import EmbedCorpus
 
 from helpers import assert_reconciled, read_output
 

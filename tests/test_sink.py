@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from beamvec.records import Embedded, Record, content_hash
-from beamvec.sink import Output, ParquetShardWriter, vector_schema, vector_table
+from beamvec.write.sink import Output, ParquetShardWriter, vector_schema, vector_table
 
 DIM = 768
 ROWS = 2048

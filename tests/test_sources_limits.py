@@ -15,8 +15,8 @@ import pytest
 
 from beamvec import records as r
 from beamvec.errors import InputVanishedError, UsageError
-from beamvec.prepare import PrepareConfig, prepare
 from beamvec.records import DeadLetter, RawRecord, ReadError, Record, Split
+from beamvec.route.prepare import PrepareConfig, prepare
 from beamvec.sources import (
     NoInputError,
     ReaderConfig,

@@ -7,7 +7,7 @@ import threading
 
 import fsspec
 
-from beamvec.timeline import (
+from beamvec.driver.timeline import (
     Sample,
     Timeline,
     latest_timeline,

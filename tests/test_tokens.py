@@ -14,8 +14,8 @@ import pytest
 
 from beamvec import records as r
 from beamvec.backends import tokens
-from beamvec.prepare import PrepareConfig, prepare
 from beamvec.records import DeadLetter, RawRecord, Record
+from beamvec.route.prepare import PrepareConfig, prepare
 
 ENGLISH = (
     "The committee met on Tuesday to review the budget for the coming year. "

@@ -18,9 +18,9 @@ import time
 from collections.abc import Sequence
 
 from beamvec import __version__
+from beamvec.driver.run_summary import EXIT_CODES, EXIT_INTERRUPTED, EXIT_TERMINATED
 from beamvec.errors import SystemicError, UsageError, reason_of
 from beamvec.interrupt import Terminated
-from beamvec.run_summary import EXIT_CODES, EXIT_INTERRUPTED, EXIT_TERMINATED
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -37,7 +37,7 @@ Any Beam pipeline flag (--runner, --direct_num_workers, ...) is passed through;
 
 def _run_help() -> str:
     # flags.py, not options.py: `beamvec run --help` must not import Beam (~1 s).
-    from beamvec.flags import add_beamvec_flags
+    from beamvec.driver.flags import add_beamvec_flags
 
     parser = argparse.ArgumentParser(
         prog="beamvec run", description=RUN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -47,7 +47,7 @@ def _run_help() -> str:
 
 
 def _run(argv: Sequence[str]) -> int:
-    from beamvec.job import run_job
+    from beamvec.driver.job import run_job
 
     return run_job(argv).exit_code
 
@@ -202,7 +202,7 @@ def _quiet_runner_tracebacks(record: logging.LogRecord) -> bool:
 
 def _find_systemic(exc: BaseException) -> SystemicError | None:
     """An in-process runner re-raises a worker's error with its chain: find
-    our SystemicError in it (other runners: see beamvec.failures)."""
+    our SystemicError in it (other runners: see beamvec.contract.failures)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:

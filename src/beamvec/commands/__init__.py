@@ -1,7 +1,7 @@
 """The operator commands around `beamvec run`: plan, inspect, search, verify.
 
 Each module has ``main(argv) -> int``: it parses its own flags, prints to
-stdout, and raises ``beamvec.job.UsageError`` (exit 2) for anything the user
+stdout, and raises ``beamvec.driver.job.UsageError`` (exit 2) for anything the user
 can fix, with a message that says what to do next. The helpers here are what
 they share: flag parsing that raises instead of exiting, opening an output
 and its manifest, and listing and reading its Parquet files in batches.
@@ -31,9 +31,9 @@ from beamvec.contract import dead_letter_files as dead_letter_files
 from beamvec.contract import has_success as has_success
 from beamvec.contract import name_of as shard_name  # noqa: F401 - the commands' name for it
 from beamvec.contract import vector_files as vector_files
+from beamvec.driver.storage_options import parse_storage_options
 from beamvec.errors import UsageError, reason_of
-from beamvec.sink import Output
-from beamvec.storage_options import parse_storage_options
+from beamvec.write.sink import Output
 
 #: Rows per record batch when commands scan vector files: bounds memory
 #: (8192 x 3072 float32 is 96 MB at the largest dimension; 12 MB at 384).

@@ -27,7 +27,7 @@ from beamvec.commands import (
 )
 from beamvec.commands.search import add_query_backend_flags, embed_texts, query_backend
 from beamvec.errors import SystemicError, UsageError
-from beamvec.prepare import NORMALIZATIONS, normalize
+from beamvec.route.prepare import NORMALIZATIONS, normalize
 
 SCHEMA = "beamvec.embed/1"
 

@@ -23,13 +23,13 @@ import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beamvec import __version__, pricing
-from beamvec.batch_phase import TURNAROUND, check_batch_flags
 from beamvec.commands import Parser, dump_json, fmt_seconds, progress, progress_done, warn
 from beamvec.commands.plan_sample import EXACT_SHARDS, SAMPLE_SHARDS, choose, relative_error_95
 from beamvec.commands.plan_text import format_plan
 from beamvec.contract import Description, OutputState, damaged_message, read_state, total
-from beamvec.errors import UsageError
-from beamvec.inputs import (
+from beamvec.driver.batch_phase import TURNAROUND, check_batch_flags
+from beamvec.driver.options import BeamvecOptions, expand_config, parse_pipeline_options
+from beamvec.driver.resolve import (
     JobInputs,
     conflict,
     planning_router,
@@ -42,12 +42,12 @@ from beamvec.inputs import (
     split_work,
     uncovered_by_force,
 )
-from beamvec.lookup import build_batch_index, check_reuse_source
-from beamvec.options import BeamvecOptions, expand_config, parse_pipeline_options
+from beamvec.errors import UsageError
 from beamvec.records import DeadLetter, Shard
-from beamvec.routing import Lookup, NoLookup, Refusals, RunMemory, Send
-from beamvec.sink import Output
+from beamvec.route.lookup import build_batch_index, check_reuse_source
+from beamvec.route.router import Lookup, NoLookup, Refusals, RunMemory, Send
 from beamvec.sources import splittable
+from beamvec.write.sink import Output
 
 DESCRIPTION = """\
 Scan the inputs and print what `beamvec run` would do with the same flags:

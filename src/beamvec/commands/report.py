@@ -19,7 +19,6 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from beamvec import report_html as h
 from beamvec.commands import (
     Parser,
     add_storage_option,
@@ -33,6 +32,7 @@ from beamvec.commands import (
     storage_options,
     vector_files,
 )
+from beamvec.commands import report_html as h
 from beamvec.contract import (
     CommitRecord,
     Description,
@@ -43,9 +43,9 @@ from beamvec.contract import (
     total,
 )
 from beamvec.contract import columns as col
+from beamvec.driver.timeline import RUNS_DIR, TIMELINE, Sample, read_timeline, timeline_path
 from beamvec.errors import UsageError
 from beamvec.pricing import estimate_cost, format_usd
-from beamvec.timeline import RUNS_DIR, TIMELINE, Sample, read_timeline, timeline_path
 
 DESCRIPTION = """\
 Write one self-contained HTML report of an output (no network needed to view it):

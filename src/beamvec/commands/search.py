@@ -38,7 +38,7 @@ from beamvec.commands import (
 from beamvec.contract import Description, footer_of
 from beamvec.contract import columns as col
 from beamvec.errors import BackendError, SystemicError, UsageError
-from beamvec.prepare import NORMALIZATIONS, normalize
+from beamvec.route.prepare import NORMALIZATIONS, normalize
 
 DESCRIPTION = """\
 Embed a query with the output's own backend and model, and print the k

@@ -42,8 +42,8 @@ from beamvec.contract import (
 )
 from beamvec.contract import columns as col
 from beamvec.errors import NoInputError, UsageError
-from beamvec.sink import Output
 from beamvec.sources import FORMATS, ReaderConfig, list_shards, read_shard
+from beamvec.write.sink import Output
 
 DESCRIPTION = """\
 Check that every input record appears exactly once in OUTPUT, as a vector or

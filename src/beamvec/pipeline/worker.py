@@ -23,8 +23,6 @@ from typing import Any
 import numpy as np
 
 from beamvec.backends.base import Backend
-from beamvec.batching import batches
-from beamvec.collector import Collector, Result
 from beamvec.contract import (
     CommitRecord,
     Description,
@@ -35,15 +33,18 @@ from beamvec.contract import (
     footer_and_rows,
     vector_path,
 )
-from beamvec.embedder import Embedder
+from beamvec.embed.batching import batches
+from beamvec.embed.collector import Collector, Result
+from beamvec.embed.embedder import Embedder
 from beamvec.errors import InputVanishedError, SystemicError, UsageError, unwritable
 from beamvec.interrupt import SETTLE_S, STOP
-from beamvec.lookup import Lookups, checkpoint_dir
-from beamvec.prepare import PrepareConfig
 from beamvec.progress import PROGRESS
 from beamvec.records import DeadLetter, Embedded, Record, Split
-from beamvec.routing import Decision, Fetch, Refusals, Reuse, Router, RunMemory, Seed, Send
-from beamvec.sink import (
+from beamvec.route.lookup import Lookups, checkpoint_dir
+from beamvec.route.prepare import PrepareConfig
+from beamvec.route.router import Decision, Fetch, Refusals, Reuse, Router, RunMemory, Seed, Send
+from beamvec.sources import ReaderConfig, read_split
+from beamvec.write.sink import (
     DEAD_LETTER_SCHEMA,
     Output,
     ParquetShardWriter,
@@ -52,7 +53,6 @@ from beamvec.sink import (
     vector_schema,
     vector_table,
 )
-from beamvec.sources import ReaderConfig, read_split
 
 LOG = logging.getLogger("beamvec")
 FLUSH_ROWS = 2048

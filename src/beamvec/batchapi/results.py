@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from beamvec.batch_api import BatchSpec, LineError, iter_results, missing_line
+from beamvec.batchapi.jsonl import BatchSpec, LineError, iter_results, missing_line
 
 #: Vectors handed to a writer at a time: ~32 MiB of float32 whatever the size.
 CHUNK_BYTES = 32 << 20

@@ -39,21 +39,21 @@ from beamvec.contract import (
     stale_parts,
     total,
 )
+from beamvec.contract.failures import systemic_failures_recorded
 from beamvec.contract.layout import RUNS_DIR as RUNS_DIR
 from beamvec.contract.layout import WORK_FILE as WORK_FILE
 from beamvec.counters import NAMESPACE, THROTTLING_COUNTER
-from beamvec.embedder import Embedder, EmbedSettings
+from beamvec.embed.embedder import Embedder, EmbedSettings
 from beamvec.errors import InputVanishedError
-from beamvec.failures import systemic_failures_recorded
-from beamvec.lookup import Lookups
+from beamvec.pipeline.worker import Worker, WorkerConfig
 from beamvec.pricing import estimate_cost
 from beamvec.progress import PROGRESS
 from beamvec.quota import Limiter, QuotaSettings
 from beamvec.records import Shard, Split
-from beamvec.routing import RunMemory
-from beamvec.sink import Output
+from beamvec.route.lookup import Lookups
+from beamvec.route.router import RunMemory
 from beamvec.sources import plan_splits
-from beamvec.worker import Worker, WorkerConfig
+from beamvec.write.sink import Output
 
 LOG = logging.getLogger("beamvec")
 

@@ -1,6 +1,6 @@
 """One embedding job, from flags to a summary: the driver side of `beamvec run`.
 
-Resolves the flags (inputs.py), decides which shards to embed, checks what can
+Resolves the flags (resolve.py), decides which shards to embed, checks what can
 be checked before any worker starts (the backend answers, the output is
 writable), builds and runs the pipeline, and summarizes from the manifest the
 pipeline wrote.
@@ -25,7 +25,6 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from beamvec import counters as c
-from beamvec.batch_phase import check_batch_flags, finish_batch_phase, run_batch_phase
 from beamvec.contract import (
     PARTIAL_DIR,
     SUCCESS,
@@ -36,12 +35,14 @@ from beamvec.contract import (
     read_state,
     total,
 )
+from beamvec.contract.failures import clear_failures, raise_recorded_failure
 from beamvec.contract.layout import PROBE as PROBE
 from beamvec.counters import THROTTLING_COUNTER
-from beamvec.embedder import EmbedSettings
-from beamvec.errors import Interrupted, SystemicError, UsageError, reason_of
-from beamvec.failures import clear_failures, raise_recorded_failure
-from beamvec.inputs import (
+from beamvec.driver.batch_phase import check_batch_flags, finish_batch_phase, run_batch_phase
+from beamvec.driver.lease import STALL_S, hold_lease
+from beamvec.driver.options import BeamvecOptions
+from beamvec.driver.preflight import preflight
+from beamvec.driver.resolve import (
     JobInputs,
     Work,
     conflict,
@@ -54,17 +55,7 @@ from beamvec.inputs import (
     uncovered_by_force,
     worker_processes,
 )
-from beamvec.interrupt import STOP, Terminated, signals_handled
-from beamvec.lease import STALL_S, hold_lease
-from beamvec.lookup import check_reuse_source
-from beamvec.options import BeamvecOptions
-from beamvec.preflight import preflight
-from beamvec.progress import PROGRESS, Reporter
-from beamvec.quota import QuotaSettings
-from beamvec.retry import RetryPolicy
-from beamvec.retry_letters import merged
-from beamvec.routing import Refusals
-from beamvec.run_summary import (
+from beamvec.driver.run_summary import (
     READ_ERRORS,
     DamagedInput,
     Requests,
@@ -72,10 +63,19 @@ from beamvec.run_summary import (
     exit_code,
     format_summary,
 )
-from beamvec.sink import Output
-from beamvec.timeline import Timeline, new_run_id
-from beamvec.transforms import EmbedCorpus, commit_run, write_work
-from beamvec.worker import WorkerConfig
+from beamvec.driver.timeline import Timeline, new_run_id
+from beamvec.embed.embedder import EmbedSettings
+from beamvec.errors import Interrupted, SystemicError, UsageError, reason_of
+from beamvec.interrupt import STOP, Terminated, signals_handled
+from beamvec.pipeline.transforms import EmbedCorpus, commit_run, write_work
+from beamvec.pipeline.worker import WorkerConfig
+from beamvec.progress import PROGRESS, Reporter
+from beamvec.quota import QuotaSettings
+from beamvec.retry import RetryPolicy
+from beamvec.route.lookup import check_reuse_source
+from beamvec.route.retry_letters import merged
+from beamvec.route.router import Refusals
+from beamvec.write.sink import Output
 
 LOG = logging.getLogger("beamvec")
 

@@ -29,7 +29,7 @@ from tenacity import (
 )
 
 from beamvec.backends.google_errors import scrub
-from beamvec.batch_journal import BatchJob
+from beamvec.batchapi.journal import BatchJob
 from beamvec.errors import BackendError, ErrorKind, SystemicError
 
 try:  # optional dependency: the genai extra

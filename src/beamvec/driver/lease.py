@@ -49,7 +49,7 @@ from typing import Any
 from beamvec.contract.layout import LEASE as LEASE
 from beamvec.errors import SystemicError, unwritable
 from beamvec.interrupt import STOP
-from beamvec.sink import Output
+from beamvec.write.sink import Output
 
 LOG = logging.getLogger("beamvec")
 #: A lease not renewed for this long is stale: its holder is gone.

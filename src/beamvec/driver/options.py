@@ -21,9 +21,9 @@ from typing import Any, NoReturn
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
+from beamvec.driver.flags import add_beamvec_flags
+from beamvec.driver.storage_options import parse_storage_options
 from beamvec.errors import UsageError
-from beamvec.flags import add_beamvec_flags
-from beamvec.storage_options import parse_storage_options
 
 __all__ = [
     "BeamvecOptions",

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 
 from beamvec.contract import CommitRecord, dead_letter_path
 from beamvec.contract import columns as col
-from beamvec.routing import Refusals
-from beamvec.sink import Output
+from beamvec.route.router import Refusals
+from beamvec.write.sink import Output
 
 LOG = logging.getLogger("beamvec")
 COLUMNS = [col.REASON, col.MESSAGE, col.CONTENT_HASH]

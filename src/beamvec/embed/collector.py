@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from beamvec.batching import batches, by_length
+from beamvec.embed.batching import batches, by_length
 from beamvec.errors import Interrupted
 from beamvec.interrupt import STOP
 from beamvec.records import DeadLetter, Embedded, Record

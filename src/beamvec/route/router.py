@@ -23,8 +23,8 @@ import numpy as np
 
 from beamvec import records as r
 from beamvec.contract import ShardCounts
-from beamvec.prepare import PrepareConfig, prepare
 from beamvec.records import DeadLetter, RawRecord, Record
+from beamvec.route.prepare import PrepareConfig, prepare
 
 #: Vectors of this run's texts kept for later repeats, in bytes per process.
 #: Past it, the oldest are forgotten and a repeat that old is sent again.

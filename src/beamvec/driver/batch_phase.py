@@ -33,18 +33,18 @@ from typing import Any, TextIO
 import numpy as np
 import pyarrow as pa
 
-from beamvec.batch_api import BatchRequest, BatchSpec, LineError
-from beamvec.batch_client import BatchClient
-from beamvec.batch_journal import BatchJob, BatchJournal
-from beamvec.batch_run import BatchOutcome, BatchProgress, BatchSettings, cleanup_jobs, run_batch
+from beamvec.batchapi.client import BatchClient
+from beamvec.batchapi.journal import BatchJob, BatchJournal
+from beamvec.batchapi.jsonl import BatchRequest, BatchSpec, LineError
+from beamvec.batchapi.run import BatchOutcome, BatchProgress, BatchSettings, cleanup_jobs, run_batch
 from beamvec.contract import SUCCESS, OutputState, complete_shards, read_state
 from beamvec.contract import columns as col
+from beamvec.driver.resolve import JobInputs, planning_router, reuse_lookup, routed
 from beamvec.errors import BackendError, UsageError
-from beamvec.inputs import JobInputs, planning_router, reuse_lookup, routed
-from beamvec.lookup import BATCH_PREFIX, build_batch_index, checkpoint_dir
 from beamvec.records import BAD_REQUEST, EMBED_FAILED, Shard
-from beamvec.routing import Lookup, NoLookup, Refusals, RunMemory, Send
-from beamvec.sink import Output, ParquetShardWriter
+from beamvec.route.lookup import BATCH_PREFIX, build_batch_index, checkpoint_dir
+from beamvec.route.router import Lookup, NoLookup, Refusals, RunMemory, Send
+from beamvec.write.sink import Output, ParquetShardWriter
 
 LOG = logging.getLogger("beamvec")
 #: What Google states for Batch mode: a target turnaround, not a promise.

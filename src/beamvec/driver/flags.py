@@ -12,8 +12,8 @@ import argparse
 from typing import Any
 
 from beamvec.backends.base import TASK_TYPES
-from beamvec.prepare import LONG_TEXT_POLICIES, NORMALIZATIONS
 from beamvec.records import TRANSIENT_REASONS
+from beamvec.route.prepare import LONG_TEXT_POLICIES, NORMALIZATIONS
 from beamvec.sources import FORMATS
 
 

@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 
 from beamvec.contract import OutputState
-from beamvec.inputs import JobInputs, planning_router, reuse_lookup, routed
+from beamvec.driver.resolve import JobInputs, planning_router, reuse_lookup, routed
 from beamvec.records import Record, Shard
-from beamvec.routing import NoLookup, Refusals, RunMemory, Seed, Send
-from beamvec.sink import Output
+from beamvec.route.router import NoLookup, Refusals, RunMemory, Seed, Send
+from beamvec.write.sink import Output
 
 LOG = logging.getLogger("beamvec")
 #: Records scanned for a text to send before falling back to a probe text.

@@ -21,18 +21,13 @@ from beamvec import counters as c
 from beamvec import records as r
 from beamvec.backends.base import Backend
 from beamvec.backends.google_errors import TextTooLong
+from beamvec.embed.bisection import embed_with_bisection
 from beamvec.errors import BackendError, ErrorKind, Interrupted, SystemicError
 from beamvec.interrupt import STOP
 from beamvec.progress import PROGRESS
 from beamvec.quota import AdaptiveLimiter
 from beamvec.records import DeadLetter, Embedded, Record
-from beamvec.retry import (
-    RetriesExhausted,
-    RetryPolicy,
-    embed_with_bisection,
-    error_status,
-    is_bad_input,
-)
+from beamvec.retry import RetriesExhausted, RetryPolicy, error_status, is_bad_input
 
 
 @dataclass(frozen=True)

@@ -23,15 +23,15 @@ from apache_beam.options.pipeline_options import (
 from beamvec import __version__
 from beamvec.backends import Backend, backend_from_options
 from beamvec.contract import CommitRecord, Description, OutputState, RunConfig, complete_shards
+from beamvec.driver.options import BeamvecOptions, parse_pipeline_options, parse_storage_options
 from beamvec.errors import UsageError, redact_url
-from beamvec.lookup import VectorIndex, build_index
-from beamvec.options import BeamvecOptions, parse_pipeline_options, parse_storage_options
-from beamvec.prepare import PrepareConfig
 from beamvec.records import REASONS, TRANSIENT_REASONS, Shard
-from beamvec.retry_letters import kept_refusals
-from beamvec.routing import Decision, Lookup, Refusals, Router, RunMemory, Send
-from beamvec.sink import Output
+from beamvec.route.lookup import VectorIndex, build_index
+from beamvec.route.prepare import PrepareConfig
+from beamvec.route.retry_letters import kept_refusals
+from beamvec.route.router import Decision, Lookup, Refusals, Router, RunMemory, Send
 from beamvec.sources import ReaderConfig, list_shards, read_shard
+from beamvec.write.sink import Output
 
 
 def retry_reasons(value: str | None) -> tuple[str, ...]:

@@ -29,7 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from beamvec.batch_api import (
+from beamvec.batchapi.client import BatchClient
+from beamvec.batchapi.journal import FAILED_STATES, BatchJob, BatchJournal
+from beamvec.batchapi.jsonl import (
     MAX_FILE_BYTES,
     MAX_REQUESTS_PER_FILE,
     BatchRequest,
@@ -38,9 +40,7 @@ from beamvec.batch_api import (
     request_line,
     spooled_request_files,
 )
-from beamvec.batch_client import BatchClient
-from beamvec.batch_journal import FAILED_STATES, BatchJob, BatchJournal
-from beamvec.batch_results import MemoryWriter, VectorWriter, read_results
+from beamvec.batchapi.results import MemoryWriter, VectorWriter, read_results
 from beamvec.errors import BackendError, SystemicError
 
 

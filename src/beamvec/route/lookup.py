@@ -38,8 +38,8 @@ from beamvec.contract import (
 )
 from beamvec.contract import columns as col
 from beamvec.errors import UsageError
-from beamvec.routing import Lookup, NoLookup
-from beamvec.sink import Output
+from beamvec.route.router import Lookup, NoLookup
+from beamvec.write.sink import Output
 
 #: Decoded row groups kept per process, in bytes of vectors.
 CACHE_BYTES = 96 * 1024 * 1024

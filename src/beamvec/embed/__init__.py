@@ -1,0 +1,1 @@
+"""Batch and Embed: API-sized batches, requests filled across shards, one batch embedded."""

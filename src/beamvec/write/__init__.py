@@ -1,0 +1,1 @@
+"""Write: vectors and dead letters as Parquet part files."""
