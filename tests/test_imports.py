@@ -1,5 +1,6 @@
-"""The import graph (issue 11): no cycle among beamvec's modules, counting the
-imports hidden inside functions too, and errors.py at the bottom."""
+"""The import graph (issues 11, 34): no cycle among beamvec's modules, counting
+the imports hidden inside functions too; errors.py at the bottom; every package
+on a floor, importing only its own floor and those below; the emulator apart."""
 
 from __future__ import annotations
 
@@ -65,15 +66,82 @@ def test_no_module_imports_itself_back_through_others() -> None:
     assert _cycle(flat) is None, " -> ".join(_cycle(flat) or [])
 
 
-def test_errors_is_the_bottom_and_backends_stay_below_the_core() -> None:
+# The floors of src/beamvec/, ground first (issue 34). What is written here is the
+# rule, one floor per package or top-level module; the edges are read from the
+# code. A package or module may import its own floor or any floor below, never one
+# above, and the packages together import one way (no cycle between them).
+FLOORS: tuple[frozenset[str], ...] = (
+    frozenset({"errors"}),
+    frozenset({"records", "counters", "interrupt", "retry", "pricing", "progress"}),
+    frozenset({"contract", "sources", "backends", "quota"}),
+    frozenset({"route", "embed", "write"}),
+    frozenset({"pipeline", "batchapi"}),
+    frozenset({"driver"}),
+    frozenset({"commands"}),
+    frozenset({"cli"}),
+)
+APART = frozenset({"emulator"})  # Google's stand-in: only the command line starts it
+
+
+def _unit(module: str) -> str:
+    """A module's package or top-level module right under beamvec."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _unit_edges(graph: dict[str, set[str]]) -> set[tuple[str, str, str, str]]:
+    """(unit, unit it imports, importing module, imported module); the package's
+    face ``beamvec/__init__.py`` (the version) is no floor."""
+    return {(_unit(a), _unit(b), a, b) for a, targets in graph.items() for b in targets
+            if _unit(a) and _unit(b) and _unit(a) != _unit(b)}
+
+
+def _floor_of(unit: str) -> int | None:
+    return next((i for i, floor in enumerate(FLOORS) if unit in floor), None)
+
+
+def _upward(edges: set[tuple[str, str, str, str]]) -> list[str]:
+    """Every import from a floor to a higher one, or into or out of what stands apart
+    (the command line alone may start the emulator)."""
+    wrong = []
+    for a, b, ma, mb in sorted(edges):
+        if a in APART or (b in APART and a != "cli"):
+            wrong.append(f"{ma} imports {mb}: the emulator stands apart")
+        elif b not in APART and (_floor_of(a) or 0) < (_floor_of(b) or 0):
+            wrong.append(f"{ma} (floor {_floor_of(a)}) imports {mb} (floor {_floor_of(b)})")
+    return wrong
+
+
+def test_every_package_and_top_level_module_has_a_floor() -> None:
+    units = {_unit(m) for m in _graph()} - {""}
+    placed = set().union(*FLOORS) | APART
+    assert units - placed == set(), f"give these a floor in FLOORS (or a package): {sorted(units - placed)}"
+    assert placed - units == set(), f"FLOORS names what is gone: {sorted(placed - units)}"
+
+
+def test_imports_point_down_the_floors() -> None:
     graph = _graph()
     assert graph["beamvec.errors"] == set()
-    core = {"beamvec.pipeline.worker", "beamvec.pipeline.transforms", "beamvec.driver.job", "beamvec.embed.embedder", "beamvec.route.router",
-            "beamvec.contract", "beamvec.embed.collector", "beamvec.driver.resolve"}  # retry.py sits below backends
-    for name, targets in graph.items():
-        if name.startswith("beamvec.backends"):
-            assert not targets & core, f"{name} imports {targets & core}"
-    assert not graph["beamvec.retry"] & {m for m in graph if m.startswith("beamvec.backends")}
+    edges = _unit_edges(graph)
+    assert len({(a, b) for a, b, _, _ in edges}) >= 40  # the graph was read, not empty
+    assert _upward(edges) == []
+
+
+def test_the_packages_import_one_way() -> None:
+    units: dict[str, set[str]] = {}
+    for a, b, _, _ in _unit_edges(_graph()):
+        units.setdefault(a, set()).add(b)
+        units.setdefault(b, set())
+    assert _cycle(units) is None, " -> ".join(_cycle(units) or [])
+
+
+def test_the_floor_check_sees_an_import_that_runs_up() -> None:
+    """The checks above would pass on an empty graph: here they must fail."""
+    up = {("route", "driver", "beamvec.route.lookup", "beamvec.driver.job")}
+    assert _upward(up) == ["beamvec.route.lookup (floor 3) imports beamvec.driver.job (floor 5)"]
+    assert _upward({("driver", "emulator", "beamvec.driver.job", "beamvec.emulator.server")})
+    assert _upward({("cli", "emulator", "beamvec.cli", "beamvec.emulator.cli")}) == []
+    assert _cycle({"route": {"write"}, "write": {"route"}}) is not None
 
 
 def test_the_emulator_imports_nothing_of_the_client() -> None:
