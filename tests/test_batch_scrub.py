@@ -76,3 +76,23 @@ def test_connect_hands_the_key_to_the_scrub():
     pytest.importorskip("google.genai")
     client = BatchClient.connect(KEY, "models/x", base_url="http://127.0.0.1:9")
     assert client._secret == KEY
+
+
+def test_batch_and_online_calls_read_a_status_alike():
+    """Issue #34: one classification of Google's errors. Google's published retry
+    guidance (cloud.google.com/storage/docs/retry-strategy, AIP-194): 408, 429 and
+    5xx are retried, and so are 409 ABORTED and 425; 501 NOT_IMPLEMENTED never is,
+    nor a 400. Each status is asked of the Batch API client and of the online
+    path's table, and both must agree with that list."""
+    from beamvec.backends.google_errors import from_api_error
+
+    retried = {408, 409, 425, 429, 500, 502, 503, 504, 505}
+    for code in (400, 403, 404, 408, 409, 413, 422, 425, 429, 500, 501, 502, 503, 504, 505):
+        client, files = _client(_api_error(code, "STATUS"))
+        try:
+            client.upload(b"{}\n", "beamvec-test")
+        except BackendError as exc:
+            batch_retried = exc.retryable
+        online = from_api_error(_api_error(code, "STATUS"), "gemini", lambda text: text)
+        assert batch_retried == online.retryable == (code in retried), code
+        assert files.calls == (3 if code in retried else 1), code

@@ -305,9 +305,8 @@ class GenaiBackend(Backend):
             key = self._read_key()
             self._secret = key
             version = self.api_version or (None if self.mode == "gemini" else "v1beta1")
-            self._client = genai.Client(
-                vertexai=self.mode == "vertex", api_key=key,
-                http_options=genai_auth.http_options(api_version=version, **options),
+            self._client = genai_auth.key_client(
+                genai, key, vertex=self.mode == "vertex", api_version=version, **options
             )
             return
         self._client = genai_auth.vertex_client(

@@ -1,6 +1,7 @@
 """Credentials and the google-genai client: an API key (environment, file or
-Secret Manager), or Vertex AI's Application Default Credentials. Every failure
-is one SystemicError line that never holds the key."""
+Secret Manager), or Vertex AI's Application Default Credentials. The one place
+that builds a ``genai.Client`` (online and Batch API). Every failure is one
+SystemicError line that never holds the key."""
 
 from __future__ import annotations
 
@@ -85,6 +86,23 @@ def http_options(
     )
 
 
+def _client(
+    genai: Any, base_url: str | None, api_version: str | None, timeout_s: float,
+    on_request: Callable[[Any], None] | None, **identity: Any,
+) -> Any:
+    """The one ``genai.Client(...)`` of beamvec: who it is (``identity``) and how it talks."""
+    return genai.Client(http_options=http_options(base_url, api_version, timeout_s, on_request), **identity)
+
+
+def key_client(
+    genai: Any, api_key: str, *, vertex: bool, api_version: str | None, base_url: str | None,
+    timeout_s: float, on_request: Callable[[Any], None] | None = None,
+) -> Any:
+    """A client on an API key: the Gemini Developer API, or Vertex AI's express
+    mode; for online embedding and the Batch API alike."""
+    return _client(genai, base_url, api_version, timeout_s, on_request, vertexai=vertex, api_key=api_key)
+
+
 def vertex_client(
     genai: Any, project: str | None, location: str | None, auth: str, api_version: str,
     base_url: str | None, timeout_s: float, on_request: Callable[[Any], None] | None = None,
@@ -101,9 +119,9 @@ def vertex_client(
         project = project or "emulator"
     elif project is None:
         project = adc_project()
-    return genai.Client(
+    return _client(
+        genai, base_url, api_version, timeout_s, on_request,
         vertexai=True, project=project, location=location, credentials=credentials,
-        http_options=http_options(base_url, api_version, timeout_s, on_request),
     )
 
 

@@ -4,7 +4,8 @@
 (REST ``models/{m}:asyncBatchEmbedContent``; experimental in the SDK),
 ``client.batches.get``, ``client.files.download`` (streamed to disk),
 ``client.batches.delete`` and ``client.files.delete``. Calls are retried with tenacity on transient
-faults (429, 5xx, timeouts, broken connections); job creation backs off on 429
+faults (what ``google_errors`` calls transient, as for online calls: 408, 409,
+425, 429, 5xx but 501; timeouts, broken connections); job creation backs off on 429
 (too many concurrent jobs) and, before each retry, looks the job up by display
 name so a create whose answer was lost is never made twice. Bad credentials
 become one-line ``SystemicError``s; the API key never reaches a message.
@@ -28,7 +29,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from beamvec.backends.google_errors import scrub
+from beamvec.backends import genai_auth
+from beamvec.backends.google_errors import error_reasons, kind_of_status, scrub
 from beamvec.batchapi.journal import BatchJob
 from beamvec.errors import BackendError, ErrorKind, SystemicError
 
@@ -46,7 +48,6 @@ for _name in ("httpx", "httpx2"):  # google-genai 2 talks through httpx, 3 throu
         pass
 
 T = TypeVar("T")
-TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MIME_TYPE = "jsonl"  # what Google's Batch API guide passes to files.upload
 _MAX_MESSAGE = 300
 
@@ -125,15 +126,14 @@ class BatchClient:
         """A client on the Gemini Developer API (Batch mode has no Vertex form here)."""
         try:
             from google import genai
-            from google.genai import types
         except ImportError as exc:
             raise SystemicError(
                 "--batch-api needs google-genai; install it with `pip install 'beamvec[genai]'`"
             ) from exc
-        options = types.HttpOptions(
-            base_url=base_url, api_version=api_version, timeout=max(1, int(timeout_s * 1000))
+        client = genai_auth.key_client(
+            genai, api_key, vertex=False, api_version=api_version, base_url=base_url, timeout_s=timeout_s
         )
-        return cls(genai.Client(api_key=api_key, http_options=options), model, secret=api_key, **kwargs)
+        return cls(client, model, secret=api_key, **kwargs)
 
     # -- errors and retries --------------------------------------------------
 
@@ -143,17 +143,18 @@ class BatchClient:
         if genai_errors is None or not isinstance(exc, genai_errors.APIError):
             return exc
         code = int(exc.code or 0)
-        # the online path's scrub (google_errors), then the same cut
+        # the online path's scrub and status table (google_errors), then the same cut
         message = scrub(str(exc.message or exc.status or ""), self._secret)[:_MAX_MESSAGE]
-        # 403 alone also means "no such file" here; only key problems stop the run.
-        if code == 401 or (
+        kind = kind_of_status(code, error_reasons(exc.details))
+        # 403 and 404 alone also mean "no such file or job" here; only key problems stop the run.
+        if code == 401 or (code == 400 and kind is ErrorKind.SYSTEMIC) or (
             code in (400, 403) and ("API key" in message or "unregistered" in message)
         ):
             return SystemicError(
                 f"gemini batch {what}: the API key was refused ({code} {exc.status}); "
                 "set GEMINI_API_KEY or --api-key-file to a key of a project with the Gemini API"
             )
-        kind = ErrorKind.TRANSIENT if code in TRANSIENT_STATUSES else ErrorKind.BAD_INPUT
+        kind = ErrorKind.TRANSIENT if kind is ErrorKind.TRANSIENT else ErrorKind.BAD_INPUT
         return BackendError(f"batch {what}: {code} {exc.status}: {message}", kind=kind, status=code)
 
     def _call(
