@@ -35,6 +35,7 @@ from beamvec.contract import (
     read_state,
     total,
 )
+from beamvec.contract.fence import LOST, LeaseLostError, fenced
 from beamvec.contract.layout import PROBE as PROBE
 from beamvec.embedder import EmbedSettings
 from beamvec.errors import Interrupted, SystemicError, UsageError, reason_of
@@ -53,7 +54,7 @@ from beamvec.inputs import (
     worker_processes,
 )
 from beamvec.interrupt import STOP, Terminated, signals_handled
-from beamvec.lease import STALL_S, hold_lease
+from beamvec.lease import STALL_S, hold_lease, read_lease
 from beamvec.lookup import check_reuse_source
 from beamvec.options import BeamvecOptions
 from beamvec.preflight import preflight
@@ -154,8 +155,9 @@ def _nothing_to_do(plan: JobPlan, out: Any) -> None:
             inputs.description, None, inputs.bv.prune,
         )
         return
-    plan.output.remove_tree(plan.output.path(PARTIAL_DIR))  # left by a crash after a commit
-    plan.output.write_bytes(plan.output.path(SUCCESS), b"")
+    with fenced(plan.output):
+        plan.output.remove_tree(plan.output.path(PARTIAL_DIR))  # left by a crash after a commit
+        plan.output.write_bytes(plan.output.path(SUCCESS), b"")
 
 
 def worker_count(options: PipelineOptions, bv: Any) -> int:
@@ -177,8 +179,13 @@ def run_job(argv: Sequence[str], out: Any = None) -> RunSummary:
     # renewed while this process's workers make progress (in-process runners).
     liveness = _Liveness(_in_process(options))
     with signals_handled(), hold_lease(plan.output, plan.inputs.bv.break_lease, progress=liveness,
-                                       on_stall=_stalled):
-        summary = _run_planned(plan, options, started, lines, liveness)
+                                       on_stall=_stalled, on_lost=_lost) as lease:
+        try:
+            summary = _run_planned(plan, options, started, lines, liveness, lease.owner)
+        except KeyboardInterrupt:  # the lease was lost outside the pipeline (planning, summary)
+            if STOP.reason == LOST:
+                raise LeaseLostError(plan.output.url, read_lease(plan.output)[0]) from None
+            raise
     if bv.json:
         print(summary.to_json(), file=stdout)
     elif not bv.quiet and summary.status != "pending":  # pending: the batch phase said so
@@ -207,12 +214,23 @@ def _stalled() -> None:
     _thread.interrupt_main()  # the driver ends the run in one line (``_stopped``)
 
 
+def _lost() -> None:
+    """Another run took the output over: this one stops sending at once, and
+    its commits are refused from now on (contract.fence)."""
+    import _thread
+
+    STOP.request(LOST)
+    _thread.interrupt_main()
+
+
 def _stopped(plan: JobPlan, cause: BaseException) -> BaseException:
     """After the pipeline failed or was stopped: let the workers settle, then
     say why in one line (what stays committed, when it was a signal)."""
     if not STOP.requested:
         STOP.request("a worker failed")
     STOP.settle()  # no shard commits after this: the count below is the truth
+    if STOP.reason == LOST:
+        return LeaseLostError(plan.output.url, read_lease(plan.output)[0])
     if STOP.reason == "stalled":
         return SystemicError(
             f"the run made no progress for {STALL_S:.0f} s and was stopped; committed shards "
@@ -224,7 +242,8 @@ def _stopped(plan: JobPlan, cause: BaseException) -> BaseException:
 
 
 def _run_planned(
-    plan: JobPlan, options: PipelineOptions, started: float, out: Any, liveness: _Liveness
+    plan: JobPlan, options: PipelineOptions, started: float, out: Any, liveness: _Liveness,
+    lease_owner: str = "",
 ) -> RunSummary:
     inputs, bv = plan.inputs, plan.inputs.bv
     check_batch_flags(bv)
@@ -251,7 +270,8 @@ def _run_planned(
         plan.output, inputs, plan.work.todo, reuse=not bv.force, state=plan.state, refusals=refused
     )
     # The output is about to change: it is not complete again until this run commits.
-    plan.output.remove(plan.output.path(SUCCESS))
+    with fenced(plan.output):
+        plan.output.remove(plan.output.path(SUCCESS))
     max_in_flight = bv.max_in_flight or (1 if inputs.backend.name == "local" else 8)
     config = WorkerConfig(
         output=bv.output,
@@ -267,6 +287,7 @@ def _run_planned(
         refusals=merged(refused, batch.refusals if batch is not None else Refusals()),
         run_id=run_id,
         retry_reasons=retry_reasons(bv.retry_dead_letters),
+        lease_owner=lease_owner,
     )
     settings = EmbedSettings(
         max_in_flight=max_in_flight,
