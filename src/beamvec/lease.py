@@ -243,7 +243,7 @@ class _Renewer(threading.Thread):
                     return True  # a passing fault: renewed next time
         self.lost = self.lease
         self.holder = seen.lease
-        LOG.error("the lease of %s was taken by another run (%s) while this one ran",
+        LOG.debug("the lease of %s was taken by another run (%s) while this one ran",
                   self.output.url, seen.lease.describe() if seen.lease else "removed")
         if self.on_lost is not None:
             self.on_lost()
