@@ -165,6 +165,7 @@ def _pause(proc: subprocess.Popen, store: Store) -> None:
 
 
 def _assert_complete(store: Store, texts: dict[str, str]) -> None:
+    store.fs.invalidate_cache()  # written by other processes
     out = read_output(store.out, store.options)
     assert_reconciled(out)
     got = vectors_by_id(out)
