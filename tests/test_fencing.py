@@ -288,3 +288,38 @@ def test_a_renewal_racing_a_takeover_never_overwrites_it(where, request, tmp_pat
     assert lease_file.read(output).lease == taker
     assert taker.generation == 2
 
+
+
+class _RemoteJob:
+    """A PipelineResult of a remote runner, as far as a stopping launcher uses it."""
+
+    def __init__(self, cancels: bool) -> None:
+        self.cancels = cancels
+        self.state = "RUNNING"
+        self.calls: list[str] = []
+
+    def cancel(self) -> None:
+        self.calls.append("cancel")
+        if not self.cancels:
+            raise RuntimeError("cancel refused by the service")
+        self.state = "CANCELLED"
+
+    def wait_until_finish(self, duration: int | None = None) -> str:
+        self.calls.append(f"wait {duration}")
+        return self.state
+
+
+def test_a_stopped_launcher_cancels_its_remote_job_or_says_it_goes_on(capsys):
+    from beamvec.job import CANCEL_WAIT_S, _cancel_remote
+
+    capsys.readouterr()  # what importing Beam's runners may print
+    job = _RemoteJob(cancels=True)
+    _cancel_remote(job)
+    assert job.calls == ["cancel", f"wait {CANCEL_WAIT_S * 1000}"]
+    assert capsys.readouterr().err == ""  # cancelled: the lease may go
+    stuck = _RemoteJob(cancels=False)
+    _cancel_remote(stuck)
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("beamvec run: the remote job is not cancelled"), err
+    assert "goes on" in lines[0] and "cancel it" in lines[0]

@@ -319,11 +319,14 @@ def _run_planned(
     )
     PROGRESS.reset()  # the summary reads the quota's wall-clock wait from it
     with reporter if live else nullcontext(), timeline:  # inside: the reporter resets PROGRESS
+        result = None
         try:
             liveness.watching = True
             result = pipeline.run()
             result.wait_until_finish()
         except BaseException as exc:  # noqa: BLE001 - Ctrl-C, SIGTERM, a stall, a worker's fault
+            if result is not None and not _in_process(options):
+                _cancel_remote(result)  # its workers would go on writing without the lease
             stopped = _stopped(plan, exc)
             if stopped is exc and isinstance(exc, Exception):
                 # a worker's SystemicError reaches here as text on most runners
@@ -337,6 +340,27 @@ def _run_planned(
         finish_batch_phase(plan.output, inputs)  # the jobs' files off the service
     plan.output.finish_staging()
     return summarize(plan, started, beam_counters(result), _in_process(options))
+
+
+#: How long a stopped launcher waits for its remote job to be cancelled.
+CANCEL_WAIT_S = 300
+
+
+def _cancel_remote(result: Any) -> None:
+    """Ctrl-C, SIGTERM or a lost lease on a launcher whose job runs remotely
+    (Dataflow, Flink, Spark): cancel the job and wait until it ends, so that
+    the lease is released only once no worker of it can write. Where that
+    fails, say in one line that the job goes on (its commits stay fenced)."""
+    try:
+        result.cancel()
+        result.wait_until_finish(duration=CANCEL_WAIT_S * 1000)
+        state = str(getattr(result, "state", ""))
+    except Exception as exc:  # noqa: BLE001 - a runner without cancel, an API error
+        state = f"not cancelled ({reason_of(exc)})"
+    if "CANCELLED" not in state and "DONE" not in state and "FAILED" not in state:
+        print(f"beamvec run: the remote job is {state or 'still running'}; it goes on and its "
+              "commits are refused once another run holds the output: cancel it on its runner",
+              file=sys.stderr)
 
 
 def _interrupted(exc: BaseException) -> bool:
