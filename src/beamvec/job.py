@@ -35,7 +35,7 @@ from beamvec.contract import (
     read_state,
     total,
 )
-from beamvec.contract.fence import LOST, LeaseLostError, fenced
+from beamvec.contract.fence import LOST, fenced, lost_error
 from beamvec.contract.layout import PROBE as PROBE
 from beamvec.embedder import EmbedSettings
 from beamvec.errors import Interrupted, SystemicError, UsageError, reason_of
@@ -54,7 +54,7 @@ from beamvec.inputs import (
     worker_processes,
 )
 from beamvec.interrupt import STOP, Terminated, signals_handled
-from beamvec.lease import STALL_S, hold_lease, read_lease
+from beamvec.lease import STALL_S, hold_lease
 from beamvec.lookup import check_reuse_source
 from beamvec.options import BeamvecOptions
 from beamvec.preflight import preflight
@@ -184,7 +184,7 @@ def run_job(argv: Sequence[str], out: Any = None) -> RunSummary:
             summary = _run_planned(plan, options, started, lines, liveness, lease.owner)
         except KeyboardInterrupt:  # the lease was lost outside the pipeline (planning, summary)
             if STOP.reason == LOST:
-                raise LeaseLostError(plan.output.url, read_lease(plan.output)[0]) from None
+                raise lost_error(plan.output) from None
             raise
     if bv.json:
         print(summary.to_json(), file=stdout)
@@ -230,7 +230,7 @@ def _stopped(plan: JobPlan, cause: BaseException) -> BaseException:
         STOP.request("a worker failed")
     STOP.settle()  # no shard commits after this: the count below is the truth
     if STOP.reason == LOST:
-        return LeaseLostError(plan.output.url, read_lease(plan.output)[0])
+        return lost_error(plan.output)
     if STOP.reason == "stalled":
         return SystemicError(
             f"the run made no progress for {STALL_S:.0f} s and was stopped; committed shards "

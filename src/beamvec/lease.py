@@ -39,7 +39,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from beamvec.contract import lease_file
-from beamvec.contract.fence import LeaseLostError, drop_token, hold_token
+from beamvec.contract.fence import LeaseLostError, drop_token, hold_token, lost_to
 from beamvec.contract.layout import LEASE as LEASE
 from beamvec.contract.lease_file import ATOMIC_PROTOCOLS as ATOMIC_PROTOCOLS
 from beamvec.contract.lease_file import TTL_S as TTL_S
@@ -243,6 +243,7 @@ class _Renewer(threading.Thread):
                     return True  # a passing fault: renewed next time
         self.lost = self.lease
         self.holder = seen.lease
+        lost_to(self.output.url, seen.lease)
         LOG.debug("the lease of %s was taken by another run (%s) while this one ran",
                   self.output.url, seen.lease.describe() if seen.lease else "removed")
         if self.on_lost is not None:

@@ -30,6 +30,7 @@ from beamvec.interrupt import STOP
 LOST = "another run took over the output"
 _HELD: dict[str, str] = {}  # output url -> the token this process holds it with
 _HELD_LOCK = threading.Lock()
+_SEEN: dict[str, Lease | None] = {}  # output url -> who held it when this process found it lost
 
 
 class LeaseLostError(SystemicError):
@@ -48,6 +49,7 @@ def hold_token(url: str, owner: str) -> None:
     """This process holds ``url``'s lease with ``owner``: its writes there are fenced."""
     with _HELD_LOCK:
         _HELD[url.rstrip("/")] = owner
+        _SEEN.pop(url.rstrip("/"), None)
 
 
 def drop_token(url: str) -> None:
@@ -60,10 +62,26 @@ def token_for(url: str) -> str | None:
         return _HELD.get(url.rstrip("/"))
 
 
+def lost_to(url: str, holder: Lease | None) -> None:
+    """Record who held ``url`` when this process found its lease lost (the
+    first finding stands: by the time the run has stopped, that run may be done)."""
+    with _HELD_LOCK:
+        _SEEN.setdefault(url.rstrip("/"), holder)
+
+
+def lost_error(output: Output) -> LeaseLostError:
+    """The one line of a run that lost ``output``: naming who took it over."""
+    with _HELD_LOCK:
+        if output.url in _SEEN:
+            return LeaseLostError(output.url, _SEEN[output.url])
+    return LeaseLostError(output.url, read(output).lease)
+
+
 def check(output: Output, owner: str) -> Lease:
     """The lease, when it is still ``owner``'s; else STOP and LeaseLostError."""
     held = read(output).lease
     if held is None or held.owner != owner:
+        lost_to(output.url, held)
         STOP.request(LOST)
         raise LeaseLostError(output.url, held)
     return held
