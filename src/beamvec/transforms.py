@@ -39,6 +39,7 @@ from beamvec.contract import (
     stale_parts,
     total,
 )
+from beamvec.contract.fence import fenced
 from beamvec.contract.layout import RUNS_DIR as RUNS_DIR
 from beamvec.contract.layout import WORK_FILE as WORK_FILE
 from beamvec.counters import NAMESPACE, THROTTLING_COUNTER
@@ -243,8 +244,10 @@ class CommitManifest(beam.DoFn):
         description: Description,
         started: float,
         prune: bool = False,
+        lease_owner: str = "",
     ) -> None:
         self.output = output
+        self.lease_owner = lease_owner
         self.storage_options = storage_options
         self.work = work
         self.config = config
@@ -257,7 +260,7 @@ class CommitManifest(beam.DoFn):
         todo, expected, carried = read_work(out, self.work)
         yield commit_run(
             out, results, todo, expected, carried, self.config, self.description,
-            self.started, self.prune,
+            self.started, self.prune, self.lease_owner or None, self.work,
         )
 
 
@@ -271,10 +274,24 @@ def commit_run(
     description: Description,
     started: float | None,
     prune: bool,
+    lease_owner: str | None = None,
+    work: str | None = None,
 ) -> list[str]:
     """This run's commit records into the manifest; stale parts of re-cut
     inputs and, with ``prune``, shards no longer listed, out of the output.
-    Returns the shards still missing (failed or not run)."""
+    Returns the shards still missing (failed or not run). Fenced: only while
+    ``lease_owner`` (by default, this process's) holds the output's lease,
+    read, merge and writes all under one check (contract.fence)."""
+    with fenced(out, lease_owner):
+        return _commit_run(out, results, todo, expected, carried, config, description, started,
+                           prune, work)
+
+
+def _commit_run(
+    out: Output, results: list[CommitRecord], todo: list[Shard], expected: list[str],
+    carried: list[CommitRecord], config: RunConfig, description: Description,
+    started: float | None, prune: bool, work: str | None,
+) -> list[str]:
     previous = read_manifest(out)
     committed = [r for r in results if r.status == "committed"]
     current = {s.name: s.fingerprint for s in todo}
@@ -292,9 +309,8 @@ def commit_run(
     manifest = merge_manifest(previous, [*carried, *committed], config, description, run, removed)
     missing = finalize(out, manifest, expected)
     remove_parts(out, removed)  # after the manifest no longer names them
-    if not missing:  # work lists of this run and of any that crashed are done with
-        for path in out.fs.glob(out.path(RUNS_DIR, "*", WORK_FILE)):
-            out.remove(path)
+    if not missing and work is not None:  # this run's work list is done with; never another's
+        out.remove(work)
     return missing
 
 
@@ -428,7 +444,7 @@ class EmbedCorpus(beam.PTransform):
             >> beam.ParDo(
                 CommitManifest(
                     self.config.output, storage, self.work, self.run_config,
-                    self.config.description, started, self.prune,
+                    self.config.description, started, self.prune, self.config.lease_owner,
                 )
             )
         )

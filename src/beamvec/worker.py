@@ -35,6 +35,7 @@ from beamvec.contract import (
     footer_and_rows,
     vector_path,
 )
+from beamvec.contract.fence import fenced
 from beamvec.embedder import Embedder
 from beamvec.errors import InputVanishedError, SystemicError, UsageError, unwritable
 from beamvec.interrupt import SETTLE_S, STOP
@@ -81,6 +82,7 @@ class WorkerConfig:
     seed: Seed | None = None  # the preflight's text, its vector and the record it came from
     run_id: str = ""  # files are staged under the output's _tmp/<run_id>/
     retry_reasons: tuple[str, ...] = ()  # parts with dead letters of these reasons are redone
+    lease_owner: str = ""  # the run's fencing token: a part commits only while it holds the lease
 
     @property
     def fingerprint(self) -> str:
@@ -408,13 +410,15 @@ class Worker:
         footer = Footer(self.config.description, record).to_json()
         sink.flush()
         try:
-            letter_bytes = 0
-            if record.counts.dead_lettered:
-                sink.letters.commit(footer)
-                letter_bytes = self.output.fs.size(sink.letters.final)
-            else:
-                self.output.remove(dead_letter_path(self.output, split.name))
-            sink.vectors.commit(footer)
+            # A run that lost the output's lease commits nothing more (contract.fence).
+            with fenced(self.output, self.config.lease_owner or None):
+                letter_bytes = 0
+                if record.counts.dead_lettered:
+                    sink.letters.commit(footer)
+                    letter_bytes = self.output.fs.size(sink.letters.final)
+                else:
+                    self.output.remove(dead_letter_path(self.output, split.name))
+                sink.vectors.commit(footer)
             return replace(record, vector_bytes=self.output.fs.size(sink.vectors.final),
                            dead_letter_bytes=letter_bytes)
         except OSError as exc:  # a full disk, a store refusing writes: the run stops
