@@ -1,0 +1,317 @@
+"""Reuse as a join: records and reusable vectors meet by content hash in the
+runner's shuffle, so each row group of a reuse source is read once per run,
+whatever the order of the records, and no worker holds an index that grows
+with the output.
+
+    splits ──► SplitHashes ──► (bucket, KeyChunk(split, hashes))          ─┐
+                                                                             ├► CoGroupByKey(bucket) ► JoinBucket
+    sources ─► ListRowGroups ─► Spread ─► ReadRowGroup                     │    (split, Found(hashes, vectors))
+                          (bucket, VectorChunk(rank, hashes, vectors)) ────┘                │
+    splits ──► (split name, split) ──────────────────► CoGroupByKey(split name) ◄───────────┘
+                                                          ► (Split, JoinedLookup) ► EmbedShards
+
+Elements are chunks (a split's hashes of one bucket, a row group's vectors of
+one bucket), never single records, so the runner moves a few thousand
+elements for a million vectors. A bucket is a range of hashes small enough to
+join in one worker's memory (``BUCKET_BYTES`` of vectors). The join is on the
+full content hash: a vector is reused only for exactly its text. When one text
+is held by several sources, the first source (the run's own output, then each
+``--reuse-from`` in order; files and row groups in order) gives it, so the
+output does not depend on the runner's order.
+
+The in-process index (lookup.py) stays where it wins: small reuse sources or
+few records to route (``choose_join``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from beamvec.backends.base import Backend
+from beamvec.contract import OutputState, read_state
+from beamvec.errors import InputVanishedError
+from beamvec.lookup import reusable_files
+from beamvec.prepare import prepare
+from beamvec.records import Record, Split
+from beamvec.sink import Output
+from beamvec.sources import read_split
+from beamvec.worker import FETCH_WINDOW, WorkerConfig
+
+#: The join replaces the in-process index when the reuse sources hold at least
+#: this many vectors of the run's configuration ...
+JOIN_MIN_VECTORS = 250_000
+#: ... and the run routes at least this many records (a few of the worker's
+#: fetch windows: below that, the index's random reads cost less than reading
+#: every reusable vector once).
+JOIN_MIN_RECORDS = 4 * FETCH_WINDOW
+#: Bytes of vectors one bucket of the join holds in a worker's memory.
+BUCKET_BYTES = 64 * 1024 * 1024
+#: Bytes of input a record takes, when no committed shard says better.
+BYTES_PER_RECORD = 200
+
+
+# -- choosing between the join and the in-process index -----------------------------
+
+
+def reusable_vectors(state: OutputState, fingerprint: str, dimension: int) -> int:
+    """Committed vectors of this configuration in an output, from its manifest
+    and commit records (no vector file is opened)."""
+    if state.description is not None and state.description.dimension != dimension:
+        return 0
+    return sum(
+        rec.counts.embedded for rec in state.committed.values()
+        if rec.config_fingerprint in (None, fingerprint)
+    )
+
+
+def bytes_per_record(state: OutputState) -> float:
+    """Input bytes per record read, as the output's committed shards measured it."""
+    sizes: dict[str, int] = {}  # every part of a shard carries the shard's size
+    read = 0
+    for rec in state.committed.values():
+        sizes[rec.shard_name] = max(0, rec.input_size)
+        read += rec.counts.read
+    size = sum(sizes.values())
+    return size / read if size > 0 and read > 0 else float(BYTES_PER_RECORD)
+
+
+def choose_join(vectors: int, records: int) -> bool:
+    """Whether reuse goes through the join: a large reuse source and enough
+    records that a random order would make the index read it many times."""
+    return vectors >= JOIN_MIN_VECTORS and records >= JOIN_MIN_RECORDS
+
+
+def bucket_count(vectors: int, dimension: int) -> int:
+    """Buckets such that one holds about ``BUCKET_BYTES`` of vectors."""
+    return max(1, math.ceil(vectors * 4 * dimension / BUCKET_BYTES))
+
+
+def bucket_of(content_hash: str, buckets: int) -> int:
+    return int(content_hash[:8], 16) % buckets
+
+
+# -- what crosses the shuffle --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyChunk:
+    """Distinct content hashes of one split's records that fall in one bucket."""
+
+    split: str
+    hashes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class VectorChunk:
+    """The vectors of one row group of a reuse source that fall in one bucket."""
+
+    rank: tuple[int, int, int]  # (source, file, row group): the first wins
+    hashes: tuple[str, ...]
+    vectors: np.ndarray  # len(hashes) x dimension, float32
+
+
+@dataclass(frozen=True)
+class Found:
+    """Vectors of a split's texts found in one bucket."""
+
+    hashes: tuple[str, ...]
+    vectors: np.ndarray
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    rank: tuple[int, int, int]
+    url: str
+    path: str
+    group: int
+
+
+class JoinedLookup:
+    """The vectors the join found for one split's texts, by full content hash:
+    the split's ``Lookup`` in place of the process's index."""
+
+    def __init__(self, found: Iterable[Found] = ()) -> None:
+        self._vectors: dict[str, np.ndarray] = {}
+        for chunk in found:
+            for at, digest in enumerate(chunk.hashes):
+                self._vectors.setdefault(digest, chunk.vectors[at])
+
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+    def __contains__(self, content_hash: object) -> bool:
+        return content_hash in self._vectors
+
+    def get(self, content_hash: str) -> np.ndarray | None:
+        return self._vectors.get(content_hash)
+
+    def get_many(self, content_hashes: Iterable[str]) -> Mapping[str, np.ndarray]:
+        return {h: self._vectors[h] for h in content_hashes if h in self._vectors}
+
+
+# -- the steps -------------------------------------------------------------------------
+
+
+class SplitHashes(beam.DoFn):
+    """A split in, the content hashes of its records out, by bucket: the same
+    reader and ``prepare`` as the worker, so the hashes are the ones it routes."""
+
+    def __init__(self, backend: Backend, config: WorkerConfig, buckets: int) -> None:
+        self.backend, self.config, self.buckets = backend, config, buckets
+
+    def setup(self) -> None:
+        self.backend.load()
+
+    def process(self, split: Split) -> Iterator[tuple[int, KeyChunk]]:
+        config, backend = self.config, self.backend
+        by_bucket: dict[int, set[str]] = {}
+        try:
+            for raw in read_split(split, config.reader, config.storage_options):
+                item = prepare(raw, config.prepare, backend.count_tokens, backend.truncate)
+                if isinstance(item, Record):
+                    by_bucket.setdefault(bucket_of(item.content_hash, self.buckets), set()).add(item.content_hash)
+        except InputVanishedError:
+            return  # the worker records the split as failed
+        for bucket, hashes in sorted(by_bucket.items()):
+            yield bucket, KeyChunk(split.name, tuple(sorted(hashes)))
+
+
+class ListRowGroups(beam.DoFn):
+    """A reuse source in, the row groups of its vector files of this
+    configuration out (on a worker: the job graph never carries file lists)."""
+
+    def __init__(self, config: WorkerConfig, dimension: int) -> None:
+        self.config, self.dimension = config, dimension
+
+    def process(self, source: tuple[int, str]) -> Iterator[RowGroup]:
+        rank, url = source
+        output = Output(url, self.config.storage_options)
+        wanted = pa.list_(pa.float32(), self.dimension)
+        for number, path in enumerate(reusable_files(output, self.config.fingerprint, self.dimension)):
+            try:
+                with output.fs.open(path, "rb") as fh:
+                    pf = pq.ParquetFile(fh)
+                    if pf.schema_arrow.field("vector").type != wanted:
+                        continue
+                    groups = pf.num_row_groups
+            except Exception:  # noqa: BLE001 - gone or damaged: a miss is always safe
+                continue
+            for group in range(groups):
+                yield RowGroup((rank, number, group), url, path, group)
+
+
+class ReadRowGroup(beam.DoFn):
+    """A row group in, its (hash, vector) rows out, by bucket: each row group of
+    a reuse source is read once per run."""
+
+    def __init__(self, storage_options: dict[str, Any], dimension: int, buckets: int) -> None:
+        self.storage_options, self.dimension, self.buckets = storage_options, dimension, buckets
+
+    def process(self, ref: RowGroup) -> Iterator[tuple[int, VectorChunk]]:
+        output = Output(ref.url, self.storage_options)
+        try:
+            with output.fs.open(ref.path, "rb") as fh:
+                table = pq.ParquetFile(fh).read_row_group(ref.group, columns=["content_hash", "vector"])
+        except Exception:  # noqa: BLE001 - replaced or removed meanwhile: those texts are sent
+            return
+        hashes = table.column("content_hash").to_pylist()
+        flat = np.asarray(table.column("vector").combine_chunks().flatten(), dtype=np.float32)
+        matrix = flat.reshape(len(hashes), self.dimension)
+        buckets = np.fromiter((bucket_of(h, self.buckets) for h in hashes), np.int64, len(hashes))
+        order = np.argsort(buckets, kind="stable")
+        bounds = np.flatnonzero(np.diff(buckets[order])) + 1
+        for rows in np.split(order, bounds):
+            if len(rows):
+                yield int(buckets[rows[0]]), VectorChunk(
+                    ref.rank, tuple(hashes[i] for i in rows.tolist()), matrix[rows]
+                )
+
+
+class JoinBucket(beam.DoFn):
+    """One bucket's split hashes and source vectors in, each split's found
+    vectors out (the first source by rank wins a text several hold)."""
+
+    def process(self, element: tuple[int, dict[str, Iterable[Any]]]) -> Iterator[tuple[str, Found]]:
+        _, grouped = element
+        keys: list[KeyChunk] = list(grouped["keys"])
+        if not keys:
+            return
+        wanted = {h for chunk in keys for h in chunk.hashes}
+        found: dict[str, np.ndarray] = {}
+        for chunk in sorted(grouped["vectors"], key=lambda c: c.rank):
+            for at, digest in enumerate(chunk.hashes):
+                if digest in wanted and digest not in found:
+                    found[digest] = chunk.vectors[at]
+        for chunk in keys:
+            hits = tuple(h for h in chunk.hashes if h in found)
+            if hits:
+                yield chunk.split, Found(hits, np.stack([found[h] for h in hits]))
+
+
+def _with_lookup(element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[tuple[Split, JoinedLookup]]:
+    _, grouped = element
+    found = list(grouped["found"])
+    for split in grouped["split"]:
+        yield split, JoinedLookup(found)
+
+
+class JoinReuse(beam.PTransform):
+    """Splits in, (split, the vectors its texts reuse) out."""
+
+    def __init__(self, backend: Backend, config: WorkerConfig, sources: Sequence[str], vectors: int) -> None:
+        super().__init__()
+        self.backend, self.config, self.sources = backend, config, tuple(sources)
+        self.dimension = backend.limits.dimension
+        self.buckets = bucket_count(vectors, self.dimension)
+
+    def expand(self, splits: beam.PCollection) -> beam.PCollection:
+        keys = splits | "SplitHashes" >> beam.ParDo(SplitHashes(self.backend, self.config, self.buckets))
+        vectors = (
+            splits.pipeline
+            | "Sources" >> beam.Create(list(enumerate(self.sources)))
+            | "ListRowGroups" >> beam.ParDo(ListRowGroups(self.config, self.dimension))
+            | "SpreadRowGroups" >> beam.Reshuffle()
+            | "ReadRowGroups" >> beam.ParDo(
+                ReadRowGroup(self.config.storage_options, self.dimension, self.buckets)
+            )
+        )
+        found = (
+            {"keys": keys, "vectors": vectors}
+            | "ByBucket" >> beam.CoGroupByKey()
+            | "JoinBuckets" >> beam.ParDo(JoinBucket())
+        )
+        named = splits | "ByName" >> beam.Map(lambda split: (split.name, split))
+        return (
+            {"split": named, "found": found}
+            | "BySplit" >> beam.CoGroupByKey()
+            | "WithLookup" >> beam.FlatMap(_with_lookup)
+        )
+
+
+def join_sources(config: WorkerConfig) -> list[str]:
+    """The outputs reuse reads, in the order that breaks ties: own, then --reuse-from."""
+    return [config.output, *config.reuse_from] if config.reuse else []
+
+
+def plan_reuse(
+    config: WorkerConfig, own_state: OutputState, input_bytes: int
+) -> int:
+    """The reusable vectors the join would read, or 0 when the in-process index
+    is the better choice for this run (see ``choose_join``)."""
+    if not config.reuse:
+        return 0
+    dimension, fingerprint = config.description.dimension, config.fingerprint
+    vectors = reusable_vectors(own_state, fingerprint, dimension)
+    for url in config.reuse_from:
+        vectors += reusable_vectors(read_state(Output(url, config.storage_options), check_letters=False),
+                                    fingerprint, dimension)
+    records = int(input_bytes / bytes_per_record(own_state))
+    return vectors if choose_join(vectors, records) else 0
