@@ -13,11 +13,25 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from beamvec import lookup, reuse_join
+from beamvec.contract import Description
+from beamvec.prepare import PrepareConfig
 from beamvec.records import content_hash
-from beamvec.reuse_join import Found, JoinBucket, JoinedLookup, KeyChunk, VectorChunk
+from beamvec.reuse_join import (
+    BatchRef,
+    JoinBucket,
+    JoinedLookup,
+    KeyChunk,
+    VectorChunk,
+    _staging,
+    _write,
+    vector_rows,
+)
+from beamvec.sources import ReaderConfig
+from beamvec.worker import WorkerConfig
 from test_reuse import (
     CHANGED,
     IDS,
@@ -90,6 +104,7 @@ def test_shuffled_reexport_into_the_same_output_with_prune_bills_only_the_change
     assert_predicted(predicted, run, sent)
     assert sorted(run["pruned"]) == old
     assert_mirrors_night2(output)  # one row per record, each vector the one of its text
+    assert not (output / "_tmp").exists()  # the join's staged files went with the run
 
 
 def test_same_order_reexport_into_the_same_output_bills_nothing(emu, joined, monkeypatch, tmp_path, capsys):  # noqa: F811
@@ -148,28 +163,46 @@ def digest(n: int) -> str:
     return content_hash(f"text {n}")
 
 
-def test_join_bucket_takes_the_first_source_whatever_the_order_it_arrives_in():
+def join_one_bucket(tmp_path: Path, keys: dict[str, list[str]], vectors: list[tuple[tuple[int, int, int], list[str], float]]):
+    """Run JoinBucket over staged files as the pipeline would: {split: JoinedLookup}."""
+    config = WorkerConfig(output=str(tmp_path / "out"), reader=ReaderConfig(), prepare=PrepareConfig(),
+                          description=Description("local", "m", 4), run_id="r1")
+    output, where = _staging(config)
+    output.makedirs(where)
+    key_chunks = []
+    for n, (split, hashes) in enumerate(keys.items()):
+        _write(output, f"{where}/k{n}", pa.schema([("content_hash", pa.string())]),
+               [pa.table({"content_hash": pa.array(hashes, pa.string())})])
+        key_chunks.append(KeyChunk(split, BatchRef(f"{where}/k{n}", 0)))
+    vector_chunks = []
+    for n, (rank, hashes, value) in enumerate(vectors):
+        table = vector_rows(hashes, np.full((len(hashes), 4), value, np.float32))
+        _write(output, f"{where}/v{n}", table.schema, [table])
+        vector_chunks.append(VectorChunk(rank, BatchRef(f"{where}/v{n}", 0)))
+    results = {}
+    for order in (vector_chunks, vector_chunks[::-1]):  # whatever order the runner hands them in
+        out = list(JoinBucket(config, 4).process((0, {"keys": key_chunks, "vectors": order})))
+        got = {split: JoinedLookup.load(output, [ref], 4) for split, ref in out}
+        results.setdefault("first", got)
+        assert {s: {h: float(v.get(h)[0]) for h in keys[s] if h in v} for s, v in got.items()} == {
+            s: {h: float(v.get(h)[0]) for h in keys[s] if h in v} for s, v in results["first"].items()}
+    return results["first"]
+
+
+def test_join_bucket_takes_the_first_source_whatever_the_order_it_arrives_in(tmp_path):
     a, b = digest(1), digest(2)
-    ours = VectorChunk((0, 3, 1), (a,), np.full((1, 4), 1.0, np.float32))
-    theirs = VectorChunk((1, 0, 0), (a, b), np.full((2, 4), 2.0, np.float32))
-    keys = [KeyChunk("s1", (a, b)), KeyChunk("s2", (b,))]
-    for vectors in ([ours, theirs], [theirs, ours]):
-        out = dict(JoinBucket().process((0, {"keys": keys, "vectors": vectors})))
-        got = JoinedLookup([out["s1"]])
-        assert got.get(a)[0] == 1.0 and got.get(b)[0] == 2.0
-        assert out["s2"].hashes == (b,)
+    got = join_one_bucket(tmp_path, {"s1": [a, b], "s2": [b]}, [((0, 3, 1), [a], 1.0), ((1, 0, 0), [a, b], 2.0)])
+    assert got["s1"].get(a)[0] == 1.0 and got["s1"].get(b)[0] == 2.0
+    assert len(got["s2"]) == 1 and got["s2"].get(b)[0] == 2.0
 
 
-def test_a_vector_is_reused_only_for_its_full_hash():
+def test_a_vector_is_reused_only_for_its_full_hash(tmp_path):
     a = digest(1)
     twin = a[:32] + ("0" if a[32] != "0" else "1") + a[33:]  # the same 128-bit prefix, another text
-    found = Found((a,), np.ones((1, 4), np.float32))
-    got = JoinedLookup([found])
+    got = JoinedLookup([([a], np.ones((1, 4), np.float32))])
     assert a in got and twin not in got
     assert got.get_many([twin, a]).keys() == {a}
-    out = list(JoinBucket().process((0, {"keys": [KeyChunk("s", (twin,))], "vectors": [
-        VectorChunk((0, 0, 0), (a,), np.ones((1, 4), np.float32))]})))
-    assert out == []
+    assert join_one_bucket(tmp_path, {"s": [twin]}, [((0, 0, 0), [a], 1.0)]) == {}
 
 
 def test_the_join_is_chosen_from_the_sizes():

@@ -26,6 +26,7 @@ few records to route (``choose_join``).
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,7 @@ from beamvec.errors import InputVanishedError
 from beamvec.lookup import reusable_files
 from beamvec.prepare import prepare
 from beamvec.records import Record, Split
-from beamvec.sink import Output
+from beamvec.sink import TMP_DIR, Output
 from beamvec.sources import read_split
 from beamvec.worker import FETCH_WINDOW, WorkerConfig
 
@@ -98,32 +99,31 @@ def bucket_of(content_hash: str, buckets: int) -> int:
     return int(content_hash[:8], 16) % buckets
 
 
-# -- what crosses the shuffle --------------------------------------------------------
+# -- what crosses the shuffle: references to batches in the run's staging area ----------
+
+
+@dataclass(frozen=True)
+class BatchRef:
+    """One record batch of an Arrow IPC file under the run's ``_tmp/<run id>/join/``."""
+
+    path: str
+    batch: int
 
 
 @dataclass(frozen=True)
 class KeyChunk:
-    """Distinct content hashes of one split's records that fall in one bucket."""
+    """A split's distinct content hashes that fall in one bucket."""
 
     split: str
-    hashes: tuple[str, ...]
+    ref: BatchRef  # content_hash
 
 
 @dataclass(frozen=True)
 class VectorChunk:
-    """The vectors of one row group of a reuse source that fall in one bucket."""
+    """The (hash, vector) rows of one row group of a reuse source that fall in one bucket."""
 
-    rank: tuple[int, int, int]  # (source, file, row group): the first wins
-    hashes: tuple[str, ...]
-    vectors: np.ndarray  # len(hashes) x dimension, float32
-
-
-@dataclass(frozen=True)
-class Found:
-    """Vectors of a split's texts found in one bucket."""
-
-    hashes: tuple[str, ...]
-    vectors: np.ndarray
+    rank: tuple[int, int, int]  # (source, file, row group): the first wins a text several hold
+    ref: BatchRef  # content_hash, vector
 
 
 @dataclass(frozen=True)
@@ -134,15 +134,66 @@ class RowGroup:
     group: int
 
 
+def _staging(config: WorkerConfig) -> tuple[Output, str]:
+    output = Output(config.output, config.storage_options, run_id=config.run_id)
+    return output, output.path(TMP_DIR, *([config.run_id] if config.run_id else []), "join")
+
+
+def _write(output: Output, path: str, schema: pa.Schema, parts: Sequence[pa.Table]) -> None:
+    """One IPC file, one record batch per part, in order."""
+    with output.fs.open(path, "wb") as fh, pa.ipc.new_file(fh, schema) as writer:
+        for part in parts:
+            writer.write_batch(part.combine_chunks().to_batches()[0])
+
+
+def _read(output: Output, ref: BatchRef) -> pa.RecordBatch:
+    with output.fs.open(ref.path, "rb") as fh:
+        return pa.ipc.open_file(fh).get_batch(ref.batch)
+
+
+def _by_bucket(table: pa.Table, buckets: int) -> list[tuple[int, pa.Table]]:
+    """The rows of ``table`` by bucket of their content hash, buckets in order."""
+    ids = np.fromiter((bucket_of(h, buckets) for h in table.column("content_hash").to_pylist()),
+                      np.int64, table.num_rows)
+    order = np.argsort(ids, kind="stable")
+    ids, table = ids[order], table.take(pa.array(order))
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, np.int64)
+    stops = [*starts[1:].tolist(), len(ids)]
+    return [(int(ids[a]), table.slice(a, b - a)) for a, b in zip(starts.tolist(), stops, strict=True)]
+
+
+def _matrix(batch: pa.RecordBatch | pa.Table, dimension: int) -> np.ndarray:
+    column = batch.column(batch.schema.get_field_index("vector"))
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return np.asarray(column.flatten(), dtype=np.float32).reshape(len(batch), dimension)
+
+
+def vector_rows(hashes: Sequence[str], matrix: np.ndarray) -> pa.Table:
+    dimension = matrix.shape[1] if matrix.ndim == 2 else 0
+    return pa.table({
+        "content_hash": pa.array(hashes, pa.string()),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), dimension),
+    })
+
+
 class JoinedLookup:
     """The vectors the join found for one split's texts, by full content hash:
     the split's ``Lookup`` in place of the process's index."""
 
-    def __init__(self, found: Iterable[Found] = ()) -> None:
+    def __init__(self, found: Iterable[tuple[Sequence[str], np.ndarray]] = ()) -> None:
         self._vectors: dict[str, np.ndarray] = {}
-        for chunk in found:
-            for at, digest in enumerate(chunk.hashes):
-                self._vectors.setdefault(digest, chunk.vectors[at])
+        for hashes, matrix in found:
+            for at, digest in enumerate(hashes):
+                self._vectors.setdefault(digest, matrix[at])
+
+    @classmethod
+    def load(cls, output: Output, refs: Iterable[BatchRef], dimension: int) -> JoinedLookup:
+        chunks = []
+        for ref in refs:
+            batch = _read(output, ref)
+            chunks.append((batch.column(0).to_pylist(), _matrix(batch, dimension)))
+        return cls(chunks)
 
     def __len__(self) -> int:
         return len(self._vectors)
@@ -155,6 +206,17 @@ class JoinedLookup:
 
     def get_many(self, content_hashes: Iterable[str]) -> Mapping[str, np.ndarray]:
         return {h: self._vectors[h] for h in content_hashes if h in self._vectors}
+
+
+@dataclass(frozen=True)
+class SplitReuse:
+    """A split and where the join left the vectors its texts reuse."""
+
+    split: Split
+    found: tuple[BatchRef, ...]
+
+    def lookup(self, config: WorkerConfig, dimension: int) -> JoinedLookup:
+        return JoinedLookup.load(_staging(config)[0], self.found, dimension)
 
 
 # -- the steps -------------------------------------------------------------------------
@@ -172,16 +234,23 @@ class SplitHashes(beam.DoFn):
 
     def process(self, split: Split) -> Iterator[tuple[int, KeyChunk]]:
         config, backend = self.config, self.backend
-        by_bucket: dict[int, set[str]] = {}
+        hashes: set[str] = set()
         try:
             for raw in read_split(split, config.reader, config.storage_options):
                 item = prepare(raw, config.prepare, backend.count_tokens, backend.truncate)
                 if isinstance(item, Record):
-                    by_bucket.setdefault(bucket_of(item.content_hash, self.buckets), set()).add(item.content_hash)
+                    hashes.add(item.content_hash)
         except InputVanishedError:
             return  # the worker records the split as failed
-        for bucket, hashes in sorted(by_bucket.items()):
-            yield bucket, KeyChunk(split.name, tuple(sorted(hashes)))
+        if not hashes:
+            return
+        output, where = _staging(config)
+        path = f"{where}/keys/{uuid.uuid4().hex}.arrow"
+        parts = _by_bucket(pa.table({"content_hash": pa.array(sorted(hashes), pa.string())}), self.buckets)
+        output.makedirs(path.rsplit("/", 1)[0])
+        _write(output, path, parts[0][1].schema, [part for _, part in parts])
+        for number, (bucket, _) in enumerate(parts):
+            yield bucket, KeyChunk(split.name, BatchRef(path, number))
 
 
 class ListRowGroups(beam.DoFn):
@@ -209,62 +278,81 @@ class ListRowGroups(beam.DoFn):
 
 
 class ReadRowGroup(beam.DoFn):
-    """A row group in, its (hash, vector) rows out, by bucket: each row group of
-    a reuse source is read once per run."""
+    """A row group in, its (hash, vector) rows out by bucket, in one staged
+    file: each row group of a reuse source is read once per run."""
 
-    def __init__(self, storage_options: dict[str, Any], dimension: int, buckets: int) -> None:
-        self.storage_options, self.dimension, self.buckets = storage_options, dimension, buckets
+    def __init__(self, config: WorkerConfig, buckets: int) -> None:
+        self.config, self.buckets = config, buckets
 
     def process(self, ref: RowGroup) -> Iterator[tuple[int, VectorChunk]]:
-        output = Output(ref.url, self.storage_options)
+        source = Output(ref.url, self.config.storage_options)
         try:
-            with output.fs.open(ref.path, "rb") as fh:
+            with source.fs.open(ref.path, "rb") as fh:
                 table = pq.ParquetFile(fh).read_row_group(ref.group, columns=["content_hash", "vector"])
         except Exception:  # noqa: BLE001 - replaced or removed meanwhile: those texts are sent
             return
-        hashes = table.column("content_hash").to_pylist()
-        flat = np.asarray(table.column("vector").combine_chunks().flatten(), dtype=np.float32)
-        matrix = flat.reshape(len(hashes), self.dimension)
-        buckets = np.fromiter((bucket_of(h, self.buckets) for h in hashes), np.int64, len(hashes))
-        order = np.argsort(buckets, kind="stable")
-        bounds = np.flatnonzero(np.diff(buckets[order])) + 1
-        for rows in np.split(order, bounds):
-            if len(rows):
-                yield int(buckets[rows[0]]), VectorChunk(
-                    ref.rank, tuple(hashes[i] for i in rows.tolist()), matrix[rows]
-                )
+        if not table.num_rows:
+            return
+        output, where = _staging(self.config)
+        path = f"{where}/vectors/{uuid.uuid4().hex}.arrow"
+        parts = _by_bucket(table, self.buckets)
+        output.makedirs(path.rsplit("/", 1)[0])
+        _write(output, path, table.schema, [part for _, part in parts])
+        for number, (bucket, _) in enumerate(parts):
+            yield bucket, VectorChunk(ref.rank, BatchRef(path, number))
 
 
 class JoinBucket(beam.DoFn):
-    """One bucket's split hashes and source vectors in, each split's found
-    vectors out (the first source by rank wins a text several hold)."""
+    """One bucket's split hashes and source vectors in; each split's found
+    vectors out, as one batch of a staged file per bucket."""
 
-    def process(self, element: tuple[int, dict[str, Iterable[Any]]]) -> Iterator[tuple[str, Found]]:
-        _, grouped = element
-        keys: list[KeyChunk] = list(grouped["keys"])
+    def __init__(self, config: WorkerConfig, dimension: int) -> None:
+        self.config, self.dimension = config, dimension
+
+    def process(self, element: tuple[int, dict[str, Iterable[Any]]]) -> Iterator[tuple[str, BatchRef]]:
+        bucket, grouped = element
+        keys: list[KeyChunk] = sorted(grouped["keys"], key=lambda c: c.split)
         if not keys:
             return
-        wanted = {h for chunk in keys for h in chunk.hashes}
+        output, where = _staging(self.config)
+        asked = {chunk.split: _read(output, chunk.ref).column(0).to_pylist() for chunk in keys}
+        wanted = {h for hashes in asked.values() for h in hashes}
         found: dict[str, np.ndarray] = {}
         for chunk in sorted(grouped["vectors"], key=lambda c: c.rank):
-            for at, digest in enumerate(chunk.hashes):
-                if digest in wanted and digest not in found:
-                    found[digest] = chunk.vectors[at]
-        for chunk in keys:
-            hits = tuple(h for h in chunk.hashes if h in found)
+            batch = _read(output, chunk.ref)
+            hashes = batch.column(0).to_pylist()
+            rows = [at for at, h in enumerate(hashes) if h in wanted and h not in found]
+            if rows:
+                matrix = _matrix(batch, self.dimension)
+                for at in rows:
+                    found[hashes[at]] = matrix[at]
+        parts = []
+        for split, hashes in asked.items():
+            hits = [h for h in hashes if h in found]
             if hits:
-                yield chunk.split, Found(hits, np.stack([found[h] for h in hits]))
+                parts.append((split, vector_rows(hits, np.stack([found[h] for h in hits]))))
+        if not parts:
+            return
+        path = f"{where}/found/{bucket:06d}-{uuid.uuid4().hex}.arrow"
+        output.makedirs(path.rsplit("/", 1)[0])
+        _write(output, path, parts[0][1].schema, [table for _, table in parts])
+        for number, (split, _) in enumerate(parts):
+            yield split, BatchRef(path, number)
 
 
-def _with_lookup(element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[tuple[Split, JoinedLookup]]:
+def _with_found(element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[SplitReuse]:
     _, grouped = element
-    found = list(grouped["found"])
+    found = tuple(sorted(grouped["found"], key=lambda ref: ref.path))
     for split in grouped["split"]:
-        yield split, JoinedLookup(found)
+        yield SplitReuse(split, found)
 
 
 class JoinReuse(beam.PTransform):
-    """Splits in, (split, the vectors its texts reuse) out."""
+    """Splits in, each with where the join left the vectors its texts reuse, out.
+
+    Only references to staged Arrow files cross the runner's shuffle, so the
+    runner holds a few bytes per (split, bucket), never the vectors: memory
+    stays flat on the in-memory DirectRunner too."""
 
     def __init__(self, backend: Backend, config: WorkerConfig, sources: Sequence[str], vectors: int) -> None:
         super().__init__()
@@ -279,20 +367,18 @@ class JoinReuse(beam.PTransform):
             | "Sources" >> beam.Create(list(enumerate(self.sources)))
             | "ListRowGroups" >> beam.ParDo(ListRowGroups(self.config, self.dimension))
             | "SpreadRowGroups" >> beam.Reshuffle()
-            | "ReadRowGroups" >> beam.ParDo(
-                ReadRowGroup(self.config.storage_options, self.dimension, self.buckets)
-            )
+            | "ReadRowGroups" >> beam.ParDo(ReadRowGroup(self.config, self.buckets))
         )
         found = (
             {"keys": keys, "vectors": vectors}
             | "ByBucket" >> beam.CoGroupByKey()
-            | "JoinBuckets" >> beam.ParDo(JoinBucket())
+            | "JoinBuckets" >> beam.ParDo(JoinBucket(self.config, self.dimension))
         )
         named = splits | "ByName" >> beam.Map(lambda split: (split.name, split))
         return (
             {"split": named, "found": found}
             | "BySplit" >> beam.CoGroupByKey()
-            | "WithLookup" >> beam.FlatMap(_with_lookup)
+            | "WithFound" >> beam.FlatMap(_with_found)
         )
 
 

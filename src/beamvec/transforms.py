@@ -46,7 +46,7 @@ from beamvec.pricing import estimate_cost
 from beamvec.progress import PROGRESS
 from beamvec.quota import Limiter, QuotaSettings
 from beamvec.records import Shard, Split
-from beamvec.reuse_join import JoinedLookup, JoinReuse, join_sources
+from beamvec.reuse_join import JoinReuse, SplitReuse, join_sources
 from beamvec.routing import RunMemory
 from beamvec.sink import Output
 from beamvec.sources import plan_splits
@@ -178,9 +178,10 @@ class EmbedShards(beam.DoFn):
         self.worker.collector.bundle_started()
         self._in_bundle = True
 
-    def _run(self, shard: Split, reuse: JoinedLookup | None) -> CommitRecord:
+    def _run(self, shard: Split, joined: SplitReuse | None) -> CommitRecord:
         try:
             with systemic_failures_recorded(self.config.output, self.config.storage_options):
+                reuse = None if joined is None else joined.lookup(self.config, self.backend.limits.dimension)
                 return self.worker.process(shard, on_read=self.reading.release, reuse=reuse)
         finally:
             self.open.release()
@@ -208,9 +209,9 @@ class EmbedShards(beam.DoFn):
             self._report(result)
             yield result
 
-    def process(self, element: Split | tuple[Split, JoinedLookup]) -> Iterator[CommitRecord]:
-        """A split, or a split with the vectors the reuse join found for it."""
-        shard, reuse = element if isinstance(element, tuple) else (element, None)
+    def process(self, element: Split | SplitReuse) -> Iterator[CommitRecord]:
+        """A split, or a split with where the reuse join left its vectors."""
+        shard, reuse = (element.split, element) if isinstance(element, SplitReuse) else (element, None)
         # Wait for a reading slot and an open slot, yielding what finishes meanwhile.
         for slot in (self.open, self.reading):
             while not slot.acquire(timeout=0.2):
