@@ -1,23 +1,25 @@
-"""Reuse as a join: records and reusable vectors meet by content hash in the
-runner's shuffle, so each row group of a reuse source is read once per run,
-whatever the order of the records, and no worker holds an index that grows
-with the output.
+"""Reuse as a join: records and reusable vectors meet by content hash, so
+each row group of a reuse source is read once per run, whatever the order of
+the records, and no worker holds an index that grows with the output.
 
-    splits ──► SplitHashes ──► (bucket, KeyChunk(split, hashes))          ─┐
-                                                                             ├► CoGroupByKey(bucket) ► JoinBucket
-    sources ─► ListRowGroups ─► Spread ─► ReadRowGroup                     │    (split, Found(hashes, vectors))
-                          (bucket, VectorChunk(rank, hashes, vectors)) ────┘                │
-    splits ──► (split name, split) ──────────────────► CoGroupByKey(split name) ◄───────────┘
-                                                          ► (Split, JoinedLookup) ► EmbedShards
+    splits ─► SplitHashes ─► (bucket, KeyChunk)  ──────────────────┐
+    sources ─► ListRowGroups ─► Spread ─► ReadRowGroup              ├─► CoGroupByKey(bucket) ─► JoinBucket
+                              ─► (bucket, VectorChunk) ────────────┘        ─► (split name, found batch)
+    splits ─► (split name, split) ─────────────► CoGroupByKey(split name) ◄──┘
+                                                  ─► SplitReuse ─► EmbedShards (a JoinedLookup per split)
 
-Elements are chunks (a split's hashes of one bucket, a row group's vectors of
-one bucket), never single records, so the runner moves a few thousand
-elements for a million vectors. A bucket is a range of hashes small enough to
-join in one worker's memory (``BUCKET_BYTES`` of vectors). The join is on the
-full content hash: a vector is reused only for exactly its text. When one text
-is held by several sources, the first source (the run's own output, then each
-``--reuse-from`` in order; files and row groups in order) gives it, so the
-output does not depend on the runner's order.
+A sort-merge by hash range through the run's staging area: a bucket is a
+range of hashes small enough to join in one worker's memory (``BUCKET_BYTES``
+of vectors). Each step writes what it found as one Arrow IPC file, a record
+batch per bucket (or per split), under ``_tmp/<run id>/join/``; only
+references to those batches cross the runner's shuffle, a few per (split,
+bucket), so neither the runner nor a worker ever holds more than a bucket's
+or a split's vectors, on the in-memory DirectRunner as on Dataflow.
+
+The join is on the full content hash: a vector is reused only for exactly
+its text. When several sources hold one text, the first source (the run's
+own output, then each ``--reuse-from`` in order; files and row groups in
+order) gives it, so the output does not depend on the runner's order.
 
 The in-process index (lookup.py) stays where it wins: small reuse sources or
 few records to route (``choose_join``).
