@@ -173,16 +173,16 @@ def join_one_bucket(tmp_path: Path, keys: dict[str, list[str]], vectors: list[tu
     for n, (split, hashes) in enumerate(keys.items()):
         _write(output, f"{where}/k{n}", pa.schema([("content_hash", pa.string())]),
                [pa.table({"content_hash": pa.array(hashes, pa.string())})])
-        key_chunks.append(KeyChunk(split, BatchRef(f"{where}/k{n}", 0)))
+        key_chunks.append(KeyChunk(split, BatchRef(f"k{n}", 0)))
     vector_chunks = []
     for n, (rank, hashes, value) in enumerate(vectors):
         table = vector_rows(hashes, np.full((len(hashes), 4), value, np.float32))
         _write(output, f"{where}/v{n}", table.schema, [table])
-        vector_chunks.append(VectorChunk(rank, BatchRef(f"{where}/v{n}", 0)))
+        vector_chunks.append(VectorChunk(rank, BatchRef(f"v{n}", 0)))
     results = {}
     for order in (vector_chunks, vector_chunks[::-1]):  # whatever order the runner hands them in
         out = list(JoinBucket(config, 4).process((0, {"keys": key_chunks, "vectors": order})))
-        got = {split: JoinedLookup.load(output, [ref], 4) for split, ref in out}
+        got = {split: JoinedLookup.load(output, where, [ref], 4) for split, ref in out}
         results.setdefault("first", got)
         assert {s: {h: float(v.get(h)[0]) for h in keys[s] if h in v} for s, v in got.items()} == {
             s: {h: float(v.get(h)[0]) for h in keys[s] if h in v} for s, v in results["first"].items()}

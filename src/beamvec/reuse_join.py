@@ -104,15 +104,16 @@ def bucket_of(content_hash: str, buckets: int) -> int:
 # -- what crosses the shuffle: references to batches in the run's staging area ----------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BatchRef:
-    """One record batch of an Arrow IPC file under the run's ``_tmp/<run id>/join/``."""
+    """One record batch of an Arrow IPC file under the run's ``_tmp/<run id>/join/``
+    (its name there: the runner holds a few of these per split and bucket)."""
 
-    path: str
+    name: str
     batch: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KeyChunk:
     """A split's distinct content hashes that fall in one bucket."""
 
@@ -120,7 +121,7 @@ class KeyChunk:
     ref: BatchRef  # content_hash
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VectorChunk:
     """The (hash, vector) rows of one row group of a reuse source that fall in one bucket."""
 
@@ -128,7 +129,7 @@ class VectorChunk:
     ref: BatchRef  # content_hash, vector
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RowGroup:
     rank: tuple[int, int, int]
     url: str
@@ -148,8 +149,8 @@ def _write(output: Output, path: str, schema: pa.Schema, parts: Sequence[pa.Tabl
             writer.write_batch(part.combine_chunks().to_batches()[0])
 
 
-def _read(output: Output, ref: BatchRef) -> pa.RecordBatch:
-    with output.fs.open(ref.path, "rb") as fh:
+def _read(output: Output, where: str, ref: BatchRef) -> pa.RecordBatch:
+    with output.fs.open(f"{where}/{ref.name}", "rb") as fh:
         return pa.ipc.open_file(fh).get_batch(ref.batch)
 
 
@@ -190,10 +191,10 @@ class JoinedLookup:
                 self._vectors.setdefault(digest, matrix[at])
 
     @classmethod
-    def load(cls, output: Output, refs: Iterable[BatchRef], dimension: int) -> JoinedLookup:
+    def load(cls, output: Output, where: str, refs: Iterable[BatchRef], dimension: int) -> JoinedLookup:
         chunks = []
         for ref in refs:
-            batch = _read(output, ref)
+            batch = _read(output, where, ref)
             chunks.append((batch.column(0).to_pylist(), _matrix(batch, dimension)))
         return cls(chunks)
 
@@ -210,7 +211,7 @@ class JoinedLookup:
         return {h: self._vectors[h] for h in content_hashes if h in self._vectors}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SplitReuse:
     """A split and where the join left the vectors its texts reuse."""
 
@@ -218,7 +219,7 @@ class SplitReuse:
     found: tuple[BatchRef, ...]
 
     def lookup(self, config: WorkerConfig, dimension: int) -> JoinedLookup:
-        return JoinedLookup.load(_staging(config)[0], self.found, dimension)
+        return JoinedLookup.load(*_staging(config), self.found, dimension)
 
 
 # -- the steps -------------------------------------------------------------------------
@@ -247,12 +248,12 @@ class SplitHashes(beam.DoFn):
         if not hashes:
             return
         output, where = _staging(config)
-        path = f"{where}/keys/{uuid.uuid4().hex}.arrow"
+        name = f"keys/{uuid.uuid4().hex}"
         parts = _by_bucket(pa.table({"content_hash": pa.array(sorted(hashes), pa.string())}), self.buckets)
-        output.makedirs(path.rsplit("/", 1)[0])
-        _write(output, path, parts[0][1].schema, [part for _, part in parts])
+        output.makedirs(f"{where}/keys")
+        _write(output, f"{where}/{name}", parts[0][1].schema, [part for _, part in parts])
         for number, (bucket, _) in enumerate(parts):
-            yield bucket, KeyChunk(split.name, BatchRef(path, number))
+            yield bucket, KeyChunk(split.name, BatchRef(name, number))
 
 
 class ListRowGroups(beam.DoFn):
@@ -296,12 +297,12 @@ class ReadRowGroup(beam.DoFn):
         if not table.num_rows:
             return
         output, where = _staging(self.config)
-        path = f"{where}/vectors/{uuid.uuid4().hex}.arrow"
+        name = f"vectors/{uuid.uuid4().hex}"
         parts = _by_bucket(table, self.buckets)
-        output.makedirs(path.rsplit("/", 1)[0])
-        _write(output, path, table.schema, [part for _, part in parts])
+        output.makedirs(f"{where}/vectors")
+        _write(output, f"{where}/{name}", table.schema, [part for _, part in parts])
         for number, (bucket, _) in enumerate(parts):
-            yield bucket, VectorChunk(ref.rank, BatchRef(path, number))
+            yield bucket, VectorChunk(ref.rank, BatchRef(name, number))
 
 
 class JoinBucket(beam.DoFn):
@@ -317,11 +318,11 @@ class JoinBucket(beam.DoFn):
         if not keys:
             return
         output, where = _staging(self.config)
-        asked = {chunk.split: _read(output, chunk.ref).column(0).to_pylist() for chunk in keys}
+        asked = {chunk.split: _read(output, where, chunk.ref).column(0).to_pylist() for chunk in keys}
         wanted = {h for hashes in asked.values() for h in hashes}
         found: dict[str, np.ndarray] = {}
         for chunk in sorted(grouped["vectors"], key=lambda c: c.rank):
-            batch = _read(output, chunk.ref)
+            batch = _read(output, where, chunk.ref)
             hashes = batch.column(0).to_pylist()
             rows = [at for at, h in enumerate(hashes) if h in wanted and h not in found]
             if rows:
@@ -335,16 +336,16 @@ class JoinBucket(beam.DoFn):
                 parts.append((split, vector_rows(hits, np.stack([found[h] for h in hits]))))
         if not parts:
             return
-        path = f"{where}/found/{bucket:06d}-{uuid.uuid4().hex}.arrow"
-        output.makedirs(path.rsplit("/", 1)[0])
-        _write(output, path, parts[0][1].schema, [table for _, table in parts])
+        name = f"found/{bucket:06d}-{uuid.uuid4().hex}"
+        output.makedirs(f"{where}/found")
+        _write(output, f"{where}/{name}", parts[0][1].schema, [table for _, table in parts])
         for number, (split, _) in enumerate(parts):
-            yield split, BatchRef(path, number)
+            yield split, BatchRef(name, number)
 
 
 def _with_found(element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[SplitReuse]:
     _, grouped = element
-    found = tuple(sorted(grouped["found"], key=lambda ref: ref.path))
+    found = tuple(sorted(grouped["found"], key=lambda ref: ref.name))
     for split in grouped["split"]:
         yield SplitReuse(split, found)
 
