@@ -64,6 +64,7 @@ from beamvec.progress import PROGRESS, Reporter
 from beamvec.quota import QuotaSettings
 from beamvec.retry import RetryPolicy
 from beamvec.retry_letters import merged
+from beamvec.reuse_join import plan_reuse
 from beamvec.routing import Refusals
 from beamvec.run_summary import (
     READ_ERRORS,
@@ -308,10 +309,14 @@ def _run_planned(
     work = write_work(
         plan.output, run_id, plan.work.todo, [s.name for s in inputs.shards], plan.work.carried
     )
+    # A large reuse source meets the records in a join rather than each process's index.
+    joined = plan_reuse(config, plan.state, sum(max(0, s.size) for s in plan.work.todo))
+    if joined:
+        LOG.info("reuse: joining the records with %s reusable vectors by content hash", f"{joined:,}")
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | "EmbedCorpus" >> EmbedCorpus(
         work, inputs.backend, config, settings, quota, inputs.run_config, bv.concurrent_shards,
-        split_bytes(bv, inputs.backend.name), bv.prune,
+        split_bytes(bv, inputs.backend.name), bv.prune, joined,
     )
     live = not bv.quiet and bv.progress_interval != 0 and _in_process(options)
     total_bytes = sum(max(0, s.size) for s in plan.work.todo)

@@ -51,6 +51,7 @@ from beamvec.pricing import estimate_cost
 from beamvec.progress import PROGRESS
 from beamvec.quota import Limiter, QuotaSettings
 from beamvec.records import Shard, Split
+from beamvec.reuse_join import JoinReuse, SplitReuse, join_sources
 from beamvec.routing import RunMemory
 from beamvec.sink import Output
 from beamvec.sources import plan_splits
@@ -177,10 +178,11 @@ class EmbedShards(beam.DoFn):
         self.worker.collector.bundle_started()
         self._in_bundle = True
 
-    def _run(self, shard: Split) -> CommitRecord:
+    def _run(self, shard: Split, joined: SplitReuse | None) -> CommitRecord:
         try:
             with systemic_failures_recorded(self.config.output, self.config.storage_options):
-                return self.worker.process(shard, on_read=self.reading.release)
+                reuse = None if joined is None else joined.lookup(self.config, self.backend.limits.dimension)
+                return self.worker.process(shard, on_read=self.reading.release, reuse=reuse)
         finally:
             self.open.release()
 
@@ -208,12 +210,14 @@ class EmbedShards(beam.DoFn):
             self._report(result)
             yield result
 
-    def process(self, shard: Split) -> Iterator[CommitRecord]:
+    def process(self, element: Split | SplitReuse) -> Iterator[CommitRecord]:
+        """A split, or a split with where the reuse join left its vectors."""
+        shard, reuse = (element.split, element) if isinstance(element, SplitReuse) else (element, None)
         # Wait for a reading slot and an open slot, yielding what finishes meanwhile.
         for slot in (self.open, self.reading):
             while not slot.acquire(timeout=0.2):
                 yield from self._drain(0)
-        self.pending.append(self.shard_pool.submit(self._run, shard))
+        self.pending.append(self.shard_pool.submit(self._run, shard, reuse))
         yield from self._drain(0)
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
@@ -410,7 +414,10 @@ class EmbedCorpus(beam.PTransform):
         concurrent_shards: int = 4,
         split_bytes: int = 0,
         prune: bool = False,
+        reuse_join: int = 0,
     ) -> None:
+        """``reuse_join``: the reusable vectors to join the splits' texts with
+        (reuse_join.py); 0: each process looks them up in its own index."""
         super().__init__()
         self.work = work
         self.backend = backend
@@ -421,17 +428,25 @@ class EmbedCorpus(beam.PTransform):
         self.concurrent_shards = concurrent_shards
         self.split_bytes = split_bytes
         self.prune = prune
+        self.reuse_join = reuse_join
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         started = time.time()
         storage = self.config.storage_options
-        return (
+        splits = (
             pbegin
             | "Work" >> beam.Create([self.work])
             | "ReadWork" >> beam.ParDo(ReadWork(self.config.output, storage))
             | "SpreadShards" >> beam.Reshuffle()
             | "PlanSplits" >> beam.ParDo(PlanSplits(self.config, self.split_bytes))
             | "SpreadSplits" >> beam.Reshuffle()
+        )
+        if self.reuse_join:
+            splits = splits | "JoinReuse" >> JoinReuse(
+                self.backend, self.config, join_sources(self.config), self.reuse_join
+            )
+        return (
+            splits
             | "EmbedShards"
             >> beam.ParDo(
                 EmbedShards(

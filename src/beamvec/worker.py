@@ -43,7 +43,7 @@ from beamvec.lookup import Lookups, checkpoint_dir
 from beamvec.prepare import PrepareConfig
 from beamvec.progress import PROGRESS
 from beamvec.records import DeadLetter, Embedded, Record, Split
-from beamvec.routing import Decision, Fetch, Refusals, Reuse, Router, RunMemory, Seed, Send
+from beamvec.routing import Decision, Fetch, Lookup, Refusals, Reuse, Router, RunMemory, Seed, Send
 from beamvec.sink import (
     DEAD_LETTER_SCHEMA,
     Output,
@@ -313,12 +313,16 @@ class Worker:
             return None
         return replace(checked, vector_bytes=self.output.fs.size(path))
 
-    def process(self, split: Split, on_read: Callable[[], None] | None = None) -> CommitRecord:
+    def process(
+        self, split: Split, on_read: Callable[[], None] | None = None, reuse: Lookup | None = None
+    ) -> CommitRecord:
         """Embed one split (a whole shard or a part of one) and commit it;
         returns its commit record, or a failed one when its input vanished.
 
         ``on_read`` is called once the last record is read (the split may
-        then wait for its results while another one starts reading)."""
+        then wait for its results while another one starts reading).
+        ``reuse``: the vectors the reuse join found for this split's texts,
+        in place of the process's index (reuse_join.py)."""
         done = self.committed(split) if self.config.reuse else None
         if done is not None:
             if on_read is not None:
@@ -326,7 +330,7 @@ class Worker:
             return done
         try:
             with STOP.shard():
-                return self._embed(split, on_read)
+                return self._embed(split, on_read, reuse)
         except InputVanishedError as exc:
             LOG.warning("%s", exc)
             return self._record(split, ShardCounts(), 0.0, status="failed", message=str(exc))
@@ -358,14 +362,16 @@ class Worker:
         for decision in decisions:
             self._take(decision, sink, landing)
 
-    def _embed(self, split: Split, on_read: Callable[[], None] | None) -> CommitRecord:
+    def _embed(
+        self, split: Split, on_read: Callable[[], None] | None, reuse: Lookup | None = None
+    ) -> CommitRecord:
         started = time.time()
         dimension = self.backend.limits.dimension
         sink = _Sink(self.output, split, dimension)
         landing = _Landing(lambda: self.fault or self.collector.fault)
         router = Router(
             self.config.prepare, self.backend.count_tokens, self.backend.truncate,
-            self.lookups.index(), self.memory, landing.deliver,
+            self.lookups.index() if reuse is None else reuse, self.memory, landing.deliver,
             refusals=self.config.refusals, batch=self.lookups.batch_index(), shard=split.shard.path,
         )
         try:
