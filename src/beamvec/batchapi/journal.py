@@ -23,7 +23,9 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from beamvec.contract.fence import fenced
 from beamvec.contract.layout import JOURNAL_DIR as JOURNAL_DIR
+from beamvec.contract.output import Output
 
 #: Service states (google-genai's JobState without the ``JOB_STATE_`` prefix).
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
@@ -74,18 +76,20 @@ class BatchJournal:
 
     def __init__(self, output: str, storage_options: dict[str, Any] | None = None) -> None:
         self.fs, root = fsspec.core.url_to_fs(output, **(storage_options or {}))
+        self.output = Output(output, storage_options)
         self.dir = f"{root.rstrip('/')}/{JOURNAL_DIR}"
 
     def _write(self, name: str, data: bytes) -> None:
         path = f"{self.dir}/{name}"
-        if isinstance(self.fs, LocalFileSystem):  # object stores put whole objects already
-            os.makedirs(self.dir, exist_ok=True)
-            tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        else:
-            self.fs.pipe_file(path, data)
+        with fenced(self.output):  # a run that lost the output's lease records nothing more
+            if isinstance(self.fs, LocalFileSystem):  # object stores put whole objects already
+                os.makedirs(self.dir, exist_ok=True)
+                tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, path)
+            else:
+                self.fs.pipe_file(path, data)
 
     def new_job(self, keys: Sequence[str], shards: Sequence[str], attempt: int = 1) -> BatchJob:
         """Record a job about to be submitted: its keys first, then the record."""

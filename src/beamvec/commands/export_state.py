@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 from beamvec.commands import Output, vector_files
 from beamvec.contract import read_footer
+from beamvec.contract.fence import fenced
 from beamvec.contract.layout import EXPORTS_DIR as EXPORTS_DIR
 
 STATE_VERSION = 1
@@ -105,7 +106,8 @@ def save_state(output: Output, key: str, destination: str, files: dict[str, File
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "files": {rel: asdict(state) for rel, state in sorted(files.items())},
     }
-    output.write_bytes(state_path(output, key), json.dumps(body, indent=1).encode())
+    with fenced(output):  # only while no other run took over an output this process holds
+        output.write_bytes(state_path(output, key), json.dumps(body, indent=1).encode())
 
 
 def plan_export(output: Output, previous: dict[str, FileState], full: bool = False) -> ExportPlan:

@@ -36,6 +36,7 @@ from beamvec.contract import (
     total,
 )
 from beamvec.contract.failures import clear_failures, raise_recorded_failure
+from beamvec.contract.fence import LOST, fenced, lost_error
 from beamvec.contract.layout import PROBE as PROBE
 from beamvec.counters import THROTTLING_COUNTER
 from beamvec.driver.batch_phase import check_batch_flags, finish_batch_phase, run_batch_phase
@@ -67,6 +68,7 @@ from beamvec.driver.timeline import Timeline, new_run_id
 from beamvec.embed.embedder import EmbedSettings
 from beamvec.errors import Interrupted, SystemicError, UsageError, reason_of
 from beamvec.interrupt import STOP, Terminated, signals_handled
+from beamvec.pipeline.reuse_join import plan_reuse
 from beamvec.pipeline.transforms import EmbedCorpus, commit_run, write_work
 from beamvec.pipeline.worker import WorkerConfig
 from beamvec.progress import PROGRESS, Reporter
@@ -156,8 +158,9 @@ def _nothing_to_do(plan: JobPlan, out: Any) -> None:
             inputs.description, None, inputs.bv.prune,
         )
         return
-    plan.output.remove_tree(plan.output.path(PARTIAL_DIR))  # left by a crash after a commit
-    plan.output.write_bytes(plan.output.path(SUCCESS), b"")
+    with fenced(plan.output):
+        plan.output.remove_tree(plan.output.path(PARTIAL_DIR))  # left by a crash after a commit
+        plan.output.write_bytes(plan.output.path(SUCCESS), b"")
 
 
 def worker_count(options: PipelineOptions, bv: Any) -> int:
@@ -179,8 +182,13 @@ def run_job(argv: Sequence[str], out: Any = None) -> RunSummary:
     # renewed while this process's workers make progress (in-process runners).
     liveness = _Liveness(_in_process(options))
     with signals_handled(), hold_lease(plan.output, plan.inputs.bv.break_lease, progress=liveness,
-                                       on_stall=_stalled):
-        summary = _run_planned(plan, options, started, lines, liveness)
+                                       on_stall=_stalled, on_lost=_lost) as lease:
+        try:
+            summary = _run_planned(plan, options, started, lines, liveness, lease.owner)
+        except KeyboardInterrupt:  # the lease was lost outside the pipeline (planning, summary)
+            if STOP.reason == LOST:
+                raise lost_error(plan.output) from None
+            raise
     if bv.json:
         print(summary.to_json(), file=stdout)
     elif not bv.quiet and summary.status != "pending":  # pending: the batch phase said so
@@ -209,12 +217,23 @@ def _stalled() -> None:
     _thread.interrupt_main()  # the driver ends the run in one line (``_stopped``)
 
 
+def _lost() -> None:
+    """Another run took the output over: this one stops sending at once, and
+    its commits are refused from now on (contract.fence)."""
+    import _thread
+
+    STOP.request(LOST)
+    _thread.interrupt_main()
+
+
 def _stopped(plan: JobPlan, cause: BaseException) -> BaseException:
     """After the pipeline failed or was stopped: let the workers settle, then
     say why in one line (what stays committed, when it was a signal)."""
     if not STOP.requested:
         STOP.request("a worker failed")
     STOP.settle()  # no shard commits after this: the count below is the truth
+    if STOP.reason == LOST:
+        return lost_error(plan.output)
     if STOP.reason == "stalled":
         return SystemicError(
             f"the run made no progress for {STALL_S:.0f} s and was stopped; committed shards "
@@ -226,7 +245,8 @@ def _stopped(plan: JobPlan, cause: BaseException) -> BaseException:
 
 
 def _run_planned(
-    plan: JobPlan, options: PipelineOptions, started: float, out: Any, liveness: _Liveness
+    plan: JobPlan, options: PipelineOptions, started: float, out: Any, liveness: _Liveness,
+    lease_owner: str = "",
 ) -> RunSummary:
     inputs, bv = plan.inputs, plan.inputs.bv
     check_batch_flags(bv)
@@ -254,7 +274,8 @@ def _run_planned(
         plan.output, inputs, plan.work.todo, reuse=not bv.force, state=plan.state, refusals=refused
     )
     # The output is about to change: it is not complete again until this run commits.
-    plan.output.remove(plan.output.path(SUCCESS))
+    with fenced(plan.output):
+        plan.output.remove(plan.output.path(SUCCESS))
     max_in_flight = bv.max_in_flight or (1 if inputs.backend.name == "local" else 8)
     config = WorkerConfig(
         output=bv.output,
@@ -270,6 +291,7 @@ def _run_planned(
         refusals=merged(refused, batch.refusals if batch is not None else Refusals()),
         run_id=run_id,
         retry_reasons=retry_reasons(bv.retry_dead_letters),
+        lease_owner=lease_owner,
     )
     settings = EmbedSettings(
         max_in_flight=max_in_flight,
@@ -287,10 +309,14 @@ def _run_planned(
     work = write_work(
         plan.output, run_id, plan.work.todo, [s.name for s in inputs.shards], plan.work.carried
     )
+    # A large reuse source meets the records in a join rather than each process's index.
+    joined = plan_reuse(config, plan.state, sum(max(0, s.size) for s in plan.work.todo))
+    if joined:
+        LOG.info("reuse: joining the records with %s reusable vectors by content hash", f"{joined:,}")
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | "EmbedCorpus" >> EmbedCorpus(
         work, inputs.backend, config, settings, quota, inputs.run_config, bv.concurrent_shards,
-        split_bytes(bv, inputs.backend.name), bv.prune,
+        split_bytes(bv, inputs.backend.name), bv.prune, joined,
     )
     live = not bv.quiet and bv.progress_interval != 0 and _in_process(options)
     total_bytes = sum(max(0, s.size) for s in plan.work.todo)
@@ -301,11 +327,14 @@ def _run_planned(
     )
     PROGRESS.reset()  # the summary reads the quota's wall-clock wait from it
     with reporter if live else nullcontext(), timeline:  # inside: the reporter resets PROGRESS
+        result = None
         try:
             liveness.watching = True
             result = pipeline.run()
             result.wait_until_finish()
         except BaseException as exc:  # noqa: BLE001 - Ctrl-C, SIGTERM, a stall, a worker's fault
+            if result is not None and not _in_process(options):
+                _cancel_remote(result)  # its workers would go on writing without the lease
             stopped = _stopped(plan, exc)
             if stopped is exc and isinstance(exc, Exception):
                 # a worker's SystemicError reaches here as text on most runners
@@ -319,6 +348,27 @@ def _run_planned(
         finish_batch_phase(plan.output, inputs)  # the jobs' files off the service
     plan.output.finish_staging()
     return summarize(plan, started, beam_counters(result), _in_process(options))
+
+
+#: How long a stopped launcher waits for its remote job to be cancelled.
+CANCEL_WAIT_S = 300
+
+
+def _cancel_remote(result: Any) -> None:
+    """Ctrl-C, SIGTERM or a lost lease on a launcher whose job runs remotely
+    (Dataflow, Flink, Spark): cancel the job and wait until it ends, so that
+    the lease is released only once no worker of it can write. Where that
+    fails, say in one line that the job goes on (its commits stay fenced)."""
+    try:
+        result.cancel()
+        result.wait_until_finish(duration=CANCEL_WAIT_S * 1000)
+        state = str(getattr(result, "state", ""))
+    except Exception as exc:  # noqa: BLE001 - a runner without cancel, an API error
+        state = f"not cancelled ({reason_of(exc)})"
+    if "CANCELLED" not in state and "DONE" not in state and "FAILED" not in state:
+        print(f"beamvec run: the remote job is {state or 'still running'}; it goes on and its "
+              "commits are refused once another run holds the output: cancel it on its runner",
+              file=sys.stderr)
 
 
 def _interrupted(exc: BaseException) -> bool:

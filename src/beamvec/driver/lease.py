@@ -1,113 +1,60 @@
-"""One writer per output: a lease object that a run creates atomically and
-renews while it works.
+"""One writer per output, fenced: a lease object that a run creates
+atomically, renews conditionally while it works, and that every write which
+changes what the output means is checked against (``contract.fence``).
 
 Two runs on one output (a cron overlap, two people) would wipe each other's
 staged files, bill the same texts twice and leave a manifest naming only one
-run's shards. So `beamvec run` first creates ``OUTPUT/_lease.json``
-(owner, host, pid, started, expires) with a "create if absent" that the store
-makes atomic:
+run's shards. So `beamvec run` first creates ``OUTPUT/_lease.json`` (owner,
+host, pid, started, expires, generation) with a "create if absent" that the
+store makes atomic, and replaces it only conditionally on the version it read
+(``contract.lease_file``: a lock on local disk, ``If-Match`` on S3,
+``ifGenerationMatch`` on GCS).
 
-- local disk: a hard link of a fully written file (fails if the name exists),
-  or an exclusive create (``open(path, "xb")``) where links are refused;
-- S3 (s3fs): a conditional PUT, ``If-None-Match: *``;
-- GCS (gcsfs): ``ifGenerationMatch=0``;
-- memory:// : an exclusive create in the process.
+The holder checks the lease every ``CHECK_S`` and renews it every ``RENEW_S``
+from a daemon thread, only while the run makes progress; it releases it at
+the end, also on failure, Ctrl-C and SIGTERM. A run that finds its lease
+taken (it was paused, or its clock ran slow) is told at once (``on_lost``):
+it sends nothing more and every later commit of it is refused. A run that
+made no progress for ``STALL_S`` is told to stop (``on_stall``) and renews no
+more.
 
-Every store is looked at first (one request), and the lease read back after
-the create. Elsewhere (any other fsspec store) that "look, write, read back"
-is all there is: two runs starting within the same second may both go ahead,
-as they may on an S3-compatible store or a GCS emulator that ignores the
-precondition (gcp-storage-emulator does); the first one's renewal then finds
-the lease taken and the run ends in an error that says so. The
-holder renews the lease from a daemon thread (read, compare the owner, write)
-only while the run makes progress, and releases it at the end, also on
-failure, Ctrl-C and SIGTERM. A run that made no progress for ``STALL_S`` is
-told to stop (``on_stall``) and renews no more: if it cannot even stop, the
-lease expires ``TTL_S`` later and the next run takes it over. A lease past its
-expiry (its holder died without releasing it), or one whose holder process
-on this very host is gone (kill -9), is taken over with a warning;
-``--break-lease`` takes over a live-looking one (its holder is known dead).
-Expiry is judged on the reader's clock: hosts must agree on the time to well
-within the lease's two minutes.
+Taking over: a holder on this very host is judged by its process alone: a
+live one (even paused, even with the lease past its expiry by a skewed clock)
+is never taken over but with ``--break-lease``; a dead one (kill -9) at once.
+A holder on another host is taken over once its lease expired, judged on the
+reader's clock: hosts must agree on the time to well within ``TTL_S``.
+Each takeover bumps the lease's generation.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from dataclasses import asdict, replace
 from typing import Any
 
+from beamvec.contract import lease_file
+from beamvec.contract.fence import LeaseLostError, drop_token, hold_token, lost_to
 from beamvec.contract.layout import LEASE as LEASE
+from beamvec.contract.lease_file import ATOMIC_PROTOCOLS as ATOMIC_PROTOCOLS
+from beamvec.contract.lease_file import TTL_S as TTL_S
+from beamvec.contract.lease_file import Lease as Lease
+from beamvec.contract.lease_file import locked
 from beamvec.errors import SystemicError, unwritable
 from beamvec.interrupt import STOP
 from beamvec.write.sink import Output
 
 LOG = logging.getLogger("beamvec")
-#: A lease not renewed for this long is stale: its holder is gone.
-TTL_S = 120.0
 RENEW_S = 30.0
+#: How often the holder looks whether its lease is still its own.
+CHECK_S = 2.0
 #: A run whose progress has not moved for this long is stuck: it loses the lease.
 STALL_S = 180.0
-#: Stores whose fsspec filesystem turns ``pipe_file(mode="create")`` into an
-#: atomic conditional create (the store refuses it when the object exists).
-ATOMIC_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "memory"})
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _epoch(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
-
-
-@dataclass(frozen=True)
-class Lease:
-    """Who holds an output, and until when (ISO-8601 UTC, to the second)."""
-
-    owner: str
-    host: str
-    pid: int
-    started: str
-    expires: str
-
-    @classmethod
-    def new(cls, ttl: float = TTL_S, now: float | None = None) -> Lease:
-        now = time.time() if now is None else now
-        return cls(uuid.uuid4().hex, socket.gethostname(), os.getpid(), _iso(now), _iso(now + ttl))
-
-    def renewed(self, ttl: float = TTL_S) -> Lease:
-        return Lease(self.owner, self.host, self.pid, self.started, _iso(time.time() + ttl))
-
-    def stale(self, now: float | None = None) -> bool:
-        return _epoch(self.expires) <= (time.time() if now is None else now)
-
-    def describe(self) -> str:
-        return f"host {self.host}, pid {self.pid}, since {self.started}"
-
-    def encode(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
-
-    @classmethod
-    def decode(cls, raw: bytes) -> Lease | None:
-        """None for anything that is not a lease (then it is treated as stale)."""
-        try:
-            data = json.loads(raw)
-            lease = cls(str(data["owner"]), str(data["host"]), int(data["pid"]),
-                        str(data["started"]), str(data["expires"]))
-            _epoch(lease.started), _epoch(lease.expires)
-        except (ValueError, KeyError, TypeError):
-            return None
-        return lease
 
 
 class LeaseHeldError(SystemicError):
@@ -122,68 +69,14 @@ class LeaseHeldError(SystemicError):
 
 
 def create_if_absent(output: Output, path: str, data: bytes) -> bool:
-    """Create ``path`` holding ``data`` unless it exists; True when this call
-    created it. Atomic on local disk, S3, GCS and memory:// (module doc)."""
-    fs = output.fs
-    if output.renames:  # local disk
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        staged = os.path.join(folder, f".{uuid.uuid4().hex}.lease")
-        with open(staged, "wb") as fh:
-            fh.write(data)
-        try:
-            os.link(staged, path)  # atomic, and never shows a half-written file
-            return True
-        except FileExistsError:
-            return False
-        except OSError:  # a filesystem without hard links
-            try:
-                with open(path, "xb") as fh:
-                    fh.write(data)
-                return True
-            except FileExistsError:
-                return False
-        finally:
-            os.remove(staged)
-    with contextlib.suppress(AttributeError, TypeError):
-        fs.invalidate_cache(path)
-    if fs.exists(path):  # also where a store would ignore the precondition
-        return False
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if ATOMIC_PROTOCOLS.intersection(protocols):
-        try:
-            fs.pipe_file(path, data, mode="create")
-        except FileExistsError:
-            return False
-        return True
-    fs.pipe_file(path, data)
-    return True
+    """Create ``path`` holding ``data`` unless it exists (``lease_file.create``)."""
+    return lease_file.create(output, data, path)
 
 
 def read_lease(output: Output) -> tuple[Lease | None, bool]:
     """(the lease, whether a lease file exists at all)."""
-    path = output.path(LEASE)
-    with contextlib.suppress(AttributeError, TypeError):
-        output.fs.invalidate_cache(path)
-    try:
-        # One GET, no cached ETag: a file object would check the ETag it saw at
-        # open, and the holder may rewrite the lease (renewal) in between.
-        raw = output.fs.cat_file(path)
-    except FileNotFoundError:
-        return None, False
-    return Lease.decode(raw), True
-
-
-def _write(output: Output, lease: Lease) -> None:
-    """Overwrite the lease (renewal): atomic replace on local disk."""
-    path = output.path(LEASE)
-    if output.renames:
-        staged = f"{path}.{uuid.uuid4().hex}.tmp"
-        with open(staged, "wb") as fh:
-            fh.write(lease.encode())
-        os.replace(staged, path)
-    else:
-        output.fs.pipe_file(path, lease.encode())
+    seen = lease_file.read(output)
+    return seen.lease, seen.exists
 
 
 def acquire(output: Output, break_lease: bool = False, ttl: float = TTL_S) -> Lease:
@@ -191,40 +84,59 @@ def acquire(output: Output, break_lease: bool = False, ttl: float = TTL_S) -> Le
     for _ in range(5):
         mine = Lease.new(ttl)
         try:
-            created = create_if_absent(output, output.path(LEASE), mine.encode())
+            with locked(output):
+                taken = _try_take(output, mine, break_lease)
         except OSError as exc:
             raise unwritable(output.url, exc) from None
-        held, exists = read_lease(output)
-        if created:
-            if held is not None and held.owner == mine.owner:
-                return mine
-            if held is not None:  # a store that ignored the precondition: the other won
-                raise LeaseHeldError(output.url, held)
-            continue
-        if not exists:
-            continue  # released between our create and our read: try again
-        why = _why_free(held, break_lease)
-        if held is not None and why is None:
-            raise LeaseHeldError(output.url, held)
-        if held is None:
-            LOG.warning("%s/%s is not a beamvec lease; replacing it", output.url, LEASE)
-        else:
-            LOG.warning("taking over the lease of %s (%s): %s", output.url, held.describe(), why)
-        _remove_if(output, held)
+        if taken is not None:
+            return taken
     raise SystemicError(
         f"could not take the lease {output.url}/{LEASE}: other runs keep taking it; "
         "wait for them to finish and rerun"
     )
 
 
+def _try_take(output: Output, mine: Lease, break_lease: bool) -> Lease | None:
+    """One attempt: our lease, or None to try again; LeaseHeldError when held."""
+    if lease_file.create(output, mine.encode()):
+        held = lease_file.read(output).lease
+        if held is not None and held.owner == mine.owner:
+            return mine
+        if held is not None:  # a store that ignored the precondition: the other won
+            raise LeaseHeldError(output.url, held)
+        return None
+    seen = lease_file.read(output)
+    if not seen.exists:
+        return None  # released between our create and our read: try again
+    why = _why_free(seen.lease, break_lease)
+    if seen.lease is not None and why is None:
+        raise LeaseHeldError(output.url, seen.lease)
+    if seen.lease is None:
+        LOG.warning("%s/%s is not a beamvec lease; replacing it", output.url, LEASE)
+    else:
+        LOG.warning("taking over the lease of %s (%s): %s", output.url, seen.lease.describe(), why)
+    ours = replace(mine, generation=(seen.lease.generation if seen.lease else 0) + 1)
+    if not lease_file.replace_if(output, seen, ours):
+        return None  # another run took it over first: look again
+    held = lease_file.read(output).lease
+    if held is not None and held.owner == ours.owner:
+        return ours
+    if held is not None:
+        raise LeaseHeldError(output.url, held)
+    return None
+
+
 def _why_free(held: Lease | None, break_lease: bool) -> str | None:
-    """Why another run's lease may be taken over, or None when it is live."""
+    """Why another run's lease may be taken over, or None when it is live.
+    On this host the holder's process decides, never a clock."""
     if held is None:
         return "it is unreadable"
+    if held.host == socket.gethostname() and held.pid != os.getpid():
+        if not _alive(held.pid):
+            return f"process {held.pid} on this host is gone"
+        return "--break-lease was passed" if break_lease else None
     if held.stale():
         return f"it expired at {held.expires}"
-    if held.host == socket.gethostname() and held.pid != os.getpid() and not _alive(held.pid):
-        return f"process {held.pid} on this host is gone"
     if break_lease:
         return "--break-lease was passed"
     return None
@@ -245,47 +157,43 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _remove_if(output: Output, expected: Lease | None) -> bool:
-    """Remove the lease when it is still ``expected`` (read, compare, delete:
-    two runs taking over one stale lease at once race here, narrowly)."""
-    held, exists = read_lease(output)
-    if not exists or held != expected:
-        return False
-    output.remove(output.path(LEASE))
-    return True
-
-
 def release(output: Output, lease: Lease) -> None:
     """Remove our lease; never another run's."""
     try:
-        held, _ = read_lease(output)
-        if held is not None and held.owner == lease.owner:
-            output.remove(output.path(LEASE))
-    except OSError as exc:
+        with locked(output, wait_s=5.0):
+            lease_file.remove_if(output, lease.owner)
+    except (OSError, SystemicError) as exc:
         LOG.warning("could not release the lease %s/%s (%s); the next run takes it over "
                     "once it expires", output.url, LEASE, exc)
 
 
 class _Renewer(threading.Thread):
-    """Rewrites ``expires`` every ``every`` seconds while the run makes
-    progress: ``progress()`` returns something else than the time before
-    within ``stall_s``. Past that, it calls ``on_stall`` once and renews no more."""
+    """Looks every ``check_every`` seconds whether the lease is still ours
+    (``on_lost`` once, at once, when it is not) and renews it every ``every``
+    seconds while the run makes progress: ``progress()`` returns something
+    else than the time before within ``stall_s``. Past that, it calls
+    ``on_stall`` once and renews no more. A renewal is conditional on the
+    lease it read (``lease_file.replace_if``)."""
 
     def __init__(
         self, output: Output, lease: Lease, ttl: float, every: float,
         progress: Callable[[], object] | None = None, stall_s: float = STALL_S,
-        on_stall: Callable[[], None] | None = None,
+        on_stall: Callable[[], None] | None = None, on_lost: Callable[[], None] | None = None,
+        check_every: float = CHECK_S,
     ) -> None:
         super().__init__(name="beamvec-lease", daemon=True)
         self.output = output
         self.lease = lease
         self.ttl = ttl
         self.every = every
+        self.check_every = min(check_every, every)
         self.progress = progress
         self.stall_s = stall_s
         self.on_stall = on_stall
+        self.on_lost = on_lost
         self.stopped = threading.Event()
         self.lost: Lease | None = None
+        self.holder: Lease | None = None
         self.stalled = False
 
     def _moving(self, seen: object, moved: float) -> tuple[object, float]:
@@ -297,26 +205,50 @@ class _Renewer(threading.Thread):
 
     def run(self) -> None:
         seen, moved = self._moving(object(), 0.0)
-        while not self.stopped.wait(self.every):
+        renewed = time.monotonic()
+        while not self.stopped.wait(self.check_every):
             seen, moved = self._moving(seen, moved)
-            if time.monotonic() - moved > self.stall_s:
+            stalled = time.monotonic() - moved > self.stall_s
+            due = not stalled and time.monotonic() - renewed >= self.every
+            try:
+                if not self._keep(renew=due):
+                    return
+            except (OSError, SystemicError) as exc:  # a passing storage fault: try again
+                LOG.warning("could not renew the lease of %s: %s", self.output.url, exc)
+                continue
+            if due:
+                renewed = time.monotonic()
+            if stalled and not self.stalled:
                 self.stalled = True
                 LOG.debug("no progress for %.0f s: the lease of %s is no longer renewed",
                           self.stall_s, self.output.url)
                 if self.on_stall is not None:
                     self.on_stall()
                 return
-            try:
-                held, _ = read_lease(self.output)
-                if held is None or held.owner != self.lease.owner:
-                    self.lost = held or self.lease
-                    LOG.error("the lease of %s was taken by another run (%s) while this one "
-                              "ran", self.output.url, held.describe() if held else "removed")
-                    return
-                self.lease = self.lease.renewed(self.ttl)
-                _write(self.output, self.lease)
-            except OSError as exc:  # a passing storage fault: try again next time
-                LOG.warning("could not renew the lease of %s: %s", self.output.url, exc)
+
+    def _keep(self, renew: bool) -> bool:
+        """Whether the lease is still ours (renewed when ``renew``); calls
+        ``on_lost`` when it is not."""
+        with locked(self.output):
+            seen = lease_file.read(self.output)
+            if seen.lease is not None and seen.lease.owner == self.lease.owner:
+                if not renew:
+                    return True
+                fresh = self.lease.renewed(self.ttl)
+                if lease_file.replace_if(self.output, seen, fresh):
+                    self.lease = fresh
+                    return True
+                seen = lease_file.read(self.output)  # refused: moved by whom?
+                if seen.lease is not None and seen.lease.owner == self.lease.owner:
+                    return True  # a passing fault: renewed next time
+        self.lost = self.lease
+        self.holder = seen.lease
+        lost_to(self.output.url, seen.lease)
+        LOG.debug("the lease of %s was taken by another run (%s) while this one ran",
+                  self.output.url, seen.lease.describe() if seen.lease else "removed")
+        if self.on_lost is not None:
+            self.on_lost()
+        return False
 
     def stop(self) -> None:
         self.stopped.set()
@@ -327,14 +259,19 @@ class _Renewer(threading.Thread):
 def hold_lease(
     output: Output, break_lease: bool = False, ttl: float = TTL_S, renew_every: float = RENEW_S,
     progress: Callable[[], object] | None = None, stall_s: float = STALL_S,
-    on_stall: Callable[[], None] | None = None,
+    on_stall: Callable[[], None] | None = None, on_lost: Callable[[], None] | None = None,
+    check_every: float = CHECK_S,
 ) -> Iterator[Lease]:
     """Hold the output's lease for the ``with`` block: taken on entry (or
-    LeaseHeldError), renewed while ``progress()`` moves (always, without it),
-    released on exit whatever happens, and on a second Ctrl-C's way out."""
+    LeaseHeldError), checked and renewed while ``progress()`` moves (always,
+    without it), released on exit whatever happens, and on a second Ctrl-C's
+    way out. While held, this process's writes to the output are fenced
+    (``contract.fence``); a lease lost on the way ends in LeaseLostError."""
     existed = output.renames and os.path.isdir(output.root)
     lease = acquire(output, break_lease, ttl)
-    renewer = _Renewer(output, lease, ttl, renew_every, progress, stall_s, on_stall)
+    hold_token(output.url, lease.owner)
+    renewer = _Renewer(output, lease, ttl, renew_every, progress, stall_s, on_stall, on_lost,
+                       check_every)
     renewer.start()
     forget = STOP.on_hard_exit(lambda: release(output, renewer.lease))
     try:
@@ -342,15 +279,13 @@ def hold_lease(
     finally:
         forget()
         renewer.stop()
+        drop_token(output.url)
         release(output, renewer.lease)
         if output.renames and not existed:  # leave no empty directory behind a refused run
             with contextlib.suppress(OSError):
                 os.rmdir(output.root)
     if renewer.lost is not None:
-        raise SystemicError(
-            f"another run took over the lease of {output.url} while this one ran; run "
-            f"`beamvec verify {output.url}` and rerun to repair what the two runs wrote"
-        )
+        raise LeaseLostError(output.url, renewer.holder)
 
 
 def lease_info(output: Output) -> dict[str, Any] | None:

@@ -40,11 +40,13 @@ from beamvec.contract import (
     total,
 )
 from beamvec.contract.failures import systemic_failures_recorded
+from beamvec.contract.fence import fenced
 from beamvec.contract.layout import RUNS_DIR as RUNS_DIR
 from beamvec.contract.layout import WORK_FILE as WORK_FILE
 from beamvec.counters import NAMESPACE, THROTTLING_COUNTER
 from beamvec.embed.embedder import Embedder, EmbedSettings
 from beamvec.errors import InputVanishedError
+from beamvec.pipeline.reuse_join import JoinReuse, SplitReuse, join_sources
 from beamvec.pipeline.worker import Worker, WorkerConfig
 from beamvec.pricing import estimate_cost
 from beamvec.progress import PROGRESS
@@ -176,10 +178,11 @@ class EmbedShards(beam.DoFn):
         self.worker.collector.bundle_started()
         self._in_bundle = True
 
-    def _run(self, shard: Split) -> CommitRecord:
+    def _run(self, shard: Split, joined: SplitReuse | None) -> CommitRecord:
         try:
             with systemic_failures_recorded(self.config.output, self.config.storage_options):
-                return self.worker.process(shard, on_read=self.reading.release)
+                reuse = None if joined is None else joined.lookup(self.config, self.backend.limits.dimension)
+                return self.worker.process(shard, on_read=self.reading.release, reuse=reuse)
         finally:
             self.open.release()
 
@@ -207,12 +210,14 @@ class EmbedShards(beam.DoFn):
             self._report(result)
             yield result
 
-    def process(self, shard: Split) -> Iterator[CommitRecord]:
+    def process(self, element: Split | SplitReuse) -> Iterator[CommitRecord]:
+        """A split, or a split with where the reuse join left its vectors."""
+        shard, reuse = (element.split, element) if isinstance(element, SplitReuse) else (element, None)
         # Wait for a reading slot and an open slot, yielding what finishes meanwhile.
         for slot in (self.open, self.reading):
             while not slot.acquire(timeout=0.2):
                 yield from self._drain(0)
-        self.pending.append(self.shard_pool.submit(self._run, shard))
+        self.pending.append(self.shard_pool.submit(self._run, shard, reuse))
         yield from self._drain(0)
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
@@ -243,8 +248,10 @@ class CommitManifest(beam.DoFn):
         description: Description,
         started: float,
         prune: bool = False,
+        lease_owner: str = "",
     ) -> None:
         self.output = output
+        self.lease_owner = lease_owner
         self.storage_options = storage_options
         self.work = work
         self.config = config
@@ -257,7 +264,7 @@ class CommitManifest(beam.DoFn):
         todo, expected, carried = read_work(out, self.work)
         yield commit_run(
             out, results, todo, expected, carried, self.config, self.description,
-            self.started, self.prune,
+            self.started, self.prune, self.lease_owner or None, self.work,
         )
 
 
@@ -271,10 +278,24 @@ def commit_run(
     description: Description,
     started: float | None,
     prune: bool,
+    lease_owner: str | None = None,
+    work: str | None = None,
 ) -> list[str]:
     """This run's commit records into the manifest; stale parts of re-cut
     inputs and, with ``prune``, shards no longer listed, out of the output.
-    Returns the shards still missing (failed or not run)."""
+    Returns the shards still missing (failed or not run). Fenced: only while
+    ``lease_owner`` (by default, this process's) holds the output's lease,
+    read, merge and writes all under one check (contract.fence)."""
+    with fenced(out, lease_owner):
+        return _commit_run(out, results, todo, expected, carried, config, description, started,
+                           prune, work)
+
+
+def _commit_run(
+    out: Output, results: list[CommitRecord], todo: list[Shard], expected: list[str],
+    carried: list[CommitRecord], config: RunConfig, description: Description,
+    started: float | None, prune: bool, work: str | None,
+) -> list[str]:
     previous = read_manifest(out)
     committed = [r for r in results if r.status == "committed"]
     current = {s.name: s.fingerprint for s in todo}
@@ -292,9 +313,8 @@ def commit_run(
     manifest = merge_manifest(previous, [*carried, *committed], config, description, run, removed)
     missing = finalize(out, manifest, expected)
     remove_parts(out, removed)  # after the manifest no longer names them
-    if not missing:  # work lists of this run and of any that crashed are done with
-        for path in out.fs.glob(out.path(RUNS_DIR, "*", WORK_FILE)):
-            out.remove(path)
+    if not missing and work is not None:  # this run's work list is done with; never another's
+        out.remove(work)
     return missing
 
 
@@ -394,7 +414,10 @@ class EmbedCorpus(beam.PTransform):
         concurrent_shards: int = 4,
         split_bytes: int = 0,
         prune: bool = False,
+        reuse_join: int = 0,
     ) -> None:
+        """``reuse_join``: the reusable vectors to join the splits' texts with
+        (reuse_join.py); 0: each process looks them up in its own index."""
         super().__init__()
         self.work = work
         self.backend = backend
@@ -405,17 +428,25 @@ class EmbedCorpus(beam.PTransform):
         self.concurrent_shards = concurrent_shards
         self.split_bytes = split_bytes
         self.prune = prune
+        self.reuse_join = reuse_join
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         started = time.time()
         storage = self.config.storage_options
-        return (
+        splits = (
             pbegin
             | "Work" >> beam.Create([self.work])
             | "ReadWork" >> beam.ParDo(ReadWork(self.config.output, storage))
             | "SpreadShards" >> beam.Reshuffle()
             | "PlanSplits" >> beam.ParDo(PlanSplits(self.config, self.split_bytes))
             | "SpreadSplits" >> beam.Reshuffle()
+        )
+        if self.reuse_join:
+            splits = splits | "JoinReuse" >> JoinReuse(
+                self.backend, self.config, join_sources(self.config), self.reuse_join
+            )
+        return (
+            splits
             | "EmbedShards"
             >> beam.ParDo(
                 EmbedShards(
@@ -428,7 +459,7 @@ class EmbedCorpus(beam.PTransform):
             >> beam.ParDo(
                 CommitManifest(
                     self.config.output, storage, self.work, self.run_config,
-                    self.config.description, started, self.prune,
+                    self.config.description, started, self.prune, self.config.lease_owner,
                 )
             )
         )

@@ -33,6 +33,7 @@ from beamvec.contract import (
     footer_and_rows,
     vector_path,
 )
+from beamvec.contract.fence import fenced
 from beamvec.embed.batching import batches
 from beamvec.embed.collector import Collector, Result
 from beamvec.embed.embedder import Embedder
@@ -42,7 +43,17 @@ from beamvec.progress import PROGRESS
 from beamvec.records import DeadLetter, Embedded, Record, Split
 from beamvec.route.lookup import Lookups, checkpoint_dir
 from beamvec.route.prepare import PrepareConfig
-from beamvec.route.router import Decision, Fetch, Refusals, Reuse, Router, RunMemory, Seed, Send
+from beamvec.route.router import (
+    Decision,
+    Fetch,
+    Lookup,
+    Refusals,
+    Reuse,
+    Router,
+    RunMemory,
+    Seed,
+    Send,
+)
 from beamvec.sources import ReaderConfig, read_split
 from beamvec.write.sink import (
     DEAD_LETTER_SCHEMA,
@@ -81,6 +92,7 @@ class WorkerConfig:
     seed: Seed | None = None  # the preflight's text, its vector and the record it came from
     run_id: str = ""  # files are staged under the output's _tmp/<run_id>/
     retry_reasons: tuple[str, ...] = ()  # parts with dead letters of these reasons are redone
+    lease_owner: str = ""  # the run's fencing token: a part commits only while it holds the lease
 
     @property
     def fingerprint(self) -> str:
@@ -311,12 +323,16 @@ class Worker:
             return None
         return replace(checked, vector_bytes=self.output.fs.size(path))
 
-    def process(self, split: Split, on_read: Callable[[], None] | None = None) -> CommitRecord:
+    def process(
+        self, split: Split, on_read: Callable[[], None] | None = None, reuse: Lookup | None = None
+    ) -> CommitRecord:
         """Embed one split (a whole shard or a part of one) and commit it;
         returns its commit record, or a failed one when its input vanished.
 
         ``on_read`` is called once the last record is read (the split may
-        then wait for its results while another one starts reading)."""
+        then wait for its results while another one starts reading).
+        ``reuse``: the vectors the reuse join found for this split's texts,
+        in place of the process's index (reuse_join.py)."""
         done = self.committed(split) if self.config.reuse else None
         if done is not None:
             if on_read is not None:
@@ -324,7 +340,7 @@ class Worker:
             return done
         try:
             with STOP.shard():
-                return self._embed(split, on_read)
+                return self._embed(split, on_read, reuse)
         except InputVanishedError as exc:
             LOG.warning("%s", exc)
             return self._record(split, ShardCounts(), 0.0, status="failed", message=str(exc))
@@ -356,14 +372,16 @@ class Worker:
         for decision in decisions:
             self._take(decision, sink, landing)
 
-    def _embed(self, split: Split, on_read: Callable[[], None] | None) -> CommitRecord:
+    def _embed(
+        self, split: Split, on_read: Callable[[], None] | None, reuse: Lookup | None = None
+    ) -> CommitRecord:
         started = time.time()
         dimension = self.backend.limits.dimension
         sink = _Sink(self.output, split, dimension)
         landing = _Landing(lambda: self.fault or self.collector.fault)
         router = Router(
             self.config.prepare, self.backend.count_tokens, self.backend.truncate,
-            self.lookups.index(), self.memory, landing.deliver,
+            self.lookups.index() if reuse is None else reuse, self.memory, landing.deliver,
             refusals=self.config.refusals, batch=self.lookups.batch_index(), shard=split.shard.path,
         )
         try:
@@ -408,13 +426,15 @@ class Worker:
         footer = Footer(self.config.description, record).to_json()
         sink.flush()
         try:
-            letter_bytes = 0
-            if record.counts.dead_lettered:
-                sink.letters.commit(footer)
-                letter_bytes = self.output.fs.size(sink.letters.final)
-            else:
-                self.output.remove(dead_letter_path(self.output, split.name))
-            sink.vectors.commit(footer)
+            # A run that lost the output's lease commits nothing more (contract.fence).
+            with fenced(self.output, self.config.lease_owner or None):
+                letter_bytes = 0
+                if record.counts.dead_lettered:
+                    sink.letters.commit(footer)
+                    letter_bytes = self.output.fs.size(sink.letters.final)
+                else:
+                    self.output.remove(dead_letter_path(self.output, split.name))
+                sink.vectors.commit(footer)
             return replace(record, vector_bytes=self.output.fs.size(sink.vectors.final),
                            dead_letter_bytes=letter_bytes)
         except OSError as exc:  # a full disk, a store refusing writes: the run stops

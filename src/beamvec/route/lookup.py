@@ -11,9 +11,9 @@ cached: a rerun in the output's order reads each row group about once, and
 one in another order about once per window.
 
 Why not a dict of vectors: at a million 3,072-dim vectors that is 12 GB per
-worker. Why not a shuffle join on the hash: on the DirectRunner a GroupByKey
-holds the whole collection in memory. At Dataflow scale (10^8 vectors) see
-docs/reuse-at-scale.md.
+worker. Large reuse sources routed in bulk go through the join instead
+(reuse_join.py, chosen by ``reuse_join.choose_join``): it reads each row
+group once per run whatever the records' order. See docs/reuse-at-scale.md.
 """
 
 from __future__ import annotations

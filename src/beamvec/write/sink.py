@@ -11,6 +11,7 @@ re-exported here for the modules that write through the sink.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -117,13 +118,23 @@ class ParquetShardWriter:
         self.output.commit(self.staged, self.final)
 
     def abort(self) -> None:
-        if self._writer is not None:
-            try:
-                self._writer.close()
-                self._fh.close()
-            finally:
-                if self.staged != self.final:
-                    self.output.remove(self.staged)
+        if self._writer is None:
+            return
+        if self.staged == self.final:
+            # An object store writes under the final name: closing would upload the
+            # torn file over a committed one (another run's, when this one lost the
+            # lease). Discard the upload instead; the file object must never close.
+            discard = getattr(self._fh, "discard", None)
+            if discard is not None:
+                discard()
+            with contextlib.suppress(AttributeError):  # memory:// files have no such flag
+                self._fh.closed = True
+            return
+        try:
+            self._writer.close()
+            self._fh.close()
+        finally:
+            self.output.remove(self.staged)
 
 
 def checkpoint_table(rows: Sequence[Embedded], dimension: int) -> pa.Table:
