@@ -76,7 +76,9 @@ def test_plan_does_not_count_a_refused_text_as_sent(refused_output, capsys):
     assert plan["sent"] == 2 and plan["dead_letters_by_reason"] == {}
 
 
-def test_the_preflight_never_picks_a_refused_text(refused_output):
+def _retry_run(refused_output):
+    """What a `--retry-dead-letters` run resolves: inputs, output, state, the
+    shards to redo and the texts kept refused."""
     options = parse_options([*refused_output, "--retry-dead-letters"])
     inputs = resolve_inputs(options)
     output = Output(inputs.bv.output)
@@ -84,7 +86,11 @@ def test_the_preflight_never_picks_a_refused_text(refused_output):
     fingerprint = inputs.description.config_fingerprint
     retry = retry_reasons(inputs.bv.retry_dead_letters)
     work = split_work(inputs.shards, state, fingerprint, False, retry)
-    refusals = retry_refusals(output, state, work.todo, fingerprint, retry)
+    return inputs, output, state, work, retry_refusals(output, state, work.todo, fingerprint, retry)
+
+
+def test_the_preflight_never_picks_a_refused_text(refused_output):
+    inputs, output, state, work, refusals = _retry_run(refused_output)
     assert len(refusals) == 1
 
     record, _, _ = first_text_to_send(output, inputs, work.todo, True, state, refusals)
@@ -122,15 +128,7 @@ def test_the_batch_api_never_lists_a_refused_text(refused_output):
     in a request file (it would be billed again at the batch rate)."""
     from beamvec.driver.batch_phase import collect_requests
 
-    options = parse_options([*refused_output, "--retry-dead-letters"])
-    inputs = resolve_inputs(options)
-    output = Output(inputs.bv.output)
-    state = read_state(output)
-    fingerprint = inputs.description.config_fingerprint
-    retry = retry_reasons(inputs.bv.retry_dead_letters)
-    work = split_work(inputs.shards, state, fingerprint, False, retry)
-    refusals = retry_refusals(output, state, work.todo, fingerprint, retry)
-
+    inputs, output, state, work, refusals = _retry_run(refused_output)
     listed = collect_requests(output, inputs, work.todo, True, state=state, refusals=refusals)
     assert [r.text for reqs in listed.values() for r in reqs] == [FLAKY]
     unrefused = collect_requests(output, inputs, work.todo, True, state=state)

@@ -87,12 +87,8 @@ class Stop:
         """Around one shard's work: the driver's ``settle`` waits for it."""
         with self._cond:
             self._active += 1
-        try:
+        with self._counted():
             yield
-        finally:
-            with self._cond:
-                self._active -= 1
-                self._cond.notify_all()
 
     @contextlib.contextmanager
     def committing(self) -> Iterator[None]:
@@ -101,6 +97,12 @@ class Stop:
             if self._frozen:
                 raise Interrupted("the run stopped before this shard was committed")
             self._active += 1  # counted again: freeze waits for the commit to end
+        with self._counted():
+            yield
+
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
+        """Work counted in ``_active`` (by the caller): uncounted when it ends."""
         try:
             yield
         finally:
