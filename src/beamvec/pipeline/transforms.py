@@ -313,9 +313,19 @@ def _commit_run(
     manifest = merge_manifest(previous, [*carried, *committed], config, description, run, removed)
     missing = finalize(out, manifest, expected)
     remove_parts(out, removed)  # after the manifest no longer names them
-    if not missing and work is not None:  # this run's work list is done with; never another's
-        out.remove(work)
+    if not missing:
+        _remove_work_lists(out, work)
     return missing
+
+
+def _remove_work_lists(out: Output, work: str | None) -> None:
+    """The output is complete and this run holds its lease (the caller is
+    fenced): this run's work list is done with, and so are those that killed
+    runs left behind, since a run that lost the lease can commit nothing."""
+    if work is not None:
+        out.remove(work)
+    for left in out.fs.glob(out.path(RUNS_DIR, "*", WORK_FILE)):
+        out.remove(left)
 
 
 def run_record(
