@@ -429,6 +429,7 @@ def test_peak_requests_per_window():
         assert peaks == {"all": 3, "accepted": 3, "ok": 3}
 
 
+@pytest.mark.slow
 def test_cli_serves_until_interrupted():
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
