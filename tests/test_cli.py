@@ -12,7 +12,7 @@ import pytest
 
 from helpers import run_cli
 
-COMMANDS = ["run", "plan", "inspect", "search", "embed", "verify", "emulator"]
+COMMANDS = ["run", "plan", "inspect", "search", "embed", "verify", "export", "report", "emulator"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -432,3 +432,28 @@ def test_a_damaged_gzip_is_named_in_the_summary(tmp_path, capsys):
     assert (summary["read"], summary["embedded"], summary["dead_lettered"]) == (20 + 5 + 4 + 1, 29, 1)
     dead = pq.read_table(next((tmp_path / "o" / "dead_letters").rglob("*.parquet"))).to_pylist()
     assert "reading went on at the next gzip member" in dead[0]["message"]
+
+
+# -- export and report: the main path and the one-line error --------------------------
+
+
+@pytest.mark.slow
+def test_export_and_report_through_the_cli(tmp_path, capsys):
+    corpus = _corpus(tmp_path)
+    out = tmp_path / "o"
+    code, _, err = run_cli(capsys, "run", "--input", str(corpus / "*.jsonl"), "--output", str(out), "--quiet")
+    assert code == 0, err
+    where = tmp_path / "vs"
+    code, _, err = run_cli(capsys, "export", str(out), "--to", "vertex-vector-search", str(where))
+    assert code == 0, err
+    sent = [json.loads(line) for f in sorted(where.rglob("*.json")) for line in f.read_text().splitlines()]
+    assert sorted(r["id"] for r in sent) == ["1", "2"]
+    assert {len(r["embedding"]) for r in sent} == {384}  # all-MiniLM-L6-v2's published dimension
+    page = tmp_path / "report.html"
+    code, _, err = run_cli(capsys, "report", str(out), "--out", str(page))
+    assert code == 0, err
+    assert page.read_text().lstrip().lower().startswith("<!doctype html")
+    for argv in (["export", str(tmp_path / "nothing-here"), "--to", "vertex-vector-search", str(where)],
+                 ["report", str(tmp_path / "nothing-here")]):
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and "nothing-here" in _one_line(err), argv
