@@ -1,8 +1,13 @@
-"""Shared helpers for the pipeline tests: run the CLI, read an output back."""
+"""Shared helpers for the pipeline tests: run the CLI, read an output back,
+count what the emulator billed. (Fixtures live in conftest.py.)"""
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +15,10 @@ import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 
+from beamvec.backends.base import PREFLIGHT_TEXT
 from beamvec.cli import main
+from beamvec.emulator import Emulator
+from beamvec.records import content_hash
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -69,3 +77,38 @@ def assert_reconciled(out: dict[str, Any]) -> None:
         assert dead_rows == shard["dead_lettered"], name
     totals = out["manifest"]["totals"]
     assert totals["read"] == totals["embedded"] + totals["dead_lettered"]
+
+
+#: The repository root, and the ``src`` folder a subprocess must import beamvec from.
+ROOT = Path(__file__).resolve().parents[1]
+SRC = str(ROOT / "src")
+#: The key the shared emulator fixtures expect (conftest.py sets it in the environment).
+API_KEY = "fakekey-SHARED-tests-0123456789"
+#: The text a backend's preflight embeds when the run gives it none of its own.
+PREFLIGHT_HASH = content_hash(PREFLIGHT_TEXT)
+
+
+def billed_texts(emu: Emulator) -> dict[str, int]:
+    """Texts the emulator embedded, by content hash, a bare preflight probe left out."""
+    counts = dict(emu.stats()["text_counts"])
+    counts.pop(PREFLIGHT_HASH, None)
+    return counts
+
+
+def pause_when(proc: subprocess.Popen, holds: Callable[[], bool], what: str, timeout: float = 300) -> None:
+    """Return once ``holds()`` is true, with the child paused (SIGSTOP) in
+    that state: the caller then kills it, or checks something and sends
+    SIGCONT. Each look is taken with the child stopped, so what the test saw
+    is where the child is, however loaded the machine. ``timeout`` only
+    guards against a hang; the child ending first is an AssertionError."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        proc.send_signal(signal.SIGSTOP)
+        if holds():
+            return
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.kill()
+    _, err = proc.communicate(timeout=60)
+    raise AssertionError(f"never saw {what} (exit {proc.returncode}): {err!r:.3000}")

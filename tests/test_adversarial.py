@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,39 +31,30 @@ import pytest
 from beamvec.emulator.server import Emulator
 from beamvec.records import content_hash
 
-from helpers import assert_reconciled, beam_run, read_output, run_cli, vectors_by_id
+from helpers import (
+    API_KEY,
+    SRC,
+    assert_reconciled,
+    beam_run,
+    billed_texts,
+    pause_when,
+    read_output,
+    run_cli,
+    vectors_by_id,
+)
 
 pytest_plugins = ["servers"]
 
-ROOT = Path(__file__).resolve().parents[1]
-SRC = str(ROOT / "src")
-KEY = "fakekey-ADVERSARIAL-0123456789"
-PROBE = content_hash("beamvec preflight")
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1"}
 DIM = "16"
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[Emulator]:
-    with Emulator(api_key=KEY) as emu:
-        yield emu
-
-
-@pytest.fixture(autouse=True)
-def _key(monkeypatch) -> None:
-    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+pytestmark = pytest.mark.usefixtures("key_env")
 
 
 def _gemini(emu: Emulator) -> list[str]:
     return ["--backend", "gemini", "--api-base-url", emu.url, "--output-dimensionality", DIM]
-
-
-def _sent(emu: Emulator) -> dict[str, int]:
-    """Texts the emulator billed, by content hash (a bare probe left out)."""
-    counts = dict(emu.stats()["text_counts"])
-    counts.pop(PROBE, None)
-    return counts
 
 
 def _write(url: str, rows: dict[str, str], options: dict[str, Any] | None = None) -> None:
@@ -91,7 +81,7 @@ def _one_line(err: str, command: str = "run") -> str:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": SRC, "GEMINI_API_KEY": KEY,
+    return {**os.environ, "PYTHONPATH": SRC, "GEMINI_API_KEY": API_KEY,
             "NO_PROXY": "127.0.0.1,localhost", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", **extra}
 
 
@@ -110,16 +100,6 @@ def _killed_on_exit(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
             proc.communicate()
 
 
-def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if predicate():
-            return
-        time.sleep(0.05)
-    _, err = proc.communicate(timeout=60) if proc.poll() is not None else ("", "")
-    raise AssertionError(f"never saw {what} (exit {proc.poll()}): {err!r:.3000}")
-
-
 def _objects(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
     fs.invalidate_cache()
     try:
@@ -131,14 +111,18 @@ def _objects(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
 # --------------------------------------------------------------------------- 1. two runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["a-then-b", "b-then-a"])
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_two_runs_on_one_output(where, order, tmp_path, request, capsys, monkeypatch):
     """A cron overlap on disjoint inputs: the second run refuses in one line
     naming the first (host, pid, since) while the first holds the output;
     a-then-b tries as soon as the lease exists, b-then-a once the first
-    shard is committed. The first completes; the refused one, rerun after,
-    completes too; every text is billed once and nothing stray is left."""
+    shard is committed. The first run is then paused (SIGSTOP) until the
+    second has been refused, so "the first still holds the output" is a state
+    the test sets, not a race it hopes to win. The first completes; the
+    refused one, rerun after, completes too; every text is billed once and
+    nothing stray is left."""
     if where == "s3":
         options = request.getfixturevalue("s3_server")
         base = request.getfixturevalue("s3_bucket")
@@ -157,7 +141,7 @@ def test_two_runs_on_one_output(where, order, tmp_path, request, capsys, monkeyp
     first, second = ("a", "b") if order == "a-then-b" else ("b", "a")
     out = f"{base}/out"
     fs, root = fsspec.core.url_to_fs(out, **options)
-    with Emulator(api_key=KEY, latency_ms=700) as emu:
+    with Emulator(api_key=API_KEY, latency_ms=500) as emu:
         common = ["--output", out, *flags, *_gemini(emu), "--max-in-flight", "1",
                   "--concurrent-shards", "1"]
         proc = subprocess.Popen(
@@ -167,12 +151,14 @@ def test_two_runs_on_one_output(where, order, tmp_path, request, capsys, monkeyp
         )
         with _killed_on_exit(proc):
             if order == "a-then-b":
-                _wait_for(lambda: "_lease.json" in _objects(fs, root), proc, "the lease")
+                pause_when(proc, lambda: "_lease.json" in _objects(fs, root), "the lease")
             else:
-                _wait_for(lambda: any(n.startswith("vectors/") for n in _objects(fs, root)), proc,
-                          "a committed shard")
-            code, _, err = beam_run(capsys, "--input", f"{base}/{second}/*.jsonl", *common)
-            assert proc.poll() is None, "the first run must still hold the output"
+                pause_when(proc, lambda: any(n.startswith("vectors/") for n in _objects(fs, root)),
+                           "a committed shard")
+            try:  # paused, it holds the lease (TTL 120 s) until SIGCONT
+                code, _, err = beam_run(capsys, "--input", f"{base}/{second}/*.jsonl", *common)
+            finally:
+                proc.send_signal(signal.SIGCONT)
             line = _one_line(err)
             assert code == 1, err
             assert f"host {socket.gethostname()}, pid {proc.pid}, since " in line, line
@@ -187,7 +173,7 @@ def test_two_runs_on_one_output(where, order, tmp_path, request, capsys, monkeyp
         assert {n.split(".")[0] for n in after_first["manifest"]["shards"]} == set(sizes[first])
         code, _, err = beam_run(capsys, "--input", f"{base}/{second}/*.jsonl", *common)
         assert code == 0, err
-        sent = _sent(emu)
+        sent = billed_texts(emu)
     # No text billed twice, and every text billed once.
     assert sent == {content_hash(t): 1 for t in texts.values()}
     fs.invalidate_cache()
@@ -250,6 +236,7 @@ def _damage(kind: str, vectors: Path) -> Path:
     return victim
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", DAMAGE)
 def test_a_damaged_vector_file_is_found_and_redone(kind, tmp_path, capsys, emulator, caplog):
     texts: dict[str, str] = {}
@@ -288,7 +275,7 @@ def test_a_damaged_vector_file_is_found_and_redone(kind, tmp_path, capsys, emula
     emulator.reset()
     stdout = _rerun_redoes(victim, capsys, caplog, args)
     assert "1 run, 3 skipped" in stdout, stdout
-    assert _sent(emulator) == {content_hash(v): 1 for k, v in texts.items() if k.startswith("s1-")}
+    assert billed_texts(emulator) == {content_hash(v): 1 for k, v in texts.items() if k.startswith("s1-")}
     after = read_output(str(out))
     assert_reconciled(after)
     want, got = vectors_by_id(before), vectors_by_id(after)
@@ -299,6 +286,7 @@ def test_a_damaged_vector_file_is_found_and_redone(kind, tmp_path, capsys, emula
     assert run_cli(capsys, "inspect", str(out))[0] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["truncate", "fewer-rows-same-footer", "delete"])
 def test_a_damaged_dead_letter_file_is_found_and_its_shard_redone(kind, tmp_path, capsys, caplog):
     """The dead letters are the only copy of the refused records: a torn,
@@ -353,6 +341,7 @@ def test_a_damaged_dead_letter_file_is_found_and_its_shard_redone(kind, tmp_path
 # --------------------------------------------------------------------------- 4. retry
 
 
+@pytest.mark.slow
 def test_retry_dead_letters_bills_exactly_the_dead_lettered_texts(tmp_path, capsys):
     """4,001 texts; one attempt per batch against 25 % 503s dead-letters some
     batches as embed_failed; with the failures gone, --retry-dead-letters
@@ -363,7 +352,7 @@ def test_retry_dead_letters_bills_exactly_the_dead_lettered_texts(tmp_path, caps
         texts.update(rows)
         _write(str(tmp_path / "in" / f"{name}.jsonl"), rows)
     out = tmp_path / "out"
-    with Emulator(api_key=KEY, fail_503=0.25, seed=7) as emu:
+    with Emulator(api_key=API_KEY, fail_503=0.25, seed=7) as emu:
         args = ["--input", str(tmp_path / "in" / "*.jsonl"), "--output", str(out), *_gemini(emu)]
         code, _, err = beam_run(capsys, *args, "--max-attempts", "1")
         assert code == 0, err
@@ -380,7 +369,7 @@ def test_retry_dead_letters_bills_exactly_the_dead_lettered_texts(tmp_path, caps
         code, stdout, err = beam_run(capsys, *args, "--retry-dead-letters")
         assert code == 0, err
         _no_traceback(stdout, err)
-        sent = _sent(emu)
+        sent = billed_texts(emu)
     assert sent == {content_hash(texts[i]): 1 for i in dead}
     after = read_output(str(out))
     assert_reconciled(after)
@@ -404,6 +393,7 @@ def test_retry_dead_letters_refuses_an_unknown_reason(tmp_path, capsys):
 # --------------------------------------------------------------------------- 5. the rest
 
 
+@pytest.mark.slow
 def test_nested_output_is_never_read_as_input(tmp_path, capsys, emulator, monkeypatch):
     """`--input 'c9/**' --output c9/out`, twice: the rerun does not read its own output."""
     monkeypatch.chdir(tmp_path)
@@ -414,13 +404,13 @@ def test_nested_output_is_never_read_as_input(tmp_path, capsys, emulator, monkey
     emulator.reset()
     code, _, err = beam_run(capsys, *args)
     assert code == 0, err
-    assert sum(_sent(emulator).values()) == len(texts)
+    assert sum(billed_texts(emulator).values()) == len(texts)
     emulator.reset()
     code, stdout, err = beam_run(capsys, *args)
     _no_traceback(stdout, err)
     assert code == 0, err
     assert "all 2 shards are already committed" in stdout, stdout
-    assert _sent(emulator) == {}
+    assert billed_texts(emulator) == {}
     output = read_output("c9/out")
     assert_reconciled(output)
     assert len(output["manifest"]["shards"]) == 2 and set(vectors_by_id(output)) == set(texts)
@@ -439,6 +429,7 @@ def test_a_glob_matching_a_markdown_file_is_refused_before_anything(command, tmp
     assert emulator.stats()["requests"] == 0
 
 
+@pytest.mark.slow
 def test_a_vanished_input_fails_its_shard_only(tmp_path, capsys, emulator, monkeypatch, caplog):
     """Deleted after planning (here: right after the preflight): the other
     shards commit, the run exits non-zero with a line naming the file, and
@@ -477,7 +468,7 @@ def test_a_vanished_input_fails_its_shard_only(tmp_path, capsys, emulator, monke
     emulator.reset()
     code, stdout, err = beam_run(capsys, *args)
     assert code == 0, err
-    assert _sent(emulator) == {content_hash(t): 1 for t in texts["c"].values()}
+    assert billed_texts(emulator) == {content_hash(t): 1 for t in texts["c"].values()}
     output = read_output(str(tmp_path / "out"))
     assert_reconciled(output)
     assert {n.split(".")[0] for n in output["manifest"]["shards"]} == {"a", "b", "c"}
@@ -515,6 +506,7 @@ def test_a_broken_manifest_is_one_line_naming_it(case, tmp_path, capsys, emulato
     assert sorted(p.name for p in out.iterdir()) == ["_manifest.json"]  # nothing written, no lease left
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path):
     texts: dict[str, str] = {}
     for name in ("a", "b", "c", "d"):
@@ -522,13 +514,14 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path):
         texts.update(rows)
         _write(str(tmp_path / "in" / f"{name}.jsonl"), rows)
     out = tmp_path / "out"
-    with Emulator(api_key=KEY, latency_ms=400) as emu:
+    with Emulator(api_key=API_KEY, latency_ms=400) as emu:
         cmd = _cli("run", "--runner=DirectRunner", "--quiet", "--input", str(tmp_path / "in" / "*.jsonl"),
                    "--output", str(out), *_gemini(emu), "--max-in-flight", "1", "--concurrent-shards", "1")
         proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         with _killed_on_exit(proc):
-            _wait_for(lambda: any((out / "vectors").glob("*.parquet")), proc, "a committed shard")
+            pause_when(proc, lambda: any((out / "vectors").glob("*.parquet")), "a committed shard")
             proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGCONT)
             stdout, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 130, stderr[-3000:]
         _no_traceback(stdout, stderr)
@@ -539,11 +532,11 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path):
         committed = {p.stem.split(".")[0] for p in (out / "vectors").glob("*.parquet")}
         assert committed and committed != {"a", "b", "c", "d"}
         assert f"{len(committed)} of 4 shards are committed in {out}" in line, line
-        first = _sent(emu)
+        first = billed_texts(emu)
         emu.reset()
         result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
-        second = _sent(emu)
+        second = billed_texts(emu)
     output = read_output(str(out))
     assert_reconciled(output)
     assert set(vectors_by_id(output)) == set(texts)
@@ -552,6 +545,7 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path):
     assert set(first) | set(second) == {content_hash(t) for t in texts.values()}
 
 
+@pytest.mark.slow
 def test_non_string_ids_are_dead_lettered_not_stringified(tmp_path, capsys, emulator):
     lines = [
         {"id": {"a": 1}, "text": "an object id"},

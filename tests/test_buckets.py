@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import fsspec
+import pytest
 
 from helpers import assert_reconciled, beam_run, read_output, vectors_by_id
 
@@ -21,6 +22,7 @@ def _corpus(fs: fsspec.AbstractFileSystem, bucket: str) -> None:
     fs.invalidate_cache()
 
 
+@pytest.mark.slow
 def test_s3_in_and_out(s3_server, s3_bucket, capsys, monkeypatch):
     # Credentials come from the environment, never from flags or options.
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
@@ -43,6 +45,7 @@ def test_s3_in_and_out(s3_server, s3_bucket, capsys, monkeypatch):
     assert all(versions) and len(versions) == 3  # ETags, not mtimes
 
 
+@pytest.mark.slow
 def test_gcs_in_and_out(gcs_server, gcs_bucket, capsys):
     fs = fsspec.filesystem("gs", **gcs_server)
     _corpus(fs, gcs_bucket.removeprefix("gs://"))

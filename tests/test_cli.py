@@ -12,7 +12,7 @@ import pytest
 
 from helpers import run_cli
 
-COMMANDS = ["run", "plan", "inspect", "search", "embed", "verify", "emulator"]
+COMMANDS = ["run", "plan", "inspect", "search", "embed", "verify", "export", "report", "emulator"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -62,6 +62,7 @@ def test_log_level_sets_the_level_and_a_bad_one_is_named(capsys):
     assert code == 2 and "--log-level 'loud'" in _one_line(err) and "debug, info, warning, error" in err
 
 
+@pytest.mark.slow
 def test_plan_run_inspect_search_verify_through_the_cli(tmp_path, capsys):
     corpus = tmp_path / "c"
     corpus.mkdir()
@@ -83,6 +84,7 @@ def test_plan_run_inspect_search_verify_through_the_cli(tmp_path, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_console_script_and_pipeline_module_run_the_same_job(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.txt").write_text("one line\nanother line\n")
@@ -108,6 +110,7 @@ def _mixed_corpus(root: Path, name: str, good: int, bad: int) -> None:
     (root / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.slow
 def test_run_json_summary_reconciles_with_the_manifest(tmp_path, capsys):
     corpus, out = tmp_path / "c", str(tmp_path / "o")
     _mixed_corpus(corpus, "a", 6, 2)
@@ -264,6 +267,7 @@ def test_beam_flags_still_pass():
 # -- one line, always ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_unexpected_errors_are_one_line_and_debug_shows_them(capsys, monkeypatch):
     from beamvec import cli
     from beamvec.errors import SystemicError
@@ -337,6 +341,7 @@ def _gemini_dies_after_the_preflight(tmp_path: Path, *extra: str):
     return result, key
 
 
+@pytest.mark.slow
 def test_fail_on_exhausted_is_one_line_in_process(tmp_path):
     result, key = _gemini_dies_after_the_preflight(tmp_path)
     assert result.returncode == 1, result.stderr
@@ -345,6 +350,7 @@ def test_fail_on_exhausted_is_one_line_in_process(tmp_path):
     assert "rerun" in line and key not in result.stderr
 
 
+@pytest.mark.slow
 def test_fail_on_exhausted_with_worker_processes_ends_in_the_workers_line(tmp_path):
     """Worker processes hand the driver only text; the message comes back
     through the output's _failures/ record instead. (Beam's SDK harness also
@@ -368,6 +374,7 @@ def test_fail_on_exhausted_with_worker_processes_ends_in_the_workers_line(tmp_pa
     [["--help"], ["run", "--help"], ["inspect", "nothing-here"], ["verify", "--input", "x/*.jsonl", "nothing-here"]],
     ids=" ".join,
 )
+@pytest.mark.slow
 def test_light_commands_do_not_import_beam(args):
     code = (
         "import sys\n"
@@ -400,6 +407,7 @@ def test_the_run_json_schema_is_the_documented_one():
     assert documented[1:] == [f.name for f in dataclasses.fields(RunSummary)]
 
 
+@pytest.mark.slow
 def test_a_damaged_gzip_is_named_in_the_summary(tmp_path, capsys):
     """Issue #33: a damaged .gz passed with exit 0 and `corrupt_file 2`, naming
     no file. The summary names each damaged input; --fail-on-dead-letters
@@ -424,3 +432,28 @@ def test_a_damaged_gzip_is_named_in_the_summary(tmp_path, capsys):
     assert (summary["read"], summary["embedded"], summary["dead_lettered"]) == (20 + 5 + 4 + 1, 29, 1)
     dead = pq.read_table(next((tmp_path / "o" / "dead_letters").rglob("*.parquet"))).to_pylist()
     assert "reading went on at the next gzip member" in dead[0]["message"]
+
+
+# -- export and report: the main path and the one-line error --------------------------
+
+
+@pytest.mark.slow
+def test_export_and_report_through_the_cli(tmp_path, capsys):
+    corpus = _corpus(tmp_path)
+    out = tmp_path / "o"
+    code, _, err = run_cli(capsys, "run", "--input", str(corpus / "*.jsonl"), "--output", str(out), "--quiet")
+    assert code == 0, err
+    where = tmp_path / "vs"
+    code, _, err = run_cli(capsys, "export", str(out), "--to", "vertex-vector-search", str(where))
+    assert code == 0, err
+    sent = [json.loads(line) for f in sorted(where.rglob("*.json")) for line in f.read_text().splitlines()]
+    assert sorted(r["id"] for r in sent) == ["1", "2"]
+    assert {len(r["embedding"]) for r in sent} == {384}  # all-MiniLM-L6-v2's published dimension
+    page = tmp_path / "report.html"
+    code, _, err = run_cli(capsys, "report", str(out), "--out", str(page))
+    assert code == 0, err
+    assert page.read_text().lstrip().lower().startswith("<!doctype html")
+    for argv in (["export", str(tmp_path / "nothing-here"), "--to", "vertex-vector-search", str(where)],
+                 ["report", str(tmp_path / "nothing-here")]):
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and "nothing-here" in _one_line(err), argv

@@ -95,6 +95,7 @@ def _rewrite(path, transform) -> None:
 # --------------------------------------------------------------------------- plan
 
 
+@pytest.mark.slow
 def test_plan_predicts_what_the_run_did(capsys, corpus, embedded, tmp_path):
     out_dir, run_stdout, inputs = embedded
     code, text = _call(capsys, plan, *inputs, "--output", str(tmp_path / "fresh"), "--json")
@@ -170,6 +171,7 @@ def test_plan_errors_say_what_to_do(capsys, tmp_path):
 # --------------------------------------------------------------------------- inspect
 
 
+@pytest.mark.slow
 def test_inspect_a_real_output(capsys, embedded):
     out_dir, _, _ = embedded
     manifest = read_output(str(out_dir))["manifest"]
@@ -207,6 +209,7 @@ def test_inspect_of_something_else_says_what_to_do(tmp_path):
 # --------------------------------------------------------------------------- search
 
 
+@pytest.mark.slow
 def test_search_finds_the_nearest_record(capsys, embedded):
     out_dir, _, _ = embedded
     code, text = _call(capsys, search, str(out_dir), "kitten", "-k", "3", "--json")
@@ -239,6 +242,7 @@ def _stray_from_another_model(out_dir, tmp_path):
     return copy, table.num_rows
 
 
+@pytest.mark.slow
 def test_inspect_and_search_name_a_vector_file_of_another_model(capsys, embedded, tmp_path):
     out_dir, _, _ = embedded
     copy, stray_rows = _stray_from_another_model(out_dir, tmp_path)
@@ -260,6 +264,7 @@ def test_inspect_and_search_name_a_vector_file_of_another_model(capsys, embedded
 # --------------------------------------------------------------------------- verify
 
 
+@pytest.mark.slow
 def test_verify_passes_on_a_real_output(capsys, embedded):
     out_dir, _, inputs = embedded
     code, text = _call(capsys, verify, *inputs, str(out_dir))
@@ -277,6 +282,7 @@ def _copy_output(out_dir, tmp_path):
     return copy, vectors
 
 
+@pytest.mark.slow
 def test_verify_names_a_missing_row(capsys, embedded, tmp_path):
     out_dir, _, inputs = embedded
     copy, vectors = _copy_output(out_dir, tmp_path)
@@ -288,6 +294,7 @@ def test_verify_names_a_missing_row(capsys, embedded, tmp_path):
     assert re.search(r"missing \(1\):\n\s+fin\s", text), text
 
 
+@pytest.mark.slow
 def test_verify_names_a_doubled_row(capsys, embedded, tmp_path):
     out_dir, _, inputs = embedded
     copy, vectors = _copy_output(out_dir, tmp_path)
@@ -305,6 +312,7 @@ def test_verify_of_something_else_says_what_to_do(tmp_path):
         verify.main(["--input", str(tmp_path / "*.jsonl"), str(tmp_path)])
 
 
+@pytest.mark.slow
 def test_search_a_gemini_output_embeds_the_query_as_retrieval_query(capsys, corpus, tmp_path, monkeypatch):
     """Documents embedded as RETRIEVAL_DOCUMENT are searched with a RETRIEVAL_QUERY
     vector. The emulator's hash vectors are seeded by task and text, so the exact

@@ -50,6 +50,7 @@ def _cut(path) -> None:
 DAMAGE = {"missing": lambda p: p.unlink(), "cut": _cut, "torn": _torn_within_its_size}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("folder", ["vectors", "dead_letters"])
 @pytest.mark.parametrize("kind", list(DAMAGE))
 def test_inspect_and_verify_exit_1_naming_a_damaged_or_missing_file(base, tmp_path, capsys, folder, kind):
@@ -77,6 +78,7 @@ def test_inspect_and_verify_exit_1_naming_a_damaged_or_missing_file(base, tmp_pa
     assert report["rows"] >= 2 and report["dead_letters"] >= 1
 
 
+@pytest.mark.slow
 def test_an_intact_output_exits_0(base, capsys):
     for command in ("inspect", "verify"):
         code, stdout, err = run_cli(capsys, command, "--quiet", str(base / "out"))

@@ -59,6 +59,7 @@ def _scores(rows):
     return [score for _, score in rows]
 
 
+@pytest.mark.slow
 def test_inspect_prints_a_query_that_runs_as_is(output, capsys):
     # exit 1: the manifest's file of shard b is not where it says (moved under vectors/<stem>/)
     assert inspect_output.main([str(output)]) == 1
@@ -87,6 +88,7 @@ def _sql_blocks() -> list[tuple[str, str]]:
     return found
 
 
+@pytest.mark.slow
 def test_docs_duckdb_examples_run(output):
     blocks = _sql_blocks()
     assert blocks, "no ```sql example with read_parquet in README.md or docs/operators.md"
@@ -106,6 +108,7 @@ def test_docs_duckdb_examples_run(output):
         assert rows[1][0] == "o'neil"  # the other text about JSON is the nearest neighbour
 
 
+@pytest.mark.slow
 def test_vector_column_is_a_standard_parquet_list(output):
     """What BigQuery's --parquet_enable_list_inference needs (BigQuery itself is
     not reachable here): the three-level LIST of FLOAT with an `element` leaf."""

@@ -91,6 +91,7 @@ def _increment(out) -> tuple[dict[str, np.ndarray], set[str], set[str]]:
 # --------------------------------------------------------------------------- lancedb
 
 
+@pytest.mark.slow
 def test_lancedb_export_search_and_increment(out, tmp_path, capsys):
     uri = str(tmp_path / "lance")
     assert export.main([str(out), "--to", "lancedb", uri, "--table", "docs"]) == 0
@@ -124,6 +125,7 @@ def test_lancedb_export_search_and_increment(out, tmp_path, capsys):
     assert hits[0]["id"] == "b0"  # the changed vector is the one searched
 
 
+@pytest.mark.slow
 def test_lancedb_needs_a_table(out, tmp_path):
     with pytest.raises(UsageError, match="--table"):
         export.main([str(out), "--to", "lancedb", str(tmp_path / "l")])
@@ -150,6 +152,7 @@ def _read_batch_root(root) -> tuple[dict[str, dict], list[str], list]:
     return data, deleted, files
 
 
+@pytest.mark.slow
 def test_vertex_export_files_and_increment(out, tmp_path, capsys):
     first = tmp_path / "vs" / "night1"
     args = [str(out), "--to", "vertex-vector-search", str(first), "--restrict", "lang", "--restrict", "tags",
@@ -189,6 +192,7 @@ def test_vertex_export_files_and_increment(out, tmp_path, capsys):
     assert _read_batch_root(third)[:2] == ({}, [])
 
 
+@pytest.mark.slow
 def test_lancedb_index_is_skipped_on_a_small_table(out, tmp_path, capfd):
     """Issue #33: on 505 rows the index trained 1 of 22 partitions, lance
     printed its own warning, and a row lay 0.0885 from itself. Below two
@@ -232,6 +236,7 @@ def test_lancedb_index_partitions_follow_the_row_count(tmp_path, capfd):
     assert "warn" not in capfd.readouterr().err.lower()
 
 
+@pytest.mark.slow
 def test_the_lancedb_snippet_of_the_docs_runs_as_written(out, tmp_path):
     """docs/operators.md's LanceDB example, with its two paths replaced: the
     query embedded by `beamvec embed` finds the records of its topic."""
@@ -260,6 +265,7 @@ def test_the_lancedb_snippet_of_the_docs_runs_as_written(out, tmp_path):
     assert all(0 <= d < 1 for _, d in hits)
 
 
+@pytest.mark.slow
 def test_embed_prints_the_vectors_search_uses(out, tmp_path, capsys):
     """`beamvec embed` as JSON and as .npy: the same unit vectors, the nearest
     stored vector to one of them is a record of its topic, and the exact text

@@ -62,6 +62,7 @@ C_IDS = {f"c{i}" for i in range(SHARDS["c"])}
 KEPT = {f"{s}{i}" for s in ("a", "b") for i in range(SHARDS[s])}
 
 
+@pytest.mark.slow
 def test_lancedb_full_export_deletes_a_pruned_shard(root, tmp_path):
     uri = str(tmp_path / "lance")
     out = str(root / "out")
@@ -80,6 +81,7 @@ def test_lancedb_full_export_deletes_a_pruned_shard(root, tmp_path):
     assert set(_table_ids(uri)) == KEPT
 
 
+@pytest.mark.slow
 def test_lancedb_full_export_without_its_state_still_matches_the_output(root, tmp_path):
     """The export's state was lost (_exports/ removed): --full finds the
     pruned shard's rows at the destination itself."""
@@ -103,6 +105,7 @@ def _sent(batch_root) -> set[str]:
     return {json.loads(line)["id"] for f in batch_root.glob("*.json") for line in f.read_text().splitlines()}
 
 
+@pytest.mark.slow
 def test_vertex_full_export_writes_the_pruned_shards_delete_file(root, tmp_path):
     out = str(root / "out")
     night1, night2, night3 = (tmp_path / "vs" / n for n in ("n1", "n2", "n3"))

@@ -182,6 +182,7 @@ def _kill(*procs: subprocess.Popen) -> None:
             proc.communicate()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resume", ["after", "while"])
 def test_a_paused_run_taken_over_changes_nothing_once_resumed(store, emulator, resume):
     """A is paused mid-run; B takes the output over (--break-lease: A's
@@ -230,6 +231,7 @@ def _holder_pid(store: Store) -> int | None:
     return held.pid if held else None
 
 
+@pytest.mark.slow
 def test_two_runs_started_together(store, emulator):
     """Started within 100 ms: exactly one holds the output and completes, the
     other is refused in one line naming it."""
@@ -247,6 +249,7 @@ def test_two_runs_started_together(store, emulator):
     _assert_complete(store, texts)
 
 
+@pytest.mark.slow
 def test_a_launcher_killed_and_rerun_at_once(store, emulator):
     """kill -9, and a rerun on the same host at once (its holder is gone, the
     lease not expired): the rerun takes over and completes."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pyarrow.dataset as ds
+import pytest
 
 from helpers import assert_reconciled, beam_run, read_output
 
 
+@pytest.mark.slow
 def test_force_with_a_new_configuration_on_part_of_the_inputs_is_refused(tmp_path, capsys):
     src = tmp_path / "in"
     src.mkdir()

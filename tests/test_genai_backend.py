@@ -21,23 +21,19 @@ from beamvec.backends.genai import GenaiBackend, native_dimension
 from beamvec.emulator import Emulator, expected_vector
 from beamvec.errors import BackendError, SystemicError
 
+from helpers import API_KEY
+
 # Loopback only: never through a proxy, whatever the host says.
 os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1,localhost"]))
 
-KEY = "fakekey-Sy-test-key-0123456789"
+KEY = API_KEY
 TEXTS = ["the cat sat on the mat", "markets fell sharply", "a kitten on a rug", "rain tomorrow"]
 
 
 @pytest.fixture
-def emu():
-    with Emulator(api_key=KEY) as e:
-        yield e
-
-
-@pytest.fixture
-def key_env(monkeypatch):
-    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
-    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+def emu(emulator: Emulator) -> Emulator:
+    """conftest's emulator (it accepts ``API_KEY``, which ``key_env`` sets), by a short name."""
+    return emulator
 
 
 def make(emu, mode="gemini", **kw):

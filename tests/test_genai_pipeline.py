@@ -49,6 +49,7 @@ def _check_vectors(out, texts, model, task, dim):
         np.testing.assert_allclose(got[rid], want, atol=1e-5, err_msg=rid)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dim", [768, 3072])
 def test_gemini_backend_end_to_end(emulator, corpus, tmp_path, capsys, monkeypatch, dim):
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
@@ -77,6 +78,7 @@ def test_gemini_backend_end_to_end(emulator, corpus, tmp_path, capsys, monkeypat
         assert KEY not in blob
 
 
+@pytest.mark.slow
 def test_vertex_backend_and_multimodal_model(emulator, corpus, tmp_path, capsys):
     root, texts = corpus
     code, _, err = beam_run(
@@ -92,6 +94,7 @@ def test_vertex_backend_and_multimodal_model(emulator, corpus, tmp_path, capsys)
     _check_vectors(out, texts, "gemini-embedding-2-preview", None, 768)
 
 
+@pytest.mark.slow
 def test_malformed_responses_are_retried_never_misaligned(corpus, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
     root, texts = corpus
@@ -110,6 +113,7 @@ def test_malformed_responses_are_retried_never_misaligned(corpus, tmp_path, caps
     assert sum(stats["faults"].values()) > 0
 
 
+@pytest.mark.slow
 def test_too_long_texts_truncated_or_dead_lettered(emulator, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
     root = tmp_path / "in"
@@ -137,6 +141,7 @@ def test_too_long_texts_truncated_or_dead_lettered(emulator, tmp_path, capsys, m
     assert emulator.stats()["by_status"].get("400", emulator.stats()["by_status"].get(400, 0)) == 0
 
 
+@pytest.mark.slow
 def test_wrong_key_fails_fast_without_leaking_it(emulator, corpus, tmp_path, capsys, monkeypatch, caplog):
     wrong = "fakekey-WRONG-key-that-must-never-be-printed-42"
     monkeypatch.setenv("GEMINI_API_KEY", wrong)
@@ -154,6 +159,7 @@ def test_wrong_key_fails_fast_without_leaking_it(emulator, corpus, tmp_path, cap
     assert emulator.stats()["requests"] == 1  # the preflight, nothing more
 
 
+@pytest.mark.slow
 def test_one_text_under_two_titles_gets_two_vectors(emulator, tmp_path, capsys, monkeypatch):
     """RETRIEVAL_DOCUMENT embeds the title with the text: a repeat of the text
     under another title is another input, never a reused vector."""
@@ -176,6 +182,7 @@ def test_one_text_under_two_titles_gets_two_vectors(emulator, tmp_path, capsys, 
     assert emulator.stats()["texts_embedded"] == 2  # (Pumps, text) once, (Boats, text) once
 
 
+@pytest.mark.slow
 def test_tiny_shards_on_dofn_copies_in_one_process_share_requests(tmp_path, capsys, monkeypatch):
     """The multi-threading DirectRunner runs bundles on separate copies of the
     DoFn in one process, as Dataflow's SDK harness does. They share one

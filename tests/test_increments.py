@@ -51,6 +51,7 @@ def setup(tmp_path, monkeypatch):
         yield emu, corpus, shards, args, tmp_path / "out"
 
 
+@pytest.mark.slow
 def test_unchanged_changed_and_new_shards(setup, capsys):
     emu, corpus, shards, args, out_dir = setup
     assert beam_run(capsys, *args)[0] == 0
@@ -88,6 +89,7 @@ def test_unchanged_changed_and_new_shards(setup, capsys):
     assert (s1["reused"], s1["sent"]) == (198, 2)
 
 
+@pytest.mark.slow
 def test_identical_texts_in_a_shard_are_sent_once(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
     (tmp_path / "in").mkdir()
@@ -108,6 +110,7 @@ def test_identical_texts_in_a_shard_are_sent_once(tmp_path, capsys, monkeypatch)
     assert (got["r3"] == got["r13"]).all() and not (got["r3"] == got["r4"]).all()
 
 
+@pytest.mark.slow
 def test_new_model_into_new_output_leaves_the_old_one_alone(setup, capsys):
     emu, corpus, shards, args, out_dir = setup
     assert beam_run(capsys, *args)[0] == 0
@@ -123,6 +126,7 @@ def test_new_model_into_new_output_leaves_the_old_one_alone(setup, capsys):
     assert code == 2 and "another configuration" in err
 
 
+@pytest.mark.slow
 def test_backfill_selects_partitions(tmp_path, capsys):
     for day in ("2026-11-18", "2026-11-19", "2026-11-20"):
         part = tmp_path / "corpus" / f"dt={day}"
@@ -136,6 +140,7 @@ def test_backfill_selects_partitions(tmp_path, capsys):
     assert set(vectors_by_id(read_output(str(tmp_path / "o")))) == {f"2026-11-19-{i}" for i in range(3)}
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun(tmp_path):
     """A run killed mid-way leaves no partial file visible; the rerun ends with
     exactly one row per record, and re-sends only batches that were in flight."""
@@ -183,6 +188,7 @@ def test_kill_9_then_rerun(tmp_path):
     assert set(first) | set(second) == {content_hash(t) for t in texts.values()}
 
 
+@pytest.mark.slow
 def test_success_marker_is_withdrawn_while_a_run_changes_the_output(tmp_path, capsys, monkeypatch):
     (tmp_path / "in").mkdir()
     _write_shard(tmp_path / "in" / "a.jsonl", {"1": "one"})
@@ -203,6 +209,7 @@ def test_success_marker_is_withdrawn_while_a_run_changes_the_output(tmp_path, ca
     assert seen == [False] and (tmp_path / "o" / "_SUCCESS").exists()
 
 
+@pytest.mark.slow
 def test_kill_9_mid_split_redoes_only_unfinished_splits(tmp_path):
     """One large file cut into splits (issue 14): after kill -9 and a rerun,
     exactly one row per record, and the parts committed before the kill are

@@ -27,6 +27,7 @@ def _plan(capsys, inp, out) -> tuple[int, str, str]:
     return run_cli(capsys, "plan", "--input", str(inp), "--output", str(out))
 
 
+@pytest.mark.slow
 def test_parquet_without_the_text_column_stops_plan_and_run_with_one_line(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     pq.write_table(pa.table({"id": ["1", "2"], "body": ["x", "y"]}), tmp_path / "in" / "a.parquet")
@@ -38,6 +39,7 @@ def test_parquet_without_the_text_column_stops_plan_and_run_with_one_line(tmp_pa
         _one_line(err, "a.parquet", "no text column 'text'", "'body'", "--text-field")
 
 
+@pytest.mark.slow
 def test_csv_without_the_text_column_stops_the_run_with_one_line(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.csv").write_text("id,body\n1,x\n")
@@ -46,6 +48,7 @@ def test_csv_without_the_text_column_stops_the_run_with_one_line(tmp_path, capsy
     _one_line(err, "a.csv", "no text column 'text'", "--text-field")
 
 
+@pytest.mark.slow
 def test_a_file_name_that_is_not_utf8_is_refused_before_anything_is_read(tmp_path, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -87,6 +90,7 @@ def test_bad_symbolic_links_are_refused_in_one_line(tmp_path, capsys, target, ne
     _one_line(err, *needles)
 
 
+@pytest.mark.slow
 def test_a_link_to_a_file_is_read_as_that_file(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     (tmp_path / "in").mkdir()

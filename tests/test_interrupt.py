@@ -39,6 +39,7 @@ SHARDS = ("a", "b", "c", "d")
 STOP_BOUND_S = 20.0
 #: A second press exits at once: this bound only leaves room for a loaded machine.
 HARD_BOUND_S = 5.0
+pytestmark = pytest.mark.slow  # every test signals a real run
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from beamvec.contract import layout
 from beamvec.sources import list_shards
@@ -59,6 +60,7 @@ def test_every_name_of_the_layout_is_covered_by_this_test() -> None:
     assert declared <= written, f"add the new names to LAYOUT_FILES: {sorted(declared - written)}"
 
 
+@pytest.mark.slow
 def test_an_older_output_under_the_input_glob_is_never_read(tmp_path, capsys) -> None:
     old = _older_output(tmp_path, capsys)
     assert {p.relative_to(old).as_posix().split("/")[0] for p in old.rglob("*") if p.is_file()} >= {

@@ -124,6 +124,7 @@ def test_a_live_lease_is_refused_unless_broken(output, caplog):
     assert any("--break-lease" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_a_dead_process_on_this_host_does_not_hold_the_lease(tmp_path, caplog):
     """kill -9 leaves the lease behind; a rerun on the same host need not wait."""
     output = Output(str(tmp_path / "out"))
@@ -295,6 +296,7 @@ def test_a_replace_is_conditional_on_the_version_read(store, request):
         assert refused and _raw(output)["owner"] == other.owner
 
 
+@pytest.mark.slow
 def test_a_live_holder_on_this_host_is_never_taken_over_by_its_clock(tmp_path):
     """A paused holder (SIGSTOP) or one whose clock lags leaves an expired
     lease behind while its process lives: on its host that lease holds."""

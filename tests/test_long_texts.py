@@ -57,6 +57,7 @@ def _run(capsys, tmp_path, path, *extra):
         return read_output(str(tmp_path / "out")), emu.stats()
 
 
+@pytest.mark.slow
 def test_long_texts_in_every_script_are_cut_and_flagged_never_refused(capsys, tmp_path, monkeypatch, corpus):
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
     path, records = corpus
@@ -72,6 +73,7 @@ def test_long_texts_in_every_script_are_cut_and_flagged_never_refused(capsys, tm
     assert stats["requests"] <= math.floor(1.05 * (fewest + 1))  # + the preflight's one
 
 
+@pytest.mark.slow
 def test_long_texts_are_dead_lettered_as_too_long_when_asked(capsys, tmp_path, monkeypatch, corpus):
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
     path, records = corpus

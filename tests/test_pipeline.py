@@ -72,6 +72,7 @@ def _write_formats(root, compression: str = "") -> dict[str, list[tuple[str, str
     return expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compression", ["", "gz", "zst", "bz2"])
 def test_every_format_and_compression(tmp_path, capsys, local, compression):
     corpus = tmp_path / "corpus"
@@ -100,6 +101,7 @@ def test_every_format_and_compression(tmp_path, capsys, local, compression):
     assert "records read" in stdout and "_SUCCESS" in stdout
 
 
+@pytest.mark.slow
 def test_txt_ids_are_shard_and_line(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.txt").write_text("first\n\n  \nfourth\n")
@@ -112,6 +114,7 @@ def test_txt_ids_are_shard_and_line(tmp_path, capsys):
     assert table.column("source_position").to_pylist() == [1, 4]
 
 
+@pytest.mark.slow
 def test_the_worker_hides_what_it_loaded_from_full_collections(tmp_path, capsys):
     """Full collections over everything Beam, the SDK and pyarrow loaded took
     100-150 ms, holding every thread and so the sends the limiter spaced: the
@@ -125,6 +128,7 @@ def test_the_worker_hides_what_it_loaded_from_full_collections(tmp_path, capsys)
     assert gc.get_freeze_count() > 10_000
 
 
+@pytest.mark.slow
 def test_bad_input_ends_in_dead_letters_with_reasons(tmp_path, capsys):
     corpus = tmp_path / "bad"
     corpus.mkdir()
@@ -170,6 +174,7 @@ def test_bad_input_ends_in_dead_letters_with_reasons(tmp_path, capsys):
     assert "dead-lettered" in stdout and "invalid_json" in stdout
 
 
+@pytest.mark.slow
 def test_long_text_dead_lettered_when_asked(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jsonl").write_text(
@@ -187,6 +192,7 @@ def test_long_text_dead_lettered_when_asked(tmp_path, capsys):
     assert dead.column("reason").to_pylist() == ["text_too_long"]
 
 
+@pytest.mark.slow
 def test_colliding_and_unsafe_names(tmp_path, capsys):
     for sub in ("a", "b", "we ird/..", "x"):
         (tmp_path / "in" / sub).mkdir(parents=True, exist_ok=True)
@@ -207,6 +213,7 @@ def test_colliding_and_unsafe_names(tmp_path, capsys):
     assert len(sources) == 3
 
 
+@pytest.mark.slow
 def test_output_reads_back_in_duckdb_and_polars(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jsonl").write_text(
@@ -236,6 +243,7 @@ def test_output_reads_back_in_duckdb_and_polars(tmp_path, capsys):
     assert schema.field("vector").type == pa.list_(pa.float32(), 384)
 
 
+@pytest.mark.slow
 def test_memory_filesystem_in_and_out(capsys):
     fs = fsspec.filesystem("memory")
     fs.pipe("/mcorpus/one.jsonl", b'{"id": "m1", "text": "in memory"}\n{"id": "m2", "text": "also here"}\n')
@@ -247,6 +255,7 @@ def test_memory_filesystem_in_and_out(capsys):
     assert not any("_tmp" in f for f in out["files"])
 
 
+@pytest.mark.slow
 def test_rerun_skips_committed_shards(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jsonl").write_text('{"id": "1", "text": "one"}\n')
@@ -260,6 +269,7 @@ def test_rerun_skips_committed_shards(tmp_path, capsys):
     assert len(again["manifest"]["runs"]) == 1
 
 
+@pytest.mark.slow
 def test_glob_matching_nothing_fails_before_the_pipeline(tmp_path, capsys):
     code, stdout, err = beam_run(capsys, "--input", str(tmp_path / "nope" / "*.jsonl"), "--output", str(tmp_path / "o"))
     assert code == 2
@@ -267,6 +277,7 @@ def test_glob_matching_nothing_fails_before_the_pipeline(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_other_model_into_same_output_is_refused(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jsonl").write_text('{"id": "1", "text": "one"}\n')
@@ -279,6 +290,7 @@ def test_other_model_into_same_output_is_refused(tmp_path, capsys):
     assert code == 2 and "another configuration" in err
 
 
+@pytest.mark.slow
 def test_the_summary_counts_a_file_committed_as_parts(tmp_path, capsys):
     """A file over --split-bytes is embedded and committed as parts, each under
     its own name. The summary matched manifest entries by the input's name,

@@ -59,6 +59,7 @@ def refused_output(tmp_path, capsys, monkeypatch):
     return args
 
 
+@pytest.mark.slow
 def test_plan_does_not_count_a_refused_text_as_sent(refused_output, capsys):
     code, stdout, err = run_cli(capsys, "plan", "--json", *refused_output, "--retry-dead-letters")
     assert code == 0, err
@@ -89,6 +90,7 @@ def _retry_run(refused_output):
     return inputs, output, state, work, retry_refusals(output, state, work.todo, fingerprint, retry)
 
 
+@pytest.mark.slow
 def test_the_preflight_never_picks_a_refused_text(refused_output):
     inputs, output, state, work, refusals = _retry_run(refused_output)
     assert len(refusals) == 1
@@ -99,6 +101,7 @@ def test_the_preflight_never_picks_a_refused_text(refused_output):
     assert record is not None and record.text == POISON
 
 
+@pytest.mark.slow
 def test_plan_force_with_a_new_configuration_on_part_of_the_inputs_says_a_run_is_refused(tmp_path, capsys):
     src = tmp_path / "in"
     src.mkdir()
@@ -123,6 +126,7 @@ def test_plan_force_with_a_new_configuration_on_part_of_the_inputs_says_a_run_is
     assert existing["refused"] is False and "--force: a run would replace them" in existing["conflict"]
 
 
+@pytest.mark.slow
 def test_the_batch_api_never_lists_a_refused_text(refused_output):
     """`--batch-api` routes as the workers do: a text kept refused is not put
     in a request file (it would be billed again at the batch rate)."""

@@ -114,6 +114,7 @@ def test_reporter_prints_plain_lines_when_not_a_terminal():
     assert "7 records" in lines[-1] and "\r" not in stream.getvalue()
 
 
+@pytest.mark.slow
 def test_run_shows_progress_unless_quiet(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jsonl").write_text(

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 FRAME = re.compile(r"beamvec: \[([#.]{20})\] ([\d,]+) records.*?\((\d+)% of input bytes done\).*?(ETA [\d,]+ s|ETA --)")
 
 
@@ -38,6 +40,7 @@ def _run_in_pty(args: list[str], timeout: float = 300.0) -> str:
     return b"".join(chunks).decode("utf-8", "replace")
 
 
+@pytest.mark.slow
 def test_a_single_large_file_shows_a_moving_bar_and_an_early_eta(tmp_path: Path) -> None:
     corpus = tmp_path / "in"
     corpus.mkdir()

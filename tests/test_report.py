@@ -72,6 +72,7 @@ class _Capture:
         return Out()
 
 
+@pytest.mark.slow
 def test_report_holds_every_chart_and_the_numbers(nightly, tmp_path, capsys):
     html_path = tmp_path / "r.html"
     assert report.main([str(nightly), "--out", str(html_path)]) == 0
@@ -113,6 +114,7 @@ def test_a_shard_over_twice_the_median_is_drawn_first_and_red():
     assert drawn[0] == (h.PURPLE, "slow")
 
 
+@pytest.mark.slow
 def test_report_without_a_timeline_says_so(nightly, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(nightly, old)
@@ -123,6 +125,7 @@ def test_report_without_a_timeline_says_so(nightly, tmp_path):
         assert f'<svg class="chart" id="{chart}"' in html
 
 
+@pytest.mark.slow
 def test_report_of_an_output_whose_manifest_predates_its_config_fields(nightly, tmp_path):
     """An older manifest has no quota window (nor quota, nor inputs): the
     page says the 60-s default and dashes, rather than failing."""
@@ -150,6 +153,7 @@ def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (.ci/run installs it)")
 def test_report_renders_in_headless_chromium(nightly, tmp_path):
     html_path = tmp_path / "report.html"
@@ -194,6 +198,7 @@ def _short_run(out: Path, run_id: str, samples: list[dict]) -> None:
     (folder / "timeline.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
 
 
+@pytest.mark.slow
 def test_a_run_too_short_to_chart_is_named_and_the_newest_long_one_is_charted(nightly, tmp_path):
     """Issue #33: a 3-second incremental run left every chart empty. The page
     charts the newest run long enough, says why, and lists the runs."""
@@ -214,6 +219,7 @@ def test_a_run_too_short_to_chart_is_named_and_the_newest_long_one_is_charted(ni
         assert f'<svg class="chart" id="{chart}"' in html
 
 
+@pytest.mark.slow
 def test_report_charts_the_run_asked_for(nightly, tmp_path, capsys):
     out = tmp_path / "out"
     shutil.copytree(nightly, out)
@@ -231,6 +237,7 @@ def test_report_charts_the_run_asked_for(nightly, tmp_path, capsys):
     assert "--run nope" in err and second in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_report_tokens_sent_agree_with_the_run_table(nightly):
     """Issue #33: the page's "tokens sent" (17,675) disagreed with its own run
     table (27,874 + 666). Each figure now says what it sums, and the runs'

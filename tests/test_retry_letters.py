@@ -54,6 +54,7 @@ def _reasons(out: dict) -> dict[str, str]:
             for i, r in zip(t.column("id").to_pylist(), t.column("reason").to_pylist(), strict=True)}
 
 
+@pytest.mark.slow
 def test_retry_sends_transient_failures_only_unless_asked(tmp_path, capsys, calls):
     rows = [*GOOD[:3], POISON, FLAKY, *GOOD[3:]]
     src = tmp_path / "in" / "a.jsonl"

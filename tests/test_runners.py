@@ -107,6 +107,7 @@ def reference(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     return read_output(str(output))
 
 
+@pytest.mark.slow
 def test_in_process_direct_runner(reference: dict[str, Any]) -> None:
     assert_reconciled(reference)
     assert len(reference["vectors"]) == SHARDS
@@ -130,6 +131,7 @@ def test_in_process_direct_runner(reference: dict[str, Any]) -> None:
     [("local-multiprocess.yaml", "DirectRunner"), ("portable.yaml", "PortableRunner")],
     ids=["multi-process", "portable"],
 )
+@pytest.mark.slow
 def test_runner_writes_what_the_in_process_runner_writes(
     corpus: Path, tmp_path: Path, reference: dict[str, Any], config: str, runner: str, monkeypatch
 ) -> None:
@@ -166,6 +168,7 @@ def test_runner_writes_what_the_in_process_runner_writes(
 # -- --config: files and flags --------------------------------------------------
 
 
+@pytest.mark.slow
 def test_command_line_flags_win_over_the_config_file(corpus: Path, tmp_path: Path) -> None:
     """portable.yaml asks for the PortableRunner; --runner on the command line wins."""
     code, stdout = run(

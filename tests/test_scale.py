@@ -21,6 +21,7 @@ class _Stop(Exception):
     """Raised instead of running the pipeline: only its size is wanted."""
 
 
+@pytest.mark.slow
 def test_job_graph_stays_under_1_mb_at_100000_shards(monkeypatch: pytest.MonkeyPatch) -> None:
     fs = fsspec.filesystem("memory")
     bucket = f"scale-{uuid.uuid4().hex[:8]}"

@@ -204,6 +204,7 @@ def assert_nowhere(secret: str, *blobs: bytes | str) -> None:
 # -- the runs ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_local_run_leaks_nothing(
     key: str, marker: str, corpus: Path, tmp_path: Path, captured: Captured,
     caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
@@ -235,6 +236,7 @@ def _gemini_flags(corpus: Path, out: Path, emulator: Emulator, *extra: str) -> l
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failing", [False, True], ids=["embedded", "all-batches-fail"])
 def test_gemini_run_leaks_nothing(
     key: str, marker: str, corpus: Path, tmp_path: Path, captured: Captured,
@@ -287,6 +289,7 @@ def test_rejected_key_is_not_echoed(
     assert_nowhere(key, stdout, stderr, *log_blobs(caplog))
 
 
+@pytest.mark.slow
 def test_storage_option_credentials_are_refused_before_anything_ships(
     corpus: Path, tmp_path: Path, captured: Captured, capsys: pytest.CaptureFixture[str],
 ) -> None:

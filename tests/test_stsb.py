@@ -77,6 +77,7 @@ def spearman_through_pipeline(capsys, tmp_path: Path, pairs) -> tuple[float, flo
     return spearmanr(cosine, gold).correlation * 100, spearmanr(wrong, gold).correlation * 100
 
 
+@pytest.mark.slow
 def test_own_graded_pairs_through_the_pipeline(tmp_path, capsys):
     pairs = load_own_pairs()
     assert len(pairs) == 40
@@ -87,6 +88,7 @@ def test_own_graded_pairs_through_the_pipeline(tmp_path, capsys):
     assert abs(shuffled) < 35
 
 
+@pytest.mark.slow
 def test_stsb_spearman_through_the_pipeline(tmp_path, capsys):
     pairs = load_stsb_pairs()
     assert len(pairs) == 1379

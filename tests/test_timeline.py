@@ -6,6 +6,7 @@ import json
 import threading
 
 import fsspec
+import pytest
 
 from beamvec.driver.timeline import (
     Sample,
@@ -75,6 +76,7 @@ def test_latest_timeline_is_none_without_runs(tmp_path):
     assert latest_timeline(fsspec.filesystem("file"), str(tmp_path)) is None
 
 
+@pytest.mark.slow
 def test_a_run_leaves_its_timeline(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jsonl").write_text(

@@ -47,6 +47,7 @@ def server(tmp_path) -> Iterator[str]:
         httpd.server_close()
 
 
+@pytest.mark.slow
 def test_a_password_in_an_input_url_reaches_no_file_and_no_output(tmp_path, capsys, server) -> None:
     host = server.removeprefix("http://")
     url = f"http://ann:{PASSWORD}@{host}/a.jsonl?token={TOKEN}"

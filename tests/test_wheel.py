@@ -97,6 +97,7 @@ def dists(checkout: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     return {"sdist": sdist, "wheel": wheel, "dir": outdir}
 
 
+@pytest.mark.slow
 def test_sdist_has_the_code_and_the_tokenizer(dists: dict[str, Path], checkout: Path) -> None:
     with tarfile.open(dists["sdist"]) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
@@ -111,6 +112,7 @@ def test_sdist_has_the_code_and_the_tokenizer(dists: dict[str, Path], checkout: 
     assert not missing, f"modules missing from the sdist: {sorted(missing)}"
 
 
+@pytest.mark.slow
 def test_wheel_has_the_code_the_tokenizer_and_the_command(dists: dict[str, Path], checkout: Path) -> None:
     with zipfile.ZipFile(dists["wheel"]) as whl:
         names = set(whl.namelist())
@@ -182,6 +184,7 @@ def _check_installed(venv: Path, site: Path, env: dict[str, str], cwd: Path) -> 
         assert command in done.stdout
 
 
+@pytest.mark.slow
 def test_wheel_runs_from_a_fresh_venv_outside_the_checkout(
     dists: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -204,6 +207,7 @@ def test_wheel_runs_from_a_fresh_venv_outside_the_checkout(
         assert np.allclose(got[rid], vector, atol=1e-5), rid
 
 
+@pytest.mark.slow
 def test_dataflow_setup_file_builds_an_sdist_with_the_tokenizer(checkout: Path, tmp_path: Path) -> None:
     """What `--setup_file ./setup.py` does on the launching machine (Dataflow,
     and the portable runners): Beam's stager runs `python -m build --no-isolation
