@@ -190,6 +190,10 @@ class _Run:
                     spool = None
                 spool = spool or _Spool()
                 spool.add(request.key, line, shard)
+                if len(spool.keys) >= self.settings.max_requests_per_file:  # full: out it goes
+                    self._submit(spool, spool.shards)
+                    spool.file.close()
+                    spool = None
             if spool is not None:
                 self._submit(spool, spool.shards)
         finally:
