@@ -270,7 +270,7 @@ def _phase(
 ) -> BatchPhase:
     if outcome is None:
         return BatchPhase(True, refusals, 0, 0, 0, {}, 0, 0, "beamvec batch: nothing to send")
-    collected = texts - len(outcome.pending) - len(outcome.failures)
+    collected = max(0, texts - len(outcome.pending) - len(outcome.failures))  # jobs of other texts
     states = ", ".join(f"{n} {s}" for s, n in sorted(outcome.jobs_by_state.items())) or "none"
     status = (
         f"beamvec batch: jobs {states}; {collected:,} of {texts:,} texts collected, "
