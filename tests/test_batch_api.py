@@ -414,7 +414,7 @@ def test_key_set_holds_8_bytes_a_key_and_forgets_nothing_across_merges():
     from beamvec.records import content_hash
 
     keys = KeySet()
-    hashes = [content_hash(f"text {i}") for i in range(70_000)]  # more than one merge
+    hashes = [content_hash(f"text {i}") for i in range(70_000)]  # several merges
     assert all(keys.add(h) for h in hashes)
     assert len(keys) == 70_000 and not keys.add(hashes[0]) and not keys.add(hashes[-1])
     assert all(h in keys for h in hashes[::997])

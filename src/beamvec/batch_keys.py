@@ -16,7 +16,7 @@ import numpy as np
 from beamvec.lookup import hash_key
 
 #: Keys held in a Python set before they are merged into the sorted array.
-_BUFFER = 65_536
+_BUFFER = 8_192
 
 
 class KeySet:
