@@ -40,7 +40,7 @@ def measured(*args, **kwargs):
 job.run_batch_phase = measured
 summary = job.run_job(sys.argv[1:], out=sys.stderr)
 peak["run_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-peak["complete"] = bool(summary.get("complete", True))
+peak["complete"] = summary.status == "complete"
 print(json.dumps(peak))
 """
 

@@ -404,3 +404,81 @@ def test_gemini_embedding_2_lines_carry_the_task_in_the_text_and_no_task_type():
     doc = json.loads(request_line(BatchRequest("k", "trains leave hourly", "Timetable"),
                                   BatchSpec("gemini-embedding-2", "RETRIEVAL_DOCUMENT")))
     assert doc["request"] == {"content": {"parts": [{"text": "title: Timetable | text: trains leave hourly"}]}}
+
+
+# -- the driver keeps jobs, not texts -----------------------------------------
+
+
+def test_key_set_holds_8_bytes_a_key_and_forgets_nothing_across_merges():
+    from beamvec.batch_keys import KeySet
+    from beamvec.records import content_hash
+
+    keys = KeySet()
+    hashes = [content_hash(f"text {i}") for i in range(70_000)]  # several merges
+    assert all(keys.add(h) for h in hashes)
+    assert len(keys) == 70_000 and not keys.add(hashes[0]) and not keys.add(hashes[-1])
+    assert all(h in keys for h in hashes[::997])
+    assert content_hash("never added") not in keys and 42 not in keys
+    assert keys._sorted.nbytes == 8 * len(keys._sorted)  # what is merged costs 8 bytes a key
+
+
+def test_the_stream_is_submitted_as_it_is_read_and_repeats_go_once(tmp_path):
+    from beamvec.batchapi.run import run_batch_stream
+
+    todo = corpus(shards=3, per_shard=200)
+    created_when_read: list[int] = []
+    with Emulator(api_key=KEY, batch_job_s=0.2) as emu:
+
+        def stream():
+            for shard, requests in todo.items():
+                created_when_read.append(emu.stats(False)["batch"]["jobs"]["created"])
+                for request in requests:
+                    yield shard, request
+                    yield shard, request  # a repeated text: in one file, billed once
+
+        outcome = run_batch_stream(stream(), client_for(emu), BatchJournal(str(tmp_path)), SPEC, FAST)
+        stats = emu.stats()["batch"]
+    assert_all_vectors(outcome, todo)
+    assert created_when_read == [0, 1, 2]  # each shard's file went out before the next was read
+    assert outcome.texts == 600 and stats["texts_billed"] == 600
+    assert stats["texts"]["submitted_more_than_once"] == 0
+
+
+def test_a_job_read_again_after_a_kill_does_not_send_its_failed_lines_twice(tmp_path):
+    """A run killed after it made a job's retry job but before it marked the
+    job read reads the job again on the rerun: the retry job is found in the
+    journal (by its parent), not made again."""
+    todo = corpus(shards=1, per_shard=20)
+    settings = BatchSettings(poll_interval_s=0.05, max_line_retries=1)
+    journal = BatchJournal(str(tmp_path))
+    with Emulator(api_key=KEY, batch_job_s=0, batch_line_error_rate=1.0) as emu:
+        client = client_for(emu)
+        first = run_batch(todo, client, journal, SPEC, settings)
+        (parent,) = [j for j in journal.jobs() if j.parent is None]
+        (child,) = [j for j in journal.jobs() if j.parent == parent.id]
+        assert child.line_retries == 1 and child.attempt == 2 and child.count == 20
+        journal.save(dataclasses.replace(parent, collected=False, final=0))  # killed before this
+        again = run_batch(todo, client, journal, SPEC, settings)
+        stats = emu.stats()["batch"]
+    assert stats["jobs"]["created"] == 2 and again.jobs_submitted == 0
+    assert set(again.failures) == set(first.failures) and len(again.failures) == 20
+    assert "(after 2 batch attempts)" in again.failures[todo["shard-0"][0].key].message
+
+
+def test_files_wait_in_the_journal_while_the_service_is_at_its_job_cap(tmp_path):
+    todo = corpus(shards=1, per_shard=60)
+    settings = BatchSettings(poll_interval_s=0.1, max_requests_per_file=20)
+    journal = BatchJournal(str(tmp_path))
+    with Emulator(api_key=KEY, batch_job_s=0.3, batch_max_concurrent=1) as emu:
+        client = client_for(emu)
+        outcome = run_batch(todo, client, journal, SPEC, settings)
+        stats = emu.stats()["batch"]
+        requests = sorted(tmp_path.glob("_batch/jobs/*.requests.jsonl"))
+        assert len(requests) == 3  # each job's request file is kept beside its record
+        lines = [json.loads(x) for p in requests for x in p.read_text().splitlines()]
+        assert sorted(x["key"] for x in lines) == sorted(r.key for r in todo["shard-0"])
+        assert cleanup_jobs(outcome.jobs, client, journal, ["shard-0"]) == 3
+    assert_all_vectors(outcome, todo)
+    assert stats["jobs"]["rejected_concurrency"] >= 1
+    assert stats["files"]["uploaded"] == 3  # a file refused a job is not uploaded again
+    assert not list(tmp_path.glob("_batch/jobs/*.requests.jsonl"))  # removed once cleaned

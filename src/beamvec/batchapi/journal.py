@@ -1,28 +1,36 @@
 """The record of every batch job, kept in the output so a run can be killed and rerun.
 
-One small JSON per job under ``OUTPUT/_batch/jobs/<id>.json`` and its keys (one
-per line) beside it in ``<id>.keys``. A job is recorded BEFORE anything is
-uploaded or created (state ``CREATING``), updated with its input file, then
-with its service name, then with each state it is seen in; a rerun reads the
-journal first and collects, waits for, or adopts (by display name) every job
-recorded there instead of submitting its texts again.
+One small JSON per job under ``OUTPUT/_batch/jobs/<id>.json``, its keys (one
+per line) beside it in ``<id>.keys`` and its request file in
+``<id>.requests.jsonl`` (a retry or resubmission is built from it, and a job
+the service could not take yet is created from it later). A job is recorded
+BEFORE anything is uploaded or created (state ``CREATING``), updated with its
+input file, then with its service name, then with each state it is seen in,
+and once read (``collected``) with how many of its texts failed for good
+(listed in ``<id>.failed``). A rerun reads the journal first and collects,
+waits for, or adopts (by display name) every job recorded there instead of
+submitting its texts again. The records and key files are small; the driver
+reads a job's keys only when it reads that job's results.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
 import secrets
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from beamvec.batchapi.jsonl import LineError
 from beamvec.contract.fence import fenced
 from beamvec.contract.layout import JOURNAL_DIR as JOURNAL_DIR
 from beamvec.contract.output import Output
@@ -48,6 +56,12 @@ class BatchJob:
     result_file: str | None = None
     error: str | None = None  # the service's message for a failed job
     cleaned: bool = False  # inputs and results deleted from the service
+    requests_file: str | None = None  # its request file, kept in the journal
+    parent: str | None = None  # the job whose failed lines (or whole file) it sends again
+    resubmits: int = 0  # how many FAILED/EXPIRED jobs its texts went through
+    line_retries: int = 0  # how many jobs answered its texts with a retryable error
+    collected: bool = False  # its results are read: vectors stored, failures settled
+    final: int = 0  # of its texts, how many failed for good (``<id>.failed``)
 
     @property
     def display_name(self) -> str:
@@ -91,15 +105,65 @@ class BatchJournal:
             else:
                 self.fs.pipe_file(path, data)
 
-    def new_job(self, keys: Sequence[str], shards: Sequence[str], attempt: int = 1) -> BatchJob:
-        """Record a job about to be submitted: its keys first, then the record."""
+    def _write_stream(self, name: str, source: IO[bytes]) -> None:
+        """Copy an open file (a request file: up to 100 MB) without holding it."""
+        path = f"{self.dir}/{name}"
+        if isinstance(self.fs, LocalFileSystem):
+            os.makedirs(self.dir, exist_ok=True)
+            tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+            with open(tmp, "wb") as fh:
+                shutil.copyfileobj(source, fh, 1 << 20)
+            os.replace(tmp, path)
+        else:
+            with self.fs.open(path, "wb") as fh:
+                shutil.copyfileobj(source, fh, 1 << 20)
+
+    def new_job(
+        self, keys: Sequence[str], shards: Sequence[str], attempt: int = 1,
+        requests: IO[bytes] | None = None, **lineage: Any,
+    ) -> BatchJob:
+        """Record a job about to be submitted: its keys and request file first
+        (read from its current position, left at its start), then the record.
+        ``lineage``: ``parent``, ``resubmits``, ``line_retries``."""
         job_id = f"{int(time.time() * 1000):013d}-{secrets.token_hex(4)}"
         keys_file = f"{job_id}.keys"
         self._write(keys_file, ("\n".join(keys) + "\n").encode())
+        requests_file = None
+        if requests is not None:
+            requests_file = f"{job_id}.requests.jsonl"
+            self._write_stream(requests_file, requests)
+            requests.seek(0)
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        job = BatchJob(job_id, keys_file, len(keys), tuple(sorted(set(shards))), now, attempt)
+        job = BatchJob(
+            job_id, keys_file, len(keys), tuple(sorted(set(shards))), now, attempt,
+            requests_file=requests_file, **lineage,
+        )  # fmt: skip
         self.save(job)
         return job
+
+    def open_requests(self, job: BatchJob) -> IO[bytes] | None:
+        """The job's request file, or None when it has none (an older journal)."""
+        if job.requests_file is None:
+            return None
+        try:
+            return self.fs.open(f"{self.dir}/{job.requests_file}", "rb")
+        except FileNotFoundError:
+            return None
+
+    def write_failures(self, job: BatchJob, failures: Iterable[LineError]) -> int:
+        """The texts of ``job`` that failed for good, one JSON line each; how many."""
+        lines = [json.dumps(dataclasses.asdict(f)) for f in failures]
+        if lines:
+            self._write(f"{job.id}.failed", ("\n".join(lines) + "\n").encode())
+        return len(lines)
+
+    def failures(self, job: BatchJob) -> Iterator[LineError]:
+        if not job.final:
+            return
+        with self.fs.open(f"{self.dir}/{job.id}.failed", "rb") as fh:
+            for line in fh:
+                if line.strip():
+                    yield LineError(**json.loads(line))
 
     def save(self, job: BatchJob) -> None:
         self._write(f"{job.id}.json", json.dumps(job.to_json(), indent=1).encode())
@@ -128,4 +192,7 @@ class BatchJournal:
         """The job's shards are committed and its files deleted: done with it."""
         done = dataclasses.replace(job, cleaned=True)
         self.save(done)
+        if job.requests_file is not None:  # up to 100 MB, no longer needed
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(f"{self.dir}/{job.requests_file}")
         return done

@@ -16,8 +16,10 @@ import numpy as np
 
 from beamvec.batchapi.jsonl import BatchSpec, LineError, iter_results, missing_line
 
-#: Vectors handed to a writer at a time: ~32 MiB of float32 whatever the size.
+#: Vectors handed to a writer at a time: ~32 MiB of float32 whatever the size,
+#: and at most CHUNK_ROWS (small vectors cost more as Python objects than as floats).
 CHUNK_BYTES = 32 << 20
+CHUNK_ROWS = 4096
 
 
 class VectorWriter(Protocol):
@@ -65,7 +67,7 @@ def read_results(
     ``keys`` (none of ``skip``, which have a vector already); a key with only
     errors keeps its last one; a key without a line is a retryable error.
     The writer is committed at the end, aborted on any exception."""
-    rows = max(1, CHUNK_BYTES // (4 * spec.dimension))
+    rows = max(1, min(CHUNK_ROWS, CHUNK_BYTES // (4 * spec.dimension)))
     good: set[str] = set()
     errors: dict[str, LineError] = {}
     chunk_keys: list[str] = []

@@ -1,34 +1,45 @@
 """Embed texts through Gemini batch jobs, from the driver, resumably: ``run_batch``.
 
-Independent of Beam: the job hands it the texts still to embed, grouped by
-shard, and gets back vectors and failures by key. Each call
+Independent of Beam: the caller hands it the texts still to embed, shard by
+shard, as a stream; it keeps nothing per text but 8 bytes of its key
+(``batch_keys.KeySet``: a repeat is sent once), and per job only the journal's
+small record. Each call
 
-1. reads the journal and never submits again what a recorded job holds: it
-   collects finished jobs, waits for running ones, and adopts (by display
-   name) a job whose creation a killed run did not get to record;
-2. submits what remains as JSONL files, recording each job BEFORE it is
-   created;
-3. with ``wait``, polls with backoff until every key has a vector or a final
-   failure; without, returns after one pass (cron runs it again later);
-4. resubmits the keys of FAILED / EXPIRED / CANCELLED jobs (at most
-   ``max_resubmits`` times) and the lines answered with a retryable error (at
-   most ``max_line_retries`` later jobs); then they are failures carrying the
-   service's message.
+1. reads the journal's job records, and the keys of the jobs not yet cleaned
+   (the texts they hold are never submitted again);
+2. streams the texts into request files as they come, each recorded (keys and
+   request file in the journal) BEFORE it is uploaded and created; a file the
+   service cannot take now (its job cap) waits in the journal and is created
+   from there in a later pass;
+3. polls the jobs; a finished job's result file streams into its writer and
+   the job is settled: lines answered with a retryable error go in a retry job
+   built from the job's own request file (at most ``max_line_retries`` times),
+   a FAILED / EXPIRED / CANCELLED job's whole file is resubmitted (at most
+   ``max_resubmits`` times), and the rest fail for good with the service's
+   message (``<id>.failed``). Tries are counted per job: a retry job carries
+   its parent's counts;
+4. with ``wait``, polls with backoff until every job is settled; without,
+   returns after one pass (cron runs it again later).
 
-``cleanup_jobs`` deletes a job's files from the service once the caller has
-committed every shard it holds.
+A poll pass costs per job, never per text. ``cleanup_jobs`` deletes a job's
+files from the service once the caller has committed every shard it holds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO
 
 import numpy as np
 
+from beamvec.batch_keys import KeySet
 from beamvec.batchapi.client import BatchClient
 from beamvec.batchapi.journal import FAILED_STATES, BatchJob, BatchJournal
 from beamvec.batchapi.jsonl import (
@@ -38,7 +49,6 @@ from beamvec.batchapi.jsonl import (
     BatchSpec,
     LineError,
     request_line,
-    spooled_request_files,
 )
 from beamvec.batchapi.results import MemoryWriter, VectorWriter, read_results
 from beamvec.errors import BackendError, SystemicError
@@ -49,7 +59,7 @@ class BatchSettings:
     wait: bool = True
     poll_interval_s: float = 30.0
     max_poll_interval_s: float = 600.0
-    max_resubmits: int = 2  # new jobs for the keys of a FAILED/EXPIRED/CANCELLED job
+    max_resubmits: int = 2  # new jobs for the texts of a FAILED/EXPIRED/CANCELLED job
     max_line_retries: int = 2  # later jobs for a line answered with a retryable error
     max_requests_per_file: int = MAX_REQUESTS_PER_FILE
     max_file_bytes: int = MAX_FILE_BYTES
@@ -69,28 +79,65 @@ class BatchProgress:
 
 
 @dataclass(frozen=True)
+class PendingKeys:
+    """The keys of jobs not settled yet: counted from the job records, read
+    from the journal only if someone iterates them."""
+
+    journal: BatchJournal
+    jobs: tuple[BatchJob, ...]
+
+    def __len__(self) -> int:
+        return sum(job.count for job in self.jobs)
+
+    def __iter__(self) -> Iterator[str]:
+        for job in self.jobs:
+            yield from self.journal.keys(job)
+
+
+@dataclass(frozen=True)
 class BatchOutcome:
     vectors: Mapping[str, np.ndarray]  # empty when a ``sink`` took them
-    failures: Mapping[str, LineError]
-    pending: frozenset[str]  # submitted, not finished yet (no-wait, or max_wait_s)
+    failures: Mapping[str, LineError]  # texts failed for good (rare; read from the journal)
+    pending: PendingKeys  # submitted, not settled yet (no-wait, or max_wait_s)
     jobs: tuple[BatchJob, ...]  # every journal job not cleaned yet, latest record
     jobs_by_state: Mapping[str, int]
     jobs_submitted: int  # created by this call
     texts_billed: int  # keys whose vector came from a batch result in this call
     lines_failed: int  # result lines answered with an error, over the jobs read
+    texts: int = 0  # distinct texts of this call's stream
 
     @property
     def complete(self) -> bool:
         return not self.pending
 
 
+@dataclass
+class _Spool:
+    """One request file being written to disk, with its keys and shards."""
+
+    file: IO[bytes] = field(default_factory=lambda: tempfile.TemporaryFile(prefix="beamvec-requests-"))  # noqa: SIM115 - closed by its user
+    keys: list[str] = field(default_factory=list)
+    shards: set[str] = field(default_factory=set)
+    size: int = 0
+
+    def add(self, key: str, line: bytes, shard: str) -> None:
+        self.keys.append(key)
+        self.shards.add(shard)
+        self.file.write(line)
+        self.size += len(line)
+
+    def fits(self, line: bytes, settings: BatchSettings) -> bool:
+        return not self.keys or (
+            len(self.keys) < settings.max_requests_per_file
+            and self.size + len(line) <= settings.max_file_bytes
+        )
+
+
 class _Run:
-    """The state of one ``run_batch`` call. A poll pass costs per job: keys are
-    looked at only when their job is submitted or read."""
+    """The state of one ``run_batch`` call: job records and two key sets."""
 
     def __init__(
         self,
-        todo: Mapping[str, Sequence[BatchRequest]],
         client: BatchClient,
         journal: BatchJournal,
         spec: BatchSpec,
@@ -100,42 +147,17 @@ class _Run:
         self.client, self.journal, self.spec, self.settings = client, journal, spec, settings
         self.memory = MemoryWriter()  # vectors kept only without a sink
         self.sink: VectorSink = sink or (lambda job: self.memory)
-        self.requests: dict[str, BatchRequest] = {}
-        self.shard: dict[str, str] = {}  # the first shard of each key
-        self.more_shards: dict[str, set[str]] = {}  # others, for the few repeated texts
-        for shard, requests in todo.items():
-            for request in requests:
-                first = self.shard.setdefault(request.key, shard)
-                self.requests.setdefault(request.key, request)
-                if first != shard:
-                    self.more_shards.setdefault(request.key, set()).add(shard)
         self.jobs = {job.id: job for job in journal.pending()}
-        self.keys: dict[str, tuple[str, ...]] = {}  # of the jobs holding a wanted key
-        self.in_flight: Counter[str] = Counter()  # jobs holding a key, not read yet
-        for job in list(self.jobs.values()):
-            keys = journal.keys(job)
-            if any(key in self.requests for key in keys):  # jobs of other texts: not ours
-                self._hold(job, keys)
-        self.candidates: list[str] = list(self.requests)  # keys to decide on next
-        self.read: set[str] = set()
-        self.done: set[str] = set()  # keys with a vector
-        self.last_error: dict[str, LineError] = {}
-        self.line_errors: Counter[str] = Counter()
-        self.job_failures: Counter[str] = Counter()
-        self.final: dict[str, LineError] = {}
+        self.held = KeySet()  # keys of the journal's jobs not cleaned: never submitted again
+        for job in self.jobs.values():
+            for key in journal.keys(job):
+                self.held.add(key)
+        self.seen = KeySet()  # keys of this call's stream
+        self.texts = 0
+        self.at_cap = False  # the service refused a job this pass: create the rest later
         self.submitted = 0
+        self.billed = 0
         self.lines_failed = 0
-
-    def _hold(self, job: BatchJob, keys: tuple[str, ...]) -> None:
-        self.jobs[job.id], self.keys[job.id] = job, keys
-        self.in_flight.update(keys)
-
-    def _release(self, job: BatchJob) -> None:
-        """The job is read: its keys are free to decide on again."""
-        self.read.add(job.id)
-        keys = self.keys[job.id]
-        self.in_flight.subtract(keys)
-        self.candidates.extend(k for k in keys if k in self.requests and k not in self.done)
 
     def _save(self, job: BatchJob, **changes: object) -> BatchJob:
         job = dataclasses.replace(job, **changes)  # type: ignore[arg-type]
@@ -143,116 +165,68 @@ class _Run:
         self.jobs[job.id] = job
         return job
 
-    # -- one pass ------------------------------------------------------------
-
-    def refresh(self) -> None:
-        """Ask the service about every unfinished job that holds a wanted key."""
-        for job in [self.jobs[job_id] for job_id in self.keys]:
-            if job.terminal:
-                continue
-            try:
-                self._refresh(job)
-            except BackendError as exc:
-                if not exc.retryable:
-                    raise
-                # the service is busy or unreachable after retries: look again next pass
-
-    def _refresh(self, job: BatchJob) -> None:
-        if job.state == "CREATING":
-            self._resume(job)
-        else:
-            status = self.client.get(job.name)  # type: ignore[arg-type]
-            if status.state == "MISSING":
-                self._save(job, state="FAILED", error=status.error)
-            elif status.state != job.state or status.result_file != job.result_file:
-                self._save(
-                    job, state=status.state, result_file=status.result_file, error=status.error
-                )
-
-    def collect(self) -> None:
-        """Read every finished job once: vectors, line errors, failed jobs."""
-        for job in [self.jobs[job_id] for job_id in self.keys]:
-            if job.terminal and job.id not in self.read:
-                self._collect(job)
-
-    def _collect(self, job: BatchJob) -> None:
-        keys = [k for k in self.keys[job.id] if k in self.requests]
-        if job.state in FAILED_STATES or not job.result_file:
-            reason = f"batch job {job.name} {job.state}: {job.error or 'no message'}"
-            self._job_failed(job, keys, reason)
-            return
-        try:
-            stream = self.client.download(job.result_file)
-        except BackendError as exc:
-            if not exc.retryable:  # gone (48 h) or refused: these keys go again
-                self._job_failed(job, keys, f"result file unreadable: {exc}")
-            return  # busy: download it next pass, never resubmit for this
-        with stream:  # stored before the job counts as read
-            results = read_results(stream, set(keys), self.spec, self.sink(job), self.done)
-        for key, error in results.errors.items():
-            self.lines_failed += 1
-            self.line_errors[key] += 1
-            self.last_error[key] = error
-        self.done.update(results.good)
-        self._release(job)
-
-    def _job_failed(self, job: BatchJob, keys: Sequence[str], reason: str) -> None:
-        for key in keys:
-            self.job_failures[key] += 1
-            self.last_error[key] = LineError(key, reason)
-        self._release(job)
-
-    def decide(self) -> list[str]:
-        """Keys to submit now, from the keys freed since the last pass; keys
-        out of tries become final failures."""
-        out = []
-        candidates, self.candidates = self.candidates, []
-        for key in dict.fromkeys(candidates):
-            if key in self.done or key in self.final or self.in_flight[key] > 0:
-                continue
-            error = self.last_error.get(key)
-            if error is not None and (
-                not error.retryable
-                or self.line_errors[key] > self.settings.max_line_retries
-                or self.job_failures[key] > self.settings.max_resubmits
-            ):
-                self.final[key] = error
-                continue
-            out.append(key)
-        return out
-
-    def submit(self, keys: list[str]) -> None:
-        """Record, upload and create one job per input file; keys not submitted
-        (the service is at its job cap) are decided on again next pass."""
-        files = spooled_request_files(
-            (self.requests[k] for k in keys),
-            self.spec,
-            self.settings.max_requests_per_file,
-            self.settings.max_file_bytes,
+    def unsettled(self) -> list[BatchJob]:
+        return sorted(
+            (j for j in self.jobs.values() if not j.cleaned and not j.collected), key=lambda j: j.id
         )
-        submitted: set[str] = set()
-        for file_keys, spool in files:
-            tries = max(self.line_errors[k] + self.job_failures[k] for k in file_keys)
-            job = self.journal.new_job(file_keys, self._shards_of(file_keys), attempt=1 + tries)
-            self._hold(job, file_keys)
-            submitted.update(file_keys)
-            job = self._save(job, input_file=self.client.upload(spool, job.display_name))
-            if not self._create(job):
-                files.close()  # the service is at its job cap: the rest waits for a later pass
-                self.candidates.extend(k for k in keys if k not in submitted)
-                return
 
-    def _shards_of(self, keys: Sequence[str]) -> list[str]:
-        shards = {self.shard[k] for k in keys}
-        for key in keys:
-            shards.update(self.more_shards.get(key, ()))
-        return sorted(shards)
+    # -- submitting ------------------------------------------------------------
+
+    def route(self, requests: Iterable[tuple[str, BatchRequest]]) -> None:
+        """Write the stream's new texts into request files and submit each
+        file as it fills: nothing is kept per text but its 8-byte key."""
+        spool: _Spool | None = None
+        try:
+            for shard, request in requests:
+                if not self.seen.add(request.key):
+                    continue
+                self.texts += 1
+                if request.key in self.held:
+                    continue
+                line = (request_line(request, self.spec) + "\n").encode("utf-8", "surrogatepass")
+                if spool is not None and not spool.fits(line, self.settings):
+                    self._submit(spool, spool.shards)
+                    spool.file.close()
+                    spool = None
+                spool = spool or _Spool()
+                spool.add(request.key, line, shard)
+                if len(spool.keys) >= self.settings.max_requests_per_file:  # full: out it goes
+                    self._submit(spool, spool.shards)
+                    spool.file.close()
+                    spool = None
+            if spool is not None:
+                self._submit(spool, spool.shards)
+        finally:
+            if spool is not None:
+                spool.file.close()
+
+    def _submit(self, spool: _Spool, shards: Iterable[str], parent: BatchJob | None = None,
+                resubmit: bool = False) -> None:  # fmt: skip
+        """Record the file (journal first), then upload it and create its job;
+        while the service is at its job cap, the file waits in the journal."""
+        spool.file.seek(0)
+        lineage: dict[str, object] = {}
+        attempt = 1
+        if parent is not None:
+            attempt = parent.attempt + 1
+            lineage = {
+                "parent": parent.id,
+                "resubmits": parent.resubmits + resubmit,
+                "line_retries": parent.line_retries + (not resubmit),
+            }
+        job = self.journal.new_job(spool.keys, sorted(shards), attempt, spool.file, **lineage)
+        self.jobs[job.id] = job
+        if self.at_cap:
+            return
+        job = self._save(job, input_file=self.client.upload(spool.file, job.display_name))
+        self._create(job)
 
     def _create(self, job: BatchJob) -> bool:
         try:
             status = self.client.create(job.input_file, job.display_name)  # type: ignore[arg-type]
         except BackendError as exc:
             if exc.retryable:
+                self.at_cap = True
                 return False
             raise SystemicError(f"gemini batch: cannot create a batch job: {exc}") from None
         self._save(job, name=status.name, state=status.state, result_file=status.result_file)
@@ -260,60 +234,159 @@ class _Run:
         return True
 
     def _resume(self, job: BatchJob) -> None:
-        """A job recorded but not known to be created: adopt it, or create it now."""
+        """A job recorded but not known to be created: adopt it, or create it
+        from its input file or its request file; without either, drop it (its
+        texts are no longer held and the pipeline sends them online)."""
         found = self.client.find_job(job.display_name)
         if found is not None:
             self._save(job, name=found.name, state=found.state, result_file=found.result_file)
             return
-        keys = self.keys[job.id]
-        if any(key not in self.requests for key in keys):  # its texts are no longer wanted
-            if job.input_file:
-                self.client.delete_file(job.input_file)
-            self._save(job, state="CANCELLED", cleaned=True)
-            return
         if not job.input_file or not self.client.file_exists(job.input_file):
             existing = self.client.find_file(job.display_name)
             if existing is None:
-                lines = (request_line(self.requests[k], self.spec) + "\n" for k in keys)
-                data = "".join(lines).encode("utf-8", "surrogatepass")
-                existing = self.client.upload(data, job.display_name)
+                source = self.journal.open_requests(job)
+                if source is None:
+                    self._save(job, state="CANCELLED", cleaned=True)
+                    return
+                with source, tempfile.TemporaryFile(prefix="beamvec-requests-") as spool:
+                    shutil.copyfileobj(source, spool, 1 << 20)
+                    existing = self.client.upload(spool, job.display_name)
             job = self._save(job, input_file=existing)
         self._create(job)
+
+    # -- one pass ------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Ask the service about every job not settled: one call a job."""
+        self.at_cap = False
+        for job in self.unsettled():
+            if job.terminal or (job.state == "CREATING" and self.at_cap):
+                continue
+            try:
+                if job.state == "CREATING":
+                    self._resume(job)
+                else:
+                    self._poll(job)
+            except BackendError as exc:
+                if not exc.retryable:
+                    raise
+                # the service is busy or unreachable after retries: look again next pass
+
+    def _poll(self, job: BatchJob) -> None:
+        status = self.client.get(job.name)  # type: ignore[arg-type]
+        if status.state == "MISSING":
+            self._save(job, state="FAILED", error=status.error)
+        elif status.state != job.state or status.result_file != job.result_file:
+            self._save(job, state=status.state, result_file=status.result_file, error=status.error)
+
+    def collect(self) -> None:
+        """Read and settle every finished job."""
+        for job in self.unsettled():
+            if job.terminal:
+                self._collect(job)
+
+    def _collect(self, job: BatchJob) -> None:
+        if job.state in FAILED_STATES or not job.result_file:
+            self._job_failed(job, f"batch job {job.name} {job.state}: {job.error or 'no message'}")
+            return
+        try:
+            stream = self.client.download(job.result_file)
+        except BackendError as exc:
+            if not exc.retryable:  # gone (48 h) or refused: these texts go again
+                self._job_failed(job, f"result file unreadable: {exc}")
+            return  # busy: download it next pass, never resubmit for this
+        keys = frozenset(self.journal.keys(job))
+        with stream:  # stored before the job counts as read
+            results = read_results(stream, keys, self.spec, self.sink(job))
+        self.billed += len(results.good)
+        self.lines_failed += len(results.errors)
+        can_retry = job.line_retries < self.settings.max_line_retries
+        again = {k for k, e in results.errors.items() if e.retryable and can_retry}
+        final = [e for k, e in results.errors.items() if k not in again]
+        self._settle(job, again, final, resubmit=False)
+
+    def _job_failed(self, job: BatchJob, reason: str) -> None:
+        keys = self.journal.keys(job)
+        if job.resubmits < self.settings.max_resubmits:
+            self._settle(job, set(keys), [], resubmit=True)
+        else:
+            self._settle(job, set(), [LineError(k, reason) for k in keys], resubmit=True)
+
+    def _settle(self, job: BatchJob, again: set[str], final: list[LineError], resubmit: bool) -> None:
+        """Send ``again`` in a job of their own (built from this job's request
+        file, unless a killed run did so already), record ``final``, and mark
+        the job read. A job without a request file (an older journal) cannot
+        be rebuilt: its texts fail, retryably, for the pipeline to send."""
+        child = next((j for j in self.jobs.values() if j.parent == job.id), None)
+        if again and child is None:
+            source = self.journal.open_requests(job)
+            if source is None:
+                reason = "its request file is not in the journal (an older beamvec wrote it)"
+                final = [*final, *(LineError(k, reason) for k in sorted(again))]
+            else:
+                with source:
+                    self._resend(job, source, again, resubmit)
+        tries = job.attempt
+        suffix = f" (after {tries} batch attempt{'s' if tries != 1 else ''})"
+        failed = self.journal.write_failures(
+            job, (dataclasses.replace(e, message=e.message + suffix) for e in final)
+        )
+        self._save(job, collected=True, final=failed)
+
+    def _resend(self, job: BatchJob, source: IO[bytes], keys: set[str], resubmit: bool) -> None:
+        spool = _Spool()
+        try:
+            for raw in source:
+                key = _line_key(raw)
+                if key in keys:
+                    spool.add(key, raw if raw.endswith(b"\n") else raw + b"\n", "")
+            if spool.keys:
+                self._submit(spool, job.shards, parent=job, resubmit=resubmit)
+        finally:
+            spool.file.close()
 
     # -- reporting -----------------------------------------------------------
 
     def by_state(self) -> dict[str, int]:
         return dict(Counter(job.state for job in self.jobs.values() if not job.cleaned))
 
-    def remaining(self) -> int:
-        return len(self.requests) - len(self.done) - len(self.final)
+    def failed(self) -> int:
+        return sum(j.final for j in self.jobs.values() if not j.cleaned and j.collected)
 
-    def pending(self) -> frozenset[str]:
-        return frozenset(k for k in self.requests if k not in self.done and k not in self.final)
+    def pending(self) -> PendingKeys:
+        return PendingKeys(self.journal, tuple(self.unsettled()))
 
     def progress(self) -> BatchProgress:
-        return BatchProgress(
-            self.by_state(), len(self.requests), len(self.done), len(self.final)
-        )
+        pending, failed = len(self.pending()), self.failed()
+        done = max(0, self.texts - pending - failed)
+        return BatchProgress(self.by_state(), self.texts, done, failed)
 
     def outcome(self) -> BatchOutcome:
+        failures: dict[str, LineError] = {}
+        for job in self.jobs.values():
+            if not job.cleaned and job.collected:
+                failures.update((f.key, f) for f in self.journal.failures(job))
         return BatchOutcome(
             vectors=dict(self.memory.vectors),
-            failures={
-                k: dataclasses.replace(e, message=_tried(e, self, k)) for k, e in self.final.items()
-            },
+            failures=failures,
             pending=self.pending(),
             jobs=tuple(j for j in self.jobs.values() if not j.cleaned),
             jobs_by_state=self.by_state(),
             jobs_submitted=self.submitted,
-            texts_billed=len(self.done),
+            texts_billed=self.billed,
             lines_failed=self.lines_failed,
+            texts=self.texts,
         )
 
 
-def _tried(error: LineError, run: _Run, key: str) -> str:
-    tries = run.line_errors[key] + run.job_failures[key]
-    return f"{error.message} (after {tries} batch attempt{'s' if tries != 1 else ''})"
+def _line_key(raw: bytes) -> str | None:
+    """The key of one request line (``{"key": ..., "request": ...}``)."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None
+    key = obj.get("key") if isinstance(obj, dict) else None
+    return key if isinstance(key, str) else None
 
 
 def run_batch(
@@ -327,28 +400,46 @@ def run_batch(
     clock: Callable[[], float] = time.monotonic,
     sink: VectorSink | None = None,
 ) -> BatchOutcome:
-    """Vectors and failures by key for ``todo`` (shard name -> requests), through
-    batch jobs recorded in ``journal``; see the module docstring. With ``sink``,
+    """Vectors and failures by key for ``todo`` (shard name -> requests):
+    ``run_batch_stream`` over its requests in shard order."""
+    stream = ((shard, request) for shard, requests in todo.items() for request in requests)
+    return run_batch_stream(stream, client, journal, spec, settings, progress, sleep, clock, sink)
+
+
+def run_batch_stream(
+    requests: Iterable[tuple[str, BatchRequest]],
+    client: BatchClient,
+    journal: BatchJournal,
+    spec: BatchSpec,
+    settings: BatchSettings | None = None,
+    progress: Callable[[BatchProgress], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    sink: VectorSink | None = None,
+) -> BatchOutcome:
+    """Embed ``requests`` ((shard, request) pairs, read once) through batch
+    jobs recorded in ``journal``; see the module docstring. With ``sink``,
     each finished job's vectors go to a writer of its own as the job's result
-    file is streamed (and are not kept: memory stays bounded by one chunk)."""
+    file is streamed (and are not kept: memory stays bounded by one chunk).
+    A stream without a text returns at once: nothing of this call is pending."""
     settings = settings or BatchSettings()
-    run = _Run(todo, client, journal, spec, settings, sink)
+    run = _Run(client, journal, spec, settings, sink)
+    run.route(requests)
+    if not run.texts:
+        return run.outcome()
     interval = settings.poll_interval_s
     deadline = None if settings.max_wait_s is None else clock() + settings.max_wait_s
     while True:
-        before = (len(run.done), len(run.final), len(run.read))
+        before = len(run.unsettled()), run.billed
         run.refresh()
         run.collect()
-        keys = run.decide()
-        if keys:
-            run.submit(keys)
         if progress is not None:
             progress(run.progress())
-        if not run.remaining() or not settings.wait:
+        if not run.unsettled() or not settings.wait:
             break
         if deadline is not None and clock() >= deadline:
             break
-        if (len(run.done), len(run.final), len(run.read)) != before:
+        if (len(run.unsettled()), run.billed) != before:
             interval = settings.poll_interval_s  # things move: look again soon
         sleep(interval)
         interval = min(interval * 1.5, settings.max_poll_interval_s)

@@ -3,12 +3,14 @@ API jobs from the driver, before the normal pipeline runs.
 
 1. The records of the shards to embed are routed on the driver exactly as the
    workers will route them (``routing.Router`` in planning mode over the
-   output's and --reuse-from's vectors and one ``RunMemory``): the texts that
-   would be sent become ``BatchRequest``s keyed by content hash, so a repeat
-   is sent once.
-2. ``batch_run.run_batch`` submits, records, polls and collects them (the
-   journal lives in the output: a killed run's rerun collects, never
-   resubmits); each finished job's vectors are written at once as a
+   output's and --reuse-from's vectors), one shard at a time: the texts that
+   would be sent stream out as ``BatchRequest``s keyed by content hash; a
+   repeat is sent once (``batch_keys.KeySet``, 8 bytes a text).
+2. ``batch_run.run_batch_stream`` writes them into request files as they
+   come, and submits, records, polls and collects the jobs (the journal lives
+   in the output: a killed run's rerun collects, never resubmits); the driver
+   keeps no text and no per-text state but the key set, so its memory hardly
+   grows with the corpus. Each finished job's vectors are written at once as a
    checkpoint ``_partial/<fingerprint>/batch-<job id>.parquet`` as its result
    file streams in, so neither vectors nor a result file are held in memory.
 3. When every text is resolved, the ordinary pipeline runs: each record finds
@@ -23,20 +25,28 @@ API jobs from the driver, before the normal pipeline runs.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 import numpy as np
 import pyarrow as pa
 
+from beamvec.batch_keys import KeySet
 from beamvec.batchapi.client import BatchClient
 from beamvec.batchapi.journal import BatchJob, BatchJournal
 from beamvec.batchapi.jsonl import BatchRequest, BatchSpec, LineError
-from beamvec.batchapi.run import BatchOutcome, BatchProgress, BatchSettings, cleanup_jobs, run_batch
+from beamvec.batchapi.run import (
+    BatchOutcome,
+    BatchProgress,
+    BatchSettings,
+    cleanup_jobs,
+    run_batch_stream,
+)
 from beamvec.contract import SUCCESS, OutputState, complete_shards, read_state
 from beamvec.contract import columns as col
 from beamvec.driver.resolve import JobInputs, planning_router, reuse_lookup, routed
@@ -87,28 +97,40 @@ class BatchPhase:
 # -- 1. what to send ------------------------------------------------------------
 
 
-def collect_requests(
+def requests_to_send(
     output: Output, inputs: JobInputs, todo: list[Shard], reuse: bool, quiet: bool = True,
     state: OutputState | None = None, refusals: Refusals | None = None,
-) -> dict[str, list[BatchRequest]]:
-    """Shard name -> the texts it would send, routed as the workers route them.
+) -> Iterator[tuple[str, BatchRequest]]:
+    """(shard name, text) for each text the shards would send, routed as the
+    workers route them, one shard at a time as they are read.
 
     A text already embedded (the output, --reuse-from, earlier batch jobs'
-    checkpoints) or repeated is not listed again; no vector is read."""
+    checkpoints) is not listed; a repeat is not listed again (``KeySet``: 8
+    bytes a text). No vector is read. The router's own memory only needs to
+    be small here: it decides nothing that the key set does not."""
     fingerprint = inputs.description.config_fingerprint
     dimension = inputs.backend.limits.dimension
     lookup: Lookup = reuse_lookup(inputs, output, state) if reuse else NoLookup()
     batch = build_batch_index(output, fingerprint, dimension)
-    memory = RunMemory(dimension)
-    out: dict[str, list[BatchRequest]] = {}
+    memory = RunMemory(dimension, budget_bytes=0)  # its floor: 1,000 recent texts
+    listed = KeySet()
     for i, shard in enumerate(todo, start=1):
         if not quiet:
             print(f"beamvec batch: reading shard {i}/{len(todo)} {shard.name}", file=sys.stderr)
         router = planning_router(inputs, lookup, memory, batch, refusals)
-        out[shard.name] = [
-            BatchRequest(d.record.content_hash, d.record.text, d.record.title)
-            for d in routed(router, shard, inputs) if isinstance(d, Send)
-        ]
+        for d in routed(router, shard, inputs):
+            if isinstance(d, Send) and listed.add(d.record.content_hash):
+                yield shard.name, BatchRequest(d.record.content_hash, d.record.text, d.record.title)
+
+
+def collect_requests(
+    output: Output, inputs: JobInputs, todo: list[Shard], reuse: bool, quiet: bool = True,
+    state: OutputState | None = None, refusals: Refusals | None = None,
+) -> dict[str, list[BatchRequest]]:
+    """``requests_to_send`` held as shard name -> texts (``plan`` and tests)."""
+    out: dict[str, list[BatchRequest]] = {shard.name: [] for shard in todo}
+    for name, request in requests_to_send(output, inputs, todo, reuse, quiet, state, refusals):
+        out[name].append(request)
     return out
 
 
@@ -211,14 +233,14 @@ def run_batch_phase(
     bv = inputs.bv
     out = out or sys.stdout
     live = not bv.quiet
-    requests = collect_requests(output, inputs, todo, reuse=not bv.force, quiet=bv.quiet, state=state,
-                                refusals=refusals)
+    requests = requests_to_send(output, inputs, todo, reuse=not bv.force, quiet=bv.quiet,
+                                state=state, refusals=refusals)
     # The output is about to change: not complete again until this run commits.
     output.remove(output.path(SUCCESS))
-    journal = BatchJournal(bv.output, inputs.storage_options)
-    texts = len({r.key for reqs in requests.values() for r in reqs})
-    if not texts:  # everything is embedded already (a rerun after the jobs were collected)
+    first = next(requests, None)
+    if first is None:  # everything is embedded already (a rerun after the jobs were collected)
         return _phase(None, Refusals(), 0, bv.batch_fallback)
+    journal = BatchJournal(bv.output, inputs.storage_options)
     client = client or connect(inputs)
     sink = CheckpointSink(
         output, inputs.description.config_fingerprint, inputs.backend.limits.dimension
@@ -228,10 +250,11 @@ def run_batch_phase(
         if live:
             print(format_progress(p), file=sys.stderr, flush=True)
 
-    outcome = run_batch(
-        requests, client, journal, batch_spec(inputs), batch_settings(bv), report, sink=sink
-    )
-    del requests  # the texts are no longer needed; the pipeline reads the shards again
+    outcome = run_batch_stream(
+        itertools.chain([first], requests), client, journal, batch_spec(inputs),
+        batch_settings(bv), report, sink=sink,
+    )  # fmt: skip
+    texts = outcome.texts
     fallback_online = bv.batch_fallback == "online"
     refusals = Refusals() if fallback_online else refusals_of(outcome.failures)
     phase = _phase(outcome, refusals, texts, bv.batch_fallback)
@@ -247,7 +270,7 @@ def _phase(
 ) -> BatchPhase:
     if outcome is None:
         return BatchPhase(True, refusals, 0, 0, 0, {}, 0, 0, "beamvec batch: nothing to send")
-    collected = texts - len(outcome.pending) - len(outcome.failures)
+    collected = max(0, texts - len(outcome.pending) - len(outcome.failures))  # jobs of other texts
     states = ", ".join(f"{n} {s}" for s, n in sorted(outcome.jobs_by_state.items())) or "none"
     status = (
         f"beamvec batch: jobs {states}; {collected:,} of {texts:,} texts collected, "
