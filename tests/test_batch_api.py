@@ -410,7 +410,7 @@ def test_gemini_embedding_2_lines_carry_the_task_in_the_text_and_no_task_type():
 
 
 def test_key_set_holds_8_bytes_a_key_and_forgets_nothing_across_merges():
-    from beamvec.batch_keys import KeySet
+    from beamvec.batchapi.keys import KeySet
     from beamvec.records import content_hash
 
     keys = KeySet()

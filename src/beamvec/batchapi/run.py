@@ -2,7 +2,7 @@
 
 Independent of Beam: the caller hands it the texts still to embed, shard by
 shard, as a stream; it keeps nothing per text but 8 bytes of its key
-(``batch_keys.KeySet``: a repeat is sent once), and per job only the journal's
+(``batchapi.keys.KeySet``: a repeat is sent once), and per job only the journal's
 small record. Each call
 
 1. reads the journal's job records, and the keys of the jobs not yet cleaned
@@ -39,7 +39,6 @@ from typing import IO
 
 import numpy as np
 
-from beamvec.batch_keys import KeySet
 from beamvec.batchapi.client import BatchClient
 from beamvec.batchapi.journal import FAILED_STATES, BatchJob, BatchJournal
 from beamvec.batchapi.jsonl import (
@@ -50,6 +49,7 @@ from beamvec.batchapi.jsonl import (
     LineError,
     request_line,
 )
+from beamvec.batchapi.keys import KeySet
 from beamvec.batchapi.results import MemoryWriter, VectorWriter, read_results
 from beamvec.errors import BackendError, SystemicError
 

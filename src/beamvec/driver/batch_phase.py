@@ -5,7 +5,7 @@ API jobs from the driver, before the normal pipeline runs.
    workers will route them (``routing.Router`` in planning mode over the
    output's and --reuse-from's vectors), one shard at a time: the texts that
    would be sent stream out as ``BatchRequest``s keyed by content hash; a
-   repeat is sent once (``batch_keys.KeySet``, 8 bytes a text).
+   repeat is sent once (``batchapi.keys.KeySet``, 8 bytes a text).
 2. ``batch_run.run_batch_stream`` writes them into request files as they
    come, and submits, records, polls and collects the jobs (the journal lives
    in the output: a killed run's rerun collects, never resubmits); the driver
@@ -36,10 +36,10 @@ from typing import Any, TextIO
 import numpy as np
 import pyarrow as pa
 
-from beamvec.batch_keys import KeySet
 from beamvec.batchapi.client import BatchClient
 from beamvec.batchapi.journal import BatchJob, BatchJournal
 from beamvec.batchapi.jsonl import BatchRequest, BatchSpec, LineError
+from beamvec.batchapi.keys import KeySet
 from beamvec.batchapi.run import (
     BatchOutcome,
     BatchProgress,
