@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from beamvec.quota import Limiter
-from beamvec.quota.limiter import Due
+from beamvec.quota.lateness import Due
 
 
 class FakeClock:

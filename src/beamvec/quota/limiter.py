@@ -16,18 +16,7 @@ cut count as that cut's event, and successes measure the accepted rate.
 (``reserve`` books without sleeping; who uses it asks ``held`` and ``pushed``
 before sending, as ``acquire`` does, and passes ``due()`` to ``on_left``.)
 
-A request that leaves later than booked (its thread waited for the GIL, its
-client was slow to write it) would squeeze the window it opens: the next
-requests still leave on time, and a short server window sees one too many.
-Once a 429 has come while pacing (the one sign that the server's window is
-short enough for that to matter: over 60 s, the margin absorbs any lateness),
-lateness beyond ``late_slack_s`` pushes every later booking back by the
-excess: being late costs time, not a 429. The slack is what the margin
-absorbs in the shortest window a quota is metered over (one second): paced
-``margin`` under the limit, ``L + 1`` requests span more than the window by
-at least ``margin`` of it, so a request that much late cannot squeeze it.
-Pushing for less would only cost time: with two jobs on two cores, most
-requests leave a few milliseconds late.
+Late requests push later bookings back (lateness.py).
 
 Thread-safe; share one per process (``transforms.PerProcess``, through Beam's ``Shared``).
 """
@@ -37,26 +26,17 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from beamvec.quota.aimd import AimdController, AimdSettings, Cut
 from beamvec.quota.bucket import Clock, Sleep, TokenBucket, check_positive
+from beamvec.quota.lateness import Due, Lateness
 from beamvec.quota.meter import SuccessMeter
 from beamvec.quota.pacing import Pace, pace
 from beamvec.quota.scale import ScaleSettings, TokenScale
 
 #: (asked at, sent at) of one request: when a caller asked, and the send time it was given.
 Booking = tuple[float, float]
-
-
-class Due(NamedTuple):
-    """One booking as the lateness rules see it."""
-
-    booking: int  # its number, in booking order
-    at: float  # when it is due to leave, pushes included
-    seen: int  # the pushes made before this was last brought up to date
 
 
 #: The shortest window a quota is assumed to be metered over, for ``late_slack_s``.
@@ -142,11 +122,7 @@ class Limiter:
         # when pacing held every request, when to measure).
         self._pending: tuple[float, float, float | None, float] | None = None
         self._applied = (self._aimd.fraction, self._request_budget, self._largest_tokens)
-        # Pushes of late requests: (the late booking, the last booking made
-        # before the push, seconds); the bookings between them wait that much more.
-        self._pushes: deque[tuple[int, int, float]] = deque(maxlen=256)
-        self._pushed = 0  # pushes so far
-        self._guard_lateness = False  # set by the first 429 while paced
+        self._lateness = Lateness(late_slack_s)
         self._waited = 0.0
         self._requests = 0
         self._tokens = 0.0
@@ -227,7 +203,7 @@ class Limiter:
             self._last_send = max(self._last_send, at)
             self._meter.on_send(now, at)
             self._local.booked = (now, at)
-            self._local.due = Due(self._requests + 1, at, self._pushed)
+            self._local.due = self._lateness.due(self._requests + 1, at)
             wait = at - now
             self._waited += wait
             self._requests += 1
@@ -264,10 +240,9 @@ class Limiter:
         """The seconds that late requests booked before ``due`` pushed it back
         since it was last brought up to date, and the booking brought up to date."""
         with self._lock:
-            fresh = list(self._pushes)[due.seen - self._pushed:] if due.seen < self._pushed else []
-            extra = sum(seconds for late, last, seconds in fresh if late < due.booking <= last)
+            due, extra = self._lateness.pushed(due)
             self._waited += extra
-            return Due(due.booking, due.at + extra, self._pushed), extra
+            return due, extra
 
     def _wait_pushes(self) -> float:
         """Wait as long as late requests booked before this one pushed it back."""
@@ -287,17 +262,14 @@ class Limiter:
         due = self.due() if due is None else due
         if due is None:
             return
-        excess = at - due.at - self.late_slack_s
-        if excess <= 0:
-            return
         with self._lock:
-            if not self._guard_lateness:
+            excess = self._lateness.excess(due, at)
+            if excess <= 0:
                 return
             for bucket in (self._requests_bucket, self._tokens_bucket):
                 if bucket is not None:
                     bucket.push_back(excess)
-            self._pushes.append((due.booking, self._requests, excess))
-            self._pushed += 1
+            self._lateness.push(due, self._requests, excess)
 
     # -- adapting --------------------------------------------------------------
 
@@ -363,7 +335,7 @@ class Limiter:
                     # estimate from what was sent before this one (few replies
                     # are in yet); the measurement once they are in corrects it.
                     self._settle(self._meter.sent_rate(self._pending[0], hint), self._hold_until)
-                self._guard_lateness = self._guard_lateness or self._paced
+                self._lateness.guarding = self._lateness.guarding or self._paced
             self._apply()
             return self._aimd.fraction < before
 
