@@ -99,7 +99,7 @@ class Embedder:
             if exc.throttled:
                 self.stats.add("throttled_429")
                 if self.limiter is not None:
-                    self.limiter.on_throttled(exc.retry_after)
+                    self.limiter.on_throttled(exc.retry_after, floor=exc.hint_floor, quota=exc.quota)
             raise
         finally:
             self.stats.add("in_flight", -gate.sent)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from beamvec.quota.aimd import AimdController, AimdSettings, Cut
 from beamvec.quota.bucket import Clock, Sleep, TokenBucket, check_positive
+from beamvec.quota.hold import Hold
 from beamvec.quota.lateness import Due, Lateness
 from beamvec.quota.meter import SuccessMeter
 from beamvec.quota.pacing import Pace, pace
@@ -42,8 +43,19 @@ Booking = tuple[float, float]
 #: The shortest window a quota is assumed to be metered over, for ``late_slack_s``.
 _SHORTEST_WINDOW_S = 1.0
 
-#: Without a server hint, a discovering limiter waits this long before measuring.
+#: Without a server hint, a discovering limiter's first estimate takes the window to free this long.
 _DEFAULT_HOLD_S = 1.0
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A 429 event to measure from, once the replies in flight are in."""
+
+    sent_at: float  # its request's send time
+    hint: float  # how long after it the server accepted again
+    since: float | None  # since when pacing held every request
+    at: float  # when to measure (inf: when the probe gets through)
+    tokens: bool  # the token quota refused (measure tokens, not requests)
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,7 @@ class Limiter:
         self.max_hold_s = max_hold_s
         self.late_slack_s = late_slack_s
         self.discover = discover and rpm is None and tpm is None
+        self.discover_tokens = discover and tpm is None  # a token quota found from 429s that say so
         self._clock, self._sleep = clock, sleep
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -116,12 +129,10 @@ class Limiter:
         self._token_bound = False  # the last held booking waited for the token bucket
         self._largest_tokens = 1.0
         self._last_send = -math.inf
-        self._hold_until = -math.inf
-        self._hold_set = -math.inf  # when a 429 last moved ``_hold_until`` on
-        # A 429 event to measure from: (its request's send time, the hint, since
-        # when pacing held every request, when to measure).
-        self._pending: tuple[float, float, float | None, float] | None = None
-        self._applied = (self._aimd.fraction, self._request_budget, self._largest_tokens)
+        self._hold = Hold(max_step_s=min(window_s, max_hold_s))
+        self._pending: _Pending | None = None
+        self._resumed: float | None = None  # when the last probe got through
+        self._applied = self._state()
         self._lateness = Lateness(late_slack_s)
         self._waited = 0.0
         self._requests = 0
@@ -152,9 +163,12 @@ class Limiter:
     def _bucket(self, p: Pace | None) -> TokenBucket | None:
         return None if p is None else TokenBucket(p.rate_per_s, p.capacity, self._clock)
 
+    def _state(self) -> tuple[float, float | None, float | None, float]:
+        return self._aimd.fraction, self._request_budget, self._token_budget, self._largest_tokens
+
     def _apply(self) -> None:
         """Hand a changed fraction, budget or largest request to the buckets."""
-        state = (self._aimd.fraction, self._request_budget, self._largest_tokens)
+        state = self._state()
         if state == self._applied:
             return
         self._applied = state
@@ -183,10 +197,16 @@ class Limiter:
             self._aimd.tick(now)
             self._scale.tick(now, self._token_bound)
             charge = tokens * self._scale.factor  # tokens as the server counts them
-            if self._tokens_bucket is not None and charge > self._largest_tokens:
-                self._largest_tokens = charge
+            self._largest_tokens = max(self._largest_tokens, charge)
             self._apply()
-            at = max(now, self._hold_until)
+            self._local.charge = charge
+            if self._hold.probing and self._hold.probe_at is not None:
+                # A probe is out: wait for its answer, booking nothing meanwhile.
+                at = self._hold.book(now, now, self._meter.settled_after(0.0))
+                self._local.booked = (now, at)
+                self._waited += at - now
+                return at - now
+            at = max(now, self._hold.until)
             if self._paced:
                 at = max(at, self._last_send)  # paced sends keep their booked order
             if self._requests_bucket is not None:
@@ -196,12 +216,13 @@ class Limiter:
                 if by_tokens > at + 1e-6 or at > now + 1e-6:
                     self._token_bound = by_tokens > at + 1e-6
                 at = by_tokens
+            at = self._hold.book(at, now, self._meter.settled_after(0.0))
             if self._requests_bucket is not None:
                 self._requests_bucket.book(1.0, at)
             if self._tokens_bucket is not None and charge > 0:
                 self._tokens_bucket.book(charge, at)
             self._last_send = max(self._last_send, at)
-            self._meter.on_send(now, at)
+            self._meter.on_send(now, at, charge)
             self._local.booked = (now, at)
             self._local.due = self._lateness.due(self._requests + 1, at)
             wait = at - now
@@ -219,16 +240,17 @@ class Limiter:
             if wait > 0:
                 self._sleep(wait)
             waited += wait
-            if not self.held(self._local.booked[0]):
+            if not self.held(*self._local.booked):
                 return waited + self._wait_pushes()
 
-    def held(self, asked_at: float) -> bool:
-        """Whether a request booked at ``asked_at`` must book again before it
-        leaves: a 429 since then holds every request (the caller slept
-        through the cut, or through a hint that a 429 of the same event
-        gave, and its booked slot is void)."""
+    def held(self, asked_at: float, at: float | None = None) -> bool:
+        """Whether a request booked at ``asked_at`` (to leave at ``at``) must
+        book again before it leaves: a 429 since then holds every request
+        (the caller slept through the cut, or through a hint that a 429 of
+        the same event gave, and its booked slot is void), and after a vague
+        hint only the probe leaves until it gets through (hold.py)."""
         with self._lock:
-            return self._hold_until > self._clock() and asked_at < max(self._aimd.last_cut, self._hold_set)
+            return self._hold.held(asked_at, at, self._clock(), self._aimd.last_cut)
 
     def due(self) -> Due | None:
         """This thread's last booking: for a caller that books several
@@ -278,46 +300,76 @@ class Limiter:
         self._local.booked = None
         return booked if given is None else given
 
-    def on_success(self, *, booked: Booking | None = None) -> None:
+    def on_success(self, *, booked: Booking | None = None, tokens: float | None = None) -> None:
         """A request succeeded: count it towards the accepted rate; time passes.
-        ``booked`` (asked at, sent at) defaults to what ``acquire`` booked on this thread."""
+        ``booked`` (asked at, sent at) and ``tokens`` (its estimate) default to
+        what ``acquire`` booked on this thread."""
+        charge = getattr(self._local, "charge", 0.0) if tokens is None else None
         booked = self._booked(booked)
         with self._lock:
             now = self._clock()
-            self._meter.on_success(now if booked is None else booked[1], now)
+            sent = now if booked is None else booked[1]
+            if charge is None:
+                charge = (tokens or 0.0) * self._scale.factor
+            if self._hold.is_probe(sent):
+                self._probe_through(sent, now)
+            self._meter.on_success(sent, now, charge)
             self._scale.on_success(now)
             self._measure(now)
             self._aimd.tick(now)
             self._apply()
 
-    def on_throttled(self, retry_after: float | None = None, *, booked: Booking | None = None) -> bool:
+    def _probe_through(self, sent: float, now: float) -> None:
+        """The probe after a vague hint got through: the hold is over, and
+        the time the window took to free is the hint to measure with."""
+        freed = self._hold.probe_accepted(now)
+        self._resumed = sent  # measurements of later 429s start here, not across the hold
+        p = self._pending
+        if p is not None and p.at == math.inf:
+            hint = p.hint if freed is None else freed
+            self._pending = _Pending(p.sent_at, hint, p.since, self._meter.settled_after(now), p.tokens)
+
+    def on_throttled(
+        self, retry_after: float | None = None, *, booked: Booking | None = None, floor: bool = False,
+        quota: str | None = None,
+    ) -> bool:
         """A 429. Hold every new request for the server's hint (capped at
-        ``max_hold_s``): the other threads would only collect more 429s. A new
-        event cuts the rate (edge or congestion, see aimd.py) and, once the
-        hold is over, the accepted rate is measured. Returns whether the rate
-        was cut."""
+        ``max_hold_s``): the other threads would only collect more 429s. A
+        hint rounded down to whole seconds (``floor``), or none while
+        discovering, is vague: one probe finds when the server accepts again
+        (hold.py). A new event cuts the rate (edge or congestion, see aimd.py)
+        and, once the hold is over, the accepted rate is measured: of tokens
+        when ``quota`` says the token quota refused and no TPM was told.
+        Returns whether the rate was cut."""
         booked = self._booked(booked)
         asked_at, sent_at = (None, None) if booked is None else booked
         with self._lock:
             now = self._clock()
             self._throttled += 1
-            hint = min(retry_after, self.max_hold_s) if retry_after is not None and retry_after > 0 else None
+            usable = retry_after is not None and (retry_after > 0 or floor)
+            hint = min(retry_after, self.max_hold_s) if usable and retry_after is not None else None
+            # Without a hint, only a limiter that has no pace yet holds (and probes):
+            # a paced one's AIMD cut is what the 429 asks for.
+            vague = (floor and hint is not None) or (hint is None and self.discover and not self._paced)
+            tokens = quota == "tokens" and self.discover_tokens
+            if self._hold.is_probe(sent_at):  # the window is still full: same event, a longer step
+                self._hold.probe_refused(now, hint)
+                self._meter.on_refused(self._hold.until)
+                self._scale.quiet_after(self._hold.until)
+                self._aimd.quiet_after(self._hold.until)
+                return False
             extra = 0.0  # held past the hint
-            held_before = self._hold_until
-            if hint is not None:
-                if self._throttled == 1:
-                    # In a window the preflight opened, the first hint is when
-                    # its slot frees; ours free only from the gap after it.
-                    extra = min(self._meter.gap_before(now, hint), self.max_hold_s - hint)
-                self._hold_until = max(self._hold_until, now + hint + extra)
-            elif self.discover and self._request_budget is None:
-                self._hold_until = max(self._hold_until, now + _DEFAULT_HOLD_S)
-            if self._hold_until > held_before:
-                self._hold_set = now
-            self._meter.on_refused(max(now, self._hold_until))
-            self._scale.quiet_after(self._hold_until)
+            if hint is not None and not vague and self._throttled == 1:
+                # In a window the preflight opened, the first hint is when
+                # its slot frees; ours free only from the gap after it.
+                extra = min(self._meter.gap_before(now, hint), self.max_hold_s - hint)
+            if hint is not None or vague:
+                self._hold.refuse(now, None if hint is None else hint + extra, vague=vague)
+            until = self._hold.until
+            self._meter.on_refused(max(now, until))
+            self._scale.quiet_after(until)
             if self._aimd.is_same_event(now, asked_at):
-                self._aimd.quiet_after(self._hold_until)
+                self._aimd.quiet_after(until)
                 return False
             if self._tokens_bucket is not None:
                 self._scale.on_throttled(now, self._token_bound)
@@ -325,16 +377,23 @@ class Limiter:
             if hint is not None:
                 self._aimd.window_s = max(self._aimd.window_s, self._window_seen(now, hint))
             cut = self._aimd.on_throttled(now, asked_at)
-            self._aimd.quiet_after(self._hold_until)
+            self._aimd.quiet_after(until)
             if cut is not Cut.NONE:
-                hint = max(0.0, self._hold_until - extra - now)
-                at = max(self._hold_until, self._meter.settled_after(now))
-                self._pending = (now if sent_at is None else sent_at, hint, self._meter.held_since, at)
-                if self.discover and self._requests_bucket is None:
+                if vague:  # a first guess at the wait; the probe measures it
+                    hint = (hint + 0.5) if hint is not None else _DEFAULT_HOLD_S
+                    at = math.inf
+                else:
+                    hint = max(0.0, until - extra - now)
+                    at = max(until, self._meter.settled_after(now))
+                sent = now if sent_at is None else sent_at
+                self._pending = _Pending(sent, hint, self._meter.held_since, at, tokens)
+                if tokens and self._tokens_bucket is None:
+                    self._settle_tokens(self._meter.sent_rate(sent, hint, tokens=True), until)
+                elif self.discover and not tokens and self._requests_bucket is None:
                     # Requests booked during the hold need a pace now: a first
                     # estimate from what was sent before this one (few replies
                     # are in yet); the measurement once they are in corrects it.
-                    self._settle(self._meter.sent_rate(self._pending[0], hint), self._hold_until)
+                    self._settle(self._meter.sent_rate(sent, hint), until)
                 self._lateness.guarding = self._lateness.guarding or self._paced
             self._apply()
             return self._aimd.fraction < before
@@ -358,12 +417,15 @@ class Limiter:
         """After the hold of a 429 event (when the responses in flight are in):
         what rate did the server accept? Discovery paces there; a told limiter
         settles there if that is clearly below its current rate."""
-        if self._pending is None or now < self._pending[3]:
+        if self._pending is None or now < self._pending.at:
             return
-        sent_at, hint, since, _ = self._pending
+        sent_at, hint, since, tokens = self._pending.sent_at, self._pending.hint, self._pending.since, self._pending.tokens
         self._pending = None
-        if self.discover:
-            self._settle(self._meter.accepted_rate(sent_at, hint), now)
+        after_hold = self._resumed if self._resumed is not None and self._resumed < sent_at else None
+        if tokens:
+            self._settle_tokens(self._meter.accepted_rate(sent_at, hint, since=after_hold, tokens=True), now)
+        elif self.discover:
+            self._settle(self._meter.accepted_rate(sent_at, hint, since=after_hold), now)
         elif since is not None and self._request_budget is not None and not self._token_bound:
             # Only while pacing held every request does the accepted rate say what
             # the server allows (otherwise it measures the work there was, or the
@@ -379,7 +441,7 @@ class Limiter:
             return
         self._request_budget = accepted * self.window_s
         self._aimd.fraction = self._aimd.target = 1.0
-        self._applied = (1.0, self._request_budget, self._largest_tokens)
+        self._applied = self._state()
         if self._requests_bucket is None:
             self._requests_bucket = self._bucket(self._request_pace())
             self._last_send = max(self._last_send, now)
@@ -387,6 +449,22 @@ class Limiter:
             p = self._request_pace()
             if p is not None:
                 self._requests_bucket.set_rate(p.rate_per_s, p.capacity)
+
+    def _settle_tokens(self, accepted: float | None, now: float) -> None:
+        """Discovery of a token quota: pace tokens at the rate the server accepted."""
+        if accepted is None:
+            return
+        self._token_budget = accepted * self.window_s
+        self._aimd.fraction = self._aimd.target = 1.0
+        self._applied = self._state()
+        p = self._token_pace()
+        if p is None:
+            return
+        if self._tokens_bucket is None:
+            self._tokens_bucket = self._bucket(p)
+            self._last_send = max(self._last_send, now)
+        else:
+            self._tokens_bucket.set_rate(p.rate_per_s, p.capacity)
 
     # -- reporting -------------------------------------------------------------
 
