@@ -16,7 +16,9 @@ cut count as that cut's event, and successes measure the accepted rate.
 (``reserve`` books without sleeping; who uses it asks ``held`` and ``pushed``
 before sending, as ``acquire`` does, and passes ``due()`` to ``on_left``.)
 
-Late requests push later bookings back (lateness.py).
+Late requests push later bookings back (lateness.py); budgets and their
+buckets live in budgets.py, holds after 429s in hold.py, the events to
+measure in measure.py.
 
 Thread-safe; share one per process (``transforms.PerProcess``, through Beam's ``Shared``).
 """
@@ -26,14 +28,15 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 from beamvec.quota.aimd import AimdController, AimdSettings, Cut
-from beamvec.quota.bucket import Clock, Sleep, TokenBucket, check_positive
+from beamvec.quota.bucket import Clock, Sleep, check_positive
+from beamvec.quota.budgets import Budgets
 from beamvec.quota.hold import Hold
 from beamvec.quota.lateness import Due, Lateness
+from beamvec.quota.measure import Measurements, Pending, window_seen
 from beamvec.quota.meter import SuccessMeter
-from beamvec.quota.pacing import Pace, pace
 from beamvec.quota.scale import ScaleSettings, TokenScale
 
 #: (asked at, sent at) of one request: when a caller asked, and the send time it was given.
@@ -45,17 +48,6 @@ _SHORTEST_WINDOW_S = 1.0
 
 #: Without a server hint, a discovering limiter's first estimate takes the window to free this long.
 _DEFAULT_HOLD_S = 1.0
-
-
-@dataclass(frozen=True)
-class _Pending:
-    """A 429 event to measure from, once the replies in flight are in."""
-
-    sent_at: float  # its request's send time
-    hint: float  # how long after it the server accepted again
-    since: float | None  # since when pacing held every request
-    at: float  # when to measure (inf: when the probe gets through)
-    tokens: bool  # the token quota refused (measure tokens, not requests)
 
 
 @dataclass(frozen=True)
@@ -119,63 +111,22 @@ class Limiter:
         self._lock = threading.Lock()
         self._local = threading.local()
         now = clock()
-        # Per-window budgets of this worker at fraction 1 (None: not limited, or not yet known).
-        self._request_budget = rpm * self.share if rpm is not None else None
-        self._token_budget = tpm * self.share if tpm is not None else None
+        self._budgets = Budgets(rpm * self.share if rpm is not None else None,
+                                tpm * self.share if tpm is not None else None,
+                                window_s=window_s, margin=margin, burst_requests=burst_requests, clock=clock)
         max_fraction = 1.0 / self.share if elastic else 1.0
         self._aimd = AimdController(aimd or AimdSettings(), now, max_fraction, probe_scale=1.0 / self.share)
         self._meter = SuccessMeter(measure_s)
         self._scale = TokenScale(scale or ScaleSettings(), now)
         self._token_bound = False  # the last held booking waited for the token bucket
-        self._largest_tokens = 1.0
         self._last_send = -math.inf
         self._hold = Hold(max_step_s=min(window_s, max_hold_s))
-        self._pending: _Pending | None = None
-        self._resumed: float | None = None  # when the last probe got through
-        self._applied = self._state()
+        self._measurements = Measurements()
         self._lateness = Lateness(late_slack_s)
         self._waited = 0.0
         self._requests = 0
         self._tokens = 0.0
         self._throttled = 0
-        self._requests_bucket = self._bucket(self._request_pace())
-        self._tokens_bucket = self._bucket(self._token_pace())
-
-    # -- pacing ----------------------------------------------------------------
-
-    def _request_pace(self) -> Pace | None:
-        if self._request_budget is None:
-            return None
-        return pace(self._request_budget, self.window_s, self._aimd.fraction, self.margin,
-                    self.burst_requests)
-
-    def _token_pace(self) -> Pace | None:
-        if self._token_budget is None:
-            return None
-        return pace(self._token_budget, self.window_s, self._aimd.fraction, self.margin,
-                    self._largest_tokens)
-
-    @property
-    def _paced(self) -> bool:
-        """Whether a bucket spaces requests (told a quota, or one discovered)."""
-        return self._requests_bucket is not None or self._tokens_bucket is not None
-
-    def _bucket(self, p: Pace | None) -> TokenBucket | None:
-        return None if p is None else TokenBucket(p.rate_per_s, p.capacity, self._clock)
-
-    def _state(self) -> tuple[float, float | None, float | None, float]:
-        return self._aimd.fraction, self._request_budget, self._token_budget, self._largest_tokens
-
-    def _apply(self) -> None:
-        """Hand a changed fraction, budget or largest request to the buckets."""
-        state = self._state()
-        if state == self._applied:
-            return
-        self._applied = state
-        for bucket, p in ((self._requests_bucket, self._request_pace()),
-                          (self._tokens_bucket, self._token_pace())):
-            if bucket is not None and p is not None:
-                bucket.set_rate(p.rate_per_s, p.capacity)
 
     def sent_before(self, seconds_ago: float) -> None:
         """One request was sent for this quota ``seconds_ago``, before this
@@ -197,8 +148,7 @@ class Limiter:
             self._aimd.tick(now)
             self._scale.tick(now, self._token_bound)
             charge = tokens * self._scale.factor  # tokens as the server counts them
-            self._largest_tokens = max(self._largest_tokens, charge)
-            self._apply()
+            self._budgets.apply(self._aimd.fraction, charge)
             self._local.charge = charge
             if self._hold.probing and self._hold.probe_at is not None:
                 # A probe is out: wait for its answer, booking nothing meanwhile.
@@ -207,20 +157,13 @@ class Limiter:
                 self._waited += at - now
                 return at - now
             at = max(now, self._hold.until)
-            if self._paced:
+            if self._budgets.paced:
                 at = max(at, self._last_send)  # paced sends keep their booked order
-            if self._requests_bucket is not None:
-                at = self._requests_bucket.earliest(1.0, at)
-            if self._tokens_bucket is not None and charge > 0:
-                by_tokens = self._tokens_bucket.earliest(charge, at)
-                if by_tokens > at + 1e-6 or at > now + 1e-6:
-                    self._token_bound = by_tokens > at + 1e-6
-                at = by_tokens
+            at, by_tokens = self._budgets.earliest(at, charge)
+            if by_tokens or (by_tokens is not None and at > now + 1e-6):
+                self._token_bound = by_tokens
             at = self._hold.book(at, now, self._meter.settled_after(0.0))
-            if self._requests_bucket is not None:
-                self._requests_bucket.book(1.0, at)
-            if self._tokens_bucket is not None and charge > 0:
-                self._tokens_bucket.book(charge, at)
+            self._budgets.book(at, charge)
             self._last_send = max(self._last_send, at)
             self._meter.on_send(now, at, charge)
             self._local.booked = (now, at)
@@ -288,9 +231,7 @@ class Limiter:
             excess = self._lateness.excess(due, at)
             if excess <= 0:
                 return
-            for bucket in (self._requests_bucket, self._tokens_bucket):
-                if bucket is not None:
-                    bucket.push_back(excess)
+            self._budgets.push_back(excess)
             self._lateness.push(due, self._requests, excess)
 
     # -- adapting --------------------------------------------------------------
@@ -317,17 +258,13 @@ class Limiter:
             self._scale.on_success(now)
             self._measure(now)
             self._aimd.tick(now)
-            self._apply()
+            self._budgets.apply(self._aimd.fraction)
 
     def _probe_through(self, sent: float, now: float) -> None:
         """The probe after a vague hint got through: the hold is over, and
         the time the window took to free is the hint to measure with."""
         freed = self._hold.probe_accepted(now)
-        self._resumed = sent  # measurements of later 429s start here, not across the hold
-        p = self._pending
-        if p is not None and p.at == math.inf:
-            hint = p.hint if freed is None else freed
-            self._pending = _Pending(p.sent_at, hint, p.since, self._meter.settled_after(now), p.tokens)
+        self._measurements.probe_through(sent, freed, self._meter.settled_after(now))
 
     def on_throttled(
         self, retry_after: float | None = None, *, booked: Booking | None = None, floor: bool = False,
@@ -350,7 +287,7 @@ class Limiter:
             hint = min(retry_after, self.max_hold_s) if usable and retry_after is not None else None
             # Without a hint, only a limiter that has no pace yet holds (and probes):
             # a paced one's AIMD cut is what the 429 asks for.
-            vague = (floor and hint is not None) or (hint is None and self.discover and not self._paced)
+            vague = (floor and hint is not None) or (hint is None and self.discover and not self._budgets.paced)
             tokens = quota == "tokens" and self.discover_tokens
             if self._hold.is_probe(sent_at):  # the window is still full: same event, a longer step
                 self._hold.probe_refused(now, hint)
@@ -371,11 +308,12 @@ class Limiter:
             if self._aimd.is_same_event(now, asked_at):
                 self._aimd.quiet_after(until)
                 return False
-            if self._tokens_bucket is not None:
+            if self._budgets.tokens_bucket is not None:
                 self._scale.on_throttled(now, self._token_bound)
             before = self._aimd.fraction
             if hint is not None:
-                self._aimd.window_s = max(self._aimd.window_s, self._window_seen(now, hint))
+                seen = window_seen(self.window_s, hint, self._meter.busy_for(now))
+                self._aimd.window_s = max(self._aimd.window_s, seen)
             cut = self._aimd.on_throttled(now, asked_at)
             self._aimd.quiet_after(until)
             if cut is not Cut.NONE:
@@ -386,16 +324,16 @@ class Limiter:
                     hint = max(0.0, until - extra - now)
                     at = max(until, self._meter.settled_after(now))
                 sent = now if sent_at is None else sent_at
-                self._pending = _Pending(sent, hint, self._meter.held_since, at, tokens)
-                if tokens and self._tokens_bucket is None:
-                    self._settle_tokens(self._meter.sent_rate(sent, hint, tokens=True), until)
-                elif self.discover and not tokens and self._requests_bucket is None:
+                self._measurements.expect(Pending(sent, hint, self._meter.held_since, at, tokens))
+                if tokens and self._budgets.tokens_bucket is None:
+                    self._settle(self._meter.sent_rate(sent, hint, tokens=True), until, tokens=True)
+                elif self.discover and not tokens and self._budgets.requests_bucket is None:
                     # Requests booked during the hold need a pace now: a first
                     # estimate from what was sent before this one (few replies
                     # are in yet); the measurement once they are in corrects it.
                     self._settle(self._meter.sent_rate(sent, hint), until)
-                self._lateness.guarding = self._lateness.guarding or self._paced
-            self._apply()
+                self._lateness.guarding = self._lateness.guarding or self._budgets.paced
+            self._budgets.apply(self._aimd.fraction)
             return self._aimd.fraction < before
 
     def calibrate(self, estimated: float, counted: float) -> None:
@@ -404,67 +342,34 @@ class Limiter:
         with self._lock:
             self._scale.calibrate(estimated, counted)
 
-    def _window_seen(self, now: float, hint: float) -> float:
-        """How long the server's window is, at least, by this 429. Filled from
-        empty, a window refuses once full, and its hint runs until the first
-        request leaves it: the busy time plus the hint is the window. The hint
-        alone (a window is never shorter than its wait) bounds that when the
-        window was not empty, as after minutes of pacing at the quota, where
-        the busy time says nothing. Never longer than the quota's stated window."""
-        return min(self.window_s, hint + min(hint, self._meter.busy_for(now)))
-
     def _measure(self, now: float) -> None:
         """After the hold of a 429 event (when the responses in flight are in):
         what rate did the server accept? Discovery paces there; a told limiter
         settles there if that is clearly below its current rate."""
-        if self._pending is None or now < self._pending.at:
+        due = self._measurements.take(now)
+        if due is None:
             return
-        sent_at, hint, since, tokens = self._pending.sent_at, self._pending.hint, self._pending.since, self._pending.tokens
-        self._pending = None
-        after_hold = self._resumed if self._resumed is not None and self._resumed < sent_at else None
+        (sent_at, hint, since, _, tokens), after_hold = astuple(due[0]), due[1]
         if tokens:
-            self._settle_tokens(self._meter.accepted_rate(sent_at, hint, since=after_hold, tokens=True), now)
+            self._settle(self._meter.accepted_rate(sent_at, hint, since=after_hold, tokens=True), now, tokens=True)
         elif self.discover:
             self._settle(self._meter.accepted_rate(sent_at, hint, since=after_hold), now)
-        elif since is not None and self._request_budget is not None and not self._token_bound:
+        elif since is not None and self._budgets.requests is not None and not self._token_bound:
             # Only while pacing held every request does the accepted rate say what
             # the server allows (otherwise it measures the work there was, or the
             # ramp-up); held by the token bucket, it is the tokens' rate, not
             # what the request quota allows.
             accepted = self._meter.accepted_rate(sent_at, hint, since=since)
             if accepted is not None:
-                self._aimd.on_measured(accepted * self.window_s / self._request_budget, now)
+                self._aimd.on_measured(accepted * self.window_s / self._budgets.requests, now)
 
-    def _settle(self, accepted: float | None, now: float) -> None:
-        """Discovery: pace at the rate the server accepted."""
+    def _settle(self, accepted: float | None, now: float, *, tokens: bool = False) -> None:
+        """Discovery: pace (requests, or tokens) at the rate the server accepted."""
         if accepted is None:
             return
-        self._request_budget = accepted * self.window_s
         self._aimd.fraction = self._aimd.target = 1.0
-        self._applied = self._state()
-        if self._requests_bucket is None:
-            self._requests_bucket = self._bucket(self._request_pace())
+        if self._budgets.settle(accepted, tokens=tokens):
             self._last_send = max(self._last_send, now)
-        else:
-            p = self._request_pace()
-            if p is not None:
-                self._requests_bucket.set_rate(p.rate_per_s, p.capacity)
-
-    def _settle_tokens(self, accepted: float | None, now: float) -> None:
-        """Discovery of a token quota: pace tokens at the rate the server accepted."""
-        if accepted is None:
-            return
-        self._token_budget = accepted * self.window_s
-        self._aimd.fraction = self._aimd.target = 1.0
-        self._applied = self._state()
-        p = self._token_pace()
-        if p is None:
-            return
-        if self._tokens_bucket is None:
-            self._tokens_bucket = self._bucket(p)
-            self._last_send = max(self._last_send, now)
-        else:
-            self._tokens_bucket.set_rate(p.rate_per_s, p.capacity)
 
     # -- reporting -------------------------------------------------------------
 
@@ -486,19 +391,15 @@ class Limiter:
     @property
     def current_rpm(self) -> float | None:
         with self._lock:
-            return self._per_minute(self._request_budget)
-
-    def _per_minute(self, budget: float | None) -> float | None:
-        if budget is None:
-            return None
-        return budget * self._aimd.fraction * 60.0 / self.window_s
+            return self._budgets.per_minute(self._budgets.requests)
 
     def stats(self) -> LimiterStats:
         with self._lock:
             return LimiterStats(
                 waited_s=self._waited, requests=self._requests, tokens=self._tokens,
                 throttled=self._throttled, cuts=self._aimd.cuts, fraction=self._aimd.fraction,
-                rpm=self._per_minute(self._request_budget), tpm=self._per_minute(self._token_budget),
+                rpm=self._budgets.per_minute(self._budgets.requests),
+                tpm=self._budgets.per_minute(self._budgets.tokens),
                 token_factor=self._scale.factor,
             )
 
