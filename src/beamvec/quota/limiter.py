@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import astuple, dataclass
+from dataclasses import astuple
 
 from beamvec.quota.aimd import AimdController, AimdSettings, Cut
 from beamvec.quota.bucket import Clock, Sleep, check_positive
@@ -38,6 +38,7 @@ from beamvec.quota.lateness import Due, Lateness
 from beamvec.quota.measure import Measurements, Pending, window_seen
 from beamvec.quota.meter import SuccessMeter
 from beamvec.quota.scale import ScaleSettings, TokenScale
+from beamvec.quota.stats import LimiterStats
 
 #: (asked at, sent at) of one request: when a caller asked, and the send time it was given.
 Booking = tuple[float, float]
@@ -48,21 +49,6 @@ _SHORTEST_WINDOW_S = 1.0
 
 #: Without a server hint, a discovering limiter's first estimate takes the window to free this long.
 _DEFAULT_HOLD_S = 1.0
-
-
-@dataclass(frozen=True)
-class LimiterStats:
-    """What a limiter did: for progress lines and the end-of-run summary."""
-
-    waited_s: float  # total seconds callers were held back
-    requests: int  # acquisitions granted
-    tokens: float  # tokens granted
-    throttled: int  # 429s reported
-    cuts: int  # rate cuts
-    fraction: float  # current rate as a fraction of the configured (or discovered) rate
-    rpm: float | None  # current requests per minute of this limiter (None: unlimited)
-    tpm: float | None  # current tokens per minute of this limiter (None: unlimited)
-    token_factor: float = 1.0  # server-counted tokens per estimated token, as learnt (scale.py)
 
 
 class Limiter:
