@@ -105,6 +105,7 @@ class Limiter:
         self._meter = SuccessMeter(measure_s)
         self._scale = TokenScale(scale or ScaleSettings(), now)
         self._token_bound = False  # the last held booking waited for the token bucket
+        self._tokens_measured = False  # a discovered token quota was measured after its first 429
         self._last_send = -math.inf
         self._hold = Hold(max_step_s=min(window_s, max_hold_s))
         self._measurements = Measurements()
@@ -132,7 +133,8 @@ class Limiter:
             now = self._clock()
             self._measure(now)
             self._aimd.tick(now)
-            self._scale.tick(now, self._token_bound)
+            # A measured token budget is in the units charged: the factor stays put.
+            self._scale.tick(now, self._token_bound and not self._tokens_measured)
             charge = tokens * self._scale.factor  # tokens as the server counts them
             self._budgets.apply(self._aimd.fraction, charge)
             self._local.charge = charge
@@ -294,7 +296,7 @@ class Limiter:
             if self._aimd.is_same_event(now, asked_at):
                 self._aimd.quiet_after(until)
                 return False
-            if self._budgets.tokens_bucket is not None:
+            if self._budgets.tokens_bucket is not None and not self._tokens_measured:
                 self._scale.on_throttled(now, self._token_bound)
             before = self._aimd.fraction
             if hint is not None:
@@ -337,7 +339,21 @@ class Limiter:
             return
         (sent_at, hint, since, _, tokens), after_hold = astuple(due[0]), due[1]
         if tokens:
-            self._settle(self._meter.accepted_rate(sent_at, hint, since=after_hold, tokens=True), now, tokens=True)
+            # Settled on the first measurement, a token quota is then paced as a
+            # told one is, AIMD cutting at 429s (settling at every 429 as well
+            # would cut twice for one), unless the server clearly accepted less
+            # by a 429 with a hint (a fixed window's burst made the first
+            # measurement too high; without a hint, what it accepted is not known).
+            accepted = self._meter.accepted_rate(sent_at, hint, since=after_hold, tokens=True)
+            budget = self._budgets.tokens
+            pace_now = None if budget is None else budget * self._aimd.fraction / self.window_s
+            slack = self._aimd.settings.measure_slack
+            if pace_now is None or not self._tokens_measured or (
+                    hint > 0 and accepted is not None and accepted < pace_now * (1.0 - slack)):
+                # the margin once more: a bucket's first burst and a fixed window's
+                # boundary make what it accepted look a little more than it allows
+                self._settle(None if accepted is None else accepted * (1.0 - self.margin), now, tokens=True)
+            self._tokens_measured = True
         elif self.discover:
             self._settle(self._meter.accepted_rate(sent_at, hint, since=after_hold), now)
         elif since is not None and self._budgets.requests is not None and not self._token_bound:

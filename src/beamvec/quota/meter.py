@@ -84,7 +84,8 @@ class SuccessMeter:
         """Since when every booking waited for pacing (None: the last one did not)."""
         return self._held_since
 
-    def _span(self, until: float, hint_s: float, since: float | None = None) -> tuple[float, float, float] | None:
+    def _span(self, until: float, hint_s: float, since: float | None = None,
+              tokens: bool = False) -> tuple[float, float, float] | None:
         """(start, seconds, requests before ours) of a measurement up to
         ``until``: from the latest of ``span_s`` ago, the start of the busy
         period and ``since`` (or from the request before ours, see
@@ -94,7 +95,9 @@ class SuccessMeter:
             return None
         start = max(until - self.span_s, self._busy_since, -math.inf if since is None else since)
         hint_s = max(0.0, hint_s)
-        before = self._opened_by_before(start, until, hint_s)
+        # The request before ours is one request, but a handful of tokens: a
+        # token window refuses when ours fill it, and frees when ours leave it.
+        before = None if tokens else self._opened_by_before(start, until, hint_s)
         if before is not None:
             return before, until - before + hint_s, self._before_weight
         return start, until - start + hint_s, 0.0
@@ -128,11 +131,11 @@ class SuccessMeter:
         """Requests (or their ``tokens``) sent in ``[start, until)`` of the busy
         period, per second of ``until - start + hint_s``: at the first 429 of a
         burst the server accepted what arrived before it, though few replies are in yet."""
-        span = self._span(until, hint_s)
+        span = self._span(until, hint_s, tokens=tokens)
         if span is None:
             return None
         start, seconds, before = span
-        count = (0.0 if tokens else before) + sum(n if tokens else 1 for t, _, n in self._booked if start <= t < until)
+        count = before + sum(n if tokens else 1 for t, _, n in self._booked if start <= t < until)
         return count / seconds if count and seconds > 0 else None
 
     def accepted_rate(
@@ -143,7 +146,7 @@ class SuccessMeter:
         where ``start`` is the latest of ``span_s`` ago, the start of the busy
         period and ``since`` (with ``tokens``: their tokens); None when too few
         requests were seen to say."""
-        span = self._span(until, hint_s, since)
+        span = self._span(until, hint_s, since, tokens)
         if span is None:
             return None
         start, seconds, before = span
