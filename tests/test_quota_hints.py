@@ -136,3 +136,44 @@ def test_a_429_that_does_not_say_tokens_never_paces_tokens() -> None:
                    seed=0, tokens=1000.0, says_quota=False)
     assert out.rejected > 0
     assert limiter.stats().tpm is None and limiter.stats().rpm is not None
+
+
+def test_the_embedder_tells_the_limiter_a_token_429_and_its_precise_wait(monkeypatch) -> None:
+    """Through google-genai against the emulator: a token quota of 120 per 2 s
+    with whole-second RetryInfo, as the Gemini API words it. The embedder hands
+    the 429's quota ("tokens") to the limiter with the message's wait (not a
+    floor), and the limiter then paces tokens, not requests; every text is
+    embedded once (counted at the emulator)."""
+    from beamvec.backends.genai import GenaiBackend
+    from beamvec.embedder import Embedder, EmbedSettings
+    from beamvec.emulator import Emulator
+    from beamvec.records import Record, content_hash
+    from beamvec.retry import RetryPolicy
+
+    key = "fakekey-Sy-test-key-0123456789"
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    monkeypatch.setenv("GEMINI_API_KEY", key)
+    texts = [f"The harbour master counted seven blue lanterns on day {i}." for i in range(24)]
+    with Emulator(api_key=key, tpm=120, window_s=2.0, retry_hint="seconds") as emu:
+        limiter = Limiter(None, discover=True)
+        seen: list[tuple[str | None, bool]] = []
+        on_throttled = limiter.on_throttled
+
+        def spy(retry_after: float | None = None, **kw: object) -> bool:
+            seen.append((kw.get("quota"), bool(kw.get("floor"))))  # type: ignore[arg-type]
+            return on_throttled(retry_after, **kw)  # type: ignore[arg-type]
+
+        limiter.on_throttled = spy  # type: ignore[method-assign]
+        backend = GenaiBackend(mode="gemini", api_base_url=emu.url, timeout_s=5)
+        embedder = Embedder(backend, EmbedSettings(max_in_flight=1, retry=RetryPolicy(max_attempts=20)), limiter)
+        batches = [[Record(f"r{i}", t, content_hash(t), 12, False, i) for i, t in enumerate(texts[k:k + 3], k)]
+                   for k in range(0, len(texts), 3)]
+        results = [embedder.embed_batch(batch) for batch in batches]
+        embedder.close()
+        stats = emu.stats()
+    assert all(not failed and len(done) == 3 for done, failed in results)
+    assert stats["texts"]["distinct"] == len(texts) and stats["texts"]["max_count"] == 1
+    refused = int(stats["by_status"].get("429", 0))
+    assert refused >= 1 and len(seen) == refused
+    assert set(seen) == {("tokens", False)}
+    assert limiter.stats().tpm is not None and limiter.stats().rpm is None
