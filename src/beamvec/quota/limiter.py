@@ -273,9 +273,13 @@ class Limiter:
             self._throttled += 1
             usable = retry_after is not None and (retry_after > 0 or floor)
             hint = min(retry_after, self.max_hold_s) if usable and retry_after is not None else None
-            # Without a hint, only a limiter that has no pace yet holds (and probes):
-            # a paced one's AIMD cut is what the 429 asks for.
-            vague = (floor and hint is not None) or (hint is None and self.discover and not self._budgets.paced)
+            # Without a hint, only a limiter that has no pace yet holds, for
+            # _DEFAULT_HOLD_S (probing instead measured 0.38-0.57 of a sliding
+            # window in real runs, against 0.82: see docs/pacing.md); a paced
+            # one's AIMD cut is what the 429 asks for.
+            vague = floor and hint is not None
+            if hint is None and self.discover and not self._budgets.paced:
+                hint = _DEFAULT_HOLD_S
             tokens = quota == "tokens" and self.discover_tokens
             if self._hold.is_probe(sent_at):  # the window is still full: same event, a longer step
                 self._hold.probe_refused(now, hint)
