@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from beamvec.quota import Limiter
-from beamvec.quota.limiter import Due
+from beamvec.quota.lateness import Due
 
 
 class FakeClock:
@@ -120,12 +120,13 @@ class QuotaServer:
 
 def shaped(wait: float, hint: HintShape) -> float | None:
     """The retry hint a server gives for an exact ``wait``: as is (RetryInfo
-    to the millisecond), rounded up to whole seconds ("retryDelay": "37s",
-    Retry-After), or none (Vertex, often)."""
+    to the millisecond), rounded down to whole seconds as the Gemini API's
+    retryDelay is ("58s" for 58.93 s; the limiter is told it is a floor), or
+    none (Vertex, often)."""
     if hint == "exact":
         return wait
     if hint == "seconds":
-        return float(max(1, math.ceil(wait - 1e-9)))
+        return float(math.floor(wait))
     return None
 
 
@@ -136,6 +137,7 @@ class Outcome:
     by_worker: dict[int, int] = field(default_factory=dict)  # accepted per worker
     finished: dict[int, float] = field(default_factory=dict)  # when each worker's work was done
     counted: list[float] = field(default_factory=list)  # tokens the server counted, per accepted request
+    refused_for: list[str] = field(default_factory=list)  # the limit each 429 hit ("requests", "tokens")
 
     def rate(self, start: float, end: float) -> float:
         return sum(1 for t in self.accepted if start <= t < end) / (end - start)
@@ -172,6 +174,7 @@ def simulate(
     tokens: float | Callable[[random.Random], float] = 0.0,
     count_factor: float = 1.0,
     reports_counts: bool = False,
+    says_quota: bool = True,
 ) -> Outcome:
     """Run until ``seconds`` of simulated time have passed; worker w starts
     ``starts[w]`` seconds in (default: at once) and has work until
@@ -185,7 +188,8 @@ def simulate(
     ``server_tpm``: its token limit per ``window_s`` (``server_limit`` None:
     no request limit); ``tokens``: each request's estimate, as booked with
     the limiter; the server counts ``count_factor`` times that and, with
-    ``reports_counts``, says so in each reply (``Limiter.calibrate``)."""
+    ``reports_counts``, says so in each reply (``Limiter.calibrate``); with
+    ``says_quota`` a 429 says which limit it hit (the Gemini API's QuotaFailure)."""
     rng = random.Random(seed)
     origin = clock.now + random.Random(seed + 1).uniform(0, window_s)  # the fixed windows' phase
     server = QuotaServer(window, window_s, server_limit, server_tpm, origin=origin)
@@ -195,6 +199,7 @@ def simulate(
     # kind "book", "send", "leave", "arrive" or "reply"
     events: list[tuple[float, int, str, int, float, float, float | None, bool, Due | None, float | None]] = []
     seq = 0
+    refused: dict[tuple[int, float], str] = {}  # the limit a 429 hit, by (worker, send time)
     unbooked = list(work) if work is not None else [-1] * len(limiters)  # -1: no end
 
     def push(t: float, kind: str, w: int, sent: float = 0.0, asked: float = 0.0,
@@ -233,7 +238,7 @@ def simulate(
             wait = limiter.reserve(est)
             push(t + wait, "send", w, asked=t, due=limiter.due(), est=est)
         elif kind == "send":
-            if limiter.held(asked):  # as Limiter.acquire: a 429 while it waited, book again
+            if limiter.held(asked, t):  # as Limiter.acquire: a 429 while it waited, book again
                 push(t, "book", w, est=est)
                 continue
             push(t, "leave", w, sent=t, asked=asked, due=due, est=est)
@@ -249,7 +254,7 @@ def simulate(
             push(left + abs(rng.gauss(0, jitter)), "arrive", w, sent=sent, asked=asked, est=est)
         elif kind == "arrive":
             counted = round((est or 0.0) * count_factor)
-            accepted, wait, _ = server.try_acquire(t, counted)
+            accepted, wait, limit = server.try_acquire(t, counted)
             if accepted:
                 out.accepted.append(t)
                 out.counted.append(counted)
@@ -257,16 +262,19 @@ def simulate(
                 push(t + latency, "reply", w, sent=sent, asked=asked, ok=True, est=est)
             else:
                 out.rejected += 1
+                out.refused_for.append(limit)
+                refused[(w, sent)] = limit
                 push(t + 0.002, "reply", w, sent=sent, asked=asked, hint=shaped(wait, hint), ok=False, est=est)
         else:
             if ok:
-                limiter.on_success(booked=(asked, sent))
+                limiter.on_success(booked=(asked, sent), tokens=est or 0.0)
                 if reports_counts and est:
                     limiter.calibrate(est, round(est * count_factor))
                 if work is not None and out.by_worker[w] == work[w]:
                     out.finished[w] = t
                 push(t, "book", w)
             else:
-                limiter.on_throttled(wait_s, booked=(asked, sent))
+                said = refused.pop((w, sent), None) if says_quota else None
+                limiter.on_throttled(wait_s, booked=(asked, sent), floor=hint == "seconds", quota=said)
                 push(t + (wait_s or 0.0), "book", w, est=est)
     return out

@@ -126,7 +126,10 @@ class BackendError(Exception):
     ``status`` is the HTTP-like status when there is one (for counting and
     messages only); ``retry_after`` is the server's hint in seconds;
     ``throttled`` says the server refused for rate (a quota 429), so a limiter
-    should slow down. Messages must never carry secrets.
+    should slow down; ``quota`` which of its limits it hit ("requests",
+    "tokens", None: not said), and ``hint_floor`` that ``retry_after`` was
+    rounded down to whole seconds (the wait is at least that, less than a
+    second more). Messages must never carry secrets.
     """
 
     def __init__(
@@ -137,12 +140,16 @@ class BackendError(Exception):
         status: int | None = None,
         retry_after: float | None = None,
         throttled: bool = False,
+        quota: str | None = None,
+        hint_floor: bool = False,
     ) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
         self.retry_after = retry_after
         self.throttled = throttled
+        self.quota = quota
+        self.hint_floor = hint_floor
 
     @property
     def retryable(self) -> bool:
@@ -153,13 +160,16 @@ class BackendError(Exception):
         # (Beam ships worker errors back to the driver pickled).
         return (
             _rebuild_backend_error,
-            (str(self), self.kind.value, self.status, self.retry_after, self.throttled),
+            (str(self), self.kind.value, self.status, self.retry_after, self.throttled, self.quota,
+             self.hint_floor),
         )
 
 
 def _rebuild_backend_error(
-    message: str, kind: str, status: int | None, retry_after: float | None, throttled: bool = False
+    message: str, kind: str, status: int | None, retry_after: float | None, throttled: bool = False,
+    quota: str | None = None, hint_floor: bool = False,
 ) -> BackendError:
     return BackendError(
-        message, kind=ErrorKind(kind), status=status, retry_after=retry_after, throttled=throttled
+        message, kind=ErrorKind(kind), status=status, retry_after=retry_after, throttled=throttled,
+        quota=quota, hint_floor=hint_floor,
     )

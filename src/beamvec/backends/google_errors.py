@@ -18,8 +18,13 @@ what to do with the request, with the server's wait hint:
   scheme) and google-auth failures: systemic; a 200 whose body does not
   parse into embeddings: transient (a malformed answer, asked again).
 
-Hints: the ``Retry-After`` header (seconds or an HTTP-date), else the body's
-``google.rpc.RetryInfo.retryDelay``. No other module looks at a status to
+Hints: the body's ``google.rpc.RetryInfo.retryDelay``, else the ``Retry-After``
+header (seconds or an HTTP-date). The Gemini API words retryDelay in whole
+seconds rounded down ("58s" for 58.93 s) and the message to the nanosecond
+("Please retry in 58.930000000s."): the message's figure is taken when it
+agrees with the delay; a whole-second delay alone is ``hint_floor`` (at least
+that long). A 429 says which quota it hit (``quota``): its QuotaFailure
+metric (``…input_token_count``, ``…requests``), else the message's words. No other module looks at a status to
 decide anything; retry, bisection, the embedder, the preflight and the CLI
 read ``kind``.
 """
@@ -55,6 +60,9 @@ _TOO_LONG = re.compile(
     re.IGNORECASE,
 )
 _NAMED_ITEM = re.compile(r"\b(?:requests|instances|contents)\[(\d+)\]")
+_RETRY_IN = re.compile(r"retry in (\d+(?:\.\d+)?)\s*s\b", re.IGNORECASE)
+_TOKENS_WORD = re.compile(r"\btokens?\b", re.IGNORECASE)
+_REQUESTS_WORD = re.compile(r"\brequests?\b", re.IGNORECASE)
 _KEY_IN_URL = re.compile(r"([?&]key=)[^&\s'\"]+")
 MAX_MESSAGE = 400
 
@@ -149,6 +157,42 @@ def parse_retry_info(body: Any) -> float | None:
     return None
 
 
+def quota_hit(body: Any, message: str) -> str | None:
+    """Which quota a 429 says it hit: "tokens", "requests" or None (not said).
+    Google names it in QuotaFailure violations (``…/embed_content_input_token_count``,
+    ``…/generate_content_free_tier_requests``); else the message may say."""
+    for detail in _error_details(body):
+        if not str(detail.get("@type", "")).endswith("google.rpc.QuotaFailure"):
+            continue
+        for violation in detail.get("violations") or []:
+            if not isinstance(violation, dict):
+                continue
+            names = f"{violation.get('quotaMetric', '')} {violation.get('quotaId', '')}".lower()
+            if "token" in names:
+                return "tokens"
+            if "request" in names:
+                return "requests"
+    if _TOKENS_WORD.search(message):
+        return "tokens"
+    if _REQUESTS_WORD.search(message):
+        return "requests"
+    return None
+
+
+def refined_hint(retry_info: float | None, message: str) -> tuple[float | None, bool]:
+    """(seconds to wait, whether that is a whole-second floor) from RetryInfo's
+    delay and the message's "Please retry in 58.93s.": the message's figure
+    when the delay is missing or its whole seconds; a whole-second delay alone
+    is a floor (Google rounds it down)."""
+    said = _RETRY_IN.search(message)
+    precise = _seconds(float(said.group(1))) if said else None
+    if retry_info is None:
+        return precise, False
+    if precise is not None and retry_info <= precise < retry_info + 1.0:
+        return precise, False
+    return retry_info, retry_info == math.floor(retry_info)
+
+
 def error_reasons(body: Any) -> frozenset[str]:
     """The ErrorInfo reasons in a Google error body."""
     return frozenset(
@@ -218,10 +262,11 @@ def from_api_error(exc: Any, label: str, clean: Callable[[str], str]) -> Backend
     headers = getattr(getattr(exc, "response", None), "headers", None)
     # RetryInfo's retryDelay carries milliseconds; Retry-After only whole seconds,
     # which at a 1-s metering window would hold a whole window for nothing.
-    retry_after = parse_retry_info(exc.details)
+    retry_after, floor = refined_hint(parse_retry_info(exc.details), message)
     if retry_after is None:
         retry_after = parse_retry_after(headers.get("retry-after") if headers else None)
     reasons = error_reasons(exc.details)
+    throttled = code == 429 or bool(reasons & RATE_LIMIT_REASONS)
     kind = kind_of_status(code, reasons)
     if kind is ErrorKind.BAD_INPUT:
         length = too_long(code, message, label, clean)
@@ -236,7 +281,9 @@ def from_api_error(exc: Any, label: str, clean: Callable[[str], str]) -> Backend
         kind=kind,
         status=status,
         retry_after=retry_after,
-        throttled=code == 429 or bool(reasons & RATE_LIMIT_REASONS),
+        throttled=throttled,
+        quota=quota_hit(exc.details, message) if throttled else None,
+        hint_floor=floor and throttled,
     )
 
 

@@ -97,7 +97,7 @@ class Embedder:
             if exc.throttled:
                 self.stats.add(c.THROTTLED_429)
                 if self.limiter is not None:
-                    self.limiter.on_throttled(exc.retry_after)
+                    self.limiter.on_throttled(exc.retry_after, floor=exc.hint_floor, quota=exc.quota)
             raise
         finally:
             self.stats.add(c.IN_FLIGHT, -gate.sent)

@@ -16,18 +16,9 @@ cut count as that cut's event, and successes measure the accepted rate.
 (``reserve`` books without sleeping; who uses it asks ``held`` and ``pushed``
 before sending, as ``acquire`` does, and passes ``due()`` to ``on_left``.)
 
-A request that leaves later than booked (its thread waited for the GIL, its
-client was slow to write it) would squeeze the window it opens: the next
-requests still leave on time, and a short server window sees one too many.
-Once a 429 has come while pacing (the one sign that the server's window is
-short enough for that to matter: over 60 s, the margin absorbs any lateness),
-lateness beyond ``late_slack_s`` pushes every later booking back by the
-excess: being late costs time, not a 429. The slack is what the margin
-absorbs in the shortest window a quota is metered over (one second): paced
-``margin`` under the limit, ``L + 1`` requests span more than the window by
-at least ``margin`` of it, so a request that much late cannot squeeze it.
-Pushing for less would only cost time: with two jobs on two cores, most
-requests leave a few milliseconds late.
+Late requests push later bookings back (lateness.py); budgets and their
+buckets live in budgets.py, holds after 429s in hold.py, the events to
+measure in measure.py.
 
 Thread-safe; share one per process (``transforms.PerProcess``, through Beam's ``Shared``).
 """
@@ -37,48 +28,27 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import astuple
 
 from beamvec.quota.aimd import AimdController, AimdSettings, Cut
-from beamvec.quota.bucket import Clock, Sleep, TokenBucket, check_positive
+from beamvec.quota.bucket import Clock, Sleep, check_positive
+from beamvec.quota.budgets import Budgets
+from beamvec.quota.hold import Hold
+from beamvec.quota.lateness import Due, Lateness
+from beamvec.quota.measure import Measurements, Pending, window_seen
 from beamvec.quota.meter import SuccessMeter
-from beamvec.quota.pacing import Pace, pace
 from beamvec.quota.scale import ScaleSettings, TokenScale
+from beamvec.quota.stats import LimiterStats
 
 #: (asked at, sent at) of one request: when a caller asked, and the send time it was given.
 Booking = tuple[float, float]
 
 
-class Due(NamedTuple):
-    """One booking as the lateness rules see it."""
-
-    booking: int  # its number, in booking order
-    at: float  # when it is due to leave, pushes included
-    seen: int  # the pushes made before this was last brought up to date
-
-
 #: The shortest window a quota is assumed to be metered over, for ``late_slack_s``.
 _SHORTEST_WINDOW_S = 1.0
 
-#: Without a server hint, a discovering limiter waits this long before measuring.
+#: Without a server hint, a discovering limiter's first estimate takes the window to free this long.
 _DEFAULT_HOLD_S = 1.0
-
-
-@dataclass(frozen=True)
-class LimiterStats:
-    """What a limiter did: for progress lines and the end-of-run summary."""
-
-    waited_s: float  # total seconds callers were held back
-    requests: int  # acquisitions granted
-    tokens: float  # tokens granted
-    throttled: int  # 429s reported
-    cuts: int  # rate cuts
-    fraction: float  # current rate as a fraction of the configured (or discovered) rate
-    rpm: float | None  # current requests per minute of this limiter (None: unlimited)
-    tpm: float | None  # current tokens per minute of this limiter (None: unlimited)
-    token_factor: float = 1.0  # server-counted tokens per estimated token, as learnt (scale.py)
 
 
 class Limiter:
@@ -122,70 +92,28 @@ class Limiter:
         self.max_hold_s = max_hold_s
         self.late_slack_s = late_slack_s
         self.discover = discover and rpm is None and tpm is None
+        self.discover_tokens = discover and tpm is None  # a token quota found from 429s that say so
         self._clock, self._sleep = clock, sleep
         self._lock = threading.Lock()
         self._local = threading.local()
         now = clock()
-        # Per-window budgets of this worker at fraction 1 (None: not limited, or not yet known).
-        self._request_budget = rpm * self.share if rpm is not None else None
-        self._token_budget = tpm * self.share if tpm is not None else None
+        self._budgets = Budgets(rpm * self.share if rpm is not None else None,
+                                tpm * self.share if tpm is not None else None,
+                                window_s=window_s, margin=margin, burst_requests=burst_requests, clock=clock)
         max_fraction = 1.0 / self.share if elastic else 1.0
         self._aimd = AimdController(aimd or AimdSettings(), now, max_fraction, probe_scale=1.0 / self.share)
         self._meter = SuccessMeter(measure_s)
         self._scale = TokenScale(scale or ScaleSettings(), now)
         self._token_bound = False  # the last held booking waited for the token bucket
-        self._largest_tokens = 1.0
+        self._tokens_measured = False  # a discovered token quota was measured after its first 429
         self._last_send = -math.inf
-        self._hold_until = -math.inf
-        self._hold_set = -math.inf  # when a 429 last moved ``_hold_until`` on
-        # A 429 event to measure from: (its request's send time, the hint, since
-        # when pacing held every request, when to measure).
-        self._pending: tuple[float, float, float | None, float] | None = None
-        self._applied = (self._aimd.fraction, self._request_budget, self._largest_tokens)
-        # Pushes of late requests: (the late booking, the last booking made
-        # before the push, seconds); the bookings between them wait that much more.
-        self._pushes: deque[tuple[int, int, float]] = deque(maxlen=256)
-        self._pushed = 0  # pushes so far
-        self._guard_lateness = False  # set by the first 429 while paced
+        self._hold = Hold(max_step_s=min(window_s, max_hold_s))
+        self._measurements = Measurements()
+        self._lateness = Lateness(late_slack_s)
         self._waited = 0.0
         self._requests = 0
         self._tokens = 0.0
         self._throttled = 0
-        self._requests_bucket = self._bucket(self._request_pace())
-        self._tokens_bucket = self._bucket(self._token_pace())
-
-    # -- pacing ----------------------------------------------------------------
-
-    def _request_pace(self) -> Pace | None:
-        if self._request_budget is None:
-            return None
-        return pace(self._request_budget, self.window_s, self._aimd.fraction, self.margin,
-                    self.burst_requests)
-
-    def _token_pace(self) -> Pace | None:
-        if self._token_budget is None:
-            return None
-        return pace(self._token_budget, self.window_s, self._aimd.fraction, self.margin,
-                    self._largest_tokens)
-
-    @property
-    def _paced(self) -> bool:
-        """Whether a bucket spaces requests (told a quota, or one discovered)."""
-        return self._requests_bucket is not None or self._tokens_bucket is not None
-
-    def _bucket(self, p: Pace | None) -> TokenBucket | None:
-        return None if p is None else TokenBucket(p.rate_per_s, p.capacity, self._clock)
-
-    def _apply(self) -> None:
-        """Hand a changed fraction, budget or largest request to the buckets."""
-        state = (self._aimd.fraction, self._request_budget, self._largest_tokens)
-        if state == self._applied:
-            return
-        self._applied = state
-        for bucket, p in ((self._requests_bucket, self._request_pace()),
-                          (self._tokens_bucket, self._token_pace())):
-            if bucket is not None and p is not None:
-                bucket.set_rate(p.rate_per_s, p.capacity)
 
     def sent_before(self, seconds_ago: float) -> None:
         """One request was sent for this quota ``seconds_ago``, before this
@@ -205,29 +133,29 @@ class Limiter:
             now = self._clock()
             self._measure(now)
             self._aimd.tick(now)
-            self._scale.tick(now, self._token_bound)
+            # A measured token budget is in the units charged: the factor stays put.
+            self._scale.tick(now, self._token_bound and not self._tokens_measured)
             charge = tokens * self._scale.factor  # tokens as the server counts them
-            if self._tokens_bucket is not None and charge > self._largest_tokens:
-                self._largest_tokens = charge
-            self._apply()
-            at = max(now, self._hold_until)
-            if self._paced:
+            self._budgets.apply(self._aimd.fraction, charge)
+            self._local.charge = charge
+            if self._hold.probing and self._hold.probe_at is not None:
+                # A probe is out: wait for its answer, booking nothing meanwhile.
+                at = self._hold.book(now, now, self._meter.settled_after(0.0))
+                self._local.booked = (now, at)
+                self._waited += at - now
+                return at - now
+            at = max(now, self._hold.until)
+            if self._budgets.paced:
                 at = max(at, self._last_send)  # paced sends keep their booked order
-            if self._requests_bucket is not None:
-                at = self._requests_bucket.earliest(1.0, at)
-            if self._tokens_bucket is not None and charge > 0:
-                by_tokens = self._tokens_bucket.earliest(charge, at)
-                if by_tokens > at + 1e-6 or at > now + 1e-6:
-                    self._token_bound = by_tokens > at + 1e-6
-                at = by_tokens
-            if self._requests_bucket is not None:
-                self._requests_bucket.book(1.0, at)
-            if self._tokens_bucket is not None and charge > 0:
-                self._tokens_bucket.book(charge, at)
+            at, by_tokens = self._budgets.earliest(at, charge)
+            if by_tokens or (by_tokens is not None and at > now + 1e-6):
+                self._token_bound = by_tokens
+            at = self._hold.book(at, now, self._meter.settled_after(0.0))
+            self._budgets.book(at, charge)
             self._last_send = max(self._last_send, at)
-            self._meter.on_send(now, at)
+            self._meter.on_send(now, at, charge)
             self._local.booked = (now, at)
-            self._local.due = Due(self._requests + 1, at, self._pushed)
+            self._local.due = self._lateness.due(self._requests + 1, at)
             wait = at - now
             self._waited += wait
             self._requests += 1
@@ -243,16 +171,17 @@ class Limiter:
             if wait > 0:
                 self._sleep(wait)
             waited += wait
-            if not self.held(self._local.booked[0]):
+            if not self.held(*self._local.booked):
                 return waited + self._wait_pushes()
 
-    def held(self, asked_at: float) -> bool:
-        """Whether a request booked at ``asked_at`` must book again before it
-        leaves: a 429 since then holds every request (the caller slept
-        through the cut, or through a hint that a 429 of the same event
-        gave, and its booked slot is void)."""
+    def held(self, asked_at: float, at: float | None = None) -> bool:
+        """Whether a request booked at ``asked_at`` (to leave at ``at``) must
+        book again before it leaves: a 429 since then holds every request
+        (the caller slept through the cut, or through a hint that a 429 of
+        the same event gave, and its booked slot is void), and after a vague
+        hint only the probe leaves until it gets through (hold.py)."""
         with self._lock:
-            return self._hold_until > self._clock() and asked_at < max(self._aimd.last_cut, self._hold_set)
+            return self._hold.held(asked_at, at, self._clock(), self._aimd.last_cut)
 
     def due(self) -> Due | None:
         """This thread's last booking: for a caller that books several
@@ -264,10 +193,9 @@ class Limiter:
         """The seconds that late requests booked before ``due`` pushed it back
         since it was last brought up to date, and the booking brought up to date."""
         with self._lock:
-            fresh = list(self._pushes)[due.seen - self._pushed:] if due.seen < self._pushed else []
-            extra = sum(seconds for late, last, seconds in fresh if late < due.booking <= last)
+            due, extra = self._lateness.pushed(due)
             self._waited += extra
-            return Due(due.booking, due.at + extra, self._pushed), extra
+            return due, extra
 
     def _wait_pushes(self) -> float:
         """Wait as long as late requests booked before this one pushed it back."""
@@ -287,17 +215,12 @@ class Limiter:
         due = self.due() if due is None else due
         if due is None:
             return
-        excess = at - due.at - self.late_slack_s
-        if excess <= 0:
-            return
         with self._lock:
-            if not self._guard_lateness:
+            excess = self._lateness.excess(due, at)
+            if excess <= 0:
                 return
-            for bucket in (self._requests_bucket, self._tokens_bucket):
-                if bucket is not None:
-                    bucket.push_back(excess)
-            self._pushes.append((due.booking, self._requests, excess))
-            self._pushed += 1
+            self._budgets.push_back(excess)
+            self._lateness.push(due, self._requests, excess)
 
     # -- adapting --------------------------------------------------------------
 
@@ -306,65 +229,103 @@ class Limiter:
         self._local.booked = None
         return booked if given is None else given
 
-    def on_success(self, *, booked: Booking | None = None) -> None:
+    def on_success(self, *, booked: Booking | None = None, tokens: float | None = None) -> None:
         """A request succeeded: count it towards the accepted rate; time passes.
-        ``booked`` (asked at, sent at) defaults to what ``acquire`` booked on this thread."""
+        ``booked`` (asked at, sent at) and ``tokens`` (its estimate) default to
+        what ``acquire`` booked on this thread."""
+        charge = getattr(self._local, "charge", 0.0) if tokens is None else None
         booked = self._booked(booked)
         with self._lock:
             now = self._clock()
-            self._meter.on_success(now if booked is None else booked[1], now)
+            sent = now if booked is None else booked[1]
+            if charge is None:
+                charge = (tokens or 0.0) * self._scale.factor
+            if self._hold.is_probe(sent):
+                self._probe_through(sent, now)
+            self._meter.on_success(sent, now, charge)
             self._scale.on_success(now)
             self._measure(now)
             self._aimd.tick(now)
-            self._apply()
+            self._budgets.apply(self._aimd.fraction)
 
-    def on_throttled(self, retry_after: float | None = None, *, booked: Booking | None = None) -> bool:
+    def _probe_through(self, sent: float, now: float) -> None:
+        """The probe after a vague hint got through: the hold is over, and
+        the time the window took to free is the hint to measure with."""
+        freed = self._hold.probe_accepted(now)
+        self._measurements.probe_through(sent, freed, self._meter.settled_after(now))
+
+    def on_throttled(
+        self, retry_after: float | None = None, *, booked: Booking | None = None, floor: bool = False,
+        quota: str | None = None,
+    ) -> bool:
         """A 429. Hold every new request for the server's hint (capped at
-        ``max_hold_s``): the other threads would only collect more 429s. A new
-        event cuts the rate (edge or congestion, see aimd.py) and, once the
-        hold is over, the accepted rate is measured. Returns whether the rate
-        was cut."""
+        ``max_hold_s``): the other threads would only collect more 429s. A
+        hint rounded down to whole seconds (``floor``), or none while
+        discovering, is vague: one probe finds when the server accepts again
+        (hold.py). A new event cuts the rate (edge or congestion, see aimd.py)
+        and, once the hold is over, the accepted rate is measured: of tokens
+        when ``quota`` says the token quota refused and no TPM was told.
+        Returns whether the rate was cut."""
         booked = self._booked(booked)
         asked_at, sent_at = (None, None) if booked is None else booked
         with self._lock:
             now = self._clock()
             self._throttled += 1
-            hint = min(retry_after, self.max_hold_s) if retry_after is not None and retry_after > 0 else None
-            extra = 0.0  # held past the hint
-            held_before = self._hold_until
-            if hint is not None:
-                if self._throttled == 1:
-                    # In a window the preflight opened, the first hint is when
-                    # its slot frees; ours free only from the gap after it.
-                    extra = min(self._meter.gap_before(now, hint), self.max_hold_s - hint)
-                self._hold_until = max(self._hold_until, now + hint + extra)
-            elif self.discover and self._request_budget is None:
-                self._hold_until = max(self._hold_until, now + _DEFAULT_HOLD_S)
-            if self._hold_until > held_before:
-                self._hold_set = now
-            self._meter.on_refused(max(now, self._hold_until))
-            self._scale.quiet_after(self._hold_until)
-            if self._aimd.is_same_event(now, asked_at):
-                self._aimd.quiet_after(self._hold_until)
+            usable = retry_after is not None and (retry_after > 0 or floor)
+            hint = min(retry_after, self.max_hold_s) if usable and retry_after is not None else None
+            # Without a hint, only a limiter that has no pace yet holds, for
+            # _DEFAULT_HOLD_S (probing instead measured 0.38-0.57 of a sliding
+            # window in real runs, against 0.82: see docs/pacing.md); a paced
+            # one's AIMD cut is what the 429 asks for.
+            vague = floor and hint is not None
+            if hint is None and self.discover and not self._budgets.paced:
+                hint = _DEFAULT_HOLD_S
+            tokens = quota == "tokens" and self.discover_tokens
+            if self._hold.is_probe(sent_at):  # the window is still full: same event, a longer step
+                self._hold.probe_refused(now, hint)
+                self._meter.on_refused(self._hold.until)
+                self._scale.quiet_after(self._hold.until)
+                self._aimd.quiet_after(self._hold.until)
                 return False
-            if self._tokens_bucket is not None:
+            extra = 0.0  # held past the hint
+            if hint is not None and not vague and self._throttled == 1:
+                # In a window the preflight opened, the first hint is when
+                # its slot frees; ours free only from the gap after it.
+                extra = min(self._meter.gap_before(now, hint), self.max_hold_s - hint)
+            if hint is not None or vague:
+                self._hold.refuse(now, None if hint is None else hint + extra, vague=vague)
+            until = self._hold.until
+            self._meter.on_refused(max(now, until))
+            self._scale.quiet_after(until)
+            if self._aimd.is_same_event(now, asked_at):
+                self._aimd.quiet_after(until)
+                return False
+            if self._budgets.tokens_bucket is not None and not self._tokens_measured:
                 self._scale.on_throttled(now, self._token_bound)
             before = self._aimd.fraction
             if hint is not None:
-                self._aimd.window_s = max(self._aimd.window_s, self._window_seen(now, hint))
+                seen = window_seen(self.window_s, hint, self._meter.busy_for(now))
+                self._aimd.window_s = max(self._aimd.window_s, seen)
             cut = self._aimd.on_throttled(now, asked_at)
-            self._aimd.quiet_after(self._hold_until)
+            self._aimd.quiet_after(until)
             if cut is not Cut.NONE:
-                hint = max(0.0, self._hold_until - extra - now)
-                at = max(self._hold_until, self._meter.settled_after(now))
-                self._pending = (now if sent_at is None else sent_at, hint, self._meter.held_since, at)
-                if self.discover and self._requests_bucket is None:
+                if vague:  # a first guess at the wait; the probe measures it
+                    hint = (hint + 0.5) if hint is not None else _DEFAULT_HOLD_S
+                    at = math.inf
+                else:
+                    hint = max(0.0, until - extra - now)
+                    at = max(until, self._meter.settled_after(now))
+                sent = now if sent_at is None else sent_at
+                self._measurements.expect(Pending(sent, hint, self._meter.held_since, at, tokens))
+                if tokens and self._budgets.tokens_bucket is None:
+                    self._settle(self._meter.sent_rate(sent, hint, tokens=True), until, tokens=True)
+                elif self.discover and not tokens and self._budgets.requests_bucket is None:
                     # Requests booked during the hold need a pace now: a first
                     # estimate from what was sent before this one (few replies
                     # are in yet); the measurement once they are in corrects it.
-                    self._settle(self._meter.sent_rate(self._pending[0], hint), self._hold_until)
-                self._guard_lateness = self._guard_lateness or self._paced
-            self._apply()
+                    self._settle(self._meter.sent_rate(sent, hint), until)
+                self._lateness.guarding = self._lateness.guarding or self._budgets.paced
+            self._budgets.apply(self._aimd.fraction)
             return self._aimd.fraction < before
 
     def calibrate(self, estimated: float, counted: float) -> None:
@@ -373,48 +334,48 @@ class Limiter:
         with self._lock:
             self._scale.calibrate(estimated, counted)
 
-    def _window_seen(self, now: float, hint: float) -> float:
-        """How long the server's window is, at least, by this 429. Filled from
-        empty, a window refuses once full, and its hint runs until the first
-        request leaves it: the busy time plus the hint is the window. The hint
-        alone (a window is never shorter than its wait) bounds that when the
-        window was not empty, as after minutes of pacing at the quota, where
-        the busy time says nothing. Never longer than the quota's stated window."""
-        return min(self.window_s, hint + min(hint, self._meter.busy_for(now)))
-
     def _measure(self, now: float) -> None:
         """After the hold of a 429 event (when the responses in flight are in):
         what rate did the server accept? Discovery paces there; a told limiter
         settles there if that is clearly below its current rate."""
-        if self._pending is None or now < self._pending[3]:
+        due = self._measurements.take(now)
+        if due is None:
             return
-        sent_at, hint, since, _ = self._pending
-        self._pending = None
-        if self.discover:
-            self._settle(self._meter.accepted_rate(sent_at, hint), now)
-        elif since is not None and self._request_budget is not None and not self._token_bound:
+        (sent_at, hint, since, _, tokens), after_hold = astuple(due[0]), due[1]
+        if tokens:
+            # Settled on the first measurement, a token quota is then paced as a
+            # told one is, AIMD cutting at 429s (settling at every 429 as well
+            # would cut twice for one), unless the server clearly accepted less
+            # by a 429 with a hint (a fixed window's burst made the first
+            # measurement too high; without a hint, what it accepted is not known).
+            accepted = self._meter.accepted_rate(sent_at, hint, since=after_hold, tokens=True)
+            budget = self._budgets.tokens
+            pace_now = None if budget is None else budget * self._aimd.fraction / self.window_s
+            slack = self._aimd.settings.measure_slack
+            if pace_now is None or not self._tokens_measured or (
+                    hint > 0 and accepted is not None and accepted < pace_now * (1.0 - slack)):
+                # the margin once more: a bucket's first burst and a fixed window's
+                # boundary make what it accepted look a little more than it allows
+                self._settle(None if accepted is None else accepted * (1.0 - self.margin), now, tokens=True)
+            self._tokens_measured = True
+        elif self.discover:
+            self._settle(self._meter.accepted_rate(sent_at, hint, since=after_hold), now)
+        elif since is not None and self._budgets.requests is not None and not self._token_bound:
             # Only while pacing held every request does the accepted rate say what
             # the server allows (otherwise it measures the work there was, or the
             # ramp-up); held by the token bucket, it is the tokens' rate, not
             # what the request quota allows.
             accepted = self._meter.accepted_rate(sent_at, hint, since=since)
             if accepted is not None:
-                self._aimd.on_measured(accepted * self.window_s / self._request_budget, now)
+                self._aimd.on_measured(accepted * self.window_s / self._budgets.requests, now)
 
-    def _settle(self, accepted: float | None, now: float) -> None:
-        """Discovery: pace at the rate the server accepted."""
+    def _settle(self, accepted: float | None, now: float, *, tokens: bool = False) -> None:
+        """Discovery: pace (requests, or tokens) at the rate the server accepted."""
         if accepted is None:
             return
-        self._request_budget = accepted * self.window_s
         self._aimd.fraction = self._aimd.target = 1.0
-        self._applied = (1.0, self._request_budget, self._largest_tokens)
-        if self._requests_bucket is None:
-            self._requests_bucket = self._bucket(self._request_pace())
+        if self._budgets.settle(accepted, tokens=tokens):
             self._last_send = max(self._last_send, now)
-        else:
-            p = self._request_pace()
-            if p is not None:
-                self._requests_bucket.set_rate(p.rate_per_s, p.capacity)
 
     # -- reporting -------------------------------------------------------------
 
@@ -436,19 +397,15 @@ class Limiter:
     @property
     def current_rpm(self) -> float | None:
         with self._lock:
-            return self._per_minute(self._request_budget)
-
-    def _per_minute(self, budget: float | None) -> float | None:
-        if budget is None:
-            return None
-        return budget * self._aimd.fraction * 60.0 / self.window_s
+            return self._budgets.per_minute(self._budgets.requests)
 
     def stats(self) -> LimiterStats:
         with self._lock:
             return LimiterStats(
                 waited_s=self._waited, requests=self._requests, tokens=self._tokens,
                 throttled=self._throttled, cuts=self._aimd.cuts, fraction=self._aimd.fraction,
-                rpm=self._per_minute(self._request_budget), tpm=self._per_minute(self._token_budget),
+                rpm=self._budgets.per_minute(self._budgets.requests),
+                tpm=self._budgets.per_minute(self._budgets.tokens),
                 token_factor=self._scale.factor,
             )
 

@@ -23,8 +23,8 @@ class SuccessMeter:
     def __init__(self, span_s: float = 60.0, idle_s: float = 5.0) -> None:
         self.span_s = span_s
         self.idle_s = idle_s  # a gap this long without sends starts a new busy period
-        self._sent: deque[float] = deque()
-        self._booked: deque[tuple[float, bool]] = deque()  # (send time, whether pacing held it)
+        self._sent: deque[tuple[float, float]] = deque()  # (send time, tokens)
+        self._booked: deque[tuple[float, bool, float]] = deque()  # (send time, whether pacing held it, tokens)
         self._held_since: float | None = None  # first send of the current run of held bookings
         self._busy_since: float | None = None
         self._demand_until: float | None = None  # the latest ask or booked send
@@ -36,7 +36,7 @@ class SuccessMeter:
         """When the replies to requests sent by ``now`` should all be in."""
         return now + 2.0 * (self.latency_s or 0.0) + 0.05
 
-    def on_send(self, asked: float, at: float) -> None:
+    def on_send(self, asked: float, at: float, tokens: float = 0.0) -> None:
         """A request asked for at ``asked`` is booked to leave at ``at``. Busy
         periods go by demand: asks, and callers waiting for their booked
         time. A hold delays sends, not demand: after a 429's 30-s hint the
@@ -46,7 +46,7 @@ class SuccessMeter:
             self._held_since = None
         elif self._held_since is None:
             self._held_since = at
-        self._booked.append((at, held))
+        self._booked.append((at, held, tokens))
         while self._booked and self._booked[0][0] < at - 2 * self.span_s:
             self._booked.popleft()
         if self._demand_until is None or asked - self._demand_until > self.idle_s:
@@ -68,11 +68,11 @@ class SuccessMeter:
         between them (1 s before a 6-s window: 17 %)."""
         self._before, self._before_weight = at, weight
 
-    def on_success(self, sent_at: float, now: float) -> None:
-        self._sent.append(sent_at)
+    def on_success(self, sent_at: float, now: float, tokens: float = 0.0) -> None:
+        self._sent.append((sent_at, tokens))
         took = max(0.0, now - sent_at)
         self.latency_s = took if self.latency_s is None else 0.9 * self.latency_s + 0.1 * took
-        while self._sent and self._sent[0] < sent_at - 2 * self.span_s:
+        while self._sent and self._sent[0][0] < sent_at - 2 * self.span_s:
             self._sent.popleft()
 
     def busy_for(self, now: float) -> float:
@@ -84,7 +84,8 @@ class SuccessMeter:
         """Since when every booking waited for pacing (None: the last one did not)."""
         return self._held_since
 
-    def _span(self, until: float, hint_s: float, since: float | None = None) -> tuple[float, float, float] | None:
+    def _span(self, until: float, hint_s: float, since: float | None = None,
+              tokens: bool = False) -> tuple[float, float, float] | None:
         """(start, seconds, requests before ours) of a measurement up to
         ``until``: from the latest of ``span_s`` ago, the start of the busy
         period and ``since`` (or from the request before ours, see
@@ -94,7 +95,9 @@ class SuccessMeter:
             return None
         start = max(until - self.span_s, self._busy_since, -math.inf if since is None else since)
         hint_s = max(0.0, hint_s)
-        before = self._opened_by_before(start, until, hint_s)
+        # The request before ours is one request, but a handful of tokens: a
+        # token window refuses when ours fill it, and frees when ours leave it.
+        before = None if tokens else self._opened_by_before(start, until, hint_s)
         if before is not None:
             return before, until - before + hint_s, self._before_weight
         return start, until - start + hint_s, 0.0
@@ -120,33 +123,36 @@ class SuccessMeter:
             return None
         if not 0.0 <= busy - before < min(hint_s, self.idle_s):
             return None
-        if sum(1 for t, _ in self._booked if busy <= t < start) > 1:
+        if sum(1 for t, _, _ in self._booked if busy <= t < start) > 1:
             return None
         return before
 
-    def sent_rate(self, until: float, hint_s: float) -> float | None:
-        """Requests sent in ``[start, until)`` of the busy period, per second of
-        ``until - start + hint_s``: at the first 429 of a burst the server
-        accepted what arrived before it, though few replies are in yet."""
-        span = self._span(until, hint_s)
+    def sent_rate(self, until: float, hint_s: float, tokens: bool = False) -> float | None:
+        """Requests (or their ``tokens``) sent in ``[start, until)`` of the busy
+        period, per second of ``until - start + hint_s``: at the first 429 of a
+        burst the server accepted what arrived before it, though few replies are in yet."""
+        span = self._span(until, hint_s, tokens=tokens)
         if span is None:
             return None
         start, seconds, before = span
-        count = before + sum(1 for t, _ in self._booked if start <= t < until)
+        count = before + sum(n if tokens else 1 for t, _, n in self._booked if start <= t < until)
         return count / seconds if count and seconds > 0 else None
 
     def accepted_rate(
         self, until: float, hint_s: float, since: float | None = None, min_count: int = 5,
-        min_span_s: float = 0.2,
+        min_span_s: float = 0.2, tokens: bool = False,
     ) -> float | None:
         """Successes sent in ``[start, until]`` per second of ``until - start + hint_s``,
         where ``start`` is the latest of ``span_s`` ago, the start of the busy
-        period and ``since``; None when too few requests were seen to say."""
-        span = self._span(until, hint_s, since)
+        period and ``since`` (with ``tokens``: their tokens); None when too few
+        requests were seen to say."""
+        span = self._span(until, hint_s, since, tokens)
         if span is None:
             return None
         start, seconds, before = span
-        count = before + sum(1 for t in self._sent if start <= t <= until)
+        count = before + sum(1 for t, _ in self._sent if start <= t <= until)
         if count < min_count or seconds < min_span_s:
             return None
+        if tokens:
+            return sum(n for t, n in self._sent if start <= t <= until) / seconds
         return count / seconds
