@@ -145,7 +145,7 @@ def test_the_embedder_tells_the_limiter_a_token_429_and_its_precise_wait(monkeyp
     floor), and the limiter then paces tokens, not requests; every text is
     embedded once (counted at the emulator)."""
     from beamvec.backends.genai import GenaiBackend
-    from beamvec.embedder import Embedder, EmbedSettings
+    from beamvec.embed.embedder import Embedder, EmbedSettings
     from beamvec.emulator import Emulator
     from beamvec.records import Record, content_hash
     from beamvec.retry import RetryPolicy
