@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 
 from beamvec.backends.base import Backend
 from beamvec.contract import OutputState, read_state
+from beamvec.contract import columns as col
 from beamvec.errors import InputVanishedError
 from beamvec.pipeline.worker import FETCH_WINDOW, WorkerConfig
 from beamvec.records import Record, Split
@@ -156,7 +157,7 @@ def _read(output: Output, where: str, ref: BatchRef) -> pa.RecordBatch:
 
 def _by_bucket(table: pa.Table, buckets: int) -> list[tuple[int, pa.Table]]:
     """The rows of ``table`` by bucket of their content hash, buckets in order."""
-    ids = np.fromiter((bucket_of(h, buckets) for h in table.column("content_hash").to_pylist()),
+    ids = np.fromiter((bucket_of(h, buckets) for h in table.column(col.CONTENT_HASH).to_pylist()),
                       np.int64, table.num_rows)
     order = np.argsort(ids, kind="stable")
     ids, table = ids[order], table.take(pa.array(order))
@@ -175,8 +176,8 @@ def _matrix(batch: pa.RecordBatch | pa.Table, dimension: int) -> np.ndarray:
 def vector_rows(hashes: Sequence[str], matrix: np.ndarray) -> pa.Table:
     dimension = matrix.shape[1] if matrix.ndim == 2 else 0
     return pa.table({
-        "content_hash": pa.array(hashes, pa.string()),
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), dimension),
+        col.CONTENT_HASH: pa.array(hashes, pa.string()),
+        col.VECTOR: pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), dimension),
     })
 
 
@@ -249,7 +250,7 @@ class SplitHashes(beam.DoFn):
             return
         output, where = _staging(config)
         name = f"keys/{uuid.uuid4().hex}"
-        parts = _by_bucket(pa.table({"content_hash": pa.array(sorted(hashes), pa.string())}), self.buckets)
+        parts = _by_bucket(pa.table({col.CONTENT_HASH: pa.array(sorted(hashes), pa.string())}), self.buckets)
         output.makedirs(f"{where}/keys")
         _write(output, f"{where}/{name}", parts[0][1].schema, [part for _, part in parts])
         for number, (bucket, _) in enumerate(parts):
@@ -271,7 +272,7 @@ class ListRowGroups(beam.DoFn):
             try:
                 with output.fs.open(path, "rb") as fh:
                     pf = pq.ParquetFile(fh)
-                    if pf.schema_arrow.field("vector").type != wanted:
+                    if pf.schema_arrow.field(col.VECTOR).type != wanted:
                         continue
                     groups = pf.num_row_groups
             except Exception:  # noqa: BLE001 - gone or damaged: a miss is always safe
@@ -291,7 +292,7 @@ class ReadRowGroup(beam.DoFn):
         source = Output(ref.url, self.config.storage_options)
         try:
             with source.fs.open(ref.path, "rb") as fh:
-                table = pq.ParquetFile(fh).read_row_group(ref.group, columns=["content_hash", "vector"])
+                table = pq.ParquetFile(fh).read_row_group(ref.group, columns=[col.CONTENT_HASH, col.VECTOR])
         except Exception:  # noqa: BLE001 - replaced or removed meanwhile: those texts are sent
             return
         if not table.num_rows:
