@@ -96,17 +96,18 @@ def billed_texts(emu: Emulator) -> dict[str, int]:
 
 
 def pause_when(proc: subprocess.Popen, holds: Callable[[], bool], what: str, timeout: float = 300) -> None:
-    """Return once ``holds()`` is true, with the child paused (SIGSTOP) in
-    that state: the caller then kills it, or checks something and sends
-    SIGCONT. Each look is taken with the child stopped, so what the test saw
-    is where the child is, however loaded the machine. ``timeout`` only
-    guards against a hang; the child ending first is an AssertionError."""
+    """Return once ``holds()`` is true, with the child paused (SIGSTOP) right
+    after: the caller then kills it, or checks something and sends SIGCONT.
+    The child runs while the test looks (a child stopped in the middle of a
+    request would hold a one-at-a-time server, gcp-storage-emulator's, and the
+    look with it), so it may have gone a little further than what was seen:
+    callers assert on what they read after the pause. ``timeout`` only guards
+    against a hang; the child ending first is an AssertionError."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        proc.send_signal(signal.SIGSTOP)
         if holds():
+            proc.send_signal(signal.SIGSTOP)
             return
-        proc.send_signal(signal.SIGCONT)
         time.sleep(0.05)
     if proc.poll() is None:
         proc.kill()
