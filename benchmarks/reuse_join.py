@@ -142,12 +142,12 @@ def child_run(argv: list[str], path: str, total: int) -> dict[str, Any]:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from beamvec import reuse_join
+    from beamvec import reuse_choice
     from beamvec.backends import genai
     from beamvec.cli import main
 
     if path == "index":
-        reuse_join.JOIN_MIN_VECTORS = 1 << 62
+        reuse_choice.JOIN_MIN_VECTORS = 1 << 62
 
     def fake_embed(self: Any, texts: Any, titles: Any = None) -> np.ndarray:
         return np.ones((len(texts), self.limits.dimension), np.float32) / math.sqrt(self.limits.dimension)

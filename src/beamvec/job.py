@@ -64,7 +64,7 @@ from beamvec.progress import PROGRESS, Reporter
 from beamvec.quota import QuotaSettings
 from beamvec.retry import RetryPolicy
 from beamvec.retry_letters import merged
-from beamvec.reuse_join import plan_reuse
+from beamvec.reuse_choice import plan_reuse
 from beamvec.routing import Refusals
 from beamvec.run_summary import (
     READ_ERRORS,
@@ -310,9 +310,9 @@ def _run_planned(
         plan.output, run_id, plan.work.todo, [s.name for s in inputs.shards], plan.work.carried
     )
     # A large reuse source meets the records in a join rather than each process's index.
-    joined = plan_reuse(config, plan.state, sum(max(0, s.size) for s in plan.work.todo))
-    if joined:
-        LOG.info("reuse: joining the records with %s reusable vectors by content hash", f"{joined:,}")
+    choice = plan_reuse(inputs, plan.output, plan.state, plan.work.todo)
+    LOG.info("reuse: by %s (%s)", choice.by, choice.why)
+    joined = choice.vectors if choice.join else 0
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | "EmbedCorpus" >> EmbedCorpus(
         work, inputs.backend, config, settings, quota, inputs.run_config, bv.concurrent_shards,
