@@ -51,9 +51,12 @@ from helpers import assert_reconciled, beam_run, read_output, vectors_by_id
 
 @pytest.fixture
 def joined(monkeypatch):
-    """The sizes call for the join on small data."""
+    """The sizes call for the join on small data, and no sample of the order
+    is taken (in outputs this small every row is a row group's span from the
+    next: any order looks like the output's to the sample)."""
     monkeypatch.setattr(reuse_choice, "JOIN_MIN_VECTORS", 1)
     monkeypatch.setattr(reuse_choice, "JOIN_MIN_RECORDS", 0)
+    monkeypatch.setattr(reuse_choice, "SAMPLE_SHARDS", 0)
 
 
 def forbid_index(monkeypatch) -> None:
@@ -126,6 +129,7 @@ def test_same_order_reexport_keeps_the_index_above_the_thresholds_and_bills_noth
     code, _, err = beam_run(capsys, *gemini(emu, night1(tmp_path / "n1"), output))
     assert code == 0, err
 
+    monkeypatch.setattr(reuse_choice, "SAMPLE_SHARDS", 3)  # the sample decides
     args = gemini(emu, night1_renamed(tmp_path / "same"), output, "--prune")
     predicted, run, sent = run_joined(capsys, emu, monkeypatch, args, by="index")
     assert sent == {}
@@ -230,6 +234,23 @@ def test_staged_files_hold_a_batch_per_bucket_so_readers_need_no_reference(tmp_p
         assert all(int(h[:8], 16) % 7 == b for h in part)  # bucket = first 32 bits mod buckets
 
 
+def test_each_step_of_the_join_moves_the_progress_the_run_liveness_watches(tmp_path):
+    """A join of millions of vectors writes no record for minutes: its steps
+    must count, or the lease's stall detection stops the run."""
+    from beamvec.progress import PROGRESS
+
+    PROGRESS.reset()
+    spec = JoinSpec(Stage(str(tmp_path / "stage")), 1, 4, "fp")
+    joining = JoinBucket(spec)
+    joining.setup()
+    spec.stage.write(spec.stage.keys("k"), HASHES, [pa.table({"content_hash": [digest(1)]})])
+    spec.stage.write(spec.stage.vectors((0, 0, 0)), vector_schema(4), [vector_rows([digest(1)], np.ones((1, 4), np.float32))])
+    before = PROGRESS.read()[reuse_join.JOIN_STEPS]
+    assert list(joining.process(0, {"k": 0}, [(0, 0, 0)])) == [0]
+    assert PROGRESS.read()[reuse_join.JOIN_STEPS] >= before + 2  # a key batch and a vector batch read
+    PROGRESS.reset()
+
+
 def test_the_join_is_chosen_from_the_sizes():
     window = reuse_choice.JOIN_MIN_RECORDS
     many = reuse_choice.JOIN_MIN_VECTORS
@@ -242,9 +263,13 @@ def test_the_join_is_chosen_from_the_sizes():
 
 
 def test_a_sample_in_the_sources_order_is_in_order_and_a_shuffled_one_is_not():
-    rows = {digest(n): (n // 100, n % 100) for n in range(300)}  # 3 files of 100 rows
-    same = [[digest(n) for n in range(k, k + 64)] for k in (0, 170, 236)]  # one crosses a file end
-    assert reuse_choice.in_order(same, rows)
-    shuffled = [[digest(n) for n in range(k, 300, 3)][:64] for k in range(3)]
-    assert not reuse_choice.in_order(shuffled, rows)
+    span = reuse_choice.ROW_GROUP_ROWS
+    n = 3 * 4 * span
+    rows = {digest(k): (k // (4 * span), k % (4 * span)) for k in range(n)}  # 3 files of 4 row groups
+    same = [[digest(k) for k in range(start, start + 64)] for start in (0, 4 * span - 10, 9 * span)]
+    assert reuse_choice.in_order(same, rows)  # one run crosses a file's end
+    swapped = [[digest(k ^ 1) for k in run] for run in [list(range(s, s + 64)) for s in (0, 5000, 20000)]]
+    assert reuse_choice.in_order(swapped, rows)  # requests in flight reorder neighbours
+    shuffled = [[digest((k * 7919 + s) % n) for k in range(64)] for s in range(3)]
+    assert not reuse_choice.in_order(shuffled, rows)  # 7,919 rows apart: another row group each time
     assert not reuse_choice.in_order(same, {})  # nothing found: no sign of order

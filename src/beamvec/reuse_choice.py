@@ -23,13 +23,14 @@ import pyarrow.parquet as pq
 
 from beamvec.contract import OutputState, read_state
 from beamvec.contract import columns as col
+from beamvec.errors import InputVanishedError
 from beamvec.inputs import JobInputs
 from beamvec.lookup import reusable_files
 from beamvec.prepare import prepare
 from beamvec.records import Record, Shard, Split
 from beamvec.reuse_join import JoinedKeys, JoinSpec, join_in_process
 from beamvec.reuse_stage import HASH_BYTES, Stage, bucket_count
-from beamvec.sink import Output
+from beamvec.sink import ROW_GROUP_ROWS, Output
 from beamvec.sources import read_shard
 from beamvec.worker import FETCH_WINDOW
 
@@ -45,7 +46,7 @@ SAMPLE_SHARDS = 3
 SAMPLE_RECORDS = 64
 #: Hashes of the sources read at most to find the sample (a second or two).
 SAMPLE_SCAN_ROWS = 4_000_000
-#: Share of the sample's consecutive found pairs that must be consecutive rows.
+#: Share of the sample's consecutive found pairs that must lie a row group's span apart at most.
 IN_ORDER = 0.9
 #: Bytes of input a record takes, when no committed shard says better.
 BYTES_PER_RECORD = 200
@@ -93,16 +94,18 @@ def choose_join(vectors: int, records: int) -> bool:
 
 
 def in_order(runs: Sequence[Sequence[str]], where: dict[str, tuple[int, int]]) -> bool:
-    """Whether the sampled runs of hashes sit in the sources as runs of rows:
-    most consecutive pairs found are consecutive rows of one file."""
-    found = adjacent = 0
+    """Whether the sampled runs of hashes sit in the sources in their order:
+    most consecutive pairs found lie within a row group's span of rows of one
+    file (what makes the index's row-group cache hit; a run writes its rows
+    in about the input's order, reordered a little by requests in flight)."""
+    found = near = 0
     for run in runs:
         for a, b in pairwise(run):
             if a in where and b in where:
                 found += 1
                 (fa, ra), (fb, rb) = where[a], where[b]
-                adjacent += fa == fb and rb == ra + 1
-    return found >= SAMPLE_RECORDS // 2 and adjacent >= IN_ORDER * found
+                near += fa == fb and abs(rb - ra) < ROW_GROUP_ROWS
+    return found >= SAMPLE_RECORDS // 2 and near >= IN_ORDER * found
 
 
 def sample_runs(inputs: JobInputs, todo: Sequence[Shard]) -> list[list[str]]:
@@ -112,8 +115,11 @@ def sample_runs(inputs: JobInputs, todo: Sequence[Shard]) -> list[list[str]]:
     for shard in (todo[k] for k in picks):
         items = (prepare(raw, inputs.prepare, backend.count_tokens, backend.truncate)
                  for raw in read_shard(shard, inputs.reader, inputs.storage_options))
-        runs.append([item.content_hash for item in islice(
-            (i for i in items if isinstance(i, Record)), SAMPLE_RECORDS)])
+        try:
+            runs.append([item.content_hash for item in islice(
+                (i for i in items if isinstance(i, Record)), SAMPLE_RECORDS)])
+        except InputVanishedError:
+            continue  # the workers record that shard as failed
     return runs
 
 
@@ -121,6 +127,8 @@ def locate(files: Sequence[tuple[Output, str]], wanted: set[str]) -> dict[str, t
     """(file, row) of each wanted hash, reading hash columns in order until
     all are found or ``SAMPLE_SCAN_ROWS`` rows are read."""
     where: dict[str, tuple[int, int]] = {}
+    if not wanted:
+        return where
     values, read = pa.array(sorted(wanted), pa.string()), 0
     for number, (output, path) in enumerate(files):
         try:

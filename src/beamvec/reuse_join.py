@@ -29,6 +29,7 @@ between the join and the in-process index is reuse_choice.py's.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,7 @@ from beamvec.contract import columns as col
 from beamvec.errors import InputVanishedError
 from beamvec.lookup import reusable_files
 from beamvec.prepare import PrepareConfig, prepare
+from beamvec.progress import PROGRESS
 from beamvec.records import Record, Split
 from beamvec.reuse_stage import (
     HASHES,
@@ -57,6 +59,34 @@ from beamvec.reuse_stage import (
 from beamvec.sink import TMP_DIR, Output
 from beamvec.sources import ReaderConfig, read_split
 from beamvec.worker import WorkerConfig
+
+#: The key under which the join's steps count into ``PROGRESS``.
+JOIN_STEPS = "join_steps"
+
+
+class _Steps:
+    """Steps of the join done in this process (a split hashed, a row group
+    staged, a batch merged): a join of millions of vectors writes no record
+    for minutes, and the run's liveness (job._Liveness) must see it move."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.done = 0
+
+    def step(self) -> None:
+        with self._lock:
+            self.done += 1
+
+    def snapshot(self) -> dict[str, float]:
+        return {JOIN_STEPS: self.done}
+
+
+STEPS = _Steps()
+
+
+class _Counted(beam.DoFn):
+    def setup(self) -> None:
+        PROGRESS.watch(STEPS.snapshot)  # once per instance: a copy adds nothing the liveness minds
 
 
 @dataclass(frozen=True)
@@ -156,7 +186,7 @@ class SplitReuse:
 # -- the steps -------------------------------------------------------------------------
 
 
-class SplitHashes(beam.DoFn):
+class SplitHashes(_Counted):
     """A split in, its key out, once its distinct content hashes are staged by
     bucket: the same reader and ``prepare`` as the worker, so the hashes are
     the ones it routes."""
@@ -165,6 +195,7 @@ class SplitHashes(beam.DoFn):
         self.backend, self.reader, self.rules, self.spec = backend, reader, rules, spec
 
     def setup(self) -> None:
+        super().setup()
         self.backend.load()
 
     def process(self, split: Split) -> Iterator[str]:
@@ -180,10 +211,11 @@ class SplitHashes(beam.DoFn):
         key = split_key(split.name)
         table = pa.table({col.CONTENT_HASH: pa.array(sorted(hashes), pa.string())})
         spec.stage.write(spec.stage.keys(key), HASHES, by_bucket(table, spec.buckets))
+        STEPS.step()
         yield key
 
 
-class ListRowGroups(beam.DoFn):
+class ListRowGroups(_Counted):
     """A reuse source in, the row groups of its vector files of this
     configuration out (on a worker: the job graph never carries file lists)."""
 
@@ -204,11 +236,13 @@ class ListRowGroups(beam.DoFn):
                     groups = pf.num_row_groups
             except Exception:  # noqa: BLE001 - gone or damaged: a miss is always safe
                 continue
+            finally:
+                STEPS.step()
             for group in range(groups):
                 yield RowGroup((rank, number, group), url, path, group)
 
 
-class ReadRowGroup(beam.DoFn):
+class ReadRowGroup(_Counted):
     """A row group in, its rank out once its rows are staged by bucket: each
     row group of a reuse source is read once per run."""
 
@@ -224,12 +258,13 @@ class ReadRowGroup(beam.DoFn):
                 table = pq.ParquetFile(fh).read_row_group(ref.group, columns=schema.names)
         except Exception:  # noqa: BLE001 - replaced or removed meanwhile: those texts are sent
             return
+        STEPS.step()
         if table.num_rows:
             spec.stage.write(spec.stage.vectors(ref.rank), schema, by_bucket(table, spec.buckets))
             yield ref.rank
 
 
-class JoinBucket(beam.DoFn):
+class JoinBucket(_Counted):
     """A bucket number in: every split's hashes and every source row group's
     rows of that bucket merged; out, once each split's hits are staged in
     split-key order, the bucket number."""
@@ -242,11 +277,15 @@ class JoinBucket(beam.DoFn):
     ) -> Iterator[int]:
         stage, dimension = self.spec.stage, self.spec.found_dimension
         keys = sorted(positions, key=positions.__getitem__)
-        asked = [stage.read(stage.keys(key), bucket).column(0).to_pylist() for key in keys]
-        sources = (stage.read(stage.vectors(tuple(rank)), bucket) for rank in sorted(map(tuple, ranks)))
+        asked = [self._read(stage.keys(key), bucket).column(0).to_pylist() for key in keys]
+        sources = (self._read(stage.vectors(tuple(rank)), bucket) for rank in sorted(map(tuple, ranks)))
         parts = merge_bucket(asked, sources, dimension)
         stage.write(stage.found(bucket), vector_schema(dimension), parts)
         yield bucket
+
+    def _read(self, name: str, batch: int) -> pa.RecordBatch:
+        STEPS.step()
+        return self.spec.stage.read(name, batch)
 
 
 def positions_of(keys: Iterable[str]) -> dict[str, int]:
