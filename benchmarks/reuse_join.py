@@ -144,10 +144,10 @@ def child_run(argv: list[str], path: str, total: int) -> dict[str, Any]:
 
     from beamvec.backends import genai
     from beamvec.cli import main
-    from beamvec.pipeline import reuse_join
+    from beamvec.driver import reuse_choice
 
     if path == "index":
-        reuse_join.JOIN_MIN_VECTORS = 1 << 62
+        reuse_choice.JOIN_MIN_VECTORS = 1 << 62
 
     def fake_embed(self: Any, texts: Any, titles: Any = None) -> np.ndarray:
         return np.ones((len(texts), self.limits.dimension), np.float32) / math.sqrt(self.limits.dimension)

@@ -42,6 +42,7 @@ from beamvec.driver.resolve import (
     split_work,
     uncovered_by_force,
 )
+from beamvec.driver.reuse_choice import plan_reuse, planned_join
 from beamvec.errors import UsageError
 from beamvec.records import DeadLetter, Shard
 from beamvec.route.lookup import build_batch_index, check_reuse_source
@@ -224,9 +225,12 @@ def make_plan(options: PipelineOptions, exact_flag: bool = False) -> dict[str, A
     for url in bv.reuse_from or ():
         check_reuse_source(description, Output(url, inputs.storage_options))
     own = output if output is not None and not replacing else None
+    # the run's choice (reuse_choice.plan_reuse): the join's lookups by shard, or one index
+    choice = plan_reuse(inputs, own, state, work.todo)
+    sample = choose(work.todo, exact_flag)
+    joined = planned_join(inputs, choice, own, sample.shards) if choice.join else {}
     lookup: Lookup = (  # nothing to read, nothing to look up (a no-op plan stays fast)
-        reuse_lookup(inputs, own, state)
-        if work.todo and not bv.force else NoLookup()
+        reuse_lookup(inputs, own, state) if choice.by == "index" else NoLookup()
     )
     # vectors earlier --batch-api runs collected and did not commit yet
     batch = build_batch_index(own, fingerprint, limits.dimension) if own is not None else None
@@ -235,10 +239,10 @@ def make_plan(options: PipelineOptions, exact_flag: bool = False) -> dict[str, A
     memory = RunMemory(limits.dimension)
     requests = RequestCounter(limits.max_items, limits.max_request_tokens)
     results = []
-    sample = choose(work.todo, exact_flag)
     for i, shard in enumerate(sample.shards, start=1):
         progress(f"beamvec plan: reading shard {i}/{len(sample.shards)} {shard.name}", bv.quiet)
-        results.append(scan_shard(shard, inputs, lookup, memory, requests, batch, refusals))
+        results.append(scan_shard(shard, inputs, joined.get(shard.name, lookup), memory, requests, batch,
+                                  refusals))
     progress_done(bv.quiet)
     requests.done()
 
@@ -287,6 +291,8 @@ def make_plan(options: PipelineOptions, exact_flag: bool = False) -> dict[str, A
         "dead_letters": totals["dead_letters"],
         "dead_letters_by_reason": dict(sorted(reasons.items())),
         "reused": totals["reused"] + totals["batch_sent"],
+        "reuse_by": choice.by,
+        "reuse_why": choice.why,
         "deduplicated": totals["deduplicated"],
         "sent": totals["sent"],
         "sent_tokens": totals["sent_tokens"],

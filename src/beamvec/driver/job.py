@@ -56,6 +56,7 @@ from beamvec.driver.resolve import (
     uncovered_by_force,
     worker_processes,
 )
+from beamvec.driver.reuse_choice import plan_reuse
 from beamvec.driver.run_summary import (
     READ_ERRORS,
     DamagedInput,
@@ -68,7 +69,6 @@ from beamvec.driver.timeline import Timeline, new_run_id
 from beamvec.embed.embedder import EmbedSettings
 from beamvec.errors import Interrupted, SystemicError, UsageError, reason_of
 from beamvec.interrupt import STOP, Terminated, signals_handled
-from beamvec.pipeline.reuse_join import plan_reuse
 from beamvec.pipeline.transforms import EmbedCorpus, commit_run, write_work
 from beamvec.pipeline.worker import WorkerConfig
 from beamvec.progress import PROGRESS, Reporter
@@ -310,9 +310,9 @@ def _run_planned(
         plan.output, run_id, plan.work.todo, [s.name for s in inputs.shards], plan.work.carried
     )
     # A large reuse source meets the records in a join rather than each process's index.
-    joined = plan_reuse(config, plan.state, sum(max(0, s.size) for s in plan.work.todo))
-    if joined:
-        LOG.info("reuse: joining the records with %s reusable vectors by content hash", f"{joined:,}")
+    choice = plan_reuse(inputs, plan.output, plan.state, plan.work.todo)
+    LOG.info("reuse: by %s (%s)", choice.by, choice.why)
+    joined = choice.vectors if choice.join else 0
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | "EmbedCorpus" >> EmbedCorpus(
         work, inputs.backend, config, settings, quota, inputs.run_config, bv.concurrent_shards,

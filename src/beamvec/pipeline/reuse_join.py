@@ -2,35 +2,36 @@
 each row group of a reuse source is read once per run, whatever the order of
 the records, and no worker holds an index that grows with the output.
 
-    splits ─► SplitHashes ─► (bucket, KeyChunk)  ──────────────────┐
-    sources ─► ListRowGroups ─► Spread ─► ReadRowGroup              ├─► CoGroupByKey(bucket) ─► JoinBucket
-                              ─► (bucket, VectorChunk) ────────────┘        ─► (split name, found batch)
-    splits ─► (split name, split) ─────────────► CoGroupByKey(split name) ◄──┘
-                                                  ─► SplitReuse ─► EmbedShards (a JoinedLookup per split)
+    splits ─► SplitHashes ─► split keys ─► Positions ───────────────┐ (side inputs)
+    sources ─► ListRowGroups ─► Spread ─► ReadRowGroup ─► ranks ─────┤
+    buckets ─► Spread ─► JoinBucket ◄────────────────────────────────┘
+                          ─► bucket numbers ─┐ (side input: every bucket joined)
+    splits ─► WithFound ◄────────────────────┘ ─► SplitReuse ─► EmbedShards (a JoinedLookup per split)
 
-A sort-merge by hash range through the run's staging area: a bucket is a
-range of hashes small enough to join in one worker's memory (``BUCKET_BYTES``
-of vectors). Each step writes what it found as one Arrow IPC file, a record
-batch per bucket (or per split), under ``_tmp/<run id>/join/``; only
-references to those batches cross the runner's shuffle, a few per (split,
-bucket), so neither the runner nor a worker ever holds more than a bucket's
-or a split's vectors, on the in-memory DirectRunner as on Dataflow.
+A sort-merge by hash range through a staging folder (reuse_stage.py): a
+bucket is a range of hashes small enough to join in one worker's memory
+(``BUCKET_BYTES`` of vectors). Each step writes what it found as one Arrow
+IPC file at a path derived from its split, row group or bucket, a batch per
+bucket (or per split); what crosses the runner is a key per split and per
+row group and a number per bucket, so the runner's share does not grow with
+splits × buckets, and neither it nor a worker holds more than a bucket's or
+a split's vectors.
 
 The join is on the full content hash: a vector is reused only for exactly
 its text. When several sources hold one text, the first source (the run's
 own output, then each ``--reuse-from`` in order; files and row groups in
 order) gives it, so the output does not depend on the runner's order.
 
-The in-process index (lookup.py) stays where it wins: small reuse sources or
-few records to route (``choose_join``).
+`plan` runs the same steps in its own process without the vectors
+(``join_in_process``), so it counts reuse by the same merge. The choice
+between the join and the in-process index is reuse_choice.py's.
 """
 
 from __future__ import annotations
 
-import math
-import uuid
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
@@ -39,146 +40,84 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from beamvec.backends.base import Backend
-from beamvec.contract import OutputState, read_state
 from beamvec.contract import columns as col
 from beamvec.errors import InputVanishedError
-from beamvec.pipeline.worker import FETCH_WINDOW, WorkerConfig
+from beamvec.pipeline.reuse_stage import (
+    HASHES,
+    Stage,
+    bucket_count,
+    by_bucket,
+    matrix_of,
+    merge_bucket,
+    split_key,
+    vector_schema,
+)
+from beamvec.pipeline.worker import WorkerConfig
+from beamvec.progress import PROGRESS
 from beamvec.records import Record, Split
 from beamvec.route.lookup import reusable_files
-from beamvec.route.prepare import prepare
-from beamvec.sources import read_split
+from beamvec.route.prepare import PrepareConfig, prepare
+from beamvec.sources import ReaderConfig, read_split
 from beamvec.write.sink import TMP_DIR, Output
 
-#: The join replaces the in-process index when the reuse sources hold at least
-#: this many vectors of the run's configuration ...
-JOIN_MIN_VECTORS = 250_000
-#: ... and the run routes at least this many records (a few of the worker's
-#: fetch windows: below that, the index's random reads cost less than reading
-#: every reusable vector once).
-JOIN_MIN_RECORDS = 4 * FETCH_WINDOW
-#: Bytes of vectors one bucket of the join holds in a worker's memory.
-BUCKET_BYTES = 64 * 1024 * 1024
-#: Bytes of input a record takes, when no committed shard says better.
-BYTES_PER_RECORD = 200
+#: The key under which the join's steps count into ``PROGRESS``.
+JOIN_STEPS = "join_steps"
 
 
-# -- choosing between the join and the in-process index -----------------------------
+class _Steps:
+    """Steps of the join done in this process (a split hashed, a row group
+    staged, a batch merged): a join of millions of vectors writes no record
+    for minutes, and the run's liveness (job._Liveness) must see it move."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.done = 0
+
+    def step(self) -> None:
+        with self._lock:
+            self.done += 1
+
+    def snapshot(self) -> dict[str, float]:
+        return {JOIN_STEPS: self.done}
 
 
-def reusable_vectors(state: OutputState, fingerprint: str, dimension: int) -> int:
-    """Committed vectors of this configuration in an output, from its manifest
-    and commit records (no vector file is opened)."""
-    if state.description is not None and state.description.dimension != dimension:
-        return 0
-    return sum(
-        rec.counts.embedded for rec in state.committed.values()
-        if rec.config_fingerprint in (None, fingerprint)
-    )
+STEPS = _Steps()
 
 
-def bytes_per_record(state: OutputState) -> float:
-    """Input bytes per record read, as the output's committed shards measured it."""
-    sizes: dict[str, int] = {}  # every part of a shard carries the shard's size
-    read = 0
-    for rec in state.committed.values():
-        sizes[rec.shard_name] = max(0, rec.input_size)
-        read += rec.counts.read
-    size = sum(sizes.values())
-    return size / read if size > 0 and read > 0 else float(BYTES_PER_RECORD)
+class _Counted(beam.DoFn):
+    def setup(self) -> None:
+        PROGRESS.watch(STEPS.snapshot)  # once per instance: a copy adds nothing the liveness minds
 
 
-def choose_join(vectors: int, records: int) -> bool:
-    """Whether reuse goes through the join: a large reuse source and enough
-    records that a random order would make the index read it many times."""
-    return vectors >= JOIN_MIN_VECTORS and records >= JOIN_MIN_RECORDS
+@dataclass(frozen=True)
+class JoinSpec:
+    """What every step of one join needs to know."""
+
+    stage: Stage
+    buckets: int
+    dimension: int
+    fingerprint: str
+    storage_options: dict[str, Any] = field(default_factory=dict, hash=False)
+    carry_vectors: bool = True  # False for `plan`: hashes only
+
+    @property
+    def found_dimension(self) -> int | None:
+        return self.dimension if self.carry_vectors else None
 
 
-def bucket_count(vectors: int, dimension: int) -> int:
-    """Buckets such that one holds about ``BUCKET_BYTES`` of vectors."""
-    return max(1, math.ceil(vectors * 4 * dimension / BUCKET_BYTES))
-
-
-def bucket_of(content_hash: str, buckets: int) -> int:
-    return int(content_hash[:8], 16) % buckets
-
-
-# -- what crosses the shuffle: references to batches in the run's staging area ----------
-
-
-@dataclass(frozen=True, slots=True)
-class BatchRef:
-    """One record batch of an Arrow IPC file under the run's ``_tmp/<run id>/join/``
-    (its name there: the runner holds a few of these per split and bucket)."""
-
-    name: str
-    batch: int
-
-
-@dataclass(frozen=True, slots=True)
-class KeyChunk:
-    """A split's distinct content hashes that fall in one bucket."""
-
-    split: str
-    ref: BatchRef  # content_hash
-
-
-@dataclass(frozen=True, slots=True)
-class VectorChunk:
-    """The (hash, vector) rows of one row group of a reuse source that fall in one bucket."""
-
-    rank: tuple[int, int, int]  # (source, file, row group): the first wins a text several hold
-    ref: BatchRef  # content_hash, vector
+def run_stage(config: WorkerConfig) -> Stage:
+    """A run's join folder: ``_tmp/<run id>/join/``, removed with the run's staging."""
+    output = Output(config.output, config.storage_options)
+    return Stage(output.path(TMP_DIR, *([config.run_id] if config.run_id else []), "join"),
+                 config.storage_options)
 
 
 @dataclass(frozen=True, slots=True)
 class RowGroup:
-    rank: tuple[int, int, int]
+    rank: tuple[int, int, int]  # (source, file, row group): the first wins a text several hold
     url: str
     path: str
     group: int
-
-
-def _staging(config: WorkerConfig) -> tuple[Output, str]:
-    output = Output(config.output, config.storage_options, run_id=config.run_id)
-    return output, output.path(TMP_DIR, *([config.run_id] if config.run_id else []), "join")
-
-
-def _write(output: Output, path: str, schema: pa.Schema, parts: Sequence[pa.Table]) -> None:
-    """One IPC file, one record batch per part, in order."""
-    with output.fs.open(path, "wb") as fh, pa.ipc.new_file(fh, schema) as writer:
-        for part in parts:
-            writer.write_batch(part.combine_chunks().to_batches()[0])
-
-
-def _read(output: Output, where: str, ref: BatchRef) -> pa.RecordBatch:
-    with output.fs.open(f"{where}/{ref.name}", "rb") as fh:
-        return pa.ipc.open_file(fh).get_batch(ref.batch)
-
-
-def _by_bucket(table: pa.Table, buckets: int) -> list[tuple[int, pa.Table]]:
-    """The rows of ``table`` by bucket of their content hash, buckets in order."""
-    ids = np.fromiter((bucket_of(h, buckets) for h in table.column(col.CONTENT_HASH).to_pylist()),
-                      np.int64, table.num_rows)
-    order = np.argsort(ids, kind="stable")
-    ids, table = ids[order], table.take(pa.array(order))
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, np.int64)
-    stops = [*starts[1:].tolist(), len(ids)]
-    return [(int(ids[a]), table.slice(a, b - a)) for a, b in zip(starts.tolist(), stops, strict=True)]
-
-
-def _matrix(batch: pa.RecordBatch | pa.Table, dimension: int) -> np.ndarray:
-    column = batch.column(batch.schema.get_field_index("vector"))
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    return np.asarray(column.flatten(), dtype=np.float32).reshape(len(batch), dimension)
-
-
-def vector_rows(hashes: Sequence[str], matrix: np.ndarray) -> pa.Table:
-    dimension = matrix.shape[1] if matrix.ndim == 2 else 0
-    return pa.table({
-        col.CONTENT_HASH: pa.array(hashes, pa.string()),
-        col.VECTOR: pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), dimension),
-    })
 
 
 class JoinedLookup:
@@ -190,14 +129,6 @@ class JoinedLookup:
         for hashes, matrix in found:
             for at, digest in enumerate(hashes):
                 self._vectors.setdefault(digest, matrix[at])
-
-    @classmethod
-    def load(cls, output: Output, where: str, refs: Iterable[BatchRef], dimension: int) -> JoinedLookup:
-        chunks = []
-        for ref in refs:
-            batch = _read(output, where, ref)
-            chunks.append((batch.column(0).to_pylist(), _matrix(batch, dimension)))
-        return cls(chunks)
 
     def __len__(self) -> int:
         return len(self._vectors)
@@ -212,63 +143,91 @@ class JoinedLookup:
         return {h: self._vectors[h] for h in content_hashes if h in self._vectors}
 
 
+class JoinedKeys:
+    """The hashes the join found for one shard's texts, without their vectors
+    (`plan` asks by key only)."""
+
+    def __init__(self, found: frozenset[str]) -> None:
+        self._found = found
+
+    def __contains__(self, content_hash: object) -> bool:
+        return content_hash in self._found
+
+    def get(self, content_hash: str) -> np.ndarray | None:
+        return None
+
+    def get_many(self, content_hashes: Iterable[str]) -> Mapping[str, np.ndarray]:
+        return {}
+
+
+def found_batches(stage: Stage, position: int, buckets: int) -> Iterator[pa.RecordBatch]:
+    """A split's hits, bucket by bucket (``position``: its place in split-key order)."""
+    if position < 0:
+        return
+    for bucket in range(buckets):
+        batch = stage.read(stage.found(bucket), position)
+        if batch.num_rows:
+            yield batch
+
+
 @dataclass(frozen=True, slots=True)
 class SplitReuse:
     """A split and where the join left the vectors its texts reuse."""
 
     split: Split
-    found: tuple[BatchRef, ...]
+    position: int  # the split's batch in every found file; -1: none
+    buckets: int
 
     def lookup(self, config: WorkerConfig, dimension: int) -> JoinedLookup:
-        return JoinedLookup.load(*_staging(config), self.found, dimension)
+        batches = found_batches(run_stage(config), self.position, self.buckets)
+        return JoinedLookup((b.column(0).to_pylist(), matrix_of(b, dimension)) for b in batches)
 
 
 # -- the steps -------------------------------------------------------------------------
 
 
-class SplitHashes(beam.DoFn):
-    """A split in, the content hashes of its records out, by bucket: the same
-    reader and ``prepare`` as the worker, so the hashes are the ones it routes."""
+class SplitHashes(_Counted):
+    """A split in, its key out, once its distinct content hashes are staged by
+    bucket: the same reader and ``prepare`` as the worker, so the hashes are
+    the ones it routes."""
 
-    def __init__(self, backend: Backend, config: WorkerConfig, buckets: int) -> None:
-        self.backend, self.config, self.buckets = backend, config, buckets
+    def __init__(self, backend: Backend, reader: ReaderConfig, rules: PrepareConfig, spec: JoinSpec) -> None:
+        self.backend, self.reader, self.rules, self.spec = backend, reader, rules, spec
 
     def setup(self) -> None:
+        super().setup()
         self.backend.load()
 
-    def process(self, split: Split) -> Iterator[tuple[int, KeyChunk]]:
-        config, backend = self.config, self.backend
+    def process(self, split: Split) -> Iterator[str]:
+        backend, spec = self.backend, self.spec
         hashes: set[str] = set()
         try:
-            for raw in read_split(split, config.reader, config.storage_options):
-                item = prepare(raw, config.prepare, backend.count_tokens, backend.truncate)
+            for raw in read_split(split, self.reader, spec.storage_options):
+                item = prepare(raw, self.rules, backend.count_tokens, backend.truncate)
                 if isinstance(item, Record):
                     hashes.add(item.content_hash)
         except InputVanishedError:
-            return  # the worker records the split as failed
-        if not hashes:
-            return
-        output, where = _staging(config)
-        name = f"keys/{uuid.uuid4().hex}"
-        parts = _by_bucket(pa.table({col.CONTENT_HASH: pa.array(sorted(hashes), pa.string())}), self.buckets)
-        output.makedirs(f"{where}/keys")
-        _write(output, f"{where}/{name}", parts[0][1].schema, [part for _, part in parts])
-        for number, (bucket, _) in enumerate(parts):
-            yield bucket, KeyChunk(split.name, BatchRef(name, number))
+            hashes = set()  # the worker records the split as failed
+        key = split_key(split.name)
+        table = pa.table({col.CONTENT_HASH: pa.array(sorted(hashes), pa.string())})
+        spec.stage.write(spec.stage.keys(key), HASHES, by_bucket(table, spec.buckets))
+        STEPS.step()
+        yield key
 
 
-class ListRowGroups(beam.DoFn):
+class ListRowGroups(_Counted):
     """A reuse source in, the row groups of its vector files of this
     configuration out (on a worker: the job graph never carries file lists)."""
 
-    def __init__(self, config: WorkerConfig, dimension: int) -> None:
-        self.config, self.dimension = config, dimension
+    def __init__(self, spec: JoinSpec) -> None:
+        self.spec = spec
 
     def process(self, source: tuple[int, str]) -> Iterator[RowGroup]:
         rank, url = source
-        output = Output(url, self.config.storage_options)
-        wanted = pa.list_(pa.float32(), self.dimension)
-        for number, path in enumerate(reusable_files(output, self.config.fingerprint, self.dimension)):
+        spec = self.spec
+        output = Output(url, spec.storage_options)
+        wanted = pa.list_(pa.float32(), spec.dimension)
+        for number, path in enumerate(reusable_files(output, spec.fingerprint, spec.dimension)):
             try:
                 with output.fs.open(path, "rb") as fh:
                     pf = pq.ParquetFile(fh)
@@ -277,113 +236,109 @@ class ListRowGroups(beam.DoFn):
                     groups = pf.num_row_groups
             except Exception:  # noqa: BLE001 - gone or damaged: a miss is always safe
                 continue
+            finally:
+                STEPS.step()
             for group in range(groups):
                 yield RowGroup((rank, number, group), url, path, group)
 
 
-class ReadRowGroup(beam.DoFn):
-    """A row group in, its (hash, vector) rows out by bucket, in one staged
-    file: each row group of a reuse source is read once per run."""
+class ReadRowGroup(_Counted):
+    """A row group in, its rank out once its rows are staged by bucket: each
+    row group of a reuse source is read once per run."""
 
-    def __init__(self, config: WorkerConfig, buckets: int) -> None:
-        self.config, self.buckets = config, buckets
+    def __init__(self, spec: JoinSpec) -> None:
+        self.spec = spec
 
-    def process(self, ref: RowGroup) -> Iterator[tuple[int, VectorChunk]]:
-        source = Output(ref.url, self.config.storage_options)
+    def process(self, ref: RowGroup) -> Iterator[tuple[int, int, int]]:
+        spec = self.spec
+        schema = vector_schema(spec.found_dimension)
+        source = Output(ref.url, spec.storage_options)
         try:
             with source.fs.open(ref.path, "rb") as fh:
-                table = pq.ParquetFile(fh).read_row_group(ref.group, columns=[col.CONTENT_HASH, col.VECTOR])
+                table = pq.ParquetFile(fh).read_row_group(ref.group, columns=schema.names)
         except Exception:  # noqa: BLE001 - replaced or removed meanwhile: those texts are sent
             return
-        if not table.num_rows:
-            return
-        output, where = _staging(self.config)
-        name = f"vectors/{uuid.uuid4().hex}"
-        parts = _by_bucket(table, self.buckets)
-        output.makedirs(f"{where}/vectors")
-        _write(output, f"{where}/{name}", table.schema, [part for _, part in parts])
-        for number, (bucket, _) in enumerate(parts):
-            yield bucket, VectorChunk(ref.rank, BatchRef(name, number))
+        STEPS.step()
+        if table.num_rows:
+            spec.stage.write(spec.stage.vectors(ref.rank), schema, by_bucket(table, spec.buckets))
+            yield ref.rank
 
 
-class JoinBucket(beam.DoFn):
-    """One bucket's split hashes and source vectors in; each split's found
-    vectors out, as one batch of a staged file per bucket."""
+class JoinBucket(_Counted):
+    """A bucket number in: every split's hashes and every source row group's
+    rows of that bucket merged; out, once each split's hits are staged in
+    split-key order, the bucket number."""
 
-    def __init__(self, config: WorkerConfig, dimension: int) -> None:
-        self.config, self.dimension = config, dimension
+    def __init__(self, spec: JoinSpec) -> None:
+        self.spec = spec
 
-    def process(self, element: tuple[int, dict[str, Iterable[Any]]]) -> Iterator[tuple[str, BatchRef]]:
-        bucket, grouped = element
-        keys: list[KeyChunk] = sorted(grouped["keys"], key=lambda c: c.split)
-        if not keys:
-            return
-        output, where = _staging(self.config)
-        asked = {chunk.split: _read(output, where, chunk.ref).column(0).to_pylist() for chunk in keys}
-        wanted = {h for hashes in asked.values() for h in hashes}
-        found: dict[str, np.ndarray] = {}
-        for chunk in sorted(grouped["vectors"], key=lambda c: c.rank):
-            batch = _read(output, where, chunk.ref)
-            hashes = batch.column(0).to_pylist()
-            rows = [at for at, h in enumerate(hashes) if h in wanted and h not in found]
-            if rows:
-                matrix = _matrix(batch, self.dimension)
-                for at in rows:
-                    found[hashes[at]] = matrix[at]
-        parts = []
-        for split, hashes in asked.items():
-            hits = [h for h in hashes if h in found]
-            if hits:
-                parts.append((split, vector_rows(hits, np.stack([found[h] for h in hits]))))
-        if not parts:
-            return
-        name = f"found/{bucket:06d}-{uuid.uuid4().hex}"
-        output.makedirs(f"{where}/found")
-        _write(output, f"{where}/{name}", parts[0][1].schema, [table for _, table in parts])
-        for number, (split, _) in enumerate(parts):
-            yield split, BatchRef(name, number)
+    def process(
+        self, bucket: int, positions: Mapping[str, int], ranks: Iterable[tuple[int, int, int]]
+    ) -> Iterator[int]:
+        stage, dimension = self.spec.stage, self.spec.found_dimension
+        keys = sorted(positions, key=positions.__getitem__)
+        asked = [self._read(stage.keys(key), bucket).column(0).to_pylist() for key in keys]
+        sources = (self._read(stage.vectors(tuple(rank)), bucket) for rank in sorted(map(tuple, ranks)))
+        parts = merge_bucket(asked, sources, dimension)
+        stage.write(stage.found(bucket), vector_schema(dimension), parts)
+        yield bucket
+
+    def _read(self, name: str, batch: int) -> pa.RecordBatch:
+        STEPS.step()
+        return self.spec.stage.read(name, batch)
 
 
-def _with_found(element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[SplitReuse]:
-    _, grouped = element
-    found = tuple(sorted(grouped["found"], key=lambda ref: ref.name))
-    for split in grouped["split"]:
-        yield SplitReuse(split, found)
+def positions_of(keys: Iterable[str]) -> dict[str, int]:
+    """Each split key's batch number in the found files: its place in key order."""
+    return {key: at for at, key in enumerate(sorted(set(keys)))}
+
+
+class WithFound(beam.DoFn):
+    def __init__(self, buckets: int) -> None:
+        self.buckets = buckets
+
+    def process(self, split: Split, positions: Mapping[str, int], _joined: Iterable[int]) -> Iterator[SplitReuse]:
+        yield SplitReuse(split, positions.get(split_key(split.name), -1), self.buckets)
 
 
 class JoinReuse(beam.PTransform):
     """Splits in, each with where the join left the vectors its texts reuse, out.
 
-    Only references to staged Arrow files cross the runner's shuffle, so the
-    runner holds a few bytes per (split, bucket), never the vectors: memory
-    stays flat on the in-memory DirectRunner too."""
+    Only keys and numbers cross the runner (a key per split and per row
+    group, a number per bucket): memory stays flat on the in-memory
+    DirectRunner too, whatever the output's size."""
 
     def __init__(self, backend: Backend, config: WorkerConfig, sources: Sequence[str], vectors: int) -> None:
         super().__init__()
         self.backend, self.config, self.sources = backend, config, tuple(sources)
-        self.dimension = backend.limits.dimension
-        self.buckets = bucket_count(vectors, self.dimension)
+        dimension = backend.limits.dimension
+        self.spec = JoinSpec(run_stage(config), bucket_count(vectors, 4 * dimension), dimension,
+                             config.fingerprint, config.storage_options)
 
     def expand(self, splits: beam.PCollection) -> beam.PCollection:
-        keys = splits | "SplitHashes" >> beam.ParDo(SplitHashes(self.backend, self.config, self.buckets))
-        vectors = (
+        spec, config = self.spec, self.config
+        keys = splits | "SplitHashes" >> beam.ParDo(SplitHashes(self.backend, config.reader, config.prepare, spec))
+        positions = (
+            keys
+            | "AllSplits" >> beam.combiners.ToList()
+            | "Positions" >> beam.FlatMap(lambda all_keys: positions_of(all_keys).items())
+        )
+        ranks = (
             splits.pipeline
             | "Sources" >> beam.Create(list(enumerate(self.sources)))
-            | "ListRowGroups" >> beam.ParDo(ListRowGroups(self.config, self.dimension))
+            | "ListRowGroups" >> beam.ParDo(ListRowGroups(spec))
             | "SpreadRowGroups" >> beam.Reshuffle()
-            | "ReadRowGroups" >> beam.ParDo(ReadRowGroup(self.config, self.buckets))
+            | "ReadRowGroups" >> beam.ParDo(ReadRowGroup(spec))
         )
-        found = (
-            {"keys": keys, "vectors": vectors}
-            | "ByBucket" >> beam.CoGroupByKey()
-            | "JoinBuckets" >> beam.ParDo(JoinBucket(self.config, self.dimension))
+        joined = (
+            splits.pipeline
+            | "Buckets" >> beam.Create(list(range(spec.buckets)))
+            | "SpreadBuckets" >> beam.Reshuffle()
+            | "JoinBuckets" >> beam.ParDo(
+                JoinBucket(spec), beam.pvalue.AsDict(positions), beam.pvalue.AsList(ranks))
         )
-        named = splits | "ByName" >> beam.Map(lambda split: (split.name, split))
-        return (
-            {"split": named, "found": found}
-            | "BySplit" >> beam.CoGroupByKey()
-            | "WithFound" >> beam.FlatMap(_with_found)
-        )
+        return splits | "WithFound" >> beam.ParDo(
+            WithFound(spec.buckets), beam.pvalue.AsDict(positions), beam.pvalue.AsList(joined))
 
 
 def join_sources(config: WorkerConfig) -> list[str]:
@@ -391,17 +346,26 @@ def join_sources(config: WorkerConfig) -> list[str]:
     return [config.output, *config.reuse_from] if config.reuse else []
 
 
-def plan_reuse(
-    config: WorkerConfig, own_state: OutputState, input_bytes: int
-) -> int:
-    """The reusable vectors the join would read, or 0 when the in-process index
-    is the better choice for this run (see ``choose_join``)."""
-    if not config.reuse:
-        return 0
-    dimension, fingerprint = config.description.dimension, config.fingerprint
-    vectors = reusable_vectors(own_state, fingerprint, dimension)
-    for url in config.reuse_from:
-        vectors += reusable_vectors(read_state(Output(url, config.storage_options), check_letters=False),
-                                    fingerprint, dimension)
-    records = int(input_bytes / bytes_per_record(own_state))
-    return vectors if choose_join(vectors, records) else 0
+def join_in_process(
+    backend: Backend, reader: ReaderConfig, rules: PrepareConfig, spec: JoinSpec,
+    splits: Sequence[Split], sources: Sequence[str],
+) -> dict[str, frozenset[str]]:
+    """The join's steps in this process, without the runner: each split's
+    hashes the sources hold, by split name (`plan`, with hashes only)."""
+    hashing = SplitHashes(backend, reader, rules, spec)
+    hashing.setup()
+    positions = positions_of(key for split in splits for key in hashing.process(split))
+    listing, reading = ListRowGroups(spec), ReadRowGroup(spec)
+    ranks = [rank for source in enumerate(sources) for group in listing.process(source)
+             for rank in reading.process(group)]
+    joining = JoinBucket(spec)
+    for bucket in range(spec.buckets):
+        for _ in joining.process(bucket, positions, ranks):
+            pass
+    return {
+        split.name: frozenset(
+            h for batch in found_batches(spec.stage, positions.get(split_key(split.name), -1), spec.buckets)
+            for h in batch.column(0).to_pylist()
+        )
+        for split in splits
+    }

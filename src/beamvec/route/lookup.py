@@ -12,7 +12,7 @@ one in another order about once per window.
 
 Why not a dict of vectors: at a million 3,072-dim vectors that is 12 GB per
 worker. Large reuse sources routed in bulk go through the join instead
-(reuse_join.py, chosen by ``reuse_join.choose_join``): it reads each row
+(reuse_join.py, chosen by ``reuse_choice.plan_reuse``): it reads each row
 group once per run whatever the records' order. See docs/reuse-at-scale.md.
 """
 
