@@ -5,8 +5,8 @@ Two data sets. The project's own 40 graded pairs (tests/data, written for this
 check) always run. The STS Benchmark test set runs when ``BEAMVEC_STSB`` names
 its folder: its texts carry licences of their own (MSR-Paraphrase among them,
 whose terms must be agreed to), so it is not shipped here. Get it from
-http://ixa2.si.ehu.eus/stswiki (``sts-test.csv``); CI points the variable at
-``../shared/data/stsb``.
+http://ixa2.si.ehu.eus/stswiki (``sts-test.csv``); `.ci/run` sets the variable
+where CI keeps a copy.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def load_stsb_pairs() -> list[tuple[str, str, float]]:
     if not folder:
         pytest.skip(
             f"STS Benchmark not given: set {STSB_ENV} to the folder holding sts-test.csv "
-            "(http://ixa2.si.ehu.eus/stswiki; CI uses ../shared/data/stsb)"
+            "(http://ixa2.si.ehu.eus/stswiki; .ci/run sets it in CI)"
         )
     path = Path(folder) / "sts-test.csv"
     if not path.is_file():

@@ -14,6 +14,7 @@ normalization (``backends.base.l2_normalize``).
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -68,7 +69,7 @@ class BatchSpec:
     def model_id(self) -> str:
         return model_id(self.model)
 
-    @property
+    @functools.cached_property
     def prompt(self) -> PromptFormat | None:
         """gemini-embedding-2's task, written into each text (as online)."""
         return prompt_format(self.model, self.task_type)
@@ -114,16 +115,11 @@ def request_line(request: BatchRequest, spec: BatchSpec) -> str:
     model that takes its task in the text (gemini-embedding-2) gets the text
     with its prompt and neither task type nor title, as online."""
     prompt = spec.prompt
-    if prompt is not None:
-        text = prompt.apply(request.text, request.title)
-        body: dict[str, object] = {"content": {"parts": [{"text": text}]}}
-        if spec.output_dimensionality is not None:
-            body["outputDimensionality"] = spec.output_dimensionality
-        return json.dumps({"key": request.key, "request": body}, ensure_ascii=False)
-    body = {"content": {"parts": [{"text": request.text}]}}
-    if spec.task_type:
+    text = request.text if prompt is None else prompt.apply(request.text, request.title)
+    body: dict[str, object] = {"content": {"parts": [{"text": text}]}}
+    if prompt is None and spec.task_type:
         body["taskType"] = spec.task_type
-    if request.title and spec.task_type == "RETRIEVAL_DOCUMENT":
+    if prompt is None and request.title and spec.task_type == "RETRIEVAL_DOCUMENT":
         body["title"] = request.title
     if spec.output_dimensionality is not None:
         body["outputDimensionality"] = spec.output_dimensionality

@@ -264,7 +264,7 @@ class CommitManifest(beam.DoFn):
         todo, expected, carried = read_work(out, self.work)
         yield commit_run(
             out, results, todo, expected, carried, self.config, self.description,
-            self.started, self.prune, self.lease_owner or None, self.work,
+            self.started, self.prune, self.lease_owner or None,
         )
 
 
@@ -279,7 +279,6 @@ def commit_run(
     started: float | None,
     prune: bool,
     lease_owner: str | None = None,
-    work: str | None = None,
 ) -> list[str]:
     """This run's commit records into the manifest; stale parts of re-cut
     inputs and, with ``prune``, shards no longer listed, out of the output.
@@ -288,13 +287,13 @@ def commit_run(
     read, merge and writes all under one check (contract.fence)."""
     with fenced(out, lease_owner):
         return _commit_run(out, results, todo, expected, carried, config, description, started,
-                           prune, work)
+                           prune)
 
 
 def _commit_run(
     out: Output, results: list[CommitRecord], todo: list[Shard], expected: list[str],
     carried: list[CommitRecord], config: RunConfig, description: Description,
-    started: float | None, prune: bool, work: str | None,
+    started: float | None, prune: bool,
 ) -> list[str]:
     previous = read_manifest(out)
     committed = [r for r in results if r.status == "committed"]
@@ -314,16 +313,14 @@ def _commit_run(
     missing = finalize(out, manifest, expected)
     remove_parts(out, removed)  # after the manifest no longer names them
     if not missing:
-        _remove_work_lists(out, work)
+        _remove_work_lists(out)
     return missing
 
 
-def _remove_work_lists(out: Output, work: str | None) -> None:
+def _remove_work_lists(out: Output) -> None:
     """The output is complete and this run holds its lease (the caller is
     fenced): this run's work list is done with, and so are those that killed
     runs left behind, since a run that lost the lease can commit nothing."""
-    if work is not None:
-        out.remove(work)
     for left in out.fs.glob(out.path(RUNS_DIR, "*", WORK_FILE)):
         out.remove(left)
 
