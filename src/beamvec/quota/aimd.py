@@ -15,7 +15,10 @@ discovered from the server). Four rules, each for a reason:
   after 429 and kept 0.87 of the quota; now 0.91 in the simulation).
 * **Congestion.** A second 429 event within ``congestion_s`` of the last one
   (time spent holding on the server's hint does not count) means others use
-  the quota too: multiply by ``decrease`` and make that the new target. A
+  the quota too: multiply by ``decrease`` and make that the new target
+  (unless the limiter says the 429 is its token scale's edge: probing how
+  the server counts tokens went too far, and the scale backs off; halving
+  for it cost a sixth of the token limit). A
   measurement of what the server accepted (see meter.py) may set the rate
   directly, never below ``decrease`` of it in one step.
 * **Deep cuts wait a window.** A congestion cut, or a settling on what the
@@ -122,12 +125,12 @@ class AimdController:
             return asked_at < self._last_cut
         return now - self._last_cut < self.settings.cut_window
 
-    def on_throttled(self, now: float, asked_at: float | None = None) -> Cut:
+    def on_throttled(self, now: float, asked_at: float | None = None, edge_only: bool = False) -> Cut:
         s = self.settings
         self.tick(now)
         if self.is_same_event(now, asked_at):
             return Cut.NONE
-        congested = now - self._quiet_since < s.congestion_s
+        congested = now - self._quiet_since < s.congestion_s and not edge_only
         self._last_cut = now
         self._quiet_since = max(self._quiet_since, now)
         before = self._before_cut = self.fraction

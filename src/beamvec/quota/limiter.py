@@ -300,13 +300,14 @@ class Limiter:
             if self._aimd.is_same_event(now, asked_at):
                 self._aimd.quiet_after(until)
                 return False
+            probed_too_far = False
             if self._budgets.tokens_bucket is not None and not self._tokens_measured:
-                self._scale.on_throttled(now, self._token_bound)
+                probed_too_far = self._scale.on_throttled(now, self._token_bound)
             before = self._aimd.fraction
             if hint is not None:
                 seen = window_seen(self.window_s, hint, self._meter.busy_for(now))
                 self._aimd.window_s = max(self._aimd.window_s, seen)
-            cut = self._aimd.on_throttled(now, asked_at)
+            cut = self._aimd.on_throttled(now, asked_at, edge_only=probed_too_far)
             self._aimd.quiet_after(until)
             if cut is not Cut.NONE:
                 if vague:  # a first guess at the wait; the probe measures it
