@@ -1147,6 +1147,22 @@ def test_a_tpm_not_told_is_discovered_from_the_429s(kind: str) -> None:
         assert throttled < 0.05
 
 
+def test_429s_at_the_windows_edge_do_not_ratchet_the_token_factor_up() -> None:
+    """Our estimate is exact and each request is a twenty-second of a 6-s
+    window's tokens: a window counts requests whole, so pacing at the told
+    rate meets an occasional 429 at its edge. Each one backed the factor off
+    5 %, and it ratcheted up to 1.12 (0.947 of the limit); at the full rate a
+    429 backs it off at most 1 % above where its probe began."""
+    for seed in range(3):
+        clock = FakeClock()
+        limiter = Limiter(None, 1_000_000, clock=clock, sleep=clock.sleep)
+        out = simulate([limiter], clock, server_limit=None, server_tpm=100_000, window_s=6.0, seconds=150,
+                       seed=seed, tokens=4_460.0)
+        assert limiter.stats().token_factor <= 1.06
+        assert out.token_rate(1010.0, 1150.0) / (1_000_000 / 60) >= 0.95
+        assert out.throttled_fraction() < 0.02
+
+
 def test_a_told_tpm_beside_a_told_rpm_holds_both() -> None:
     """Token-bound under both limits (the RPM alone would allow twice the
     rate): the tokens are the limit that binds, the requests stay under theirs."""

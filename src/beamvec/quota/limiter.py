@@ -302,7 +302,7 @@ class Limiter:
                 return False
             probed_too_far = False
             if self._budgets.tokens_bucket is not None and not self._tokens_measured:
-                probed_too_far = self._scale.on_throttled(now, self._token_bound)
+                probed_too_far = self._scale.on_throttled(now, self._token_bound, at_full_rate=self._aimd.fraction >= 0.9)
             before = self._aimd.fraction
             if hint is not None:
                 seen = window_seen(self.window_s, hint, self._meter.busy_for(now))

@@ -37,12 +37,13 @@ class ScaleSettings:
     settle_after_s: float = 20.0
     probe_per_s: float = 0.002
     backoff: float = 0.05
+    edge_slack: float = 0.01  # at the full rate, a 429 backs off at most this far above where the probe began
     min_factor: float = 0.25
     memory: float = 0.98  # weight of past reports per new one
     answered_s: float = 2.0
 
     def __post_init__(self) -> None:
-        for name in ("first_probe_per_s", "probe_per_s", "backoff"):
+        for name in ("first_probe_per_s", "probe_per_s", "backoff", "edge_slack"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1)")
         if not 0.0 < self.min_factor <= 1.0:
@@ -62,6 +63,7 @@ class TokenScale:
         self._last_tick = now
         self._quiet_since = now
         self._answered = -math.inf  # the last success
+        self._probe_from = self.factor  # where probing down began (a 429 backs off no further)
 
     def on_success(self, now: float) -> None:
         self._answered = max(self._answered, now)
@@ -97,13 +99,20 @@ class TokenScale:
         if probing > 0:
             self.factor = max(s.min_factor, self.factor * math.exp(-rate * probing))
 
-    def on_throttled(self, now: float, token_bound: bool) -> bool:
+    def on_throttled(self, now: float, token_bound: bool, at_full_rate: bool = False) -> bool:
         """A new 429 event: if the token bucket held requests back and the
-        factor was probed down, the probe went too far; back off. Returns
-        whether the factor moved."""
+        factor was probed down, the probe went too far; back off. At the
+        full told rate (``at_full_rate``) hardly above where the probe began:
+        there the 429 is the quota's edge (a window counts whole requests),
+        not our count, and backing off 5 % at each one ratcheted the factor
+        up (0.89 of the limit). Returns whether the factor moved."""
         self._quiet_since = max(self._quiet_since, now)
         if not token_bound or self.reported or self.factor >= 1.0 and not self._refused:
             return False
         self._refused = True
-        self.factor = self.factor * (1.0 + self.settings.backoff)
+        backed_off = self.factor * (1.0 + self.settings.backoff)
+        if at_full_rate:
+            backed_off = min(backed_off, max(self._probe_from, self.factor) * (1.0 + self.settings.edge_slack))
+        self.factor = backed_off
+        self._probe_from = self.factor
         return True
