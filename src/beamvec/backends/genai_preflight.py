@@ -9,20 +9,46 @@ wrong dimension on every attempt is blamed on the model. A refusal becomes a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
 from beamvec.backends.base import PREFLIGHT_TEXT, l2_normalize
 from beamvec.backends.genai_response import checked_rows, row_size
+from beamvec.backends.prompts import PromptFormat
 from beamvec.errors import BackendError, ErrorKind, SystemicError
 from beamvec.retry import RetriesExhausted, RetryPolicy
 
-if TYPE_CHECKING:
-    from beamvec.backends.genai import GenaiBackend
+
+class PreflightBackend(Protocol):
+    """What the preflight reads of ``genai.GenaiBackend``."""
+
+    PREFLIGHT_ATTEMPTS: int
+    PREFLIGHT_MAX_WAIT_S: float
+    mode: str
+    timeout_s: float
+    output_dimensionality: int | None
+    vertex_auth: str
+    project: str | None
+    api_key_env: Sequence[str]
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def task_type(self) -> str | None: ...
+    @property
+    def dimension(self) -> int: ...
+    @property
+    def renormalized(self) -> bool: ...
+    @property
+    def prompt(self) -> PromptFormat | None: ...
+    def load(self) -> None: ...
+    def send(self, texts: list[str], title: str | None) -> list[Any]: ...
+    def preflight(self, text: str | None = None, title: str | None = None) -> np.ndarray | None: ...
 
 
-def preflight(backend: GenaiBackend, text: str | None, title: str | None) -> np.ndarray | None:
+def preflight(backend: PreflightBackend, text: str | None, title: str | None) -> np.ndarray | None:
     """``backend.preflight``: the vector of ``text`` (or of a probe text), or
     None when the API refused ``text`` itself as bad input (a probe then decides)."""
     backend.load()
@@ -45,7 +71,7 @@ def preflight(backend: GenaiBackend, text: str | None, title: str | None) -> np.
         raise refused(backend, exc) from None
 
 
-def _once(backend: GenaiBackend, text: str, title: str | None, dims: list[int | None]) -> np.ndarray:
+def _once(backend: PreflightBackend, text: str, title: str | None, dims: list[int | None]) -> np.ndarray:
     """One attempt; notes the dimension it got (None: the right one), for the verdict."""
     send_title = title if backend.task_type == "RETRIEVAL_DOCUMENT" else None
     prompt = backend.prompt
@@ -58,7 +84,7 @@ def _once(backend: GenaiBackend, text: str, title: str | None, dims: list[int | 
     return (l2_normalize(row) if backend.renormalized else row)[0]
 
 
-def _unanswered(backend: GenaiBackend, exc: RetriesExhausted, dims: list[int | None]) -> SystemicError:
+def _unanswered(backend: PreflightBackend, exc: RetriesExhausted, dims: list[int | None]) -> SystemicError:
     """Retries ran out: the model's fault when every answer had one wrong size."""
     if len(dims) == exc.attempts and len(set(dims)) == 1 and None not in dims:
         return SystemicError(
@@ -74,7 +100,7 @@ def _unanswered(backend: GenaiBackend, exc: RetriesExhausted, dims: list[int | N
     )
 
 
-def refused(backend: GenaiBackend, exc: BackendError) -> SystemicError:
+def refused(backend: PreflightBackend, exc: BackendError) -> SystemicError:
     """A refused preflight as one line naming what to check."""
     mode, code = backend.mode, exc.status
     detail = str(exc).removeprefix(f"{mode}: ")
