@@ -40,6 +40,7 @@ The protocol (``{v}`` is v1, v1beta or v1alpha):
 ``GET /{v}/batches/{id}``, ``POST /{v}/batches/{id}:cancel``,
     ``DELETE /{v}/batches/{id}``, ``GET /{v}/batches`` -> ``{"operations"}``.
 
+Files (uploads, stored and result files) are kept by ``batch_files``; jobs here.
 A job is PENDING for its first third of ``batch_job_s``, RUNNING until the end,
 then terminal; states advance when a job is looked at. Its outcome (FAILED for
 the first ``batch_fail_first`` jobs, then by rate) and its failing lines are
