@@ -32,6 +32,7 @@ from beamvec.batchapi.jsonl import (
 )
 from beamvec.batchapi.run import BatchSettings, cleanup_jobs, run_batch
 from beamvec.emulator import Emulator, expected_vector
+from beamvec.retry import RetryPolicy
 
 os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1,localhost"]))
 
@@ -61,7 +62,8 @@ def want(text: str, dim: int = DIM) -> np.ndarray:
 
 
 def client_for(emu: Emulator) -> BatchClient:
-    return BatchClient.connect(KEY, MODEL, base_url=emu.url, initial_wait_s=0.05, max_wait_s=0.3)
+    fast = RetryPolicy(base_delay=0.05, max_delay=0.3)
+    return BatchClient.connect(KEY, MODEL, base_url=emu.url, retry=fast)
 
 
 def assert_all_vectors(outcome, todo):

@@ -11,6 +11,7 @@ import pytest
 
 from beamvec.batchapi.client import BatchClient
 from beamvec.errors import BackendError, ErrorKind
+from beamvec.retry import RetryPolicy
 
 genai_errors = pytest.importorskip("google.genai.errors")
 
@@ -46,7 +47,7 @@ class _Batches:
 def _client(error: Exception) -> tuple[BatchClient, _Files]:
     files = _Files(error)
     fake = types.SimpleNamespace(files=files, batches=_Batches())
-    return BatchClient(fake, "models/x", attempts=3, sleep=lambda _: None, secret=KEY), files
+    return BatchClient(fake, "models/x", retry=RetryPolicy(max_attempts=3), sleep=lambda _: None, secret=KEY), files
 
 
 @pytest.mark.parametrize(("code", "status", "kind", "calls"), [
@@ -96,3 +97,61 @@ def test_batch_and_online_calls_read_a_status_alike():
         online = from_api_error(_api_error(code, "STATUS"), "gemini", lambda text: text)
         assert batch_retried == online.retryable == (code in retried), code
         assert files.calls == (3 if code in retried else 1), code
+
+
+def _throttled(retry_delay: str) -> Exception:
+    """A 429 as the Gemini API words it: RetryInfo's whole-second delay and the
+    message's precise figure (ai.google.dev/gemini-api/docs/rate-limits)."""
+    body = {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+                      "message": "Resource has been exhausted. Please retry in 7.250000000s.",
+                      "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                                   "retryDelay": retry_delay}]}}
+    return genai_errors.APIError(429, body)
+
+
+def test_batch_calls_wait_the_servers_hint_and_give_up_like_online_calls():
+    """Issue #34: one retry policy. A 429 that says "retry in 7.25 s" is waited
+    for at least that long (not the 2-s backoff the policy starts with), and a
+    429 that persists ends in the online path's RetriesExhausted, still a
+    transient BackendError (the poll loop looks again next pass)."""
+    from beamvec.retry import RetriesExhausted
+
+    files = _Files(_throttled("7s"))
+    slept: list[float] = []
+    policy = RetryPolicy(max_attempts=4, base_delay=2.0, max_delay=120.0, deadline=900.0)
+    client = BatchClient(types.SimpleNamespace(files=files, batches=_Batches()), "models/x",
+                         retry=policy, sleep=slept.append, secret=KEY)
+    with pytest.raises(RetriesExhausted) as raised:
+        client.upload(b"{}\n", "beamvec-test")
+    assert files.calls == 4 and len(slept) == 3
+    assert all(7.25 <= wait <= 7.25 + 1.0 for wait in slept), slept
+    gave_up = raised.value
+    assert (gave_up.attempts, gave_up.status, gave_up.retryable) == (4, 429, True)
+    assert isinstance(gave_up.last_exception, BackendError) and gave_up.last_exception.throttled
+    assert KEY not in str(gave_up)
+
+
+def test_a_create_whose_answer_was_lost_is_found_not_made_twice():
+    """Before a retry the client asks for the job by display name: the service
+    made the first create though its answer never arrived."""
+    made = types.SimpleNamespace(name="batches/7", state="JOB_STATE_PENDING", dest=None,
+                                 display_name="beamvec-job", error=None)
+
+    class Batches:
+        creates = 0
+        listed: list[object] = []
+
+        def create_embeddings(self, **_: object) -> object:
+            self.creates += 1
+            self.listed.append(made)  # it was made ...
+            raise genai_errors.APIError(503, {"error": {"code": 503, "status": "UNAVAILABLE",
+                                                        "message": "lost"}})  # ... yet not said
+
+        def list(self, **_: object) -> list[object]:
+            return list(self.listed)
+
+    batches = Batches()
+    client = BatchClient(types.SimpleNamespace(files=_Files(RuntimeError()), batches=batches),
+                         "models/x", retry=RetryPolicy(max_attempts=5), sleep=lambda _: None)
+    status = client.create("files/in", "beamvec-job")
+    assert batches.creates == 1 and (status.name, status.state) == ("batches/7", "PENDING")

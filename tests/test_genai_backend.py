@@ -16,7 +16,7 @@ from importlib.metadata import version
 import numpy as np
 import pytest
 
-from beamvec.backends import genai as genai_backend
+from beamvec.backends import genai_models
 from beamvec.backends.genai import GenaiBackend, native_dimension
 from beamvec.emulator import Emulator, expected_vector
 from beamvec.errors import BackendError, SystemicError
@@ -148,18 +148,18 @@ def test_vertex_gemini_calls_follow_the_installed_sdk(emu, model):
      ("3.4.0", True), ("3.4.0rc1", True), ("3.6.1", True), ("4.0.0", True)],
 )
 def test_routing_is_decided_by_the_full_version_not_the_major(monkeypatch, installed, batches):
-    genai_backend.sdk_batches_vertex_gemini.cache_clear()
-    monkeypatch.setattr(genai_backend.metadata, "version", lambda name: installed)
+    genai_models.sdk_batches_vertex_gemini.cache_clear()
+    monkeypatch.setattr(genai_models.metadata, "version", lambda name: installed)
     try:
-        assert genai_backend.sdk_batches_vertex_gemini() is batches
+        assert genai_models.sdk_batches_vertex_gemini() is batches
     finally:
-        genai_backend.sdk_batches_vertex_gemini.cache_clear()
+        genai_models.sdk_batches_vertex_gemini.cache_clear()
 
 
 def test_one_text_per_call_where_the_sdk_cannot_batch(emu, monkeypatch):
     """The 2.x path, whatever SDK is installed: one call per text, rows in order,
     limits of one text; Gemini API and Vertex text-* models are not affected."""
-    monkeypatch.setattr(genai_backend, "sdk_batches_vertex_gemini", lambda: False)
+    monkeypatch.setattr(genai_models, "sdk_batches_vertex_gemini", lambda: False)
     model = "gemini-embedding-2-preview"
     b = make(emu, "vertex", model=model, output_dimensionality=768)
     assert b.one_text_per_call and b.limits.max_items == 1
@@ -201,7 +201,7 @@ def test_titles_are_only_sent_for_retrieval_document(emu, key_env):
 
 
 def test_limits_per_mode(emu, monkeypatch):
-    monkeypatch.setattr(genai_backend, "sdk_batches_vertex_gemini", lambda: True)  # 3.x
+    monkeypatch.setattr(genai_models, "sdk_batches_vertex_gemini", lambda: True)  # 3.x
     g = make(emu).limits
     assert (g.max_items, g.max_text_tokens, g.dimension) == (100, 2048, 3072)
     v = make(emu, "vertex", output_dimensionality=768).limits

@@ -159,19 +159,28 @@ class stop_at_deadline(stop_base):  # noqa: N801 - tenacity's naming
 # -- the policy ---------------------------------------------------------------
 
 
-class RetriesExhausted(Exception):
+class RetriesExhausted(BackendError):
     """A retryable error persisted until attempts or the deadline ran out.
 
-    The message holds only the status and the last exception's text (which
-    backends keep free of secrets)."""
+    Still a transient ``BackendError`` (a later pass may succeed), so a caller
+    that looks again later (the Batch API's poll loop) reads ``retryable``
+    alike for one failed call and for one that gave up. ``status`` is the
+    status to count it under (``error_status``: an HTTP status, "timeout" or
+    "connection"). The message holds only the status and the last exception's
+    text (which backends keep free of secrets)."""
 
     def __init__(
         self, last_exception: BaseException, attempts: int, status: int | str | None
     ) -> None:
-        super().__init__(last_exception, attempts, status)
+        super().__init__(
+            str(last_exception), kind=ErrorKind.TRANSIENT, retry_after=retry_after_of(last_exception)
+        )
         self.last_exception = last_exception
         self.attempts = attempts
-        self.status = status
+        self.status = status  # type: ignore[assignment] - also "timeout" or "connection"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.last_exception, self.attempts, self.status))
 
     def __str__(self) -> str:
         return (
@@ -246,6 +255,7 @@ class RetryPolicy:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        recover: Callable[[], R | None] | None = None,
         **kwargs: Any,
     ) -> R:
         """``fn(*args, **kwargs)`` with retries.
@@ -253,6 +263,26 @@ class RetryPolicy:
         A non-retryable error is raised unchanged after one attempt (so a bad
         input can be bisected and bad credentials can stop the run); a retryable one that
         persists becomes ``RetriesExhausted``. ``on_retry(exc, attempt, wait)``
-        is called before each sleep, for counting retries by status."""
+        is called before each sleep, for counting retries by status.
+        ``recover()`` is asked before each retry: a call that did happen though
+        its answer was lost (a job created) is found instead of made twice."""
         retrying = self.retrying(on_retry=on_retry, sleep=sleep, clock=clock, rng=rng)
-        return retrying(fn, *args, **kwargs)
+        attempt = fn if recover is None else _recovering(fn, recover)
+        return retrying(attempt, *args, **kwargs)
+
+
+def _recovering(fn: Callable[..., R], recover: Callable[[], R | None]) -> Callable[..., R]:
+    """``fn``, except that every attempt after the first returns what
+    ``recover()`` finds, when it finds something."""
+    attempts = 0
+
+    def attempt(*args: Any, **kwargs: Any) -> R:
+        nonlocal attempts
+        attempts += 1
+        if attempts > 1:
+            found = recover()
+            if found is not None:
+                return found
+        return fn(*args, **kwargs)
+
+    return attempt

@@ -6,18 +6,9 @@ a location and Application Default Credentials. Both go through
 (2.x is what google-cloud-aiplatform, and so ``apache-beam[gcp]``, allows).
 What the SDK does, and how we use it:
 
-* Gemini API: always ``POST /{version}/models/{model}:batchEmbedContents``.
-  Vertex: ``:predict`` for ``text-*`` models. For model ids containing
-  ``gemini``, google-genai 3.4 and later send ``:batchEmbedContents``
-  (``:embedContent`` when there is one content); 2.x and 3.0–3.3 send
-  gemini-embedding-001 to ``:predict``, which takes one instance per request
-  for it on Vertex, and other gemini models to ``:embedContent``, one content
-  per call (the SDK raises ValueError for more). So below 3.4 a Vertex gemini
-  model is sent one text per call: ``limits`` says ``max_items=1`` (the
-  request counts the quota sees), and ``embed`` splits any larger group
-  (``sdk_batches_vertex_gemini``, decided by the full version, not the major).
-* gemini-embedding-2 on Vertex is documented with one content per
-  ``:embedContent`` call, so it is sent one text per call with any SDK.
+* Which endpoint each model and SDK version reaches, and so which send one
+  text per call (``limits`` then says ``max_items=1``, the request counts the
+  quota sees, and ``embed`` splits any larger group): ``genai_models``.
 * For multimodal models (``gemini-embedding-2…``) the SDK merges a list of
   plain strings into ONE content and returns ONE embedding (python-genai
   issue 2523), so every text is sent as its own ``Content``.
@@ -59,87 +50,34 @@ first set variable of ``api_key_env``. It is never an attribute before
 
 from __future__ import annotations
 
-import functools
-import re
 import threading
 import time
 from collections.abc import Sequence
-from importlib import metadata
 from typing import Any
 
 import numpy as np
 
-from beamvec.backends import genai_auth, google_errors, prompts, tokens
-from beamvec.backends.base import (
-    PREFLIGHT_TEXT,
-    TASK_TYPES,
-    Backend,
-    Limits,
-    SendGate,
-    l2_normalize,
+from beamvec.backends import genai_auth, genai_preflight, google_errors, prompts, tokens
+from beamvec.backends.base import TASK_TYPES, Backend, Limits, SendGate, l2_normalize
+from beamvec.backends.genai_models import (
+    COUNT_TOKENS_MODELS,
+    DEFAULT_MODEL,
+    is_model,
+    model_id,
+    native_dimension,
+    one_text_per_call,
+    output_size,
+    request_limits,
 )
-from beamvec.errors import BackendError, ErrorKind, SystemicError
-from beamvec.retry import RetriesExhausted, RetryPolicy
+from beamvec.backends.genai_response import checked_rows, server_token_counts
+from beamvec.errors import BackendError, ErrorKind
 
-#: Native output size per model id; a key also covers ids that extend it with
-#: ``-…`` (``gemini-embedding-2`` covers ``gemini-embedding-2-preview``).
-NATIVE_DIMENSIONS: dict[str, int] = {
-    "gemini-embedding-001": 3072,
-    "gemini-embedding-2": 3072,
-    "text-embedding-004": 768,
-    "text-embedding-005": 768,
-    "text-multilingual-embedding-002": 768,
-}
+__all__ = ["DEFAULT_MODEL", "GenaiBackend", "model_id", "native_dimension"]
 
-DEFAULT_MODEL = "gemini-embedding-001"
 DEFAULT_KEY_ENV = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
-GEMINI_MAX_ITEMS = 100
-VERTEX_MAX_ITEMS = 250
-VERTEX_MAX_REQUEST_TOKENS = 20_000
 VERTEX_AUTH_MODES = ("adc", "api_key", "anonymous")
-#: Models whose token counts the Gemini API's ``:countTokens`` gives (a free call):
-#: gemini-embedding-2 (BerriAI/litellm#24339 shows its answer, per modality).
-COUNT_TOKENS_MODELS = ("gemini-embedding-2",)
 #: Calls of a worker whose texts are also counted by ``:countTokens`` (a sample).
 COUNTED_CALLS = 3
-#: The first google-genai that sends a Vertex gemini model's texts to
-#: ``:batchEmbedContents`` (3.0–3.3 still use ``:predict``/``:embedContent``).
-SDK_BATCHES_VERTEX_GEMINI_FROM = (3, 4)
-#: Vertex serves these one content per ``:embedContent`` call, whatever the SDK.
-VERTEX_ONE_CONTENT_MODELS = ("gemini-embedding-2",)
-
-
-def sdk_version_tuple(version: str) -> tuple[int, ...]:
-    """``"3.4.0"`` -> (3, 4, 0); a suffix is ignored (``"3.4.0rc1"`` -> (3, 4, 0))."""
-    match = re.match(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?", version.strip())
-    return tuple(int(p) for p in match.groups() if p is not None) if match else ()
-
-
-@functools.lru_cache(maxsize=1)
-def sdk_batches_vertex_gemini() -> bool:
-    """Whether the installed google-genai sends many texts of a Vertex gemini
-    model in one call (3.4 and later: ``:batchEmbedContents``); 2.x and
-    3.0–3.3 do not (see above). Read on the worker, where the SDK that makes
-    the calls is installed."""
-    try:
-        version = metadata.version("google-genai")
-    except metadata.PackageNotFoundError:  # load() says how to install it
-        return True
-    return sdk_version_tuple(version) >= SDK_BATCHES_VERTEX_GEMINI_FROM
-
-
-def model_id(model: str) -> str:
-    """The bare id of ``models/x`` or ``publishers/google/models/x``."""
-    return model.rsplit("/", 1)[-1]
-
-
-def native_dimension(model: str) -> int | None:
-    """The model's native vector size, or None when it is not in the table."""
-    mid = model_id(model)
-    for name, dim in NATIVE_DIMENSIONS.items():
-        if mid == name or mid.startswith(name + "-"):
-            return dim
-    return None
 
 
 class GenaiBackend(Backend):
@@ -171,19 +109,7 @@ class GenaiBackend(Backend):
                 raise ValueError(
                     f"unknown task type {task_type!r}; choose one of {', '.join(sorted(TASK_TYPES))}"
                 )
-        native = native_dimension(model)
-        if output_dimensionality is not None:
-            output_dimensionality = int(output_dimensionality)
-            if output_dimensionality < 1:
-                raise ValueError("output_dimensionality must be positive")
-            if native is not None and output_dimensionality > native:
-                raise ValueError(
-                    f"{model} returns at most {native} dimensions, not {output_dimensionality}"
-                )
-        elif native is None:
-            raise ValueError(
-                f"the native dimension of {model!r} is unknown; pass output_dimensionality"
-            )
+        output_dimensionality = output_size(model, output_dimensionality)
         if vertex_auth not in VERTEX_AUTH_MODES:
             raise ValueError(f"vertex_auth must be one of {', '.join(VERTEX_AUTH_MODES)}")
         if mode == "vertex" and vertex_auth == "anonymous" and not api_base_url:
@@ -196,7 +122,7 @@ class GenaiBackend(Backend):
         # gemini-embedding-2: the task is written into the text (prompts), never sent
         self._prompt = prompts.prompt_format(model, task_type)
         self.output_dimensionality = output_dimensionality
-        self.native_dimension = native
+        self.native_dimension = native_dimension(model)
         self.api_key_file = api_key_file
         # A Secret Manager version name, e.g. projects/p/secrets/gemini-key/versions/latest:
         # a reference, not the secret; workers fetch the key in load().
@@ -239,26 +165,20 @@ class GenaiBackend(Backend):
         return None if self._prompt is None else self._prompt.template
 
     @property
+    def prompt(self) -> prompts.PromptFormat | None:
+        """How each text is written for the model (gemini-embedding-2), or None."""
+        return self._prompt
+
+    @property
     def one_text_per_call(self) -> bool:
-        """Vertex with a gemini model through google-genai below 3.4, or with a
-        model Vertex serves one content a call: one text per call."""
-        mid = model_id(self._model)
-        if self.mode != "vertex" or "gemini" not in mid:
-            return False
-        one_content = any(mid == m or mid.startswith(m + "-") for m in VERTEX_ONE_CONTENT_MODELS)
-        return one_content or not sdk_batches_vertex_gemini()
+        return one_text_per_call(self.mode, self._model)
 
     @property
     def limits(self) -> Limits:
         model_limit = tokens.max_text_tokens(self._model)
         # what the text itself may hold: the model's limit less the template's share
         per_text = model_limit - (self._prompt.overhead() if self._prompt is not None else 0)
-        if self.one_text_per_call:
-            items, request_tokens = 1, model_limit
-        elif self.mode == "gemini":
-            items, request_tokens = GEMINI_MAX_ITEMS, GEMINI_MAX_ITEMS * model_limit
-        else:
-            items, request_tokens = VERTEX_MAX_ITEMS, VERTEX_MAX_REQUEST_TOKENS
+        items, request_tokens = request_limits(self.mode, self._model, model_limit)
         return Limits(
             max_items=items, max_request_tokens=request_tokens,
             max_text_tokens=per_text, dimension=self.dimension,
@@ -370,7 +290,7 @@ class GenaiBackend(Backend):
         self._sending.server_tokens = 0
         for title, rows in self._title_groups(n, titles).items():
             try:
-                out[rows] = self._checked(self._call([texts[i] for i in rows], title), len(rows))
+                out[rows] = self._checked(self.send([texts[i] for i in rows], title), len(rows))
             except google_errors.TextTooLong as exc:  # the text it names, as the caller numbers them
                 exc.culprit = rows[exc.culprit] if exc.culprit is not None and exc.culprit < len(rows) else None
                 raise
@@ -387,14 +307,14 @@ class GenaiBackend(Backend):
             groups.setdefault(title or None, []).append(i)
         return groups
 
-    def _call(self, texts: list[str], title: str | None) -> list[Any]:
+    def send(self, texts: list[str], title: str | None) -> list[Any]:
         """One embed_content call (one per text where the SDK sends one text per
         call); returns the response's embeddings or raises BackendError."""
         if len(texts) > 1 and self.one_text_per_call:
             embeddings: list[Any] = []
             for i, text in enumerate(texts):
                 try:
-                    embeddings += self._call([text], title)
+                    embeddings += self.send([text], title)
                 except google_errors.TextTooLong as exc:
                     exc.culprit = i
                     raise
@@ -428,8 +348,7 @@ class GenaiBackend(Backend):
         """Whether this call's texts are also sent to the free ``:countTokens``."""
         if self.mode != "gemini" or self._counted_calls >= COUNTED_CALLS:
             return False
-        mid = model_id(self._model)
-        return any(mid == m or mid.startswith(m + "-") for m in COUNT_TOKENS_MODELS)
+        return is_model(self._model, COUNT_TOKENS_MODELS)
 
     def _counted(self, contents: list[Any]) -> int | None:
         """The server's count of ``contents`` by ``:countTokens``, or None when
@@ -449,7 +368,7 @@ class GenaiBackend(Backend):
         sending = self._sending
         if sending is None or getattr(sending, "server_tokens", None) is None:
             return
-        counts = [getattr(getattr(e, "statistics", None), "token_count", None) for e in embeddings]
+        counts = server_token_counts(embeddings)
         if counts and any(c is None for c in counts) and self._counts_tokens():
             counts = [self._counted(contents)]
         if not counts or any(c is None for c in counts):
@@ -459,28 +378,7 @@ class GenaiBackend(Backend):
 
     def _checked(self, embeddings: list[Any], expected: int) -> np.ndarray:
         """The rows of a response, or BackendError if it cannot be trusted."""
-        if len(embeddings) != expected:
-            raise self._malformed(f"{len(embeddings)} embeddings for {expected} texts")
-        dim = self.dimension
-        rows = []
-        for i, emb in enumerate(embeddings):
-            values = getattr(emb, "values", None)
-            if values is None or len(values) != dim:
-                got = "no values" if values is None else f"{len(values)} values"
-                raise self._malformed(f"embedding {i} has {got}, expected {dim}")
-            rows.append(values)
-        try:
-            arr = np.asarray(rows, dtype=np.float32)
-        except (TypeError, ValueError):
-            raise self._malformed("non-numeric values") from None
-        if not np.isfinite(arr).all():
-            raise self._malformed("non-finite values")
-        if (np.abs(arr).max(axis=1) == 0).any():
-            raise self._malformed("an all-zero vector")
-        return arr
-
-    def _malformed(self, what: str) -> BackendError:
-        return google_errors.malformed(self.mode, what)
+        return checked_rows(embeddings, expected, self.dimension, self.mode)
 
     # -- errors --------------------------------------------------------------
 
@@ -497,76 +395,10 @@ class GenaiBackend(Backend):
     PREFLIGHT_MAX_WAIT_S = 10.0
 
     def preflight(self, text: str | None = None, title: str | None = None) -> np.ndarray | None:
-        """One call, before any quota is spent: credentials, model and dimension.
-
-        Embeds ``text`` (a text the run needs, so the run keeps its vector and
-        bills nothing extra) or a probe text, with the run's retry machinery:
-        a malformed answer or a transient fault is asked again; only a wrong
-        dimension on every attempt is blamed on the model. Returns the vector
-        as ``embed`` would, or None when the API refused ``text`` itself as
-        bad input (then a probe text decides, and the run sends ``text`` as
+        """One call, before any quota is spent: credentials, model and dimension
+        (``genai_preflight``). Embeds ``text`` (a text the run needs, so the run
+        keeps its vector and bills nothing extra) or a probe text; returns the
+        vector as ``embed`` would, or None when the API refused ``text`` itself
+        as bad input (then a probe text decides, and the run sends ``text`` as
         usual)."""
-        self.load()
-        dims: list[int | None] = []
-        policy = RetryPolicy(
-            max_attempts=self.PREFLIGHT_ATTEMPTS,
-            base_delay=0.5,
-            max_delay=self.PREFLIGHT_MAX_WAIT_S,
-            deadline=max(self.PREFLIGHT_MAX_WAIT_S, self.timeout_s) * self.PREFLIGHT_ATTEMPTS,
-        )
-        try:
-            return policy.call(self._preflight_once, text or PREFLIGHT_TEXT, title, dims)
-        except RetriesExhausted as exc:
-            wrong = {d for d in dims}
-            if len(dims) == exc.attempts and len(wrong) == 1 and None not in wrong:
-                raise SystemicError(
-                    f"{self.mode}: model {self._model} returned {dims[0]}-dim vectors on "
-                    f"{exc.attempts} attempts, expected {self.dimension} "
-                    f"(output_dimensionality={self.output_dimensionality}); check --model and "
-                    "--output-dimensionality"
-                ) from None
-            raise SystemicError(
-                f"{self.mode}: the API did not answer the preflight call after "
-                f"{exc.attempts} attempts: {exc.last_exception}; check --api-base-url and the "
-                "service status, then rerun"
-            ) from None
-        except BackendError as exc:
-            if exc.kind is ErrorKind.BAD_INPUT and text:
-                self.preflight(None)  # the text was refused, not the call: let a probe decide
-                return None
-            raise self._systemic(exc) from None
-
-    def _preflight_once(
-        self, text: str, title: str | None, dims: list[int | None]
-    ) -> np.ndarray:
-        """One preflight attempt; notes the dimension it got, for the verdict."""
-        send_title = title if self._task_type == "RETRIEVAL_DOCUMENT" else None
-        if self._prompt is not None:
-            text, send_title = self._prompt.apply(text, send_title), None
-        embeddings = self._call([text], send_title)
-        values = getattr(embeddings[0], "values", None) if len(embeddings) == 1 else None
-        got = None if values is None else len(values)
-        dims.append(None if got == self.dimension else got)
-        row = self._checked(embeddings, 1)  # malformed: a transient BackendError, retried
-        return (l2_normalize(row) if self.renormalized else row)[0]
-
-    def _systemic(self, exc: BackendError) -> SystemicError:
-        code = exc.status
-        detail = str(exc).removeprefix(f"{self.mode}: ")
-        if code in (401, 403):
-            if self.mode == "vertex" and self.vertex_auth != "api_key":
-                hint = (
-                    "check Application Default Credentials (gcloud auth application-default "
-                    f"login), the project ({self.project or 'from the environment'}) and that "
-                    "the Vertex AI API is enabled"
-                )
-                return SystemicError(f"vertex: the credentials were rejected ({detail}) — {hint}")
-            return SystemicError(
-                f"{self.mode}: the API key was rejected ({detail}) — check "
-                f"{' / '.join(self.api_key_env)} or --api-key-file"
-            )
-        if code == 404:
-            return SystemicError(
-                f"{self.mode}: model {self._model!r} was not found ({detail}) — check --model"
-            )
-        return SystemicError(f"{self.mode}: the preflight call failed: {detail}")
+        return genai_preflight.preflight(self, text, title)

@@ -3,12 +3,14 @@
 ``client.files.upload`` (resumable), ``client.batches.create_embeddings``
 (REST ``models/{m}:asyncBatchEmbedContent``; experimental in the SDK),
 ``client.batches.get``, ``client.files.download`` (streamed to disk),
-``client.batches.delete`` and ``client.files.delete``. Calls are retried with tenacity on transient
-faults (what ``google_errors`` calls transient, as for online calls: 408, 409,
-425, 429, 5xx but 501; timeouts, broken connections); job creation backs off on 429
-(too many concurrent jobs) and, before each retry, looks the job up by display
-name so a create whose answer was lost is never made twice. Bad credentials
-become one-line ``SystemicError``s; the API key never reaches a message.
+``client.batches.delete`` and ``client.files.delete``. Errors are read by
+``google_errors`` as for online calls, and calls retried by the same
+``RetryPolicy`` (transient: 408, 409, 425, 429, 5xx but 501, timeouts, broken
+connections; the server's hint honoured; ``RetriesExhausted`` when it
+persists). Job creation backs off on 429 (too many concurrent jobs) and,
+before each retry, looks the job up by display name so a create whose answer
+was lost is never made twice. Bad credentials become one-line
+``SystemicError``s; the API key never reaches a message.
 """
 
 from __future__ import annotations
@@ -22,34 +24,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
-from tenacity import (
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
-
 from beamvec.backends import genai_auth
-from beamvec.backends.google_errors import error_reasons, kind_of_status, scrub
+from beamvec.backends.google_errors import from_exception, scrub
 from beamvec.batchapi.journal import BatchJob
 from beamvec.errors import BackendError, ErrorKind, SystemicError
-
-try:  # optional dependency: the genai extra
-    from google.genai import errors as genai_errors
-except ImportError:  # pragma: no cover - depends on the installed extras
-    genai_errors = None  # type: ignore[assignment]
-
-_TRANSPORT: tuple[type[BaseException], ...] = ()
-for _name in ("httpx", "httpx2"):  # google-genai 2 talks through httpx, 3 through httpx2
-    try:
-        _mod = __import__(_name)
-        _TRANSPORT += (_mod.TransportError,)
-    except ImportError:  # pragma: no cover - depends on the installed extras
-        pass
+from beamvec.retry import RetryPolicy
 
 T = TypeVar("T")
 MIME_TYPE = "jsonl"  # what Google's Batch API guide passes to files.upload
-_MAX_MESSAGE = 300
+#: A job's calls: longer waits than an online batch's (the concurrency cap frees
+#: as jobs finish, in minutes), and no worker held meanwhile.
+BATCH_RETRY = RetryPolicy(max_attempts=8, base_delay=2.0, max_delay=120.0, deadline=900.0)
 
 
 @dataclass(frozen=True)
@@ -98,19 +83,17 @@ class BatchClient:
         client: Any,
         model: str,
         *,
-        attempts: int = 8,
-        initial_wait_s: float = 2.0,
-        max_wait_s: float = 120.0,
+        retry: RetryPolicy = BATCH_RETRY,
         sleep: Callable[[float], None] = time.sleep,
         secret: str | None = None,
+        timeout_s: float = 120.0,
     ) -> None:
         self._client = client
         self._secret = secret  # the API key, masked in every message the service sends back
         self.model = model
-        self._attempts = attempts
-        self._initial = initial_wait_s
-        self._max = max_wait_s
+        self._retry = retry
         self._sleep = sleep
+        self._timeout_s = timeout_s  # named in a timeout's message
         self.create_429s = 0  # creations the service refused for now (concurrency cap)
 
     @classmethod
@@ -133,62 +116,52 @@ class BatchClient:
         client = genai_auth.key_client(
             genai, api_key, vertex=False, api_version=api_version, base_url=base_url, timeout_s=timeout_s
         )
-        return cls(client, model, secret=api_key, **kwargs)
+        return cls(client, model, secret=api_key, timeout_s=timeout_s, **kwargs)
 
     # -- errors and retries --------------------------------------------------
 
     def _mapped(self, exc: BaseException, what: str) -> BaseException:
-        if isinstance(exc, _TRANSPORT):
-            return BackendError(f"batch {what}: {type(exc).__name__}", kind=ErrorKind.TRANSIENT)
-        if genai_errors is None or not isinstance(exc, genai_errors.APIError):
+        """``exc`` as google_errors reads it (kind, status, hint), except that
+        a refused key stops the run, and a 403 or 404 alone means "no such
+        file or job" here: the caller decides, so it is not systemic."""
+        mapped = from_exception(exc, f"batch {what}", self._timeout_s, self._clean)
+        if mapped is None:
             return exc
-        code = int(exc.code or 0)
-        # the online path's scrub and status table (google_errors), then the same cut
-        message = scrub(str(exc.message or exc.status or ""), self._secret)[:_MAX_MESSAGE]
-        kind = kind_of_status(code, error_reasons(exc.details))
-        # 403 and 404 alone also mean "no such file or job" here; only key problems stop the run.
-        if code == 401 or (code == 400 and kind is ErrorKind.SYSTEMIC) or (
-            code in (400, 403) and ("API key" in message or "unregistered" in message)
+        message = str(mapped)
+        if mapped.status == 401 or (
+            mapped.status in (400, 403) and ("API key" in message or "unregistered" in message)
         ):
             return SystemicError(
-                f"gemini batch {what}: the API key was refused ({code} {exc.status}); "
+                f"gemini batch {what}: the API key was refused ({mapped.status}); "
                 "set GEMINI_API_KEY or --api-key-file to a key of a project with the Gemini API"
             )
-        kind = ErrorKind.TRANSIENT if kind is ErrorKind.TRANSIENT else ErrorKind.BAD_INPUT
-        return BackendError(f"batch {what}: {code} {exc.status}: {message}", kind=kind, status=code)
+        if mapped.kind is ErrorKind.SYSTEMIC and mapped.status is None:  # a bad URL
+            return SystemicError(f"{message}; check --api-base-url")
+        if mapped.kind is ErrorKind.SYSTEMIC:
+            mapped.kind = ErrorKind.BAD_INPUT
+        return mapped
+
+    def _clean(self, text: str) -> str:
+        return scrub(text, self._secret)
 
     def _call(
         self, what: str, fn: Callable[[], T], before_retry: Callable[[], T | None] | None = None
     ) -> T:
-        """``fn()`` with tenacity backoff on transient faults; ``before_retry``
-        may answer instead of a retry (a create that did happen)."""
-        retrying = Retrying(
-            retry=retry_if_exception(lambda e: isinstance(e, BackendError) and e.retryable),
-            wait=wait_exponential_jitter(initial=self._initial, max=self._max),
-            stop=stop_after_attempt(self._attempts),
-            sleep=self._sleep,
-            reraise=True,
-        )
-        for attempt in retrying:
-            with attempt:
-                if attempt.retry_state.attempt_number > 1 and before_retry is not None:
-                    found = before_retry()
-                    if found is not None:
-                        return found
-                try:
-                    return fn()
-                except Exception as exc:
-                    mapped = self._mapped(exc, what)
-                    if (
-                        isinstance(mapped, BackendError)
-                        and mapped.status == 429
-                        and what == "create"
-                    ):
-                        self.create_429s += 1
-                    if mapped is exc:
-                        raise
-                    raise mapped from None
-        raise AssertionError("unreachable")  # pragma: no cover - reraise=True
+        """``fn()`` under the retry policy; ``before_retry`` may answer instead
+        of a retry (a create that did happen)."""
+
+        def attempt() -> T:
+            try:
+                return fn()
+            except Exception as exc:
+                mapped = self._mapped(exc, what)
+                if isinstance(mapped, BackendError) and mapped.status == 429 and what == "create":
+                    self.create_429s += 1
+                if mapped is exc:
+                    raise
+                raise mapped from None
+
+        return self._retry.call(attempt, sleep=self._sleep, recover=before_retry)
 
     # -- files ---------------------------------------------------------------
 

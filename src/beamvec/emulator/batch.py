@@ -40,6 +40,7 @@ The protocol (``{v}`` is v1, v1beta or v1alpha):
 ``GET /{v}/batches/{id}``, ``POST /{v}/batches/{id}:cancel``,
     ``DELETE /{v}/batches/{id}``, ``GET /{v}/batches`` -> ``{"operations"}``.
 
+Files (uploads, stored and result files) are kept by ``batch_files``; jobs here.
 A job is PENDING for its first third of ``batch_job_s``, RUNNING until the end,
 then terminal; states advance when a job is looked at. Its outcome (FAILED for
 the first ``batch_fail_first`` jobs, then by rate) and its failing lines are
@@ -62,12 +63,12 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from beamvec.emulator import protocol
+from beamvec.emulator.batch_files import FileStore
 from beamvec.emulator.batch_shapes import (
     STATES,
     TERMINAL,
     Answer,
     Job,
-    StoredFile,
     error_answer,
     file_lines,
     json_answer,
@@ -102,8 +103,7 @@ class BatchService:
     def __init__(self, vectors: Callable[[], VectorSource]) -> None:
         self._vectors = vectors
         self._lock = threading.Lock()
-        self._files: dict[str, StoredFile] = {}
-        self._uploads: dict[str, tuple[dict[str, Any], int, bytearray]] = {}
+        self.files = FileStore()
         self._jobs: dict[str, Job] = {}
         self.reset()
 
@@ -112,9 +112,7 @@ class BatchService:
         with self._lock:
             self._created = 0
             self._rejected = 0
-            self._uploaded = 0
-            self._results = 0
-            self._files_deleted = 0
+            self.files.reset()
             self._lines_failed = 0
             self._tokens = 0
             self._billed: Counter[str] = Counter()
@@ -136,9 +134,11 @@ class BatchService:
         try:
             if method == "POST" and _UPLOAD.match(path):
                 if "upload_id" in query:
-                    return self._upload_chunk(query["upload_id"][0], headers, body)
+                    with self._lock:
+                        return self.files.upload_chunk(query["upload_id"][0], headers, body)
                 self._authorize(headers, query, config)
-                return self._upload_start(path, headers, body)
+                with self._lock:
+                    return self.files.upload_start(path, headers, body)
             routes = (_FILES, _FILE, _CREATE, _BATCHES, _BATCH)
             match = next((m for m in (r.match(path) for r in routes) if m), None)
             if match is None:
@@ -162,9 +162,9 @@ class BatchService:
             self._advance(job, now, config)
         pattern = m.re
         if pattern is _FILES and method == "GET":
-            return self._page(query, "files", [f.resource() for f in self._files.values()])
+            return self._page(query, "files", self.files.resources())
         if pattern is _FILE:
-            return self._file(method, f"files/{m.group(2)}", bool(m.group(3)))
+            return self.files.answer(method, f"files/{m.group(2)}", bool(m.group(3)))
         if pattern is _CREATE and method == "POST":
             return self._create(m.group(2), body, config)
         if pattern is _BATCHES and method == "GET":
@@ -195,81 +195,6 @@ class BatchService:
             out["nextPageToken"] = str(start + size)
         return json_answer(200, out)
 
-    # -- files ---------------------------------------------------------------
-
-    def _upload_start(self, path: str, headers: Mapping[str, str], body: bytes) -> Answer:
-        if (headers.get("x-goog-upload-protocol") or "").lower() != "resumable" or (
-            headers.get("x-goog-upload-command") or ""
-        ).lower() != "start":
-            raise protocol.invalid("Only resumable uploads are supported here.")
-        try:
-            size = int(headers.get("x-goog-upload-header-content-length") or "")
-            meta = (json.loads(body or b"{}") or {}).get("file") or {}
-        except (ValueError, AttributeError):
-            raise protocol.invalid("Invalid upload start request.") from None
-        meta["mimeType"] = (
-            headers.get("x-goog-upload-header-content-type")
-            or pick(meta, "mimeType", "mime_type")
-            or "application/octet-stream"
-        )
-        upload_id = secrets.token_hex(12)
-        with self._lock:
-            self._uploads[upload_id] = (meta, size, bytearray())
-        host = headers.get("host", "127.0.0.1")
-        url = f"http://{host}{path}?upload_id={upload_id}&upload_protocol=resumable"
-        return json_answer(200, {}, {"x-goog-upload-url": url, "x-goog-upload-status": "active"})
-
-    def _upload_chunk(self, upload_id: str, headers: Mapping[str, str], body: bytes) -> Answer:
-        command = (headers.get("x-goog-upload-command") or "").lower()
-        with self._lock:
-            session = self._uploads.get(upload_id)
-            if session is None:
-                raise not_found("Upload session")
-            meta, size, data = session
-            if int(headers.get("x-goog-upload-offset") or 0) != len(data):
-                raise protocol.invalid(f"Upload offset must be {len(data)}.")
-            data.extend(body)
-            if "finalize" not in command:
-                return json_answer(200, {}, {"x-goog-upload-status": "active"})
-            del self._uploads[upload_id]
-            if len(data) != size:
-                raise protocol.invalid(f"Uploaded {len(data)} bytes, announced {size}.")
-            name = meta.get("name") or f"files/{secrets.token_hex(6)}"
-            if name in self._files:
-                raise protocol.ApiError(409, "ALREADY_EXISTS", f"File {name} already exists.")
-            file = StoredFile(
-                name,
-                pick(meta, "displayName", "display_name"),
-                meta["mimeType"],
-                bytes(data),
-                "UPLOADED",
-                time.time(),
-            )
-            self._files[name] = file
-            self._uploaded += 1
-            return json_answer(200, {"file": file.resource()}, {"x-goog-upload-status": "final"})
-
-    def _file(self, method: str, name: str, download: bool) -> Answer:
-        file = self._files.get(name)
-        if file is None:
-            raise protocol.ApiError(
-                403 if method == "DELETE" else 404,
-                "PERMISSION_DENIED" if method == "DELETE" else "NOT_FOUND",
-                f"You do not have permission to access the File {name.split('/')[1]} or it may "
-                "not exist.",
-            )
-        if download and method == "GET":
-            if file.source != "GENERATED":
-                raise protocol.invalid("Only generated files can be downloaded.")
-            return Answer(200, file.data, {}, "application/octet-stream")
-        if method == "GET" and not download:
-            return json_answer(200, file.resource())
-        if method == "DELETE" and not download:
-            del self._files[name]
-            self._files_deleted += 1
-            return json_answer(200, {})
-        raise protocol.ApiError(405, "METHOD_NOT_ALLOWED", f"{method} is not allowed here.")
-
     # -- jobs ----------------------------------------------------------------
 
     def _create(self, model: str, raw: bytes, config: EmulatorConfig) -> Answer:
@@ -288,7 +213,7 @@ class BatchService:
             raise protocol.invalid("* batch.input_config: exactly one of file_name and requests.")
         failure = None
         if file_name is not None:
-            file = self._files.get(file_name)
+            file = self.files.get(file_name)
             if file is None:
                 raise not_found(f"File {file_name}")
             lines, failure = file_lines(file.data, native, config, limit)
@@ -405,11 +330,7 @@ class BatchService:
             job.output = {"inlinedResponses": {"inlinedResponses": json.loads(body)}}
             return
         name = f"files/batch-{job.name.split('/')[1]}"
-        data = ("\n".join(rendered) + "\n").encode()
-        self._files[name] = StoredFile(
-            name, None, "application/jsonl", data, "GENERATED", time.time()
-        )
-        self._results += 1
+        self.files.add_result(name, ("\n".join(rendered) + "\n").encode())
         job.output = {"responsesFile": name}
 
     # -- stats ---------------------------------------------------------------
@@ -420,7 +341,6 @@ class BatchService:
             for job in self._jobs.values():
                 self._advance(job, now, config)
             states = Counter(j.state for j in self._jobs.values())
-            files = list(self._files.values())
             counts = self._billed
             out: dict[str, Any] = {
                 "jobs": {
@@ -430,13 +350,7 @@ class BatchService:
                     "rejected_concurrency": self._rejected,
                     "deleted": sum(1 for j in self._jobs.values() if j.deleted),
                 },
-                "files": {
-                    "uploaded": self._uploaded,
-                    "results": self._results,
-                    "deleted": self._files_deleted,
-                    "stored": sorted(f.name for f in files),
-                    "stored_bytes": sum(len(f.data) for f in files),
-                },
+                "files": self.files.stats(),
                 "texts_billed": sum(counts.values()),
                 "tokens_billed": self._tokens,
                 "lines_failed": self._lines_failed,

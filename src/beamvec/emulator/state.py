@@ -39,6 +39,13 @@ class State:
         self.batch.reset()
         self.faults.reseed(self.config.seed)
 
+    def snapshot(self, with_texts: bool = True) -> dict[str, Any]:
+        """What ``GET /stats`` answers: the embedding stats, and the Batch API's."""
+        with self.lock:
+            snap = self.stats.snapshot(with_texts)
+        snap["batch"] = self.batch.snapshot(self.config, with_texts)
+        return snap
+
     def update(self, **changes: Any) -> None:
         with self.lock:
             old = self.config

@@ -6,9 +6,10 @@ fraction reacts to 429s and quiet), ``scale`` (server-counted tokens per
 estimated token), ``meter`` (the rate the server accepted),
 ``hold`` (holding after 429s, probing after vague hints), ``budgets``
 (budgets and their buckets), ``measure`` (the 429 events to measure from),
-``lateness`` (late requests push later ones back), ``limiter`` (the
-per-process composition), ``stats`` (what it did) and ``settings`` (what the
-pipeline carries, and the limiter it builds on a worker).
+``lateness`` (late requests push later ones back), ``throttled`` (what a
+429's hint asks), ``limiter`` (the per-process composition, its arguments
+checked in ``limiter_args``), ``stats`` (what it did) and ``settings`` (what
+the pipeline carries, and the limiter it builds on a worker).
 """
 
 from beamvec.quota.aimd import AimdController, AimdSettings, Cut

@@ -18,7 +18,8 @@ before sending, as ``acquire`` does, and passes ``due()`` to ``on_left``.)
 
 Late requests push later bookings back (lateness.py); budgets and their
 buckets live in budgets.py, holds after 429s in hold.py, the events to
-measure in measure.py.
+measure in measure.py, what a 429's hint means in throttled.py, and the
+arguments' checks in limiter_args.py.
 
 Thread-safe; share one per process (``transforms.PerProcess``, through Beam's ``Shared``).
 """
@@ -31,24 +32,19 @@ import time
 from dataclasses import astuple
 
 from beamvec.quota.aimd import AimdController, AimdSettings, Cut
-from beamvec.quota.bucket import Clock, Sleep, check_positive
+from beamvec.quota.bucket import Clock, Sleep
 from beamvec.quota.budgets import Budgets
 from beamvec.quota.hold import Hold
 from beamvec.quota.lateness import Due, Lateness
+from beamvec.quota.limiter_args import checked_late_slack
 from beamvec.quota.measure import Measurements, Pending, window_seen
 from beamvec.quota.meter import SuccessMeter
 from beamvec.quota.scale import ScaleSettings, TokenScale
 from beamvec.quota.stats import LimiterStats
+from beamvec.quota.throttled import DEFAULT_HOLD_S, hold_hint, settles_tokens
 
 #: (asked at, sent at) of one request: when a caller asked, and the send time it was given.
 Booking = tuple[float, float]
-
-
-#: The shortest window a quota is assumed to be metered over, for ``late_slack_s``.
-_SHORTEST_WINDOW_S = 1.0
-
-#: Without a server hint, a discovering limiter's first estimate takes the window to free this long.
-_DEFAULT_HOLD_S = 1.0
 
 
 class Limiter:
@@ -73,18 +69,7 @@ class Limiter:
         clock: Clock = time.monotonic,
         sleep: Sleep = time.sleep,
     ) -> None:
-        check_positive(window_s, "window_s")
-        check_positive(share, "share")
-        check_positive(burst_requests, "burst_requests")
-        for value, name in ((rpm, "rpm"), (tpm, "tpm")):
-            if value is not None:
-                check_positive(value, name)
-        if not 0.0 <= margin < 0.5:
-            raise ValueError("margin must be in [0, 0.5)")
-        if late_slack_s is None:
-            late_slack_s = margin * _SHORTEST_WINDOW_S
-        if not 0.0 <= late_slack_s < math.inf:
-            raise ValueError("late_slack_s must be a non-negative number of seconds")
+        late_slack_s = checked_late_slack(rpm, tpm, share, window_s, burst_requests, margin, late_slack_s)
         self.rpm, self.tpm, self.share = rpm, tpm, min(1.0, share)
         self.window_s = window_s
         self.burst_requests = burst_requests
@@ -271,16 +256,8 @@ class Limiter:
         with self._lock:
             now = self._clock()
             self._throttled += 1
-            usable = retry_after is not None and (retry_after > 0 or floor)
-            hint = min(retry_after, self.max_hold_s) if usable and retry_after is not None else None
-            # Without a hint, only a limiter that has no pace yet holds, for
-            # _DEFAULT_HOLD_S (probing instead measured 0.38-0.57 of a sliding
-            # window in real runs, against 0.82: see docs/pacing.md); a paced
-            # one's AIMD cut is what the 429 asks for.
-            vague = floor and hint is not None
-            if hint is None and self.discover and not self._budgets.paced:
-                hint = _DEFAULT_HOLD_S
-            tokens = quota == "tokens" and self.discover_tokens
+            hint, vague = hold_hint(retry_after, floor=floor, max_hold_s=self.max_hold_s,
+                                    unpaced_discovery=self.discover and not self._budgets.paced)
             if self._hold.is_probe(sent_at):  # the window is still full: same event, a longer step
                 self._hold.probe_refused(now, hint)
                 self._meter.on_refused(self._hold.until)
@@ -300,34 +277,45 @@ class Limiter:
             if self._aimd.is_same_event(now, asked_at):
                 self._aimd.quiet_after(until)
                 return False
-            probed_too_far = False
-            if self._budgets.tokens_bucket is not None and not self._tokens_measured:
-                probed_too_far = self._scale.on_throttled(now, self._token_bound, at_full_rate=self._aimd.fraction >= 0.9)
-            before = self._aimd.fraction
-            if hint is not None:
-                seen = window_seen(self.window_s, hint, self._meter.busy_for(now))
-                self._aimd.window_s = max(self._aimd.window_s, seen)
-            cut = self._aimd.on_throttled(now, asked_at, edge_only=probed_too_far)
-            self._aimd.quiet_after(until)
-            if cut is not Cut.NONE:
-                if vague:  # a first guess at the wait; the probe measures it
-                    hint = (hint + 0.5) if hint is not None else _DEFAULT_HOLD_S
-                    at = math.inf
-                else:
-                    hint = max(0.0, until - extra - now)
-                    at = max(until, self._meter.settled_after(now))
-                sent = now if sent_at is None else sent_at
-                self._measurements.expect(Pending(sent, hint, self._meter.held_since, at, tokens))
-                if tokens and self._budgets.tokens_bucket is None:
-                    self._settle(self._meter.sent_rate(sent, hint, tokens=True), until, tokens=True)
-                elif self.discover and not tokens and self._budgets.requests_bucket is None:
-                    # Requests booked during the hold need a pace now: a first
-                    # estimate from what was sent before this one (few replies
-                    # are in yet); the measurement once they are in corrects it.
-                    self._settle(self._meter.sent_rate(sent, hint), until)
-                self._lateness.guarding = self._lateness.guarding or self._budgets.paced
-            self._budgets.apply(self._aimd.fraction)
-            return self._aimd.fraction < before
+            return self._new_event(now, asked_at, sent_at, hint, vague, extra,
+                                   quota == "tokens" and self.discover_tokens)
+
+    def _new_event(
+        self, now: float, asked_at: float | None, sent_at: float | None, hint: float | None,
+        vague: bool, extra: float, tokens: bool,
+    ) -> bool:
+        """The first 429 of an event (under the lock): cut the rate, and
+        expect the accepted rate to be measured once the hold is over."""
+        until = self._hold.until
+        probed_too_far = False  # the token scale's edge: never congestion (aimd.py)
+        if self._budgets.tokens_bucket is not None and not self._tokens_measured:
+            probed_too_far = self._scale.on_throttled(
+                now, self._token_bound, at_full_rate=self._aimd.fraction >= 0.9)
+        before = self._aimd.fraction
+        if hint is not None:
+            seen = window_seen(self.window_s, hint, self._meter.busy_for(now))
+            self._aimd.window_s = max(self._aimd.window_s, seen)
+        cut = self._aimd.on_throttled(now, asked_at, edge_only=probed_too_far)
+        self._aimd.quiet_after(until)
+        if cut is not Cut.NONE:
+            if vague:  # a first guess at the wait; the probe measures it
+                hint = (hint + 0.5) if hint is not None else DEFAULT_HOLD_S
+                at = math.inf
+            else:
+                hint = max(0.0, until - extra - now)
+                at = max(until, self._meter.settled_after(now))
+            sent = now if sent_at is None else sent_at
+            self._measurements.expect(Pending(sent, hint, self._meter.held_since, at, tokens))
+            if tokens and self._budgets.tokens_bucket is None:
+                self._settle(self._meter.sent_rate(sent, hint, tokens=True), until, tokens=True)
+            elif self.discover and not tokens and self._budgets.requests_bucket is None:
+                # Requests booked during the hold need a pace now: a first
+                # estimate from what was sent before this one (few replies
+                # are in yet); the measurement once they are in corrects it.
+                self._settle(self._meter.sent_rate(sent, hint), until)
+            self._lateness.guarding = self._lateness.guarding or self._budgets.paced
+        self._budgets.apply(self._aimd.fraction)
+        return self._aimd.fraction < before
 
     def calibrate(self, estimated: float, counted: float) -> None:
         """The server reported counting ``counted`` tokens for a request we
@@ -344,17 +332,11 @@ class Limiter:
             return
         (sent_at, hint, since, _, tokens), after_hold = astuple(due[0]), due[1]
         if tokens:
-            # Settled on the first measurement, a token quota is then paced as a
-            # told one is, AIMD cutting at 429s (settling at every 429 as well
-            # would cut twice for one), unless the server clearly accepted less
-            # by a 429 with a hint (a fixed window's burst made the first
-            # measurement too high; without a hint, what it accepted is not known).
             accepted = self._meter.accepted_rate(sent_at, hint, since=after_hold, tokens=True)
             budget = self._budgets.tokens
             pace_now = None if budget is None else budget * self._aimd.fraction / self.window_s
-            slack = self._aimd.settings.measure_slack
-            if pace_now is None or not self._tokens_measured or (
-                    hint > 0 and accepted is not None and accepted < pace_now * (1.0 - slack)):
+            if settles_tokens(pace_now, self._tokens_measured, hint, accepted,
+                              self._aimd.settings.measure_slack):
                 # the margin once more: a bucket's first burst and a fixed window's
                 # boundary make what it accepted look a little more than it allows
                 self._settle(None if accepted is None else accepted * (1.0 - self.margin), now, tokens=True)
