@@ -41,7 +41,7 @@ from beamvec.commands import (
     storage_options,
     vector_files,
 )
-from beamvec.commands.inspect_text import format_report
+from beamvec.commands.inspect_report import InspectReport, NormSummary, format_report
 from beamvec.contract import (
     DEAD_LETTER_SCHEMA,
     MISSING,
@@ -91,8 +91,8 @@ def main(argv: Sequence[str]) -> int:
     if isinstance(args, int):
         return args
     report = inspect_output(args.output, storage_options(args.storage_option), quiet=args.quiet)
-    print(dump_json(report) if args.json else format_report(report))
-    return 1 if report["damaged"] else 0
+    print(dump_json(report.to_json()) if args.json else format_report(report))
+    return 1 if report.damaged else 0
 
 
 class NormStats:
@@ -122,19 +122,18 @@ class NormStats:
         self.zero += int((norms == 0).sum())
         self.not_unit += int((np.abs(norms - 1.0) > UNIT_TOLERANCE).sum())
 
-    def as_dict(self) -> dict[str, Any]:
+    def summary(self) -> NormSummary:
         if not self.count:
-            return {"count": 0, "min": None, "mean": None, "max": None,
-                    "zero": self.zero, "non_finite": self.non_finite, "not_unit": 0}
-        return {
-            "count": self.count,
-            "min": round(self.min, 6),
-            "mean": round(self.total / self.count, 6),
-            "max": round(self.max, 6),
-            "zero": self.zero,
-            "non_finite": self.non_finite,
-            "not_unit": self.not_unit,
-        }
+            return NormSummary(0, None, None, None, self.zero, self.non_finite, 0)
+        return NormSummary(
+            count=self.count,
+            min=round(self.min, 6),
+            mean=round(self.total / self.count, 6),
+            max=round(self.max, 6),
+            zero=self.zero,
+            non_finite=self.non_finite,
+            not_unit=self.not_unit,
+        )
 
 
 def vectors_matrix(column: Any, dimension: int) -> np.ndarray:
@@ -143,7 +142,7 @@ def vectors_matrix(column: Any, dimension: int) -> np.ndarray:
     return flat.reshape(len(column), dimension)
 
 
-def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
+def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> InspectReport:
     """The report `inspect` prints (as JSON, or text by ``format_report``)."""
     output, manifest = open_output(url, options)
     # Trust, but check: a committed file that does not match its commit record;
@@ -154,7 +153,7 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
     in_manifest = manifest.shards if manifest is not None else {}
     vectors = _read_vectors(output, files, manifest, damaged, quiet)
     reasons, dead_by_shard = _read_dead_letters(output, damaged)
-    norm_summary = vectors.norms.as_dict()
+    norm_summary = vectors.norms.summary()
     problems = [
         *(damaged_message(path, why) for path, why in damaged.items()),
         *vectors.problems,
@@ -165,37 +164,36 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
     ]
     config = manifest.config if manifest is not None else RunConfig()
     about = desc.to_json() if desc else {}
-    return {
-        "schema": "beamvec.inspect/1",  # docs/cli.md: fields are only ever added
-        "output": output.url,
-        "complete": has_success(output) and not damaged,
-        "damaged": sorted(damaged),
-        "unreadable": sorted(p for p, why in damaged.items() if why != MISSING),
-        "manifest": manifest is not None,
-        "backend": about.get("backend"),
-        "model": about.get("model"),
-        "dimension": about.get("dimension"),
-        "task_type": about.get("task_type"),
-        "output_dimensionality": about.get("output_dimensionality"),
-        "vector_normalization": _vector_normalization(desc),
-        "text_normalization": config.normalization,
-        "beamvec_version": about.get("beamvec_version"),
-        "config_fingerprint": about.get("config_fingerprint"),
-        "updated_at": (manifest.updated_at or None) if manifest is not None else None,
-        "shards": len(vectors.rows_by_shard),
-        "shards_in_manifest": len(in_manifest),
-        "rows": sum(vectors.rows_by_shard.values()),
-        "dead_letters": sum(reasons.values()),
-        "dead_letter_files": len(dead_by_shard),
-        "dead_letters_by_reason": dict(sorted(reasons.items())),
-        "totals": manifest.totals() if manifest is not None else None,
-        "norms": norm_summary,
-        "runs": [run.to_json() for run in manifest.runs] if manifest is not None else [],
-        "inputs": list(config.inputs) if manifest is not None else None,
-        "problems": problems,
-        "duckdb_query": duckdb_query(output, desc.dimension, example)
+    return InspectReport(
+        output=output.url,
+        complete=has_success(output) and not damaged,
+        damaged=sorted(damaged),
+        unreadable=sorted(p for p, why in damaged.items() if why != MISSING),
+        manifest=manifest is not None,
+        backend=about.get("backend"),
+        model=about.get("model"),
+        dimension=about.get("dimension"),
+        task_type=about.get("task_type"),
+        output_dimensionality=about.get("output_dimensionality"),
+        vector_normalization=_vector_normalization(desc),
+        text_normalization=config.normalization,
+        beamvec_version=about.get("beamvec_version"),
+        config_fingerprint=about.get("config_fingerprint"),
+        updated_at=(manifest.updated_at or None) if manifest is not None else None,
+        shards=len(vectors.rows_by_shard),
+        shards_in_manifest=len(in_manifest),
+        rows=sum(vectors.rows_by_shard.values()),
+        dead_letters=sum(reasons.values()),
+        dead_letter_files=len(dead_by_shard),
+        dead_letters_by_reason=dict(sorted(reasons.items())),
+        totals=manifest.totals() if manifest is not None else None,
+        norms=norm_summary,
+        runs=[run.to_json() for run in manifest.runs] if manifest is not None else [],
+        inputs=list(config.inputs) if manifest is not None else None,
+        problems=problems,
+        duckdb_query=duckdb_query(output, desc.dimension, example)
         if desc and desc.dimension and (example := _first_id(output, [p for p in files if p not in damaged])) is not None else None,
-    }
+    )
 
 
 @dataclass
@@ -274,14 +272,14 @@ def _unmatched(
     return problems
 
 
-def _norm_problems(desc: Description | None, norms: Mapping[str, Any]) -> list[str]:
+def _norm_problems(desc: Description | None, norms: NormSummary) -> list[str]:
     problems = []
-    if desc is not None and desc.normalized and norms["not_unit"]:
-        problems.append(f"{norms['not_unit']:,} vectors are not unit length although the "
+    if desc is not None and desc.normalized and norms.not_unit:
+        problems.append(f"{norms.not_unit:,} vectors are not unit length although the "
                         "output says its vectors are normalized")
-    if norms["non_finite"] or norms["zero"]:
-        problems.append(f"{norms['non_finite']:,} vectors hold NaN/inf and "
-                        f"{norms['zero']:,} are all zeros")
+    if norms.non_finite or norms.zero:
+        problems.append(f"{norms.non_finite:,} vectors hold NaN/inf and "
+                        f"{norms.zero:,} are all zeros")
     return problems
 
 
