@@ -30,6 +30,17 @@ from beamvec.commands.plan_sample import (
     relative_error_95,
 )
 from beamvec.commands.plan_scan import Lookups, Scan, scan
+from beamvec.commands.plan_schema import (
+    SCHEMA,
+    Cost,
+    CountsPart,
+    Duration,
+    ExistingOutput,
+    ModelPart,
+    Plan,
+    Sampled,
+    TimeAndCostPart,
+)
 from beamvec.commands.plan_text import format_plan
 from beamvec.contract import Description, OutputState, damaged_message, read_state, total
 from beamvec.driver.batch_phase import TURNAROUND, check_batch_flags
@@ -106,14 +117,14 @@ def main(argv: Sequence[str]) -> int:
     options = parse_pipeline_options([a for a in expanded if a != "--exact"])
     plan = make_plan(options, flags.exact)
     # docs/cli.md: the JSON's fields are only ever added; "schema" names the version
-    print(dump_json({"schema": "beamvec.plan/1", **plan}) if flags.json else format_plan(plan))
+    print(dump_json({"schema": SCHEMA, **plan}) if flags.json else format_plan(plan))
     return 0
 
 
 def _existing_output(
     url: str | None, storage_options: dict[str, Any], ours: Description, force: bool,
     shards: Sequence[Shard] = (),
-) -> tuple[Output | None, dict[str, Any], OutputState | None]:
+) -> tuple[Output | None, ExistingOutput, OutputState | None]:
     """(output, what it holds, its state) of --output, read-only; and whether
     a run would be refused there, by the rules `run` applies (inputs.conflict,
     inputs.uncovered_by_force)."""
@@ -122,7 +133,7 @@ def _existing_output(
     output = Output(url, storage_options)
     state = read_state(output)
     manifest = state.manifest
-    info: dict[str, Any] = {
+    info: ExistingOutput = {
         "url": output.url,
         "exists": bool(manifest) or bool(state.committed),
         "manifest": manifest is not None,
@@ -155,7 +166,7 @@ def _existing_output(
     return output, info, state
 
 
-def make_plan(options: PipelineOptions, exact_flag: bool = False) -> dict[str, Any]:
+def make_plan(options: PipelineOptions, exact_flag: bool = False) -> Plan:
     """Everything `beamvec plan` prints, as one JSON-ready dict."""
     inputs = resolve_inputs(options)
     bv, description = inputs.bv, inputs.description
@@ -204,7 +215,7 @@ def _lookups(
     return Lookups(lookup, joined, batch, refusals)
 
 
-def _about_model(inputs: JobInputs) -> dict[str, Any]:
+def _about_model(inputs: JobInputs) -> ModelPart:
     """What embeds, and what its token counts rest on."""
     backend, limits = inputs.backend, inputs.backend.limits
     exact = backend.name == "local"
@@ -226,7 +237,7 @@ def _about_model(inputs: JobInputs) -> dict[str, Any]:
     }
 
 
-def _counts(scanned: Scan, choice: ReuseChoice, on_long_text: str) -> dict[str, Any]:
+def _counts(scanned: Scan, choice: ReuseChoice, on_long_text: str) -> CountsPart:
     """Records, texts and tokens: read, dead-lettered, reused, sent."""
     totals = scanned.totals
     return {
@@ -250,7 +261,7 @@ def _counts(scanned: Scan, choice: ReuseChoice, on_long_text: str) -> dict[str, 
     }
 
 
-def _time_and_cost(inputs: JobInputs, scanned: Scan) -> dict[str, Any]:
+def _time_and_cost(inputs: JobInputs, scanned: Scan) -> TimeAndCostPart:
     """How long the quota lets it take (or the Batch API's turnaround), and what it costs."""
     bv, backend, totals = inputs.bv, inputs.backend, scanned.totals
     return {
@@ -271,7 +282,7 @@ def _time_and_cost(inputs: JobInputs, scanned: Scan) -> dict[str, Any]:
     }
 
 
-def _sampled(sample: Sample, scanned: Scan) -> dict[str, Any]:
+def _sampled(sample: Sample, scanned: Scan) -> Sampled:
     """How a sampled plan was scaled, and how far off its texts to send may be."""
     return {
         "shards_read": len(sample.shards), "of": sample.of, "scaled_by_bytes": round(sample.factor, 3),
@@ -293,7 +304,7 @@ def _unsplittable(inputs: JobInputs, todo: Sequence[Shard]) -> list[str]:
 def estimate_duration(
     requests: int, tokens: int, rpm: float | None, tpm: float | None, window_s: float,
     largest_request: int = 0,
-) -> dict[str, Any]:
+) -> Duration:
     """The shortest time the quota allows for this work: requests and tokens
     are metered per ``window_s`` (60 s for the real APIs)."""
     if not rpm and not tpm:
@@ -318,7 +329,7 @@ def estimate_duration(
     }
 
 
-def cost_dict(cost: pricing.CostEstimate) -> dict[str, Any]:
+def cost_dict(cost: pricing.CostEstimate) -> Cost:
     return {
         "currency": pricing.CURRENCY,
         "standard": None if cost.standard is None else round(cost.standard, 9),

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from beamvec.commands import progress, progress_done
 from beamvec.commands.plan_sample import Sample
+from beamvec.commands.plan_schema import ShardScan
 from beamvec.driver.resolve import JobInputs, planning_router, routed
 from beamvec.records import DeadLetter, Shard
 from beamvec.route.router import Lookup, Refusals, RunMemory, Send
@@ -56,7 +56,7 @@ class Lookups:
 class Scan:
     """What routing found: per shard as read, and in total scaled to every shard to embed."""
 
-    per_shard: list[dict[str, Any]]
+    per_shard: list[ShardScan]
     totals: Counter[str]
     reasons: Counter[str]
     requests: int
@@ -65,7 +65,7 @@ class Scan:
 
 def scan_shard(shard: Shard, inputs: JobInputs, lookup: Lookup, memory: RunMemory,
                requests: RequestCounter, batch: Lookup | None = None,
-               refusals: Refusals | None = None) -> dict[str, Any]:
+               refusals: Refusals | None = None) -> ShardScan:
     """One shard routed exactly as a worker routes it; nothing embedded."""
     router = planning_router(inputs, lookup, memory, batch, refusals)
     records = characters = tokens = truncated = 0

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from beamvec import pricing
 from beamvec.commands import fmt_int
-
-Plan = dict[str, Any]  # make_plan's JSON-ready dict (docs/cli.md)
+from beamvec.commands.plan_schema import Plan
 
 
 def format_plan(p: Plan) -> str:
