@@ -64,11 +64,11 @@ def _nothing_to_do(plan: JobPlan, out: Any) -> None:
           "nothing to do (pass --force to redo them)", file=out)
     manifest = read_manifest(plan.output)
     expected = {s.name for s in inputs.shards}
-    lost = manifest is None or any(c.name not in manifest.shards for c in plan.work.carried)
+    unrecorded = manifest is None or any(c.name not in manifest.shards for c in plan.work.carried)
     prunable = inputs.bv.prune and manifest is not None and any(
         rec.shard_name not in expected for rec in manifest.shards.values()
     )
-    if lost or prunable:
+    if unrecorded or prunable:
         # A crash after the last shard's commit but before the manifest, or a prune.
         commit_run(
             plan.output, [], [], sorted(expected), plan.work.carried, inputs.run_config,
