@@ -143,6 +143,9 @@ def _run_planned(
     checked = None if batch else preflight(
         plan.output, inputs, plan.work.todo, reuse=not bv.force, state=plan.state, refusals=refused
     )
+    # A large reuse source meets the records in a join rather than each process's index.
+    choice = plan_reuse(inputs, plan.output, plan.state, plan.work.todo)
+    LOG.info("reuse: by %s (%s)", choice.by, choice.why)
     # The output is about to change: it is not complete again until this run commits.
     with fenced(plan.output):
         plan.output.remove(plan.output.path(SUCCESS))
@@ -150,7 +153,8 @@ def _run_planned(
         plan, run_id, lease_owner, checked,
         refusals=merged(refused, batch.refusals if batch is not None else Refusals()),
     )
-    corpus = _embed_corpus(plan, options, run_id, config, checked)
+    joined = choice.vectors if choice.join else 0
+    corpus = _embed_corpus(plan, options, run_id, config, checked, joined)
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | "EmbedCorpus" >> corpus
     result = _run_pipeline(plan, options, pipeline, run_id, liveness)
@@ -187,9 +191,10 @@ def _worker_config(
 
 def _embed_corpus(
     plan: JobPlan, options: PipelineOptions, run_id: str, config: WorkerConfig, checked: Preflight | None,
+    joined: int,
 ) -> EmbedCorpus:
     """The pipeline's one transform: pacing and retries set, its work list
-    staged in the output, and reuse by join or by index chosen."""
+    staged in the output; ``joined``: the reusable vectors a join meets (0: by index)."""
     inputs, bv = plan.inputs, plan.inputs.bv
     max_in_flight = bv.max_in_flight or (1 if inputs.backend.name == "local" else 8)
     settings = EmbedSettings(
@@ -208,10 +213,6 @@ def _embed_corpus(
     work = write_work(
         plan.output, run_id, plan.work.todo, [s.name for s in inputs.shards], plan.work.carried
     )
-    # A large reuse source meets the records in a join rather than each process's index.
-    choice = plan_reuse(inputs, plan.output, plan.state, plan.work.todo)
-    LOG.info("reuse: by %s (%s)", choice.by, choice.why)
-    joined = choice.vectors if choice.join else 0
     return EmbedCorpus(
         work, inputs.backend, config, settings, quota, inputs.run_config, bv.concurrent_shards,
         split_bytes(bv, inputs.backend.name), bv.prune, joined,
