@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -30,10 +30,20 @@ EXAMPLES = 3  # dead letters shown per reason
 LOOK_BACK = 20  # timelines read, newest first, for one long enough to chart
 
 
+class DeadLetterRow(TypedDict):
+    """The columns of a dead-letter file the page shows (contract.columns)."""
+
+    id: str | None
+    reason: str
+    message: str | None
+    source_shard: str | None
+    raw: str | None
+
+
 @dataclass(frozen=True)
 class DeadLetters:
     by_reason: dict[str, int] = field(default_factory=dict)
-    examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    examples: dict[str, list[DeadLetterRow]] = field(default_factory=dict)  # the first EXAMPLES by reason
 
 
 @dataclass(frozen=True)
@@ -120,7 +130,7 @@ def choose_run(output: Output, ids: Sequence[str], run: str | None) -> tuple[str
 
 def _dead_letters(output: Output) -> DeadLetters:
     counts: Counter[str] = Counter()
-    examples: dict[str, list[dict[str, Any]]] = {}
+    examples: dict[str, list[DeadLetterRow]] = {}
     for path in dead_letter_files(output):
         for batch in iter_batches(output, path, [col.ID, col.REASON, col.MESSAGE, col.SOURCE_SHARD, col.RAW]):
             for row in batch.to_pylist():
