@@ -123,10 +123,12 @@ def read_parquet(fh: IO[bytes], split: Split, config: ReaderConfig, cursor: Curs
             fallback = line_id(shard.name, number)
             raw_id = ids[i] if ids is not None else None
             record_id = _id(raw_id, fallback)
-            text = _text(number, record_id, fallback, raw_id, value, bad_rows.get(i), config)
-            if isinstance(text, ReadError):
-                yield text
-                continue
+            text = value
+            if not isinstance(value, str) or record_id is None or i in bad_rows:  # else: no check fails
+                text = _text(number, record_id, fallback, raw_id, value, bad_rows.get(i), config)
+                if isinstance(text, ReadError):
+                    yield text
+                    continue
             yield RawRecord(
                 number,
                 record_id,
