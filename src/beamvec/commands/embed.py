@@ -9,10 +9,12 @@ text in the order given.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -83,7 +85,20 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-def embed(args: Any, texts: list[str]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Embedded:
+    """Query vectors and what made them (the JSON form's fields, in its order)."""
+
+    output: str
+    backend: str
+    model: str
+    task_type: str | None
+    dimension: int
+    texts: list[str]
+    vectors: np.ndarray  # (texts, dimension)
+
+
+def embed(args: Any, texts: list[str]) -> Embedded:
     """The vectors and what made them."""
     output, manifest = open_output(args.output, storage_options(args.storage_option))
     desc = description_of(output, manifest)
@@ -98,22 +113,15 @@ def embed(args: Any, texts: list[str]) -> dict[str, Any]:
             f"the query embedding has {vectors.shape[1]} dimensions but {output.url} holds "
             f"{desc.dimension}-dimensional vectors; pass the model the output was made with"
         )
-    return {
-        "schema": SCHEMA,
-        "output": output.url,
-        "backend": backend.name,
-        "model": backend.model,
-        "task_type": backend.task_type,
-        "dimension": int(vectors.shape[1]),
-        "texts": texts,
-        "vectors": vectors,
-    }
+    return Embedded(output.url, backend.name, backend.model, backend.task_type, int(vectors.shape[1]),
+                    texts, vectors)
 
 
-def _encode(result: dict[str, Any], fmt: str) -> bytes:
+def _encode(result: Embedded, fmt: str) -> bytes:
     if fmt == "npy":
         buf = io.BytesIO()
-        np.save(buf, result["vectors"].astype(np.float32), allow_pickle=False)
+        np.save(buf, result.vectors.astype(np.float32), allow_pickle=False)
         return buf.getvalue()
-    body = dict(result, vectors=[[float(x) for x in row] for row in result["vectors"]])
+    fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+    body = {"schema": SCHEMA, **fields, "vectors": [[float(x) for x in row] for row in result.vectors]}
     return (json.dumps(body) + "\n").encode()

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,11 +41,14 @@ from beamvec.commands import (
     storage_options,
     vector_files,
 )
+from beamvec.commands.inspect_report import InspectReport, NormSummary, format_report
 from beamvec.contract import (
     DEAD_LETTER_SCHEMA,
     MISSING,
+    CommitRecord,
     DamagedFileError,
     Description,
+    Manifest,
     RunConfig,
     damaged_message,
     dead_letter_path,
@@ -87,8 +91,8 @@ def main(argv: Sequence[str]) -> int:
     if isinstance(args, int):
         return args
     report = inspect_output(args.output, storage_options(args.storage_option), quiet=args.quiet)
-    print(dump_json(report) if args.json else format_report(report))
-    return 1 if report["damaged"] else 0
+    print(dump_json(report.to_json()) if args.json else format_report(report))
+    return 1 if report.damaged else 0
 
 
 class NormStats:
@@ -118,19 +122,18 @@ class NormStats:
         self.zero += int((norms == 0).sum())
         self.not_unit += int((np.abs(norms - 1.0) > UNIT_TOLERANCE).sum())
 
-    def as_dict(self) -> dict[str, Any]:
+    def summary(self) -> NormSummary:
         if not self.count:
-            return {"count": 0, "min": None, "mean": None, "max": None,
-                    "zero": self.zero, "non_finite": self.non_finite, "not_unit": 0}
-        return {
-            "count": self.count,
-            "min": round(self.min, 6),
-            "mean": round(self.total / self.count, 6),
-            "max": round(self.max, 6),
-            "zero": self.zero,
-            "non_finite": self.non_finite,
-            "not_unit": self.not_unit,
-        }
+            return NormSummary(0, None, None, None, self.zero, self.non_finite, 0)
+        return NormSummary(
+            count=self.count,
+            min=round(self.min, 6),
+            mean=round(self.total / self.count, 6),
+            max=round(self.max, 6),
+            zero=self.zero,
+            non_finite=self.non_finite,
+            not_unit=self.not_unit,
+        )
 
 
 def vectors_matrix(column: Any, dimension: int) -> np.ndarray:
@@ -139,7 +142,8 @@ def vectors_matrix(column: Any, dimension: int) -> np.ndarray:
     return flat.reshape(len(column), dimension)
 
 
-def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
+def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> InspectReport:
+    """The report `inspect` prints (as JSON, or text by ``format_report``)."""
     output, manifest = open_output(url, options)
     # Trust, but check: a committed file that does not match its commit record;
     # and, below, any file that cannot be read through (its size was the recorded one).
@@ -147,9 +151,67 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
     files = [path for path in vector_files(output) if path not in damaged]
     desc = description_of(output, manifest, files)
     in_manifest = manifest.shards if manifest is not None else {}
-    norms = NormStats()
-    problems: list[str] = []
-    rows_by_shard: dict[str, int] = {}
+    vectors = _read_vectors(output, files, manifest, damaged, quiet)
+    reasons, dead_by_shard = _read_dead_letters(output, damaged)
+    norm_summary = vectors.norms.summary()
+    problems = [
+        *(damaged_message(path, why) for path, why in damaged.items()),
+        *vectors.problems,
+        *_unmatched(output, in_manifest, vectors.rows_by_shard, dead_by_shard, damaged),
+        *(["no _manifest.json: the first run crashed before writing it; rerun "
+           "`beamvec run` with the same flags to finish it"] if manifest is None else []),
+        *_norm_problems(desc, norm_summary),
+    ]
+    config = manifest.config if manifest is not None else RunConfig()
+    about = desc.to_json() if desc else {}
+    return InspectReport(
+        output=output.url,
+        complete=has_success(output) and not damaged,
+        damaged=sorted(damaged),
+        unreadable=sorted(p for p, why in damaged.items() if why != MISSING),
+        manifest=manifest is not None,
+        backend=about.get("backend"),
+        model=about.get("model"),
+        dimension=about.get("dimension"),
+        task_type=about.get("task_type"),
+        output_dimensionality=about.get("output_dimensionality"),
+        vector_normalization=_vector_normalization(desc),
+        text_normalization=config.normalization,
+        beamvec_version=about.get("beamvec_version"),
+        config_fingerprint=about.get("config_fingerprint"),
+        updated_at=(manifest.updated_at or None) if manifest is not None else None,
+        shards=len(vectors.rows_by_shard),
+        shards_in_manifest=len(in_manifest),
+        rows=sum(vectors.rows_by_shard.values()),
+        dead_letters=sum(reasons.values()),
+        dead_letter_files=len(dead_by_shard),
+        dead_letters_by_reason=dict(sorted(reasons.items())),
+        totals=manifest.totals() if manifest is not None else None,
+        norms=norm_summary,
+        runs=[run.to_json() for run in manifest.runs] if manifest is not None else [],
+        inputs=list(config.inputs) if manifest is not None else None,
+        problems=problems,
+        duckdb_query=duckdb_query(output, desc.dimension, example)
+        if desc and desc.dimension and (example := _first_id(output, [p for p in files if p not in damaged])) is not None else None,
+    )
+
+
+@dataclass
+class VectorScan:
+    """What the vector files hold, read through, and where they disagree with the manifest."""
+
+    norms: NormStats = field(default_factory=NormStats)
+    rows_by_shard: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def _read_vectors(
+    output: Output, files: Sequence[str], manifest: Manifest | None, damaged: dict[str, str], quiet: bool,
+) -> VectorScan:
+    """Every vector file read through, its rows matched with the manifest's;
+    one that cannot be read through is added to ``damaged``."""
+    in_manifest = manifest.shards if manifest is not None else None
+    scan = VectorScan()
     seen_models: set[tuple[Any, ...]] = set()
     for i, path in enumerate(files, start=1):
         name = shard_name(path)
@@ -157,23 +219,27 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
         made = footer_of(output.fs, path).description
         seen_models.add((made.backend, made.model, made.dimension, made.task_type) if made else (None,) * 4)
         # every column, not just the vectors: a torn page of any of them is damage
-        rows = _read_through(output, path, VECTOR_COLUMNS, damaged, lambda b: norms.add(_matrix(b)))
+        rows = _read_through(output, path, VECTOR_COLUMNS, damaged, lambda b: scan.norms.add(_matrix(b)))
         if rows is None:
             continue
-        rows_by_shard[name] = rows
-        if name not in in_manifest and manifest is not None:
-            problems.append(f"vectors/{name}.parquet is not in the manifest (committed by a run "
-                            "that crashed before its manifest: the next `beamvec run` adds it)")
-        elif name in in_manifest and in_manifest[name].counts.embedded != rows:
-            problems.append(f"vectors/{name}.parquet has {rows:,} rows, the manifest says "
-                            f"{in_manifest[name].counts.embedded:,}")
+        scan.rows_by_shard[name] = rows
+        if in_manifest is not None and name not in in_manifest:
+            scan.problems.append(f"vectors/{name}.parquet is not in the manifest (committed by a run "
+                                 "that crashed before its manifest: the next `beamvec run` adds it)")
+        elif in_manifest is not None and in_manifest[name].counts.embedded != rows:
+            scan.problems.append(f"vectors/{name}.parquet has {rows:,} rows, the manifest says "
+                                 f"{in_manifest[name].counts.embedded:,}")
     progress_done(quiet)
     if len(seen_models) > 1:
-        problems.append(
+        scan.problems.append(
             "vector files disagree on backend/model/dimension/task: "
             + "; ".join(str(m) for m in sorted(seen_models, key=str))
         )
+    return scan
 
+
+def _read_dead_letters(output: Output, damaged: dict[str, str]) -> tuple[Counter[str], dict[str, int]]:
+    """(dead letters by reason, rows by shard) of every dead-letter file read through."""
     reasons: Counter[str] = Counter()
     dead_by_shard: dict[str, int] = {}
     dead_files = [path for path in dead_letter_files(output) if path not in damaged]
@@ -185,7 +251,15 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
         if count is not None:  # a torn file's reasons are not counted: it is named apart
             reasons.update(found)
             dead_by_shard[shard_name(path)] = count
-    problems[:0] = [damaged_message(path, why) for path, why in damaged.items()]
+    return reasons, dead_by_shard
+
+
+def _unmatched(
+    output: Output, in_manifest: Mapping[str, CommitRecord], rows_by_shard: Mapping[str, int],
+    dead_by_shard: Mapping[str, int], damaged: Mapping[str, str],
+) -> list[str]:
+    """Shards the manifest lists whose files are missing or hold other counts."""
+    problems = []
     for name, record in in_manifest.items():
         if name not in rows_by_shard and vector_path(output, name) not in damaged:
             problems.append(f"the manifest lists shard {name} but vectors/{name}.parquet is missing; "
@@ -195,50 +269,18 @@ def inspect_output(url: str, options: dict[str, Any], quiet: bool = False) -> di
         if dead_by_shard.get(name, 0) != record.counts.dead_lettered:
             problems.append(f"dead_letters/{name}.parquet has {dead_by_shard.get(name, 0):,} rows, "
                             f"the manifest says {record.counts.dead_lettered:,}")
-    if manifest is None:
-        problems.append("no _manifest.json: the first run crashed before writing it; rerun "
-                        "`beamvec run` with the same flags to finish it")
+    return problems
 
-    norm_summary = norms.as_dict()
-    if desc is not None and desc.normalized and norm_summary["not_unit"]:
-        problems.append(f"{norm_summary['not_unit']:,} vectors are not unit length although the "
+
+def _norm_problems(desc: Description | None, norms: NormSummary) -> list[str]:
+    problems = []
+    if desc is not None and desc.normalized and norms.not_unit:
+        problems.append(f"{norms.not_unit:,} vectors are not unit length although the "
                         "output says its vectors are normalized")
-    if norm_summary["non_finite"] or norm_summary["zero"]:
-        problems.append(f"{norm_summary['non_finite']:,} vectors hold NaN/inf and "
-                        f"{norm_summary['zero']:,} are all zeros")
-    config = manifest.config if manifest is not None else RunConfig()
-    about = desc.to_json() if desc else {}
-    return {
-        "schema": "beamvec.inspect/1",  # docs/cli.md: fields are only ever added
-        "output": output.url,
-        "complete": has_success(output) and not damaged,
-        "damaged": sorted(damaged),
-        "unreadable": sorted(p for p, why in damaged.items() if why != MISSING),
-        "manifest": manifest is not None,
-        "backend": about.get("backend"),
-        "model": about.get("model"),
-        "dimension": about.get("dimension"),
-        "task_type": about.get("task_type"),
-        "output_dimensionality": about.get("output_dimensionality"),
-        "vector_normalization": _vector_normalization(desc),
-        "text_normalization": config.normalization,
-        "beamvec_version": about.get("beamvec_version"),
-        "config_fingerprint": about.get("config_fingerprint"),
-        "updated_at": (manifest.updated_at or None) if manifest is not None else None,
-        "shards": len(rows_by_shard),
-        "shards_in_manifest": len(in_manifest),
-        "rows": sum(rows_by_shard.values()),
-        "dead_letters": sum(reasons.values()),
-        "dead_letter_files": len(dead_by_shard),
-        "dead_letters_by_reason": dict(sorted(reasons.items())),
-        "totals": manifest.totals() if manifest is not None else None,
-        "norms": norm_summary,
-        "runs": [run.to_json() for run in manifest.runs] if manifest is not None else [],
-        "inputs": list(config.inputs) if manifest is not None else None,
-        "problems": problems,
-        "duckdb_query": duckdb_query(output, desc.dimension, example)
-        if desc and desc.dimension and (example := _first_id(output, [p for p in files if p not in damaged])) is not None else None,
-    }
+    if norms.non_finite or norms.zero:
+        problems.append(f"{norms.non_finite:,} vectors hold NaN/inf and "
+                        f"{norms.zero:,} are all zeros")
+    return problems
 
 
 def _matrix(batch: pa.RecordBatch) -> np.ndarray:
@@ -307,52 +349,3 @@ def _vector_normalization(desc: Description | None) -> str:
     if desc.normalized is False:
         return "not normalized"
     return "unknown"
-
-
-def _norm(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def format_report(rep: dict[str, Any]) -> str:
-    if rep["damaged"]:
-        state = f"INCOMPLETE: {len(rep['damaged'])} committed files damaged or missing"
-    else:
-        state = "complete: _SUCCESS written" if rep["complete"] else "INCOMPLETE: no _SUCCESS"
-    n = rep["norms"]
-    lines = [
-        f"beamvec output {rep['output']}  ({state})",
-        f"  backend        {rep['backend']}",
-        f"  model          {rep['model']}",
-        f"  dimension      {rep['dimension']}",
-        f"  task           {rep['task_type'] or '-'}",
-        f"  normalization  vectors: {rep['vector_normalization']}; "
-        f"text: {rep['text_normalization'] or 'unknown'}",
-        f"  shards         {rep['shards']:,} vector files ({rep['shards_in_manifest']:,} in the manifest, "
-        f"{rep['dead_letter_files']:,} with dead letters)",
-        f"  rows           {rep['rows']:,} vectors",
-        f"  vector norms   min {_norm(n['min'])}  mean {_norm(n['mean'])}  max {_norm(n['max'])}"
-        f"  over {n['count']:,} rows",
-        f"  dead letters   {rep['dead_letters']:,}",
-    ]
-    for reason, count in rep["dead_letters_by_reason"].items():
-        lines.append(f"    {reason:<14} {count:,}")
-    if rep["inputs"]:
-        lines.append(f"  inputs         {', '.join(rep['inputs'])}")
-    runs = rep["runs"]
-    lines.append(f"  runs           {len(runs)} in the manifest's history" + (":" if runs else ""))
-    for run in runs:
-        lines.append(
-            f"    {run.get('started_at', '?')} .. {run.get('finished_at', '?')}  "
-            f"{run.get('shards', 0):,} shards, {run.get('read', 0):,} read, "
-            f"{run.get('embedded', 0):,} embedded ({run.get('sent', 0) + run.get('batch_sent', 0):,} sent, "
-            f"{run.get('reused', 0):,} reused, {run.get('deduplicated', 0):,} repeats), "
-            f"{run.get('dead_lettered', 0):,} dead-lettered, {run.get('tokens', 0):,} tokens"
-        )
-    if rep.get("duckdb_query"):
-        lines.append("  query in DuckDB (cosine top 5 of one record; change the id):")
-        lines.append(f"    {rep['duckdb_query']}")
-    if rep["problems"]:
-        lines.append("  problems")
-        lines += [f"    - {p}" for p in rep["problems"]]
-    return "\n".join(lines)
-

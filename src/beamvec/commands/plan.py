@@ -14,39 +14,54 @@ rests on and its expected error).
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any
 
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beamvec import __version__, pricing
-from beamvec.commands import Parser, dump_json, fmt_seconds, progress, progress_done, warn
-from beamvec.commands.plan_sample import EXACT_SHARDS, SAMPLE_SHARDS, choose, relative_error_95
+from beamvec.commands import Parser, dump_json, fmt_seconds, warn
+from beamvec.commands.plan_sample import (
+    EXACT_SHARDS,
+    SAMPLE_SHARDS,
+    Sample,
+    choose,
+    relative_error_95,
+)
+from beamvec.commands.plan_scan import Lookups, Scan, scan
+from beamvec.commands.plan_schema import (
+    SCHEMA,
+    Cost,
+    CountsPart,
+    Duration,
+    ExistingOutput,
+    ModelPart,
+    Plan,
+    Sampled,
+    TimeAndCostPart,
+)
 from beamvec.commands.plan_text import format_plan
 from beamvec.contract import Description, OutputState, damaged_message, read_state, total
 from beamvec.driver.batch_phase import TURNAROUND, check_batch_flags
 from beamvec.driver.options import BeamvecOptions, expand_config, parse_pipeline_options
 from beamvec.driver.resolve import (
     JobInputs,
+    Work,
     conflict,
-    planning_router,
     resolve_inputs,
     retry_reasons,
     retry_refusals,
     reuse_lookup,
-    routed,
     split_bytes,
     split_work,
     uncovered_by_force,
 )
-from beamvec.driver.reuse_choice import plan_reuse, planned_join
+from beamvec.driver.reuse_choice import ReuseChoice, plan_reuse, planned_join
 from beamvec.errors import UsageError
-from beamvec.records import DeadLetter, Shard
+from beamvec.records import Shard
 from beamvec.route.lookup import build_batch_index, check_reuse_source
-from beamvec.route.router import Lookup, NoLookup, Refusals, RunMemory, Send
+from beamvec.route.router import Lookup, NoLookup
 from beamvec.sources import splittable
 from beamvec.write.sink import Output
 
@@ -102,71 +117,14 @@ def main(argv: Sequence[str]) -> int:
     options = parse_pipeline_options([a for a in expanded if a != "--exact"])
     plan = make_plan(options, flags.exact)
     # docs/cli.md: the JSON's fields are only ever added; "schema" names the version
-    print(dump_json({"schema": "beamvec.plan/1", **plan}) if flags.json else format_plan(plan))
+    print(dump_json({"schema": SCHEMA, **plan}) if flags.json else format_plan(plan))
     return 0
-
-
-# --------------------------------------------------------------------------- scanning
-
-
-class RequestCounter:
-    """Requests for texts sent together across shards: ``batching.batches``,
-    streamed, so a plan of any size holds no texts."""
-
-    def __init__(self, max_items: int, max_tokens: int) -> None:
-        self.max_items, self.max_tokens = max_items, max_tokens
-        self.requests = 0
-        self.largest = 0
-        self._items = self._tokens = 0
-
-    def add(self, tokens: int) -> None:
-        if self._items and (self._items >= self.max_items or self._tokens + tokens > self.max_tokens):
-            self._close()
-        self._items += 1
-        self._tokens += tokens
-
-    def _close(self) -> None:
-        self.requests += 1
-        self.largest = max(self.largest, self._tokens)
-        self._items = self._tokens = 0
-
-    def done(self) -> RequestCounter:
-        if self._items:
-            self._close()
-        return self
-
-
-def scan_shard(shard: Shard, inputs: JobInputs, lookup: Lookup, memory: RunMemory,
-               requests: RequestCounter, batch: Lookup | None = None,
-               refusals: Refusals | None = None) -> dict[str, Any]:
-    """One shard routed exactly as a worker routes it; nothing embedded."""
-    router = planning_router(inputs, lookup, memory, batch, refusals)
-    records = characters = tokens = truncated = 0
-    for decision in routed(router, shard, inputs):
-        if isinstance(decision, DeadLetter):
-            continue
-        record = decision.record
-        records += 1
-        characters += len(record.text)
-        tokens += record.tokens
-        truncated += record.truncated
-        if isinstance(decision, Send):
-            requests.add(record.tokens)
-    counts = router.shard_counts(records, Counter(), tokens, truncated)
-    return {
-        "name": shard.name,
-        "input": shard.path,
-        **{k: v for k, v in asdict(counts).items() if k not in ("embedded", "dead_lettered")},
-        "records": records,
-        "characters": characters,
-        "dead_letters": counts.dead_lettered,
-    }
 
 
 def _existing_output(
     url: str | None, storage_options: dict[str, Any], ours: Description, force: bool,
     shards: Sequence[Shard] = (),
-) -> tuple[Output | None, dict[str, Any], OutputState | None]:
+) -> tuple[Output | None, ExistingOutput, OutputState | None]:
     """(output, what it holds, its state) of --output, read-only; and whether
     a run would be refused there, by the rules `run` applies (inputs.conflict,
     inputs.uncovered_by_force)."""
@@ -175,7 +133,7 @@ def _existing_output(
     output = Output(url, storage_options)
     state = read_state(output)
     manifest = state.manifest
-    info: dict[str, Any] = {
+    info: ExistingOutput = {
         "url": output.url,
         "exists": bool(manifest) or bool(state.committed),
         "manifest": manifest is not None,
@@ -208,19 +166,17 @@ def _existing_output(
     return output, info, state
 
 
-def make_plan(options: PipelineOptions, exact_flag: bool = False) -> dict[str, Any]:
+def make_plan(options: PipelineOptions, exact_flag: bool = False) -> Plan:
     """Everything `beamvec plan` prints, as one JSON-ready dict."""
     inputs = resolve_inputs(options)
-    bv, backend, description = inputs.bv, inputs.backend, inputs.description
+    bv, description = inputs.bv, inputs.description
     check_batch_flags(bv)
-    limits = backend.limits
-    fingerprint = description.config_fingerprint
     output, existing, state = _existing_output(
         bv.output, inputs.storage_options, description, bv.force, inputs.shards
     )
     replacing = bv.force or existing.get("conflict") is not None
     empty = OutputState(None, {}, {}, False)
-    work = split_work(inputs.shards, state or empty, fingerprint, replacing,
+    work = split_work(inputs.shards, state or empty, description.config_fingerprint, replacing,
                       retry_reasons(bv.retry_dead_letters))
     for url in bv.reuse_from or ():
         check_reuse_source(description, Output(url, inputs.storage_options))
@@ -228,49 +184,48 @@ def make_plan(options: PipelineOptions, exact_flag: bool = False) -> dict[str, A
     # the run's choice (reuse_choice.plan_reuse): the join's lookups by shard, or one index
     choice = plan_reuse(inputs, own, state, work.todo)
     sample = choose(work.todo, exact_flag)
+    scanned = scan(inputs, sample, _lookups(inputs, choice, output, own, state, work, sample), bv.quiet)
+    return {
+        **_about_model(inputs),
+        "shards": len(inputs.shards),
+        "shards_to_embed": len(work.todo),
+        "shards_skipped": len(work.skipped),
+        **_counts(scanned, choice, bv.on_long_text),
+        **_time_and_cost(inputs, scanned),
+        "output": existing,
+        "per_shard": scanned.per_shard,
+        "sampled": None if sample.exact else _sampled(sample, scanned),
+        "unsplittable": _unsplittable(inputs, work.todo),
+        "skipped": work.skipped,
+    }
+
+
+def _lookups(
+    inputs: JobInputs, choice: ReuseChoice, output: Output | None, own: Output | None,
+    state: OutputState | None, work: Work, sample: Sample,
+) -> Lookups:
+    """What is embedded already, looked up the way the run will."""
+    fingerprint = inputs.description.config_fingerprint
     joined = planned_join(inputs, choice, own, sample.shards) if choice.join else {}
     lookup: Lookup = (  # nothing to read, nothing to look up (a no-op plan stays fast)
         reuse_lookup(inputs, own, state) if choice.by == "index" else NoLookup()
     )
-    # vectors earlier --batch-api runs collected and did not commit yet
-    batch = build_batch_index(own, fingerprint, limits.dimension) if own is not None else None
-    # texts --retry-dead-letters dead-letters again unsent, as the run will
-    refusals = retry_refusals(output, state, work.todo, fingerprint, retry_reasons(bv.retry_dead_letters))
-    memory = RunMemory(limits.dimension)
-    requests = RequestCounter(limits.max_items, limits.max_request_tokens)
-    results = []
-    for i, shard in enumerate(sample.shards, start=1):
-        progress(f"beamvec plan: reading shard {i}/{len(sample.shards)} {shard.name}", bv.quiet)
-        results.append(scan_shard(shard, inputs, joined.get(shard.name, lookup), memory, requests, batch,
-                                  refusals))
-    progress_done(bv.quiet)
-    requests.done()
+    batch = build_batch_index(own, fingerprint, inputs.backend.limits.dimension) if own is not None else None
+    refusals = retry_refusals(output, state, work.todo, fingerprint, retry_reasons(inputs.bv.retry_dead_letters))
+    return Lookups(lookup, joined, batch, refusals)
 
-    totals: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    for res in results:
-        for key, value in res.items():
-            if isinstance(value, int):
-                totals[key] += value
-        reasons.update(res["dead_letters_by_reason"])
-    if not sample.exact:
-        totals = Counter({k: round(v * sample.factor) for k, v in totals.items()})
-        reasons = Counter({k: round(v * sample.factor) for k, v in reasons.items()})
-        requests.requests = round(requests.requests * sample.factor)
-    limit = split_bytes(bv, backend.name)
-    unsplittable = [
-        s.path for s in work.todo if limit and s.size > limit and not splittable(s, inputs.reader)
-    ]
 
+def _about_model(inputs: JobInputs) -> ModelPart:
+    """What embeds, and what its token counts rest on."""
+    backend, limits = inputs.backend, inputs.backend.limits
     exact = backend.name == "local"
-    window = bv.quota_window or 60.0
-    plan: dict[str, Any] = {
+    return {
         "beamvec_version": __version__,
         "backend": backend.name,
         "model": backend.model,
         "dimension": limits.dimension,
         "task_type": backend.task_type,
-        "config_fingerprint": fingerprint,
+        "config_fingerprint": inputs.description.config_fingerprint,
         "tokens_exact": exact,
         "token_basis": "exact: the local model's tokenizer" if exact else TOKEN_BASIS,
         "tokens_expected_error": 0.0 if exact else TOKEN_ERROR,
@@ -279,17 +234,21 @@ def make_plan(options: PipelineOptions, exact_flag: bool = False) -> dict[str, A
             "tokens_per_request": limits.max_request_tokens,
             "tokens_per_text": limits.max_text_tokens,
         },
-        "shards": len(inputs.shards),
-        "shards_to_embed": len(work.todo),
-        "shards_skipped": len(work.skipped),
+    }
+
+
+def _counts(scanned: Scan, choice: ReuseChoice, on_long_text: str) -> CountsPart:
+    """Records, texts and tokens: read, dead-lettered, reused, sent."""
+    totals = scanned.totals
+    return {
         "read": totals["read"],
         "records": totals["records"],
         "characters": totals["characters"],
         "tokens": totals["tokens"],
         "truncated": totals["truncated"],
-        "on_long_text": bv.on_long_text,
+        "on_long_text": on_long_text,
         "dead_letters": totals["dead_letters"],
-        "dead_letters_by_reason": dict(sorted(reasons.items())),
+        "dead_letters_by_reason": dict(sorted(scanned.reasons.items())),
         "reused": totals["reused"] + totals["batch_sent"],
         "reuse_by": choice.by,
         "reuse_why": choice.why,
@@ -298,42 +257,54 @@ def make_plan(options: PipelineOptions, exact_flag: bool = False) -> dict[str, A
         "sent_tokens": totals["sent_tokens"],
         "sent_characters": totals["sent_characters"],
         "billable_characters": totals["billable_characters"],
-        "requests": requests.requests,
+        "requests": scanned.requests,
+    }
+
+
+def _time_and_cost(inputs: JobInputs, scanned: Scan) -> TimeAndCostPart:
+    """How long the quota lets it take (or the Batch API's turnaround), and what it costs."""
+    bv, backend, totals = inputs.bv, inputs.backend, scanned.totals
+    return {
         "batch_api": {
             "turnaround": TURNAROUND,
             "jobs": -(-totals["sent"] // max(1, bv.batch_max_requests_per_file)),
             "requests_per_file": bv.batch_max_requests_per_file,
         } if bv.batch_api else None,
         "duration": estimate_duration(
-            requests.requests, totals["sent_tokens"], bv.quota_rpm, bv.quota_tpm, window,
-            requests.largest,
+            scanned.requests, totals["sent_tokens"], bv.quota_rpm, bv.quota_tpm, bv.quota_window or 60.0,
+            scanned.largest_request,
         ),
         "cost": cost_dict(
             pricing.estimate_cost(
                 backend.name, backend.model, totals["sent_tokens"], totals["billable_characters"]
             )
         ),
-        "output": existing,
-        "per_shard": results,
-        "sampled": None if sample.exact else {
-            "shards_read": len(sample.shards), "of": sample.of, "scaled_by_bytes": round(sample.factor, 3),
-            "sent_error_95": relative_error_95(
-                results, [max(0, s.size) for s in sample.shards], "sent", sample.of
-            ),
-            "note": f"more than {EXACT_SHARDS:,} shards to embed: {SAMPLE_SHARDS:,} read at random and "
-                    "scaled by input bytes (plan --exact reads them all); repeats across unread "
-                    "shards count as sent, so the estimate errs high",
-        },
-        "unsplittable": unsplittable,
-        "skipped": work.skipped,
     }
-    return plan
+
+
+def _sampled(sample: Sample, scanned: Scan) -> Sampled:
+    """How a sampled plan was scaled, and how far off its texts to send may be."""
+    return {
+        "shards_read": len(sample.shards), "of": sample.of, "scaled_by_bytes": round(sample.factor, 3),
+        "sent_error_95": relative_error_95(
+            scanned.per_shard, [max(0, s.size) for s in sample.shards], "sent", sample.of
+        ),
+        "note": f"more than {EXACT_SHARDS:,} shards to embed: {SAMPLE_SHARDS:,} read at random and "
+                "scaled by input bytes (plan --exact reads them all); repeats across unread "
+                "shards count as sent, so the estimate errs high",
+    }
+
+
+def _unsplittable(inputs: JobInputs, todo: Sequence[Shard]) -> list[str]:
+    """Large files one worker must read whole (compressed, no split points)."""
+    limit = split_bytes(inputs.bv, inputs.backend.name)
+    return [s.path for s in todo if limit and s.size > limit and not splittable(s, inputs.reader)]
 
 
 def estimate_duration(
     requests: int, tokens: int, rpm: float | None, tpm: float | None, window_s: float,
     largest_request: int = 0,
-) -> dict[str, Any]:
+) -> Duration:
     """The shortest time the quota allows for this work: requests and tokens
     are metered per ``window_s`` (60 s for the real APIs)."""
     if not rpm and not tpm:
@@ -358,7 +329,7 @@ def estimate_duration(
     }
 
 
-def cost_dict(cost: pricing.CostEstimate) -> dict[str, Any]:
+def cost_dict(cost: pricing.CostEstimate) -> Cost:
     return {
         "currency": pricing.CURRENCY,
         "standard": None if cost.standard is None else round(cost.standard, 9),

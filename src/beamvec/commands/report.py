@@ -10,11 +10,8 @@ a histogram of vector norms over a sample, and the run history. Reads only.
 from __future__ import annotations
 
 import statistics
-from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from html import escape
-from typing import Any
 
 import fsspec
 import numpy as np
@@ -22,28 +19,20 @@ import numpy as np
 from beamvec.commands import (
     Parser,
     add_storage_option,
-    dead_letter_files,
-    description_of,
     fmt_int,
-    has_success,
-    iter_batches,
-    open_output,
     parse,
     storage_options,
-    vector_files,
 )
 from beamvec.commands import report_html as h
+from beamvec.commands.report_data import LOOK_BACK, DeadLetters, ReportData, collect, intervals
 from beamvec.contract import (
     CommitRecord,
-    Description,
-    Manifest,
     RunConfig,
     RunRecord,
     ShardCounts,
     total,
 )
-from beamvec.contract import columns as col
-from beamvec.driver.timeline import RUNS_DIR, TIMELINE, Sample, read_timeline, timeline_path
+from beamvec.driver.timeline import Sample
 from beamvec.errors import UsageError
 from beamvec.pricing import estimate_cost, format_usd
 
@@ -59,36 +48,10 @@ examples:
   beamvec report out/ --run 20261206T020000Z-1a2b3c   # an earlier run's charts
 """
 
-NORM_SAMPLE = 20_000  # vectors read for the norm histogram
-EXAMPLES = 3  # dead letters shown per reason
 MAX_SHARD_BARS = 40  # the slowest shards drawn; the rest summarized
 STRAGGLER = 2.0  # a shard slower than this many times the median stands out
 NO_TIMELINE = ("no timeline recorded: the run predates timelines, or ran on a remote runner "
                "(timelines are recorded where workers run in the driver's process)")
-LOOK_BACK = 20  # timelines read, newest first, for one long enough to chart
-
-
-@dataclass(frozen=True)
-class DeadLetters:
-    by_reason: dict[str, int] = field(default_factory=dict)
-    examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ReportData:
-    """Everything the page shows, read from the output."""
-
-    url: str
-    manifest: Manifest | None
-    description: Description | None
-    complete: bool
-    vector_files: int
-    run_id: str | None
-    samples: list[Sample]
-    dead: DeadLetters
-    norms: np.ndarray
-    timelines: tuple[str, ...] = ()  # run ids with a timeline, oldest first
-    run_note: str = ""  # why the charts show this run, or why they are empty
 
 
 def build_parser() -> Parser:
@@ -115,103 +78,6 @@ def main(argv: Sequence[str]) -> int:
         raise UsageError(f"cannot write --out {args.out}: {exc}; pick a writable path") from exc
     print(f"beamvec report: wrote {args.out} ({len(page) / 1024:,.0f} KiB)")
     return 0
-
-
-def collect(url: str, options: dict[str, Any], norm_sample: int = NORM_SAMPLE, run: str | None = None) -> ReportData:
-    output, manifest = open_output(url, options)
-    files = vector_files(output)
-    ids = run_ids(output)
-    run_id, samples, note = choose_run(output, ids, run)
-    return ReportData(
-        url=output.url,
-        manifest=manifest,
-        description=description_of(output, manifest),
-        complete=has_success(output),
-        vector_files=len(files),
-        run_id=run_id,
-        samples=samples,
-        dead=_dead_letters(output),
-        norms=_norm_sample(output, files, norm_sample),
-        timelines=tuple(ids),
-        run_note=note,
-    )
-
-
-def run_ids(output: Any) -> list[str]:
-    """Runs that left a timeline, oldest first (run ids sort by start time)."""
-    try:
-        found = output.fs.glob("/".join([output.root.rstrip("/"), RUNS_DIR, "*", TIMELINE]))
-    except FileNotFoundError:
-        return []
-    return sorted(path.rsplit("/", 2)[-2] for path in found)
-
-
-def chartable(samples: Sequence[Sample]) -> bool:
-    return bool(_intervals(list(samples)))
-
-
-def _too_short(run_id: str, samples: Sequence[Sample]) -> str:
-    lasted = f"{samples[-1].t:,.0f} s of samples" if samples else "no sample"
-    return f"run {run_id} was too short to chart: its timeline holds {lasted}"
-
-
-def choose_run(output: Any, ids: Sequence[str], run: str | None) -> tuple[str | None, list[Sample], str]:
-    """The run to chart, its samples, and a note for the reader: ``run`` when
-    given, else the newest run long enough to chart (a 3-second incremental
-    run leaves nothing to draw)."""
-    def samples_of(run_id: str) -> list[Sample]:
-        return read_timeline(output.fs, timeline_path(output.root, run_id))
-
-    if run is not None:
-        if run not in ids:
-            listed = ", ".join(ids[-5:]) or "none"
-            raise UsageError(f"--run {run}: {output.url} holds no timeline for that run; "
-                             f"runs with one (newest last): {listed}")
-        samples = samples_of(run)
-        return run, samples, "" if chartable(samples) else _too_short(run, samples)
-    if not ids:
-        return None, [], ""
-    newest = samples_of(ids[-1])
-    if chartable(newest):
-        return ids[-1], newest, ""
-    for run_id in reversed(ids[-LOOK_BACK:-1]):
-        samples = samples_of(run_id)
-        if chartable(samples):
-            return run_id, samples, (f"{_too_short(ids[-1], newest)}; showing {run_id}, the newest run "
-                                     "long enough (choose another with --run)")
-    return ids[-1], newest, _too_short(ids[-1], newest)
-
-
-def _dead_letters(output: Any) -> DeadLetters:
-    counts: Counter[str] = Counter()
-    examples: dict[str, list[dict[str, Any]]] = {}
-    for path in dead_letter_files(output):
-        for batch in iter_batches(output, path, [col.ID, col.REASON, col.MESSAGE, col.SOURCE_SHARD, col.RAW]):
-            for row in batch.to_pylist():
-                counts[row[col.REASON]] += 1
-                kept = examples.setdefault(row[col.REASON], [])
-                if len(kept) < EXAMPLES:
-                    kept.append(row)
-    return DeadLetters(dict(counts.most_common()), examples)
-
-
-def _norm_sample(output: Any, files: list[str], limit: int) -> np.ndarray:
-    """L2 norms of up to ``limit`` vectors, spread over the files (the first rows of each)."""
-    if not files:
-        return np.zeros(0)
-    per_file = max(1, -(-limit // len(files)))
-    norms: list[np.ndarray] = []
-    for path in files[:limit]:
-        taken = 0
-        for batch in iter_batches(output, path, [col.VECTOR], batch_size=min(per_file, 8192)):
-            column = batch.column(0)
-            flat = column.flatten().to_numpy(zero_copy_only=False)
-            matrix = flat.reshape(len(column), column.type.list_size)[: per_file - taken]
-            norms.append(np.linalg.norm(matrix.astype(np.float64), axis=1))
-            taken += len(matrix)
-            if taken >= per_file:
-                break
-    return np.concatenate(norms)[:limit] if norms else np.zeros(0)
 
 
 # --------------------------------------------------------------------------- page
@@ -256,12 +122,6 @@ def _or_dash(value: object) -> str:
     return "-" if value is None else f"{value:,.0f}" if isinstance(value, int | float) else str(value)
 
 
-def _intervals(samples: list[Sample]) -> list[tuple[Sample, Sample]]:
-    """Consecutive pairs, starting from zero at t=0 (samples count from the run's start)."""
-    points = [Sample(t=0.0), *samples]
-    return [(a, b) for a, b in zip(points, points[1:], strict=False) if b.t > a.t]
-
-
 def _per(pairs: list[tuple[Sample, Sample]], value, scale: float) -> list[float]:
     """Per-interval rates; never below 0 (``requests_ok`` counts a request when it is
     sent, so one that fails later takes it back)."""
@@ -273,7 +133,7 @@ def _note(data: ReportData) -> str:
 
 
 def _rate(data: ReportData) -> str:
-    pairs = _intervals(data.samples)
+    pairs = intervals(data.samples)
     if not pairs:
         return h.empty_panel("rate-requests", "requests per minute", data.run_note or NO_TIMELINE)
     ts = [b.t for _, b in pairs]
@@ -296,7 +156,7 @@ def _rate(data: ReportData) -> str:
 
 
 def _throttling(data: ReportData) -> str:
-    pairs = _intervals(data.samples)
+    pairs = intervals(data.samples)
     if not pairs:
         return h.empty_panel("throttling", "429s and retries", data.run_note or NO_TIMELINE)
     ts = [b.t for _, b in pairs]

@@ -10,13 +10,16 @@ one batch and k, never by the output's size.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from beamvec.backends import make_backend
 from beamvec.backends.base import Backend
@@ -99,7 +102,7 @@ def main(argv: Sequence[str]) -> int:
     if args.k < 1:
         raise UsageError("-k must be at least 1")
     result = search(args)
-    print(dump_json(result) if args.json else format_results(result))
+    print(dump_json(dataclasses.asdict(result)) if args.json else format_results(result))
     return 0
 
 
@@ -185,7 +188,56 @@ def embed_texts(backend: Backend, texts: Sequence[str]) -> np.ndarray:
     return matrix / norms
 
 
-def search(args: Any) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Hit:
+    """One vector near the query."""
+
+    id: str
+    score: float  # cosine, rounded to 6 places
+    source: str | None  # the input file
+    position: int | None  # the record's position in it
+    shard: str
+    metadata: Any  # the record's metadata column, parsed from JSON where it is JSON
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What `search` prints (its JSON form's fields, in order)."""
+
+    output: str
+    query: str
+    backend: str
+    model: str
+    task_type: str | None
+    dimension: int
+    scanned: int
+    k: int
+    results: list[Hit]
+
+
+class _Best:
+    """The ``k`` best hits so far: a min-heap on the score, ties in the order found."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.heap: list[tuple[float, int, Hit]] = []
+        self.tie = itertools.count()
+
+    def admits(self, score: float) -> bool:
+        return len(self.heap) < self.k or score > self.heap[0][0]
+
+    def add(self, score: float, hit: Hit) -> None:
+        entry = (score, next(self.tie), hit)
+        if len(self.heap) < self.k:
+            heapq.heappush(self.heap, entry)
+        else:
+            heapq.heapreplace(self.heap, entry)
+
+    def ranked(self) -> list[Hit]:
+        return [hit for _, _, hit in sorted(self.heap, key=lambda e: (-e[0], e[1]))]
+
+
+def search(args: Any) -> SearchResult:
     output, manifest = open_output(args.output, storage_options(args.storage_option))
     desc = description_of(output, manifest)
     files = vector_files(output)
@@ -205,9 +257,7 @@ def search(args: Any) -> dict[str, Any]:
             f"{dimension}-dimensional vectors; pass the model the output was made with "
             "(--local-model-dir)"
         )
-
-    heap: list[tuple[float, int, dict[str, Any]]] = []
-    tie = itertools.count()
+    best = _Best(args.k)
     scanned = 0
     for i, path in enumerate(files, start=1):
         name = shard_name(path)
@@ -219,47 +269,36 @@ def search(args: Any) -> dict[str, Any]:
             continue
         columns = [col.ID, col.VECTOR, col.SOURCE_SHARD, col.SOURCE_POSITION, col.METADATA]
         for batch in iter_batches(output, path, columns):
-            vectors = batch.column(col.VECTOR)
-            n = batch.num_rows
-            if not n:
-                continue
-            matrix = vectors.flatten().to_numpy(zero_copy_only=False).reshape(n, dimension)
-            norms = np.linalg.norm(matrix, axis=1)
-            scores = (matrix @ query) / np.clip(norms, 1e-12, None)
-            scores = np.where(np.isfinite(scores), scores, -np.inf)
-            scanned += n
-            k = min(args.k, n)
-            candidates = np.argpartition(-scores, k - 1)[:k] if n > k else np.arange(n)
-            for idx in candidates:
-                score = float(scores[idx])
-                if len(heap) >= args.k and score <= heap[0][0]:
-                    continue
-                row = {
-                    "id": batch.column(col.ID)[idx].as_py(),
-                    "score": round(score, 6),
-                    "source": batch.column(col.SOURCE_SHARD)[idx].as_py(),
-                    "position": batch.column(col.SOURCE_POSITION)[idx].as_py(),
-                    "shard": name,
-                    "metadata": _metadata(batch, idx),
-                }
-                entry = (score, next(tie), row)
-                if len(heap) < args.k:
-                    heapq.heappush(heap, entry)
-                else:
-                    heapq.heapreplace(heap, entry)
+            scanned += _scan_batch(batch, name, query, dimension, best)
     progress_done(args.quiet)
-    results = [row for _, _, row in sorted(heap, key=lambda e: (-e[0], e[1]))]
-    return {
-        "output": output.url,
-        "query": args.query,
-        "backend": backend.name,
-        "model": backend.model,
-        "task_type": backend.task_type,
-        "dimension": dimension,
-        "scanned": scanned,
-        "k": args.k,
-        "results": results,
-    }
+    return SearchResult(output.url, args.query, backend.name, backend.model, backend.task_type, dimension,
+                        scanned, args.k, best.ranked())
+
+
+def _scan_batch(batch: pa.RecordBatch, name: str, query: np.ndarray, dimension: int, best: _Best) -> int:
+    """Score a batch's vectors against the query, keep its best in ``best``; its rows."""
+    n = batch.num_rows
+    if not n:
+        return 0
+    matrix = batch.column(col.VECTOR).flatten().to_numpy(zero_copy_only=False).reshape(n, dimension)
+    norms = np.linalg.norm(matrix, axis=1)
+    scores = (matrix @ query) / np.clip(norms, 1e-12, None)
+    scores = np.where(np.isfinite(scores), scores, -np.inf)
+    k = min(best.k, n)
+    candidates = np.argpartition(-scores, k - 1)[:k] if n > k else np.arange(n)
+    for idx in candidates:
+        score = float(scores[idx])
+        if not best.admits(score):
+            continue
+        best.add(score, Hit(
+            id=batch.column(col.ID)[idx].as_py(),
+            score=round(score, 6),
+            source=batch.column(col.SOURCE_SHARD)[idx].as_py(),
+            position=batch.column(col.SOURCE_POSITION)[idx].as_py(),
+            shard=name,
+            metadata=_metadata(batch, idx),
+        ))
+    return n
 
 
 def _metadata(batch: Any, idx: int) -> Any:
@@ -281,21 +320,21 @@ def _snippet(metadata: Any) -> str:
     return text if len(text) <= SNIPPET else text[: SNIPPET - 1] + "…"
 
 
-def format_results(res: dict[str, Any]) -> str:
-    task = f", query task {res['task_type']}" if res["task_type"] else ""
+def format_results(res: SearchResult) -> str:
+    task = f", query task {res.task_type}" if res.task_type else ""
     lines = [
-        f"beamvec search {res['output']}: {res['query']!r}",
-        f"  {res['backend']} {res['model']}{task}; cosine over {res['scanned']:,} vectors",
+        f"beamvec search {res.output}: {res.query!r}",
+        f"  {res.backend} {res.model}{task}; cosine over {res.scanned:,} vectors",
     ]
-    if not res["results"]:
+    if not res.results:
         lines.append("  no vectors in the output")
         return "\n".join(lines)
-    width = max(len(str(r["id"])) for r in res["results"])
-    for rank, row in enumerate(res["results"], start=1):
-        source = f"{row['source']}:{row['position']}"
-        snippet = _snippet(row["metadata"])
+    width = max(len(str(r.id)) for r in res.results)
+    for rank, row in enumerate(res.results, start=1):
+        source = f"{row.source}:{row.position}"
+        snippet = _snippet(row.metadata)
         lines.append(
-            f"  {rank:>3}. {row['score']:.4f}  {str(row['id']):<{width}}  {source}"
+            f"  {rank:>3}. {row.score:.4f}  {str(row.id):<{width}}  {source}"
             + (f"  {snippet}" if snippet else "")
         )
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from beamvec.commands import (
@@ -31,6 +32,7 @@ from beamvec.commands import (
     warn,
 )
 from beamvec.contract import (
+    CommitRecord,
     DamagedFileError,
     Manifest,
     RunConfig,
@@ -42,6 +44,7 @@ from beamvec.contract import (
 )
 from beamvec.contract import columns as col
 from beamvec.errors import NoInputError, UsageError
+from beamvec.records import Shard
 from beamvec.sources import FORMATS, ReaderConfig, list_shards, read_shard
 from beamvec.write.sink import Output
 
@@ -83,8 +86,8 @@ def main(argv: Sequence[str]) -> int:
     if isinstance(args, int):
         return args
     result = verify(args)
-    print(dump_json(result) if args.json else format_result(result))
-    return 0 if result["ok"] else 1
+    print(dump_json(dataclasses.asdict(result)) if args.json else format_result(result))
+    return 0 if result.ok else 1
 
 
 def _key(record_id: str | None, position: int) -> str:
@@ -144,7 +147,37 @@ def _ids(output: Output, path: str, columns: list[str], damaged: dict[str, str])
     return found
 
 
-def verify(args: Any) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Mismatch:
+    """An id found fewer or more times in the output than in its input."""
+
+    shard: str
+    id: str
+    expected: int
+    found: int
+
+
+@dataclass
+class Result:
+    """What `verify` found (its JSON, docs/cli.md: fields are only ever added)."""
+
+    ok: bool = False
+    output: str = ""
+    inputs: list[str] = field(default_factory=list)
+    shards: int = 0
+    records: int = 0
+    vectors: int = 0
+    dead_letters: int = 0
+    missing: int = 0
+    doubled: int = 0
+    missing_ids: list[Mismatch] = field(default_factory=list)  # the first SHOW
+    doubled_ids: list[Mismatch] = field(default_factory=list)  # the first SHOW
+    unchecked_output_shards: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
+
+
+def verify(args: Any) -> Result:
     options = storage_options(args.storage_option)
     output, manifest = open_output(args.output, options)
     config = manifest.config if manifest is not None else RunConfig()
@@ -154,118 +187,119 @@ def verify(args: Any) -> dict[str, Any]:
             f"{output.url} does not record its inputs; pass them with --input GLOB "
             "(as given to `beamvec run`)"
         )
-    reader = ReaderConfig(
-        format=args.format or config.format,
-        id_field=args.id_field or config.id_field or "id",
-        text_field=args.text_field or config.text_field or "text",
-        title_field=config.title_field,
-    )
+    reader = _reader(args, config)
+    shards = _list_inputs(inputs, options, output, recorded=not args.input)
+    damaged = dict(read_state(output).damaged)  # trust, but check (contract.check_part)
+    names = _output_names(output, manifest, damaged)
+    listed = manifest.shards if manifest is not None else {}
+    result = Result(output=output.url, inputs=list(inputs), shards=len(shards))
+    checked_names: set[str] = set()
+    for i, shard in enumerate(shards, start=1):
+        name = names.get(shard.shown, shard.name)
+        checked_names.add(name)
+        progress(f"beamvec verify: shard {i}/{len(shards)} {name}", args.quiet)
+        _check_shard(output, shard, name, listed.get(name), reader, options, damaged, result)
+    progress_done(args.quiet)
+    others = sorted({shard_name(p) for p in vector_files(output) + dead_letter_files(output)} - checked_names)
+    if others:
+        result.notes.append(f"{len(others):,} output shards come from inputs not given here; not checked")
+    result.notes += [damaged_message(path, why) for path, why in damaged.items()]
+    result.unchecked_output_shards = others
+    result.damaged = sorted(damaged)
+    result.ok = result.missing == 0 and result.doubled == 0 and not damaged
+    return result
+
+
+def _reader(args: Any, config: RunConfig) -> ReaderConfig:
+    """The reader the run used, as its manifest recorded it, unless the flags say otherwise."""
     for flag, ours, theirs in (("--format", args.format, config.format),
                                ("--id-field", args.id_field, config.id_field),
                                ("--text-field", args.text_field, config.text_field)):
         if ours and theirs and ours != theirs:
             warn(f"{flag} {ours} differs from the run's {theirs}: ids may not match")
+    return ReaderConfig(
+        format=args.format or config.format,
+        id_field=args.id_field or config.id_field or "id",
+        text_field=args.text_field or config.text_field or "text",
+        title_field=config.title_field,
+    )
+
+
+def _list_inputs(inputs: Sequence[str], options: dict[str, Any], output: Output, recorded: bool) -> list[Shard]:
+    """The input shards; ``recorded``: the globs came from the manifest, not --input."""
     try:
-        shards = list_shards(inputs, options)
+        return list_shards(inputs, options)
     except NoInputError as exc:
-        if args.input:
+        if not recorded:
             raise
         raise UsageError(
             f"the inputs {output.url} recorded ({', '.join(inputs)}) match no files from here: "
             "pass --input GLOB with where they are now (relative paths are relative to where "
             "`beamvec run` ran)"
         ) from exc
-    damaged = dict(read_state(output).damaged)  # trust, but check (contract.check_part)
-    names = _output_names(output, manifest, damaged)
-    listed = manifest.shards if manifest is not None else {}
-
-    missing: list[dict[str, Any]] = []
-    doubled: list[dict[str, Any]] = []
-    counts = Counter()
-    notes: list[str] = []
-    checked_names: set[str] = set()
-    for i, shard in enumerate(shards, start=1):
-        name = names.get(shard.shown, shard.name)
-        checked_names.add(name)
-        progress(f"beamvec verify: shard {i}/{len(shards)} {name}", args.quiet)
-        expected: Counter[str] = Counter(
-            _key(raw.id, raw.position)
-            for raw in read_shard(dataclasses.replace(shard, name=name), reader, options)
-        )
-        found, vectors, dead, exists = _found(output, name, damaged)
-        counts["records"] += sum(expected.values())
-        counts["vectors"] += vectors
-        counts["dead_letters"] += dead
-        if vector_path(output, name) in damaged:
-            pass  # named below, with its repair
-        elif not exists:
-            notes.append(f"{shard.shown} has no vector file in the output (not committed yet): "
-                         "run `beamvec run` again with the same flags to embed it")
-        elif name in listed and listed[name].input_fingerprint not in ("", shard.fingerprint):
-            notes.append(f"{shard.shown} changed since it was embedded: rerun `beamvec run` to "
-                         "embed the new version, then verify again")
-        for key, want in expected.items():
-            got = found.get(key, 0)
-            if got < want:
-                counts["missing"] += want - got
-                if len(missing) < SHOW:
-                    missing.append({"shard": name, "id": key, "expected": want, "found": got})
-        for key, got in found.items():
-            want = expected.get(key, 0)
-            if got > want:
-                counts["doubled"] += got - want
-                if len(doubled) < SHOW:
-                    doubled.append({"shard": name, "id": key, "expected": want, "found": got})
-    progress_done(args.quiet)
-    others = sorted({shard_name(p) for p in vector_files(output) + dead_letter_files(output)} - checked_names)
-    if others:
-        notes.append(f"{len(others):,} output shards come from inputs not given here; not checked")
-    notes += [damaged_message(path, why) for path, why in damaged.items()]
-    ok = counts["missing"] == 0 and counts["doubled"] == 0 and not damaged
-    return {
-        "ok": ok,
-        "output": output.url,
-        "inputs": list(inputs),
-        "shards": len(shards),
-        "records": counts["records"],
-        "vectors": counts["vectors"],
-        "dead_letters": counts["dead_letters"],
-        "missing": counts["missing"],
-        "doubled": counts["doubled"],
-        "missing_ids": missing,
-        "doubled_ids": doubled,
-        "unchecked_output_shards": others,
-        "notes": notes,
-        "damaged": sorted(damaged),
-    }
 
 
-def format_result(res: dict[str, Any]) -> str:
-    if res["ok"]:
+def _check_shard(
+    output: Output, shard: Shard, name: str, record: CommitRecord | None, reader: ReaderConfig,
+    options: dict[str, Any], damaged: dict[str, str], result: Result,
+) -> None:
+    """One input shard read again and matched id by id with its output rows, into ``result``."""
+    expected: Counter[str] = Counter(
+        _key(raw.id, raw.position)
+        for raw in read_shard(dataclasses.replace(shard, name=name), reader, options)
+    )
+    found, vectors, dead, exists = _found(output, name, damaged)
+    result.records += sum(expected.values())
+    result.vectors += vectors
+    result.dead_letters += dead
+    if vector_path(output, name) in damaged:
+        pass  # named below, with its repair
+    elif not exists:
+        result.notes.append(f"{shard.shown} has no vector file in the output (not committed yet): "
+                            "run `beamvec run` again with the same flags to embed it")
+    elif record is not None and record.input_fingerprint not in ("", shard.fingerprint):
+        result.notes.append(f"{shard.shown} changed since it was embedded: rerun `beamvec run` to "
+                            "embed the new version, then verify again")
+    for key, want in expected.items():
+        got = found.get(key, 0)
+        if got < want:
+            result.missing += want - got
+            if len(result.missing_ids) < SHOW:
+                result.missing_ids.append(Mismatch(name, key, want, got))
+    for key, got in found.items():
+        want = expected.get(key, 0)
+        if got > want:
+            result.doubled += got - want
+            if len(result.doubled_ids) < SHOW:
+                result.doubled_ids.append(Mismatch(name, key, want, got))
+
+
+def format_result(res: Result) -> str:
+    if res.ok:
         line = (
-            f"OK: {res['records']:,} input records in {res['shards']:,} shards each appear exactly "
-            f"once in {res['output']} ({res['vectors']:,} vectors, {res['dead_letters']:,} dead letters)"
+            f"OK: {res.records:,} input records in {res.shards:,} shards each appear exactly "
+            f"once in {res.output} ({res.vectors:,} vectors, {res.dead_letters:,} dead letters)"
         )
-        return "\n".join([line, *(f"  note: {n}" for n in res["notes"])])
-    if res.get("damaged") and not res["missing"] and not res["doubled"]:
-        return "\n".join([f"FAILED: {len(res['damaged'])} committed files of {res['output']} "
-                          "are damaged or missing", *(f"  {n}" for n in res["notes"])])
+        return "\n".join([line, *(f"  note: {n}" for n in res.notes)])
+    if res.damaged and not res.missing and not res.doubled:
+        return "\n".join([f"FAILED: {len(res.damaged)} committed files of {res.output} "
+                          "are damaged or missing", *(f"  {n}" for n in res.notes)])
     lines = [
-        f"FAILED: {res['missing']:,} records missing and {res['doubled']:,} doubled in {res['output']} "
-        f"(of {res['records']:,} input records in {res['shards']:,} shards; "
-        f"{res['vectors']:,} vectors, {res['dead_letters']:,} dead letters)"
+        f"FAILED: {res.missing:,} records missing and {res.doubled:,} doubled in {res.output} "
+        f"(of {res.records:,} input records in {res.shards:,} shards; "
+        f"{res.vectors:,} vectors, {res.dead_letters:,} dead letters)"
     ]
-    for title, rows, total in (("missing", res["missing_ids"], res["missing"]),
-                               ("doubled", res["doubled_ids"], res["doubled"])):
+    for title, rows, total in (("missing", res.missing_ids, res.missing),
+                               ("doubled", res.doubled_ids, res.doubled)):
         if not total:
             continue
         shown = f"first {len(rows)} of {total:,}" if total > len(rows) else f"{total:,}"
         lines.append(f"  {title} ({shown}):")
         for row in rows:
-            lines.append(f"    {row['id']}  in shard {row['shard']}  "
-                         f"(input has it {row['expected']}x, output {row['found']}x)")
-    lines += [f"  note: {n}" for n in res["notes"]]
-    affected = sorted({row["shard"] for row in res["missing_ids"] + res["doubled_ids"]})
+            lines.append(f"    {row.id}  in shard {row.shard}  "
+                         f"(input has it {row.expected}x, output {row.found}x)")
+    lines += [f"  note: {n}" for n in res.notes]
+    affected = sorted({row.shard for row in res.missing_ids + res.doubled_ids})
     lines.append(
         "  to repair: delete vectors/<shard>.parquet (and dead_letters/<shard>.parquet) of the "
         f"affected shards ({', '.join(affected[:5])}{', ...' if len(affected) > 5 else ''}), "

@@ -15,6 +15,7 @@ import posixpath
 import re
 import stat
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -39,6 +40,9 @@ from beamvec.sources.base import FORMATS, ReaderConfig, detect_format
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 log = logging.getLogger(__name__)
+
+#: fsspec's description of one listed entry (its keys vary by store).
+Info = dict[str, Any]
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -85,7 +89,7 @@ def _is_hidden(relative_path: str) -> bool:
     )
 
 
-def _version(info: dict[str, Any]) -> str:
+def _version(info: Info) -> str:
     """Whatever the store offers that changes when the object changes."""
     for key in ("generation", "ETag", "etag", "mtime", "LastModified", "updated", "created"):
         value = info.get(key)
@@ -94,14 +98,14 @@ def _version(info: dict[str, Any]) -> str:
     return ""
 
 
-def _size(info: dict[str, Any]) -> int:
+def _size(info: Info) -> int:
     size = info.get("size", info.get("Size"))
     return int(size) if size is not None else -1
 
 
-def _expand(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, dict[str, dict[str, Any]], int]:
+def _expand(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, dict[str, Info], int]:
     """(base, {path: info} of the files a pattern means, how many hidden files were skipped)."""
-    matched: dict[str, dict[str, Any]] = {}
+    matched: dict[str, Info] = {}
     explicit_hidden = False
     if _has_magic(path):
         base = _glob_base(path)
@@ -123,7 +127,7 @@ def _expand(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, dict[str, di
         if info.get("type") != "directory":
             return posixpath.dirname(path), {path: info}, 0
         base, matched, explicit_hidden = path, {path: info}, False
-    files: dict[str, dict[str, Any]] = {}
+    files: dict[str, Info] = {}
     for name, info in matched.items():
         if info.get("type") == "directory":
             files.update(
@@ -149,7 +153,7 @@ def _expand(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, dict[str, di
 
 
 
-def _regular(path: str, info: dict[str, Any]) -> dict[str, Any]:
+def _regular(path: str, info: Info) -> Info:
     """The info of a listed entry that is neither file nor directory (local
     disk: a symbolic link, a fifo): a link to a file stands for its file;
     anything else stops the listing with one line (a loop would never end,
@@ -245,53 +249,16 @@ def list_shards(
     if isinstance(exclude, str):
         exclude = [exclude]
     storage_options = dict(storage_options or {})
-    found: dict[str, Shard] = {}
-    seen_as: dict[str, str] = {}
-    matched_by: dict[str, str] = {}
+    shards = _Shards()
     empty: list[str] = []
     for pattern in patterns:
-        if not pattern or not pattern.strip():
-            raise NoInputError("an input pattern is empty; pass a path, a glob or a directory")
-        fs, path = fsspec.core.url_to_fs(pattern, **storage_options)
-        local = isinstance(fs, LocalFileSystem)
-        path = _normalized(fs, path)
-        excluded = _excluded_prefixes(fs, exclude, storage_options)
-        fs.invalidate_cache()  # a listing cached earlier in this process may be stale
-        try:
-            base, files, hidden = _expand(fs, path)
-        except PermissionError as exc:
-            reason = reason_of(exc)
-            raise InputAccessError(
-                f"cannot list input {redact_url(pattern)!r}: {redact_urls(reason)}; check the credentials in the "
-                "environment (AWS_* variables, GOOGLE_APPLICATION_CREDENTIALS or gcloud ADC) "
-                "and that they may list and read it"
-            ) from None
-        if excluded:
-            kept = {p: i for p, i in files.items() if not _under(_normalized(fs, p), excluded)}
-            if len(kept) < len(files):
-                log.info("input %s: skipped %d files under the output", pattern, len(files) - len(kept))
-            hidden += len(files) - len(kept)
-            files = kept
-        if not files:
-            empty.append(pattern + (f" (only {hidden} commit-marker or output files)" if hidden else ""))
+        listed = _list_pattern(pattern, storage_options, exclude)
+        if not listed.files:
+            empty.append(pattern + (f" (only {listed.hidden} commit-marker or output files)" if listed.hidden else ""))
             continue
-        if hidden:
-            log.info("input %s: skipped %d commit-marker files (_SUCCESS, .crc, ...)", pattern, hidden)
-        for file_path, info in files.items():
-            full = file_path if local else fs.unstrip_protocol(file_path)
-            _check_name(full)
-            relative = _relative(file_path, base)
-            if full in found and len(relative) <= len(seen_as[full]):
-                continue  # matched twice: the name comes from the widest pattern, whatever the order
-            seen_as[full] = relative
-            matched_by[full] = pattern
-            found[full] = Shard(
-                path=full,
-                # a query (a signed URL's token) never reaches the name
-                name=safe_shard_name(relative.split("?", 1)[0], full),
-                size=_size(info),
-                version=_version(info),
-            )
+        if listed.hidden:
+            log.info("input %s: skipped %d commit-marker files (_SUCCESS, .crc, ...)", pattern, listed.hidden)
+        shards.add(listed, pattern)
     if empty:
         which = ", ".join(repr(redact_url(p)) for p in empty)
         raise NoInputError(
@@ -299,10 +266,76 @@ def list_shards(
             "(quote it so your shell does not expand it), that the bucket or directory "
             "exists, and that the storage options/credentials allow listing it"
         )
-    shards = [found[p] for p in sorted(found)]
+    found = shards.sorted()
     if config is not None:
-        check_formats(shards, config.format, matched_by)
-    return shards
+        check_formats(found, config.format, shards.matched_by)
+    return found
+
+
+@dataclass(frozen=True)
+class _Listed:
+    """One pattern's files, what is never an input left out."""
+
+    fs: fsspec.AbstractFileSystem
+    base: str  # the directory names are taken relative to
+    files: dict[str, Info]
+    hidden: int  # files left out: markers, beamvec's own, under the output
+
+
+def _list_pattern(pattern: str, storage_options: dict[str, Any], exclude: Sequence[str]) -> _Listed:
+    if not pattern or not pattern.strip():
+        raise NoInputError("an input pattern is empty; pass a path, a glob or a directory")
+    fs, path = fsspec.core.url_to_fs(pattern, **storage_options)
+    path = _normalized(fs, path)
+    excluded = _excluded_prefixes(fs, exclude, storage_options)
+    fs.invalidate_cache()  # a listing cached earlier in this process may be stale
+    try:
+        base, files, hidden = _expand(fs, path)
+    except PermissionError as exc:
+        reason = reason_of(exc)
+        raise InputAccessError(
+            f"cannot list input {redact_url(pattern)!r}: {redact_urls(reason)}; check the credentials in the "
+            "environment (AWS_* variables, GOOGLE_APPLICATION_CREDENTIALS or gcloud ADC) "
+            "and that they may list and read it"
+        ) from None
+    if excluded:
+        kept = {p: i for p, i in files.items() if not _under(_normalized(fs, p), excluded)}
+        if len(kept) < len(files):
+            log.info("input %s: skipped %d files under the output", pattern, len(files) - len(kept))
+        hidden += len(files) - len(kept)
+        files = kept
+    return _Listed(fs, base, files, hidden)
+
+
+class _Shards:
+    """Shards by full path, each once: a file matched by two patterns takes
+    its name from the widest, whatever the order."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, Shard] = {}
+        self.seen_as: dict[str, str] = {}
+        self.matched_by: dict[str, str] = {}
+
+    def add(self, listed: _Listed, pattern: str) -> None:
+        local = isinstance(listed.fs, LocalFileSystem)
+        for file_path, info in listed.files.items():
+            full = file_path if local else listed.fs.unstrip_protocol(file_path)
+            _check_name(full)
+            relative = _relative(file_path, listed.base)
+            if full in self.found and len(relative) <= len(self.seen_as[full]):
+                continue  # matched twice: the name comes from the widest pattern
+            self.seen_as[full] = relative
+            self.matched_by[full] = pattern
+            self.found[full] = Shard(
+                path=full,
+                # a query (a signed URL's token) never reaches the name
+                name=safe_shard_name(relative.split("?", 1)[0], full),
+                size=_size(info),
+                version=_version(info),
+            )
+
+    def sorted(self) -> list[Shard]:
+        return [self.found[p] for p in sorted(self.found)]
 
 
 def check_formats(shards: Sequence[Shard], format: str | None, matched_by: dict[str, str] | None = None) -> None:

@@ -112,55 +112,23 @@ def read_parquet(fh: IO[bytes], split: Split, config: ReaderConfig, cursor: Curs
     groups = None if split.end < 0 else list(range(split.start, split.end))
     number = split.first_position - 1
     for batch in pf.iter_batches(batch_size=1024, row_groups=groups):
-        columns: dict[str, list[Any]] = {}
-        bad_rows: dict[int, str] = {}
-        for name, column in zip(batch.schema.names, batch.columns, strict=True):
-            columns[name], bad = _column_values(column)
-            for i in bad:
-                bad_rows.setdefault(i, name)
+        columns, bad_rows = _batch_values(batch)
         texts = columns[config.text_field]
         ids = columns.get(config.id_field)
         titles = columns.get(config.title_field) if config.title_field else None
         meta_names = [n for n in batch.schema.names if n not in reserved]
-        for i, text in enumerate(texts):
+        for i, value in enumerate(texts):
             number += 1
             cursor.next = number + 1
             fallback = line_id(shard.name, number)
             raw_id = ids[i] if ids is not None else None
             record_id = _id(raw_id, fallback)
-            if i in bad_rows:
-                yield ReadError(
-                    number, record_id or fallback, r.INVALID_UTF8,
-                    f"row {number}: column {bad_rows[i]!r} is not valid UTF-8", excerpt(repr(text)),
-                )
-                continue
-            if record_id is None:
-                yield ReadError(
-                    number, fallback, r.INVALID_ID,
-                    f"row {number}: {config.id_field!r} is {type(raw_id).__name__}; "
-                    "ids must be strings or integers", excerpt(repr(raw_id)),
-                )
-                continue
-            if text is None:
-                yield ReadError(number, record_id, r.MISSING_TEXT, f"row {number}: {config.text_field!r} is null")
-                continue
-            if isinstance(text, bytes):
-                try:
-                    text = text.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    yield ReadError(
-                        number, record_id, r.INVALID_UTF8,
-                        f"row {number}: {config.text_field!r} is not valid UTF-8: {exc.reason}",
-                        bytes_excerpt(text),
-                    )
+            text = value
+            if not isinstance(value, str) or record_id is None or i in bad_rows:  # else: no check fails
+                text = _text(number, record_id, fallback, raw_id, value, bad_rows.get(i), config)
+                if isinstance(text, ReadError):
+                    yield text
                     continue
-            if not isinstance(text, str):
-                yield ReadError(
-                    number, record_id, r.NON_STRING_TEXT,
-                    f"row {number}: {config.text_field!r} is {type(text).__name__}, not a string",
-                    excerpt(repr(text)),
-                )
-                continue
             yield RawRecord(
                 number,
                 record_id,
@@ -168,3 +136,50 @@ def read_parquet(fh: IO[bytes], split: Split, config: ReaderConfig, cursor: Curs
                 metadata={n: _jsonable(columns[n][i]) for n in meta_names},
                 title=as_str(titles[i]) if titles is not None else None,
             )
+
+
+def _batch_values(batch: pa.RecordBatch) -> tuple[dict[str, list[Any]], dict[int, str]]:
+    """Python values by column, and the rows with a string that is not UTF-8 (and its column)."""
+    columns: dict[str, list[Any]] = {}
+    bad_rows: dict[int, str] = {}
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        columns[name], bad = _column_values(column)
+        for i in bad:
+            bad_rows.setdefault(i, name)
+    return columns, bad_rows
+
+
+def _text(
+    number: int, record_id: str | None, fallback: str, raw_id: Any, text: Any, bad_column: str | None,
+    config: ReaderConfig,
+) -> str | ReadError:
+    """One row's text, or why the row is a dead letter."""
+    if bad_column is not None:
+        return ReadError(
+            number, record_id or fallback, r.INVALID_UTF8,
+            f"row {number}: column {bad_column!r} is not valid UTF-8", excerpt(repr(text)),
+        )
+    if record_id is None:
+        return ReadError(
+            number, fallback, r.INVALID_ID,
+            f"row {number}: {config.id_field!r} is {type(raw_id).__name__}; "
+            "ids must be strings or integers", excerpt(repr(raw_id)),
+        )
+    if text is None:
+        return ReadError(number, record_id, r.MISSING_TEXT, f"row {number}: {config.text_field!r} is null")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return ReadError(
+                number, record_id, r.INVALID_UTF8,
+                f"row {number}: {config.text_field!r} is not valid UTF-8: {exc.reason}",
+                bytes_excerpt(text),
+            )
+    if not isinstance(text, str):
+        return ReadError(
+            number, record_id, r.NON_STRING_TEXT,
+            f"row {number}: {config.text_field!r} is {type(text).__name__}, not a string",
+            excerpt(repr(text)),
+        )
+    return text
