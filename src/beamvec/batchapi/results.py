@@ -8,13 +8,19 @@ bounded by one chunk and the job's keys, never by the file.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Container, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+import json
+from collections.abc import Callable, Collection, Container, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import IO, TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from beamvec.batchapi.journal import BatchJob
 from beamvec.batchapi.jsonl import BatchSpec, LineError, iter_results, missing_line
+from beamvec.errors import BackendError
+
+if TYPE_CHECKING:
+    from beamvec.batchapi.client import BatchClient
 
 #: Vectors handed to a writer at a time: ~32 MiB of float32 whatever the size,
 #: and at most CHUNK_ROWS (small vectors cost more as Python objects than as floats).
@@ -30,6 +36,10 @@ class VectorWriter(Protocol):
     def commit(self) -> None: ...
 
     def abort(self) -> None: ...
+
+
+#: Where a finished job's vectors go: a writer per job (e.g. a checkpoint file).
+VectorSink = Callable[[BatchJob], VectorWriter]
 
 
 @dataclass
@@ -98,3 +108,53 @@ def read_results(
         if key not in good and key not in errors:
             errors[key] = missing_line(key)
     return JobResults(frozenset(good), errors)
+
+
+#: What reading a finished job came to: read; its result file unreadable for now
+#: (read it next pass, never resubmit for that); gone (its texts go again).
+READ, BUSY, GONE = "read", "busy", "gone"
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """What reading one finished job found, for the driver to settle it: a
+    count and the keys without a vector, never a vector."""
+
+    job_id: str
+    status: str  # READ, BUSY or GONE
+    good: int = 0  # keys answered with a usable vector (now in the job's checkpoint)
+    errors: Mapping[str, LineError] = field(default_factory=dict)  # keys without one
+    message: str = ""  # why GONE
+
+
+def collect_job(
+    job: BatchJob, client: BatchClient, keys: Collection[str], spec: BatchSpec, sink: VectorSink
+) -> JobReport:
+    """Download a SUCCEEDED job's result file (in chunks, to disk) and stream
+    it into ``sink(job)``; what it said of ``keys``, the job's keys."""
+    try:
+        stream = client.download(job.result_file)  # type: ignore[arg-type]
+    except BackendError as exc:
+        if exc.retryable:
+            return JobReport(job.id, BUSY)
+        return JobReport(job.id, GONE, message=f"result file unreadable: {exc}")  # gone (48 h) or refused
+    with stream:  # stored before the job counts as read
+        results = read_results(stream, keys, spec, sink(job))
+    return JobReport(job.id, READ, len(results.good), results.errors)
+
+
+def write_report(report: JobReport, fh: IO[bytes]) -> None:
+    """A report as JSON lines: its head, then one line a key without a vector."""
+    head = {"job_id": report.job_id, "status": report.status, "good": report.good,
+            "message": report.message}
+    fh.write((json.dumps(head) + "\n").encode())
+    for error in report.errors.values():
+        fh.write((json.dumps(asdict(error)) + "\n").encode())
+
+
+def read_report(lines: Iterable[bytes]) -> JobReport:
+    """``write_report``'s lines back into a report."""
+    it: Iterator[bytes] = iter(lines)
+    head = json.loads(next(it))
+    errors = {e.key: e for e in (LineError(**json.loads(line)) for line in it if line.strip())}
+    return JobReport(head["job_id"], head["status"], head["good"], errors, head["message"])

@@ -50,7 +50,14 @@ from beamvec.batchapi.jsonl import (
     request_line,
 )
 from beamvec.batchapi.keys import KeySet
-from beamvec.batchapi.results import MemoryWriter, VectorWriter, read_results
+from beamvec.batchapi.results import (
+    BUSY,
+    GONE,
+    JobReport,
+    MemoryWriter,
+    VectorSink,
+    collect_job,
+)
 from beamvec.errors import BackendError, SystemicError
 
 
@@ -66,8 +73,10 @@ class BatchSettings:
     max_wait_s: float | None = None  # stop waiting after this long (None: until done)
 
 
-#: Where a finished job's vectors go: a writer per job (e.g. a checkpoint file).
-VectorSink = Callable[[BatchJob], VectorWriter]
+#: Reads finished (SUCCEEDED) jobs' result files into their checkpoints and says
+#: what each held, by job id: here, one at a time (``local_reader``), or on the
+#: pipeline's workers (pipeline/batch_stage.py).
+JobReader = Callable[[Sequence[BatchJob]], Mapping[str, JobReport]]
 
 
 @dataclass(frozen=True)
@@ -143,10 +152,12 @@ class _Run:
         spec: BatchSpec,
         settings: BatchSettings,
         sink: VectorSink | None = None,
+        reader: JobReader | None = None,
     ) -> None:
         self.client, self.journal, self.spec, self.settings = client, journal, spec, settings
         self.memory = MemoryWriter()  # vectors kept only without a sink
         self.sink: VectorSink = sink or (lambda job: self.memory)
+        self.reader: JobReader = reader or self.local_reader
         self.jobs = {job.id: job for job in journal.pending()}
         self.held = KeySet()  # keys of the journal's jobs not cleaned: never submitted again
         for job in self.jobs.values():
@@ -280,30 +291,34 @@ class _Run:
             self._save(job, state=status.state, result_file=status.result_file, error=status.error)
 
     def collect(self) -> None:
-        """Read and settle every finished job."""
-        for job in self.unsettled():
-            if job.terminal:
-                self._collect(job)
+        """Read and settle every finished job: the readable ones all at once
+        through ``reader``, each settled from its small report."""
+        finished = [j for j in self.unsettled() if j.terminal]
+        readable = [j for j in finished if j.state not in FAILED_STATES and j.result_file]
+        reports = self.reader(readable) if readable else {}
+        for job in finished:
+            if job.state in FAILED_STATES or not job.result_file:
+                self._job_failed(job, f"batch job {job.name} {job.state}: {job.error or 'no message'}")
+                continue
+            report = reports.get(job.id)
+            if report is None or report.status == BUSY:
+                continue  # read it next pass, never resubmit for this
+            if report.status == GONE:  # gone (48 h) or refused: these texts go again
+                self._job_failed(job, report.message)
+                continue
+            self.billed += report.good
+            self.lines_failed += len(report.errors)
+            can_retry = job.line_retries < self.settings.max_line_retries
+            again = {k for k, e in report.errors.items() if e.retryable and can_retry}
+            final = [e for k, e in report.errors.items() if k not in again]
+            self._settle(job, again, final, resubmit=False)
 
-    def _collect(self, job: BatchJob) -> None:
-        if job.state in FAILED_STATES or not job.result_file:
-            self._job_failed(job, f"batch job {job.name} {job.state}: {job.error or 'no message'}")
-            return
-        try:
-            stream = self.client.download(job.result_file)
-        except BackendError as exc:
-            if not exc.retryable:  # gone (48 h) or refused: these texts go again
-                self._job_failed(job, f"result file unreadable: {exc}")
-            return  # busy: download it next pass, never resubmit for this
-        keys = frozenset(self.journal.keys(job))
-        with stream:  # stored before the job counts as read
-            results = read_results(stream, keys, self.spec, self.sink(job))
-        self.billed += len(results.good)
-        self.lines_failed += len(results.errors)
-        can_retry = job.line_retries < self.settings.max_line_retries
-        again = {k for k, e in results.errors.items() if e.retryable and can_retry}
-        final = [e for k, e in results.errors.items() if k not in again]
-        self._settle(job, again, final, resubmit=False)
+    def local_reader(self, jobs: Sequence[BatchJob]) -> dict[str, JobReport]:
+        """Each job's result file read here, one after the other."""
+        return {
+            job.id: collect_job(job, self.client, frozenset(self.journal.keys(job)), self.spec, self.sink)
+            for job in jobs
+        }
 
     def _job_failed(self, job: BatchJob, reason: str) -> None:
         keys = self.journal.keys(job)
@@ -399,11 +414,12 @@ def run_batch(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     sink: VectorSink | None = None,
+    reader: JobReader | None = None,
 ) -> BatchOutcome:
     """Vectors and failures by key for ``todo`` (shard name -> requests):
     ``run_batch_stream`` over its requests in shard order."""
     stream = ((shard, request) for shard, requests in todo.items() for request in requests)
-    return run_batch_stream(stream, client, journal, spec, settings, progress, sleep, clock, sink)
+    return run_batch_stream(stream, client, journal, spec, settings, progress, sleep, clock, sink, reader)
 
 
 def run_batch_stream(
@@ -416,6 +432,7 @@ def run_batch_stream(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     sink: VectorSink | None = None,
+    reader: JobReader | None = None,
 ) -> BatchOutcome:
     """Embed ``requests`` ((shard, request) pairs, read once) through batch
     jobs recorded in ``journal``; see the module docstring. With ``sink``,
@@ -423,7 +440,7 @@ def run_batch_stream(
     file is streamed (and are not kept: memory stays bounded by one chunk).
     A stream without a text returns at once: nothing of this call is pending."""
     settings = settings or BatchSettings()
-    run = _Run(client, journal, spec, settings, sink)
+    run = _Run(client, journal, spec, settings, sink, reader)
     run.route(requests)
     if not run.texts:
         return run.outcome()

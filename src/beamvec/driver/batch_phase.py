@@ -33,13 +33,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-import numpy as np
-import pyarrow as pa
-
+from beamvec.batchapi.checkpoint import CheckpointSink as CheckpointSink
 from beamvec.batchapi.client import BatchClient
 from beamvec.batchapi.journal import BatchJob, BatchJournal
 from beamvec.batchapi.jsonl import BatchRequest, BatchSpec, LineError
 from beamvec.batchapi.keys import KeySet
+from beamvec.batchapi.results import JobReport
 from beamvec.batchapi.run import (
     BatchOutcome,
     BatchProgress,
@@ -48,13 +47,13 @@ from beamvec.batchapi.run import (
     run_batch_stream,
 )
 from beamvec.contract import SUCCESS, OutputState, complete_shards, read_state
-from beamvec.contract import columns as col
 from beamvec.driver.resolve import JobInputs, planning_router, reuse_lookup, routed
 from beamvec.errors import BackendError, UsageError
+from beamvec.pipeline.batch_stage import BatchTarget, collect_on_workers
 from beamvec.records import BAD_REQUEST, EMBED_FAILED, Shard
-from beamvec.route.lookup import BATCH_PREFIX, build_batch_index, checkpoint_dir
+from beamvec.route.lookup import build_batch_index
 from beamvec.route.router import Lookup, NoLookup, Refusals, RunMemory, Send
-from beamvec.write.sink import Output, ParquetShardWriter
+from beamvec.write.sink import Output
 
 LOG = logging.getLogger("beamvec")
 #: What Google states for Batch mode: a target turnaround, not a promise.
@@ -156,6 +155,17 @@ def batch_spec(inputs: JobInputs) -> BatchSpec:
     )
 
 
+def batch_target(inputs: JobInputs, output: Output) -> BatchTarget:
+    """What the workers of the Batch API's stages need to know; no secret."""
+    bv = inputs.bv
+    return BatchTarget(
+        bv.output, batch_spec(inputs), inputs.description.config_fingerprint,
+        inputs.backend.limits.dimension, output.run_id or secrets.token_hex(6),
+        base_url=bv.api_base_url, api_version=bv.api_version, timeout_s=bv.request_timeout,
+        storage_options=inputs.storage_options,
+    )  # fmt: skip
+
+
 def connect(inputs: JobInputs) -> BatchClient:
     """A Batch API client with the run's key, endpoint and timeout."""
     bv, backend = inputs.bv, inputs.backend
@@ -166,45 +176,6 @@ def connect(inputs: JobInputs) -> BatchClient:
         api_version=bv.api_version,
         timeout_s=bv.request_timeout,
     )
-
-
-class CheckpointSink:
-    """Streams each finished job's vectors to ``batch-<job id>.parquet``, one
-    row group per chunk, visible once the job is read whole."""
-
-    def __init__(self, output: Output, fingerprint: str, dimension: int) -> None:
-        self.output, self.dimension = output, dimension
-        self.schema = pa.schema([
-            (col.CONTENT_HASH, pa.string()), (col.VECTOR, pa.list_(pa.float32(), dimension)),
-        ])  # fmt: skip
-        self.dir = checkpoint_dir(output, fingerprint)
-
-    def __call__(self, job: BatchJob) -> CheckpointWriter:
-        path = f"{self.dir}/{BATCH_PREFIX}{job.id}.parquet"
-        if self.output.fs.exists(path):  # a job read again for keys it failed: keep both files
-            path = f"{self.dir}/{BATCH_PREFIX}{job.id}-{secrets.token_hex(4)}.parquet"
-        return CheckpointWriter(ParquetShardWriter(self.output, path, self.schema), job.id)
-
-
-class CheckpointWriter:
-    """One job's checkpoint file; a job without a vector leaves none."""
-
-    def __init__(self, parquet: ParquetShardWriter, job_id: str) -> None:
-        self.parquet, self.job_id = parquet, job_id
-
-    def write(self, keys: Sequence[str], vectors: np.ndarray) -> None:
-        flat = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1)
-        self.parquet.write(pa.table({
-            col.CONTENT_HASH: pa.array(keys, pa.string()),
-            col.VECTOR: pa.FixedSizeListArray.from_arrays(pa.array(flat), vectors.shape[1]),
-        }, schema=self.parquet.schema))  # fmt: skip
-
-    def commit(self) -> None:
-        if self.parquet.rows:
-            self.parquet.commit({"batch_job": self.job_id})
-
-    def abort(self) -> None:
-        self.parquet.abort()
 
 
 def format_progress(p: BatchProgress) -> str:
@@ -242,9 +213,10 @@ def run_batch_phase(
         return _phase(None, Refusals(), 0, bv.batch_fallback)
     journal = BatchJournal(bv.output, inputs.storage_options)
     client = client or connect(inputs)
-    sink = CheckpointSink(
-        output, inputs.description.config_fingerprint, inputs.backend.limits.dimension
-    )
+    target = batch_target(inputs, output)
+
+    def read_on_workers(jobs: Sequence[BatchJob]) -> Mapping[str, JobReport]:
+        return collect_on_workers(jobs, inputs.backend, target, inputs.options)
 
     def report(p: BatchProgress) -> None:
         if live:
@@ -252,8 +224,9 @@ def run_batch_phase(
 
     outcome = run_batch_stream(
         itertools.chain([first], requests), client, journal, batch_spec(inputs),
-        batch_settings(bv), report, sink=sink,
+        batch_settings(bv), report, reader=read_on_workers,
     )  # fmt: skip
+    output.remove_tree(target.staging())
     texts = outcome.texts
     fallback_online = bv.batch_fallback == "online"
     refusals = Refusals() if fallback_online else refusals_of(outcome.failures)

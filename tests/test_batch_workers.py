@@ -1,0 +1,118 @@
+"""The Batch API's per-record work runs in Beam stages (pipeline/batch_stage.py):
+the workers read result files into checkpoints and hand the driver small
+reports, against the emulator through the real google-genai SDK."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beamvec.batchapi.journal import BatchJournal
+from beamvec.batchapi.run import run_batch
+from beamvec.emulator import Emulator
+from beamvec.errors import SystemicError
+from beamvec.pipeline.batch_stage import BatchTarget, collect_on_workers
+from test_batch_api import FAST, KEY, SPEC, client_for, corpus, want
+
+os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1,localhost"]))
+
+FINGERPRINT = "fp-workers"
+
+
+class KeyOnly:
+    """The one thing the stage asks of the backend on a worker: the API key."""
+
+    def read_api_key(self) -> str:
+        return KEY
+
+
+def target(out, emu, run_id="r1") -> BatchTarget:
+    return BatchTarget(str(out), SPEC, FINGERPRINT, SPEC.dimension, run_id, base_url=emu.url)
+
+
+def checkpoint_vectors(out) -> dict[str, np.ndarray]:
+    found: dict[str, np.ndarray] = {}
+    for path in sorted(out.glob(f"_partial/{FINGERPRINT}/batch-*.parquet")):
+        table = pq.read_table(path)
+        for key, vec in zip(table.column("content_hash").to_pylist(), table.column("vector").to_pylist(), strict=True):
+            assert key not in found  # one checkpoint row a key
+            found[key] = np.asarray(vec, np.float32)
+    return found
+
+
+def test_workers_read_the_result_files_the_driver_never_downloads(tmp_path):
+    todo = corpus(shards=2, per_shard=150)
+    out = tmp_path / "out"
+    options = PipelineOptions(["--runner=DirectRunner"])
+    calls: list[int] = []
+    with Emulator(api_key=KEY, batch_job_s=0.2, batch_line_error_rate=0.1) as emu:
+        stage = target(out, emu)
+        client = client_for(emu)
+
+        def refuse(name):  # the driver's own client: it must never read a result file
+            raise AssertionError(f"the driver downloaded {name}")
+
+        client.download = refuse  # type: ignore[method-assign]
+
+        def on_workers(jobs):
+            calls.append(len(jobs))
+            return collect_on_workers(jobs, KeyOnly(), stage, options)
+
+        settings = dataclasses.replace(FAST, max_line_retries=6)
+        outcome = run_batch(todo, client, BatchJournal(str(out)), SPEC, settings, reader=on_workers)
+        stats = emu.stats()["batch"]
+    texts = {r.key: r.text for reqs in todo.values() for r in reqs}
+    assert outcome.complete and not outcome.failures and not outcome.vectors  # none held by the driver
+    got = checkpoint_vectors(out)
+    assert set(got) == set(texts)
+    for key, text in texts.items():
+        np.testing.assert_allclose(got[key], want(text), rtol=0, atol=1e-6)
+    assert stats["lines_failed"] > 0 and outcome.lines_failed == stats["lines_failed"]  # retried
+    assert stats["texts_billed"] == 300 and stats["texts"]["billed_more_than_once"] == 0
+    assert outcome.texts_billed == 300 and sum(calls) == stats["jobs"]["created"]
+    assert not list(out.glob("_batch/staging/r1/reports/*"))  # reports read, then removed
+
+
+def test_a_result_file_unreadable_for_now_is_read_next_pass(tmp_path):
+    from beamvec.batchapi.results import BUSY, JobReport
+
+    todo = corpus(shards=1, per_shard=20)
+    out = tmp_path / "out"
+    options = PipelineOptions(["--runner=DirectRunner"])
+    passes: list[int] = []
+    with Emulator(api_key=KEY, batch_job_s=0) as emu:
+        stage = target(out, emu)
+
+        def flaky(jobs):
+            passes.append(len(jobs))
+            if len(passes) == 1:  # as a worker reports a 503 on download
+                return {job.id: JobReport(job.id, BUSY) for job in jobs}
+            return collect_on_workers(jobs, KeyOnly(), stage, options)
+
+        outcome = run_batch(todo, client_for(emu), BatchJournal(str(out)), SPEC, FAST, reader=flaky)
+        assert emu.stats()["batch"]["jobs"]["created"] == 1  # not resubmitted
+    assert outcome.complete and passes == [1, 1]
+    assert set(checkpoint_vectors(out)) == {r.key for r in todo["shard-0"]}
+
+
+class WrongKey:
+    def read_api_key(self) -> str:
+        return "wrong-key-on-the-worker"
+
+
+def test_a_key_the_service_refuses_on_a_worker_is_one_line_on_the_driver(tmp_path):
+    todo = corpus(shards=1, per_shard=5)
+    out = tmp_path / "out"
+    options = PipelineOptions(["--runner=DirectRunner"])
+    with Emulator(api_key=KEY, batch_job_s=0) as emu:
+        stage = target(out, emu)
+        with pytest.raises(SystemicError) as info:
+            run_batch(todo, client_for(emu), BatchJournal(str(out)), SPEC, FAST,
+                      reader=lambda jobs: collect_on_workers(jobs, WrongKey(), stage, options))
+    message = str(info.value)
+    assert "\n" not in message and "API key" in message and "wrong-key" not in message
