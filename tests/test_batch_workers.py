@@ -5,7 +5,9 @@ reports, against the emulator through the real google-genai SDK."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -116,3 +118,65 @@ def test_a_key_the_service_refuses_on_a_worker_is_one_line_on_the_driver(tmp_pat
                       reader=lambda jobs: collect_on_workers(jobs, WrongKey(), stage, options))
     message = str(info.value)
     assert "\n" not in message and "API key" in message and "wrong-key" not in message
+
+
+# -- request files written by the workers --------------------------------------
+
+
+def test_workers_write_each_text_once_across_splits_and_buckets(tmp_path, monkeypatch):
+    from beamvec.batchapi.journal import BatchJournal
+    from beamvec.driver.batch_phase import batch_target, write_requests
+    from beamvec.driver.resolve import parse_options, resolve_inputs
+    from beamvec.pipeline import batch_requests
+    from beamvec.records import content_hash
+    from beamvec.write.sink import Output
+    from test_batch_pipeline import write_corpus
+
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    monkeypatch.setattr(batch_requests, "BUCKET_INPUT_BYTES", 8_000)  # several buckets
+    texts = write_corpus(tmp_path / "in", shards=3, per_shard=300)  # one text in every shard
+    out = tmp_path / "out"
+    options = parse_options([
+        "--input", str(tmp_path / "in" / "*.jsonl"), "--output", str(out), "--backend", "gemini",
+        "--api-base-url", "http://127.0.0.1:9", "--task-type", "RETRIEVAL_DOCUMENT",
+        "--output-dimensionality", "64", "--batch-api", "--batch-max-requests-per-file", "50",
+        "--split-bytes", "4096", "--runner=DirectRunner",
+    ])  # fmt: skip
+    inputs = resolve_inputs(options)
+    output = Output(str(out), run_id="r1")
+    by_hash = {content_hash(t): t for t in texts.values()}
+    held = sorted(by_hash)[:25]  # a killed run's job holds these: counted, never written again
+    BatchJournal(str(out)).new_job(held, ["part-0.jsonl"])
+    target = batch_target(inputs, output)
+
+    files, distinct = write_requests(output, inputs, inputs.shards, target)
+    assert distinct == len(by_hash) == 3 * 297 + 1
+    written: list[str] = []
+    for staged in files:
+        lines = [json.loads(x) for x in Path(staged.requests).read_text().splitlines()]
+        keys = Path(staged.keys).read_text().split()
+        assert [x["key"] for x in lines] == keys and len(keys) == staged.count <= 50
+        for line in lines:
+            assert line["request"]["content"]["parts"][0]["text"] == by_hash[line["key"]]
+        written += keys
+    assert len(written) == len(set(written))  # each text in one file, once
+    assert set(written) == set(by_hash) - set(held)
+    assert len({s.requests.rsplit("/", 1)[-1][:5] for s in files}) > 1  # more than one bucket
+
+    again, _ = write_requests(output, inputs, inputs.shards, target)  # as a retried stage
+    assert again == files  # the same files at the same derived paths
+
+
+def test_never_more_jobs_on_the_service_than_the_cap(tmp_path):
+    """Files beyond ``max_concurrent_jobs`` wait in the journal, uploaded only
+    when a job finishes: the service never refuses one (its cap is the same)."""
+    todo = corpus(shards=1, per_shard=80)
+    settings = dataclasses.replace(FAST, max_requests_per_file=20, max_concurrent_jobs=1)
+    with Emulator(api_key=KEY, batch_job_s=0.2, batch_max_concurrent=1) as emu:
+        client = client_for(emu)
+        outcome = run_batch(todo, client, BatchJournal(str(tmp_path)), SPEC, settings)
+        stats = emu.stats()["batch"]
+    assert outcome.complete and len(outcome.vectors) == 80
+    assert stats["jobs"]["rejected_concurrency"] == 0 and client.create_429s == 0
+    assert stats["jobs"]["created"] == stats["files"]["uploaded"] == 4
+    assert stats["texts"]["submitted_more_than_once"] == 0

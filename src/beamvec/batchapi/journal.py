@@ -35,6 +35,8 @@ from beamvec.contract.fence import fenced
 from beamvec.contract.layout import JOURNAL_DIR as JOURNAL_DIR
 from beamvec.contract.output import Output
 
+#: Recorded, not uploaded: the service is at its job cap; created in a later pass.
+WAITING = "WAITING"
 #: Service states (google-genai's JobState without the ``JOB_STATE_`` prefix).
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
 FAILED_STATES = frozenset({"FAILED", "CANCELLED", "EXPIRED"})
@@ -85,6 +87,17 @@ class BatchJob:
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class StagedFile:
+    """A request file a worker wrote (pipeline/batch_requests.py), with its key
+    list beside it: paths on the output's filesystem."""
+
+    requests: str
+    keys: str
+    count: int
+    shards: tuple[str, ...]
+
+
 class BatchJournal:
     """Job records under ``<output>/_batch/jobs`` on any fsspec filesystem."""
 
@@ -125,7 +138,7 @@ class BatchJournal:
         """Record a job about to be submitted: its keys and request file first
         (read from its current position, left at its start), then the record.
         ``lineage``: ``parent``, ``resubmits``, ``line_retries``."""
-        job_id = f"{int(time.time() * 1000):013d}-{secrets.token_hex(4)}"
+        job_id = _new_id()
         keys_file = f"{job_id}.keys"
         self._write(keys_file, ("\n".join(keys) + "\n").encode())
         requests_file = None
@@ -133,10 +146,28 @@ class BatchJournal:
             requests_file = f"{job_id}.requests.jsonl"
             self._write_stream(requests_file, requests)
             requests.seek(0)
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         job = BatchJob(
-            job_id, keys_file, len(keys), tuple(sorted(set(shards))), now, attempt,
+            job_id, keys_file, len(keys), tuple(sorted(set(shards))), _now(), attempt,
             requests_file=requests_file, **lineage,
+        )  # fmt: skip
+        self.save(job)
+        return job
+
+    def record_staged(self, staged: StagedFile, state: str = "CREATING") -> BatchJob:
+        """Record a job for a request file the workers wrote: its key list and
+        request file are moved into the journal (a rename on disk, a copy
+        inside the store elsewhere: no byte passes through here), then the
+        record is written, all BEFORE anything is uploaded."""
+        job_id = _new_id()
+        keys_file, requests_file = f"{job_id}.keys", f"{job_id}.requests.jsonl"
+        with fenced(self.output):
+            if isinstance(self.fs, LocalFileSystem):
+                os.makedirs(self.dir, exist_ok=True)
+            self.fs.mv(staged.keys, f"{self.dir}/{keys_file}")
+            self.fs.mv(staged.requests, f"{self.dir}/{requests_file}")
+        job = BatchJob(
+            job_id, keys_file, staged.count, tuple(sorted(set(staged.shards))), _now(),
+            requests_file=requests_file, state=state,
         )  # fmt: skip
         self.save(job)
         return job
@@ -196,3 +227,12 @@ class BatchJournal:
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm(f"{self.dir}/{job.requests_file}")
         return done
+
+
+def _new_id() -> str:
+    """A job id: sorts by creation time, unique across processes."""
+    return f"{int(time.time() * 1000):013d}-{secrets.token_hex(4)}"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -40,7 +40,14 @@ from typing import IO
 import numpy as np
 
 from beamvec.batchapi.client import BatchClient
-from beamvec.batchapi.journal import FAILED_STATES, BatchJob, BatchJournal
+from beamvec.batchapi.journal import (
+    FAILED_STATES,
+    TERMINAL_STATES,
+    WAITING,
+    BatchJob,
+    BatchJournal,
+    StagedFile,
+)
 from beamvec.batchapi.jsonl import (
     MAX_FILE_BYTES,
     MAX_REQUESTS_PER_FILE,
@@ -70,6 +77,7 @@ class BatchSettings:
     max_line_retries: int = 2  # later jobs for a line answered with a retryable error
     max_requests_per_file: int = MAX_REQUESTS_PER_FILE
     max_file_bytes: int = MAX_FILE_BYTES
+    max_concurrent_jobs: int = 100  # the service's cap (about 100); more files wait in the journal
     max_wait_s: float | None = None  # stop waiting after this long (None: until done)
 
 
@@ -159,13 +167,10 @@ class _Run:
         self.sink: VectorSink = sink or (lambda job: self.memory)
         self.reader: JobReader = reader or self.local_reader
         self.jobs = {job.id: job for job in journal.pending()}
-        self.held = KeySet()  # keys of the journal's jobs not cleaned: never submitted again
-        for job in self.jobs.values():
-            for key in journal.keys(job):
-                self.held.add(key)
         self.seen = KeySet()  # keys of this call's stream
         self.texts = 0
         self.at_cap = False  # the service refused a job this pass: create the rest later
+        self.live = self._count_live()  # jobs created and not finished: at most max_concurrent_jobs
         self.submitted = 0
         self.billed = 0
         self.lines_failed = 0
@@ -175,6 +180,21 @@ class _Run:
         self.journal.save(job)
         self.jobs[job.id] = job
         return job
+
+    def _count_live(self) -> int:
+        return sum(1 for j in self.jobs.values() if j.name and not j.cleaned and not j.terminal)
+
+    def _room(self) -> bool:
+        """Whether one more job may be created now (the service's cap, ~100)."""
+        return not self.at_cap and self.live < self.settings.max_concurrent_jobs
+
+    def held(self) -> KeySet:
+        """The keys of the journal's jobs not cleaned: never submitted again."""
+        held = KeySet()
+        for job in self.jobs.values():
+            for key in self.journal.keys(job):
+                held.add(key)
+        return held
 
     def unsettled(self) -> list[BatchJob]:
         return sorted(
@@ -187,12 +207,13 @@ class _Run:
         """Write the stream's new texts into request files and submit each
         file as it fills: nothing is kept per text but its 8-byte key."""
         spool: _Spool | None = None
+        held = self.held()
         try:
             for shard, request in requests:
                 if not self.seen.add(request.key):
                     continue
                 self.texts += 1
-                if request.key in self.held:
+                if request.key in held:
                     continue
                 line = (request_line(request, self.spec) + "\n").encode("utf-8", "surrogatepass")
                 if spool is not None and not spool.fits(line, self.settings):
@@ -227,9 +248,32 @@ class _Run:
             }
         job = self.journal.new_job(spool.keys, sorted(shards), attempt, spool.file, **lineage)
         self.jobs[job.id] = job
-        if self.at_cap:
+        if not self._room():
+            self._save(job, state=WAITING)
             return
         job = self._save(job, input_file=self.client.upload(spool.file, job.display_name))
+        self._create(job)
+
+    def record_staged(self, files: Iterable[StagedFile]) -> None:
+        """Record each request file the workers wrote (journal first), then
+        upload and create its job while the service has room; the rest wait
+        in the journal (``WAITING``) for a later pass."""
+        for staged in files:
+            job = self.journal.record_staged(staged, "CREATING" if self._room() else WAITING)
+            self.jobs[job.id] = job
+            if job.state != WAITING:
+                self._start(job)
+
+    def _start(self, job: BatchJob) -> None:
+        """Upload a recorded job's request file from the journal and create it."""
+        source = self.journal.open_requests(job)
+        if source is None:  # removed by hand: its texts are no longer held, the pipeline sends them
+            self._save(job, state="CANCELLED", cleaned=True)
+            return
+        job = self._save(job, state="CREATING")  # from here a rerun looks for it on the service
+        with source, tempfile.TemporaryFile(prefix="beamvec-requests-") as spool:
+            shutil.copyfileobj(source, spool, 1 << 20)
+            job = self._save(job, input_file=self.client.upload(spool, job.display_name))
         self._create(job)
 
     def _create(self, job: BatchJob) -> bool:
@@ -242,6 +286,7 @@ class _Run:
             raise SystemicError(f"gemini batch: cannot create a batch job: {exc}") from None
         self._save(job, name=status.name, state=status.state, result_file=status.result_file)
         self.submitted += 1
+        self.live += 1
         return True
 
     def _resume(self, job: BatchJob) -> None:
@@ -251,6 +296,7 @@ class _Run:
         found = self.client.find_job(job.display_name)
         if found is not None:
             self._save(job, name=found.name, state=found.state, result_file=found.result_file)
+            self.live += found.state not in TERMINAL_STATES
             return
         if not job.input_file or not self.client.file_exists(job.input_file):
             existing = self.client.find_file(job.display_name)
@@ -268,10 +314,11 @@ class _Run:
     # -- one pass ------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Ask the service about every job not settled: one call a job."""
+        """Ask the service about every job not settled: one call a job; then
+        create waiting jobs while there is room."""
         self.at_cap = False
         for job in self.unsettled():
-            if job.terminal or (job.state == "CREATING" and self.at_cap):
+            if job.terminal or job.state == WAITING or (job.state == "CREATING" and self.at_cap):
                 continue
             try:
                 if job.state == "CREATING":
@@ -282,6 +329,14 @@ class _Run:
                 if not exc.retryable:
                     raise
                 # the service is busy or unreachable after retries: look again next pass
+        self.live = self._count_live()
+        for job in self.unsettled():
+            if job.state == WAITING and self._room():
+                try:
+                    self._start(job)
+                except BackendError as exc:
+                    if not exc.retryable:
+                        raise
 
     def _poll(self, job: BatchJob) -> None:
         status = self.client.get(job.name)  # type: ignore[arg-type]
@@ -442,8 +497,41 @@ def run_batch_stream(
     settings = settings or BatchSettings()
     run = _Run(client, journal, spec, settings, sink, reader)
     run.route(requests)
+    return _drive(run, progress, sleep, clock)
+
+
+def run_batch_staged(
+    files: Iterable[StagedFile],
+    texts: int,
+    client: BatchClient,
+    journal: BatchJournal,
+    spec: BatchSpec,
+    settings: BatchSettings | None = None,
+    progress: Callable[[BatchProgress], None] | None = None,
+    reader: JobReader | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> BatchOutcome:
+    """As ``run_batch_stream``, for request files the pipeline's workers wrote
+    (``texts``: the distinct texts the run needs from batch jobs, those the
+    journal's jobs hold included): each is recorded, then submitted while the
+    service has room; jobs are polled and settled from their reports."""
+    settings = settings or BatchSettings()
+    run = _Run(client, journal, spec, settings, reader=reader)
+    run.record_staged(files)
+    run.texts = texts
+    return _drive(run, progress, sleep, clock)
+
+
+def _drive(
+    run: _Run, progress: Callable[[BatchProgress], None] | None, sleep: Callable[[float], None],
+    clock: Callable[[], float],
+) -> BatchOutcome:
+    """Poll, collect and settle, with backoff, until every job is settled
+    (or once, without ``wait``; or until ``max_wait_s``)."""
     if not run.texts:
         return run.outcome()
+    settings = run.settings
     interval = settings.poll_interval_s
     deadline = None if settings.max_wait_s is None else clock() + settings.max_wait_s
     while True:

@@ -25,18 +25,20 @@ API jobs from the driver, before the normal pipeline runs.
 
 from __future__ import annotations
 
-import itertools
+import json
 import logging
 import secrets
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, TextIO
+
+import apache_beam as beam
 
 from beamvec.batchapi.checkpoint import CheckpointSink as CheckpointSink
 from beamvec.batchapi.client import BatchClient
-from beamvec.batchapi.journal import BatchJob, BatchJournal
-from beamvec.batchapi.jsonl import BatchRequest, BatchSpec, LineError
+from beamvec.batchapi.journal import BatchJob, BatchJournal, StagedFile
+from beamvec.batchapi.jsonl import MAX_FILE_BYTES, BatchRequest, BatchSpec, LineError
 from beamvec.batchapi.keys import KeySet
 from beamvec.batchapi.results import JobReport
 from beamvec.batchapi.run import (
@@ -44,12 +46,14 @@ from beamvec.batchapi.run import (
     BatchProgress,
     BatchSettings,
     cleanup_jobs,
-    run_batch_stream,
+    run_batch_staged,
 )
 from beamvec.contract import SUCCESS, OutputState, complete_shards, read_state
-from beamvec.driver.resolve import JobInputs, planning_router, reuse_lookup, routed
+from beamvec.driver.resolve import JobInputs, planning_router, reuse_lookup, routed, split_bytes
 from beamvec.errors import BackendError, UsageError
-from beamvec.pipeline.batch_stage import BatchTarget, collect_on_workers
+from beamvec.pipeline.batch_requests import RequestPlan, WriteRequests, bucket_count, read_listings
+from beamvec.pipeline.batch_stage import BatchTarget, collect_on_workers, run_stage
+from beamvec.pipeline.worker import WorkerConfig
 from beamvec.records import BAD_REQUEST, EMBED_FAILED, Shard
 from beamvec.route.lookup import build_batch_index
 from beamvec.route.router import Lookup, NoLookup, Refusals, RunMemory, Send
@@ -194,6 +198,40 @@ def refusals_of(failures: Mapping[str, LineError]) -> Refusals:
     })
 
 
+def stage_config(inputs: JobInputs, output: Output, refusals: Refusals | None) -> WorkerConfig:
+    """What the request stage's workers route with: as the embedding workers."""
+    bv = inputs.bv
+    return WorkerConfig(
+        output=bv.output, reader=inputs.reader, prepare=inputs.prepare,
+        description=inputs.description, storage_options=inputs.storage_options,
+        reuse=not bv.force, reuse_from=tuple(bv.reuse_from or ()),
+        refusals=refusals or Refusals(), run_id=output.run_id,
+    )  # fmt: skip
+
+
+def write_requests(
+    output: Output, inputs: JobInputs, todo: list[Shard], target: BatchTarget,
+    refusals: Refusals | None = None,
+) -> tuple[list[StagedFile], int]:
+    """Run the request stage (pipeline/batch_requests.py) over ``todo``: the
+    request files the workers wrote, and the distinct texts the run needs
+    from batch jobs (those the journal's jobs hold included)."""
+    bv = inputs.bv
+    plan = RequestPlan(
+        target.staging(), target.spec, bucket_count(sum(max(0, s.size) for s in todo)),
+        bv.batch_max_requests_per_file, MAX_FILE_BYTES, inputs.storage_options,
+    )  # fmt: skip
+    shards = target.staging("shards.jsonl")
+    output.write_bytes(shards, "".join(json.dumps({"todo": asdict(s)}) + "\n" for s in todo).encode())
+    pipeline = beam.Pipeline(options=inputs.options)
+    _ = pipeline | "BatchRequests" >> WriteRequests(
+        shards, inputs.backend, stage_config(inputs, output, refusals), plan,
+        split_bytes(bv, inputs.backend.name),
+    )  # fmt: skip
+    run_stage(pipeline, target)
+    return read_listings(plan, output)
+
+
 def run_batch_phase(
     output: Output, inputs: JobInputs, todo: list[Shard], out: TextIO | None = None,
     client: BatchClient | None = None, state: OutputState | None = None,
@@ -204,30 +242,29 @@ def run_batch_phase(
     bv = inputs.bv
     out = out or sys.stdout
     live = not bv.quiet
-    requests = requests_to_send(output, inputs, todo, reuse=not bv.force, quiet=bv.quiet,
-                                state=state, refusals=refusals)
     # The output is about to change: not complete again until this run commits.
     output.remove(output.path(SUCCESS))
-    first = next(requests, None)
-    if first is None:  # everything is embedded already (a rerun after the jobs were collected)
-        return _phase(None, Refusals(), 0, bv.batch_fallback)
-    journal = BatchJournal(bv.output, inputs.storage_options)
-    client = client or connect(inputs)
     target = batch_target(inputs, output)
+    try:
+        files, texts = write_requests(output, inputs, todo, target, refusals)
+        if not texts:  # everything is embedded already (a rerun after the jobs were collected)
+            return _phase(None, Refusals(), 0, bv.batch_fallback)
+        journal = BatchJournal(bv.output, inputs.storage_options)
+        client = client or connect(inputs)
 
-    def read_on_workers(jobs: Sequence[BatchJob]) -> Mapping[str, JobReport]:
-        return collect_on_workers(jobs, inputs.backend, target, inputs.options)
+        def read_on_workers(jobs: Sequence[BatchJob]) -> Mapping[str, JobReport]:
+            return collect_on_workers(jobs, inputs.backend, target, inputs.options)
 
-    def report(p: BatchProgress) -> None:
-        if live:
-            print(format_progress(p), file=sys.stderr, flush=True)
+        def report(p: BatchProgress) -> None:
+            if live:
+                print(format_progress(p), file=sys.stderr, flush=True)
 
-    outcome = run_batch_stream(
-        itertools.chain([first], requests), client, journal, batch_spec(inputs),
-        batch_settings(bv), report, reader=read_on_workers,
-    )  # fmt: skip
-    output.remove_tree(target.staging())
-    texts = outcome.texts
+        outcome = run_batch_staged(
+            files, texts, client, journal, batch_spec(inputs), batch_settings(bv), report,
+            reader=read_on_workers,
+        )  # fmt: skip
+    finally:
+        output.remove_tree(target.staging())
     fallback_online = bv.batch_fallback == "online"
     refusals = Refusals() if fallback_online else refusals_of(outcome.failures)
     phase = _phase(outcome, refusals, texts, bv.batch_fallback)
