@@ -1,18 +1,19 @@
-"""Embed texts through Gemini batch jobs, from the driver, resumably: ``run_batch``.
+"""Embed texts through Gemini batch jobs, resumably: ``run_batch_staged`` for
+request files the pipeline's workers wrote (``beamvec run --batch-api``), or
+``run_batch`` / ``run_batch_stream`` for texts handed over as a stream.
 
-Independent of Beam: the caller hands it the texts still to embed, shard by
-shard, as a stream; it keeps nothing per text but 8 bytes of its key
-(``batchapi.keys.KeySet``: a repeat is sent once), and per job only the journal's
-small record. Each call
+Independent of Beam: per job it keeps only the journal's small record, and
+finished jobs are read by a ``JobReader`` (on the pipeline's workers in a
+run: pipeline/batch_stage.py) that hands back a small report. Each call
 
-1. reads the journal's job records, and the keys of the jobs not yet cleaned
-   (the texts they hold are never submitted again);
-2. streams the texts into request files as they come, each recorded (keys and
-   request file in the journal) BEFORE it is uploaded and created; a file the
-   service cannot take now (its job cap) waits in the journal and is created
-   from there in a later pass;
-3. polls the jobs; a finished job's result file streams into its writer and
-   the job is settled: lines answered with a retryable error go in a retry job
+1. reads the journal's job records (a stream also reads the keys of the jobs
+   not yet cleaned: the texts they hold are never submitted again);
+2. records each request file (keys and request file in the journal) BEFORE it
+   is uploaded and created; while the service holds ``max_concurrent_jobs``
+   jobs (or answers 429), files wait in the journal (``WAITING``) and are
+   created from there in a later pass;
+3. polls the jobs; a finished job's result file streams into its checkpoint
+   and the job is settled from its report: lines answered with a retryable error go in a retry job
    built from the job's own request file (at most ``max_line_retries`` times),
    a FAILED / EXPIRED / CANCELLED job's whole file is resubmitted (at most
    ``max_resubmits`` times), and the rest fail for good with the service's
@@ -27,436 +28,19 @@ files from the service once the caller has committed every shard it holds.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import shutil
-import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import IO
-
-import numpy as np
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from beamvec.batchapi.client import BatchClient
-from beamvec.batchapi.journal import (
-    FAILED_STATES,
-    TERMINAL_STATES,
-    WAITING,
-    BatchJob,
-    BatchJournal,
-    StagedFile,
-)
-from beamvec.batchapi.jsonl import (
-    MAX_FILE_BYTES,
-    MAX_REQUESTS_PER_FILE,
-    BatchRequest,
-    BatchSpec,
-    LineError,
-    request_line,
-)
-from beamvec.batchapi.keys import KeySet
-from beamvec.batchapi.results import (
-    BUSY,
-    GONE,
-    JobReport,
-    MemoryWriter,
-    VectorSink,
-    collect_job,
-)
-from beamvec.errors import BackendError, SystemicError
-
-
-@dataclass(frozen=True)
-class BatchSettings:
-    wait: bool = True
-    poll_interval_s: float = 30.0
-    max_poll_interval_s: float = 600.0
-    max_resubmits: int = 2  # new jobs for the texts of a FAILED/EXPIRED/CANCELLED job
-    max_line_retries: int = 2  # later jobs for a line answered with a retryable error
-    max_requests_per_file: int = MAX_REQUESTS_PER_FILE
-    max_file_bytes: int = MAX_FILE_BYTES
-    max_concurrent_jobs: int = 100  # the service's cap (about 100); more files wait in the journal
-    max_wait_s: float | None = None  # stop waiting after this long (None: until done)
-
-
-#: Reads finished (SUCCEEDED) jobs' result files into their checkpoints and says
-#: what each held, by job id: here, one at a time (``local_reader``), or on the
-#: pipeline's workers (pipeline/batch_stage.py).
-JobReader = Callable[[Sequence[BatchJob]], Mapping[str, JobReport]]
-
-
-@dataclass(frozen=True)
-class BatchProgress:
-    jobs_by_state: Mapping[str, int]
-    keys_total: int
-    keys_done: int
-    keys_failed: int
-
-
-@dataclass(frozen=True)
-class PendingKeys:
-    """The keys of jobs not settled yet: counted from the job records, read
-    from the journal only if someone iterates them."""
-
-    journal: BatchJournal
-    jobs: tuple[BatchJob, ...]
-
-    def __len__(self) -> int:
-        return sum(job.count for job in self.jobs)
-
-    def __iter__(self) -> Iterator[str]:
-        for job in self.jobs:
-            yield from self.journal.keys(job)
-
-
-@dataclass(frozen=True)
-class BatchOutcome:
-    vectors: Mapping[str, np.ndarray]  # empty when a ``sink`` took them
-    failures: Mapping[str, LineError]  # texts failed for good (rare; read from the journal)
-    pending: PendingKeys  # submitted, not settled yet (no-wait, or max_wait_s)
-    jobs: tuple[BatchJob, ...]  # every journal job not cleaned yet, latest record
-    jobs_by_state: Mapping[str, int]
-    jobs_submitted: int  # created by this call
-    texts_billed: int  # keys whose vector came from a batch result in this call
-    lines_failed: int  # result lines answered with an error, over the jobs read
-    texts: int = 0  # distinct texts of this call's stream
-
-    @property
-    def complete(self) -> bool:
-        return not self.pending
-
-
-@dataclass
-class _Spool:
-    """One request file being written to disk, with its keys and shards."""
-
-    file: IO[bytes] = field(default_factory=lambda: tempfile.TemporaryFile(prefix="beamvec-requests-"))  # noqa: SIM115 - closed by its user
-    keys: list[str] = field(default_factory=list)
-    shards: set[str] = field(default_factory=set)
-    size: int = 0
-
-    def add(self, key: str, line: bytes, shard: str) -> None:
-        self.keys.append(key)
-        self.shards.add(shard)
-        self.file.write(line)
-        self.size += len(line)
-
-    def fits(self, line: bytes, settings: BatchSettings) -> bool:
-        return not self.keys or (
-            len(self.keys) < settings.max_requests_per_file
-            and self.size + len(line) <= settings.max_file_bytes
-        )
-
-
-class _Run:
-    """The state of one ``run_batch`` call: job records and two key sets."""
-
-    def __init__(
-        self,
-        client: BatchClient,
-        journal: BatchJournal,
-        spec: BatchSpec,
-        settings: BatchSettings,
-        sink: VectorSink | None = None,
-        reader: JobReader | None = None,
-    ) -> None:
-        self.client, self.journal, self.spec, self.settings = client, journal, spec, settings
-        self.memory = MemoryWriter()  # vectors kept only without a sink
-        self.sink: VectorSink = sink or (lambda job: self.memory)
-        self.reader: JobReader = reader or self.local_reader
-        self.jobs = {job.id: job for job in journal.pending()}
-        self.seen = KeySet()  # keys of this call's stream
-        self.texts = 0
-        self.at_cap = False  # the service refused a job this pass: create the rest later
-        self.live = self._count_live()  # jobs created and not finished: at most max_concurrent_jobs
-        self.submitted = 0
-        self.billed = 0
-        self.lines_failed = 0
-
-    def _save(self, job: BatchJob, **changes: object) -> BatchJob:
-        job = dataclasses.replace(job, **changes)  # type: ignore[arg-type]
-        self.journal.save(job)
-        self.jobs[job.id] = job
-        return job
-
-    def _count_live(self) -> int:
-        return sum(1 for j in self.jobs.values() if j.name and not j.cleaned and not j.terminal)
-
-    def _room(self) -> bool:
-        """Whether one more job may be created now (the service's cap, ~100)."""
-        return not self.at_cap and self.live < self.settings.max_concurrent_jobs
-
-    def held(self) -> KeySet:
-        """The keys of the journal's jobs not cleaned: never submitted again."""
-        held = KeySet()
-        for job in self.jobs.values():
-            for key in self.journal.keys(job):
-                held.add(key)
-        return held
-
-    def unsettled(self) -> list[BatchJob]:
-        return sorted(
-            (j for j in self.jobs.values() if not j.cleaned and not j.collected), key=lambda j: j.id
-        )
-
-    # -- submitting ------------------------------------------------------------
-
-    def route(self, requests: Iterable[tuple[str, BatchRequest]]) -> None:
-        """Write the stream's new texts into request files and submit each
-        file as it fills: nothing is kept per text but its 8-byte key."""
-        spool: _Spool | None = None
-        held = self.held()
-        try:
-            for shard, request in requests:
-                if not self.seen.add(request.key):
-                    continue
-                self.texts += 1
-                if request.key in held:
-                    continue
-                line = (request_line(request, self.spec) + "\n").encode("utf-8", "surrogatepass")
-                if spool is not None and not spool.fits(line, self.settings):
-                    self._submit(spool, spool.shards)
-                    spool.file.close()
-                    spool = None
-                spool = spool or _Spool()
-                spool.add(request.key, line, shard)
-                if len(spool.keys) >= self.settings.max_requests_per_file:  # full: out it goes
-                    self._submit(spool, spool.shards)
-                    spool.file.close()
-                    spool = None
-            if spool is not None:
-                self._submit(spool, spool.shards)
-        finally:
-            if spool is not None:
-                spool.file.close()
-
-    def _submit(self, spool: _Spool, shards: Iterable[str], parent: BatchJob | None = None,
-                resubmit: bool = False) -> None:  # fmt: skip
-        """Record the file (journal first), then upload it and create its job;
-        while the service is at its job cap, the file waits in the journal."""
-        spool.file.seek(0)
-        lineage: dict[str, object] = {}
-        attempt = 1
-        if parent is not None:
-            attempt = parent.attempt + 1
-            lineage = {
-                "parent": parent.id,
-                "resubmits": parent.resubmits + resubmit,
-                "line_retries": parent.line_retries + (not resubmit),
-            }
-        job = self.journal.new_job(spool.keys, sorted(shards), attempt, spool.file, **lineage)
-        self.jobs[job.id] = job
-        if not self._room():
-            self._save(job, state=WAITING)
-            return
-        job = self._save(job, input_file=self.client.upload(spool.file, job.display_name))
-        self._create(job)
-
-    def record_staged(self, files: Iterable[StagedFile]) -> None:
-        """Record each request file the workers wrote (journal first), then
-        upload and create its job while the service has room; the rest wait
-        in the journal (``WAITING``) for a later pass."""
-        for staged in files:
-            job = self.journal.record_staged(staged, "CREATING" if self._room() else WAITING)
-            self.jobs[job.id] = job
-            if job.state != WAITING:
-                self._start(job)
-
-    def _start(self, job: BatchJob) -> None:
-        """Upload a recorded job's request file from the journal and create it."""
-        source = self.journal.open_requests(job)
-        if source is None:  # removed by hand: its texts are no longer held, the pipeline sends them
-            self._save(job, state="CANCELLED", cleaned=True)
-            return
-        job = self._save(job, state="CREATING")  # from here a rerun looks for it on the service
-        with source, tempfile.TemporaryFile(prefix="beamvec-requests-") as spool:
-            shutil.copyfileobj(source, spool, 1 << 20)
-            job = self._save(job, input_file=self.client.upload(spool, job.display_name))
-        self._create(job)
-
-    def _create(self, job: BatchJob) -> bool:
-        try:
-            status = self.client.create(job.input_file, job.display_name)  # type: ignore[arg-type]
-        except BackendError as exc:
-            if exc.retryable:
-                self.at_cap = True
-                return False
-            raise SystemicError(f"gemini batch: cannot create a batch job: {exc}") from None
-        self._save(job, name=status.name, state=status.state, result_file=status.result_file)
-        self.submitted += 1
-        self.live += 1
-        return True
-
-    def _resume(self, job: BatchJob) -> None:
-        """A job recorded but not known to be created: adopt it, or create it
-        from its input file or its request file; without either, drop it (its
-        texts are no longer held and the pipeline sends them online)."""
-        found = self.client.find_job(job.display_name)
-        if found is not None:
-            self._save(job, name=found.name, state=found.state, result_file=found.result_file)
-            self.live += found.state not in TERMINAL_STATES
-            return
-        if not job.input_file or not self.client.file_exists(job.input_file):
-            existing = self.client.find_file(job.display_name)
-            if existing is None:
-                source = self.journal.open_requests(job)
-                if source is None:
-                    self._save(job, state="CANCELLED", cleaned=True)
-                    return
-                with source, tempfile.TemporaryFile(prefix="beamvec-requests-") as spool:
-                    shutil.copyfileobj(source, spool, 1 << 20)
-                    existing = self.client.upload(spool, job.display_name)
-            job = self._save(job, input_file=existing)
-        self._create(job)
-
-    # -- one pass ------------------------------------------------------------
-
-    def refresh(self) -> None:
-        """Ask the service about every job not settled: one call a job; then
-        create waiting jobs while there is room."""
-        self.at_cap = False
-        for job in self.unsettled():
-            if job.terminal or job.state == WAITING or (job.state == "CREATING" and self.at_cap):
-                continue
-            try:
-                if job.state == "CREATING":
-                    self._resume(job)
-                else:
-                    self._poll(job)
-            except BackendError as exc:
-                if not exc.retryable:
-                    raise
-                # the service is busy or unreachable after retries: look again next pass
-        self.live = self._count_live()
-        for job in self.unsettled():
-            if job.state == WAITING and self._room():
-                try:
-                    self._start(job)
-                except BackendError as exc:
-                    if not exc.retryable:
-                        raise
-
-    def _poll(self, job: BatchJob) -> None:
-        status = self.client.get(job.name)  # type: ignore[arg-type]
-        if status.state == "MISSING":
-            self._save(job, state="FAILED", error=status.error)
-        elif status.state != job.state or status.result_file != job.result_file:
-            self._save(job, state=status.state, result_file=status.result_file, error=status.error)
-
-    def collect(self) -> None:
-        """Read and settle every finished job: the readable ones all at once
-        through ``reader``, each settled from its small report."""
-        finished = [j for j in self.unsettled() if j.terminal]
-        readable = [j for j in finished if j.state not in FAILED_STATES and j.result_file]
-        reports = self.reader(readable) if readable else {}
-        for job in finished:
-            if job.state in FAILED_STATES or not job.result_file:
-                self._job_failed(job, f"batch job {job.name} {job.state}: {job.error or 'no message'}")
-                continue
-            report = reports.get(job.id)
-            if report is None or report.status == BUSY:
-                continue  # read it next pass, never resubmit for this
-            if report.status == GONE:  # gone (48 h) or refused: these texts go again
-                self._job_failed(job, report.message)
-                continue
-            self.billed += report.good
-            self.lines_failed += len(report.errors)
-            can_retry = job.line_retries < self.settings.max_line_retries
-            again = {k for k, e in report.errors.items() if e.retryable and can_retry}
-            final = [e for k, e in report.errors.items() if k not in again]
-            self._settle(job, again, final, resubmit=False)
-
-    def local_reader(self, jobs: Sequence[BatchJob]) -> dict[str, JobReport]:
-        """Each job's result file read here, one after the other."""
-        return {
-            job.id: collect_job(job, self.client, frozenset(self.journal.keys(job)), self.spec, self.sink)
-            for job in jobs
-        }
-
-    def _job_failed(self, job: BatchJob, reason: str) -> None:
-        keys = self.journal.keys(job)
-        if job.resubmits < self.settings.max_resubmits:
-            self._settle(job, set(keys), [], resubmit=True)
-        else:
-            self._settle(job, set(), [LineError(k, reason) for k in keys], resubmit=True)
-
-    def _settle(self, job: BatchJob, again: set[str], final: list[LineError], resubmit: bool) -> None:
-        """Send ``again`` in a job of their own (built from this job's request
-        file, unless a killed run did so already), record ``final``, and mark
-        the job read. A job without a request file (an older journal) cannot
-        be rebuilt: its texts fail, retryably, for the pipeline to send."""
-        child = next((j for j in self.jobs.values() if j.parent == job.id), None)
-        if again and child is None:
-            source = self.journal.open_requests(job)
-            if source is None:
-                reason = "its request file is not in the journal (an older beamvec wrote it)"
-                final = [*final, *(LineError(k, reason) for k in sorted(again))]
-            else:
-                with source:
-                    self._resend(job, source, again, resubmit)
-        tries = job.attempt
-        suffix = f" (after {tries} batch attempt{'s' if tries != 1 else ''})"
-        failed = self.journal.write_failures(
-            job, (dataclasses.replace(e, message=e.message + suffix) for e in final)
-        )
-        self._save(job, collected=True, final=failed)
-
-    def _resend(self, job: BatchJob, source: IO[bytes], keys: set[str], resubmit: bool) -> None:
-        spool = _Spool()
-        try:
-            for raw in source:
-                key = _line_key(raw)
-                if key in keys:
-                    spool.add(key, raw if raw.endswith(b"\n") else raw + b"\n", "")
-            if spool.keys:
-                self._submit(spool, job.shards, parent=job, resubmit=resubmit)
-        finally:
-            spool.file.close()
-
-    # -- reporting -----------------------------------------------------------
-
-    def by_state(self) -> dict[str, int]:
-        return dict(Counter(job.state for job in self.jobs.values() if not job.cleaned))
-
-    def failed(self) -> int:
-        return sum(j.final for j in self.jobs.values() if not j.cleaned and j.collected)
-
-    def pending(self) -> PendingKeys:
-        return PendingKeys(self.journal, tuple(self.unsettled()))
-
-    def progress(self) -> BatchProgress:
-        pending, failed = len(self.pending()), self.failed()
-        done = max(0, self.texts - pending - failed)
-        return BatchProgress(self.by_state(), self.texts, done, failed)
-
-    def outcome(self) -> BatchOutcome:
-        failures: dict[str, LineError] = {}
-        for job in self.jobs.values():
-            if not job.cleaned and job.collected:
-                failures.update((f.key, f) for f in self.journal.failures(job))
-        return BatchOutcome(
-            vectors=dict(self.memory.vectors),
-            failures=failures,
-            pending=self.pending(),
-            jobs=tuple(j for j in self.jobs.values() if not j.cleaned),
-            jobs_by_state=self.by_state(),
-            jobs_submitted=self.submitted,
-            texts_billed=self.billed,
-            lines_failed=self.lines_failed,
-            texts=self.texts,
-        )
-
-
-def _line_key(raw: bytes) -> str | None:
-    """The key of one request line (``{"key": ..., "request": ...}``)."""
-    try:
-        obj = json.loads(raw)
-    except ValueError:
-        return None
-    key = obj.get("key") if isinstance(obj, dict) else None
-    return key if isinstance(key, str) else None
+from beamvec.batchapi.jobs import BatchRun
+from beamvec.batchapi.journal import BatchJob, BatchJournal, StagedFile
+from beamvec.batchapi.jsonl import BatchRequest, BatchSpec
+from beamvec.batchapi.outcome import BatchOutcome as BatchOutcome
+from beamvec.batchapi.outcome import BatchProgress as BatchProgress
+from beamvec.batchapi.outcome import BatchSettings as BatchSettings
+from beamvec.batchapi.outcome import JobReader as JobReader
+from beamvec.batchapi.outcome import PendingKeys as PendingKeys
+from beamvec.batchapi.results import VectorSink
 
 
 def run_batch(
@@ -495,7 +79,7 @@ def run_batch_stream(
     file is streamed (and are not kept: memory stays bounded by one chunk).
     A stream without a text returns at once: nothing of this call is pending."""
     settings = settings or BatchSettings()
-    run = _Run(client, journal, spec, settings, sink, reader)
+    run = BatchRun(client, journal, spec, settings, sink, reader)
     run.route(requests)
     return _drive(run, progress, sleep, clock)
 
@@ -517,14 +101,14 @@ def run_batch_staged(
     journal's jobs hold included): each is recorded, then submitted while the
     service has room; jobs are polled and settled from their reports."""
     settings = settings or BatchSettings()
-    run = _Run(client, journal, spec, settings, reader=reader)
+    run = BatchRun(client, journal, spec, settings, reader=reader)
     run.record_staged(files)
     run.texts = texts
     return _drive(run, progress, sleep, clock)
 
 
 def _drive(
-    run: _Run, progress: Callable[[BatchProgress], None] | None, sleep: Callable[[float], None],
+    run: BatchRun, progress: Callable[[BatchProgress], None] | None, sleep: Callable[[float], None],
     clock: Callable[[], float],
 ) -> BatchOutcome:
     """Poll, collect and settle, with backoff, until every job is settled

@@ -1,26 +1,31 @@
 """`beamvec run --batch-api`: the texts a run needs, embedded through Gemini Batch
-API jobs from the driver, before the normal pipeline runs.
+API jobs before the normal pipeline runs. The per-record work runs on the
+pipeline's workers; the driver holds job names and states.
 
-1. The records of the shards to embed are routed on the driver exactly as the
-   workers will route them (``routing.Router`` in planning mode over the
-   output's and --reuse-from's vectors), one shard at a time: the texts that
-   would be sent stream out as ``BatchRequest``s keyed by content hash; a
-   repeat is sent once (``batchapi.keys.KeySet``, 8 bytes a text).
-2. ``batch_run.run_batch_stream`` writes them into request files as they
-   come, and submits, records, polls and collects the jobs (the journal lives
-   in the output: a killed run's rerun collects, never resubmits); the driver
-   keeps no text and no per-text state but the key set, so its memory hardly
-   grows with the corpus. Each finished job's vectors are written at once as a
-   checkpoint ``_partial/<fingerprint>/batch-<job id>.parquet`` as its result
-   file streams in, so neither vectors nor a result file are held in memory.
-3. When every text is resolved, the ordinary pipeline runs: each record finds
+1. Request stage (pipeline/batch_requests.py, a pipeline of its own): workers
+   read and route the splits exactly as the embedding workers will (the
+   output's, --reuse-from's and earlier batch jobs' vectors, refusals), keep
+   one of each text across splits through the runner, and write request
+   files with their key lists to ``_batch/staging/<run id>/``.
+2. ``batch_run.run_batch_staged`` moves each file into the journal BEFORE it
+   is uploaded and created (a killed run's rerun collects, never resubmits),
+   keeps at most ~100 jobs on the service, and polls per job.
+3. Results stage (pipeline/batch_stage.py): each pass, the jobs that
+   finished are read by workers, each result file streamed into the
+   checkpoint ``_partial/<fingerprint>/batch-<job id>.parquet``; the driver
+   settles each job from its small report (retry jobs, resubmissions, final
+   failures).
+4. When every text is resolved, the ordinary pipeline runs: each record finds
    its vector in the checkpoints (counted as ``batch_sent``), nothing is sent
    online except, with ``--batch-fallback online``, the texts the batch
    service kept failing; with ``none`` those are dead letters
    (``routing.Refusals``). With ``--no-wait`` and jobs still running, the run
-   prints one status line and stops (exit 0) before the pipeline.
-4. Once the pipeline has committed, ``finish_batch_phase`` deletes the jobs'
+   prints one status line and stops before the pipeline.
+5. Once the pipeline has committed, ``finish_batch_phase`` deletes the jobs'
    files from the service (they count against the project's 20 GB).
+
+``requests_to_send`` routes on the driver, one shard at a time: what the
+request stage computes, for ``plan``-like callers and tests.
 """
 
 from __future__ import annotations
