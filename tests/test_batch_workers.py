@@ -180,3 +180,24 @@ def test_never_more_jobs_on_the_service_than_the_cap(tmp_path):
     assert stats["jobs"]["rejected_concurrency"] == 0 and client.create_429s == 0
     assert stats["jobs"]["created"] == stats["files"]["uploaded"] == 4
     assert stats["texts"]["submitted_more_than_once"] == 0
+
+
+def test_a_run_over_many_splits_bills_each_text_once_and_leaves_no_staging(tmp_path, capsys, monkeypatch):
+    from test_batch_pipeline import KEY as RUN_KEY
+    from test_batch_pipeline import args, check_vectors, never_billed_twice, write_corpus
+
+    from helpers import assert_reconciled, beam_run, read_output
+
+    monkeypatch.setenv("GEMINI_API_KEY", RUN_KEY)
+    texts = write_corpus(tmp_path / "in", shards=2, per_shard=300)  # one text in every shard
+    out = tmp_path / "out"
+    with Emulator(api_key=RUN_KEY, batch_job_s=0.2) as emu:
+        code, _, err = beam_run(capsys, *args(tmp_path / "in", out, emu, "--split-bytes", "2048"))
+        stats = emu.stats()
+    assert code == 0, err
+    result = read_output(str(out))
+    assert_reconciled(result)
+    check_vectors(result, texts)
+    assert stats["batch"]["texts_billed"] == len(set(texts.values())) and stats["texts_embedded"] == 0
+    never_billed_twice(stats)
+    assert not (out / "_batch" / "staging").exists() or not any((out / "_batch" / "staging").rglob("*.*"))

@@ -57,7 +57,7 @@ from beamvec.contract import SUCCESS, OutputState, complete_shards, read_state
 from beamvec.driver.resolve import JobInputs, planning_router, reuse_lookup, routed, split_bytes
 from beamvec.errors import BackendError, UsageError
 from beamvec.pipeline.batch_requests import RequestPlan, WriteRequests, bucket_count, read_listings
-from beamvec.pipeline.batch_stage import BatchTarget, collect_on_workers, run_stage
+from beamvec.pipeline.batch_stage import STAGING_DIR, BatchTarget, collect_on_workers, run_stage
 from beamvec.pipeline.worker import WorkerConfig
 from beamvec.records import BAD_REQUEST, EMBED_FAILED, Shard
 from beamvec.route.lookup import build_batch_index
@@ -226,6 +226,7 @@ def write_requests(
         target.staging(), target.spec, bucket_count(sum(max(0, s.size) for s in todo)),
         bv.batch_max_requests_per_file, MAX_FILE_BYTES, inputs.storage_options,
     )  # fmt: skip
+    output.remove_tree(output.path(STAGING_DIR))  # what killed runs left (one writer at a time: the lease)
     shards = target.staging("shards.jsonl")
     output.write_bytes(shards, "".join(json.dumps({"todo": asdict(s)}) + "\n" for s in todo).encode())
     pipeline = beam.Pipeline(options=inputs.options)
