@@ -13,7 +13,7 @@ vector or a result line.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +94,7 @@ class CollectJob(beam.DoFn):
 
 def collect_on_workers(
     jobs: Sequence[BatchJob], backend: Backend, target: BatchTarget, options: PipelineOptions
-) -> dict[str, JobReport]:
+) -> Mapping[str, JobReport]:
     """Run ``CollectJob`` over ``jobs`` as a pipeline of its own; their reports."""
     pipeline = beam.Pipeline(options=options)
     _ = (
@@ -104,14 +104,31 @@ def collect_on_workers(
         | "CollectJob" >> beam.ParDo(CollectJob(backend, target))
     )
     run_stage(pipeline, target)
-    output = Output(target.output, target.storage_options)
-    reports = {}
-    for job in jobs:
-        path = target.staging("reports", f"{job.id}.jsonl")
-        with output.fs.open(path, "rb") as fh:
-            reports[job.id] = read_report(fh)
-        output.remove(path)
-    return reports
+    return StagedReports(target, [job.id for job in jobs])
+
+
+class StagedReports(Mapping[str, JobReport]):
+    """The stage's reports, each read from its file when the driver settles
+    its job (and the file removed): one report in memory at a time."""
+
+    def __init__(self, target: BatchTarget, job_ids: Sequence[str]) -> None:
+        self.target, self.ids = target, list(job_ids)
+        self.output = Output(target.output, target.storage_options)
+
+    def __getitem__(self, job_id: str) -> JobReport:
+        if job_id not in self.ids:
+            raise KeyError(job_id)
+        path = self.target.staging("reports", f"{job_id}.jsonl")
+        with self.output.fs.open(path, "rb") as fh:
+            report = read_report(fh)
+        self.output.remove(path)
+        return report
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 def run_stage(pipeline: beam.Pipeline, target: BatchTarget) -> None:
