@@ -66,7 +66,8 @@ class Spool:
 
 
 class BatchRun:
-    """The state of one ``run_batch`` call: job records and two key sets."""
+    """The state of one run: the journal's job records (and, for a stream, a
+    key set of its texts), counts, and how many jobs are live on the service."""
 
     def __init__(
         self,
