@@ -4,16 +4,19 @@ For each corpus size, a fresh corpus (JSONL shards of distinct texts) is run
 through `beamvec run --backend gemini --batch-api` against the emulator (its
 own process, `beamvec emulator`, short jobs, 64 dims so that the emulator's
 JSON stays small). The run is a child process; it reports ru_maxrss twice:
-right after the Batch API phase and at the end of the run. With
-``--workers N`` (default 2) the DirectRunner runs its workers in N processes
-of their own (``--direct_running_mode=multi_processing``), so the run's own
-peak is the driver's (routing, request files and result files are the
-workers'), and the workers' largest peak (RUSAGE_CHILDREN) is reported
-beside it; ``--workers 0`` keeps them in the driver's process.
+right after the Batch API phase and at the end of the run. The
+DirectRunner's runner lives in the launching process (it holds every
+shuffle's data), so by default (``--stages forked``) each Batch API stage
+(request files, result files: pipeline/batch_stage.py) runs in a forked
+process, as it would on a remote runner: the run's own peak after the batch
+phase is then the driver's (job records, polls, reports), and the stages'
+largest peak (RUSAGE_CHILDREN) is reported beside it. ``--stages inline``
+runs them in the driver's process; ``--workers N`` runs the DirectRunner's
+workers in N processes (its runner stays in the launcher).
 Printed: a table and the large/small ratios.
 
     python benchmarks/batch_api_memory.py [--sizes 10000 500000] [--shards 10]
-        [--dim 64] [--text-chars 120] [--workers 2]
+        [--dim 64] [--text-chars 120] [--stages forked|inline] [--workers 0]
 """
 
 from __future__ import annotations
@@ -32,9 +35,26 @@ KEY = "bench-batch-key"
 MiB = 1024 * 1024
 
 _CHILD = """
-import json, resource, sys
+import json, os, resource, sys, traceback
 from beamvec.driver import batch_phase, job
+from beamvec.pipeline import batch_stage
 peak = {}
+if os.environ.get("BENCH_STAGES_FORKED") == "1":
+    # As on a remote runner (Dataflow): the Batch API stages' runner and
+    # workers live outside the driver, here in a forked process each.
+    real_stage = batch_stage.run_stage
+    def forked(pipeline, target):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                real_stage(pipeline, target)
+                os._exit(0)
+            except BaseException:
+                traceback.print_exc()
+                os._exit(1)
+        if os.waitpid(pid, 0)[1] != 0:
+            raise SystemExit("a Batch API stage failed")
+    batch_stage.run_stage = batch_phase.run_stage = forked
 real = batch_phase.run_batch_phase
 def measured(*args, **kwargs):
     phase = real(*args, **kwargs)
@@ -129,17 +149,22 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--text-chars", type=int, default=120)
     parser.add_argument("--job-s", type=float, default=1.0)
-    parser.add_argument("--workers", type=int, default=2,
-                        help="worker processes of the DirectRunner (0: in the driver's process)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="worker processes of the DirectRunner (0: in the runner's process)")
+    parser.add_argument("--stages", choices=["forked", "inline"], default="forked",
+                        help="run the Batch API stages in a forked process (as remote) or inline")
     args = parser.parse_args()
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = dict(os.environ, GEMINI_API_KEY=KEY, NO_PROXY="127.0.0.1,localhost",
+               BENCH_STAGES_FORKED="1" if args.stages == "forked" else "0",
                PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))  # fmt: skip
     rows = [run_one(n, args, env) for n in args.sizes]
-    where = f"{args.workers} worker processes" if args.workers else "workers in the driver"
-    print(f"peak RSS, MiB ({where}); a worker: the largest worker process's peak")
-    print(f"{'records':>10} {'driver, batch phase':>20} {'a worker, batch phase':>22} "
-          f"{'driver, whole run':>18} {'a worker, whole run':>20} {'s':>7}")
+    where = "Batch API stages in forked processes" if args.stages == "forked" else "stages inline"
+    if args.workers:
+        where += f", {args.workers} DirectRunner worker processes"
+    print(f"peak RSS, MiB ({where}); children: the largest child process's peak")
+    print(f"{'records':>10} {'driver, batch phase':>20} {'children, batch phase':>22} "
+          f"{'driver, whole run':>18} {'children, whole run':>20} {'s':>7}")
     for r in rows:
         print(f"{r['records']:>10,} {r['batch_phase_mib']:>20.0f} {r['batch_workers_mib']:>22.0f} "
               f"{r['run_mib']:>18.0f} {r['workers_mib']:>20.0f} {r['seconds']:>7.1f}")  # fmt: skip
