@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import run_cli
+from helpers import one_line, run_cli
 
 COMMANDS = ["run", "plan", "inspect", "search", "embed", "verify", "export", "report", "emulator"]
 
@@ -59,7 +59,7 @@ def test_log_level_sets_the_level_and_a_bad_one_is_named(capsys):
     finally:
         root.setLevel(before)
     code, _, err = run_cli(capsys, "--log-level", "loud", "run")
-    assert code == 2 and "--log-level 'loud'" in _one_line(err) and "debug, info, warning, error" in err
+    assert code == 2 and "--log-level 'loud'" in one_line(err, None) and "debug, info, warning, error" in err
 
 
 @pytest.mark.slow
@@ -177,13 +177,6 @@ def _corpus(tmp_path: Path) -> Path:
     return corpus
 
 
-def _one_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
-
-
 BAD_FLAGS = [
     (["--quota-rmp", "100"], "--quota-rmp", "did you mean --quota-rpm?"),
     (["--forcee"], "--forcee", "did you mean --force?"),
@@ -208,7 +201,7 @@ def test_bad_flags_are_usage_errors(tmp_path, capsys, command, flags, named, adv
     out = tmp_path / "o"
     code, _, err = run_cli(capsys, command, "--input", str(corpus / "*.jsonl"), "--output", str(out), *flags)
     assert code == 2
-    line = _one_line(err)
+    line = one_line(err, None)
     assert named in line and advice in line, line
     assert not out.exists()  # nothing started
 
@@ -225,7 +218,7 @@ def test_unknown_and_broken_config_files_name_the_file(tmp_path, capsys):
         for command in ("run", "plan"):
             code, _, err = run_cli(capsys, command, "--config", str(tmp_path / name),
                                    "--input", str(corpus / "*.jsonl"), "--output", str(tmp_path / "o"))
-            line = _one_line(err)
+            line = one_line(err, None)
             assert code == 2 and name in line and advice in line, line
     assert not (tmp_path / "o").exists()
 
@@ -243,7 +236,7 @@ def test_a_typo_sends_nothing_to_the_api(tmp_path, capsys, monkeypatch):
                 "--input", str(corpus / "*.jsonl"), "--output", str(tmp_path / "o"), *typo,
             )
             assert code == 2, err
-            _one_line(err)
+            one_line(err, None)
         assert emu.stats()["requests"] == 0
 
 
@@ -286,7 +279,7 @@ def test_unexpected_errors_are_one_line_and_debug_shows_them(capsys, monkeypatch
 
     monkeypatch.setitem(cli.COMMANDS, "run", (boom, "test"))
     code, _, err = run_cli(capsys, "run")
-    assert code == 1 and _one_line(err) == (
+    assert code == 1 and one_line(err, None) == (
         "beamvec run: unexpected error: RuntimeError: the runner broke; "
         "rerun with --debug for the traceback"
     )
@@ -298,14 +291,14 @@ def test_unexpected_errors_are_one_line_and_debug_shows_them(capsys, monkeypatch
 
         monkeypatch.setitem(cli.COMMANDS, "run", (fails, "test"))
         code, _, err = run_cli(capsys, "run")
-        assert code == 1 and _one_line(err) == (
+        assert code == 1 and one_line(err, None) == (
             f"beamvec run: unexpected error: {shown}; rerun with --debug for the traceback")
     monkeypatch.setitem(cli.COMMANDS, "run", (wrapped, "test"))
     code, _, err = run_cli(capsys, "run")
-    assert code == 1 and _one_line(err) == "beamvec run: gemini: the API key was rejected"
+    assert code == 1 and one_line(err, None) == "beamvec run: gemini: the API key was rejected"
     monkeypatch.setitem(cli.COMMANDS, "run", (interrupted, "test"))
     code, _, err = run_cli(capsys, "run")
-    assert code == 130 and _one_line(err) == (
+    assert code == 130 and one_line(err, None) == (
         "beamvec run: interrupted; committed shards stay committed, "
         "rerun the same command to resume"
     )
@@ -345,7 +338,7 @@ def _gemini_dies_after_the_preflight(tmp_path: Path, *extra: str):
 def test_fail_on_exhausted_is_one_line_in_process(tmp_path):
     result, key = _gemini_dies_after_the_preflight(tmp_path)
     assert result.returncode == 1, result.stderr
-    line = _one_line(result.stderr)
+    line = one_line(result.stderr, None)
     assert line.startswith("beamvec run: retries exhausted") and "429" in line, line
     assert "rerun" in line and key not in result.stderr
 
@@ -456,4 +449,4 @@ def test_export_and_report_through_the_cli(tmp_path, capsys):
     for argv in (["export", str(tmp_path / "nothing-here"), "--to", "vertex-vector-search", str(where)],
                  ["report", str(tmp_path / "nothing-here")]):
         code, _, err = run_cli(capsys, *argv)
-        assert code == 2 and "nothing-here" in _one_line(err), argv
+        assert code == 2 and "nothing-here" in one_line(err, None), argv
