@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import one_line, run_cli
+from helpers import one_line, read_output, run_cli, vectors_by_id
 
 COMMANDS = ["run", "plan", "inspect", "search", "embed", "verify", "export", "report", "emulator"]
 
@@ -38,6 +40,14 @@ def test_help_lists_the_commands_and_the_exit_codes(capsys):
         assert any(line.split()[:1] == [code_] and meaning in line for line in out.splitlines()), code_
 
 
+def test_every_command_of_the_cli_is_in_this_files_list():
+    """A command added to the CLI without a test here fails this (each of
+    COMMANDS runs at least once below with its output checked)."""
+    from beamvec import cli
+
+    assert sorted(cli.COMMANDS) == sorted(COMMANDS)
+
+
 def test_version_prints_the_package_version(capsys):
     declared = next(line.split('"')[1] for line in (ROOT / "pyproject.toml").read_text().splitlines()
                     if line.startswith("version = "))
@@ -63,7 +73,7 @@ def test_log_level_sets_the_level_and_a_bad_one_is_named(capsys):
 
 
 @pytest.mark.slow
-def test_plan_run_inspect_search_verify_through_the_cli(tmp_path, capsys):
+def test_plan_run_inspect_search_embed_verify_through_the_cli(tmp_path, capsys):
     corpus = tmp_path / "c"
     corpus.mkdir()
     texts = {"cat": "a small cat sleeps on the sofa", "bank": "the central bank raised interest rates",
@@ -78,6 +88,14 @@ def test_plan_run_inspect_search_verify_through_the_cli(tmp_path, capsys):
     assert code == 0 and "3 vectors" in stdout
     code, stdout, _ = run_cli(capsys, "search", out, "kitten", "-k", "1")
     assert code == 0 and " cat " in stdout
+    code, stdout, err = run_cli(capsys, "embed", out, "kitten", texts["bank"])
+    assert code == 0, err
+    queries = json.loads(stdout)
+    stored = vectors_by_id(read_output(out))
+    assert queries["dimension"] == 384  # all-MiniLM-L6-v2's published dimension
+    kitten, bank = (np.asarray(v, dtype=np.float32) for v in queries["vectors"])
+    assert max(stored, key=lambda rid: float(stored[rid] @ kitten)) == "cat"
+    np.testing.assert_allclose(bank, stored["bank"], atol=1e-3)  # made as the output's were
     code, stdout, _ = run_cli(capsys, "verify", "--input", str(corpus / "*.jsonl"), out)
     assert code == 0 and stdout.startswith("OK")
     code, _, err = run_cli(capsys, "inspect", str(tmp_path / "nothing-here"))
@@ -450,3 +468,42 @@ def test_export_and_report_through_the_cli(tmp_path, capsys):
                  ["report", str(tmp_path / "nothing-here")]):
         code, _, err = run_cli(capsys, *argv)
         assert code == 2 and "nothing-here" in one_line(err, None), argv
+
+
+# -- emulator: serves the Gemini API until Ctrl-C ---------------------------------------
+
+
+@pytest.mark.slow
+def test_emulator_command_serves_until_interrupted():
+    """`beamvec emulator` prints where it listens, embeds with the key it was
+    given (3,072 values: gemini-embedding-001's published default), refuses
+    another key as Google does (400 API_KEY_INVALID), and exits 0 on Ctrl-C."""
+    import httpx
+
+    key = "fakekey-CLI-emulator-0123456789"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "beamvec.cli", "emulator", "--port", "0", "--api-key", key],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**_env(), "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        line = proc.stdout.readline()
+        url = next(word for word in line.split() if word.startswith("http://127.0.0.1:"))
+        route = f"{url}/v1beta/models/gemini-embedding-001:batchEmbedContents"
+        body = {"requests": [{"model": "models/gemini-embedding-001", "content": {"parts": [{"text": t}]}}
+                             for t in ("a cat", "a dog")]}
+        answer = httpx.post(route, json=body, headers={"x-goog-api-key": key}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert [len(e["values"]) for e in answer.json()["embeddings"]] == [3072, 3072]
+        refused = httpx.post(route, json=body, headers={"x-goog-api-key": "another-key"}, timeout=30)
+        assert refused.status_code == 400
+        assert refused.json()["error"]["details"][0]["reason"] == "API_KEY_INVALID"
+        assert httpx.get(f"{url}/stats", timeout=30).json()["texts_embedded"] == 2
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)  # only stops a hung test
+    assert code == 0, proc.stderr.read()[-3000:]
+
+
+def test_emulator_command_names_a_bad_flag(capsys):
+    code, _, err = run_cli(capsys, "emulator", "--fail-503", "2")
+    assert code == 2 and "--fail-503" in err.strip().splitlines()[-1] and "between 0 and 1" in err
