@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import one_line, read_output, run_cli, vectors_by_id
+from helpers import ROOT, SRC, one_line, read_output, run_cli, vectors_by_id
 
 COMMANDS = ["run", "plan", "inspect", "search", "embed", "verify", "export", "report", "emulator"]
 
@@ -106,7 +106,7 @@ def test_plan_run_inspect_search_embed_verify_through_the_cli(tmp_path, capsys):
 def test_console_script_and_pipeline_module_run_the_same_job(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.txt").write_text("one line\nanother line\n")
-    repo = Path(__file__).resolve().parents[1]
+    repo = ROOT
     script = Path(sys.executable).parent / "beamvec"
     for cmd, out in (([str(script), "run"], "o1"), ([sys.executable, "-m", "pipelines.embed_corpus"], "o2")):
         result = subprocess.run(
@@ -184,8 +184,6 @@ def _env() -> dict[str, str]:
 
 # -- strict flags: a typo is a usage error, never a silent default ----------------------
 
-ROOT = Path(__file__).resolve().parents[1]
-SRC = str(ROOT / "src")
 
 
 def _corpus(tmp_path: Path) -> Path:

@@ -14,7 +14,7 @@ import pytest
 from beamvec.commands import export
 from beamvec.errors import UsageError
 
-from helpers import NoCapture, beam_run
+from helpers import ROOT, NoCapture, beam_run
 
 lancedb = pytest.importorskip("lancedb")
 
@@ -239,7 +239,7 @@ def test_the_lancedb_snippet_of_the_docs_runs_as_written(out, tmp_path):
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     page = (root / "docs" / "operators.md").read_text()
     section = page.split("## LanceDB", 1)[1]
     (snippet,) = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], flags=re.S)

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -31,11 +30,17 @@ from beamvec.driver.lease import acquire, hold_lease, read_lease
 from beamvec.emulator import Emulator, expected_vector
 from beamvec.write.sink import Output
 
-from helpers import assert_reconciled, child_env, jsonl, one_line, read_output, vectors_by_id
+from helpers import (
+    assert_reconciled,
+    child_env,
+    jsonl,
+    one_line,
+    read_output,
+    vectors_by_id,
+)
 
 pytest_plugins = ["servers"]
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 KEY = "fakekey-FENCING-0123456789"
 MODEL = "gemini-embedding-001"
 DIM = 16
