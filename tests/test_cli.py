@@ -162,6 +162,7 @@ def test_run_json_summary_reconciles_with_the_manifest(tmp_path, capsys):
     assert "embedded       10  (7 sent, 0 reused, 3 repeats" in text.stdout, text.stdout + text.stderr
 
 
+@pytest.mark.slow
 def test_quiet_prints_nothing_and_dead_letters_exit_3_only_when_asked(tmp_path, capsys):
     corpus = tmp_path / "c"
     _mixed_corpus(corpus, "a", 3, 1)
