@@ -1,13 +1,15 @@
-"""Shared helpers for the pipeline tests: run the CLI, read an output back,
+"""Shared helpers for the pipeline tests: write a corpus, run the CLI (in
+process or as a child), check its one-line errors, read an output back,
 count what the emulator billed. (Fixtures live in conftest.py.)"""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,35 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
 
 def beam_run(capsys, *args: str) -> tuple[int, str, str]:
     return run_cli(capsys, "run", "--runner=DirectRunner", "--progress-interval=0", *args)
+
+
+def jsonl(rows: Mapping[str, str]) -> str:
+    """JSON lines of ``{"id": …, "text": …}`` records, one per (id, text) pair."""
+    return "".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in rows.items())
+
+
+def write_jsonl(path: Path, rows: Mapping[str, str]) -> None:
+    """A JSONL shard of ``rows`` at ``path`` (its folder made if missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(jsonl(rows))
+
+
+def one_line(err: str, command: str | None = "run") -> str:
+    """A user-facing failure's whole stderr: one line, no traceback, and
+    ``beamvec COMMAND: …`` when ``command`` is given. Returns the line."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and len(lines) == 1, err[-3000:]
+    if command is not None:
+        assert lines[0].startswith(f"beamvec {command}: "), err[-3000:]
+    return lines[0]
+
+
+class NoCapture:
+    """A capsys stand-in for module-scoped fixtures (which have no capsys)
+    that run the CLI for its output, not for what it prints."""
+
+    def readouterr(self) -> Any:
+        return type("Captured", (), {"out": "", "err": ""})()
 
 
 def read_output(root: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -86,6 +117,13 @@ SRC = str(ROOT / "src")
 API_KEY = "fakekey-SHARED-tests-0123456789"
 #: The text a backend's preflight embeds when the run gives it none of its own.
 PREFLIGHT_HASH = content_hash(PREFLIGHT_TEXT)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a ``beamvec`` child process: this checkout's code,
+    the emulator's key, no proxy for 127.0.0.1, gcsfs without its slow probe."""
+    return {**os.environ, "PYTHONPATH": SRC, "GEMINI_API_KEY": API_KEY,
+            "NO_PROXY": "127.0.0.1,localhost", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", **extra}
 
 
 def billed_texts(emu: Emulator) -> dict[str, int]:

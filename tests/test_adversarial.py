@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import signal
 import socket
@@ -33,10 +32,12 @@ from beamvec.records import content_hash
 
 from helpers import (
     API_KEY,
-    SRC,
     assert_reconciled,
     beam_run,
     billed_texts,
+    child_env,
+    jsonl,
+    one_line,
     pause_when,
     read_output,
     run_cli,
@@ -61,7 +62,7 @@ def _write(url: str, rows: dict[str, str], options: dict[str, Any] | None = None
     fs, path = fsspec.core.url_to_fs(url, **(options or {}))
     if "file" in fs.protocol:
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe_file(path, "".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in rows.items()).encode())
+    fs.pipe_file(path, jsonl(rows).encode())
 
 
 def _rows(name: str, count: int) -> dict[str, str]:
@@ -71,18 +72,6 @@ def _rows(name: str, count: int) -> dict[str, str]:
 def _no_traceback(*texts: str) -> None:
     for text in texts:
         assert "Traceback" not in text, text[-3000:]
-
-
-def _one_line(err: str, command: str = "run") -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    _no_traceback(err)
-    assert len(lines) == 1 and lines[0].startswith(f"beamvec {command}: "), err
-    return lines[0]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": SRC, "GEMINI_API_KEY": API_KEY,
-            "NO_PROXY": "127.0.0.1,localhost", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", **extra}
 
 
 def _cli(*args: str) -> list[str]:
@@ -146,7 +135,7 @@ def test_two_runs_on_one_output(where, order, tmp_path, request, capsys, monkeyp
                   "--concurrent-shards", "1"]
         proc = subprocess.Popen(
             _cli("run", "--runner=DirectRunner", "--quiet", "--input", f"{base}/{first}/*.jsonl", *common),
-            env=_env(**(AWS_ENV if where == "s3" else {})), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=child_env(**(AWS_ENV if where == "s3" else {})), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True,
         )
         with _killed_on_exit(proc):
@@ -159,7 +148,7 @@ def test_two_runs_on_one_output(where, order, tmp_path, request, capsys, monkeyp
                 code, _, err = beam_run(capsys, "--input", f"{base}/{second}/*.jsonl", *common)
             finally:
                 proc.send_signal(signal.SIGCONT)
-            line = _one_line(err)
+            line = one_line(err)
             assert code == 1, err
             assert f"host {socket.gethostname()}, pid {proc.pid}, since " in line, line
             assert "another beamvec run is writing to" in line and out in line, line
@@ -385,7 +374,7 @@ def test_retry_dead_letters_refuses_an_unknown_reason(tmp_path, capsys):
     _write(str(tmp_path / "in" / "a.jsonl"), _rows("a", 2))
     code, _, err = beam_run(capsys, "--input", str(tmp_path / "in" / "*.jsonl"),
                             "--output", str(tmp_path / "out"), "--retry-dead-letters", "embed_faild")
-    line = _one_line(err)
+    line = one_line(err)
     assert code == 2 and "embed_faild" in line and "embed_failed" in line, line
     assert not (tmp_path / "out").exists()
 
@@ -423,7 +412,7 @@ def test_a_glob_matching_a_markdown_file_is_refused_before_anything(command, tmp
     emulator.reset()
     code, _, err = run_cli(capsys, command, "--input", str(tmp_path / "c9" / "*"),
                            "--output", str(tmp_path / "out"), *_gemini(emulator))
-    line = _one_line(err, command)
+    line = one_line(err, command)
     assert code == 2 and "README.md" in line and "--format" in line, line
     assert not (tmp_path / "out").exists()
     assert emulator.stats()["requests"] == 0
@@ -499,7 +488,7 @@ def test_a_broken_manifest_is_one_line_naming_it(case, tmp_path, capsys, emulato
     ):
         code, stdout, err = run_cli(capsys, *argv)
         _no_traceback(stdout)
-        line = _one_line(err, argv[0])
+        line = one_line(err, argv[0])
         assert code == 2, (argv[0], err)
         assert f"{out}/_manifest.json" in line and "move it aside" in line, line
     assert emulator.stats()["requests"] == 0
@@ -517,7 +506,7 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path):
     with Emulator(api_key=API_KEY, latency_ms=400) as emu:
         cmd = _cli("run", "--runner=DirectRunner", "--quiet", "--input", str(tmp_path / "in" / "*.jsonl"),
                    "--output", str(out), *_gemini(emu), "--max-in-flight", "1", "--concurrent-shards", "1")
-        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         with _killed_on_exit(proc):
             pause_when(proc, lambda: any((out / "vectors").glob("*.parquet")), "a committed shard")
             proc.send_signal(signal.SIGINT)
@@ -525,7 +514,7 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path):
             stdout, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 130, stderr[-3000:]
         _no_traceback(stdout, stderr)
-        line = _one_line(stderr)
+        line = one_line(stderr)
         assert "interrupted" in line and "committed" in line and "rerun" in line, line
         assert not (out / "_lease.json").exists()  # released on Ctrl-C
         assert not (out / "_SUCCESS").exists()
@@ -534,7 +523,7 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path):
         assert f"{len(committed)} of 4 shards are committed in {out}" in line, line
         first = billed_texts(emu)
         emu.reset()
-        result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+        result = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
         second = billed_texts(emu)
     output = read_output(str(out))

@@ -245,6 +245,7 @@ run_batch(todo, client, BatchJournal(out), spec,
 """
 
 
+@pytest.mark.slow
 def test_kill_9_while_jobs_run_then_rerun_submits_nothing_twice(tmp_path):
     todo = corpus()
     src = str(Path(beamvec.__file__).resolve().parents[1])

@@ -132,6 +132,7 @@ def test_router_dead_letters_refused_texts_and_counts_batch_vectors_once():
 # -- through `beamvec run` ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_900_records_in_3_shards_with_5_percent_failing_lines(tmp_path, capsys):
     texts = write_corpus(tmp_path / "in")
     out = tmp_path / "out"
@@ -169,6 +170,7 @@ def test_900_records_in_3_shards_with_5_percent_failing_lines(tmp_path, capsys):
         assert KEY not in blob
 
 
+@pytest.mark.slow
 def test_failed_lines_become_dead_letters_without_fallback(tmp_path, capsys):
     texts = write_corpus(tmp_path / "in", shards=1, per_shard=30, repeats=False)
     out = tmp_path / "out"
@@ -186,6 +188,7 @@ def test_failed_lines_become_dead_letters_without_fallback(tmp_path, capsys):
     assert all("Internal error encountered." in m for m in dead.column("message").to_pylist())
 
 
+@pytest.mark.slow
 def test_no_wait_then_a_later_run_collects_and_resubmits_a_failed_job(tmp_path, capsys):
     texts = write_corpus(tmp_path / "in", shards=1, per_shard=100)
     out = tmp_path / "out"
@@ -220,6 +223,7 @@ def test_no_wait_then_a_later_run_collects_and_resubmits_a_failed_job(tmp_path, 
     assert batch["files"]["stored"] == [] and stats["texts_embedded"] == 0
 
 
+@pytest.mark.slow
 def test_kill_9_while_jobs_run_then_rerun_submits_nothing_twice(tmp_path, capsys):
     texts = write_corpus(tmp_path / "in")
     out = tmp_path / "out"

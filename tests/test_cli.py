@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import run_cli
+from helpers import ROOT, SRC, one_line, read_output, run_cli, vectors_by_id
 
 COMMANDS = ["run", "plan", "inspect", "search", "embed", "verify", "export", "report", "emulator"]
 
@@ -38,6 +40,14 @@ def test_help_lists_the_commands_and_the_exit_codes(capsys):
         assert any(line.split()[:1] == [code_] and meaning in line for line in out.splitlines()), code_
 
 
+def test_every_command_of_the_cli_is_in_this_files_list():
+    """A command added to the CLI without a test here fails this (each of
+    COMMANDS runs at least once below with its output checked)."""
+    from beamvec import cli
+
+    assert sorted(cli.COMMANDS) == sorted(COMMANDS)
+
+
 def test_version_prints_the_package_version(capsys):
     declared = next(line.split('"')[1] for line in (ROOT / "pyproject.toml").read_text().splitlines()
                     if line.startswith("version = "))
@@ -59,11 +69,11 @@ def test_log_level_sets_the_level_and_a_bad_one_is_named(capsys):
     finally:
         root.setLevel(before)
     code, _, err = run_cli(capsys, "--log-level", "loud", "run")
-    assert code == 2 and "--log-level 'loud'" in _one_line(err) and "debug, info, warning, error" in err
+    assert code == 2 and "--log-level 'loud'" in one_line(err, None) and "debug, info, warning, error" in err
 
 
 @pytest.mark.slow
-def test_plan_run_inspect_search_verify_through_the_cli(tmp_path, capsys):
+def test_plan_run_inspect_search_embed_verify_through_the_cli(tmp_path, capsys):
     corpus = tmp_path / "c"
     corpus.mkdir()
     texts = {"cat": "a small cat sleeps on the sofa", "bank": "the central bank raised interest rates",
@@ -78,6 +88,14 @@ def test_plan_run_inspect_search_verify_through_the_cli(tmp_path, capsys):
     assert code == 0 and "3 vectors" in stdout
     code, stdout, _ = run_cli(capsys, "search", out, "kitten", "-k", "1")
     assert code == 0 and " cat " in stdout
+    code, stdout, err = run_cli(capsys, "embed", out, "kitten", texts["bank"])
+    assert code == 0, err
+    queries = json.loads(stdout)
+    stored = vectors_by_id(read_output(out))
+    assert queries["dimension"] == 384  # all-MiniLM-L6-v2's published dimension
+    kitten, bank = (np.asarray(v, dtype=np.float32) for v in queries["vectors"])
+    assert max(stored, key=lambda rid: float(stored[rid] @ kitten)) == "cat"
+    np.testing.assert_allclose(bank, stored["bank"], atol=1e-3)  # made as the output's were
     code, stdout, _ = run_cli(capsys, "verify", "--input", str(corpus / "*.jsonl"), out)
     assert code == 0 and stdout.startswith("OK")
     code, _, err = run_cli(capsys, "inspect", str(tmp_path / "nothing-here"))
@@ -88,7 +106,7 @@ def test_plan_run_inspect_search_verify_through_the_cli(tmp_path, capsys):
 def test_console_script_and_pipeline_module_run_the_same_job(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.txt").write_text("one line\nanother line\n")
-    repo = Path(__file__).resolve().parents[1]
+    repo = ROOT
     script = Path(sys.executable).parent / "beamvec"
     for cmd, out in (([str(script), "run"], "o1"), ([sys.executable, "-m", "pipelines.embed_corpus"], "o2")):
         result = subprocess.run(
@@ -144,6 +162,7 @@ def test_run_json_summary_reconciles_with_the_manifest(tmp_path, capsys):
     assert "embedded       10  (7 sent, 0 reused, 3 repeats" in text.stdout, text.stdout + text.stderr
 
 
+@pytest.mark.slow
 def test_quiet_prints_nothing_and_dead_letters_exit_3_only_when_asked(tmp_path, capsys):
     corpus = tmp_path / "c"
     _mixed_corpus(corpus, "a", 3, 1)
@@ -166,8 +185,6 @@ def _env() -> dict[str, str]:
 
 # -- strict flags: a typo is a usage error, never a silent default ----------------------
 
-ROOT = Path(__file__).resolve().parents[1]
-SRC = str(ROOT / "src")
 
 
 def _corpus(tmp_path: Path) -> Path:
@@ -175,13 +192,6 @@ def _corpus(tmp_path: Path) -> Path:
     corpus.mkdir(exist_ok=True)
     (corpus / "a.jsonl").write_text('{"id": "1", "text": "one"}\n{"id": "2", "text": "two"}\n')
     return corpus
-
-
-def _one_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 BAD_FLAGS = [
@@ -208,7 +218,7 @@ def test_bad_flags_are_usage_errors(tmp_path, capsys, command, flags, named, adv
     out = tmp_path / "o"
     code, _, err = run_cli(capsys, command, "--input", str(corpus / "*.jsonl"), "--output", str(out), *flags)
     assert code == 2
-    line = _one_line(err)
+    line = one_line(err, None)
     assert named in line and advice in line, line
     assert not out.exists()  # nothing started
 
@@ -225,7 +235,7 @@ def test_unknown_and_broken_config_files_name_the_file(tmp_path, capsys):
         for command in ("run", "plan"):
             code, _, err = run_cli(capsys, command, "--config", str(tmp_path / name),
                                    "--input", str(corpus / "*.jsonl"), "--output", str(tmp_path / "o"))
-            line = _one_line(err)
+            line = one_line(err, None)
             assert code == 2 and name in line and advice in line, line
     assert not (tmp_path / "o").exists()
 
@@ -243,7 +253,7 @@ def test_a_typo_sends_nothing_to_the_api(tmp_path, capsys, monkeypatch):
                 "--input", str(corpus / "*.jsonl"), "--output", str(tmp_path / "o"), *typo,
             )
             assert code == 2, err
-            _one_line(err)
+            one_line(err, None)
         assert emu.stats()["requests"] == 0
 
 
@@ -286,7 +296,7 @@ def test_unexpected_errors_are_one_line_and_debug_shows_them(capsys, monkeypatch
 
     monkeypatch.setitem(cli.COMMANDS, "run", (boom, "test"))
     code, _, err = run_cli(capsys, "run")
-    assert code == 1 and _one_line(err) == (
+    assert code == 1 and one_line(err, None) == (
         "beamvec run: unexpected error: RuntimeError: the runner broke; "
         "rerun with --debug for the traceback"
     )
@@ -298,14 +308,14 @@ def test_unexpected_errors_are_one_line_and_debug_shows_them(capsys, monkeypatch
 
         monkeypatch.setitem(cli.COMMANDS, "run", (fails, "test"))
         code, _, err = run_cli(capsys, "run")
-        assert code == 1 and _one_line(err) == (
+        assert code == 1 and one_line(err, None) == (
             f"beamvec run: unexpected error: {shown}; rerun with --debug for the traceback")
     monkeypatch.setitem(cli.COMMANDS, "run", (wrapped, "test"))
     code, _, err = run_cli(capsys, "run")
-    assert code == 1 and _one_line(err) == "beamvec run: gemini: the API key was rejected"
+    assert code == 1 and one_line(err, None) == "beamvec run: gemini: the API key was rejected"
     monkeypatch.setitem(cli.COMMANDS, "run", (interrupted, "test"))
     code, _, err = run_cli(capsys, "run")
-    assert code == 130 and _one_line(err) == (
+    assert code == 130 and one_line(err, None) == (
         "beamvec run: interrupted; committed shards stay committed, "
         "rerun the same command to resume"
     )
@@ -345,7 +355,7 @@ def _gemini_dies_after_the_preflight(tmp_path: Path, *extra: str):
 def test_fail_on_exhausted_is_one_line_in_process(tmp_path):
     result, key = _gemini_dies_after_the_preflight(tmp_path)
     assert result.returncode == 1, result.stderr
-    line = _one_line(result.stderr)
+    line = one_line(result.stderr, None)
     assert line.startswith("beamvec run: retries exhausted") and "429" in line, line
     assert "rerun" in line and key not in result.stderr
 
@@ -456,4 +466,43 @@ def test_export_and_report_through_the_cli(tmp_path, capsys):
     for argv in (["export", str(tmp_path / "nothing-here"), "--to", "vertex-vector-search", str(where)],
                  ["report", str(tmp_path / "nothing-here")]):
         code, _, err = run_cli(capsys, *argv)
-        assert code == 2 and "nothing-here" in _one_line(err), argv
+        assert code == 2 and "nothing-here" in one_line(err, None), argv
+
+
+# -- emulator: serves the Gemini API until Ctrl-C ---------------------------------------
+
+
+@pytest.mark.slow
+def test_emulator_command_serves_until_interrupted():
+    """`beamvec emulator` prints where it listens, embeds with the key it was
+    given (3,072 values: gemini-embedding-001's published default), refuses
+    another key as Google does (400 API_KEY_INVALID), and exits 0 on Ctrl-C."""
+    import httpx
+
+    key = "fakekey-CLI-emulator-0123456789"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "beamvec.cli", "emulator", "--port", "0", "--api-key", key],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**_env(), "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        line = proc.stdout.readline()
+        url = next(word for word in line.split() if word.startswith("http://127.0.0.1:"))
+        route = f"{url}/v1beta/models/gemini-embedding-001:batchEmbedContents"
+        body = {"requests": [{"model": "models/gemini-embedding-001", "content": {"parts": [{"text": t}]}}
+                             for t in ("a cat", "a dog")]}
+        answer = httpx.post(route, json=body, headers={"x-goog-api-key": key}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert [len(e["values"]) for e in answer.json()["embeddings"]] == [3072, 3072]
+        refused = httpx.post(route, json=body, headers={"x-goog-api-key": "another-key"}, timeout=30)
+        assert refused.status_code == 400
+        assert refused.json()["error"]["details"][0]["reason"] == "API_KEY_INVALID"
+        assert httpx.get(f"{url}/stats", timeout=30).json()["texts_embedded"] == 2
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)  # only stops a hung test
+    assert code == 0, proc.stderr.read()[-3000:]
+
+
+def test_emulator_command_names_a_bad_flag(capsys):
+    code, _, err = run_cli(capsys, "emulator", "--fail-503", "2")
+    assert code == 2 and "--fail-503" in err.strip().splitlines()[-1] and "between 0 and 1" in err

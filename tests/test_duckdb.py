@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
@@ -14,9 +13,8 @@ import pytest
 
 from beamvec.commands import inspect_output
 
-from helpers import beam_run
+from helpers import ROOT, beam_run
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "docs" / "operators.md"]
 TEXTS = {
     "doc-42": "How do I parse a JSON document in Python?",

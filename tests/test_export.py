@@ -14,19 +14,12 @@ import pytest
 from beamvec.commands import export
 from beamvec.errors import UsageError
 
-from helpers import beam_run
+from helpers import ROOT, NoCapture, beam_run
 
 lancedb = pytest.importorskip("lancedb")
 
 SHARDS = {"a": 100, "b": 100, "c": 100}
 TOPICS = ["cooking pasta", "football results", "interest rates", "garden roses", "JSON parsing"]
-
-
-class _Cap:
-    def readouterr(self):
-        class O:  # noqa: E742
-            out = err = ""
-        return O()
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +33,7 @@ def base(tmp_path_factory):
             for i in range(n)
         ]
         (root / "in" / f"{shard}.jsonl").write_text("\n".join(lines) + "\n")
-    code, _, err = beam_run(_Cap(), "--input", str(root / "in" / "*.jsonl"), "--output", str(root / "out"))
+    code, _, err = beam_run(NoCapture(), "--input", str(root / "in" / "*.jsonl"), "--output", str(root / "out"))
     assert code == 0, err
     return root / "out"
 
@@ -246,7 +239,7 @@ def test_the_lancedb_snippet_of_the_docs_runs_as_written(out, tmp_path):
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     page = (root / "docs" / "operators.md").read_text()
     section = page.split("## LanceDB", 1)[1]
     (snippet,) = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], flags=re.S)

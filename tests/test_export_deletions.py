@@ -12,18 +12,11 @@ import pytest
 
 from beamvec.commands import export
 
-from helpers import beam_run
+from helpers import NoCapture, beam_run
 
 lancedb = pytest.importorskip("lancedb")
 
 SHARDS = {"a": 12, "b": 12, "c": 12}
-
-
-class _Cap:
-    def readouterr(self):
-        class O:  # noqa: E742
-            out = err = ""
-        return O()
 
 
 @pytest.fixture
@@ -35,7 +28,7 @@ def root(tmp_path):
     for shard, n in SHARDS.items():
         lines = [json.dumps({"id": f"{shard}{i}", "text": f"note {i} of shard {shard}"}) for i in range(n)]
         (root / "in" / f"{shard}.jsonl").write_text("\n".join(lines) + "\n")
-    code, _, err = beam_run(_Cap(), "--input", str(root / "in" / "*.jsonl"), "--output", str(root / "out"))
+    code, _, err = beam_run(NoCapture(), "--input", str(root / "in" / "*.jsonl"), "--output", str(root / "out"))
     assert code == 0, err
     return root
 
@@ -43,7 +36,7 @@ def root(tmp_path):
 def _prune_c(root) -> None:
     """Remove shard c's input and rerun with --prune: its vector file leaves the output."""
     (root / "in" / "c.jsonl").unlink()
-    code, out, err = beam_run(_Cap(), "--input", str(root / "in" / "*.jsonl"), "--output", str(root / "out"),
+    code, out, err = beam_run(NoCapture(), "--input", str(root / "in" / "*.jsonl"), "--output", str(root / "out"),
                               "--prune")
     assert code == 0, err
     assert len(list((root / "out" / "vectors").iterdir())) == 2

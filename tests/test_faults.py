@@ -25,7 +25,7 @@ from typing import Any
 import fsspec
 import pytest
 
-from helpers import API_KEY, SRC, assert_reconciled, read_output, vectors_by_id
+from helpers import assert_reconciled, child_env, one_line, read_output, vectors_by_id
 
 pytest_plugins = ["servers"]
 
@@ -56,18 +56,10 @@ def _run(args: list[str], env: dict[str, str]) -> tuple[int, str]:
     """A `beamvec run` subprocess; a run that never ends fails at the timeout."""
     result = subprocess.run(
         [sys.executable, "-m", "beamvec.cli", "run", "--runner=DirectRunner", "--quiet", *args],
-        env={**os.environ, "PYTHONPATH": SRC, "GEMINI_API_KEY": API_KEY,
-             "NO_PROXY": "127.0.0.1,localhost", **env},
+        env=child_env(**env),
         capture_output=True, text=True, timeout=600,
     )
     return result.returncode, result.stderr
-
-
-def _one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err and len(lines) == 1, err[-3000:]
-    assert lines[0].startswith("beamvec run: "), err
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- full disk
@@ -105,7 +97,7 @@ def test_a_full_disk_ends_the_run_in_one_line_and_the_next_run_completes(tiny_di
             "--backend", "gemini", "--api-base-url", emulator.url, "--output-dimensionality", "768"]
     code, err = _run(args, {})
     assert code == 1, err[-3000:]
-    line = _one_line(err)
+    line = one_line(err)
     assert "No space left on device" in line and "free some space" in line, line
     assert str(out) in line, line
     assert not (out / "_lease.json").exists()
@@ -211,7 +203,7 @@ def test_a_store_refusing_checkpoints_ends_the_run_and_the_next_run_completes(
     code, err = _run(args, AWS_ENV)
     print(f"S3 503 on _partial/: exit {code}, {refusing_s3.refused} PUTs refused")
     assert code == 1, err[-3000:]
-    line = _one_line(err)
+    line = one_line(err)
     assert "cannot write a checkpoint to" in line and f"{out}/_partial/" in line, line
     # each write was tried as often as s3fs x botocore allow, then the run gave up:
     # 900 texts in requests of 100: at most 9 checkpoints, each tried that often

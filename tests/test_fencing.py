@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -32,11 +30,17 @@ from beamvec.driver.lease import acquire, hold_lease, read_lease
 from beamvec.emulator import Emulator, expected_vector
 from beamvec.write.sink import Output
 
-from helpers import assert_reconciled, read_output, vectors_by_id
+from helpers import (
+    assert_reconciled,
+    child_env,
+    jsonl,
+    one_line,
+    read_output,
+    vectors_by_id,
+)
 
 pytest_plugins = ["servers"]
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 KEY = "fakekey-FENCING-0123456789"
 MODEL = "gemini-embedding-001"
 DIM = 16
@@ -73,7 +77,7 @@ class Store:
             fs, path = fsspec.core.url_to_fs(f"{self.base}/in/{shard}.jsonl", **self.options)
             if self.local:
                 fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            fs.pipe_file(path, "".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in rows.items()).encode())
+            fs.pipe_file(path, jsonl(rows).encode())
         return texts
 
     def meaning(self) -> dict[str, str]:
@@ -116,8 +120,7 @@ def _start(store: Store, emu: Emulator, *extra: str) -> subprocess.Popen:
             "--backend", "gemini", "--api-base-url", emu.url, "--output-dimensionality", str(DIM),
             "--task-type", "RETRIEVAL_DOCUMENT",
             "--max-in-flight", "1", "--concurrent-shards", "1", *extra]
-    env = {**os.environ, "PYTHONPATH": SRC, "GEMINI_API_KEY": KEY, "NO_PROXY": "127.0.0.1,localhost",
-           **store.env}
+    env = child_env(GEMINI_API_KEY=KEY, **store.env)
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -125,12 +128,6 @@ def _finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
     _, err = proc.communicate(timeout=timeout)
     assert "Traceback" not in err, err[-3000:]
     return proc.returncode, err
-
-
-def _one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("beamvec run: "), err[-3000:]
-    return lines[0]
 
 
 def _wait(predicate, proc: subprocess.Popen, what: str, timeout: float = 180) -> None:
@@ -214,7 +211,7 @@ def test_a_paused_run_taken_over_changes_nothing_once_resumed(store, emulator, r
             os.kill(a.pid, signal.SIGCONT)
             code_a, err_a = _finish(a)
             assert store.meaning() == before  # not one file of the output changed
-        line = _one_line(err_a)
+        line = one_line(err_a)
         assert code_a == 1, err_a[-3000:]
         assert "another run took over" in line and store.out in line, line
         if resume == "while":
@@ -244,7 +241,7 @@ def test_two_runs_started_together(store, emulator):
         _kill(a, b)
     assert sorted([code_a, code_b]) == [0, 1], (err_a[-2000:], err_b[-2000:])
     loser, winner = (a, b) if code_a == 1 else (b, a)
-    line = _one_line(err_a if loser is a else err_b)
+    line = one_line(err_a if loser is a else err_b)
     assert "another beamvec run is writing to" in line and f"pid {winner.pid}" in line, line
     _assert_complete(store, texts)
 

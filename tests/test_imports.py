@@ -7,7 +7,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "beamvec"
+from helpers import ROOT
+
+SRC = ROOT / "src" / "beamvec"
 
 
 def _module_name(path: Path) -> str:

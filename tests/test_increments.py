@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -16,21 +12,18 @@ import pytest
 from beamvec.emulator.server import Emulator
 from beamvec.records import content_hash
 
-from helpers import assert_reconciled, beam_run, read_output, vectors_by_id
+from helpers import (
+    assert_reconciled,
+    beam_run,
+    billed_texts,
+    child_env,
+    pause_when,
+    read_output,
+    vectors_by_id,
+    write_jsonl,
+)
 
 KEY = "fakekey-FAKE-increments-key-000000000000"
-PREFLIGHT = content_hash("beamvec preflight")
-
-
-def _write_shard(path: Path, records: dict[str, str]) -> None:
-    path.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in records.items()))
-
-
-def _sent(emu: Emulator) -> dict[str, int]:
-    """Texts the emulator embedded, by content hash, preflight calls left out."""
-    counts = dict(emu.stats()["text_counts"])
-    counts.pop(PREFLIGHT, None)
-    return counts
 
 
 @pytest.fixture
@@ -42,7 +35,7 @@ def setup(tmp_path, monkeypatch):
         f"s{s}": {f"s{s}-r{i}": f"shard {s} record {i} says something" for i in range(200)} for s in range(3)
     }
     for name, records in shards.items():
-        _write_shard(corpus / f"{name}.jsonl", records)
+        write_jsonl(corpus / f"{name}.jsonl", records)
     with Emulator(api_key=KEY) as emu:
         args = [
             "--input", str(corpus / "*.jsonl"), "--output", str(tmp_path / "out"),
@@ -55,7 +48,7 @@ def setup(tmp_path, monkeypatch):
 def test_unchanged_changed_and_new_shards(setup, capsys):
     emu, corpus, shards, args, out_dir = setup
     assert beam_run(capsys, *args)[0] == 0
-    assert len(_sent(emu)) == 600 and max(_sent(emu).values()) == 1
+    assert len(billed_texts(emu)) == 600 and max(billed_texts(emu).values()) == 1
 
     # 1. unchanged corpus: nothing is sent, not even the preflight
     emu.reset()
@@ -68,17 +61,17 @@ def test_unchanged_changed_and_new_shards(setup, capsys):
     for i in (3, 50):
         changed[f"s1-r{i}"] = f"shard 1 record {i} now says something new"
     time.sleep(0.01)
-    _write_shard(corpus / "s1.jsonl", changed)
+    write_jsonl(corpus / "s1.jsonl", changed)
     emu.reset()
     assert beam_run(capsys, *args)[0] == 0
-    assert set(_sent(emu)) == {content_hash(changed["s1-r3"]), content_hash(changed["s1-r50"])}
+    assert set(billed_texts(emu)) == {content_hash(changed["s1-r3"]), content_hash(changed["s1-r50"])}
 
     # 3. a new shard: only its texts are sent
     new = {f"s9-r{i}": f"brand new shard line {i}" for i in range(40)}
-    _write_shard(corpus / "s9.jsonl", new)
+    write_jsonl(corpus / "s9.jsonl", new)
     emu.reset()
     assert beam_run(capsys, *args)[0] == 0
-    assert set(_sent(emu)) == {content_hash(t) for t in new.values()}
+    assert set(billed_texts(emu)) == {content_hash(t) for t in new.values()}
 
     out = read_output(str(out_dir))
     assert_reconciled(out)
@@ -93,14 +86,14 @@ def test_unchanged_changed_and_new_shards(setup, capsys):
 def test_identical_texts_in_a_shard_are_sent_once(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
     (tmp_path / "in").mkdir()
-    _write_shard(tmp_path / "in" / "a.jsonl", {f"r{i}": f"text {i % 10}" for i in range(300)})
+    write_jsonl(tmp_path / "in" / "a.jsonl", {f"r{i}": f"text {i % 10}" for i in range(300)})
     with Emulator(api_key=KEY) as emu:
         code, _, err = beam_run(
             capsys, "--input", str(tmp_path / "in" / "*"), "--output", str(tmp_path / "o"),
             "--backend", "gemini", "--api-base-url", emu.url, "--output-dimensionality", "768",
             "--max-in-flight", "4",
         )
-        sent = _sent(emu)
+        sent = billed_texts(emu)
     assert code == 0, err
     assert len(sent) == 10 and max(sent.values()) == 1
     out = read_output(str(tmp_path / "o"))
@@ -131,7 +124,7 @@ def test_backfill_selects_partitions(tmp_path, capsys):
     for day in ("2026-11-18", "2026-11-19", "2026-11-20"):
         part = tmp_path / "corpus" / f"dt={day}"
         part.mkdir(parents=True)
-        _write_shard(part / "a.jsonl", {f"{day}-{i}": f"news of {day} item {i}" for i in range(3)})
+        write_jsonl(part / "a.jsonl", {f"{day}-{i}": f"news of {day} item {i}" for i in range(3)})
     code, _, err = beam_run(
         capsys, "--input", str(tmp_path / "corpus" / "*" / "*.jsonl"), "--output", str(tmp_path / "o"),
         "--since", "2026-11-19", "--until", "2026-11-19",
@@ -150,9 +143,9 @@ def test_kill_9_then_rerun(tmp_path):
     for s in range(6):
         records = {f"s{s}-r{i}": f"shard {s} line {i} of the crash test" for i in range(300)}
         texts.update(records)
-        _write_shard(corpus / f"s{s}.jsonl", records)
+        write_jsonl(corpus / f"s{s}.jsonl", records)
     out_dir = tmp_path / "out"
-    env = {**os.environ, "GEMINI_API_KEY": KEY}
+    env = child_env(GEMINI_API_KEY=KEY)
     max_in_flight, concurrent_shards = 2, 2
     with Emulator(api_key=KEY, latency_ms=150) as emu:
         cmd = [
@@ -162,22 +155,20 @@ def test_kill_9_then_rerun(tmp_path):
             "--max-in-flight", str(max_in_flight), "--concurrent-shards", str(concurrent_shards),
         ]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while time.time() < deadline and len(list(out_dir.glob("vectors/*.parquet"))) < 2:
-            time.sleep(0.05)
-        while time.time() < deadline and len(list(out_dir.glob("_partial/*/*.parquet"))) < 1:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
+        pause_when(proc, lambda: len(list(out_dir.glob("vectors/*.parquet"))) >= 2
+                   and len(list(out_dir.glob("_partial/*/*.parquet"))) >= 1,
+                   "two shards committed and a third one's part written")
+        proc.kill()
         proc.wait()
-        first = _sent(emu)
-        assert 0 < sum(first.values()) < len(texts), "the kill must land mid-run"
+        first = billed_texts(emu)
+        assert 0 < sum(first.values()) < len(texts)  # paused with shards left: killed mid-run
         assert not (out_dir / "_SUCCESS").exists()
         for path in out_dir.glob("vectors/*.parquet"):
             pq.read_table(path)  # every visible vector file is complete
         emu.reset()
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
-        second = _sent(emu)
+        second = billed_texts(emu)
     out = read_output(str(out_dir))
     assert_reconciled(out)
     assert set(vectors_by_id(out)) == set(texts)
@@ -191,10 +182,10 @@ def test_kill_9_then_rerun(tmp_path):
 @pytest.mark.slow
 def test_success_marker_is_withdrawn_while_a_run_changes_the_output(tmp_path, capsys, monkeypatch):
     (tmp_path / "in").mkdir()
-    _write_shard(tmp_path / "in" / "a.jsonl", {"1": "one"})
+    write_jsonl(tmp_path / "in" / "a.jsonl", {"1": "one"})
     args = ("--input", str(tmp_path / "in" / "*"), "--output", str(tmp_path / "o"))
     assert beam_run(capsys, *args)[0] == 0
-    _write_shard(tmp_path / "in" / "b.jsonl", {"2": "two"})
+    write_jsonl(tmp_path / "in" / "b.jsonl", {"2": "two"})
     from beamvec.driver import job
 
     seen = []
@@ -217,9 +208,9 @@ def test_kill_9_mid_split_redoes_only_unfinished_splits(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     texts = {f"r{i:05d}": f"record {i} of the one large file, about topic {i % 17}" for i in range(3000)}
-    _write_shard(corpus / "big.jsonl", texts)
+    write_jsonl(corpus / "big.jsonl", texts)
     out_dir = tmp_path / "out"
-    env = {**os.environ, "GEMINI_API_KEY": KEY}
+    env = child_env(GEMINI_API_KEY=KEY)
     with Emulator(api_key=KEY, latency_ms=150) as emu:
         cmd = [
             sys.executable, "-m", "beamvec.cli", "run", "--runner=DirectRunner",
@@ -228,19 +219,18 @@ def test_kill_9_mid_split_redoes_only_unfinished_splits(tmp_path):
             "--max-in-flight", "2", "--concurrent-shards", "2",
         ]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 90
-        while time.time() < deadline and len(list(out_dir.glob("vectors/*.part-*.parquet"))) < 3:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
+        pause_when(proc, lambda: len(list(out_dir.glob("vectors/*.part-*.parquet"))) >= 3,
+                   "three splits committed")
+        proc.kill()
         proc.wait()
         kept = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in out_dir.glob("vectors/*.parquet")}
         parts = int(next(iter(kept)).rsplit("-of-", 1)[1].removesuffix(".parquet"))
-        assert 3 <= len(kept) < parts, "the kill must land between splits"
+        assert 3 <= len(kept) < parts  # paused with splits left: killed between splits
         done_ids = {i for name in kept for i in pq.read_table(out_dir / "vectors" / name).column("id").to_pylist()}
         emu.reset()
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
         assert result.returncode == 0, result.stderr
-        second = _sent(emu)
+        second = billed_texts(emu)
     out = read_output(str(out_dir))
     assert_reconciled(out)
     assert set(vectors_by_id(out)) == set(texts)  # one row per record (vectors_by_id refuses doubles)

@@ -10,8 +10,6 @@ committed (the emulator's /stats count every billed text).
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import signal
 import subprocess
@@ -28,12 +26,18 @@ from beamvec.contract import read_footer
 from beamvec.emulator.server import Emulator
 from beamvec.records import content_hash
 
-from helpers import assert_reconciled, read_output, vectors_by_id
+from helpers import (
+    assert_reconciled,
+    billed_texts,
+    child_env,
+    one_line,
+    read_output,
+    vectors_by_id,
+    write_jsonl,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 KEY = "fakekey-INTERRUPT-0123456789"
 LOCAL = fsspec.filesystem("file")
-PROBE = content_hash("beamvec preflight")
 SHARDS = ("a", "b", "c", "d")
 #: The README's promise: the first press ends the run within this many seconds.
 STOP_BOUND_S = 20.0
@@ -55,9 +59,7 @@ def _corpus(folder: Path) -> dict[str, str]:
         rows = {f"{name}-{i}": f"{name}: record {i} of the interrupt test, {i * 7919 % 1000}"
                 for i in range(300)}
         texts.update(rows)
-        (folder / f"{name}.jsonl").write_text(
-            "".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in rows.items())
-        )
+        write_jsonl(folder / f"{name}.jsonl", rows)
     return texts
 
 
@@ -68,17 +70,6 @@ def _command(tmp_path: Path, emu: Emulator) -> list[str]:
         "--backend", "gemini", "--api-base-url", emu.url, "--output-dimensionality", "16",
         "--max-in-flight", "2", "--concurrent-shards", "2",
     ]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "GEMINI_API_KEY": KEY,
-            "NO_PROXY": "127.0.0.1,localhost"}
-
-
-def _billed(emu: Emulator) -> dict[str, int]:
-    counts = dict(emu.stats()["text_counts"])
-    counts.pop(PROBE, None)
-    return counts
 
 
 def _committed(out: Path) -> set[str]:
@@ -107,20 +98,13 @@ def _signal_once_committed(proc: subprocess.Popen, out: Path, signals: list[tupl
     return first
 
 
-def _one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err and len(lines) == 1, err[-3000:]
-    assert lines[0].startswith("beamvec run: "), err
-    return lines[0]
-
-
 def _rerun_bills_only_the_rest(tmp_path: Path, emu: Emulator, texts: dict[str, str],
                                committed: set[str], first: dict[str, int]) -> None:
     emu.reset()
-    result = subprocess.run(_command(tmp_path, emu), env=_env(), capture_output=True, text=True,
+    result = subprocess.run(_command(tmp_path, emu), env=child_env(GEMINI_API_KEY=KEY), capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    second = _billed(emu)
+    second = billed_texts(emu)
     output = read_output(str(tmp_path / "out"))
     assert_reconciled(output)
     assert set(vectors_by_id(output)) == set(texts)
@@ -134,7 +118,7 @@ def _rerun_bills_only_the_rest(tmp_path: Path, emu: Emulator, texts: dict[str, s
 def test_first_signal_stops_promptly_and_counts_the_truth(signum, code, word, tmp_path, emulator):
     texts = _corpus(tmp_path / "in")
     out = tmp_path / "out"
-    proc = subprocess.Popen(_command(tmp_path, emulator), env=_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_command(tmp_path, emulator), env=child_env(GEMINI_API_KEY=KEY), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         pressed = _signal_once_committed(proc, out, [(signum, 0.0)])
@@ -146,7 +130,7 @@ def test_first_signal_stops_promptly_and_counts_the_truth(signum, code, word, tm
     print(f"{word}: exited {took:.1f} s after the signal")
     assert proc.returncode == code, err[-3000:]
     assert took <= STOP_BOUND_S, f"exited {took:.1f} s after the signal"
-    line = _one_line(err)
+    line = one_line(err)
     committed = _committed(out)
     said = re.search(r"(\d+) of 4 shards are committed", line)
     assert line.startswith(f"beamvec run: {word};") and said, line
@@ -155,13 +139,13 @@ def test_first_signal_stops_promptly_and_counts_the_truth(signum, code, word, tm
     assert not (out / "_lease.json").exists() and not (out / "_SUCCESS").exists()
     time.sleep(1.0)
     assert _committed(out) == committed  # nothing was left running to commit more
-    _rerun_bills_only_the_rest(tmp_path, emulator, texts, committed, _billed(emulator))
+    _rerun_bills_only_the_rest(tmp_path, emulator, texts, committed, billed_texts(emulator))
 
 
 def test_a_second_press_exits_at_once_without_damage(tmp_path, emulator):
     texts = _corpus(tmp_path / "in")
     out = tmp_path / "out"
-    proc = subprocess.Popen(_command(tmp_path, emulator), env=_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_command(tmp_path, emulator), env=child_env(GEMINI_API_KEY=KEY), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         pressed = _signal_once_committed(proc, out, [(signal.SIGINT, 0.0), (signal.SIGINT, 0.1)])
@@ -176,4 +160,4 @@ def test_a_second_press_exits_at_once_without_damage(tmp_path, emulator):
     assert "Traceback" not in err and "interrupted again; exiting now" in err, err[-3000:]
     committed = _committed(out)  # every visible file is whole
     assert not (out / "_SUCCESS").exists()
-    _rerun_bills_only_the_rest(tmp_path, emulator, texts, committed, _billed(emulator))
+    _rerun_bills_only_the_rest(tmp_path, emulator, texts, committed, billed_texts(emulator))

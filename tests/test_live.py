@@ -16,6 +16,7 @@ import pytest
 from helpers import assert_reconciled, beam_run, read_output, vectors_by_id
 
 
+@pytest.mark.slow
 @pytest.mark.live
 def test_live_gemini(tmp_path, capsys, request):
     asked = any("test_live" in arg for arg in request.config.invocation_params.args)

@@ -41,6 +41,8 @@ from helpers import (
     assert_reconciled,
     beam_run,
     billed_texts,
+    jsonl,
+    one_line,
     pause_when,
     read_output,
     vectors_by_id,
@@ -110,8 +112,7 @@ def _write_corpus(store: Store, prefix: str, shards: int, records: int) -> dict[
     for s in range(shards):
         rows = {f"s{s}-r{i}": f"shard {s} line {i} of the object store test" for i in range(records)}
         texts.update(rows)
-        body = "".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in rows.items())
-        files[f"{store.root}/{prefix}/s{s}.jsonl"] = body.encode()
+        files[f"{store.root}/{prefix}/s{s}.jsonl"] = jsonl(rows).encode()
     store.fs.pipe(files)
     store.fs.invalidate_cache()
     return texts
@@ -125,14 +126,6 @@ def _forget_filesystems() -> None:
     """Forget cached s3fs/gcsfs instances: credentials are read when one is made."""
     for protocol in ("s3", "gs"):
         fsspec.get_filesystem_class(protocol).clear_instance_cache()
-
-
-def _one_line(err: str) -> str:
-    """The run's whole stderr: exactly one line, `beamvec run: ...`, no traceback."""
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err and len(lines) == 1, err
-    assert lines[0].startswith("beamvec run: "), err
-    return lines[0]
 
 
 def _assert_complete_parquet(store: Store, prefix: str, names: list[str]) -> None:
@@ -328,7 +321,7 @@ def test_input_bucket_that_does_not_exist(store, emulator, capsys, monkeypatch):
         capsys, "--input", f"{missing}/corpus/*.jsonl", "--output", f"{store.bucket}/out",
         *store.flags, *_gemini_flags(emulator),
     )
-    line = _one_line(err)
+    line = one_line(err)
     assert code == 2 and missing in line, err
     assert emulator.stats()["requests"] == 0
     assert store.objects("out") == []
@@ -344,7 +337,7 @@ def test_output_bucket_that_does_not_exist(store, emulator, capsys, monkeypatch)
         capsys, "--input", f"{store.bucket}/corpus/*.jsonl", "--output", f"{missing}/out",
         *store.flags, *_gemini_flags(emulator),
     )
-    line = _one_line(err)
+    line = one_line(err)
     assert code == 1 and missing in line, err
     assert billed_texts(emulator) == {}
 
@@ -413,7 +406,7 @@ def test_s3_credential_and_permission_errors(case, s3_auth, s3_server, s3_bucket
         "--storage-option", f"client_kwargs.endpoint_url={s3_server['endpoint_url']}",
         *_gemini_flags(emulator),
     )
-    line = _one_line(err)
+    line = one_line(err)
     assert code == 1, err
     assert secret not in line
     assert s3_bucket in line, line  # says which input or output it could not use

@@ -7,6 +7,8 @@ import gzip
 import json
 from pathlib import Path
 
+import pytest
+
 from beamvec.commands import plan
 from beamvec.commands.plan_sample import EXACT_SHARDS, SAMPLE_SHARDS
 
@@ -16,6 +18,7 @@ def _plan(capsys, *args: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_past_the_switch_plan_samples_and_says_how_close_it_is(tmp_path: Path, capsys) -> None:
     root = tmp_path / "in"
     root.mkdir()

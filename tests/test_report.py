@@ -23,7 +23,7 @@ from beamvec.driver import job
 from beamvec.driver.timeline import Timeline
 from beamvec.emulator.server import Emulator
 
-from helpers import beam_run
+from helpers import NoCapture, beam_run
 
 KEY = "fakekey-FAKE-report-key-0000000000000000"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -53,7 +53,7 @@ def nightly(tmp_path_factory):
         args = ["--input", str(corpus / "*.jsonl"), "--output", str(out), "--backend", "gemini",
                 "--api-base-url", emu.url, "--output-dimensionality", "128",
                 "--quota-rpm", "300", "--max-in-flight", "4"]
-        cap = _Capture()
+        cap = NoCapture()
         code, _, err = beam_run(cap, *args)
         assert code == 0, err
         _shard(corpus / "day2-big.jsonl", range(1000, 2600), ['{"id": "broken", "text": '])
@@ -63,13 +63,6 @@ def nightly(tmp_path_factory):
         assert code == 0, err
     mp.undo()
     return out
-
-
-class _Capture:
-    def readouterr(self):
-        class Out:
-            out = err = ""
-        return Out()
 
 
 @pytest.mark.slow

@@ -119,6 +119,7 @@ def assert_mirrors_night2(output: Path) -> None:
         np.testing.assert_allclose(got[i], want(NIGHT2[i]), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_night2_into_the_same_output_with_prune_bills_only_the_changes(emu, tmp_path, capsys):
     output = tmp_path / "out"
     first = gemini(emu, night1(tmp_path / "n1"), output)
@@ -142,6 +143,7 @@ def test_night2_into_the_same_output_with_prune_bills_only_the_changes(emu, tmp_
     assert_mirrors_night2(output)
 
 
+@pytest.mark.slow
 def test_night2_into_a_new_output_reusing_night1(emu, tmp_path, capsys):
     first_out, second_out = tmp_path / "night1", tmp_path / "night2"
     assert beam_run(capsys, *gemini(emu, night1(tmp_path / "n1"), first_out))[0] == 0
@@ -156,6 +158,7 @@ def test_night2_into_a_new_output_reusing_night1(emu, tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in first_out.rglob("*")} == before  # read only
 
 
+@pytest.mark.slow
 def test_reuse_from_another_model_or_dimension_is_refused_in_one_line(emu, tmp_path, capsys):
     corpus = tmp_path / "in"
     write_jsonl(corpus / "a.jsonl", [("1", "one"), ("2", "two")])
@@ -191,6 +194,7 @@ def four_shards_sharing_50_texts(root: Path) -> str:
     return str(root / "*.jsonl")
 
 
+@pytest.mark.slow
 def test_four_shards_sharing_50_texts_bill_50(emu, tmp_path, capsys):
     output = tmp_path / "out"
     args = gemini(emu, four_shards_sharing_50_texts(tmp_path / "in"), output)
@@ -207,6 +211,7 @@ def test_four_shards_sharing_50_texts_bill_50(emu, tmp_path, capsys):
             np.testing.assert_allclose(got[f"s{s}-{k}"], want(SHARED[k]), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_repeats_across_two_worker_processes_are_sent_at_most_once_per_process(emu, tmp_path):
     """Processes share nothing but the output: a text repeated in shards that
     land on different processes may be sent once by each, never more."""
@@ -229,6 +234,7 @@ def test_repeats_across_two_worker_processes_are_sent_at_most_once_per_process(e
     assert set(vectors_by_id(read_output(str(output)))) == {f"s{s}-{k}" for s in range(4) for k in range(50)}
 
 
+@pytest.mark.slow
 def test_repeats_across_dofn_copies_in_one_process_are_sent_once(emu, tmp_path, capsys):
     """The multi-threading DirectRunner runs bundles on separate copies of the
     DoFn in one process, as Dataflow's SDK harness does: the copies share one
@@ -250,6 +256,7 @@ def test_repeats_across_dofn_copies_in_one_process_are_sent_once(emu, tmp_path, 
 # -- first run, unchanged rerun, one change --------------------------------------------
 
 
+@pytest.mark.slow
 def test_first_run_bills_unique_texts_rerun_nothing_one_change_one(emu, tmp_path, capsys):
     corpus = tmp_path / "in"
     texts = {f"id{i}": f"sentence number {i % 240} of the corpus" for i in range(300)}  # 240 unique
@@ -325,6 +332,7 @@ def assert_plan_equals_run(predicted: dict, output: Path, run: dict) -> None:
         ), planned["name"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["local", "gemini"])
 def test_plan_equals_run(backend, tmp_path, capsys, monkeypatch):
     """Fresh, unchanged rerun, one text changed: the plan is the run's

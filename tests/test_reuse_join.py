@@ -112,6 +112,7 @@ def night1_renamed(root: Path) -> str:
     return str(root / "*.jsonl")
 
 
+@pytest.mark.slow
 def test_shuffled_reexport_into_the_same_output_with_prune_bills_only_the_changes(
     emu, joined, monkeypatch, tmp_path, capsys  # noqa: F811
 ):
@@ -130,6 +131,7 @@ def test_shuffled_reexport_into_the_same_output_with_prune_bills_only_the_change
     assert not (output / "_tmp").exists()  # the join's staged files went with the run
 
 
+@pytest.mark.slow
 def test_same_order_reexport_keeps_the_index_above_the_thresholds_and_bills_nothing(
     emu, joined, monkeypatch, tmp_path, capsys  # noqa: F811
 ):
@@ -151,6 +153,7 @@ def test_same_order_reexport_keeps_the_index_above_the_thresholds_and_bills_noth
         np.testing.assert_allclose(got[i], want(NIGHT1[i]), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_shuffled_reexport_into_a_new_output_reusing_night1(emu, joined, monkeypatch, tmp_path, capsys):  # noqa: F811
     first_out, second_out = tmp_path / "night1", tmp_path / "night2"
     assert beam_run(capsys, *gemini(emu, night1(tmp_path / "n1"), first_out))[0] == 0
@@ -165,6 +168,7 @@ def test_shuffled_reexport_into_a_new_output_reusing_night1(emu, joined, monkeyp
     assert {p: p.stat().st_mtime_ns for p in first_out.rglob("*")} == before  # read only
 
 
+@pytest.mark.slow
 def test_repeats_of_a_new_text_are_sent_once_and_of_a_known_one_reused(emu, joined, monkeypatch, tmp_path, capsys):  # noqa: F811
     output = tmp_path / "out"
     code, _, err = beam_run(capsys, *gemini(emu, night1(tmp_path / "n1"), output))

@@ -34,9 +34,8 @@ from beamvec.cli import main
 from beamvec.driver.job import parse_options
 from beamvec.driver.options import BeamvecOptions, expand_config
 
-from helpers import assert_reconciled, read_output, vectors_by_id
+from helpers import ROOT, assert_reconciled, read_output, vectors_by_id
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "runner_configs"
 
 #: Good records per shard; the bad ones are added to shard 1 and 2.

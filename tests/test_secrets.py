@@ -39,9 +39,9 @@ from beamvec.cli import main
 from beamvec.emulator.server import Emulator
 from beamvec.pipeline.transforms import EmbedCorpus
 
-from helpers import assert_reconciled, read_output
+from helpers import ROOT, assert_reconciled, read_output
 
-CONFIGS = Path(__file__).resolve().parents[1] / "runner_configs"
+CONFIGS = ROOT / "runner_configs"
 
 
 @pytest.fixture

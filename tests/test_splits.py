@@ -192,6 +192,7 @@ def test_split_names_and_fingerprints() -> None:
         a.start = 3  # type: ignore[misc]
 
 
+@pytest.mark.slow
 def test_big_file_planning_counts_lines_exactly(tmp_path: Path) -> None:
     """A file several scan chunks long: positions of every split's first record are exact."""
     buf = io.BytesIO()

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from helpers import assert_reconciled, beam_run, read_output, vectors_by_id
+from helpers import ROOT, assert_reconciled, beam_run, read_output, vectors_by_id
 
-OWN_PAIRS = Path(__file__).parent / "data" / "similarity_pairs.tsv"
+OWN_PAIRS = ROOT / "tests" / "data" / "similarity_pairs.tsv"
 STSB_ENV = "BEAMVEC_STSB"
 
 

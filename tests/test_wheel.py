@@ -42,9 +42,8 @@ from packaging.requirements import Requirement
 
 from beamvec.backends.local import LocalBackend
 
-from helpers import read_output, vectors_by_id
+from helpers import ROOT, read_output, vectors_by_id
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ("tokenizer.json", "LICENSE", "NOTICE")
 IGNORE = shutil.ignore_patterns(
     ".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
