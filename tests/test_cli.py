@@ -506,3 +506,21 @@ def test_emulator_command_serves_until_interrupted():
 def test_emulator_command_names_a_bad_flag(capsys):
     code, _, err = run_cli(capsys, "emulator", "--fail-503", "2")
     assert code == 2 and "--fail-503" in err.strip().splitlines()[-1] and "between 0 and 1" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--rmp", "600"], "did you mean --rpm?"),
+        (["--port", "99999"], "--port"),
+        (["--rpm", "-1"], "--rpm"),
+        (["--latency-ms", "-5"], "--latency-ms"),
+    ],
+)
+def test_emulator_command_refuses_bad_flags_in_one_line(capsys, argv, named):
+    """A misspelt flag gets a "did you mean", a value out of range names its
+    flag: one line each, no usage block, no traceback, exit 2, nothing served."""
+    code, out, err = run_cli(capsys, "emulator", *argv)
+    lines = err.strip().splitlines()
+    assert code == 2 and out == ""
+    assert len(lines) == 1 and named in lines[0], err

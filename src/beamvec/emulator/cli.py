@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 from beamvec.emulator.config import RETRY_HINTS, WINDOW_KINDS, EmulatorConfig
 from beamvec.emulator.server import Emulator
@@ -18,8 +20,24 @@ def _rate(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, with a "did you mean" for a
+    misspelt flag (the emulator keeps its own: it imports nothing of the client)."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = ""
+        if message.startswith("unrecognized arguments:"):
+            flags = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+            for word in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(word.split("=")[0], flags, n=1)
+                if close:
+                    hint = f"; did you mean {close[0]}?"
+                    break
+        self.exit(2, f"{self.prog}: {message}{hint} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="beamvec emulator",
         description="Serve the Gemini API and Vertex AI embedding REST protocol on this machine.",
         epilog=(

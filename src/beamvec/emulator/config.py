@@ -67,7 +67,15 @@ class EmulatorConfig:
         if total > 1.0 + 1e-9:
             raise ValueError(f"fault rates add up to {total:g} > 1")
         if self.window_s <= 0:
-            raise ValueError("window_s must be positive")
+            raise ValueError("--window-s must be positive")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be between 0 and 65535 (0 picks a free one), not {self.port}")
+        for name in ("rpm", "tpm"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1 (leave it out for no limit)")
+        for name in ("latency_ms", "jitter_ms", "hang_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must not be negative")
         unknown = set(self.malformed_kinds) - set(MALFORMED_KINDS)
         if unknown or not self.malformed_kinds:
             raise ValueError(f"malformed_kinds must be a non-empty subset of {MALFORMED_KINDS}")
