@@ -139,4 +139,3 @@ def run_record(
         cost_basis=cost.basis,
         pruned=tuple(pruned),
     )
-

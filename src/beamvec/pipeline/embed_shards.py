@@ -203,4 +203,3 @@ class EmbedShards(beam.DoFn):
                 self.worker.collector.bundle_ending()
             self.shared.detach()
             self.shard_pool.shutdown(wait=False, cancel_futures=True)
-

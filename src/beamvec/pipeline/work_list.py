@@ -76,4 +76,3 @@ class PlanSplits(beam.DoFn):
             yield from plan_splits(shard, self.config.reader, self.config.storage_options, self.target_bytes)
         except InputVanishedError:
             yield Split.whole(shard)  # the worker records it as a failed shard
-
