@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from beamvec.pipeline.worker import FLUSH_ROWS
+from beamvec.pipeline.shard_files import FLUSH_ROWS
 from beamvec.records import Embedded, Record, content_hash
 from beamvec.write.sink import vector_table, write_options
 

@@ -12,7 +12,7 @@ import pytest
 
 from beamvec.contract import Description
 from beamvec.embed.embedder import EmbedSettings
-from beamvec.pipeline.transforms import EmbedShards, PerProcess
+from beamvec.pipeline.embed_shards import EmbedShards, PerProcess
 from beamvec.pipeline.worker import WorkerConfig
 from beamvec.quota import Limiter, QuotaSettings
 from beamvec.route.lookup import Lookups

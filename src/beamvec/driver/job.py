@@ -45,7 +45,9 @@ from beamvec.driver.summarize import beam_counters, summarize
 from beamvec.driver.timeline import Timeline, new_run_id
 from beamvec.embed.embedder import EmbedSettings
 from beamvec.interrupt import STOP, signals_handled
-from beamvec.pipeline.transforms import EmbedCorpus, commit_run, write_work
+from beamvec.pipeline.commit import commit_run
+from beamvec.pipeline.transforms import EmbedCorpus
+from beamvec.pipeline.work_list import write_work
 from beamvec.pipeline.worker import WorkerConfig
 from beamvec.progress import PROGRESS, Reporter
 from beamvec.quota import QuotaSettings

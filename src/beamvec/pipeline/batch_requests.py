@@ -32,7 +32,7 @@ from beamvec.batchapi.journal import BatchJournal, StagedFile
 from beamvec.batchapi.jsonl import BatchRequest, BatchSpec, request_line
 from beamvec.batchapi.keys import KeySet
 from beamvec.errors import InputVanishedError
-from beamvec.pipeline.transforms import PlanSplits, ReadWork
+from beamvec.pipeline.work_list import PlanSplits, ReadWork
 from beamvec.pipeline.worker import Worker, WorkerConfig
 from beamvec.records import Split
 from beamvec.route.lookup import Lookups

@@ -6,39 +6,27 @@ shards, and the ``RunMemory`` of texts sent in this run. What the instances
 of one process share is per process (Beam's ``Shared``): the quota limiter
 and the ``Lookups`` of vectors already in the output. Each shard is read and
 written on its own thread, streaming; results come back to it through a
-queue, so only that thread touches its files. Memory is bounded by what is in flight, not shard size.
+queue (landing.py), so only that thread touches its files (shard_files.py).
+Memory is bounded by what is in flight, not shard size.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from beamvec.backends.base import Backend
-from beamvec.contract import (
-    CommitRecord,
-    Description,
-    Footer,
-    ShardCounts,
-    check_dead_letters,
-    dead_letter_path,
-    footer_and_rows,
-    vector_path,
-)
-from beamvec.contract.fence import fenced
-from beamvec.embed.batching import batches
+from beamvec.contract import CommitRecord, Description, ShardCounts
 from beamvec.embed.collector import Collector, Result
 from beamvec.embed.embedder import Embedder
-from beamvec.errors import InputVanishedError, SystemicError, UsageError, unwritable
-from beamvec.interrupt import SETTLE_S, STOP
+from beamvec.errors import InputVanishedError, SystemicError, unwritable
+from beamvec.interrupt import STOP
+from beamvec.pipeline.landing import Landing
+from beamvec.pipeline.shard_files import ShardSink, commit_part, committed_part
 from beamvec.progress import PROGRESS
 from beamvec.records import DeadLetter, Embedded, Record, Split
 from beamvec.route.lookup import Lookups, checkpoint_dir
@@ -55,18 +43,9 @@ from beamvec.route.router import (
     Send,
 )
 from beamvec.sources import ReaderConfig, read_split
-from beamvec.write.sink import (
-    DEAD_LETTER_SCHEMA,
-    Output,
-    ParquetShardWriter,
-    checkpoint_table,
-    dead_letter_table,
-    vector_schema,
-    vector_table,
-)
+from beamvec.write.sink import Output, checkpoint_table
 
 LOG = logging.getLogger("beamvec")
-FLUSH_ROWS = 2048
 #: Records whose reused vectors are read together (each row group they fall in
 #: once), whatever their order; they wait for it, with their texts: a window
 #: also closes at ``FETCH_WINDOW_CHARS`` characters, so long texts stay a few MB.
@@ -98,111 +77,6 @@ class WorkerConfig:
     def fingerprint(self) -> str:
         return self.description.config_fingerprint
 
-
-class _Sink:
-    """Buffers of vectors and dead letters for one shard, flushed as row groups."""
-
-    def __init__(self, output: Output, split: Split, dimension: int) -> None:
-        self.shard = split.shard
-        self.url = output.url
-        self.dimension = dimension
-        self.vectors = ParquetShardWriter(output, vector_path(output, split.name), vector_schema(dimension))
-        self.letters = ParquetShardWriter(output, dead_letter_path(output, split.name), DEAD_LETTER_SCHEMA)
-        self.rows: list[Embedded] = []
-        self.dead: list[DeadLetter] = []
-        self.embedded = 0
-        self.dead_lettered = 0
-        self.failed: Counter[str] = Counter()  # dead letters of texts that were sent
-        self.tokens = 0
-        self.truncated = 0
-
-    def add(self, row: Embedded) -> None:
-        PROGRESS.add_done()
-        self.rows.append(row)
-        self.embedded += 1
-        self.tokens += row.record.tokens
-        self.truncated += row.record.truncated
-        if len(self.rows) >= FLUSH_ROWS:
-            self.flush()
-
-    def dead_letter(self, letter: DeadLetter) -> None:
-        PROGRESS.add_done()
-        self.dead.append(letter)
-        self.dead_lettered += 1
-        if len(self.dead) >= FLUSH_ROWS:
-            self.flush()
-
-    def flush(self) -> None:
-        try:
-            if self.rows:
-                self.vectors.write(vector_table(self.rows, self.shard.shown, self.dimension))
-                self.rows = []
-            if self.dead:
-                self.letters.write(dead_letter_table(self.dead, self.shard.shown))
-                self.dead = []
-        except OSError as exc:  # a full disk: the run stops, in one line
-            raise unwritable(self.url, exc, what=f"the shard {self.shard.name}") from exc
-
-    def abort(self) -> None:
-        self.vectors.abort()
-        self.letters.abort()
-
-
-class _Landing:
-    """Where a shard's sent and followed texts land, from any thread.
-
-    A shard waiting for its texts never waits on a worker that failed
-    (``fault``) and, once the run is stopping, at most ``SETTLE_S`` more:
-    whatever cannot land by then is not coming."""
-
-    def __init__(self, fault: Callable[[], BaseException | None] = lambda: None) -> None:
-        self.queue: queue.SimpleQueue[tuple[Record, Any]] = queue.SimpleQueue()
-        self.outstanding = 0  # touched by the shard's own thread only
-        self.fault = fault
-
-    def deliver(self, record: Record, outcome: np.ndarray | DeadLetter | BaseException) -> None:
-        self.queue.put((record, outcome))
-
-    def _waited(self, stopping_since: float | None) -> float | None:
-        """After a second with nothing landed: raise what ended the wait, if anything did."""
-        fault = self.fault()
-        if fault is not None:
-            raise fault
-        if not STOP.requested:
-            return None
-        now = time.monotonic()
-        if stopping_since is not None and now - stopping_since > SETTLE_S:
-            STOP.check()
-        return stopping_since if stopping_since is not None else now
-
-    def drain(self, sink: _Sink, block: bool) -> None:
-        stopping_since: float | None = None
-        while self.outstanding:
-            try:
-                record, outcome = self.queue.get(block=block, timeout=1.0 if block else None)
-            except queue.Empty:
-                if block:
-                    stopping_since = self._waited(stopping_since)
-                    continue
-                return
-            self.outstanding -= 1
-            if isinstance(outcome, BaseException):
-                raise outcome
-            if isinstance(outcome, DeadLetter):
-                sink.failed[outcome.reason] += 1
-                sink.dead_letter(_for(record, outcome))
-            else:
-                sink.add(Embedded(record, outcome))
-
-
-def _for(record: Record, letter: DeadLetter) -> DeadLetter:
-    """The sent text's dead letter, addressed to a record that shares the text."""
-    if letter.id == record.id and letter.position == record.position:
-        return letter
-    return DeadLetter(
-        record.id, record.position, letter.reason, f"same text as {letter.id}: {letter.message}",
-        letter.raw, letter.attempts, letter.status, record.content_hash,
-    )
 
 
 class Worker:
@@ -300,28 +174,7 @@ class Worker:
     def committed(self, split: Split) -> CommitRecord | None:
         """The commit record of a part a crashed or killed run already
         committed from this same input, when its file still matches it."""
-        path = vector_path(self.output, split.name)
-        try:
-            footer, rows = footer_and_rows(self.output.fs, path)
-        except (FileNotFoundError, UsageError):
-            return None
-        rec = footer.shard
-        if (
-            rec is None or rec.input_fingerprint != split.fingerprint
-            or rec.config_fingerprint != self.config.fingerprint
-            or rec.name != split.name or rows != rec.counts.embedded  # damaged: redo it
-            or any(rec.counts.dead_letters_by_reason.get(r) for r in self.config.retry_reasons)
-        ):
-            return None
-        letters = dead_letter_path(self.output, split.name)
-        try:
-            size: int | None = self.output.fs.size(letters)
-        except FileNotFoundError:
-            size = None
-        checked, _ = check_dead_letters(self.output.fs, letters, rec, size)
-        if checked is None:
-            return None
-        return replace(checked, vector_bytes=self.output.fs.size(path))
+        return committed_part(self.output, split, self.config.fingerprint, self.config.retry_reasons)
 
     def process(
         self, split: Split, on_read: Callable[[], None] | None = None, reuse: Lookup | None = None
@@ -355,7 +208,7 @@ class Worker:
             shard_fingerprint=shard.fingerprint if split.count > 1 else "", **kw,
         )
 
-    def _take(self, decision: Decision, sink: _Sink, landing: _Landing) -> None:
+    def _take(self, decision: Decision, sink: ShardSink, landing: Landing) -> None:
         """Write what is decided, or wait for what is sent or followed."""
         if isinstance(decision, DeadLetter):
             sink.dead_letter(decision)
@@ -368,7 +221,7 @@ class Worker:
             if isinstance(decision, Send):
                 self.collector.add(decision.record)
 
-    def _take_all(self, decisions: list[Decision], sink: _Sink, landing: _Landing) -> None:
+    def _take_all(self, decisions: list[Decision], sink: ShardSink, landing: Landing) -> None:
         for decision in decisions:
             self._take(decision, sink, landing)
 
@@ -377,8 +230,8 @@ class Worker:
     ) -> CommitRecord:
         started = time.time()
         dimension = self.backend.limits.dimension
-        sink = _Sink(self.output, split, dimension)
-        landing = _Landing(lambda: self.fault or self.collector.fault)
+        sink = ShardSink(self.output, split, dimension)
+        landing = Landing(lambda: self.fault or self.collector.fault)
         router = Router(
             self.config.prepare, self.backend.count_tokens, self.backend.truncate,
             self.lookups.index() if reuse is None else reuse, self.memory, landing.deliver,
@@ -414,38 +267,10 @@ class Worker:
             counts = router.shard_counts(sink.embedded, sink.failed, sink.tokens, sink.truncated)
             record = self._record(split, counts, time.time() - started)
             with STOP.committing():  # a stopped run's count of committed shards stays true
-                record = self._commit(split, sink, record)
+                record = commit_part(self.output, split, sink, record, self.config.description,
+                                     self.config.lease_owner or None)
             PROGRESS.shard_done(0)  # its bytes were counted as they were read
             return record
         except BaseException:
             sink.abort()
             raise
-
-    def _commit(self, split: Split, sink: _Sink, record: CommitRecord) -> CommitRecord:
-        """Dead letters first, then the vector file, whose commit is the shard's."""
-        footer = Footer(self.config.description, record).to_json()
-        sink.flush()
-        try:
-            # A run that lost the output's lease commits nothing more (contract.fence).
-            with fenced(self.output, self.config.lease_owner or None):
-                letter_bytes = 0
-                if record.counts.dead_lettered:
-                    sink.letters.commit(footer)
-                    letter_bytes = self.output.fs.size(sink.letters.final)
-                else:
-                    self.output.remove(dead_letter_path(self.output, split.name))
-                sink.vectors.commit(footer)
-            return replace(record, vector_bytes=self.output.fs.size(sink.vectors.final),
-                           dead_letter_bytes=letter_bytes)
-        except OSError as exc:  # a full disk, a store refusing writes: the run stops
-            raise unwritable(self.output.url, exc, what="the shard " + split.name) from exc
-
-
-def plan_requests(records: Iterable[Record], max_items: int, max_tokens: int) -> tuple[int, int]:
-    """(requests, largest request's tokens) for texts sent together across shards."""
-    count = largest = 0
-    for batch in batches(records, max_items, max_tokens):
-        count += 1
-        largest = max(largest, sum(x.tokens for x in batch))
-    return count, largest
-

@@ -261,7 +261,7 @@ class Lookups:
     """A process's indexes of reusable vectors: built once, on first use.
 
     Beam runs a DoFn instance per thread, several to a process (Dataflow: up
-    to 12); one ``Lookups`` per process (``Shared``, see transforms.py) reads
+    to 12); one ``Lookups`` per process (``Shared``, see pipeline/embed_shards.py) reads
     the outputs' hash columns once and holds one index and one row-group
     cache, not one per thread."""
 
