@@ -270,8 +270,12 @@ def _run_planned(
     if batch is not None and not batch.ready:  # --no-wait: jobs still running
         return RunSummary(plan.output.url, "pending", exit_code("pending", 0, False),
                           shards=len(inputs.shards), batch_status=batch.status)
+    # A large reuse source meets the records in a join rather than each process's index.
+    choice = plan_reuse(inputs, plan.output, plan.state, plan.work.todo)
+    LOG.info("reuse: by %s (%s)", choice.by, choice.why)
     checked = None if batch else preflight(
-        plan.output, inputs, plan.work.todo, reuse=not bv.force, state=plan.state, refusals=refused
+        plan.output, inputs, plan.work.todo, reuse=not bv.force, state=plan.state, refusals=refused,
+        joined=choice.join,
     )
     # The output is about to change: it is not complete again until this run commits.
     with fenced(plan.output):
@@ -309,9 +313,6 @@ def _run_planned(
     work = write_work(
         plan.output, run_id, plan.work.todo, [s.name for s in inputs.shards], plan.work.carried
     )
-    # A large reuse source meets the records in a join rather than each process's index.
-    choice = plan_reuse(inputs, plan.output, plan.state, plan.work.todo)
-    LOG.info("reuse: by %s (%s)", choice.by, choice.why)
     joined = choice.vectors if choice.join else 0
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | "EmbedCorpus" >> EmbedCorpus(
