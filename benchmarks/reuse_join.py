@@ -60,7 +60,6 @@ def vector_of(n: int, total: int) -> float:
 def write_output(root: Path, inputs: str, total: int, dimension: int) -> None:
     """An output of ``total`` vectors of exactly this run's configuration."""
     import numpy as np
-    import pyarrow as pa
 
     from beamvec.contract import (
         CommitRecord,
@@ -71,8 +70,8 @@ def write_output(root: Path, inputs: str, total: int, dimension: int) -> None:
         write_manifest,
     )
     from beamvec.driver.resolve import parse_options, resolve_inputs
-    from beamvec.records import content_hash
-    from beamvec.write.sink import Output, ParquetShardWriter, vector_schema
+    from beamvec.records import Embedded, Record, content_hash
+    from beamvec.write.sink import Output, ParquetShardWriter, vector_schema, vector_table
 
     jobs = resolve_inputs(parse_options(run_args(inputs, str(root), dimension)))
     description, fingerprint = jobs.description, jobs.description.config_fingerprint
@@ -85,16 +84,9 @@ def write_output(root: Path, inputs: str, total: int, dimension: int) -> None:
         n = len(rows)
         matrix = base[np.arange(n) % 256].copy()
         matrix[:, 0] = [vector_of(i, total) for i in rows]
-        table = pa.Table.from_arrays([
-            pa.array([f"id-{i}" for i in rows], pa.string()),
-            pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dimension),
-            pa.array([content_hash(text(i)) for i in rows], pa.string()),
-            pa.array(np.full(n, 8, np.int32)),
-            pa.array(np.zeros(n, bool)),
-            pa.array([f"old/part-{f}.jsonl"] * n, pa.string()),
-            pa.array(np.arange(1, n + 1, dtype=np.int64)),
-            pa.array([None] * n, pa.string()),
-        ], schema=schema)
+        embedded = [Embedded(Record(f"id-{i}", text(i), content_hash(text(i)), 8, False, at + 1), matrix[at])
+                    for at, i in enumerate(rows)]
+        table = vector_table(embedded, f"old/part-{f}.jsonl", dimension)
         name = f"old-part-{f:05d}.jsonl"
         record = CommitRecord(name, f"old/{name}", f"fp{f}", ShardCounts(read=n, embedded=n, sent=n),
                               input_size=n * 60, config_fingerprint=fingerprint)

@@ -30,7 +30,7 @@ from beamvec.pipeline.reuse_stage import HASH_BYTES, Stage, bucket_count
 from beamvec.pipeline.worker import FETCH_WINDOW
 from beamvec.records import Record, Shard, Split
 from beamvec.route.lookup import reusable_files
-from beamvec.route.prepare import prepare
+from beamvec.route.prepare import prepare, uncounted
 from beamvec.sources import read_shard
 from beamvec.write.sink import ROW_GROUP_ROWS, Output
 
@@ -113,7 +113,7 @@ def sample_runs(inputs: JobInputs, todo: Sequence[Shard]) -> list[list[str]]:
     backend, runs = inputs.backend, []
     picks = sorted({len(todo) * k // SAMPLE_SHARDS for k in range(SAMPLE_SHARDS)} - {len(todo)})
     for shard in (todo[k] for k in picks):
-        items = (prepare(raw, inputs.prepare, backend.count_tokens, backend.truncate)
+        items = (prepare(raw, inputs.prepare, uncounted, backend.truncate)
                  for raw in read_shard(shard, inputs.reader, inputs.storage_options))
         try:
             runs.append([item.content_hash for item in islice(
