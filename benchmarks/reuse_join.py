@@ -14,7 +14,9 @@ Side by side: the floor of reading the same vectors (content_hash, vector)
 with pyarrow and writing them back in the output's schema. Printed: seconds,
 the ratio to the floor, peak RSS of the run's process (ru_maxrss via
 os.wait4; on the in-memory DirectRunner the runner's shuffle lives in that
-process too) and the growth between sizes (log-log slope).
+process too) and the growth between sizes (log-log slope); for each size,
+where the run's time went (``Phases``: each step's first start, last end and
+its calls' summed time, from the run's start).
 
     python benchmarks/reuse_join.py [--sizes 300000,1000000,3000000] [--dimension 384]
         [--path index|join] [--keep DIR]
@@ -23,6 +25,7 @@ process too) and the growth between sizes (log-log slope).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -31,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -60,7 +64,6 @@ def vector_of(n: int, total: int) -> float:
 def write_output(root: Path, inputs: str, total: int, dimension: int) -> None:
     """An output of ``total`` vectors of exactly this run's configuration."""
     import numpy as np
-    import pyarrow as pa
 
     from beamvec.contract import (
         CommitRecord,
@@ -71,8 +74,8 @@ def write_output(root: Path, inputs: str, total: int, dimension: int) -> None:
         write_manifest,
     )
     from beamvec.driver.resolve import parse_options, resolve_inputs
-    from beamvec.records import content_hash
-    from beamvec.write.sink import Output, ParquetShardWriter, vector_schema
+    from beamvec.records import Embedded, Record, content_hash
+    from beamvec.write.sink import Output, ParquetShardWriter, vector_schema, vector_table
 
     jobs = resolve_inputs(parse_options(run_args(inputs, str(root), dimension)))
     description, fingerprint = jobs.description, jobs.description.config_fingerprint
@@ -85,16 +88,9 @@ def write_output(root: Path, inputs: str, total: int, dimension: int) -> None:
         n = len(rows)
         matrix = base[np.arange(n) % 256].copy()
         matrix[:, 0] = [vector_of(i, total) for i in rows]
-        table = pa.Table.from_arrays([
-            pa.array([f"id-{i}" for i in rows], pa.string()),
-            pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dimension),
-            pa.array([content_hash(text(i)) for i in rows], pa.string()),
-            pa.array(np.full(n, 8, np.int32)),
-            pa.array(np.zeros(n, bool)),
-            pa.array([f"old/part-{f}.jsonl"] * n, pa.string()),
-            pa.array(np.arange(1, n + 1, dtype=np.int64)),
-            pa.array([None] * n, pa.string()),
-        ], schema=schema)
+        embedded = [Embedded(Record(f"id-{i}", text(i), content_hash(text(i)), 8, False, at + 1), matrix[at])
+                    for at, i in enumerate(rows)]
+        table = vector_table(embedded, f"old/part-{f}.jsonl", dimension)
         name = f"old-part-{f:05d}.jsonl"
         record = CommitRecord(name, f"old/{name}", f"fp{f}", ShardCounts(read=n, embedded=n, sent=n),
                               input_size=n * 60, config_fingerprint=fingerprint)
@@ -138,6 +134,61 @@ def floor_seconds(output: Path, dimension: int) -> float:
 # --------------------------------------------------------------------------- the run, in a child
 
 
+class Phases:
+    """Where a run's time goes: for each step, when it first started and last
+    ended (seconds from the run's start) and its calls' summed time (over
+    threads: more than the span when shards run side by side). Timed per
+    call of a step (a split, a row group, a bucket), never per record."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.spans: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _record(self, label: str, t0: float) -> None:
+        t1 = time.perf_counter()
+        with self._lock:
+            span = self.spans.setdefault(label, [t0, t1, 0.0])
+            span[0], span[1], span[2] = min(span[0], t0), max(span[1], t1), span[2] + t1 - t0
+
+    def wrap(self, owner: Any, name: str, label: str, generator: bool = False) -> None:
+        real = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                self._record(label, t0)
+
+        def timed_steps(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                yield from real(*args, **kwargs)
+            finally:
+                self._record(label, t0)
+
+        setattr(owner, name, functools.wraps(real)(timed_steps if generator else timed))
+
+    def table(self) -> dict[str, list[float]]:
+        return {label: [round(a - self.started, 1), round(b - self.started, 1), round(busy, 1)]
+                for label, (a, b, busy) in sorted(self.spans.items(), key=lambda kv: kv[1][0])}
+
+
+def watch_phases() -> Phases:
+    from beamvec.driver import job
+    from beamvec.pipeline import reuse_join, worker
+
+    phases = Phases()
+    phases.wrap(job, "plan_reuse", "driver: the reuse choice")
+    phases.wrap(job, "preflight", "driver: the preflight")
+    for step in ("SplitHashes", "ReadRowGroup", "JoinBucket"):
+        phases.wrap(getattr(reuse_join, step), "process", step, generator=True)
+    phases.wrap(reuse_join.SplitReuse, "lookup", "EmbedShards: load the found vectors")
+    phases.wrap(worker.Worker, "process", "EmbedShards: a split (lookup excluded)")
+    return phases
+
+
 def child_run(argv: list[str], path: str, total: int) -> dict[str, Any]:
     import numpy as np
     import pyarrow.parquet as pq
@@ -158,6 +209,7 @@ def child_run(argv: list[str], path: str, total: int) -> dict[str, Any]:
         lambda self, texts, titles, gate: fake_embed(self, texts, titles)
     )
     genai.GenaiBackend.preflight = lambda self, text=None, title=None: fake_embed(self, [text or "x"])[0]  # type: ignore[method-assign]
+    phases = watch_phases()
     started = time.perf_counter()
     code = main(["run", "--runner=DirectRunner", "--quiet", *argv])
     seconds = time.perf_counter() - started
@@ -172,7 +224,7 @@ def child_run(argv: list[str], path: str, total: int) -> dict[str, Any]:
         want = np.array([vector_of(int(i.split("-")[1]), total) for i in ids], np.float32)
         wrong += int(np.count_nonzero(np.abs(first - want) > 1e-6))
     return {"code": code, "seconds": round(seconds, 1), "read": run["read"], "reused": run["reused"],
-            "sent": run["sent"], "wrong_vectors": wrong}
+            "sent": run["sent"], "wrong_vectors": wrong, "phases": phases.table()}
 
 
 def measure(args: list[str]) -> tuple[int, dict[str, Any]]:
@@ -215,8 +267,11 @@ def main() -> int:
             built = time.perf_counter() - t0
             floor = floor_seconds(root / "out", args.dimension)
             peak, answer = measure(["--child", args.path, str(n), *run_args(inputs, str(root / "out"), args.dimension)])
+            phases = answer.pop("phases")
             print(f"{n:,}: output written in {built:.0f} s; floor {floor:.1f} s; run {json.dumps(answer)}; "
-                  f"peak RSS {peak / 2**20:,.0f} MiB", flush=True)
+                  f"peak RSS {peak / 2**20:,.0f} MiB; load average {os.getloadavg()[0]:.1f}", flush=True)
+            for label, (first, last, busy) in phases.items():
+                print(f"    {label:<40} {first:>7.1f} s to {last:>7.1f} s, calls' time {busy:>7.1f} s", flush=True)
             if answer["code"] != 0 or answer["reused"] != n or answer["sent"] or answer["wrong_vectors"]:
                 raise SystemExit(f"{n:,}: the rerun did not reuse every vector exactly: {answer}")
             rows.append((n, answer["seconds"], floor, peak))

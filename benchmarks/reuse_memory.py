@@ -131,7 +131,6 @@ def write_output(root: Path, total: int, dimension: int, per_file: int = 10_000,
                  model: str = "bench-model") -> None:
     """An output of ``total`` vectors in the output's own format and contract."""
     import numpy as np
-    import pyarrow as pa
 
     from beamvec.contract import (
         CommitRecord,
@@ -143,8 +142,8 @@ def write_output(root: Path, total: int, dimension: int, per_file: int = 10_000,
         vector_path,
         write_manifest,
     )
-    from beamvec.records import content_hash
-    from beamvec.write.sink import Output, ParquetShardWriter, vector_schema
+    from beamvec.records import Embedded, Record, content_hash
+    from beamvec.write.sink import Output, ParquetShardWriter, vector_schema, vector_table
 
     out = Output(str(root))
     description = Description("local", model, dimension, config_fingerprint=FINGERPRINT)
@@ -156,17 +155,9 @@ def write_output(root: Path, total: int, dimension: int, per_file: int = 10_000,
         n = len(rows)
         matrix = base[np.arange(n) % 256].copy()
         matrix[:, 0] = np.arange(start, start + n, dtype=np.float64) / total  # which vector this is
-        hashes = [content_hash(f"text {i}") for i in rows]
-        table = pa.Table.from_arrays([
-            pa.array([f"id-{i}" for i in rows], pa.string()),
-            pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dimension),
-            pa.array(hashes, pa.string()),
-            pa.array(np.full(n, 3, np.int32)),
-            pa.array(np.zeros(n, bool)),
-            pa.array([f"in/part-{f}.jsonl"] * n, pa.string()),
-            pa.array(np.arange(1, n + 1, dtype=np.int64)),
-            pa.array([None] * n, pa.string()),
-        ], schema=schema)
+        embedded = [Embedded(Record(f"id-{i}", f"text {i}", content_hash(f"text {i}"), 3, False, at + 1),
+                             matrix[at]) for at, i in enumerate(rows)]
+        table = vector_table(embedded, f"in/part-{f}.jsonl", dimension)
         name = f"part-{f:05d}"
         record = CommitRecord(name, f"in/part-{f}.jsonl", f"fp{f}", ShardCounts(read=n, embedded=n, sent=n),
                               config_fingerprint=FINGERPRINT)

@@ -17,7 +17,9 @@ import pyarrow as pa
 import pytest
 
 from beamvec.commands import plan as plan_command
-from beamvec.driver import reuse_choice
+from beamvec.contract import read_state
+from beamvec.driver import preflight, reuse_choice
+from beamvec.driver.resolve import parse_options, resolve_inputs, split_work
 from beamvec.pipeline import reuse_join
 from beamvec.pipeline.reuse_join import (
     JoinBucket,
@@ -37,6 +39,7 @@ from beamvec.pipeline.reuse_stage import (
 )
 from beamvec.records import content_hash
 from beamvec.route import lookup
+from beamvec.write.sink import Output
 from test_reuse import (
     CHANGED,
     IDS,
@@ -78,8 +81,12 @@ def forbid_index(monkeypatch) -> None:
     def no_plan_index(*args, **kwargs):
         raise AssertionError("plan built the in-process index although the run joins")
 
+    def no_preflight_index(*args, **kwargs):
+        raise AssertionError("the preflight built the in-process index although the run joins")
+
     monkeypatch.setattr(lookup.Lookups, "index", no_index)
     monkeypatch.setattr(plan_command, "reuse_lookup", no_plan_index)
+    monkeypatch.setattr(preflight, "reuse_lookup", no_preflight_index)
 
 
 def forbid_join(monkeypatch) -> None:
@@ -184,6 +191,31 @@ def test_repeats_of_a_new_text_are_sent_once_and_of_a_known_one_reused(emu, join
     got = vectors_by_id(read_output(str(output)))
     for n in range(10):
         np.testing.assert_allclose(got[f"a{n}"], want(new if n % 2 else known), atol=1e-6)
+
+
+def test_the_preflight_of_a_run_that_joins_picks_the_text_the_index_would_without_building_it(
+    emu, monkeypatch, tmp_path, capsys  # noqa: F811
+):
+    """The first text to send, looked for in the sources' hash columns, is
+    the index's: a changed text, never a reusable one; and with nothing to
+    send, both say so and that the scan saw all the work."""
+    output = tmp_path / "out"
+    assert beam_run(capsys, *gemini(emu, night1(tmp_path / "n1"), output))[0] == 0
+
+    def first(inputs_glob: str, joined: bool):
+        inputs = resolve_inputs(parse_options(gemini(emu, inputs_glob, output)))
+        out = Output(str(output))
+        state = read_state(out)
+        todo = split_work(inputs.shards, state, inputs.description.config_fingerprint, False).todo
+        record, shard, all_seen = preflight.first_text_to_send(out, inputs, todo, True, state, joined=joined)
+        return (record and record.text, shard and shard.name, all_seen)
+
+    shuffled = night2(tmp_path / "n2")
+    by_index = first(shuffled, joined=False)
+    forbid_index(monkeypatch)
+    assert first(shuffled, joined=True) == by_index
+    assert by_index[0] in {NIGHT2[i] for i in CHANGED} and by_index[2] is False
+    assert first(night1_renamed(tmp_path / "same"), joined=True) == (None, None, True)
 
 
 # -- the join's pieces ----------------------------------------------------------------

@@ -118,6 +118,35 @@ def _class_table() -> np.ndarray:
 _CLASS_OF = _class_table()
 _ESTIMATE = np.array([s.estimate for s in SCRIPTS] + [OTHER_ESTIMATE])
 _UPPER = np.array([s.upper for s in SCRIPTS] + [OTHER_UPPER])
+#: The most tokens one character can weigh: a text this many times shorter
+#: than a limit fits it without being weighed.
+_MAX_UPPER = float(_UPPER.max())
+
+
+def _ascii_of(weights: np.ndarray, weight: float) -> bytes:
+    """The ASCII characters of ``weight``."""
+    return bytes(b for b in range(128) if weights[_CLASS_OF[b]] == weight)
+
+
+# ASCII texts (most texts) are weighed by C string methods instead of numpy,
+# which costs ~10 µs a call however short the text: ASCII holds Latin
+# characters (letters, spaces, punctuation) and the rest, each at one weight
+# per table (the upper table has a third for the control characters).
+_LATIN = next(s for s in SCRIPTS if s.name == "latin")
+_ASCII_LATIN = _ascii_of(_ESTIMATE, _LATIN.estimate)
+_ASCII_REST_ESTIMATE = 1.0  # digits, newline and control characters
+_ASCII_ONE_UPPER = _ascii_of(_UPPER, 1.0)  # digits and newline
+_ASCII_OTHER_UPPER = OTHER_UPPER  # control characters
+assert _ascii_of(_UPPER, _LATIN.upper) == _ASCII_LATIN
+assert set(_ESTIMATE[_CLASS_OF[:128]]) == {_LATIN.estimate, _ASCII_REST_ESTIMATE}
+assert set(_UPPER[_CLASS_OF[:128]]) == {_LATIN.upper, 1.0, _ASCII_OTHER_UPPER}
+
+
+def _ascii_parts(text: str) -> tuple[int, int, int]:
+    """(Latin, digits and newlines, control characters) of an ASCII text."""
+    rest = text.encode("ascii").translate(None, _ASCII_LATIN)
+    other = len(rest.translate(None, _ASCII_ONE_UPPER))
+    return len(text) - len(rest), len(rest) - other, other
 
 
 def _weights(text: str, per_class: np.ndarray) -> np.ndarray:
@@ -144,7 +173,12 @@ def estimate(text: str, model: str = "gemini-embedding-001") -> int:
 
     ``model`` selects the weights; all Google models share them today."""
     del model  # one tokenizer family; the parameter keeps callers per-model
-    return max(1, round(float(_weights(text, _ESTIMATE).sum()))) if text else 0
+    if not text:
+        return 0
+    if text.isascii():  # weights of 1/4 and 1 add up exactly: the same sum as numpy's
+        latin, one, other = _ascii_parts(text)
+        return max(1, round(latin * _LATIN.estimate + (one + other) * _ASCII_REST_ESTIMATE))
+    return max(1, round(float(_weights(text, _ESTIMATE).sum())))
 
 
 def upper_bound(text: str, model: str = "gemini-embedding-001") -> int:
@@ -159,6 +193,13 @@ def cut(text: str, max_tokens: int, model: str = "gemini-embedding-001") -> str:
     ``text`` itself when it fits. The weights are additive: the prefix ends
     where their running sum passes ``max_tokens``."""
     del model
+    if len(text) * _MAX_UPPER <= max_tokens:  # fits whatever its characters
+        return text
+    if text.isascii():
+        latin, one, other = _ascii_parts(text)
+        # a whole token under the limit: no rounding of the thirds can make it not fit
+        if latin * _LATIN.upper + one + other * _ASCII_OTHER_UPPER <= max_tokens - 1:
+            return text
     running = np.cumsum(_weights(text, _UPPER))
     keep = int(np.searchsorted(running, max_tokens + _EPS, side="right"))
     return text if keep >= len(text) else text[:keep]

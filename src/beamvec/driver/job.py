@@ -142,12 +142,13 @@ def _run_planned(
     if batch is not None and not batch.ready:  # --no-wait: jobs still running
         return RunSummary(plan.output.url, "pending", exit_code("pending", 0, False),
                           shards=len(inputs.shards), batch_status=batch.status)
-    checked = None if batch else preflight(
-        plan.output, inputs, plan.work.todo, reuse=not bv.force, state=plan.state, refusals=refused
-    )
     # A large reuse source meets the records in a join rather than each process's index.
     choice = plan_reuse(inputs, plan.output, plan.state, plan.work.todo)
     LOG.info("reuse: by %s (%s)", choice.by, choice.why)
+    checked = None if batch else preflight(
+        plan.output, inputs, plan.work.todo, reuse=not bv.force, state=plan.state, refusals=refused,
+        joined=choice.join,
+    )
     # The output is about to change: it is not complete again until this run commits.
     with fenced(plan.output):
         plan.output.remove(plan.output.path(SUCCESS))

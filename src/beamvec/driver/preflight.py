@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 from beamvec.contract import OutputState
 from beamvec.driver.resolve import JobInputs, planning_router, reuse_lookup, routed
+from beamvec.driver.reuse_choice import held
 from beamvec.records import Record, Shard
-from beamvec.route.router import NoLookup, Refusals, RunMemory, Seed, Send
+from beamvec.route.router import Decision, Lookup, NoLookup, Refusals, RunMemory, Seed, Send
 from beamvec.write.sink import Output
 
 LOG = logging.getLogger("beamvec")
@@ -37,27 +40,43 @@ class Preflight:
 
 def first_text_to_send(
     output: Output, inputs: JobInputs, todo: list[Shard], reuse: bool, state: OutputState | None = None,
-    refusals: Refusals | None = None,
+    refusals: Refusals | None = None, joined: bool = False,
 ) -> tuple[Record | None, Shard | None, bool]:
     """(a record whose text the run will send, its shard, whether the scan saw
     all the work). ``refusals``: texts the run dead-letters unsent (never the
-    preflight's text: it would be billed, and refused)."""
-    lookup = reuse_lookup(inputs, output, state) if reuse else NoLookup()
-    memory = RunMemory(inputs.backend.limits.dimension)
+    preflight's text: it would be billed, and refused). ``joined``: the run
+    reuses by the join, so no index is built here either: the texts the scan
+    would send are looked for in the sources' hash columns, all at once."""
+    by_columns = reuse and joined
+    lookup = reuse_lookup(inputs, output, state) if reuse and not joined else NoLookup()
+    sends: list[tuple[Record, Shard]] = []
     scanned = 0
+    for decision, shard in islice(_scan(inputs, todo, lookup, refusals), SCAN_LIMIT):
+        scanned += 1
+        if isinstance(decision, Send):
+            if not by_columns:
+                return decision.record, shard, False
+            sends.append((decision.record, shard))
+    if by_columns:  # a text's first Send, when the sources hold it, is what the index calls a Reuse
+        known = held(inputs, output, state, {record.content_hash for record, _ in sends})
+        sends = [(record, shard) for record, shard in sends if record.content_hash not in known]
+    if sends:
+        return sends[0][0], sends[0][1], False
+    return None, None, scanned < SCAN_LIMIT
+
+
+def _scan(inputs: JobInputs, todo: list[Shard], lookup: Lookup, refusals: Refusals | None,
+          ) -> Iterator[tuple[Decision, Shard]]:
+    """The work's records routed as the workers will route them, in order."""
+    memory = RunMemory(inputs.backend.limits.dimension)
     for shard in todo:
         for decision in routed(planning_router(inputs, lookup, memory, refusals=refusals), shard, inputs):
-            scanned += 1
-            if isinstance(decision, Send):
-                return decision.record, shard, False
-            if scanned >= SCAN_LIMIT:
-                return None, None, False
-    return None, None, True
+            yield decision, shard
 
 
 def preflight(
     output: Output, inputs: JobInputs, todo: list[Shard], reuse: bool, state: OutputState | None = None,
-    refusals: Refusals | None = None,
+    refusals: Refusals | None = None, joined: bool = False,
 ) -> Preflight | None:
     """Check the backend with a text the run needs; returns its content hash,
     vector and record for the workers (the record counts it as sent, and no
@@ -67,7 +86,7 @@ def preflight(
     if backend.name == "local":  # free: nothing worth keeping
         backend.preflight()
         return None
-    record, shard, all_seen = first_text_to_send(output, inputs, todo, reuse, state, refusals)
+    record, shard, all_seen = first_text_to_send(output, inputs, todo, reuse, state, refusals, joined)
     if record is None and all_seen:
         LOG.info("every text to embed is already embedded: no preflight call")
         return None

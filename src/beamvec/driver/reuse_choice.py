@@ -30,7 +30,7 @@ from beamvec.pipeline.reuse_stage import HASH_BYTES, Stage, bucket_count
 from beamvec.pipeline.worker import FETCH_WINDOW
 from beamvec.records import Record, Shard, Split
 from beamvec.route.lookup import reusable_files
-from beamvec.route.prepare import prepare
+from beamvec.route.prepare import prepare, uncounted
 from beamvec.sources import read_shard
 from beamvec.write.sink import ROW_GROUP_ROWS, Output
 
@@ -113,7 +113,7 @@ def sample_runs(inputs: JobInputs, todo: Sequence[Shard]) -> list[list[str]]:
     backend, runs = inputs.backend, []
     picks = sorted({len(todo) * k // SAMPLE_SHARDS for k in range(SAMPLE_SHARDS)} - {len(todo)})
     for shard in (todo[k] for k in picks):
-        items = (prepare(raw, inputs.prepare, backend.count_tokens, backend.truncate)
+        items = (prepare(raw, inputs.prepare, uncounted, backend.truncate)
                  for raw in read_shard(shard, inputs.reader, inputs.storage_options))
         try:
             runs.append([item.content_hash for item in islice(
@@ -123,9 +123,10 @@ def sample_runs(inputs: JobInputs, todo: Sequence[Shard]) -> list[list[str]]:
     return runs
 
 
-def locate(files: Sequence[tuple[Output, str]], wanted: set[str]) -> dict[str, tuple[int, int]]:
+def locate(files: Sequence[tuple[Output, str]], wanted: set[str],
+           max_rows: int | None = SAMPLE_SCAN_ROWS) -> dict[str, tuple[int, int]]:
     """(file, row) of each wanted hash, reading hash columns in order until
-    all are found or ``SAMPLE_SCAN_ROWS`` rows are read."""
+    all are found or ``max_rows`` rows are read (None: every row)."""
     where: dict[str, tuple[int, int]] = {}
     if not wanted:
         return where
@@ -140,11 +141,34 @@ def locate(files: Sequence[tuple[Output, str]], wanted: set[str]) -> dict[str, t
                         where.setdefault(hashes[at].as_py(), (number, row + at))
                     row += batch.num_rows
                     read += batch.num_rows
-                    if len(where) == len(wanted) or read >= SAMPLE_SCAN_ROWS:
+                    if len(where) == len(wanted) or (max_rows is not None and read >= max_rows):
                         return where
         except Exception:  # noqa: BLE001 - gone or damaged: the sample just misses it
             continue
     return where
+
+
+def source_states(inputs: JobInputs, own: Output | None,
+                  own_state: OutputState | None) -> list[tuple[Output, OutputState]]:
+    """The reuse sources in tie-breaking order (own, then each --reuse-from), with their states."""
+    sources = [(own, own_state)] if own is not None else []
+    sources += [(Output(url, inputs.storage_options), None) for url in inputs.bv.reuse_from or ()]
+    return [(o, s or read_state(o, check_letters=False)) for o, s in sources]
+
+
+def source_files(inputs: JobInputs, states: Sequence[tuple[Output, OutputState]]) -> list[tuple[Output, str]]:
+    """Every reusable vector file (and checkpoint) of the sources, in order."""
+    dimension, fingerprint = inputs.description.dimension, inputs.description.config_fingerprint
+    return [(o, path) for o, state in states for path in reusable_files(o, fingerprint, dimension, state)]
+
+
+def held(inputs: JobInputs, own: Output | None, own_state: OutputState | None, wanted: set[str]) -> set[str]:
+    """Which of ``wanted`` the reuse sources hold, read from their hash
+    columns without building an index (the driver's preflight, on a run
+    that joins: memory grows with ``wanted``, not with the sources)."""
+    if not wanted:
+        return set()
+    return set(locate(source_files(inputs, source_states(inputs, own, own_state)), wanted, max_rows=None))
 
 
 def plan_reuse(inputs: JobInputs, own: Output | None, own_state: OutputState | None,
@@ -153,16 +177,13 @@ def plan_reuse(inputs: JobInputs, own: Output | None, own_state: OutputState | N
     if inputs.bv.force or not todo:
         return ReuseChoice("none", 0, "nothing to reuse")
     dimension, fingerprint = inputs.description.dimension, inputs.description.config_fingerprint
-    sources = [(own, own_state)] if own is not None else []
-    sources += [(Output(url, inputs.storage_options), None) for url in inputs.bv.reuse_from or ()]
-    states = [(o, s or read_state(o, check_letters=False)) for o, s in sources]
+    states = source_states(inputs, own, own_state)
     vectors = sum(reusable_vectors(state, fingerprint, dimension) for _, state in states)
     records = int(sum(max(0, s.size) for s in todo) / bytes_per_record(own_state))
     if not choose_join(vectors, records):
         return ReuseChoice("index", vectors, f"{vectors:,} reusable vectors, about {records:,} records to route")
     runs = sample_runs(inputs, todo)
-    files = [(o, path) for o, state in states for path in reusable_files(o, fingerprint, dimension, state)]
-    if in_order(runs, locate(files, {h for run in runs for h in run})):
+    if in_order(runs, locate(source_files(inputs, states), {h for run in runs for h in run})):
         return ReuseChoice("index", vectors, "the records come in the reuse sources' order")
     return ReuseChoice("join", vectors, f"{vectors:,} reusable vectors met in another order")
 

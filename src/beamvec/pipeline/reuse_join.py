@@ -56,7 +56,7 @@ from beamvec.pipeline.worker import WorkerConfig
 from beamvec.progress import PROGRESS
 from beamvec.records import Record, Split
 from beamvec.route.lookup import reusable_files
-from beamvec.route.prepare import PrepareConfig, prepare
+from beamvec.route.prepare import PrepareConfig, prepare, uncounted
 from beamvec.sources import ReaderConfig, read_split
 from beamvec.write.sink import TMP_DIR, Output
 
@@ -188,8 +188,8 @@ class SplitReuse:
 
 class SplitHashes(_Counted):
     """A split in, its key out, once its distinct content hashes are staged by
-    bucket: the same reader and ``prepare`` as the worker, so the hashes are
-    the ones it routes."""
+    bucket: the same reader, ``prepare`` and cut as the worker, so the hashes
+    are the ones it routes (the token figure, which no hash holds, is not counted)."""
 
     def __init__(self, backend: Backend, reader: ReaderConfig, rules: PrepareConfig, spec: JoinSpec) -> None:
         self.backend, self.reader, self.rules, self.spec = backend, reader, rules, spec
@@ -203,7 +203,7 @@ class SplitHashes(_Counted):
         hashes: set[str] = set()
         try:
             for raw in read_split(split, self.reader, spec.storage_options):
-                item = prepare(raw, self.rules, backend.count_tokens, backend.truncate)
+                item = prepare(raw, self.rules, uncounted, backend.truncate)
                 if isinstance(item, Record):
                     hashes.add(item.content_hash)
         except InputVanishedError:

@@ -40,6 +40,13 @@ def normalize(text: str, mode: str) -> str:
     return text
 
 
+def uncounted(text: str) -> int:
+    """A ``count_tokens`` for callers that need a record's fate and content
+    hash, not its token figure (the reuse join's hashing, the order sample):
+    the count enters neither."""
+    return 0
+
+
 def _excerpt(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
