@@ -13,10 +13,10 @@ import pytest
 from apache_beam.internal import pickler
 
 from beamvec.batchapi.client import BatchClient
-from beamvec.batchapi.journal import BatchJournal
-from beamvec.batchapi.jsonl import BatchRequest, request_key
+from beamvec.batchapi.journal import BatchJournal, StagedFile
+from beamvec.batchapi.jsonl import BatchRequest, request_files, request_key
 from beamvec.batchapi.room import needed_bytes
-from beamvec.batchapi.run import cleanup_jobs, run_batch
+from beamvec.batchapi.run import cleanup_jobs, run_batch, run_batch_staged
 from beamvec.emulator import Emulator
 from beamvec.errors import SystemicError
 from beamvec.pipeline.batch_requests import RequestPlan, WriteRequestFiles
@@ -58,6 +58,31 @@ def test_files_on_the_service_stay_under_the_byte_cap_and_waiting_files_never_de
     assert stats["texts"]["submitted_more_than_once"] == 0 and stats["texts_billed"] == 80
     assert after["files"]["deleted"] == 8 and after["jobs"]["deleted"] == 4  # nothing left to delete
     assert journal.pending() == [] and all(job.files_deleted for job in journal.jobs())
+
+
+def test_staged_files_wait_in_order_under_the_byte_cap(tmp_path):
+    """Request files the workers wrote: recorded, then uploaded one after the
+    other as the room of the one before is freed."""
+    todo = corpus(shards=1, per_shard=80)["shard-0"]
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    staged = []
+    for i, file in enumerate(request_files(todo, SPEC, max_requests=20)):
+        (staging / f"{i}.requests.jsonl").write_bytes(file.data)
+        (staging / f"{i}.keys").write_text("\n".join(file.keys) + "\n")
+        staged.append(StagedFile(str(staging / f"{i}.requests.jsonl"), str(staging / f"{i}.keys"),
+                                 len(file.keys), ("shard-0",), len(file.data)))  # fmt: skip
+    one_job = needed_bytes(max(f.size for f in staged), 20, SPEC.dimension)
+    settings = dataclasses.replace(FAST, max_service_bytes=int(1.5 * one_job))
+    with Emulator(api_key=KEY, batch_job_s=0.1) as emu:
+        outcome = run_batch_staged(staged, 80, client_for(emu), BatchJournal(str(tmp_path / "out")), SPEC, settings)
+        stats = emu.stats()["batch"]
+    assert_all_vectors(outcome, {"shard-0": todo})
+    assert 0 < stats["files"]["peak_stored_bytes"] <= settings.max_service_bytes
+    assert stats["jobs"]["created"] == stats["files"]["uploaded"] == 4 and stats["files"]["stored"] == []
+    jobs = BatchJournal(str(tmp_path / "out")).jobs()
+    assert [j.size for j in jobs] == [f.size for f in staged]  # recorded in the workers' order
+    assert all(j.name and j.files_deleted for j in jobs)
 
 
 def test_the_byte_cap_holds_all_files_without_it(tmp_path):
