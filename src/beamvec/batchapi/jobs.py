@@ -80,17 +80,15 @@ class BatchRun:
     def _count_live(self) -> int:
         return sum(1 for j in self.jobs.values() if j.name and not j.cleaned and not j.terminal)
 
-    def _room(self, need: int = 0) -> bool:
-        """Whether one more job, taking ``need`` bytes of files, may be created
-        now: the service's job cap (~100), and the project's file storage
-        (``max_service_bytes``; when nothing is held, any one file goes)."""
+    def _room(self, job: BatchJob) -> bool:
+        """Whether ``job`` may be created now: the service's job cap (~100), and
+        the project's file storage (``max_service_bytes``; when nothing is
+        held, any one file goes)."""
         if self.at_cap or self.live >= self.settings.max_concurrent_jobs:
             return False
         held = service_bytes(self.jobs.values(), self.spec.dimension)
+        need = needed_bytes(job.size, job.count, self.spec.dimension)
         return held == 0 or held + need <= self.settings.max_service_bytes
-
-    def _need(self, job: BatchJob) -> int:
-        return needed_bytes(job.size, job.count, self.spec.dimension)
 
     def _stale(self, job: BatchJob, stamp: str | None = None) -> bool:
         """Whether the job's input file (uploaded at ``stamp``) may be gone by the
@@ -158,7 +156,7 @@ class BatchRun:
             }
         job = self.journal.new_job(spool.keys, sorted(shards), attempt, spool.file, **lineage)
         self.jobs[job.id] = job
-        if not self._room(self._need(job)):
+        if not self._room(job):
             self._save(job, state=WAITING)
             return
         stamp = self.journal.now()
@@ -173,7 +171,7 @@ class BatchRun:
         for staged in files:
             job = self.journal.record_staged(staged, WAITING)
             self.jobs[job.id] = job
-            waiting = waiting or not self._room(self._need(job))
+            waiting = waiting or not self._room(job)
             if not waiting:
                 self._start(job)
 
@@ -189,7 +187,7 @@ class BatchRun:
         for job in self.unsettled():
             if job.state != WAITING:
                 continue
-            if not self._room(self._need(job)):
+            if not self._room(job):
                 return
             try:
                 self._start(job)
