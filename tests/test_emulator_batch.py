@@ -211,6 +211,33 @@ def test_uploaded_files_cannot_be_downloaded_and_missing_ones_are_404():
         assert info.value.code == 404
 
 
+def test_files_expire_48_hours_after_upload_as_google_states():
+    """Google's Files API keeps a file 48 h: past that a get is 404, it is gone
+    from the list, and a job cannot be created from it."""
+    hours = 3600.0
+    with Emulator(api_key=KEY, batch_job_s=0) as emu:
+        client = sdk(emu)
+        file = upload(client, jsonl(["a", "b"]), name="old")
+        created = client.files.get(name=file.name)
+        assert (created.expiration_time - created.create_time).total_seconds() == 48 * hours
+        emu.update(batch_clock_s=47.9 * hours)  # not yet: it is still there
+        assert client.files.get(name=file.name).name == file.name
+        fresh = upload(client, jsonl(["c"]), name="fresh")  # uploaded "now", 47.9 h later
+        emu.update(batch_clock_s=48 * hours)
+        with pytest.raises(errors.ClientError) as info:
+            client.files.get(name=file.name)
+        assert info.value.code == 404
+        assert [f.display_name for f in client.files.list()] == ["fresh"]
+        with pytest.raises(errors.ClientError) as info:
+            client.batches.create_embeddings(model=MODEL, src={"file_name": file.name})
+        assert info.value.code == 404
+        job = client.batches.create_embeddings(model=MODEL, src={"file_name": fresh.name})
+        assert wait_done(client, job.name)[0].state.name == "JOB_STATE_SUCCEEDED"
+        stats = emu.stats()["batch"]
+    assert stats["files"]["expired"] == 1 and stats["jobs"]["rejected_missing_file"] == 1
+    assert stats["jobs"]["created"] == 1 and stats["texts_billed"] == 1
+
+
 def test_key_and_model_are_checked():
     with Emulator(api_key=KEY) as emu:
         with pytest.raises(errors.ClientError) as info:
@@ -226,11 +253,11 @@ def test_key_and_model_are_checked():
 def test_cli_flags_reach_the_config():
     args = build_parser().parse_args(
         ["--batch-job-s", "1.5", "--batch-no-shuffle", "--batch-line-error-rate", "0.05",
-         "--batch-fail-first", "2", "--batch-max-concurrent", "3"]
+         "--batch-fail-first", "2", "--batch-max-concurrent", "3", "--batch-file-ttl-s", "60"]
     )  # fmt: skip
     assert (args.batch_job_s, args.batch_no_shuffle, args.batch_line_error_rate) == (
         1.5,
         True,
         0.05,
     )
-    assert (args.batch_fail_first, args.batch_max_concurrent) == (2, 3)
+    assert (args.batch_fail_first, args.batch_max_concurrent, args.batch_file_ttl_s) == (2, 3, 60.0)

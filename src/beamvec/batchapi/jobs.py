@@ -1,17 +1,17 @@
 """The state of one Batch API run (``run.py`` drives it): job records,
-submission within the service's job cap, polling, and settling each finished
-job from its report (retry jobs for retryable lines, resubmissions for failed
-jobs, final failures recorded in the journal)."""
+submission within the service's limits (about 100 jobs, 20 GB of files a
+project, each file kept 48 hours), polling, and settling each finished job
+from its report (retry jobs for retryable lines, resubmissions for failed
+jobs, final failures recorded in the journal); a settled job's files are
+deleted from the service at once, to make room for the files waiting."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import IO
 
 from beamvec.batchapi.client import BatchClient
@@ -40,29 +40,9 @@ from beamvec.batchapi.results import (
     VectorSink,
     collect_job,
 )
+from beamvec.batchapi.room import needed_bytes, service_bytes
+from beamvec.batchapi.spool import Spool, line_key
 from beamvec.errors import BackendError, SystemicError
-
-
-@dataclass
-class Spool:
-    """One request file being written to disk, with its keys and shards."""
-
-    file: IO[bytes] = field(default_factory=lambda: tempfile.TemporaryFile(prefix="beamvec-requests-"))  # noqa: SIM115 - closed by its user
-    keys: list[str] = field(default_factory=list)
-    shards: set[str] = field(default_factory=set)
-    size: int = 0
-
-    def add(self, key: str, line: bytes, shard: str) -> None:
-        self.keys.append(key)
-        self.shards.add(shard)
-        self.file.write(line)
-        self.size += len(line)
-
-    def fits(self, line: bytes, settings: BatchSettings) -> bool:
-        return not self.keys or (
-            len(self.keys) < settings.max_requests_per_file
-            and self.size + len(line) <= settings.max_file_bytes
-        )
 
 
 class BatchRun:
@@ -100,9 +80,21 @@ class BatchRun:
     def _count_live(self) -> int:
         return sum(1 for j in self.jobs.values() if j.name and not j.cleaned and not j.terminal)
 
-    def _room(self) -> bool:
-        """Whether one more job may be created now (the service's cap, ~100)."""
-        return not self.at_cap and self.live < self.settings.max_concurrent_jobs
+    def _room(self, job: BatchJob) -> bool:
+        """Whether ``job`` may be created now: the service's job cap (~100), and
+        the project's file storage (``max_service_bytes``; when nothing is
+        held, any one file goes)."""
+        if self.at_cap or self.live >= self.settings.max_concurrent_jobs:
+            return False
+        held = service_bytes(self.jobs.values(), self.spec.dimension)
+        need = needed_bytes(job.size, job.count, self.spec.dimension)
+        return held == 0 or held + need <= self.settings.max_service_bytes
+
+    def _stale(self, job: BatchJob, stamp: str | None = None) -> bool:
+        """Whether the job's input file (uploaded at ``stamp``) may be gone by the
+        time the job runs: Google deletes a file 48 h after upload."""
+        stamp = stamp or job.uploaded_at or job.created_at  # uploaded after it was recorded
+        return self.journal.age_s(stamp) > self.settings.file_lifetime_s
 
     def held(self) -> KeySet:
         """The keys of the journal's jobs not cleaned: never submitted again."""
@@ -164,41 +156,71 @@ class BatchRun:
             }
         job = self.journal.new_job(spool.keys, sorted(shards), attempt, spool.file, **lineage)
         self.jobs[job.id] = job
-        if not self._room():
+        if not self._room(job):
             self._save(job, state=WAITING)
             return
-        job = self._save(job, input_file=self.client.upload(spool.file, job.display_name))
+        stamp = self.journal.now()
+        job = self._save(job, input_file=self.client.upload(spool.file, job.display_name), uploaded_at=stamp)
         self._create(job)
 
     def record_staged(self, files: Iterable[StagedFile]) -> None:
         """Record each request file the workers wrote (journal first), then
         upload and create its job while the service has room; the rest wait
-        in the journal (``WAITING``) for a later pass."""
+        in the journal (``WAITING``), in order, for a later pass."""
+        waiting = False
         for staged in files:
-            job = self.journal.record_staged(staged, "CREATING" if self._room() else WAITING)
+            job = self.journal.record_staged(staged, WAITING)
             self.jobs[job.id] = job
-            if job.state != WAITING:
+            waiting = waiting or not self._room(job)
+            if not waiting:
                 self._start(job)
 
     def _start(self, job: BatchJob) -> None:
         """Upload a recorded job's request file from the journal and create it."""
-        source = self.journal.open_requests(job)
-        if source is None:  # removed by hand: its texts are no longer held, the pipeline sends them
-            self._save(job, state="CANCELLED", cleaned=True)
-            return
         job = self._save(job, state="CREATING")  # from here a rerun looks for it on the service
+        uploaded = self._upload(job)
+        if uploaded is not None:
+            self._create(uploaded)
+
+    def _start_waiting(self) -> None:
+        """Create waiting jobs, oldest first, while the service has room."""
+        for job in self.unsettled():
+            if job.state != WAITING:
+                continue
+            if not self._room(job):
+                return
+            try:
+                self._start(job)
+            except BackendError as exc:
+                if not exc.retryable:
+                    raise
+
+    def _upload(self, job: BatchJob) -> BatchJob | None:
+        """Upload a recorded job's request file from the journal; None when it
+        is not there (removed by hand: its texts are no longer held, the
+        pipeline sends them)."""
+        source = self.journal.open_requests(job)
+        if source is None:
+            self._save(job, state="CANCELLED", cleaned=True)
+            return None
+        stamp = self.journal.now()  # before the upload: its age is never underestimated
         with source, tempfile.TemporaryFile(prefix="beamvec-requests-") as spool:
             shutil.copyfileobj(source, spool, 1 << 20)
-            job = self._save(job, input_file=self.client.upload(spool, job.display_name))
-        self._create(job)
+            name = self.client.upload(spool, job.display_name)
+        return self._save(job, input_file=name, uploaded_at=stamp)
 
-    def _create(self, job: BatchJob) -> bool:
+    def _create(self, job: BatchJob, again: bool = True) -> bool:
+        """Create the job from its input file; a file the service no longer has
+        (deleted 48 h after upload) is uploaded again, once."""
         try:
             status = self.client.create(job.input_file, job.display_name)  # type: ignore[arg-type]
         except BackendError as exc:
             if exc.retryable:
                 self.at_cap = True
                 return False
+            if exc.status in (403, 404) and again:
+                uploaded = self._upload(job)
+                return uploaded is not None and self._create(uploaded, again=False)
             raise SystemicError(f"gemini batch: cannot create a batch job: {exc}") from None
         self._save(job, name=status.name, state=status.state, result_file=status.result_file)
         self.submitted += 1
@@ -207,24 +229,27 @@ class BatchRun:
 
     def _resume(self, job: BatchJob) -> None:
         """A job recorded but not known to be created: adopt it, or create it
-        from its input file or its request file; without either, drop it (its
-        texts are no longer held and the pipeline sends them online)."""
+        from its input file (uploaded again when it is near its 48 h, or gone)
+        or its request file; without either, drop it (its texts are no longer
+        held and the pipeline sends them online)."""
         found = self.client.find_job(job.display_name)
         if found is not None:
             self._save(job, name=found.name, state=found.state, result_file=found.result_file)
             self.live += found.state not in TERMINAL_STATES
             return
-        if not job.input_file or not self.client.file_exists(job.input_file):
-            existing = self.client.find_file(job.display_name)
-            if existing is None:
-                source = self.journal.open_requests(job)
-                if source is None:
-                    self._save(job, state="CANCELLED", cleaned=True)
+        if job.input_file and self._stale(job):
+            self.client.delete_file(job.input_file)  # gone already, or about to be
+            job = self._save(job, input_file=None, uploaded_at=None)
+        if not job.input_file:
+            # a killed run's upload, made after the record: no older than the record
+            existing = None if self._stale(job, job.created_at) else self.client.find_file(job.display_name)
+            if existing is not None:
+                job = self._save(job, input_file=existing, uploaded_at=job.created_at)
+            else:
+                uploaded = self._upload(job)
+                if uploaded is None:
                     return
-                with source, tempfile.TemporaryFile(prefix="beamvec-requests-") as spool:
-                    shutil.copyfileobj(source, spool, 1 << 20)
-                    existing = self.client.upload(spool, job.display_name)
-            job = self._save(job, input_file=existing)
+                job = uploaded
         self._create(job)
 
     # -- one pass ------------------------------------------------------------
@@ -246,13 +271,10 @@ class BatchRun:
                     raise
                 # the service is busy or unreachable after retries: look again next pass
         self.live = self._count_live()
-        for job in self.unsettled():
-            if job.state == WAITING and self._room():
-                try:
-                    self._start(job)
-                except BackendError as exc:
-                    if not exc.retryable:
-                        raise
+        for job in list(self.jobs.values()):
+            if job.collected and not job.cleaned and not job.files_deleted:
+                self._release(job)  # settled by an earlier run that did not delete its files
+        self._start_waiting()
 
     def _poll(self, job: BatchJob) -> None:
         status = self.client.get(job.name)  # type: ignore[arg-type]
@@ -283,6 +305,24 @@ class BatchRun:
             again = {k for k, e in report.errors.items() if e.retryable and can_retry}
             final = [e for k, e in report.errors.items() if k not in again]
             self._settle(job, again, final, resubmit=False)
+        for job in finished:
+            if self.jobs[job.id].collected:
+                self._release(self.jobs[job.id])
+        self._start_waiting()  # the room they held
+
+    def _release(self, job: BatchJob) -> None:
+        """Delete a settled job's files and the job from the service, before its
+        shards are committed: its vectors are in its checkpoint and its failures
+        in the journal, so nothing there is read again, and the files waiting
+        need the room (were it held until the commit, a run whose files all
+        wait for room would wait forever). A busy service: next pass."""
+        try:
+            self.client.cleanup(job)
+        except BackendError as exc:
+            if not exc.retryable:
+                raise
+            return
+        self._save(job, files_deleted=True)
 
     def local_reader(self, jobs: Sequence[BatchJob]) -> dict[str, JobReport]:
         """Each job's result file read here, one after the other."""
@@ -323,7 +363,7 @@ class BatchRun:
         spool = Spool()
         try:
             for raw in source:
-                key = _line_key(raw)
+                key = line_key(raw)
                 if key in keys:
                     spool.add(key, raw if raw.endswith(b"\n") else raw + b"\n", "")
             if spool.keys:
@@ -363,15 +403,3 @@ class BatchRun:
             lines_failed=self.lines_failed,
             texts=self.texts,
         )
-
-
-def _line_key(raw: bytes) -> str | None:
-    """The key of one request line (``{"key": ..., "request": ...}``)."""
-    try:
-        obj = json.loads(raw)
-    except ValueError:
-        return None
-    key = obj.get("key") if isinstance(obj, dict) else None
-    return key if isinstance(key, str) else None
-
-

@@ -23,7 +23,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -64,6 +64,9 @@ class BatchJob:
     line_retries: int = 0  # how many jobs answered its texts with a retryable error
     collected: bool = False  # its results are read: vectors stored, failures settled
     final: int = 0  # of its texts, how many failed for good (``<id>.failed``)
+    size: int = 0  # bytes of its request file (what its input file holds on the service)
+    uploaded_at: str | None = None  # RFC 3339, UTC: when its input file was uploaded
+    files_deleted: bool = False  # its files and job deleted from the service (read and settled)
 
     @property
     def display_name(self) -> str:
@@ -96,15 +99,29 @@ class StagedFile:
     keys: str
     count: int
     shards: tuple[str, ...]
+    size: int = 0  # bytes of the request file (0: unknown, read from the store)
 
 
 class BatchJournal:
     """Job records under ``<output>/_batch/jobs`` on any fsspec filesystem."""
 
-    def __init__(self, output: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, output: str, storage_options: dict[str, Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:  # fmt: skip
         self.fs, root = fsspec.core.url_to_fs(output, **(storage_options or {}))
         self.output = Output(output, storage_options)
         self.dir = f"{root.rstrip('/')}/{JOURNAL_DIR}"
+        self.clock = clock  # what the records are stamped with (a test moves it forward)
+
+    def now(self) -> str:
+        """The time now, as the records hold it (RFC 3339, UTC)."""
+        return _stamp(self.clock())
+
+    def age_s(self, stamp: str) -> float:
+        """Seconds since ``stamp`` (one of ``now``'s)."""
+        then = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        return self.clock() - then.timestamp()
 
     def _write(self, name: str, data: bytes) -> None:
         path = f"{self.dir}/{name}"
@@ -141,14 +158,16 @@ class BatchJournal:
         job_id = _new_id()
         keys_file = f"{job_id}.keys"
         self._write(keys_file, ("\n".join(keys) + "\n").encode())
-        requests_file = None
+        requests_file, size = None, 0
         if requests is not None:
             requests_file = f"{job_id}.requests.jsonl"
+            start = requests.tell()
             self._write_stream(requests_file, requests)
+            size = requests.tell() - start
             requests.seek(0)
         job = BatchJob(
-            job_id, keys_file, len(keys), tuple(sorted(set(shards))), _now(), attempt,
-            requests_file=requests_file, **lineage,
+            job_id, keys_file, len(keys), tuple(sorted(set(shards))), self.now(), attempt,
+            requests_file=requests_file, size=size, **lineage,
         )  # fmt: skip
         self.save(job)
         return job
@@ -165,9 +184,10 @@ class BatchJournal:
                 os.makedirs(self.dir, exist_ok=True)
             self.fs.mv(staged.keys, f"{self.dir}/{keys_file}")
             self.fs.mv(staged.requests, f"{self.dir}/{requests_file}")
+        size = staged.size or int(self.fs.size(f"{self.dir}/{requests_file}"))
         job = BatchJob(
-            job_id, keys_file, staged.count, tuple(sorted(set(staged.shards))), _now(),
-            requests_file=requests_file, state=state,
+            job_id, keys_file, staged.count, tuple(sorted(set(staged.shards))), self.now(),
+            requests_file=requests_file, state=state, size=size,
         )  # fmt: skip
         self.save(job)
         return job
@@ -234,5 +254,5 @@ def _new_id() -> str:
     return f"{int(time.time() * 1000):013d}-{secrets.token_hex(4)}"
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _stamp(epoch_s: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch_s, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

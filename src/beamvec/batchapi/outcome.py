@@ -12,6 +12,7 @@ import numpy as np
 from beamvec.batchapi.journal import BatchJob, BatchJournal
 from beamvec.batchapi.jsonl import MAX_FILE_BYTES, MAX_REQUESTS_PER_FILE, LineError
 from beamvec.batchapi.results import JobReport
+from beamvec.batchapi.room import FILE_LIFETIME_S, MAX_SERVICE_BYTES
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class BatchSettings:
     max_requests_per_file: int = MAX_REQUESTS_PER_FILE
     max_file_bytes: int = MAX_FILE_BYTES
     max_concurrent_jobs: int = 100  # the service's cap (about 100); more files wait in the journal
+    max_service_bytes: int = MAX_SERVICE_BYTES  # files on the service (Google: 20 GB a project)
+    file_lifetime_s: float = FILE_LIFETIME_S  # an input file older than this is uploaded again
     max_wait_s: float | None = None  # stop waiting after this long (None: until done)
 
 

@@ -22,8 +22,10 @@ run: pipeline/batch_stage.py) that hands back a small report. Each call
 4. with ``wait``, polls with backoff until every job is settled; without,
    returns after one pass (cron runs it again later).
 
-A poll pass costs per job, never per text. ``cleanup_jobs`` deletes a job's
-files from the service once the caller has committed every shard it holds.
+A poll pass costs per job, never per text. A settled job's files are deleted
+from the service at once (the project's 20 GB are shared by the jobs waiting);
+``cleanup_jobs`` forgets a job (and deletes what is left of it on the
+service) once the caller has committed every shard it holds.
 """
 
 from __future__ import annotations
@@ -151,7 +153,8 @@ def cleanup_jobs(
             continue
         if not set(job.shards) <= committed:
             continue
-        client.cleanup(job)
+        if not job.files_deleted:  # deleted already once it was read and settled
+            client.cleanup(job)
         journal.mark_cleaned(job)
         done += 1
     return done

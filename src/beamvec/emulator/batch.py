@@ -112,6 +112,7 @@ class BatchService:
         with self._lock:
             self._created = 0
             self._rejected = 0
+            self._missing_file = 0
             self.files.reset()
             self._lines_failed = 0
             self._tokens = 0
@@ -135,6 +136,7 @@ class BatchService:
             if method == "POST" and _UPLOAD.match(path):
                 if "upload_id" in query:
                     with self._lock:
+                        self.files.tick(config.batch_file_ttl_s, config.batch_clock_s)
                         return self.files.upload_chunk(query["upload_id"][0], headers, body)
                 self._authorize(headers, query, config)
                 with self._lock:
@@ -157,6 +159,7 @@ class BatchService:
         body: bytes,
         config: EmulatorConfig,
     ) -> Answer:
+        self.files.tick(config.batch_file_ttl_s, config.batch_clock_s)
         now = time.monotonic()
         for job in self._jobs.values():
             self._advance(job, now, config)
@@ -214,7 +217,8 @@ class BatchService:
         failure = None
         if file_name is not None:
             file = self.files.get(file_name)
-            if file is None:
+            if file is None:  # never uploaded, deleted, or expired (48 h)
+                self._missing_file += 1
                 raise not_found(f"File {file_name}")
             lines, failure = file_lines(file.data, native, config, limit)
         else:
@@ -337,6 +341,7 @@ class BatchService:
 
     def snapshot(self, config: EmulatorConfig, with_texts: bool = True) -> dict[str, Any]:
         with self._lock:
+            self.files.tick(config.batch_file_ttl_s, config.batch_clock_s)
             now = time.monotonic()
             for job in self._jobs.values():
                 self._advance(job, now, config)
@@ -348,6 +353,7 @@ class BatchService:
                     "by_state": {s: states[s] for s in STATES if states[s]},
                     "active": states["PENDING"] + states["RUNNING"],
                     "rejected_concurrency": self._rejected,
+                    "rejected_missing_file": self._missing_file,
                     "deleted": sum(1 for j in self._jobs.values() if j.deleted),
                 },
                 "files": self.files.stats(),

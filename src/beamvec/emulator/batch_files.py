@@ -5,7 +5,10 @@ with ``X-Goog-Upload-Protocol: resumable``: a start that announces the size,
 then chunks at explicit offsets, the last one with ``finalize``); result files
 are written by finished jobs and are the only ones that can be downloaded.
 A missing file answers 404 to a read and 403 PERMISSION_DENIED to a delete, as
-the service does. Not thread-safe: ``BatchService`` calls it under its lock.
+the service does. As Google's Files API states, a file is kept 48 hours
+(``batch_file_ttl_s``) after it is created, then deleted: reads of it are
+404 and a job created from it is refused; ``batch_clock_s`` moves the
+emulator's clock forward so a test need not wait. Not thread-safe: ``BatchService`` calls it under its lock.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ class FileStore:
     def __init__(self) -> None:
         self.files: dict[str, StoredFile] = {}
         self._uploads: dict[str, tuple[dict[str, Any], int, bytearray]] = {}
+        self.ttl_s = 48 * 3600.0
+        self.clock_s = 0.0
         self.reset()
 
     def reset(self) -> None:
@@ -33,6 +38,27 @@ class FileStore:
         self.uploaded = 0
         self.results = 0
         self.deleted = 0
+        self.expired = 0
+        self.peak_bytes = self._stored_bytes()
+
+    def _stored_bytes(self) -> int:
+        return sum(len(f.data) for f in self.files.values())
+
+    def _add(self, file: StoredFile) -> None:
+        self.files[file.name] = file
+        self.peak_bytes = max(self.peak_bytes, self._stored_bytes())
+
+    def now(self) -> float:
+        """The emulator's clock: the wall clock moved forward by ``batch_clock_s``."""
+        return time.time() + self.clock_s
+
+    def tick(self, ttl_s: float, clock_s: float) -> None:
+        """Take the settings' lifetime and clock, and delete the files past their lifetime."""
+        self.ttl_s, self.clock_s = ttl_s, clock_s
+        now = self.now()
+        for name in [n for n, f in self.files.items() if f.expires <= now]:
+            del self.files[name]
+            self.expired += 1
 
     def get(self, name: str) -> StoredFile | None:
         return self.files.get(name)
@@ -42,7 +68,7 @@ class FileStore:
 
     def add_result(self, name: str, data: bytes) -> None:
         """A finished job's result file (downloadable)."""
-        self.files[name] = StoredFile(name, None, "application/jsonl", data, "GENERATED", time.time())
+        self._add(StoredFile(name, None, "application/jsonl", data, "GENERATED", self.now(), self.ttl_s))
         self.results += 1
 
     def upload_start(self, path: str, headers: Mapping[str, str], body: bytes) -> Answer:
@@ -89,9 +115,10 @@ class FileStore:
             meta["mimeType"],
             bytes(data),
             "UPLOADED",
-            time.time(),
+            self.now(),
+            self.ttl_s,
         )
-        self.files[name] = file
+        self._add(file)
         self.uploaded += 1
         return json_answer(200, {"file": file.resource()}, {"x-goog-upload-status": "final"})
 
@@ -123,6 +150,8 @@ class FileStore:
             "uploaded": self.uploaded,
             "results": self.results,
             "deleted": self.deleted,
+            "expired": self.expired,
             "stored": sorted(f.name for f in files),
             "stored_bytes": sum(len(f.data) for f in files),
+            "peak_stored_bytes": self.peak_bytes,
         }

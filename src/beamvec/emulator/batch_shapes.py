@@ -56,7 +56,12 @@ class StoredFile:
     mime_type: str
     data: bytes
     source: str  # "UPLOADED" | "GENERATED"
-    created: float
+    created: float  # epoch seconds on the emulator's clock (wall clock + batch_clock_s)
+    ttl_s: float = 48 * 3600.0  # Google keeps a file 48 h, then deletes it
+
+    @property
+    def expires(self) -> float:
+        return self.created + self.ttl_s
 
     def resource(self) -> dict[str, Any]:
         out = {
@@ -65,7 +70,7 @@ class StoredFile:
             "sizeBytes": str(len(self.data)),
             "createTime": rfc3339(self.created),
             "updateTime": rfc3339(self.created),
-            "expirationTime": rfc3339(self.created + 48 * 3600),
+            "expirationTime": rfc3339(self.expires),
             "state": "ACTIVE",
             "source": self.source,
         }

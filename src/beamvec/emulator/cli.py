@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=100,
         help="active jobs before a create gets 429 (0: no cap)",
     )
+    b.add_argument(
+        "--batch-file-ttl-s",
+        type=float,
+        default=48 * 3600.0,
+        help="seconds a file is kept after upload, then deleted (Google: 48 h)",
+    )
     return p
 
 
@@ -127,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_fail_first=args.batch_fail_first,
             batch_expire_rate=args.batch_expire_rate,
             batch_max_concurrent=args.batch_max_concurrent or None,
+            batch_file_ttl_s=args.batch_file_ttl_s,
         )
     except ValueError as exc:
         print(f"beamvec emulator: {exc}", file=sys.stderr)

@@ -57,6 +57,10 @@ class EmulatorConfig:
     batch_fail_first: int = 0
     batch_expire_rate: float = 0.0
     batch_max_concurrent: int | None = 100
+    # Files API: Google deletes a file 48 h after upload (a get is then 404); a
+    # test moves the emulator's clock forward instead of waiting.
+    batch_file_ttl_s: float = 48 * 3600.0
+    batch_clock_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("fail_500", "fail_503", "hang", "reset", "malformed"):
@@ -87,6 +91,8 @@ class EmulatorConfig:
             raise ValueError("batch_fail_rate + batch_expire_rate must not exceed 1")
         if self.batch_job_s < 0 or self.batch_fail_first < 0:
             raise ValueError("batch_job_s and batch_fail_first must not be negative")
+        if self.batch_file_ttl_s <= 0:
+            raise ValueError("batch_file_ttl_s must be positive")
         if self.batch_max_concurrent is not None and self.batch_max_concurrent < 1:
             raise ValueError("batch_max_concurrent must be at least 1 (or None: no cap)")
         if self.quota_window not in WINDOW_KINDS:

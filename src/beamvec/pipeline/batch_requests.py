@@ -111,19 +111,33 @@ class RouteSplit(beam.DoFn):
             return  # the embedding worker records the shard as failed
 
 
+class HeldKeys:
+    """The keys of the journal's jobs not cleaned (their texts are not sent
+    again), read once per process: 8 bytes a key, however many copies of
+    ``WriteRequestFiles`` the process runs."""
+
+    def __init__(self, output: str, storage_options: dict[str, Any]) -> None:
+        journal = BatchJournal(output, storage_options)
+        self.keys = KeySet()
+        for job in journal.pending():
+            for key in journal.keys(job):
+                self.keys.add(key)
+
+
 class WriteRequestFiles(beam.DoFn):
     """A bucket's texts in, its request files and listing written, its number out."""
 
     def __init__(self, plan: RequestPlan, output: str) -> None:
         self.plan, self.output_url = plan, output
+        self._shared = Shared()  # one HeldKeys per worker process
 
     def setup(self) -> None:
         self.output = Output(self.output_url, self.plan.storage_options)
-        journal = BatchJournal(self.output_url, self.plan.storage_options)
-        self.held = KeySet()  # the journal's jobs' keys: their texts are not sent again
-        for job in journal.pending():
-            for key in journal.keys(job):
-                self.held.add(key)
+        url, options = self.output_url, self.plan.storage_options
+        self.process_held: HeldKeys = self._shared.acquire(
+            lambda: HeldKeys(url, options), tag=(url, self.plan.staging)
+        )
+        self.held = self.process_held.keys
 
     def process(self, element: tuple[int, Iterable[tuple[str, tuple[str, str | None, str]]]]) -> Iterator[int]:
         bucket, texts = element
@@ -182,7 +196,7 @@ class _FileWriter:
         number = len(self.files)
         self.files.append(StagedFile(
             self.plan.file(self.bucket, number, "requests.jsonl"), self.plan.file(self.bucket, number, "keys"),
-            self.count, tuple(sorted(self.shards)),
+            self.count, tuple(sorted(self.shards)), self.size,
         ))  # fmt: skip
 
     def abort(self) -> None:
@@ -233,5 +247,8 @@ def read_listings(plan: RequestPlan, output: Output) -> tuple[list[StagedFile], 
         if listing is None:
             continue  # a bucket without a text
         texts += int(listing["texts"])
-        files += [StagedFile(f["requests"], f["keys"], f["count"], tuple(f["shards"])) for f in listing["files"]]
+        files += [
+            StagedFile(f["requests"], f["keys"], f["count"], tuple(f["shards"]), f.get("size", 0))
+            for f in listing["files"]
+        ]
     return files, texts
