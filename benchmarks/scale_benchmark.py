@@ -20,7 +20,7 @@
    `--real-limit` seconds for all of them. Then `beamvec run` (it must say
    "nothing to do") and `beamvec plan --json` are timed, and `plan` on the
    same inputs with an empty output (it samples past 2,000 shards); the
-   pipeline proto size for the 100,000 shards is measured as tests/test_scale.py
+   pipeline proto size for the 100,000 shards is measured as tests/pipeline/test_scale.py
    does. Sizes of `_manifest.json` and of the `_commits/` table.
 
 Seconds are wall seconds of each process (`beamvec run` also prints its own
@@ -344,7 +344,7 @@ def synthesize(glob: str, out: Path) -> tuple[float, int]:
 
 
 def proto_child(glob: str, out: str) -> int:
-    """Build `beamvec run`'s pipeline and print its serialized size (tests/test_scale.py's way)."""
+    """Build `beamvec run`'s pipeline and print its serialized size (tests/pipeline/test_scale.py's way)."""
     import apache_beam as beam
 
     from beamvec.cli import main

@@ -106,8 +106,8 @@ start=$SECONDS
 # From the copy: `tests/` for the helpers, beamvec imported from the venv (not src/).
 cd "$WORK/src"
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-    tests/test_genai_pipeline.py::test_gemini_backend_end_to_end \
-    tests/test_genai_pipeline.py::test_vertex_backend_and_multimodal_model \
-    tests/test_genai_backend.py
+    tests/backends/test_genai_pipeline.py::test_gemini_backend_end_to_end \
+    tests/backends/test_genai_pipeline.py::test_vertex_backend_and_multimodal_model \
+    tests/backends/test_genai_backend.py
 "$VENV/bin/python" -c "import beamvec; assert 'site-packages' in beamvec.__file__, beamvec.__file__"
 say "tests took $((SECONDS - start)) s; OK"

@@ -79,11 +79,11 @@ EOF2
 # :batchEmbedContents) run the backend's tests, where routing is checked. The newest
 # release is the project venv's own (make test).
 check_version "$FLOOR" \
-    tests/test_genai_backend.py tests/test_google_errors.py tests/test_emulator_batch.py \
-    tests/test_batch_api.py \
-    "tests/test_genai_pipeline.py::test_gemini_backend_end_to_end" \
-    "tests/test_genai_pipeline.py::test_vertex_backend_and_multimodal_model"
+    tests/backends/test_genai_backend.py tests/backends/test_google_errors.py tests/emulator/test_emulator_batch.py \
+    tests/batchapi/test_batch_api.py \
+    "tests/backends/test_genai_pipeline.py::test_gemini_backend_end_to_end" \
+    "tests/backends/test_genai_pipeline.py::test_vertex_backend_and_multimodal_model"
 for want in 3.3.0 3.4.0; do
-    check_version "$want" tests/test_genai_backend.py
+    check_version "$want" tests/backends/test_genai_backend.py
 done
 say "done"

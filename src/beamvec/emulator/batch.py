@@ -8,7 +8,7 @@ What was verified, and how:
   ``cancel``, ``delete``, ``list`` and their ``_to_mldev``/``_from_mldev``
   converters) and ``_transformers.py`` (``t_job_state``,
   ``t_recv_batch_job_destination``, ``t_batch_job_name``). Every route below is
-  exercised through the real SDK by tests/test_emulator_batch.py.
+  exercised through the real SDK by tests/emulator/test_emulator_batch.py.
 * The JSONL line formats, from Google's launch post for batch embeddings
   (input ``{"key": "request_1", "request": {"output_dimensionality": 512,
   "content": {"parts": [{"text": ...}]}}}``; the request is an

@@ -40,6 +40,8 @@ from beamvec.pipeline.reuse_stage import (
 from beamvec.records import content_hash
 from beamvec.route import lookup
 from beamvec.write.sink import Output
+
+from helpers import assert_reconciled, beam_run, read_output, vectors_by_id
 from test_reuse import (
     CHANGED,
     IDS,
@@ -56,8 +58,6 @@ from test_reuse import (
     want,
     write_jsonl,
 )
-
-from helpers import assert_reconciled, beam_run, read_output, vectors_by_id
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 Skipped unless GEMINI_API_KEY is set AND the test is asked for by name:
 
-    GEMINI_API_KEY=... .venv/bin/python -m pytest tests/test_live.py::test_live_gemini -s
+    GEMINI_API_KEY=... .venv/bin/python -m pytest tests/backends/test_live.py::test_live_gemini -s
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from helpers import assert_reconciled, beam_run, read_output, vectors_by_id
 def test_live_gemini(tmp_path, capsys, request):
     asked = any("test_live" in arg for arg in request.config.invocation_params.args)
     if not (asked and os.environ.get("GEMINI_API_KEY")):
-        pytest.skip("live API test: set GEMINI_API_KEY and ask for tests/test_live.py::test_live_gemini")
+        pytest.skip("live API test: set GEMINI_API_KEY and ask for tests/backends/test_live.py::test_live_gemini")
     (tmp_path / "in").mkdir()
     texts = {"cat": "A cat sleeps on the sofa.", "kitten": "A kitten naps on the couch.",
              "rates": "The central bank raised interest rates."}

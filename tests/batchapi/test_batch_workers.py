@@ -19,6 +19,7 @@ from beamvec.batchapi.run import run_batch
 from beamvec.emulator import Emulator
 from beamvec.errors import SystemicError
 from beamvec.pipeline.batch_stage import BatchTarget, collect_on_workers
+
 from test_batch_api import FAST, KEY, SPEC, client_for, corpus, want
 
 os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1,localhost"]))
@@ -124,13 +125,14 @@ def test_a_key_the_service_refuses_on_a_worker_is_one_line_on_the_driver(tmp_pat
 
 
 def test_workers_write_each_text_once_across_splits_and_buckets(tmp_path, monkeypatch):
+    from test_batch_pipeline import write_corpus
+
     from beamvec.batchapi.journal import BatchJournal
     from beamvec.driver.batch_phase import batch_target, write_requests
     from beamvec.driver.resolve import parse_options, resolve_inputs
     from beamvec.pipeline import batch_requests
     from beamvec.records import content_hash
     from beamvec.write.sink import Output
-    from test_batch_pipeline import write_corpus
 
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
     monkeypatch.setattr(batch_requests, "BUCKET_INPUT_BYTES", 8_000)  # several buckets

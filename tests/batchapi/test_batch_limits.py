@@ -21,6 +21,7 @@ from beamvec.emulator import Emulator
 from beamvec.errors import SystemicError
 from beamvec.pipeline.batch_requests import RequestPlan, WriteRequestFiles
 from beamvec.retry import RetryPolicy
+
 from test_batch_api import FAST, KEY, MODEL, SPEC, assert_all_vectors, client_for, corpus
 
 os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1,localhost"]))
