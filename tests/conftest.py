@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from beamvec.emulator import Emulator
+from beamvec.interrupt import STOP
 
 from helpers import API_KEY
 
@@ -46,3 +47,13 @@ def module_emulator() -> Iterator[Emulator]:
     """One emulator for a whole module (default settings, ``API_KEY``)."""
     with Emulator(api_key=API_KEY) as emu:
         yield emu
+
+
+@pytest.fixture(autouse=True)
+def _no_stop_left_over() -> Iterator[None]:
+    """A run that stopped (a worker failed, Ctrl-C) leaves this process's STOP
+    set until the next run resets it; a test that works a shard in process
+    without a run would read it as its own stop and raise ``Interrupted``,
+    which pytest takes for Ctrl-C and ends the whole session."""
+    STOP.reset()
+    yield
