@@ -1,4 +1,4 @@
-"""Memory of `beamvec run --batch-api` (issue 31), as peak RSS of the driver process.
+"""Memory of `beamvec run --batch-api`, as peak RSS of the driver process.
 
 For each corpus size, a fresh corpus (JSONL shards of distinct texts) is run
 through `beamvec run --backend gemini --batch-api` against the emulator (its

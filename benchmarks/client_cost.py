@@ -1,6 +1,6 @@
 """Client cost per request: CPU milliseconds beamvec spends per API request at
 768 and 3,072 dimensions, and the request rate one worker process sustains
-against an emulator that answers at once (issue 13).
+against an emulator that answers at once.
 
 The emulator runs in its own process with no latency and a quota far above
 what one client can send; `beamvec run` runs on the DirectRunner in one

@@ -1,4 +1,4 @@
-"""`beamvec inspect` and `beamvec search` on a 1,000,000-row output (issue 17):
+"""`beamvec inspect` and `beamvec search` on a 1,000,000-row output:
 wall time and peak memory of each, as a user runs them.
 
 The output is written directly in beamvec's format (benchmarks/reuse_memory.py's

@@ -11,7 +11,7 @@
    runner_configs/local-multiprocess.yaml): each process takes its share of
    the cores for onnxruntime.
 
-Prints records/s and the ratios the issue asks for (beamvec / bare model, 2
+Prints records/s and two ratios (beamvec / bare model, 2
 processes / 1), and the ceiling of the second: the bare model on one
 onnxruntime thread, times the number of cores. Each pipeline run is its own process, timed from its start
 (interpreter and imports included for both, so the ratio is fair).

@@ -1,4 +1,4 @@
-"""Filling the quota in every shape of issue 13, side by side in one run.
+"""Filling the quota in every shape, side by side in one run.
 
 The emulator (`beamvec emulator`, its own process, 127.0.0.1 only) holds a
 quota of 600 requests a minute, metered over the shape's window (600 per 60 s,
@@ -17,7 +17,7 @@ against a fresh emulator, its rows one after the other (stats reset between):
 * two jobs for six minutes (18 x texts, in twice the shards), 60-s window: the
   two-jobs row again, long enough for the window to turn over six times (a
   20,000-text run fits in the first window: the server never pushes back).
-* issue 30, over 6 s: token-bound (`--tpm`, default 1,000,000 a minute, no
+* over 6 s: token-bound (`--tpm`, default 1,000,000 a minute, no
   request limit; beamvec told `--quota-tpm` the same, or nothing), an English
   and a Chinese corpus, the emulator counting tokens its own way; and bound by
   requests, each window kind (sliding, fixed, bucket) with each retry hint
@@ -663,7 +663,7 @@ def shapes(args: argparse.Namespace) -> list[Shape]:
 
 
 def token_and_window_shapes(args: argparse.Namespace) -> list[Shape]:
-    """Issue 30: token-bound shapes (English, and Chinese that the server counts
+    """Token-bound shapes (English, and Chinese that the server counts
     per script) and, bound by requests, each window kind with each hint shape;
     6-s windows, so that each run is short."""
     t, n = args.texts, args.shards

@@ -1,4 +1,4 @@
-"""Rerunning a shuffled re-export into the same output (issue 31): reuse as a join.
+"""Rerunning a shuffled re-export into the same output: reuse as a join.
 
 For each size N (default 300,000, 1,000,000 and 3,000,000): an output of N
 synthetic 384-dim vectors is written in the output's own format (footers,

@@ -1,4 +1,4 @@
-"""Memory of content-addressed reuse (issue 12), as peak RSS of child processes.
+"""Memory of content-addressed reuse, as peak RSS of child processes.
 
 (a) lookup: a worker reusing from an output of 1,000,000 vectors (384 dims).
     The output is written directly in the output's format (vector_schema,

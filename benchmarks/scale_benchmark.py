@@ -1,4 +1,4 @@
-"""Scale out (issue 14), measured: splits, uneven layouts, a no-op rerun at 100,000 shards.
+"""Scale out, measured: splits, uneven layouts, a no-op rerun at 100,000 shards.
 
 1. Splits on the local model: one JSONL file of 8,000 stdlib docstring
    sentences (1 to 3 sentences a record), `--local-threads 1`, the

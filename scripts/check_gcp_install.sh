@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does beamvec install beside Beam's Google Cloud extra, and does the gemini backend
-# work there? (issue 14: "Installs beside apache-beam[gcp]")
+# work there?
 #
 # A fresh venv gets `apache-beam[gcp]==2.78.0` and beamvec's `genai` extra (built from
 # a copy of this checkout, so the working tree is never written to) in ONE resolver

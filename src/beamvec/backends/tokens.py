@@ -18,8 +18,8 @@ figure is our assumption and says so):
   are equal to about 60-80 English words." -> Latin script, spaces and ASCII
   punctuation at 4 characters a token; upper bound 3 (what beamvec used for
   every script before, with a 33 % margin over Google's average).
-* Chinese, Japanese and Korean: about one token per character (issue #30;
-  Google's Vertex pricing counts CJK characters one by one as well). Upper
+* Chinese, Japanese and Korean: about one token per character (Google's
+  Vertex pricing counts CJK characters one by one as well). Upper
   bound 1.25 a character.
 * Digits: the Gemini tokenizer splits numbers into single digits (Gemini
   technical report, 2023: "splits digits"), one token each, both weights.
