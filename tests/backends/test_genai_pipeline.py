@@ -70,7 +70,7 @@ def test_gemini_backend_end_to_end(emulator, corpus, tmp_path, capsys, monkeypat
     stats = emulator.stats()
     # 230 texts in 2 shards of 115: never a batch of 101, never a 400
     assert set(stats["by_status"]) == {"200"} or set(stats["by_status"]) == {200}
-    # the preflight embeds a text the run needs (issue 12): each text is billed once
+    # the preflight embeds a text the run needs: each text is billed once
     assert stats["texts_embedded"] == len(texts)
     # 229 texts after the preflight's one, in requests of 100 filled across shards
     assert 1 + 3 <= stats["requests"] <= 1 + 2 * 2

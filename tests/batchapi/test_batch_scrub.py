@@ -1,5 +1,5 @@
 """The Batch API client masks the API key in Google's error text, as the
-online path does (issue #32 item 9): a refusal, a 5xx past its retries and a
+online path does: a refusal, a 5xx past its retries and a
 failed job's message never carry the key, nor a ``key=`` URL parameter."""
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def test_connect_hands_the_key_to_the_scrub():
 
 
 def test_batch_and_online_calls_read_a_status_alike():
-    """Issue #34: one classification of Google's errors. Google's published retry
+    """One classification of Google's errors. Google's published retry
     guidance (cloud.google.com/storage/docs/retry-strategy, AIP-194): 408, 429 and
     5xx are retried, and so are 409 ABORTED and 425; 501 NOT_IMPLEMENTED never is,
     nor a 400. Each status is asked of the Batch API client and of the online
@@ -110,7 +110,7 @@ def _throttled(retry_delay: str) -> Exception:
 
 
 def test_batch_calls_wait_the_servers_hint_and_give_up_like_online_calls():
-    """Issue #34: one retry policy. A 429 that says "retry in 7.25 s" is waited
+    """One retry policy. A 429 that says "retry in 7.25 s" is waited
     for at least that long (not the 2-s backoff the policy starts with), and a
     429 that persists ends in the online path's RetriesExhausted, still a
     transient BackendError (the poll loop looks again next pass)."""

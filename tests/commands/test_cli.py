@@ -419,7 +419,7 @@ def test_the_run_json_schema_is_the_documented_one():
 
 @pytest.mark.slow
 def test_a_damaged_gzip_is_named_in_the_summary(tmp_path, capsys):
-    """Issue #33: a damaged .gz passed with exit 0 and `corrupt_file 2`, naming
+    """A damaged .gz once passed with exit 0 and `corrupt_file 2`, naming
     no file. The summary names each damaged input; --fail-on-dead-letters
     turns it into exit 3 for a scheduler."""
     import gzip

@@ -113,7 +113,7 @@ def test_plan_predicts_what_the_run_did(capsys, corpus, embedded, tmp_path):
         for reason, count in shard["dead_letters_by_reason"].items():
             reasons[reason] = reasons.get(reason, 0) + count
     assert p["dead_letters_by_reason"] == reasons == {"duplicate_id": 1, "empty_text": 1, "invalid_json": 1}
-    # requests: batches of at most 64 texts, filled across shards (issue 13);
+    # requests: batches of at most 64 texts, filled across shards;
     # the run cuts a partial batch early only when no shard could add to it
     per_shard = {s["input"].rsplit("/", 1)[-1]: s for s in p["per_shard"]}
     assert per_shard["reports.jsonl"]["records"] == FILLER + 1
@@ -193,7 +193,7 @@ def test_inspect_a_real_output(capsys, embedded):
     code, text = _call(capsys, inspect_output, str(out_dir))
     assert code == 0
     assert "complete: _SUCCESS written" in text and "vector norms" in text and "invalid_json" in text
-    # Issue #33: "embedded" alone hid what was billed. Each run says sent,
+    # "embedded" alone once hid what was billed. Each run says sent,
     # reused and repeats, as the manifest's run record counts them.
     run = manifest["runs"][0]
     assert run["embedded"] == run["sent"] + run["reused"] + run["deduplicated"]

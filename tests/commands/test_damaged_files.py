@@ -1,5 +1,5 @@
 """inspect and verify on an output whose committed files are damaged or
-missing (issue #32 item 9): both exit 1 and name the file once with its
+missing: both exit 1 and name the file once with its
 repair, whether the file is gone, cut short, or torn within the size its
 commit record holds (the cheap check reads no file of the recorded size;
 these commands read every file through)."""

@@ -187,7 +187,7 @@ def test_vertex_export_files_and_increment(out, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_lancedb_index_is_skipped_on_a_small_table(out, tmp_path, capfd):
-    """Issue #33: on 505 rows the index trained 1 of 22 partitions, lance
+    """On 505 rows the index once trained 1 of 22 partitions, lance
     printed its own warning, and a row lay 0.0885 from itself. Below two
     partitions of lancedb's 8,192-row target the table stays exact, said in
     one line of beamvec's own."""

@@ -1,4 +1,4 @@
-"""`beamvec export --full` still deletes what left the output (issue #32 item 8):
+"""`beamvec export --full` still deletes what left the output:
 a shard pruned by `beamvec run --prune` leaves LanceDB and gets a Vertex
 delete/ file, on the full export and on every incremental one after it."""
 

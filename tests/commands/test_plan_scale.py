@@ -1,4 +1,4 @@
-"""`beamvec plan` at scale (issue 14): exact for small corpora, a stated sample
+"""`beamvec plan` at scale: exact for small corpora, a stated sample
 past 2,000 shards; and a warning for large files that cannot be split."""
 
 from __future__ import annotations

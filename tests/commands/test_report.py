@@ -193,7 +193,7 @@ def _short_run(out: Path, run_id: str, samples: list[dict]) -> None:
 
 @pytest.mark.slow
 def test_a_run_too_short_to_chart_is_named_and_the_newest_long_one_is_charted(nightly, tmp_path):
-    """Issue #33: a 3-second incremental run left every chart empty. The page
+    """A 3-second incremental run once left every chart empty. The page
     charts the newest run long enough, says why, and lists the runs."""
     out = tmp_path / "out"
     shutil.copytree(nightly, out)
@@ -232,8 +232,8 @@ def test_report_charts_the_run_asked_for(nightly, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_report_tokens_sent_agree_with_the_run_table(nightly):
-    """Issue #33: the page's "tokens sent" (17,675) disagreed with its own run
-    table (27,874 + 666). Each figure now says what it sums, and the runs'
+    """The page's "tokens sent" (17,675) once disagreed with its own run
+    table (27,874 + 666). Each figure says what it sums, and the runs'
     sum is the run table's column."""
     data = report.collect(str(nightly), {})
     html = report.render(data)

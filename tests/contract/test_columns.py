@@ -1,4 +1,4 @@
-"""The output's column names live in ``contract.columns`` alone (issue #32):
+"""The output's column names live in ``contract.columns`` alone:
 no module names a vector, dead-letter or checkpoint column with a string
 literal when it reads or writes one, so renaming a column is one edit."""
 

@@ -1,4 +1,4 @@
-"""One writer per output, fenced (issue #32 item 2), with real processes.
+"""One writer per output, fenced, with real processes.
 
 Runs of `python -m beamvec.cli run` against the Gemini emulator (with
 latency, so a run is caught in the middle), on local disk and on S3 (moto):

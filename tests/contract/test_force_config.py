@@ -1,4 +1,4 @@
-"""`--force` with a new configuration covers the whole output or is refused (issue #32, item 3)."""
+"""`--force` with a new configuration covers the whole output or is refused."""
 
 from __future__ import annotations
 

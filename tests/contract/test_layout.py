@@ -1,4 +1,4 @@
-"""No name of an output's layout is ever read as input (issue #32, item 5).
+"""No name of an output's layout is ever read as input.
 
 An older output lies under the input glob, with every file and folder an
 output can hold. Listing must return only the real inputs beside it, and a
@@ -19,7 +19,7 @@ from beamvec.sources import list_shards
 
 from helpers import beam_run, read_output
 
-#: What an output holds, as the issue and the README name it (bookkeeping
+#: What an output holds, as the README names it (bookkeeping
 #: files written by hand where one run does not leave them).
 LAYOUT_FILES = [
     "_manifest.json", "_SUCCESS", "_lease.json", "_beamvec_probe",

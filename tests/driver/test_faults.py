@@ -1,4 +1,4 @@
-"""Issue 32 item 1, "never stuck": a store that refuses writes ends the run.
+"""Never stuck: a store that refuses writes ends the run.
 
 A full disk (a 3 MB tmpfs mounted as the output) and an S3 store that answers
 503 to every write under ``_partial/`` (moto behind a small proxy that refuses

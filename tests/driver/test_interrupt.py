@@ -1,4 +1,4 @@
-"""Issue 33 item 2: Ctrl-C (and SIGTERM) on a Gemini run is prompt and truthful.
+"""Ctrl-C (and SIGTERM) on a Gemini run is prompt and truthful.
 
 Real signals to a real `beamvec run` subprocess, against the emulator with
 200 ms of latency per request: the first press stops the run within

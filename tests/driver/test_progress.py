@@ -77,7 +77,7 @@ def test_eta_converges_on_a_run_of_known_length(stall):
 
 
 def test_rate_does_not_halve_while_the_run_goes_on():
-    """Issue #33: the rate since the start halved as the run went on (49.8,
+    """The rate since the start once halved as the run went on (49.8,
     then 24.9): at a steady 50 records/s the window says 50 at any time."""
     seen = _simulate(lambda t: min(1.0, t / 400.0), 400.0)
     rates = [e.rate for t, e, _ in seen if t >= 30]
@@ -94,7 +94,7 @@ def test_a_stalled_run_has_no_eta_after_a_window_of_nothing():
 
 def test_quota_waits_of_threads_count_as_wall_time():
     """Four threads each waiting the same 10 s wait 10 s of the run, not 40
-    (issue #33: "throttled 517.6 s" in a 78.7 s run)."""
+    (a 78.7 s run once said "throttled 517.6 s")."""
     progress = Progress()
     for _ in range(4):
         progress.waited(10.0, now=110.0)  # [100, 110] four times

@@ -1,4 +1,4 @@
-"""The live bar on a terminal (issue 17): `beamvec run` in a pseudo-terminal,
+"""The live bar on a terminal: `beamvec run` in a pseudo-terminal,
 one large file, progress read back frame by frame."""
 
 from __future__ import annotations

@@ -259,7 +259,7 @@ def test_gemini_run_leaks_nothing(
     assert_reconciled(result)
     reasons = {row["reason"] for table in result["dead"].values() for row in table.to_pylist()}
     if failing:
-        # only the preflight's text, embedded before the failures began (issue 12)
+        # only the preflight's text, embedded before the failures began
         assert sum(t.num_rows for t in result["vectors"].values()) == 1
         assert "embed_failed" in reasons
     else:

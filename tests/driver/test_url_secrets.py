@@ -1,4 +1,4 @@
-"""A password or token in an input URL is never stored or printed (issue #32, item 4)."""
+"""A password or token in an input URL is never stored or printed."""
 
 from __future__ import annotations
 

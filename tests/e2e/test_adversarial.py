@@ -1,4 +1,4 @@
-"""Issue 16, case by case, as an adversarial user would try it: two runs on
+"""Case by case, as an adversarial user would try it: two runs on
 one output, damaged vector files, a run reading its own output, a glob with
 a .md file, a vanished input, broken manifests, Ctrl-C, non-string ids, and
 `--retry-dead-letters` billing exactly the dead-lettered texts.

@@ -1,4 +1,4 @@
-"""Bisection keeps every result that was paid for (issue #32, item 6).
+"""Bisection keeps every result that was paid for.
 
 When a batch is refused for one bad text and, while it is split, one half
 runs out of retries, the other half's vectors were already billed: they must

@@ -1,4 +1,4 @@
-"""Over-long texts in any script never reach the server (issue #30).
+"""Over-long texts in any script never reach the server.
 
 Long Chinese, Japanese, Russian, Hindi and English texts among short ones,
 through the pipeline and the real SDK against the emulator: no request is

@@ -467,7 +467,7 @@ def test_local_vectors_carry_meaning():
     assert v[0] @ v[2] > v[0] @ v[1] + 0.3
 
 
-# -- Google's stand-in (issue 30): strict JSON, endpoints, tokens, meters, hints --
+# -- Google's stand-in: strict JSON, endpoints, tokens, meters, hints --
 
 def gemini_client(emu):
     return genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=emu.url))

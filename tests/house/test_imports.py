@@ -1,4 +1,4 @@
-"""The import graph (issues 11, 34): no cycle among beamvec's modules, counting
+"""The import graph: no cycle among beamvec's modules, counting
 the imports hidden inside functions too; errors.py at the bottom; every package
 on a floor, importing only its own floor and those below; the emulator apart."""
 
@@ -68,7 +68,7 @@ def test_no_module_imports_itself_back_through_others() -> None:
     assert _cycle(flat) is None, " -> ".join(_cycle(flat) or [])
 
 
-# The floors of src/beamvec/, ground first (issue 34). What is written here is the
+# The floors of src/beamvec/, ground first. What is written here is the
 # rule, one floor per package or top-level module; the edges are read from the
 # code. A package or module may import its own floor or any floor below, never one
 # above, and the packages together import one way (no cycle between them).
@@ -147,7 +147,7 @@ def test_the_floor_check_sees_an_import_that_runs_up() -> None:
 
 
 def test_the_emulator_imports_nothing_of_the_client() -> None:
-    """Issue 30: the emulator is Google's stand-in, written from Google's docs;
+    """The emulator is Google's stand-in, written from Google's docs;
     it may import itself, the stdlib and third-party packages, never beamvec's
     client (backends, records, …), so it cannot mirror the client's mistakes."""
     emulator = [p for p in SRC.joinpath("emulator").rglob("*.py")]

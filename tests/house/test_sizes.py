@@ -1,4 +1,4 @@
-"""The house's size limits (issue 34): no module over ~400 lines, no function
+"""The house's size limits: no module over ~400 lines, no function
 over ~80, in every package and module under src/beamvec/.
 
 "~400" is held as 400 with a tolerance of ten lines (``MODULE_LINES``): a

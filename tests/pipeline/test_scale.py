@@ -1,4 +1,4 @@
-"""What grows with the corpus and what must not: the job graph (issue 14).
+"""What grows with the corpus and what must not: the job graph.
 
 Dataflow refuses job graphs over ~10 MB. The driver writes the work list to
 the output and the pipeline carries only its path, so the graph stays the

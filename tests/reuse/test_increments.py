@@ -202,7 +202,7 @@ def test_success_marker_is_withdrawn_while_a_run_changes_the_output(tmp_path, ca
 
 @pytest.mark.slow
 def test_kill_9_mid_split_redoes_only_unfinished_splits(tmp_path):
-    """One large file cut into splits (issue 14): after kill -9 and a rerun,
+    """One large file cut into splits: after kill -9 and a rerun,
     exactly one row per record, and the parts committed before the kill are
     kept as they are: neither rewritten nor their texts sent again."""
     corpus = tmp_path / "corpus"

@@ -1,4 +1,4 @@
-"""Issue 12: the bill follows what changed, never how the files are cut.
+"""The bill follows what changed, never how the files are cut.
 
 Counted at the emulator: the real google-genai client against ``beamvec
 emulator``; a text is billed when the emulator embedded it (its stats count
@@ -290,7 +290,7 @@ def test_first_run_bills_unique_texts_rerun_nothing_one_change_one(emu, tmp_path
     np.testing.assert_allclose(got["id3"], want("a sentence that changed overnight"), atol=1e-6)
 
 
-# -- plan equals run (issue 11) -------------------------------------------------------
+# -- plan equals run ------------------------------------------------------------------
 
 
 def corpus_with_everything(root: Path) -> str:

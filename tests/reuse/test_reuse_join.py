@@ -1,4 +1,4 @@
-"""Issue 31: reuse as a join in the pipeline, on the DirectRunner.
+"""Reuse as a join in the pipeline, on the DirectRunner.
 
 The thresholds are set to 0 so that the join runs on small data, and the
 in-process index is made to fail if anything asks for it: every reuse below

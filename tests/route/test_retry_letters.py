@@ -1,4 +1,4 @@
-"""`--retry-dead-letters` sends transient failures only (issue #32, item 7).
+"""`--retry-dead-letters` sends transient failures only.
 
 A shard holds a text the API refused for good (a 400 not about quota or
 length: ``bad_request``) and texts whose retries ran out (``embed_failed``).

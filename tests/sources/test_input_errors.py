@@ -1,5 +1,5 @@
 """Inputs no reader can take end in one line naming the file, never in
-"unexpected error ... rerun with --debug" (issue #32 item 9): a Parquet or
+"unexpected error ... rerun with --debug": a Parquet or
 CSV file without the text column, a file name that is not UTF-8, a symbolic
 link that loops, dangles or leads to a directory."""
 

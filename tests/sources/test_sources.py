@@ -495,7 +495,7 @@ def _damage(member: bytes) -> bytes:
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd", "bz2"])
 def test_a_damaged_member_loses_only_its_own_records(tmp_path: Path, compression: str) -> None:
-    """Issue #33: one bad block lost all the records of a .gz file. In a file
+    """One bad block once lost all the records of a .gz file. In a file
     of many members (bgzip, pzstd, pbzip2, `cat a.gz b.gz`) the members after
     the damaged one are read; the lines broken by the damage are dropped,
     never embedded in half."""
