@@ -9,6 +9,7 @@ from pathlib import Path
 BENCHMARKS = [
     "local_throughput.py", "quota_benchmark.py", "client_cost.py", "reuse_memory.py",
     "window_ceiling.py", "commands_scale.py", "scale_benchmark.py", "write_cost.py", "reuse_join.py",
+    "batch_api_memory.py", "stop_latency.py",
 ]
 
 
