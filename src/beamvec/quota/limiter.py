@@ -18,8 +18,9 @@ before sending, as ``acquire`` does, and passes ``due()`` to ``on_left``.)
 
 Late requests push later bookings back (lateness.py); budgets and their
 buckets live in budgets.py, holds after 429s in hold.py, the events to
-measure in measure.py, what a 429's hint means in throttled.py, and the
-arguments' checks in limiter_args.py.
+measure in measure.py, what a 429's hint means in throttled.py, the
+discovering start's burst in first_window.py, and the arguments' checks in
+limiter_args.py.
 
 Thread-safe; share one per process (``transforms.PerProcess``, through Beam's ``Shared``).
 """
@@ -34,6 +35,7 @@ from dataclasses import astuple
 from beamvec.quota.aimd import AimdController, AimdSettings, Cut
 from beamvec.quota.bucket import Clock, Sleep
 from beamvec.quota.budgets import Budgets
+from beamvec.quota.first_window import FirstWindow
 from beamvec.quota.hold import Hold
 from beamvec.quota.lateness import Due, Lateness
 from beamvec.quota.limiter_args import checked_late_slack
@@ -94,6 +96,7 @@ class Limiter:
         self._last_send = -math.inf
         self._hold = Hold(max_step_s=min(window_s, max_hold_s))
         self._measurements = Measurements()
+        self._first = FirstWindow()  # discovery: the unpaced start's burst in the server's window
         self._lateness = Lateness(late_slack_s)
         self._waited = 0.0
         self._requests = 0
@@ -236,7 +239,8 @@ class Limiter:
     def _probe_through(self, sent: float, now: float) -> None:
         """The probe after a vague hint got through: the hold is over, and
         the time the window took to free is the hint to measure with."""
-        freed = self._hold.probe_accepted(now)
+        began, freed = self._hold.began, self._hold.probe_accepted(now)
+        self._first.probed(began, freed)
         self._measurements.probe_through(sent, freed, self._meter.settled_after(now))
 
     def on_throttled(
@@ -278,11 +282,11 @@ class Limiter:
                 self._aimd.quiet_after(until)
                 return False
             return self._new_event(now, asked_at, sent_at, hint, vague, extra,
-                                   quota == "tokens" and self.discover_tokens)
+                                   quota == "tokens" and self.discover_tokens, guessed=retry_after is None)
 
     def _new_event(
         self, now: float, asked_at: float | None, sent_at: float | None, hint: float | None,
-        vague: bool, extra: float, tokens: bool,
+        vague: bool, extra: float, tokens: bool, guessed: bool = False,
     ) -> bool:
         """The first 429 of an event (under the lock): cut the rate, and
         expect the accepted rate to be measured once the hold is over."""
@@ -295,7 +299,8 @@ class Limiter:
         if hint is not None:
             seen = window_seen(self.window_s, hint, self._meter.busy_for(now))
             self._aimd.window_s = max(self._aimd.window_s, seen)
-        cut = self._aimd.on_throttled(now, asked_at, edge_only=probed_too_far)
+        # While the unpaced start's burst fills the window, its 429s are its own, not others' traffic.
+        cut = self._aimd.on_throttled(now, asked_at, edge_only=probed_too_far or self._first.burst_in_window(now))
         self._aimd.quiet_after(until)
         if cut is not Cut.NONE:
             if vague:  # a first guess at the wait; the probe measures it
@@ -312,6 +317,9 @@ class Limiter:
                 # Requests booked during the hold need a pace now: a first
                 # estimate from what was sent before this one (few replies
                 # are in yet); the measurement once they are in corrects it.
+                if not guessed:  # with no hint, nothing shows how long the window is
+                    opener = now - self._meter.busy_for(now) - self._meter.gap_before(now, hint)
+                    self._first.start(now, opener, freed_at=None if vague else now + hint)
                 self._settle(self._meter.sent_rate(sent, hint), until)
             self._lateness.guarding = self._lateness.guarding or self._budgets.paced
         self._budgets.apply(self._aimd.fraction)

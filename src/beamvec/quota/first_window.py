@@ -1,0 +1,55 @@
+"""Discovery's first window: how long the unpaced start's burst fills the server's window.
+
+Told nothing, a limiter sends unpaced until the first 429, and that burst
+fills the server's window. Paced from then on at the rate it measured, its
+next requests still meet a window full of the burst until the burst has
+left it (over a sliding window, a window after it was sent). A 429 in that
+time is the burst's, not others' traffic: cutting the rate in half for it
+(a congestion cut, aimd.py) cost 0.2 of the limit for ~12 s in the
+simulation. So until the burst can have left, 429s cut only at the edge.
+
+The window is as long as from the request that opened it (our first, or
+the driver's preflight when it was still in the window) to when the first
+slot freed: the first 429's exact hint, or the time a probe found it free
+(hold.py). A later probe that found the window free later, while the burst
+was still in it, moves that on.
+
+Pure and single-threaded: the limiter calls it under its lock.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+class FirstWindow:
+    """Until when the unpaced start's burst may still be in the server's window."""
+
+    def __init__(self) -> None:
+        self.began: float | None = None  # the first 429 of discovery
+        self._opener = 0.0  # when the request that opened the window was sent
+        self.until = -math.inf
+
+    def start(self, now: float, opener: float, freed_at: float | None) -> None:
+        """The first 429 while unpaced, at ``now``; the window opened at
+        ``opener``, and its first slot frees at ``freed_at`` (None: a probe finds out)."""
+        if self.began is None:
+            self.began, self._opener = now, opener
+            if freed_at is not None:
+                self.freed_at(now, freed_at)
+
+    def probed(self, began: float | None, freed: float | None) -> None:
+        """A probe got through ``freed`` seconds after the 429 at ``began`` (None: unknown)."""
+        if began is not None and freed is not None:
+            self.freed_at(began, began + freed)
+
+    def freed_at(self, held_from: float, at: float) -> None:
+        """A slot of the window freed at ``at`` after a 429 at ``held_from``:
+        if the burst was still in the window then, the window is at least
+        as long as from its opener to ``at``."""
+        if self.began is None or held_from >= max(self.until, self.began + 1e-9):
+            return
+        self.until = max(self.until, self.began + (at - self._opener))
+
+    def burst_in_window(self, now: float) -> bool:
+        return now < self.until
