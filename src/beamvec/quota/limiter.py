@@ -261,7 +261,8 @@ class Limiter:
             now = self._clock()
             self._throttled += 1
             hint, vague = hold_hint(retry_after, floor=floor, max_hold_s=self.max_hold_s,
-                                    unpaced_discovery=self.discover and not self._budgets.paced)
+                                    unpaced_discovery=self.discover and not self._budgets.paced,
+                                    paced_discovery=self.discover and self._budgets.paced)
             if self._hold.is_probe(sent_at):  # the window is still full: same event, a longer step
                 self._hold.probe_refused(now, hint)
                 self._meter.on_refused(self._hold.until)
@@ -280,6 +281,8 @@ class Limiter:
             self._scale.quiet_after(until)
             if self._aimd.is_same_event(now, asked_at):
                 self._aimd.quiet_after(until)
+                if vague:  # the window is still full after the event's hold: measure once a probe gets through
+                    self._measurements.await_probe()
                 return False
             return self._new_event(now, asked_at, sent_at, hint, vague, extra,
                                    quota == "tokens" and self.discover_tokens, guessed=retry_after is None)
