@@ -222,3 +222,18 @@ def test_with_no_hint_and_a_pace_the_requests_booked_ahead_wait_for_one_probe(ki
         fill, throttled, _ = _discovered_fill(kind, "none", seed)
         assert fill >= 0.85
         assert throttled < 0.06
+
+
+def test_a_bucket_is_measured_from_its_first_429_not_from_the_burst() -> None:
+    """A bucket holding a window's worth lets the unpaced start's burst
+    through and then refills at the limit: the first 429's exact hint is
+    shorter than the burst took. Measured from the burst's start, its full
+    bucket counts on top of the refill (~2,000 a minute for 240), and each
+    later measurement undid the congestion cut before it: 10-11 % 429s over
+    seeds 0-9. From the first 429 on, the server accepts only its refill:
+    4.1-4.5 %, 0.96-0.97 of the limit."""
+    for seed in range(3):
+        fill, throttled, limiter = _discovered_fill("bucket", "exact", seed)
+        assert 0.9 <= fill <= 1.05
+        assert throttled < 0.05
+        assert limiter.current_rpm is not None and limiter.current_rpm <= 1.05 * 240

@@ -29,14 +29,16 @@ class FirstWindow:
         self.began: float | None = None  # the first 429 of discovery
         self._opener = 0.0  # when the request that opened the window was sent
         self.until = -math.inf
+        self._refills = False  # the first 429's exact hint was shorter than the burst
 
-    def start(self, now: float, opener: float, freed_at: float | None) -> None:
+    def start(self, now: float, opener: float, freed_at: float | None, burst_s: float) -> None:
         """The first 429 while unpaced, at ``now``; the window opened at
         ``opener``, and its first slot frees at ``freed_at`` (None: a probe finds out)."""
         if self.began is None:
             self.began, self._opener = now, opener
             if freed_at is not None:
                 self.freed_at(now, freed_at)
+                self._refills = freed_at - now < burst_s
 
     def probed(self, began: float | None, freed: float | None) -> None:
         """A probe got through ``freed`` seconds after the 429 at ``began`` (None: unknown)."""
@@ -53,3 +55,13 @@ class FirstWindow:
 
     def burst_in_window(self, now: float) -> bool:
         return now < self.until
+
+    def saturated_since(self, at: float) -> float | None:
+        """Where a discovery measurement up to ``at`` starts, when the window
+        refills faster than the burst came (a bucket, or a fixed window's
+        boundary): at the first 429. From the burst's start, its first fill
+        counts on top of the refill (a bucket measured ~2,000 a minute for
+        240, and each measurement undid the last congestion cut); from the
+        429 on, the server accepts only its refill. None: from the start (a
+        sliding window we opened turns the burst over a window later)."""
+        return self.began if self._refills and self.began is not None and self.began < at else None

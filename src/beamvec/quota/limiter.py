@@ -322,7 +322,7 @@ class Limiter:
                 # are in yet); the measurement once they are in corrects it.
                 if not guessed:  # with no hint, nothing shows how long the window is
                     opener = now - self._meter.busy_for(now) - self._meter.gap_before(now, hint)
-                    self._first.start(now, opener, freed_at=None if vague else now + hint)
+                    self._first.start(now, opener, None if vague else now + hint, self._meter.busy_for(now))
                 self._settle(self._meter.sent_rate(sent, hint), until)
             self._lateness.guarding = self._lateness.guarding or self._budgets.paced
         self._budgets.apply(self._aimd.fraction)
@@ -353,7 +353,9 @@ class Limiter:
                 self._settle(None if accepted is None else accepted * (1.0 - self.margin), now, tokens=True)
             self._tokens_measured = True
         elif self.discover:
-            self._settle(self._meter.accepted_rate(sent_at, hint, since=after_hold), now)
+            saturated = self._first.saturated_since(sent_at)
+            since = after_hold if saturated is None else max(saturated, after_hold or saturated)
+            self._settle(self._meter.accepted_rate(sent_at, hint, since=since), now)
         elif since is not None and self._budgets.requests is not None and not self._token_bound:
             # Only while pacing held every request does the accepted rate say what
             # the server allows (otherwise it measures the work there was, or the
