@@ -12,7 +12,8 @@ The window is as long as from the request that opened it (our first, or
 the driver's preflight when it was still in the window) to when the first
 slot freed: the first 429's exact hint, or the time a probe found it free
 (hold.py). A later probe that found the window free later, while the burst
-was still in it, moves that on.
+was still in it, moves that on. The first 429 also says where later
+measurements start (``measured_from``).
 
 Pure and single-threaded: the limiter calls it under its lock.
 """
@@ -20,6 +21,8 @@ Pure and single-threaded: the limiter calls it under its lock.
 from __future__ import annotations
 
 import math
+
+from beamvec.quota.meter import SuccessMeter
 
 
 class FirstWindow:
@@ -31,14 +34,17 @@ class FirstWindow:
         self.until = -math.inf
         self._refills = False  # the first 429's exact hint was shorter than the burst
 
-    def start(self, now: float, opener: float, freed_at: float | None, burst_s: float) -> None:
-        """The first 429 while unpaced, at ``now``; the window opened at
-        ``opener``, and its first slot frees at ``freed_at`` (None: a probe finds out)."""
-        if self.began is None:
-            self.began, self._opener = now, opener
-            if freed_at is not None:
-                self.freed_at(now, freed_at)
-                self._refills = freed_at - now < burst_s
+    def start(self, now: float, meter: SuccessMeter, hint: float, vague: bool) -> None:
+        """The first 429 while unpaced, at ``now``, with ``hint`` (``vague``: a
+        probe finds when the first slot frees). The window opened with the
+        burst, or with the driver's preflight if still in it (meter.py)."""
+        if self.began is not None:
+            return
+        burst_s = meter.busy_for(now)
+        self.began, self._opener = now, now - burst_s - meter.gap_before(now, hint)
+        if not vague:
+            self.freed_at(now, now + hint)
+            self._refills = hint < burst_s
 
     def probed(self, began: float | None, freed: float | None) -> None:
         """A probe got through ``freed`` seconds after the 429 at ``began`` (None: unknown)."""
@@ -56,12 +62,16 @@ class FirstWindow:
     def burst_in_window(self, now: float) -> bool:
         return now < self.until
 
-    def saturated_since(self, at: float) -> float | None:
-        """Where a discovery measurement up to ``at`` starts, when the window
-        refills faster than the burst came (a bucket, or a fixed window's
-        boundary): at the first 429. From the burst's start, its first fill
+    def measured_from(self, at: float, after_hold: float | None) -> float | None:
+        """Where a discovery measurement up to ``at`` starts (None: with the
+        busy period), never before ``after_hold`` (the last probing hold).
+        When the window refills faster than the burst came (the first exact
+        hint was shorter than the burst: a bucket, or a fixed window's
+        boundary), at the first 429: from the burst's start, its first fill
         counts on top of the refill (a bucket measured ~2,000 a minute for
-        240, and each measurement undid the last congestion cut); from the
-        429 on, the server accepts only its refill. None: from the start (a
-        sliding window we opened turns the burst over a window later)."""
-        return self.began if self._refills and self.began is not None and self.began < at else None
+        240, and each measurement undid the congestion cut before it). A
+        sliding window we opened turns the burst over a window later, and
+        is measured from the start."""
+        if not self._refills or self.began is None or self.began >= at:
+            return after_hold
+        return self.began if after_hold is None else max(self.began, after_hold)

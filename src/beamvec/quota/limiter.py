@@ -321,8 +321,7 @@ class Limiter:
                 # estimate from what was sent before this one (few replies
                 # are in yet); the measurement once they are in corrects it.
                 if not guessed:  # with no hint, nothing shows how long the window is
-                    opener = now - self._meter.busy_for(now) - self._meter.gap_before(now, hint)
-                    self._first.start(now, opener, None if vague else now + hint, self._meter.busy_for(now))
+                    self._first.start(now, self._meter, hint, vague)
                 self._settle(self._meter.sent_rate(sent, hint), until)
             self._lateness.guarding = self._lateness.guarding or self._budgets.paced
         self._budgets.apply(self._aimd.fraction)
@@ -353,8 +352,7 @@ class Limiter:
                 self._settle(None if accepted is None else accepted * (1.0 - self.margin), now, tokens=True)
             self._tokens_measured = True
         elif self.discover:
-            saturated = self._first.saturated_since(sent_at)
-            since = after_hold if saturated is None else max(saturated, after_hold or saturated)
+            since = self._first.measured_from(sent_at, after_hold)
             self._settle(self._meter.accepted_rate(sent_at, hint, since=since), now)
         elif since is not None and self._budgets.requests is not None and not self._token_bound:
             # Only while pacing held every request does the accepted rate say what
@@ -375,25 +373,11 @@ class Limiter:
 
     # -- reporting -------------------------------------------------------------
 
-    @property
-    def fraction(self) -> float:
-        with self._lock:
-            return self._aimd.fraction
-
-    @property
-    def cuts(self) -> int:
-        with self._lock:
-            return self._aimd.cuts
-
-    @property
-    def waited_seconds(self) -> float:
-        with self._lock:
-            return self._waited
-
-    @property
-    def current_rpm(self) -> float | None:
-        with self._lock:
-            return self._budgets.per_minute(self._budgets.requests)
+    # Shorthands for one figure of ``stats()``.
+    fraction = property(lambda self: self.stats().fraction)
+    cuts = property(lambda self: self.stats().cuts)
+    waited_seconds = property(lambda self: self.stats().waited_s)
+    current_rpm = property(lambda self: self.stats().rpm)
 
     def stats(self) -> LimiterStats:
         with self._lock:
