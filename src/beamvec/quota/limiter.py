@@ -73,11 +73,8 @@ class Limiter:
     ) -> None:
         late_slack_s = checked_late_slack(rpm, tpm, share, window_s, burst_requests, margin, late_slack_s)
         self.rpm, self.tpm, self.share = rpm, tpm, min(1.0, share)
-        self.window_s = window_s
-        self.burst_requests = burst_requests
-        self.margin = margin
-        self.max_hold_s = max_hold_s
-        self.late_slack_s = late_slack_s
+        self.window_s, self.burst_requests, self.margin = window_s, burst_requests, margin
+        self.max_hold_s, self.late_slack_s = max_hold_s, late_slack_s
         self.discover = discover and rpm is None and tpm is None
         self.discover_tokens = discover and tpm is None  # a token quota found from 429s that say so
         self._clock, self._sleep = clock, sleep
@@ -87,7 +84,7 @@ class Limiter:
         self._budgets = Budgets(rpm * self.share if rpm is not None else None,
                                 tpm * self.share if tpm is not None else None,
                                 window_s=window_s, margin=margin, burst_requests=burst_requests, clock=clock)
-        max_fraction = 1.0 / self.share if elastic else 1.0
+        max_fraction = self._max_fraction = 1.0 / self.share if elastic else 1.0
         self._aimd = AimdController(aimd or AimdSettings(), now, max_fraction, probe_scale=1.0 / self.share)
         self._meter = SuccessMeter(measure_s)
         self._scale = TokenScale(scale or ScaleSettings(), now)
@@ -98,10 +95,7 @@ class Limiter:
         self._measurements = Measurements()
         self._first = FirstWindow()  # discovery: the unpaced start's burst in the server's window
         self._lateness = Lateness(late_slack_s)
-        self._waited = 0.0
-        self._requests = 0
-        self._tokens = 0.0
-        self._throttled = 0
+        self._waited, self._requests, self._tokens, self._throttled = 0.0, 0, 0.0, 0
 
     def sent_before(self, seconds_ago: float) -> None:
         """One request was sent for this quota ``seconds_ago``, before this
@@ -322,7 +316,8 @@ class Limiter:
                 # are in yet); the measurement once they are in corrects it.
                 if not guessed:  # with no hint, nothing shows how long the window is
                     self._first.start(now, self._meter, hint, vague)
-                self._settle(self._meter.sent_rate(sent, hint), until)
+                self._settle(self._meter.sent_rate(sent, hint), until,
+                             ceiling=self._meter.sent_rate(sent, hint, counts_before=False))
             self._lateness.guarding = self._lateness.guarding or self._budgets.paced
         self._budgets.apply(self._aimd.fraction)
         return self._aimd.fraction < before
@@ -353,7 +348,8 @@ class Limiter:
             self._tokens_measured = True
         elif self.discover:
             since = self._first.measured_from(sent_at, after_hold)
-            self._settle(self._meter.accepted_rate(sent_at, hint, since=since), now)
+            self._settle(self._meter.accepted_rate(sent_at, hint, since=since), now,
+                         ceiling=self._meter.accepted_rate(sent_at, hint, since=since, counts_before=False))
         elif since is not None and self._budgets.requests is not None and not self._token_bound:
             # Only while pacing held every request does the accepted rate say what
             # the server allows (otherwise it measures the work there was, or the
@@ -363,11 +359,15 @@ class Limiter:
             if accepted is not None:
                 self._aimd.on_measured(accepted * self.window_s / self._budgets.requests, now)
 
-    def _settle(self, accepted: float | None, now: float, *, tokens: bool = False) -> None:
-        """Discovery: pace (requests, or tokens) at the rate the server accepted."""
+    def _settle(self, accepted: float | None, now: float, *, tokens: bool = False,
+                ceiling: float | None = None) -> None:
+        """Discovery: pace (requests, or tokens) at the rate the server accepted; probe up to
+        ``ceiling``, that rate had the preflight not been in the window (a fixed one's may not)."""
         if accepted is None:
             return
         self._aimd.fraction = self._aimd.target = 1.0
+        if not tokens:
+            self._aimd.max_fraction = max(self._max_fraction, (ceiling or 0.0) / accepted)
         if self._budgets.settle(accepted, tokens=tokens):
             self._last_send = max(self._last_send, now)
 
