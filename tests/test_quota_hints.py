@@ -237,3 +237,21 @@ def test_a_bucket_is_measured_from_its_first_429_not_from_the_burst() -> None:
         assert 0.9 <= fill <= 1.05
         assert throttled < 0.05
         assert limiter.current_rpm is not None and limiter.current_rpm <= 1.05 * 240
+
+
+def test_a_sliding_window_filled_by_a_slow_ramp_is_no_bucket() -> None:
+    """A pipeline's threads start over seconds: a ramp over 3 s, after a
+    preflight 3 s before, fills a 6-s sliding window, and the first 429's
+    hint (1.4 s, when the preflight's slot frees) is shorter than the ramp
+    took. Taken for a bucket, later measurements started at that 429, found
+    too few requests, and the pace stayed at a congestion cut: 0.84-0.85 of
+    the limit on seeds 0-3. Only a hint under a quarter of the burst's time
+    reads as a bucket: 0.95."""
+    for seed in range(3):
+        clock = FakeClock()
+        limiter = Limiter(None, discover=True, clock=clock, sleep=clock.sleep)
+        out = simulate([limiter], clock, server_limit=24, window_s=6.0, seconds=90, window="sliding",
+                       hint="exact", seed=seed, work=[300], preflight=3.0, ramp=3.0)
+        fill = (len(out.accepted) - 1) / (out.accepted[-1] - out.accepted[0]) / 4.0
+        assert fill >= 0.93
+        assert out.throttled_fraction() < 0.05

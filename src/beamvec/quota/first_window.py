@@ -24,6 +24,11 @@ import math
 
 from beamvec.quota.meter import SuccessMeter
 
+#: A first exact hint under this share of the burst's time means the window refills
+#: (a bucket); longer, it may be a sliding window a slow ramp or the preflight opened
+#: (a ramp over 3 s of a 6-s window, then its hint of 1.4 s, is no bucket).
+_REFILL_HINT = 0.25
+
 
 class FirstWindow:
     """Until when the unpaced start's burst may still be in the server's window."""
@@ -44,7 +49,7 @@ class FirstWindow:
         self.began, self._opener = now, now - burst_s - meter.gap_before(now, hint)
         if not vague:
             self.freed_at(now, now + hint)
-            self._refills = hint < burst_s
+            self._refills = hint < burst_s * _REFILL_HINT
 
     def probed(self, began: float | None, freed: float | None) -> None:
         """A probe got through ``freed`` seconds after the 429 at ``began`` (None: unknown)."""
