@@ -1021,6 +1021,26 @@ def test_a_preflight_that_opened_the_window_is_measured_and_waited_for() -> None
     assert limiter.reserve() == pytest.approx(0.8)
 
 
+def test_a_pace_that_counted_the_preflight_probes_up_to_the_pace_without_it() -> None:
+    """A window that resets at its boundary may have counted the preflight
+    in the window before: the estimate that counts it (11 per 1.4 s) is then
+    low, and nothing corrects it, as a discovered pace never probed above
+    what was measured (a fixed window with exact hints held 0.79 of the limit
+    on one seed of the simulation, now 0.83). With no 429, the pace grows
+    into what the server accepted counting only ours (10 per 0.9 s), and no
+    further."""
+    clock = FakeClock()
+    limiter = Limiter(None, discover=True, clock=clock, sleep=clock.sleep)
+    limiter.sent_before(0.5)
+    _eleven_unpaced_the_last_refused(limiter, clock)
+    low, high = 11 / (0.1 + 0.8 + 0.5) * 60, 10 / (0.1 + 0.8) * 60
+    assert limiter.current_rpm == pytest.approx(low, rel=0.01)
+    start = clock.now
+    while clock.now < start + 90.0:
+        _paced_and_accepted(limiter, clock, 10)
+    assert limiter.current_rpm is not None and 1.2 * low < limiter.current_rpm <= high * 1.001
+
+
 def test_a_told_worker_measures_from_the_preflight_that_opened_the_window() -> None:
     """Told 600 a minute, paced at 10 a second after the preflight 0.9 s
     before; the server took 31 requests (the preflight and 30 of ours) and

@@ -57,6 +57,11 @@ class Hold:
         if self.until > before:
             self.set_at = now
 
+    @property
+    def began(self) -> float | None:
+        """The 429 that began the vague hold (None: none yet)."""
+        return self._began
+
     def is_probe(self, sent_at: float | None) -> bool:
         return self.probing and sent_at is not None and self.probe_at is not None and abs(sent_at - self.probe_at) < 1e-9
 

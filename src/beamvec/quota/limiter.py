@@ -18,8 +18,9 @@ before sending, as ``acquire`` does, and passes ``due()`` to ``on_left``.)
 
 Late requests push later bookings back (lateness.py); budgets and their
 buckets live in budgets.py, holds after 429s in hold.py, the events to
-measure in measure.py, what a 429's hint means in throttled.py, and the
-arguments' checks in limiter_args.py.
+measure in measure.py, what a 429's hint means in throttled.py, the
+discovering start's burst in first_window.py, and the arguments' checks in
+limiter_args.py.
 
 Thread-safe; share one per process (``transforms.PerProcess``, through Beam's ``Shared``).
 """
@@ -34,6 +35,7 @@ from dataclasses import astuple
 from beamvec.quota.aimd import AimdController, AimdSettings, Cut
 from beamvec.quota.bucket import Clock, Sleep
 from beamvec.quota.budgets import Budgets
+from beamvec.quota.first_window import FirstWindow
 from beamvec.quota.hold import Hold
 from beamvec.quota.lateness import Due, Lateness
 from beamvec.quota.limiter_args import checked_late_slack
@@ -71,11 +73,8 @@ class Limiter:
     ) -> None:
         late_slack_s = checked_late_slack(rpm, tpm, share, window_s, burst_requests, margin, late_slack_s)
         self.rpm, self.tpm, self.share = rpm, tpm, min(1.0, share)
-        self.window_s = window_s
-        self.burst_requests = burst_requests
-        self.margin = margin
-        self.max_hold_s = max_hold_s
-        self.late_slack_s = late_slack_s
+        self.window_s, self.burst_requests, self.margin = window_s, burst_requests, margin
+        self.max_hold_s, self.late_slack_s = max_hold_s, late_slack_s
         self.discover = discover and rpm is None and tpm is None
         self.discover_tokens = discover and tpm is None  # a token quota found from 429s that say so
         self._clock, self._sleep = clock, sleep
@@ -85,7 +84,7 @@ class Limiter:
         self._budgets = Budgets(rpm * self.share if rpm is not None else None,
                                 tpm * self.share if tpm is not None else None,
                                 window_s=window_s, margin=margin, burst_requests=burst_requests, clock=clock)
-        max_fraction = 1.0 / self.share if elastic else 1.0
+        max_fraction = self._max_fraction = 1.0 / self.share if elastic else 1.0
         self._aimd = AimdController(aimd or AimdSettings(), now, max_fraction, probe_scale=1.0 / self.share)
         self._meter = SuccessMeter(measure_s)
         self._scale = TokenScale(scale or ScaleSettings(), now)
@@ -94,11 +93,9 @@ class Limiter:
         self._last_send = -math.inf
         self._hold = Hold(max_step_s=min(window_s, max_hold_s))
         self._measurements = Measurements()
+        self._first = FirstWindow()  # discovery: the unpaced start's burst in the server's window
         self._lateness = Lateness(late_slack_s)
-        self._waited = 0.0
-        self._requests = 0
-        self._tokens = 0.0
-        self._throttled = 0
+        self._waited, self._requests, self._tokens, self._throttled = 0.0, 0, 0.0, 0
 
     def sent_before(self, seconds_ago: float) -> None:
         """One request was sent for this quota ``seconds_ago``, before this
@@ -236,7 +233,8 @@ class Limiter:
     def _probe_through(self, sent: float, now: float) -> None:
         """The probe after a vague hint got through: the hold is over, and
         the time the window took to free is the hint to measure with."""
-        freed = self._hold.probe_accepted(now)
+        began, freed = self._hold.began, self._hold.probe_accepted(now)
+        self._first.probed(began, freed)
         self._measurements.probe_through(sent, freed, self._meter.settled_after(now))
 
     def on_throttled(
@@ -257,7 +255,8 @@ class Limiter:
             now = self._clock()
             self._throttled += 1
             hint, vague = hold_hint(retry_after, floor=floor, max_hold_s=self.max_hold_s,
-                                    unpaced_discovery=self.discover and not self._budgets.paced)
+                                    unpaced_discovery=self.discover and not self._budgets.paced,
+                                    paced_discovery=self.discover and self._budgets.paced)
             if self._hold.is_probe(sent_at):  # the window is still full: same event, a longer step
                 self._hold.probe_refused(now, hint)
                 self._meter.on_refused(self._hold.until)
@@ -276,13 +275,15 @@ class Limiter:
             self._scale.quiet_after(until)
             if self._aimd.is_same_event(now, asked_at):
                 self._aimd.quiet_after(until)
+                if vague:  # the window is still full after the event's hold: measure once a probe gets through
+                    self._measurements.await_probe()
                 return False
             return self._new_event(now, asked_at, sent_at, hint, vague, extra,
-                                   quota == "tokens" and self.discover_tokens)
+                                   quota == "tokens" and self.discover_tokens, guessed=retry_after is None)
 
     def _new_event(
         self, now: float, asked_at: float | None, sent_at: float | None, hint: float | None,
-        vague: bool, extra: float, tokens: bool,
+        vague: bool, extra: float, tokens: bool, guessed: bool = False,
     ) -> bool:
         """The first 429 of an event (under the lock): cut the rate, and
         expect the accepted rate to be measured once the hold is over."""
@@ -295,7 +296,8 @@ class Limiter:
         if hint is not None:
             seen = window_seen(self.window_s, hint, self._meter.busy_for(now))
             self._aimd.window_s = max(self._aimd.window_s, seen)
-        cut = self._aimd.on_throttled(now, asked_at, edge_only=probed_too_far)
+        # While the unpaced start's burst fills the window, its 429s are its own, not others' traffic.
+        cut = self._aimd.on_throttled(now, asked_at, edge_only=probed_too_far or self._first.burst_in_window(now))
         self._aimd.quiet_after(until)
         if cut is not Cut.NONE:
             if vague:  # a first guess at the wait; the probe measures it
@@ -312,7 +314,10 @@ class Limiter:
                 # Requests booked during the hold need a pace now: a first
                 # estimate from what was sent before this one (few replies
                 # are in yet); the measurement once they are in corrects it.
-                self._settle(self._meter.sent_rate(sent, hint), until)
+                if not guessed:  # with no hint, nothing shows how long the window is
+                    self._first.start(now, self._meter, hint, vague)
+                self._settle(self._meter.sent_rate(sent, hint), until,
+                             ceiling=self._meter.sent_rate(sent, hint, counts_before=False))
             self._lateness.guarding = self._lateness.guarding or self._budgets.paced
         self._budgets.apply(self._aimd.fraction)
         return self._aimd.fraction < before
@@ -342,7 +347,9 @@ class Limiter:
                 self._settle(None if accepted is None else accepted * (1.0 - self.margin), now, tokens=True)
             self._tokens_measured = True
         elif self.discover:
-            self._settle(self._meter.accepted_rate(sent_at, hint, since=after_hold), now)
+            since = self._first.measured_from(sent_at, after_hold)
+            self._settle(self._meter.accepted_rate(sent_at, hint, since=since), now,
+                         ceiling=self._meter.accepted_rate(sent_at, hint, since=since, counts_before=False))
         elif since is not None and self._budgets.requests is not None and not self._token_bound:
             # Only while pacing held every request does the accepted rate say what
             # the server allows (otherwise it measures the work there was, or the
@@ -352,35 +359,25 @@ class Limiter:
             if accepted is not None:
                 self._aimd.on_measured(accepted * self.window_s / self._budgets.requests, now)
 
-    def _settle(self, accepted: float | None, now: float, *, tokens: bool = False) -> None:
-        """Discovery: pace (requests, or tokens) at the rate the server accepted."""
+    def _settle(self, accepted: float | None, now: float, *, tokens: bool = False,
+                ceiling: float | None = None) -> None:
+        """Discovery: pace (requests, or tokens) at the rate the server accepted; probe up to
+        ``ceiling``, that rate had the preflight not been in the window (a fixed one's may not)."""
         if accepted is None:
             return
         self._aimd.fraction = self._aimd.target = 1.0
+        if not tokens:
+            self._aimd.max_fraction = max(self._max_fraction, (ceiling or 0.0) / accepted)
         if self._budgets.settle(accepted, tokens=tokens):
             self._last_send = max(self._last_send, now)
 
     # -- reporting -------------------------------------------------------------
 
-    @property
-    def fraction(self) -> float:
-        with self._lock:
-            return self._aimd.fraction
-
-    @property
-    def cuts(self) -> int:
-        with self._lock:
-            return self._aimd.cuts
-
-    @property
-    def waited_seconds(self) -> float:
-        with self._lock:
-            return self._waited
-
-    @property
-    def current_rpm(self) -> float | None:
-        with self._lock:
-            return self._budgets.per_minute(self._budgets.requests)
+    # Shorthands for one figure of ``stats()``.
+    fraction = property(lambda self: self.stats().fraction)
+    cuts = property(lambda self: self.stats().cuts)
+    waited_seconds = property(lambda self: self.stats().waited_s)
+    current_rpm = property(lambda self: self.stats().rpm)
 
     def stats(self) -> LimiterStats:
         with self._lock:

@@ -35,6 +35,11 @@ class Measurements:
     def expect(self, pending: Pending) -> None:
         self._pending = pending
 
+    def await_probe(self) -> None:
+        """A probing hold began after the event: its measurement waits for the probe."""
+        if self._pending is not None:
+            self._pending = replace(self._pending, at=math.inf)
+
     def probe_through(self, sent: float, freed: float | None, settle_at: float) -> None:
         """The probe sent at ``sent`` got through, ``freed`` seconds after the
         429 (None: unknown): a measurement waiting for it is due at ``settle_at``."""

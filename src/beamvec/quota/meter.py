@@ -85,19 +85,19 @@ class SuccessMeter:
         return self._held_since
 
     def _span(self, until: float, hint_s: float, since: float | None = None,
-              tokens: bool = False) -> tuple[float, float, float] | None:
+              tokens: bool = False, counts_before: bool = True) -> tuple[float, float, float] | None:
         """(start, seconds, requests before ours) of a measurement up to
         ``until``: from the latest of ``span_s`` ago, the start of the busy
         period and ``since`` (or from the request before ours, see
         ``_opened_by_before``), to the end of the server's hint. None before
-        any request."""
+        any request. Without ``counts_before``, never from the request before ours."""
         if self._busy_since is None:
             return None
         start = max(until - self.span_s, self._busy_since, -math.inf if since is None else since)
         hint_s = max(0.0, hint_s)
         # The request before ours is one request, but a handful of tokens: a
         # token window refuses when ours fill it, and frees when ours leave it.
-        before = None if tokens else self._opened_by_before(start, until, hint_s)
+        before = None if tokens or not counts_before else self._opened_by_before(start, until, hint_s)
         if before is not None:
             return before, until - before + hint_s, self._before_weight
         return start, until - start + hint_s, 0.0
@@ -127,11 +127,11 @@ class SuccessMeter:
             return None
         return before
 
-    def sent_rate(self, until: float, hint_s: float, tokens: bool = False) -> float | None:
+    def sent_rate(self, until: float, hint_s: float, tokens: bool = False, counts_before: bool = True) -> float | None:
         """Requests (or their ``tokens``) sent in ``[start, until)`` of the busy
         period, per second of ``until - start + hint_s``: at the first 429 of a
         burst the server accepted what arrived before it, though few replies are in yet."""
-        span = self._span(until, hint_s, tokens=tokens)
+        span = self._span(until, hint_s, tokens=tokens, counts_before=counts_before)
         if span is None:
             return None
         start, seconds, before = span
@@ -140,13 +140,13 @@ class SuccessMeter:
 
     def accepted_rate(
         self, until: float, hint_s: float, since: float | None = None, min_count: int = 5,
-        min_span_s: float = 0.2, tokens: bool = False,
+        min_span_s: float = 0.2, tokens: bool = False, counts_before: bool = True,
     ) -> float | None:
         """Successes sent in ``[start, until]`` per second of ``until - start + hint_s``,
         where ``start`` is the latest of ``span_s`` ago, the start of the busy
         period and ``since`` (with ``tokens``: their tokens); None when too few
         requests were seen to say."""
-        span = self._span(until, hint_s, since, tokens)
+        span = self._span(until, hint_s, since, tokens, counts_before)
         if span is None:
             return None
         start, seconds, before = span
