@@ -163,7 +163,7 @@ def test_limiter_never_exceeds_rpm_in_any_60s_window(rpm: float) -> None:
 
 
 def test_limiter_burst_is_one_request() -> None:
-    """Issue 13: a server may meter over 1 s, so a fresh worker sends one request
+    """A server may meter over 1 s, so a fresh worker sends one request
     at once, then evenly spaced ones (was: one second's worth at once)."""
     clock = FakeClock()
     limiter = AdaptiveLimiter(600, clock=clock, sleep=clock.sleep)
@@ -432,7 +432,7 @@ def test_bucket_rejects_nonsense() -> None:
         TokenBucket(1, 0)
 
 
-# -- the parts of issue 13: pacing, AIMD, discovery, unaware workers -----------------
+# -- pacing, AIMD, discovery, unaware workers ---------------------------------------
 
 
 def test_pacing_holds_one_request_of_burst_and_pays_for_it() -> None:
@@ -1100,7 +1100,7 @@ def test_a_hold_longer_than_an_idle_gap_is_still_measured() -> None:
     assert limiter.fraction == pytest.approx(0.5, rel=0.03)
 
 
-# -- issue 30: tokens-per-minute pacing and every 429 shape ------------------------------
+# -- tokens-per-minute pacing and every 429 shape ----------------------------------------
 
 #: Vertex's published quota for gemini-embedding-001, per region: 5 M input tokens a minute.
 VERTEX_001_TPM = 5_000_000
@@ -1128,7 +1128,7 @@ def run_token_bound(
 @pytest.mark.parametrize("kind", ["sliding", "fixed", "bucket"])
 @pytest.mark.parametrize("factor", [0.75, 1.0, 3.0])
 def test_a_told_tpm_holds_the_token_limit_as_the_server_counts_it(kind: str, factor: float) -> None:
-    """Issue 30: an estimate a third too high (English against Google's
+    """An estimate a third too high (English against Google's
     tokenizer) filled 0.74 of the limit; one three times too low (CJK) met
     16 % 429s. The factor is probed down while the server answers and
     backed off at its 429s; under-counting is a rate the server refuses.
@@ -1233,7 +1233,7 @@ def test_the_factor_is_not_probed_without_answers_or_while_not_held_by_tokens() 
 @pytest.mark.parametrize("kind", ["sliding", "fixed", "bucket"])
 @pytest.mark.parametrize("hint", ["exact", "seconds", "none"])
 def test_requests_bound_every_window_kind_and_hint(kind: str, hint: str) -> None:
-    """Issue 30: a window that resets at its boundary, a 429 without a hint
+    """A window that resets at its boundary, a 429 without a hint
     and no --quota-rpm met 6.9 % 429s. Told: >= 0.95 of the limit, < 2 %
     429s; not told: >= 0.9, < 5 % (measured over seeds 0-2: told 0.98, 0 %;
     not told 0.91-0.99, 0.1-4 %)."""

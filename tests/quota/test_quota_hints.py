@@ -1,4 +1,4 @@
-"""What a 429 says about the quota it hit, as google_errors reads it (issue 30).
+"""What a 429 says about the quota it hit, as google_errors reads it.
 
 The bodies are Google's published shapes: the Gemini API's 429 names the quota
 metric in a QuotaFailure (``…_input_token_count`` or ``…_requests``), words
@@ -109,7 +109,7 @@ def test_after_a_rounded_down_hint_one_probe_leaves_and_the_rest_wait_for_its_an
 @pytest.mark.parametrize("kind", ["sliding", "fixed", "bucket"])
 @pytest.mark.parametrize("hint", ["exact", "seconds"])
 def test_a_token_quota_not_told_is_paced_by_tokens_with_uneven_requests(kind: str, hint: str) -> None:
-    """Issue 30: requests of 200 to 1,800 tokens (a full request of 100
+    """Requests of 200 to 1,800 tokens (a full request of 100
     texts of 2 to 18 tokens) against 60,000 tokens per 6 s and no request
     limit. Paced by requests at the average, the large ones overfill the
     window (0.85 of the limit at a sliding window); a 429 that says
