@@ -118,6 +118,12 @@ class AimdController:
         """The kind of the last cut (NONE before any)."""
         return self._last_kind
 
+    @property
+    def at_full_rate(self) -> bool:
+        """Whether the worker sends at (about) its reference rate: not cut
+        clearly (``measure_slack``) below it."""
+        return self.fraction >= 1.0 - self.settings.measure_slack
+
     def is_same_event(self, now: float, asked_at: float | None) -> bool:
         """Whether a 429 reports the last cut's event: its request was booked
         before the cut (or, not knowing that, it came within ``cut_window``)."""

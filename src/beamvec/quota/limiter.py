@@ -290,8 +290,7 @@ class Limiter:
         until = self._hold.until
         probed_too_far = False  # the token scale's edge: never congestion (aimd.py)
         if self._budgets.tokens_bucket is not None and not self._tokens_measured:
-            probed_too_far = self._scale.on_throttled(
-                now, self._token_bound, at_full_rate=self._aimd.fraction >= 0.9)
+            probed_too_far = self._scale.on_throttled(now, self._token_bound, self._aimd.at_full_rate)
         before = self._aimd.fraction
         if hint is not None:
             seen = window_seen(self.window_s, hint, self._meter.busy_for(now))
