@@ -174,6 +174,12 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def bucket_of(content_hash: str, buckets: int) -> int:
+    """The hash range a content hash falls in, of ``buckets``: the reuse join
+    and the Batch API's request files cut the texts the same way."""
+    return int(content_hash[:8], 16) % buckets
+
+
 def has_surrogates(text: str) -> bool:
     """Lone surrogates (from bad bytes or JSON escapes) cannot be written as UTF-8."""
     try:

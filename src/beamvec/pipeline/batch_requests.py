@@ -34,7 +34,7 @@ from beamvec.batchapi.keys import KeySet
 from beamvec.errors import InputVanishedError
 from beamvec.pipeline.work_list import PlanSplits, ReadWork
 from beamvec.pipeline.worker import Worker, WorkerConfig
-from beamvec.records import Split
+from beamvec.records import Split, bucket_of
 from beamvec.route.lookup import Lookups
 from beamvec.route.router import Router, RunMemory, Send
 from beamvec.sources import read_split
@@ -65,10 +65,6 @@ class RequestPlan:
 
 def bucket_count(input_bytes: int) -> int:
     return max(1, -(-input_bytes // BUCKET_INPUT_BYTES))
-
-
-def bucket_of(content_hash: str, buckets: int) -> int:
-    return int(content_hash[:8], 16) % buckets
 
 
 class _Process:

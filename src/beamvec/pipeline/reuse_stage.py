@@ -25,6 +25,7 @@ import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
 from beamvec.contract import columns as col
+from beamvec.records import bucket_of
 from beamvec.write.sink import Output
 
 #: Bytes of vectors one bucket of the join holds in a worker's memory.
@@ -48,10 +49,6 @@ def bucket_count(rows: int, row_bytes: int) -> int:
     """Buckets such that one holds about ``BUCKET_BYTES`` of rows (a vector
     is ``4 * dimension`` bytes; a hash alone, for `plan`, ``HASH_BYTES``)."""
     return max(1, math.ceil(rows * row_bytes / BUCKET_BYTES))
-
-
-def bucket_of(content_hash: str, buckets: int) -> int:
-    return int(content_hash[:8], 16) % buckets
 
 
 def split_key(split_name: str) -> str:
