@@ -86,7 +86,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 @dataclass(frozen=True)
-class Embedded:
+class QueryVectors:
     """Query vectors and what made them (the JSON form's fields, in its order)."""
 
     output: str
@@ -98,7 +98,7 @@ class Embedded:
     vectors: np.ndarray  # (texts, dimension)
 
 
-def embed(args: Any, texts: list[str]) -> Embedded:
+def embed(args: Any, texts: list[str]) -> QueryVectors:
     """The vectors and what made them."""
     output, manifest = open_output(args.output, storage_options(args.storage_option))
     desc = description_of(output, manifest)
@@ -113,11 +113,11 @@ def embed(args: Any, texts: list[str]) -> Embedded:
             f"the query embedding has {vectors.shape[1]} dimensions but {output.url} holds "
             f"{desc.dimension}-dimensional vectors; pass the model the output was made with"
         )
-    return Embedded(output.url, backend.name, backend.model, backend.task_type, int(vectors.shape[1]),
+    return QueryVectors(output.url, backend.name, backend.model, backend.task_type, int(vectors.shape[1]),
                     texts, vectors)
 
 
-def _encode(result: Embedded, fmt: str) -> bytes:
+def _encode(result: QueryVectors, fmt: str) -> bytes:
     if fmt == "npy":
         buf = io.BytesIO()
         np.save(buf, result.vectors.astype(np.float32), allow_pickle=False)
