@@ -39,6 +39,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reuse_memory  # noqa: E402 - its synthetic output, written in the output's own format
+
 PER_FILE = 100_000  # records per input file of the re-export
 PER_PART = 10_000  # vectors per part of the synthetic output
 KEY = "fakekey-bench-join"
@@ -54,7 +57,7 @@ def text(n: int) -> str:
 
 
 def vector_of(n: int, total: int) -> float:
-    """The first coordinate of text n's synthetic vector: says which vector it is."""
+    """The first coordinate of text n's synthetic vector (as reuse_memory.write_output writes it): which vector it is."""
     return n / total
 
 
@@ -62,44 +65,13 @@ def vector_of(n: int, total: int) -> float:
 
 
 def write_output(root: Path, inputs: str, total: int, dimension: int) -> None:
-    """An output of ``total`` vectors of exactly this run's configuration."""
-    import numpy as np
-
-    from beamvec.contract import (
-        CommitRecord,
-        Footer,
-        ShardCounts,
-        merge_manifest,
-        vector_path,
-        write_manifest,
-    )
+    """An output of ``total`` vectors of exactly this run's configuration
+    (record i holds ``text(i)``; its vector's first coordinate is ``vector_of(i, total)``)."""
     from beamvec.driver.resolve import parse_options, resolve_inputs
-    from beamvec.records import Embedded, Record, content_hash
-    from beamvec.write.sink import Output, ParquetShardWriter, vector_schema, vector_table
 
     jobs = resolve_inputs(parse_options(run_args(inputs, str(root), dimension)))
-    description, fingerprint = jobs.description, jobs.description.config_fingerprint
-    out = Output(str(root))
-    schema = vector_schema(dimension)
-    base = np.random.default_rng(0).standard_normal((256, dimension)).astype(np.float32)
-    records = []
-    for f, start in enumerate(range(0, total, PER_PART)):
-        rows = range(start, min(total, start + PER_PART))
-        n = len(rows)
-        matrix = base[np.arange(n) % 256].copy()
-        matrix[:, 0] = [vector_of(i, total) for i in rows]
-        embedded = [Embedded(Record(f"id-{i}", text(i), content_hash(text(i)), 8, False, at + 1), matrix[at])
-                    for at, i in enumerate(rows)]
-        table = vector_table(embedded, f"old/part-{f}.jsonl", dimension)
-        name = f"old-part-{f:05d}.jsonl"
-        record = CommitRecord(name, f"old/{name}", f"fp{f}", ShardCounts(read=n, embedded=n, sent=n),
-                              input_size=n * 60, config_fingerprint=fingerprint)
-        writer = ParquetShardWriter(out, vector_path(out, name), schema)
-        for chunk in range(0, n, 4096):
-            writer.write(table.slice(chunk, 4096))
-        writer.commit(Footer(description, record).to_json())
-        records.append(record)
-    write_manifest(out, merge_manifest(None, records, jobs.run_config, description, None))
+    reuse_memory.write_output(root, total, dimension, PER_PART, text=text, tokens=8,
+                              description=jobs.description, run_config=jobs.run_config)
 
 
 def write_reexport(root: Path, total: int) -> str:

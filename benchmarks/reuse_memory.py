@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +129,12 @@ def child_run(argv: list[str]) -> dict[str, Any]:
 
 
 def write_output(root: Path, total: int, dimension: int, per_file: int = 10_000,
-                 model: str = "bench-model") -> None:
-    """An output of ``total`` vectors in the output's own format and contract."""
+                 model: str = "bench-model", *, text: Callable[[int], str] = "text {}".format,
+                 tokens: int = 3, description: Any = None, run_config: Any = None) -> None:
+    """An output of ``total`` vectors in the output's own format and contract:
+    record i holds ``text(i)`` and a vector whose first coordinate is i / total
+    (which vector it is). ``description`` and ``run_config`` default to a local
+    model's under FINGERPRINT."""
     import numpy as np
 
     from beamvec.contract import (
@@ -146,7 +151,8 @@ def write_output(root: Path, total: int, dimension: int, per_file: int = 10_000,
     from beamvec.write.sink import Output, ParquetShardWriter, vector_schema, vector_table
 
     out = Output(str(root))
-    description = Description("local", model, dimension, config_fingerprint=FINGERPRINT)
+    if description is None:
+        description = Description("local", model, dimension, config_fingerprint=FINGERPRINT)
     schema = vector_schema(dimension)
     base = np.random.default_rng(0).standard_normal((256, dimension)).astype(np.float32)
     records = []
@@ -155,18 +161,19 @@ def write_output(root: Path, total: int, dimension: int, per_file: int = 10_000,
         n = len(rows)
         matrix = base[np.arange(n) % 256].copy()
         matrix[:, 0] = np.arange(start, start + n, dtype=np.float64) / total  # which vector this is
-        embedded = [Embedded(Record(f"id-{i}", f"text {i}", content_hash(f"text {i}"), 3, False, at + 1),
+        embedded = [Embedded(Record(f"id-{i}", text(i), content_hash(text(i)), tokens, False, at + 1),
                              matrix[at]) for at, i in enumerate(rows)]
         table = vector_table(embedded, f"in/part-{f}.jsonl", dimension)
         name = f"part-{f:05d}"
         record = CommitRecord(name, f"in/part-{f}.jsonl", f"fp{f}", ShardCounts(read=n, embedded=n, sent=n),
-                              config_fingerprint=FINGERPRINT)
+                              config_fingerprint=description.config_fingerprint)
         writer = ParquetShardWriter(out, vector_path(out, name), schema)
         for chunk in range(0, n, 4096):
             writer.write(table.slice(chunk, 4096))
         writer.commit(Footer(description, record).to_json())
         records.append(record)
-    write_manifest(out, merge_manifest(None, records, RunConfig(), description, None))
+    write_manifest(out, merge_manifest(None, records, run_config if run_config is not None else RunConfig(),
+                                       description, None))
 
 
 def write_shard(path: Path, records: int) -> None:
