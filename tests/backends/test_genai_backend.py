@@ -450,6 +450,30 @@ def test_preflight_returns_the_vector_of_the_text_it_was_given(emu, key_env, dim
     assert stats["requests"] == 2 and stats["texts_embedded"] == 2
 
 
+def test_the_preflight_is_timed_when_its_request_leaves_not_when_the_call_begins(emu, key_env, monkeypatch):
+    """The server's window takes the preflight in when its request is
+    written; building the client before it took 0.4-0.65 s in real runs. An
+    order of events: a client that takes 0.3 s to build, then the request."""
+    from beamvec.backends import genai_auth
+
+    built: list[float] = []
+    real = genai_auth.key_client
+
+    def slow(*args, **kwargs):
+        client = real(*args, **kwargs)
+        time.sleep(0.3)
+        built.append(time.time())
+        return client
+
+    monkeypatch.setattr(genai_auth, "key_client", slow)
+    b = make(emu, output_dimensionality=64)
+    called = time.time()
+    b.preflight("a real text the run needs")
+    returned = time.time()
+    assert built and called < built[0] <= b.preflight_sent_at <= returned
+    assert emu.stats()["requests"] == 1
+
+
 def test_preflight_without_a_text_embeds_the_probe(emu, key_env):
     vector = make(emu, output_dimensionality=64).preflight()
     np.testing.assert_allclose(

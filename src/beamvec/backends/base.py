@@ -60,6 +60,8 @@ class Backend(ABC):
     """Embeds texts. Subclasses set ``name`` and implement the abstract methods."""
 
     name: str = "base"
+    #: When the last preflight request was written (wall clock; None: not known).
+    preflight_sent_at: float | None = None
 
     @property
     @abstractmethod

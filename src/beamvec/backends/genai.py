@@ -401,4 +401,10 @@ class GenaiBackend(Backend):
         vector as ``embed`` would, or None when the API refused ``text`` itself
         as bad input (then a probe text decides, and the run sends ``text`` as
         usual)."""
-        return genai_preflight.preflight(self, text, title)
+        self.load()
+        assert self._sending is not None
+        self._sending.gate = genai_preflight.SentClock(self)
+        try:
+            return genai_preflight.preflight(self, text, title)
+        finally:
+            self._sending.gate = None

@@ -90,8 +90,9 @@ def preflight(
     if record is None and all_seen:
         LOG.info("every text to embed is already embedded: no preflight call")
         return None
-    sent_at = time.time()
+    called_at = time.time()
     vector = backend.preflight(*((record.text, record.title) if record is not None else ()))
+    sent_at = backend.preflight_sent_at or called_at  # when its window took it in, as near as known
     if record is None or shard is None or vector is None:
         return Preflight(None, sent_at)
     return Preflight(Seed(record.content_hash, tuple(float(x) for x in vector), shard.path, record.position), sent_at)
