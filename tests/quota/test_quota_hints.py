@@ -239,6 +239,39 @@ def test_a_bucket_is_measured_from_its_first_429_not_from_the_burst() -> None:
         assert limiter.current_rpm is not None and limiter.current_rpm <= 1.05 * 240
 
 
+def test_over_a_bucket_the_next_429_after_the_burst_is_congestion() -> None:
+    """The first 429 of a bucket comes when the burst has emptied it, and
+    its exact hint (the next refill) shows the burst gone: a 429 after it
+    says the first estimate (the burst's rate, three to nine times the
+    limit) is too high, not that the burst is still in the window. Taken
+    for the burst's, each cut only 5 % at a 429 every refill (every 0.25 s
+    against the emulator, 15 of them over 3.5 s); now the next event halves
+    the pace."""
+    for seed in range(3):
+        paces, throttled = _paces_at_429s("bucket", "exact", seed)
+        assert len(paces) >= 2 and paces[1] <= 0.6 * paces[0]
+        assert throttled < 0.04
+
+
+def _paces_at_429s(kind: str, hint: str, seed: int) -> tuple[list[float], float]:
+    """``_discovered_fill``'s shape: each new pace a 429 left, and the share of 429s."""
+    clock = FakeClock()
+    limiter = Limiter(None, discover=True, clock=clock, sleep=clock.sleep)
+    paces: list[float] = []
+    throttled = limiter.on_throttled
+
+    def noted(*args: object, **kwargs: object) -> bool:
+        cut = throttled(*args, **kwargs)
+        if limiter.current_rpm is not None and (not paces or limiter.current_rpm != paces[-1]):
+            paces.append(limiter.current_rpm)
+        return cut
+
+    limiter.on_throttled = noted  # type: ignore[method-assign]
+    out = simulate([limiter], clock, server_limit=24, window_s=6.0, seconds=60, window=kind,
+                   hint=hint, seed=seed, work=[300], preflight=2.0)
+    return paces, out.throttled_fraction()
+
+
 def test_a_sliding_window_filled_by_a_slow_ramp_is_no_bucket() -> None:
     """A pipeline's threads start over seconds: a ramp over 3 s, after a
     preflight 3 s before, fills a 6-s sliding window, and the first 429's

@@ -7,6 +7,11 @@ left it (over a sliding window, a window after it was sent). A 429 in that
 time is the burst's, not others' traffic: cutting the rate in half for it
 (a congestion cut, aimd.py) cost 0.2 of the limit for ~12 s in the
 simulation. So until the burst can have left, 429s cut only at the edge.
+Not so over a window that refills (a bucket, or a fixed window's
+boundary: the first exact hint was shorter than the burst took): the burst
+is gone at the first 429, and a 429 after it says that the first
+estimate, the burst's rate, was too high (against the emulator's bucket,
+cut 5 % at a time, a 429 came at every refill for 3.5 s).
 
 The window is as long as from the request that opened it (our first, or
 the driver's preflight when it was still in the window) to when the first
@@ -65,7 +70,7 @@ class FirstWindow:
         self.until = max(self.until, self.began + (at - self._opener))
 
     def burst_in_window(self, now: float) -> bool:
-        return now < self.until
+        return now < self.until and not self._refills
 
     def measured_from(self, at: float, after_hold: float | None) -> float | None:
         """Where a discovery measurement up to ``at`` starts (None: with the
