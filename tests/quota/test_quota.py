@@ -1171,15 +1171,17 @@ def test_429s_at_the_windows_edge_do_not_ratchet_the_token_factor_up() -> None:
     """Our estimate is exact and each request is a twenty-second of a 6-s
     window's tokens: a window counts requests whole, so pacing at the told
     rate meets an occasional 429 at its edge. Each one backed the factor off
-    5 %, and it ratcheted up to 1.12 (0.947 of the limit); at the full rate a
-    429 backs it off at most 1 % above where its probe began."""
+    5 %, and it ratcheted up to 1.12 (0.947 of the limit). Backed off 1 %
+    above where its probe began, it still climbed 1 % a cycle (1.03 after
+    five minutes, 0.949 of the limit); at the full rate a 429 now backs it
+    off to where the probe began, or 1 % above the factor that met it."""
     for seed in range(3):
         clock = FakeClock()
         limiter = Limiter(None, 1_000_000, clock=clock, sleep=clock.sleep)
-        out = simulate([limiter], clock, server_limit=None, server_tpm=100_000, window_s=6.0, seconds=150,
+        out = simulate([limiter], clock, server_limit=None, server_tpm=100_000, window_s=6.0, seconds=300,
                        seed=seed, tokens=4_460.0)
-        assert limiter.stats().token_factor <= 1.06
-        assert out.token_rate(1010.0, 1150.0) / (1_000_000 / 60) >= 0.95
+        assert limiter.stats().token_factor <= 1.015
+        assert out.token_rate(1010.0, 1300.0) / (1_000_000 / 60) >= 0.955
         assert out.throttled_fraction() < 0.02
 
 

@@ -37,7 +37,7 @@ class ScaleSettings:
     settle_after_s: float = 20.0
     probe_per_s: float = 0.002
     backoff: float = 0.05
-    edge_slack: float = 0.01  # at the full rate, a 429 backs off at most this far above where the probe began
+    edge_slack: float = 0.01  # at the full rate, a 429 backs off to where the probe began, or this far above
     min_factor: float = 0.25
     memory: float = 0.98  # weight of past reports per new one
     answered_s: float = 2.0
@@ -105,14 +105,17 @@ class TokenScale:
         full told rate (``at_full_rate``) hardly above where the probe began:
         there the 429 is the quota's edge (a window counts whole requests),
         not our count, and backing off 5 % at each one ratcheted the factor
-        up (0.89 of the limit). Returns whether the factor moved."""
+        up (0.89 of the limit); backing off to 1 % above where the probe
+        began still climbed 1 % a cycle. So no further than where the probe
+        began, or 1 % above the factor that met the 429. Returns whether
+        the factor moved."""
         self._quiet_since = max(self._quiet_since, now)
         if not token_bound or self.reported or self.factor >= 1.0 and not self._refused:
             return False
         self._refused = True
         backed_off = self.factor * (1.0 + self.settings.backoff)
         if at_full_rate:
-            backed_off = min(backed_off, max(self._probe_from, self.factor) * (1.0 + self.settings.edge_slack))
+            backed_off = min(backed_off, max(self._probe_from, self.factor * (1.0 + self.settings.edge_slack)))
         self.factor = backed_off
         self._probe_from = self.factor
         return True
