@@ -165,6 +165,21 @@ def test_a_file_gone_twice_is_one_line(tmp_path):
     assert stats["files"]["uploaded"] == 2 and stats["jobs"]["rejected_missing_file"] == 2
 
 
+def test_a_404_not_about_the_file_uploads_nothing_again(tmp_path):
+    """A job refused for its model (a 404 that names no file) is one line at
+    once: the file is there, and uploading it again would change nothing."""
+    todo = {"shard-0": [BatchRequest(request_key("a", None, SPEC), "a")]}
+    with Emulator(api_key=KEY, batch_job_s=0.1) as emu:
+        fast = RetryPolicy(base_delay=0.05, max_delay=0.3)
+        client = BatchClient.connect(KEY, "gemini-embedding-404", base_url=emu.url, retry=fast)
+        with pytest.raises(SystemicError) as info:
+            run_batch(todo, client, BatchJournal(str(tmp_path)), SPEC, FAST)
+        stats = emu.stats()["batch"]
+    assert str(info.value).startswith("gemini batch: cannot create a batch job")
+    assert "gemini-embedding-404" in str(info.value) and "\n" not in str(info.value)
+    assert stats["files"]["uploaded"] == 1 and stats["jobs"]["created"] == 0
+
+
 def test_held_keys_are_read_once_per_process_whatever_the_copies(tmp_path, monkeypatch):
     """Beam unpickles a DoFn once per thread: the copies share one key set."""
     todo = corpus(shards=1, per_shard=40)

@@ -223,6 +223,14 @@ def scrub(message: str, secret: str | None) -> str:
 # -- exceptions to BackendError ---------------------------------------------------
 
 
+def names_file(exc: BackendError, file_name: str | None) -> bool:
+    """Whether a 403 or 404 is about ``file_name`` (``files/ID``): Google's
+    Files API words a file it no longer has as "You do not have permission
+    to access the File ID or it may not exist."; an error about the model or
+    the key names no file."""
+    return bool(file_name) and exc.status in (403, 404) and file_name.rsplit("/", 1)[-1] in str(exc)
+
+
 class TextTooLong(BackendError):
     """A 400 about an input's length; ``culprit``: the index of the text in the
     request when the server named it, else None (then bisection finds it)."""

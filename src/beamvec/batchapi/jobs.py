@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import IO
 
+from beamvec.backends.google_errors import names_file
 from beamvec.batchapi.client import BatchClient
 from beamvec.batchapi.journal import (
     FAILED_STATES,
@@ -211,14 +212,15 @@ class BatchRun:
 
     def _create(self, job: BatchJob, again: bool = True) -> bool:
         """Create the job from its input file; a file the service no longer has
-        (deleted 48 h after upload) is uploaded again, once."""
+        (deleted 48 h after upload: a 403 or 404 that names it) is uploaded
+        again, once."""
         try:
             status = self.client.create(job.input_file, job.display_name)  # type: ignore[arg-type]
         except BackendError as exc:
             if exc.retryable:
                 self.at_cap = True
                 return False
-            if exc.status in (403, 404) and again:
+            if again and names_file(exc, job.input_file):
                 uploaded = self._upload(job)
                 return uploaded is not None and self._create(uploaded, again=False)
             raise SystemicError(f"gemini batch: cannot create a batch job: {exc}") from None

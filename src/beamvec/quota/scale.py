@@ -37,7 +37,7 @@ class ScaleSettings:
     settle_after_s: float = 20.0
     probe_per_s: float = 0.002
     backoff: float = 0.05
-    edge_slack: float = 0.01  # at the full rate, a 429 backs off to where the probe began, or this far above
+    edge_slack: float = 0.01  # at the full rate: a 429 backs off to where the probe began, or this far above the factor it met
     min_factor: float = 0.25
     memory: float = 0.98  # weight of past reports per new one
     answered_s: float = 2.0
