@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -145,12 +146,21 @@ def test_night2_into_the_same_output_with_prune_bills_only_the_changes(emu, tmp_
 
 @pytest.mark.slow
 def test_night2_into_a_new_output_reusing_night1(emu, tmp_path, capsys):
+    night2_reusing_night1(emu, tmp_path, capsys, lambda args: run_as_planned(capsys, emu, args))
+
+
+def night2_reusing_night1(
+    emu: Emulator, tmp_path: Path, capsys, run_planned: Callable[[list[str]], tuple[dict, dict, dict[str, int]]],
+) -> None:
+    """Night 2 into a new output with ``--reuse-from`` night 1's, run by
+    ``run_planned`` (plan, then run: as ``run_as_planned``): only the changed
+    texts are sent, and night 1's output is only read."""
     first_out, second_out = tmp_path / "night1", tmp_path / "night2"
     assert beam_run(capsys, *gemini(emu, night1(tmp_path / "n1"), first_out))[0] == 0
     before = {p: p.stat().st_mtime_ns for p in first_out.rglob("*")}
 
     args = gemini(emu, night2(tmp_path / "n2"), second_out, "--reuse-from", str(first_out))
-    predicted, run, sent = run_as_planned(capsys, emu, args)
+    predicted, run, sent = run_planned(args)
     assert sent == {content_hash(NIGHT2[i]): 1 for i in CHANGED}
     assert (run["sent"], run["reused"], run["deduplicated"]) == (20, 1980, 0)
     assert_predicted(predicted, run, sent)

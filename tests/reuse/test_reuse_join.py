@@ -54,6 +54,7 @@ from test_reuse import (
     gemini,
     night1,
     night2,
+    night2_reusing_night1,
     plan,
     want,
     write_jsonl,
@@ -162,17 +163,7 @@ def test_same_order_reexport_keeps_the_index_above_the_thresholds_and_bills_noth
 
 @pytest.mark.slow
 def test_shuffled_reexport_into_a_new_output_reusing_night1(emu, joined, monkeypatch, tmp_path, capsys):  # noqa: F811
-    first_out, second_out = tmp_path / "night1", tmp_path / "night2"
-    assert beam_run(capsys, *gemini(emu, night1(tmp_path / "n1"), first_out))[0] == 0
-    before = {p: p.stat().st_mtime_ns for p in first_out.rglob("*")}
-
-    args = gemini(emu, night2(tmp_path / "n2"), second_out, "--reuse-from", str(first_out))
-    predicted, run, sent = run_joined(capsys, emu, monkeypatch, args)
-    assert sent == {content_hash(NIGHT2[i]): 1 for i in CHANGED}
-    assert (run["sent"], run["reused"], run["deduplicated"]) == (20, 1980, 0)
-    assert_predicted(predicted, run, sent)
-    assert_mirrors_night2(second_out)
-    assert {p: p.stat().st_mtime_ns for p in first_out.rglob("*")} == before  # read only
+    night2_reusing_night1(emu, tmp_path, capsys, lambda args: run_joined(capsys, emu, monkeypatch, args))
 
 
 @pytest.mark.slow
