@@ -179,14 +179,26 @@ def test_the_embedder_tells_the_limiter_a_token_429_and_its_precise_wait(monkeyp
     assert limiter.stats().tpm is not None and limiter.stats().rpm is None
 
 
-def _discovered_fill(kind: str, hint: str, seed: int, work: int = 300) -> tuple[float, float, Limiter]:
+def _discovered_fill(
+    kind: str, hint: str, seed: int, work: int = 300, paces: list[float] | None = None,
+) -> tuple[float, float, Limiter]:
     """The benchmark's requests-bound shape in the simulation: 240 requests a
     minute over a 6-s window (24 a window), 8 threads, 0.2 s of latency, the
     driver's preflight 2 s before; not told the quota. Returns the fill from
     the first accepted request to the last (as the benchmark's "steady"),
-    the share of 429s, and the limiter."""
+    the share of 429s, and the limiter; ``paces`` gets each new pace a 429 left."""
     clock = FakeClock()
     limiter = Limiter(None, discover=True, clock=clock, sleep=clock.sleep)
+    if paces is not None:
+        throttled = limiter.on_throttled
+
+        def noted(*args: object, **kwargs: object) -> bool:
+            cut = throttled(*args, **kwargs)
+            if limiter.current_rpm is not None and (not paces or limiter.current_rpm != paces[-1]):
+                paces.append(limiter.current_rpm)
+            return cut
+
+        limiter.on_throttled = noted  # type: ignore[method-assign]
     out = simulate([limiter], clock, server_limit=24, window_s=6.0, seconds=60, window=kind, hint=hint,
                    seed=seed, work=[work], preflight=2.0)
     fill = (len(out.accepted) - 1) / (out.accepted[-1] - out.accepted[0]) / 4.0
@@ -248,28 +260,10 @@ def test_over_a_bucket_the_next_429_after_the_burst_is_congestion() -> None:
     against the emulator, 15 of them over 3.5 s); now the next event halves
     the pace."""
     for seed in range(3):
-        paces, throttled = _paces_at_429s("bucket", "exact", seed)
+        paces: list[float] = []
+        _, throttled, _ = _discovered_fill("bucket", "exact", seed, paces=paces)
         assert len(paces) >= 2 and paces[1] <= 0.6 * paces[0]
         assert throttled < 0.04
-
-
-def _paces_at_429s(kind: str, hint: str, seed: int) -> tuple[list[float], float]:
-    """``_discovered_fill``'s shape: each new pace a 429 left, and the share of 429s."""
-    clock = FakeClock()
-    limiter = Limiter(None, discover=True, clock=clock, sleep=clock.sleep)
-    paces: list[float] = []
-    throttled = limiter.on_throttled
-
-    def noted(*args: object, **kwargs: object) -> bool:
-        cut = throttled(*args, **kwargs)
-        if limiter.current_rpm is not None and (not paces or limiter.current_rpm != paces[-1]):
-            paces.append(limiter.current_rpm)
-        return cut
-
-    limiter.on_throttled = noted  # type: ignore[method-assign]
-    out = simulate([limiter], clock, server_limit=24, window_s=6.0, seconds=60, window=kind,
-                   hint=hint, seed=seed, work=[300], preflight=2.0)
-    return paces, out.throttled_fraction()
 
 
 def test_a_sliding_window_filled_by_a_slow_ramp_is_no_bucket() -> None:
